@@ -1,0 +1,123 @@
+"""Blocks for a Tableau site and the pool of personal access tokens (PATs) that reach it.
+
+A ``TableauPatPool`` names its PATs (``TableauPersonalAccessToken`` blocks) and the prefix of the
+Prefect global concurrency limits that guard them: ``<prefix>-pool`` (limit = number of PATs) and
+``<prefix>-<pat block name>`` (limit 1 each). ``python -m deployments.bootstrap`` creates them.
+"""
+
+from __future__ import annotations
+
+import re
+
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+# Tableau caps PATs per user and device (Tableau Server default: 10 per device).
+MAX_PATS_PER_POOL = 10
+# Prefect's server refuses leases shorter than 60 s (POST /v2/concurrency_limits/increment-with-lease).
+MIN_LEASE_DURATION_SECONDS = 60
+
+_LIMIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class TableauSite(Block):
+    """Where a Tableau site lives: server URL, site content URL and REST API version."""
+
+    _block_type_name = "Tableau Site"
+    _description = "Connection settings of a Tableau Server or Tableau Cloud site."
+
+    server_url: str = Field(
+        description="Base URL of Tableau Server or the Tableau Cloud pod, e.g. https://10ax.online.tableau.com.",
+    )
+    site_content_url: str = Field(
+        default="",
+        description="The site's content URL (the part after /site/ in the browser); empty for the default site.",
+    )
+    api_version: str | None = Field(
+        default=None,
+        description="REST API version to use, e.g. '3.25'. Empty: ask the server (GET /serverInfo) for its highest.",
+    )
+    verify_ssl: bool = Field(default=True, description="Verify the server's TLS certificate.")
+    request_timeout_seconds: float = Field(
+        default=60, gt=0, description="Timeout of one REST request, in seconds."
+    )
+
+    @field_validator("server_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"server_url must start with http:// or https://, got {value!r}")
+        return value.rstrip("/")
+
+
+class TableauPersonalAccessToken(Block):
+    """One personal access token (PAT). Tableau allows one session per PAT at a time."""
+
+    _block_type_name = "Tableau Personal Access Token"
+    _description = (
+        "A Tableau personal access token. Signing in with it ends the session of any earlier sign-in "
+        "with the same PAT (error 401002), so lease it through a Tableau PAT Pool."
+    )
+
+    token_name: str = Field(description="The PAT's name, as shown in Tableau's account settings.")
+    token_secret: SecretStr = Field(description="The PAT's secret.")
+
+
+class TableauPatPool(Block):
+    """A pool of PATs for one Tableau site, leased through Prefect global concurrency limits."""
+
+    _block_type_name = "Tableau PAT Pool"
+    _description = (
+        "PATs for one Tableau site, each guarded by a global concurrency limit of 1, "
+        "plus a pool limit equal to their number."
+    )
+
+    site: TableauSite = Field(description="The Tableau site the PATs sign in to.")
+    pat_block_names: list[str] = Field(
+        description=f"Names of the Tableau Personal Access Token blocks in the pool (1 to {MAX_PATS_PER_POOL}).",
+    )
+    concurrency_limit_prefix: str = Field(
+        default="tableau-pat",
+        description="Prefix of the global concurrency limits: '<prefix>-pool' and '<prefix>-<PAT block name>'.",
+    )
+    lease_duration_seconds: float = Field(
+        default=300,
+        ge=MIN_LEASE_DURATION_SECONDS,
+        description=(
+            "Lease of a held PAT, renewed in the background; a crashed holder's PAT is free again "
+            "at most this many seconds (plus the server's lease-cleanup interval) after the crash."
+        ),
+    )
+    acquire_timeout_seconds: float = Field(
+        default=3600, gt=0, description="How long a run waits for a free PAT before it fails, in seconds."
+    )
+
+    @field_validator("pat_block_names")
+    @classmethod
+    def _check_pats(cls, names: list[str]) -> list[str]:
+        if not 1 <= len(names) <= MAX_PATS_PER_POOL:
+            raise ValueError(
+                f"a pool holds 1 to {MAX_PATS_PER_POOL} PATs (Tableau caps PATs per user and device), "
+                f"got {len(names)}"
+            )
+        if len(set(names)) != len(names):
+            raise ValueError(f"pat_block_names has duplicates: {names}")
+        return names
+
+    @model_validator(mode="after")
+    def _check_limit_names(self) -> TableauPatPool:
+        for name in [self.pool_limit_name, *self.pat_limit_names().values()]:
+            if not _LIMIT_NAME.match(name):
+                raise ValueError(
+                    f"global concurrency limit name {name!r} is not valid: use letters, digits, '-', '_' or '.'"
+                )
+        return self
+
+    @property
+    def pool_limit_name(self) -> str:
+        """Name of the pool's global concurrency limit (limit = number of PATs)."""
+        return f"{self.concurrency_limit_prefix}-pool"
+
+    def pat_limit_names(self) -> dict[str, str]:
+        """Map each PAT block name to the name of its limit-1 global concurrency limit."""
+        return {pat: f"{self.concurrency_limit_prefix}-{pat}" for pat in self.pat_block_names}

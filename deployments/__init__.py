@@ -1,0 +1,1 @@
+"""Workspace setup: bootstrap of global concurrency limits, deployment and trigger helpers."""

@@ -1,0 +1,127 @@
+"""Create the global concurrency limits of a Tableau PAT pool, idempotently, and report drift.
+
+``prefect.yaml`` cannot declare global concurrency limits, so this command does (design.md §7)::
+
+    python -m deployments.bootstrap --pool-block tableau-pat-pool          # create missing, report drift
+    python -m deployments.bootstrap --pool-block tableau-pat-pool --check  # change nothing
+    python -m deployments.bootstrap --pool-block tableau-pat-pool --fix    # also repair drift
+
+A pool ``P`` of ``K`` PATs needs ``<prefix>-pool`` with limit ``K`` and one ``<prefix>-<PAT block>``
+with limit 1 per PAT, all active and without slot decay. A disabled limit enforces nothing and
+a mis-sized one lets two runs share a PAT: both are drift, an error unless ``--fix`` repairs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+from prefect.exceptions import ObjectNotFound
+
+from blocks.tableau import TableauPatPool
+
+
+@dataclass
+class BootstrapReport:
+    """What bootstrap found and did, one human-readable line per limit."""
+
+    created: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    drift: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every limit exists as it should after this run."""
+        return not self.drift and not self.missing
+
+    def lines(self) -> list[str]:
+        return (
+            [f"created   {line}" for line in self.created]
+            + [f"repaired  {line}" for line in self.repaired]
+            + [f"ok        {line}" for line in self.unchanged]
+            + [f"MISSING   {line}" for line in self.missing]
+            + [f"DRIFT     {line}" for line in self.drift]
+        )
+
+
+def expected_limits(pool: TableauPatPool) -> dict[str, int]:
+    """Limit name -> slots: the pool limit (number of PATs) and one limit of 1 per PAT."""
+    return {
+        pool.pool_limit_name: len(pool.pat_block_names),
+        **{n: 1 for n in pool.pat_limit_names().values()},
+    }
+
+
+def bootstrap_pool_limits(
+    pool: TableauPatPool, *, fix: bool = False, check_only: bool = False
+) -> BootstrapReport:
+    """Create missing limits of ``pool``; report (or, with ``fix``, repair) drifted ones.
+
+    With ``check_only`` nothing is written. Drift: disabled, wrong limit, or slot decay set.
+    """
+    report = BootstrapReport()
+    with get_client(sync_client=True) as client:
+        for name, slots in expected_limits(pool).items():
+            try:
+                found = client.read_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                if check_only:
+                    report.missing.append(f"{name} (limit {slots})")
+                else:
+                    client.create_global_concurrency_limit(
+                        GlobalConcurrencyLimitCreate(name=name, limit=slots, active=True)
+                    )
+                    report.created.append(f"{name} (limit {slots})")
+                continue
+            problems = []
+            if not found.active:
+                problems.append("disabled")
+            if found.limit != slots:
+                problems.append(f"limit {found.limit}, expected {slots}")
+            if found.slot_decay_per_second:
+                problems.append(f"slot decay {found.slot_decay_per_second}/s, expected none")
+            if not problems:
+                report.unchanged.append(f"{name} (limit {slots})")
+            elif fix and not check_only:
+                client.update_global_concurrency_limit(
+                    name, GlobalConcurrencyLimitUpdate(limit=slots, active=True, slot_decay_per_second=0.0)
+                )
+                report.repaired.append(f"{name}: was {', '.join(problems)}")
+            else:
+                report.drift.append(f"{name}: {', '.join(problems)}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m deployments.bootstrap", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--pool-block", default="tableau-pat-pool", help="name of the Tableau PAT Pool block")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--check", action="store_true", help="report only; exit 1 on anything missing or drifted"
+    )
+    mode.add_argument("--fix", action="store_true", help="also repair drifted limits (re-enable, resize)")
+    args = parser.parse_args(argv)
+
+    try:
+        pool = TableauPatPool.load(args.pool_block)
+    except ValueError as exc:
+        print(f"Tableau PAT Pool block {args.pool_block!r} could not be loaded: {exc}", file=sys.stderr)
+        return 2
+    report = bootstrap_pool_limits(pool, fix=args.fix, check_only=args.check)
+    print(f"PAT pool {args.pool_block!r}: {len(pool.pat_block_names)} PAT(s)")
+    print("\n".join(f"  {line}" for line in report.lines()))
+    if not report.ok:
+        print("Limits are missing or drifted: run again with --fix to repair them.", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Prefect flows of analytics-flows, one module per job."""

@@ -1,0 +1,1 @@
+"""Shared Prefect tasks and the plain functions behind them."""
