@@ -60,7 +60,8 @@ class PrefectServer:
             "PREFECT_UI_ENABLED": "true",
         }
         env.pop("PREFECT_API_URL", None)
-        self._log = open(self.home / "server.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.home / "server.log", "wb")  # closed in stop()
         self._process = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
             env=env,

@@ -14,12 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.exceptions import ObjectNotFound
 
-from blocks.tableau import TableauPatPool, TableauPersonalAccessToken
 from flows.tableau_domains import Domain, load_domain, load_domains
-from tasks.pat_pool import lease_pat
+from tasks.pat_pool import lease_pat, load_pool
 from tasks.tableau_refresh import (
+    DomainRefreshError,
     PollPolicy,
     RefreshJob,
     resolve_tableau_content,
@@ -27,24 +26,6 @@ from tasks.tableau_refresh import (
     wait_for_tableau_jobs,
 )
 from tasks.tableau_session import TableauSession
-
-
-class DomainRefreshError(RuntimeError):
-    """One or more refreshes of a domain did not succeed."""
-
-
-class BlockNotFoundError(LookupError):
-    """A block the domain needs does not exist."""
-
-
-def _load_block(block_type: type, name: str, needed_by: str):
-    try:
-        return block_type.load(name)
-    except (ValueError, ObjectNotFound) as exc:
-        raise BlockNotFoundError(
-            f"{block_type.get_block_type_name()} block {name!r} (needed by {needed_by}) could not be loaded: "
-            f"{exc}. Create it (see README, 'Configure a real Tableau site') or fix the name."
-        ) from None
 
 
 def _iso(value) -> str:
@@ -71,7 +52,7 @@ def refresh_rows(refreshes: list[RefreshJob]) -> list[dict[str, object]]:
     ]
 
 
-@flow(name="refresh-tableau-domain", flow_run_name="refresh-{domain}", log_prints=False)
+@flow(name="refresh-tableau-domain", flow_run_name="refresh-{domain}", persist_result=True)
 def refresh_domain(
     domain: str,
     config_path: str | None = None,
@@ -85,7 +66,8 @@ def refresh_domain(
         poll_policy: polling intervals (seconds); default ``PollPolicy()``.
 
     Returns:
-        Summary: domain, PAT block name, lease wait (seconds), sign-ins, and one row per content.
+        Summary: domain, PAT block name, lease wait (seconds), sign-ins, and one row per content
+        (persisted as the run's result; on failure carried by the ``DomainRefreshError``).
 
     Raises:
         DomainConfigError: unknown domain or invalid configuration (nothing started).
@@ -98,11 +80,7 @@ def refresh_domain(
     logger = get_run_logger()
     config = load_domain(domain, config_path)
     policy = poll_policy or PollPolicy()
-    pool: TableauPatPool = _load_block(TableauPatPool, config.pat_pool_block, f"domain {domain!r}")
-    pats = {
-        name: _load_block(TableauPersonalAccessToken, name, f"PAT pool {config.pat_pool_block!r}")
-        for name in pool.pat_block_names
-    }
+    pool, pats = load_pool(config.pat_pool_block, needed_by=f"domain {domain!r}")
 
     with lease_pat(pool, pool_block_name=config.pat_pool_block) as lease:
         logger.info(
@@ -133,18 +111,20 @@ def _report(
             f"succeeded; PAT `{pat}` leased after {wait:.1f} s; {sign_ins} sign-in(s)."
         ),
     )
-    if failed:
-        reasons = "; ".join(f"{r.content}: {r.status}" + (f" ({r.notes})" if r.notes else "") for r in failed)
-        raise DomainRefreshError(
-            f"Domain {config.name!r}: {len(failed)} of {len(refreshes)} refreshes did not succeed: {reasons}"
-        )
-    return {
+    summary = {
         "domain": config.name,
         "pat": pat,
         "lease_wait_seconds": wait,
         "sign_ins": sign_ins,
         "refreshes": rows,
     }
+    if failed:
+        reasons = "; ".join(f"{r.content}: {r.status}" + (f" ({r.notes})" if r.notes else "") for r in failed)
+        raise DomainRefreshError(
+            f"Domain {config.name!r}: {len(failed)} of {len(refreshes)} refreshes did not succeed: {reasons}",
+            summary,
+        )
+    return summary
 
 
 @flow(name="refresh-tableau-domains")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from uuid import UUID
 
 import httpx
+from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
@@ -26,13 +27,17 @@ from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import ObjectNotFound
 
-from blocks.tableau import TableauPatPool
+from blocks.tableau import TableauPatPool, TableauPersonalAccessToken
 
 logger = logging.getLogger(__name__)
 
 # How long to wait between rounds over the PAT limits when the pool slot is ours but every PAT
 # limit is still held, e.g. while a crashed holder's PAT lease outlives its pool lease by moments.
 _PAT_ROUND_BACKOFF_SECONDS = (0.2, 2.0)
+
+
+class BlockNotFoundError(LookupError):
+    """A block the pool needs does not exist or cannot be loaded."""
 
 
 class PatPoolError(RuntimeError):
@@ -50,6 +55,35 @@ class PatLease:
     pat_block_name: str
     limit_name: str
     wait_seconds: float
+
+
+def load_pool(
+    pool_block_name: str, *, needed_by: str
+) -> tuple[TableauPatPool, dict[str, TableauPersonalAccessToken]]:
+    """Load a Tableau PAT Pool block and every PAT block it names.
+
+    Returns:
+        The pool, and PAT block name -> PAT block.
+
+    Raises:
+        BlockNotFoundError: naming the missing block, who needs it, and how to create it.
+    """
+    pool = _load_block(TableauPatPool, pool_block_name, needed_by)
+    pats = {
+        name: _load_block(TableauPersonalAccessToken, name, f"Tableau PAT Pool {pool_block_name!r}")
+        for name in pool.pat_block_names
+    }
+    return pool, pats
+
+
+def _load_block(block_type: type[Block], name: str, needed_by: str) -> Block:
+    try:
+        return block_type.load(name)
+    except (ValueError, ObjectNotFound) as exc:
+        raise BlockNotFoundError(
+            f"{block_type.get_block_type_name()} block {name!r} (needed by {needed_by}) could not be loaded: "
+            f"{exc}. Create it (README, 'Configure a real Tableau site') or fix the name."
+        ) from None
 
 
 def check_pool_limits(pool: TableauPatPool, pool_block_name: str = "") -> None:

@@ -44,6 +44,21 @@ _IN_FLIGHT = ["Pending", "InProgress"]
 _RETRY_AFTER = re.compile(r"retry after (\d+(?:\.\d+)?)\s*s", re.IGNORECASE)
 
 
+class DomainRefreshError(RuntimeError):
+    """One or more refreshes of a domain did not succeed.
+
+    Attributes:
+        summary: the run's summary (as ``refresh_domain`` returns on success), or None.
+    """
+
+    def __init__(self, message: str, summary: dict[str, object] | None = None):
+        super().__init__(message)
+        self.summary = summary
+
+    def __reduce__(self):  # keep the summary when Prefect persists the exception as the run's result
+        return (type(self), (str(self), self.summary))
+
+
 class ContentResolutionError(LookupError):
     """Configured content is missing or ambiguous on the Tableau site."""
 

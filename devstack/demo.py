@@ -1,0 +1,262 @@
+"""``make demo``: every business domain refreshes its Tableau content at once through 3 PATs.
+
+Starts ``prefect server start`` (SQLite, filesystem lease storage) and the Tableau REST stand-in
+seeded from ``tableau_domains.yaml``; creates the blocks and global concurrency limits of a
+3-PAT pool; serves the domain refresh deployments (``devstack.serve_domains``); runs each
+domain's stand-in upstream pipeline, whose completion triggers that domain's deployment; waits
+for every refresh run; prints a summary; stops everything it started.
+
+Set ``DEMO_HOLD=1`` to keep the stack up (for the Prefect UI) until Ctrl+C.
+
+Prefect reads its settings when first imported, so this module imports Prefect (and the project's
+flows) only inside functions, after ``main`` has pointed ``PREFECT_API_URL`` at the demo server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+
+from devstack.prefect_server import PrefectServer
+
+PATS = ["tableau-pat-1", "tableau-pat-2", "tableau-pat-3"]
+POOL_BLOCK = "tableau-pat-pool"
+SITE = "analytics"
+TIME_SCALE = 60  # one real second is one simulated minute: 5-15 min refreshes take 5-15 s
+FAILING = ("finance", "Payroll", "ODBC error: login failed for user 'tableau_svc' (password expired)")
+POLL_POLICY = {"initial_interval": 1.0, "max_interval": 4.0, "backoff": 1.5, "rate_limit_default_wait": 2.0}
+RUN_TIMEOUT_SECONDS = 600
+
+
+def stand_in_seed(domains: dict) -> dict:
+    """The stand-in's seed: every configured content, plus look-alikes in other projects."""
+    datasources, workbooks = [], []
+    for domain in domains.values():
+        for content in domain.datasources:
+            entry = {"project": content.project, "name": content.name, "duration_seconds": [300, 900]}
+            if (domain.name, content.name) == FAILING[:2]:
+                entry["fail_notes"] = FAILING[2]
+            datasources.append(entry)
+        workbooks += [
+            {"project": c.project, "name": c.name, "duration_seconds": [120, 300]} for c in domain.workbooks
+        ]
+    # Same names in another project: resolution must go by (project, name).
+    datasources += [{"project": "Sales Archive", "name": "Orders", "duration_seconds": 600}]
+    projects = sorted({c["project"] for c in datasources + workbooks})
+    return {
+        "site_content_url": SITE,
+        "seed": 7,
+        "time_scale": TIME_SCALE,
+        "backgrounder_slots": 4,
+        "refresh_rate_limit": {"max_requests": 20, "per_seconds": 10, "retry_after_seconds": 2},
+        "pats": [{"name": pat, "secret": f"demo-secret-{pat}"} for pat in PATS],
+        "projects": projects,
+        "datasources": datasources,
+        "workbooks": workbooks,
+    }
+
+
+def start_tableau(workdir: Path, seed: dict, stack: ExitStack) -> str:
+    config, url_file = workdir / "tableau-seed.json", workdir / "tableau.url"
+    config.write_text(json.dumps(seed, indent=2))
+    log = stack.enter_context(open(workdir / "tableau.log", "wb"))
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "devstack.tableau",
+            "--config",
+            str(config),
+            "--port",
+            "0",
+            "--url-file",
+            str(url_file),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    stack.callback(_terminate, process)
+    deadline = time.monotonic() + 30
+    while not url_file.exists() or not url_file.read_text().strip():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the Tableau stand-in did not start; see {workdir / 'tableau.log'}")
+        time.sleep(0.1)
+    return url_file.read_text().strip()
+
+
+def _terminate(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def create_blocks_and_limits(tableau_url: str) -> None:
+    from blocks.tableau import TableauPatPool, TableauPersonalAccessToken, TableauSite
+    from deployments.bootstrap import bootstrap_pool_limits
+
+    subprocess.run(
+        [sys.executable, "-m", "prefect", "block", "register", "-m", "blocks"],
+        check=True,
+        capture_output=True,
+    )
+    for pat in PATS:
+        TableauPersonalAccessToken(token_name=pat, token_secret=f"demo-secret-{pat}").save(
+            pat, overwrite=True
+        )
+    site = TableauSite(server_url=tableau_url, site_content_url=SITE)
+    pool = TableauPatPool(site=site, pat_block_names=PATS, lease_duration_seconds=60)
+    pool.save(POOL_BLOCK, overwrite=True)
+    report = bootstrap_pool_limits(pool)
+    print("Global concurrency limits:", ", ".join(report.created + report.unchanged))
+
+
+def wait_for_deployments(names: list[str], timeout: float = 120) -> None:
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            found = {d.name for d in client.read_deployments()}
+            automations = client.read_automations()
+            if set(names) <= found and len(automations) >= len(names):
+                return
+            time.sleep(1)
+    raise TimeoutError(f"deployments {names} (with their triggers) were not served within {timeout} s")
+
+
+def run_upstreams(domains: dict) -> None:
+    from devstack.upstream import stand_in_pipeline
+
+    pipelines = [stand_in_pipeline(d.upstream.flow, seconds=2) for d in domains.values()]
+    with ThreadPoolExecutor(len(pipelines)) as pool:
+        list(pool.map(lambda p: p(), pipelines))
+
+
+def wait_for_refresh_runs(domains: list[str], timeout: float) -> dict:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["refresh-tableau-domain"]))
+            )
+            by_domain = {r.parameters.get("domain"): r for r in runs}
+            if set(domains) <= set(by_domain) and all(by_domain[d].state.is_final() for d in domains):
+                return by_domain
+            if time.monotonic() > deadline:
+                states = {d: r.state_name for d, r in by_domain.items()}
+                raise TimeoutError(f"refresh runs not finished within {timeout} s: {states}")
+            time.sleep(2)
+
+
+def _run_summary(run) -> dict:
+    """The summary a refresh run persisted: its result, or the one its DomainRefreshError carries."""
+    try:
+        result = run.state.result(raise_on_failure=False)
+    except Exception as exc:  # e.g. the run crashed before persisting anything
+        return {"error": str(exc)}
+    return result if isinstance(result, dict) else getattr(result, "summary", None) or {"error": str(result)}
+
+
+def summarize(runs: dict, audit: dict) -> bool:
+    """Print the per-domain and pool summary; True when no credential token was invalidated."""
+    print("\n=== Tableau refresh per domain ===")
+    waits = []
+    for domain, run in sorted(runs.items()):
+        summary = _run_summary(run)
+        rows = summary.get("refreshes", [])
+        ok = [r for r in rows if r["status"] == "succeeded"]
+        durations = [r["duration_seconds"] for r in rows if r["duration_seconds"] is not None]
+        elapsed = (run.end_time - run.start_time).total_seconds() if run.end_time and run.start_time else 0
+        waits.append(summary.get("lease_wait_seconds", 0.0))
+        print(
+            f"{domain:<10} {run.state_name:<9} {len(ok)}/{len(rows)} refreshed in {elapsed:.0f} s wall "
+            f"(Tableau job time {sum(durations) / 60:.0f} simulated min) via PAT {summary.get('pat', '?')}, "
+            f"{summary.get('sign_ins', '?')} sign-in(s), lease wait {summary.get('lease_wait_seconds', 0):.1f} s"
+        )
+        if "error" in summary:
+            print(f"           ✗ {run.state.message or summary['error']}")
+        for row in rows:
+            if row["status"] != "succeeded":
+                print(
+                    f"           ✗ {row['kind']} {row['project']}/{row['content']}: {row['status']} — {row['notes']}"
+                )
+    invalidated = audit["invalidated_token_requests"]
+    print("\n=== PAT pool ===")
+    print(f"sign-ins per PAT:            {audit['sign_ins']}")
+    print(f"lease waits (s):             {', '.join(f'{w:.1f}' for w in waits)}")
+    print(f"429 answers (backed off):    {audit.get('rate_limited_requests', 0)}")
+    print(f"max concurrent Tableau jobs: {audit['max_concurrent_jobs']}")
+    print(
+        f"401002 answers served:       {invalidated}  {'(no token was ever invalidated)' if invalidated == 0 else '<-- TOKENS INVALIDATED'}"
+    )
+    return invalidated == 0
+
+
+def main() -> int:
+    hold = os.environ.get("DEMO_HOLD") == "1"
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="analytics-flows-demo-")))
+        print(f"Starting prefect server and the Tableau stand-in (work directory {workdir}) ...")
+        server = stack.enter_context(PrefectServer(workdir / "prefect"))
+        os.environ.update(server.client_env())
+        from flows.tableau_domains import load_domains  # imports Prefect: only now that the API URL is set
+
+        domains = load_domains()
+        tableau_url = start_tableau(workdir, stand_in_seed(domains), stack)
+        print(
+            f"Prefect API {server.api_url}; Tableau stand-in {tableau_url} (site '{SITE}', {len(PATS)} PATs)"
+        )
+        create_blocks_and_limits(tableau_url)
+
+        serve_log = stack.enter_context(open(workdir / "serve.log", "wb"))
+        serving = subprocess.Popen(
+            [sys.executable, "-m", "devstack.serve_domains", "--poll-policy", json.dumps(POLL_POLICY)],
+            stdout=serve_log,
+            stderr=subprocess.STDOUT,
+        )
+        stack.callback(_terminate, serving)
+        wait_for_deployments(list(domains))
+        print(f"Serving deployments {sorted(domains)}; running their upstream pipelines ...")
+        started = time.monotonic()
+        run_upstreams(domains)
+        print(
+            "Upstreams completed; their events trigger the refresh deployments. Waiting for the refreshes ..."
+        )
+        runs = wait_for_refresh_runs(list(domains), RUN_TIMEOUT_SECONDS)
+        print(f"All domain runs ended {time.monotonic() - started:.0f} s after the upstreams started.")
+        audit = httpx.get(f"{tableau_url}/devstack/audit").json()
+        clean = summarize(runs, audit)
+        print(
+            f"\nThe failed refresh of {FAILING[0]}/{FAILING[1]} is deliberate: its domain run fails and names it.\n"
+            "To look around in the Prefect UI, run `DEMO_HOLD=1 make demo` and open the URL it prints:\n"
+            "  - Runs: each refresh-<domain> run was started by its upstream's Completed event (see Automations);\n"
+            "  - Artifacts: tableau-refresh-<domain> tables (job id, status, queued/started/finished, notes);\n"
+            "  - Concurrency: the tableau-pat-* global concurrency limits (one per PAT, and the pool)."
+        )
+        if hold:
+            print(f"\nPrefect UI: {server.ui_url}   (Ctrl+C stops the demo stack)")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+        return 0 if clean else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

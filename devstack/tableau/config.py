@@ -1,0 +1,209 @@
+"""Seed configuration of the Tableau stand-in: one site, its credentials, projects and extract content.
+
+Loaded from a YAML or JSON file, or from a mapping; every key but the content lists has a default.
+Ids are deterministic (uuid5), so tests and demos can name content by id without asking the server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "devstack:tableau")
+
+ContentKind = Literal["datasource", "workbook"]
+
+# The project Tableau creates with every site, and its description (Tableau Server, "Use Projects").
+DEFAULT_PROJECT = "default"
+DEFAULT_PROJECT_DESCRIPTION = "The default project that was automatically created by Tableau."
+
+
+def _luid(*parts: str) -> str:
+    return str(uuid.uuid5(_ID_NAMESPACE, "/".join(parts)))
+
+
+def site_id(content_url: str) -> str:
+    """The site's id (a Tableau LUID) for a site content URL ("" is the default site)."""
+    return _luid("site", content_url)
+
+
+def project_id(name: str) -> str:
+    """The id of the top-level project `name`."""
+    return _luid("project", name)
+
+
+def user_id(name: str) -> str:
+    """The id of user `name`; a personal access token signs in as the user named like the token."""
+    return _luid("user", name)
+
+
+def content_id(kind: ContentKind, project: str, name: str) -> str:
+    """The id of a data source or workbook, from its kind, project and name."""
+    return _luid(kind, project, name)
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """Limit on extract-refresh requests per site: at most `max_requests` per sliding window of
+    `per_seconds` real seconds (0 = no limit); a refused request is told to retry after
+    `retry_after_seconds` (Tableau REST API error 429000)."""
+
+    max_requests: int = 0
+    per_seconds: float = 60.0
+    retry_after_seconds: int = 5
+
+
+@dataclass(frozen=True)
+class Pat:
+    """A personal access token: its name and secret."""
+
+    name: str
+    secret: str
+
+
+@dataclass(frozen=True)
+class User:
+    """A user who signs in with name and password."""
+
+    name: str
+    password: str
+
+
+@dataclass(frozen=True)
+class ContentSpec:
+    """A data source or workbook whose extract can be refreshed.
+
+    `duration_seconds` (simulated seconds) is fixed, or a `[low, high]` range drawn uniformly from the
+    seeded generator each time a job starts. A job ends with `finish_code` if set (3 emulates a job
+    completed by Tableau Bridge), else 1 with `fail_notes` as its notes if those are set, else 0.
+    """
+
+    kind: ContentKind
+    project: str
+    name: str
+    description: str = ""
+    duration_seconds: float | tuple[float, float] = 60.0
+    fail_notes: str | None = None
+    finish_code: int | None = None
+    tags: tuple[str, ...] = ()
+
+    @property
+    def id(self) -> str:
+        return content_id(self.kind, self.project, self.name)
+
+    @property
+    def project_id(self) -> str:
+        return project_id(self.project)
+
+    @property
+    def key(self) -> str:
+        """`kind:project/name`, the key of this content in the audit."""
+        return f"{self.kind}:{self.project}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The stand-in's site; `projects` lists Tableau's "default" project first, then the declared
+    ones, then those only the content names. Times: `time_scale` simulated seconds pass per real second;
+    `session_ttl_seconds` is the idle timeout in simulated seconds (Tableau Server default: 240 min)."""
+
+    site_content_url: str = "analytics"
+    api_version: str = "3.29"
+    product_version: str = "2026.2.0"
+    seed: int = 42
+    time_scale: float = 1.0
+    session_ttl_seconds: float = 14400.0
+    backgrounder_slots: int = 4
+    refresh_rate_limit: RateLimit = field(default_factory=RateLimit)
+    pats: tuple[Pat, ...] = (Pat("pat-1", "s3cret-1"),)
+    users: tuple[User, ...] = (User("admin", "pw"),)
+    projects: tuple[str, ...] = ()
+    datasources: tuple[ContentSpec, ...] = ()
+    workbooks: tuple[ContentSpec, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.time_scale <= 0 or self.session_ttl_seconds <= 0 or self.backgrounder_slots < 1:
+            raise ValueError("time_scale and session_ttl_seconds must be > 0, backgrounder_slots >= 1")
+        seen: set[str] = set()
+        for spec in self.content:
+            if spec.key in seen:
+                raise ValueError(f"duplicate content {spec.key}: Tableau names are unique per project")
+            seen.add(spec.key)
+        # Every Tableau site has the "default" project; projects named only by content exist too.
+        projects = dict.fromkeys([DEFAULT_PROJECT, *self.projects, *(spec.project for spec in self.content)])
+        object.__setattr__(self, "projects", tuple(projects))
+
+    @property
+    def content(self) -> tuple[ContentSpec, ...]:
+        return self.datasources + self.workbooks
+
+    @property
+    def build_number(self) -> str:
+        """The productVersion build attribute, shaped like Tableau's ("20262.26.0101.0000" for
+        2026.2.x; the schema's pattern is [0-9]{5}.[0-9]{2}.[0-9]{4}.[0-9]{4})."""
+        year, minor = self.product_version.split(".")[:2]
+        return f"{year}{minor}.{year[-2:]}.0101.0000"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Config:
+        """Build a config from parsed YAML/JSON; unknown keys are errors (they are typos)."""
+        values = _known(cls, data, "config")
+        if "refresh_rate_limit" in values:
+            values["refresh_rate_limit"] = RateLimit(
+                **_known(RateLimit, values["refresh_rate_limit"], "rate limit")
+            )
+        if "pats" in values:
+            values["pats"] = tuple(Pat(**_known(Pat, p, "pat")) for p in values["pats"])
+        if "users" in values:
+            values["users"] = tuple(User(**_known(User, u, "user")) for u in values["users"])
+        if "projects" in values:
+            values["projects"] = tuple(values["projects"])
+        for kind in ("datasource", "workbook"):
+            if f"{kind}s" in values:
+                values[f"{kind}s"] = tuple(_content(kind, item) for item in values[f"{kind}s"])
+        return cls(**values)
+
+
+def _known(cls: type, data: Mapping[str, Any], what: str) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"unknown {what} keys {sorted(unknown)}; known: {sorted(names)}")
+    return dict(data)
+
+
+def _content(kind: ContentKind, item: Mapping[str, Any]) -> ContentSpec:
+    if "kind" in item:
+        raise ValueError(f"{kind} {item.get('name')!r}: the list it is in gives its kind")
+    values = _known(ContentSpec, item, kind)
+    duration = values.get("duration_seconds", 60.0)
+    if isinstance(duration, list | tuple):
+        low, high = (float(x) for x in duration)
+        if not 0 <= low <= high:
+            raise ValueError(f"{kind} {item.get('name')!r}: duration range must be 0 <= low <= high")
+        values["duration_seconds"] = (low, high)
+    elif float(duration) >= 0:
+        values["duration_seconds"] = float(duration)
+    else:
+        raise ValueError(f"{kind} {item.get('name')!r}: duration_seconds must be >= 0")
+    if values.get("finish_code") not in (None, 0, 1, 3):
+        raise ValueError(f"{kind} {item.get('name')!r}: finish_code must be 0, 1 or 3 (2 means cancelled)")
+    values["tags"] = tuple(values.get("tags", ()))
+    return ContentSpec(kind=kind, **values)
+
+
+def load_config(source: str | Path | Mapping[str, Any]) -> Config:
+    """Load the seed config from a mapping, or from a file (`.json` as JSON, anything else as YAML)."""
+    if isinstance(source, Mapping):
+        return Config.from_dict(source)
+    path = Path(source)
+    text = path.read_text(encoding="utf-8")
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    return Config.from_dict(data or {})

@@ -1,0 +1,324 @@
+"""The HTTP front of the Tableau stand-in: routes REST API requests to the simulated site.
+
+`/api/{version}/...` accepts any version (tableauserverclient starts at 2.4 and switches to the
+server's restApiVersion). `/devstack/...` are the stand-in's own JSON endpoints, without auth:
+`GET /devstack/audit`, `POST /devstack/sessions/expire`, `POST /devstack/reset`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from devstack.tableau import errors, query
+from devstack.tableau import xml as bodies
+from devstack.tableau.config import Config, ContentKind
+from devstack.tableau.state import Job, TableauSite
+
+logger = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.02  # how often the backgrounder advances without requests
+AUTH_HEADER = "X-Tableau-Auth"
+
+_API = r"/api/[^/]+"
+_SITE = _API + r"/sites/(?P<site>[^/]+)"
+_CONTENT = _SITE + r"/(?P<kinds>datasources|workbooks)"
+
+_CONTENT_FIELDS = {"name": lambda spec: spec.name, "projectName": lambda spec: spec.project}
+_JOB_FIELDS: dict[str, Callable[[Job], str]] = {
+    "status": lambda job: job.status,
+    "jobType": lambda job: bodies.REFRESH_JOB_TYPE,
+    "title": lambda job: job.title,
+    "subtitle": lambda job: job.subtitle,
+}
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    params: Mapping[str, str]
+    headers: Mapping[str, str]
+    body: bytes
+    base_url: str
+
+    @property
+    def token(self) -> str | None:
+        return self.headers.get(AUTH_HEADER)
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def _xml(body: bytes, status: int = 200) -> Response:
+    return Response(status, body, bodies.CONTENT_TYPE)
+
+
+def _json(data: Any) -> Response:
+    return Response(200, json.dumps(data).encode("utf-8"), "application/json")
+
+
+def _parse(body: bytes) -> ET.Element:
+    try:
+        return ET.fromstring(body)
+    except ET.ParseError as e:
+        raise errors.bad_request(f"The request body is not well-formed XML: {e}") from None
+
+
+def _find(root: ET.Element, name: str) -> ET.Element | None:
+    """The first element named `name`, with or without Tableau's namespace."""
+    return next((el for el in root.iter() if el.tag.rpartition("}")[2] == name), None)
+
+
+def _kind(kinds: str) -> ContentKind:
+    return "datasource" if kinds == "datasources" else "workbook"
+
+
+class Api:
+    """The REST endpoints: each takes a `Request` and returns a `Response`; `ApiError`s become
+    `<error>` bodies with their HTTP status."""
+
+    def __init__(self, site: TableauSite) -> None:
+        self.site = site
+        routes: list[tuple[str, str, Callable[..., Response]]] = [
+            ("GET", _API + r"/serverInfo", self.server_info),
+            ("POST", _API + r"/auth/signin", self.sign_in),
+            ("POST", _API + r"/auth/signout", self.sign_out),
+            ("GET", _SITE + r"/projects", self.projects),
+            ("GET", _CONTENT, self.contents),
+            ("GET", _CONTENT + r"/(?P<item>[^/]+)", self.content),
+            ("POST", _CONTENT + r"/(?P<item>[^/]+)/refresh", self.refresh),
+            ("GET", _SITE + r"/jobs", self.jobs),
+            ("GET", _SITE + r"/jobs/(?P<job>[^/]+)", self.job),
+            ("PUT", _SITE + r"/jobs/(?P<job>[^/]+)", self.cancel_job),
+            ("GET", r"/devstack/audit", self.audit),
+            ("POST", r"/devstack/sessions/expire", self.expire_sessions),
+            ("POST", r"/devstack/reset", self.reset),
+        ]
+        self._routes = [(method, re.compile(pattern), endpoint) for method, pattern, endpoint in routes]
+
+    def handle(self, request: Request) -> Response:
+        try:
+            return self._dispatch(request)
+        except errors.ApiError as e:
+            return Response(e.status, bodies.error(e), bodies.CONTENT_TYPE, e.headers)
+        except Exception:
+            logger.exception("%s %s failed", request.method, request.path)
+            e = errors.internal_error()
+            return Response(e.status, bodies.error(e), bodies.CONTENT_TYPE)
+
+    def _dispatch(self, request: Request) -> Response:
+        path_known = False
+        for method, pattern, endpoint in self._routes:
+            match = pattern.fullmatch(request.path)
+            if match is None:
+                continue
+            if method == request.method:
+                return endpoint(request, **match.groupdict())
+            path_known = True
+        raise (
+            errors.method_not_allowed(request.method) if path_known else errors.unknown_resource(request.path)
+        )
+
+    def _site_view(self, request: Request) -> bodies.SiteView:
+        config = self.site.config
+        return bodies.SiteView(
+            request.base_url, config.site_content_url, self.site.owner_id, self.site.created_at
+        )
+
+    # -- Tableau REST API -----------------------------------------------------------------------
+
+    def server_info(self, request: Request) -> Response:
+        """Server Info (no auth)."""
+        return _xml(bodies.server_info(self.site.config))
+
+    def sign_in(self, request: Request) -> Response:
+        """Sign In with a personal access token or a user name and password (other credentials: 401001)."""
+        credentials = _find(_parse(request.body), "credentials")
+        if credentials is None:
+            raise errors.bad_request("The request body has no <credentials> element.")
+        site = _find(credentials, "site")
+        content_url = "" if site is None else site.get("contentUrl", "")
+        if credentials.get("personalAccessTokenName") is not None:
+            session = self.site.sign_in_with_pat(
+                credentials.get("personalAccessTokenName", ""),
+                credentials.get("personalAccessTokenSecret", ""),
+                content_url,
+            )
+        elif credentials.get("name") is not None:
+            session = self.site.sign_in_with_password(
+                credentials.get("name", ""), credentials.get("password", ""), content_url
+            )
+        else:
+            raise errors.sign_in_failed()
+        return _xml(bodies.credentials(session, self.site.site_id, self.site.config.site_content_url))
+
+    def sign_out(self, request: Request) -> Response:
+        """Sign Out: 204, the session ends."""
+        self.site.sign_out(request.token)
+        return Response(204)
+
+    def projects(self, request: Request, site: str) -> Response:
+        """Query Projects (filter: name)."""
+        self.site.authenticate(request.token, site)
+        page_items, page = query.select(
+            self.site.config.projects, request.params, {"name": lambda name: name}
+        )
+        return _xml(bodies.projects(page_items, page, self._site_view(request)))
+
+    def contents(self, request: Request, site: str, kinds: str) -> Response:
+        """Query Data Sources / Query Workbooks for Site (filters: name, projectName)."""
+        self.site.authenticate(request.token, site)
+        kind = _kind(kinds)
+        page_items, page = query.select(self.site.contents(kind), request.params, _CONTENT_FIELDS)
+        return _xml(bodies.contents(kind, page_items, page, self._site_view(request)))
+
+    def content(self, request: Request, site: str, kinds: str, item: str) -> Response:
+        """Query Data Source / Query Workbook."""
+        self.site.authenticate(request.token, site)
+        return _xml(bodies.content(self.site.content(_kind(kinds), item), self._site_view(request)))
+
+    def refresh(self, request: Request, site: str, kinds: str, item: str) -> Response:
+        """Update Data Source Now / Update Workbook Now: 202 with the queued job. From API 3.25 the
+        body may ask for an incremental refresh: `<tsRequest><extractRefresh incremental="true"/>`
+        (tableauserverclient's RequestFactory.Task.refresh_req); older clients send no body."""
+        self.site.authenticate(request.token, site)
+        incremental = bool(request.body.strip()) and any(
+            el.get("incremental", "").lower() == "true" for el in _parse(request.body).iter()
+        )
+        return _xml(bodies.refresh_job(self.site.refresh(_kind(kinds), item, incremental)), status=202)
+
+    def jobs(self, request: Request, site: str) -> Response:
+        """Query Jobs (filters: status, jobType, title, subtitle)."""
+        self.site.authenticate(request.token, site)
+        page_items, page = query.select(self.site.jobs(), request.params, _JOB_FIELDS)
+        return _xml(bodies.background_jobs(page_items, page))
+
+    def job(self, request: Request, site: str, job: str) -> Response:
+        """Query Job."""
+        self.site.authenticate(request.token, site)
+        return _xml(bodies.job(self.site.job(job)))
+
+    def cancel_job(self, request: Request, site: str, job: str) -> Response:
+        """Cancel Job: 200 with an empty body."""
+        self.site.authenticate(request.token, site)
+        self.site.cancel(job)
+        return Response(200)
+
+    # -- stand-in helpers -----------------------------------------------------------------------
+
+    def audit(self, request: Request) -> Response:
+        return _json(self.site.audit())
+
+    def expire_sessions(self, request: Request) -> Response:
+        return _json({"expired": self.site.expire_sessions()})
+
+    def reset(self, request: Request) -> Response:
+        self.site.reset()
+        return Response(204)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: every response carries its length
+    server_version = "TableauStandIn"
+    server: _HttpServer
+
+    def _serve(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        url = urlsplit(self.path)
+        host = self.headers.get("Host") or "{}:{}".format(*self.server.server_address[:2])
+        request = Request(
+            self.command, url.path, dict(parse_qsl(url.query)), self.headers, body, f"http://{host}"
+        )
+        response = self.server.api.handle(request)
+        self.send_response(response.status)
+        for name, value in response.headers.items():
+            self.send_header(name, value)
+        if response.content_type:
+            self.send_header("Content-Type", response.content_type)
+        if response.status != 204:
+            self.send_header("Content-Length", str(len(response.body)))
+        self.end_headers()
+        self.wfile.write(response.body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("%s " + format, self.address_string(), *args)
+
+
+class _HttpServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], api: Api) -> None:
+        super().__init__(address, _Handler)
+        self.api = api
+
+
+class TableauStandIn:
+    """The stand-in as a server: `start()` binds `host:port` (port 0 picks a free one), serves in
+    background threads and advances the backgrounder every `TICK_SECONDS`; `url` is its base URL;
+    `stop()` shuts it down. Also a context manager. `site` is the simulated site behind it."""
+
+    def __init__(self, config: Config, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.config = config
+        self.site = TableauSite(config)
+        self._address = (host, port)
+        self._httpd: _HttpServer | None = None
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+
+    @property
+    def url(self) -> str:
+        if self._httpd is None:
+            raise RuntimeError("the stand-in is not running")
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> TableauStandIn:
+        if self._httpd is not None:
+            raise RuntimeError("the stand-in is already running")
+        self._httpd = _HttpServer(self._address, Api(self.site))
+        self._stopping.clear()
+        self._threads = [
+            threading.Thread(
+                target=self._httpd.serve_forever, args=(0.05,), name="tableau-standin-http", daemon=True
+            ),
+            threading.Thread(target=self._tick, name="tableau-standin-backgrounder", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def _tick(self) -> None:
+        while not self._stopping.wait(TICK_SECONDS):
+            self.site.tick()
+
+    def stop(self) -> None:
+        if self._httpd is None:
+            return
+        self._stopping.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        for thread in self._threads:
+            thread.join()
+        self._httpd = None
+
+    def __enter__(self) -> TableauStandIn:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
