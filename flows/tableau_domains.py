@@ -38,9 +38,9 @@ class _Strict(BaseModel):
 
 
 class ContentName(_Strict):
-    """A data source or workbook by project and name."""
+    """A data source or workbook by name, and by project unless the name is unique on the site."""
 
-    project: str = Field(min_length=1)
+    project: str | None = Field(default=None, min_length=1)
     name: str = Field(min_length=1)
 
 

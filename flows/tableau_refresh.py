@@ -38,7 +38,7 @@ def refresh_rows(refreshes: list[RefreshJob]) -> list[dict[str, object]]:
         {
             "content": r.content.name,
             "kind": r.content.kind,
-            "project": r.content.project,
+            "project": r.project,
             "job_id": r.job_id or "",
             "adopted": r.adopted,
             "status": r.status,
@@ -128,7 +128,9 @@ def _report(
 
 
 @flow(name="refresh-tableau-domains")
-def refresh_domains(domains: list[str] | None = None, config_path: str | None = None) -> dict[str, str]:
+def refresh_domains(
+    domains: list[str] | None = None, config_path: str | None = None, poll_policy: PollPolicy | None = None
+) -> dict[str, str]:
     """Refresh several domains at once (default: all), each as a ``refresh-tableau-domain`` subflow.
 
     Returns:
@@ -141,7 +143,7 @@ def refresh_domains(domains: list[str] | None = None, config_path: str | None = 
         states = dict(
             zip(
                 names,
-                pool.map(lambda d: refresh_domain(d, config_path, return_state=True), names),
+                pool.map(lambda d: refresh_domain(d, config_path, poll_policy, return_state=True), names),
                 strict=True,
             )
         )

@@ -68,19 +68,21 @@ class ResolvedContent:
     """A content's Tableau id, and whether its name is unique among the site's content of its kind."""
 
     id: str
+    project: str
     name_is_unique: bool
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class ContentRef:
-    """A data source or workbook named by project and name, as a domain's configuration does."""
+    """A data source or workbook named as a domain's configuration does: by name, and by project
+    (``None``: any project, as long as only one holds content of that name)."""
 
     kind: ContentKind
-    project: str
+    project: str | None
     name: str
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.project}/{self.name}"
+        return f"{self.kind} {self.project or '*'}/{self.name}"
 
 
 @dataclass
@@ -93,6 +95,7 @@ class RefreshJob:
 
     content: ContentRef
     content_id: str
+    project: str = ""
     job_id: str | None = None
     adopted: bool = False
     status: str = "running"
@@ -156,20 +159,23 @@ def resolve_content(session: TableauSession, refs: Iterable[ContentRef]) -> dict
     """
     resolved: dict[ContentRef, ResolvedContent] = {}
     problems: list[str] = []
-    for ref in sorted(set(refs)):
+    for ref in dict.fromkeys(refs):
         endpoint = _endpoint(session.server, ref.kind)
         same_name = session.call(_list_named, endpoint, ref.name)
-        matches = [item for item in same_name if item.project_name == ref.project]
+        matches = [item for item in same_name if ref.project in (None, item.project_name)]
         if len(matches) == 1:
-            resolved[ref] = ResolvedContent(id=matches[0].id, name_is_unique=len(same_name) == 1)
+            resolved[ref] = ResolvedContent(
+                id=matches[0].id, project=matches[0].project_name, name_is_unique=len(same_name) == 1
+            )
         elif not matches:
             elsewhere = sorted(f"{item.project_name}/{item.name}" for item in same_name)
             hint = f"; found under that name: {elsewhere}" if elsewhere else "; no content has that name"
             problems.append(f"{ref} not found{hint}")
         else:
-            ids = sorted(f"{item.id} (project id {item.project_id})" for item in matches)
+            found = sorted(f"{item.project_name}/{item.name} (id {item.id})" for item in matches)
+            fix = "name its project" if ref.project is None else "rename one of the projects"
             problems.append(
-                f"{ref} is ambiguous: {len(matches)} projects named {ref.project!r} hold it: {ids}"
+                f"{ref} is ambiguous: {len(matches)} candidates {found}; {fix} in the domain configuration"
             )
     if problems:
         raise ContentResolutionError("; ".join(problems))
@@ -216,7 +222,9 @@ def trigger_refresh(
         tableauserverclient errors: anything else Tableau refused.
     """
     endpoint = _endpoint(session.server, ref.kind)
-    refresh = RefreshJob(content=ref, content_id=content.id, poll_interval=policy.initial_interval)
+    refresh = RefreshJob(
+        content=ref, content_id=content.id, project=content.project, poll_interval=policy.initial_interval
+    )
     while True:
         try:
             job = session.call(endpoint.refresh, content.id, incremental=incremental)
@@ -361,7 +369,11 @@ def trigger_refreshes(
         except (ServerResponseError, TimeoutError) as exc:
             status = "timed out" if isinstance(exc, TimeoutError) else "failed"
             logger.error("Refresh of %s not started: %s", ref, exc)
-            refreshes.append(RefreshJob(content=ref, content_id=content.id, status=status, notes=str(exc)))
+            refreshes.append(
+                RefreshJob(
+                    content=ref, content_id=content.id, project=content.project, status=status, notes=str(exc)
+                )
+            )
     return refreshes
 
 

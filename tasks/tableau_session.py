@@ -83,7 +83,7 @@ class TableauSession:
         )
         try:
             self.server.auth.sign_in(auth)
-        except ServerResponseError as exc:
+        except (ServerResponseError, NotSignedInError) as exc:
             if error_code(exc) == SIGN_IN_FAILED:
                 raise TableauAuthError(
                     f"Tableau refused PAT block {self._pat_label!r} (token name {self._pat.token_name!r}) "

@@ -1,0 +1,176 @@
+"""Test harness: one real ``prefect server start`` for the whole session, and helpers.
+
+Prefect reads its settings when first imported, so the server is started and ``PREFECT_API_URL``
+set in ``pytest_configure``, before any test module (and Prefect) is imported. The server runs
+its lease-expiry service every second, so crash tests see leases expire promptly.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from devstack.prefect_server import PrefectServer
+
+_server: PrefectServer | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _server
+    if os.environ.get("PREFECT_API_URL"):
+        return  # a server chosen by the caller
+    _server = PrefectServer(repossessor_loop_seconds=1).start()
+    os.environ.update(_server.client_env())
+    os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+    os.environ["PREFECT_LOGGING_TO_API_ENABLED"] = "false"  # nothing to ship logs to once the server stops
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _server is not None:
+        _server.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url() -> str:
+    return os.environ["PREFECT_API_URL"]
+
+
+# --- Tableau stand-in ------------------------------------------------------------------------
+
+SITE = "analytics"
+PATS = {"pat-1": "secret-1", "pat-2": "secret-2", "pat-3": "secret-3"}
+
+
+def standin_config(**overrides: Any) -> dict[str, Any]:
+    """A small site: Sales (4 data sources, 1 workbook), Marketing (3), and a look-alike 'Orders'."""
+    config: dict[str, Any] = {
+        "site_content_url": SITE,
+        "time_scale": 100,  # a 60 s refresh takes 0.6 s
+        "backgrounder_slots": 4,
+        "pats": [{"name": name, "secret": secret} for name, secret in PATS.items()],
+        "projects": ["Sales", "Marketing", "Archive"],
+        "datasources": [
+            *(
+                {"project": "Sales", "name": n, "duration_seconds": [40, 90]}
+                for n in ("Orders", "Leads", "Targets", "Regions")
+            ),
+            *(
+                {"project": "Marketing", "name": n, "duration_seconds": [40, 90]}
+                for n in ("Campaigns", "Ad Spend", "Sessions")
+            ),
+            {"project": "Archive", "name": "Orders", "duration_seconds": 60},
+        ],
+        "workbooks": [{"project": "Sales", "name": "Sales Overview", "duration_seconds": 60}],
+    }
+    config.update(overrides)
+    return config
+
+
+class StandIn:
+    """The running stand-in and its audit, as tests use them."""
+
+    def __init__(self, server: Any):
+        self.server = server
+        self.url = server.url
+
+    def audit(self) -> dict[str, Any]:
+        return requests.get(f"{self.url}/devstack/audit", timeout=10).json()
+
+    def expire_sessions(self) -> int:
+        return requests.post(f"{self.url}/devstack/sessions/expire", timeout=10).json()["expired"]
+
+
+@pytest.fixture
+def make_standin() -> Iterator[Any]:
+    """Factory: start a stand-in with ``standin_config(**overrides)``; stopped after the test."""
+    from devstack.tableau import TableauStandIn, load_config
+
+    started = []
+
+    def start(**overrides: Any) -> StandIn:
+        server = TableauStandIn(load_config(standin_config(**overrides))).start()
+        started.append(server)
+        return StandIn(server)
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def standin(make_standin) -> StandIn:
+    return make_standin()
+
+
+# --- Blocks, limits and domain configuration --------------------------------------------------
+
+
+class Workspace:
+    """Blocks and limits of one test, under names no other test uses."""
+
+    def __init__(self, standin: StandIn, tmp_path: Path):
+        self.standin = standin
+        self.tag = uuid.uuid4().hex[:8]
+        self.pool_block = f"pool-{self.tag}"
+        self.domains_file = tmp_path / "domains.yaml"
+
+    def pat_block(self, pat: str) -> str:
+        return f"{pat}-{self.tag}"
+
+    def create_pool(
+        self,
+        pats: list[str],
+        *,
+        secrets: dict[str, str] | None = None,
+        bootstrap: bool = True,
+        **pool_fields: Any,
+    ):
+        from blocks import TableauPatPool, TableauPersonalAccessToken, TableauSite
+        from deployments.bootstrap import bootstrap_pool_limits
+
+        secrets = {**PATS, **(secrets or {})}
+        for pat in pats:
+            TableauPersonalAccessToken(token_name=pat, token_secret=secrets[pat]).save(
+                self.pat_block(pat), overwrite=True
+            )
+        pool = TableauPatPool(
+            site=TableauSite(server_url=self.standin.url, site_content_url=SITE, api_version="3.29"),
+            pat_block_names=[self.pat_block(p) for p in pats],
+            concurrency_limit_prefix=f"tableau-pat-{self.tag}",
+            **pool_fields,
+        )
+        pool.save(self.pool_block, overwrite=True)
+        if bootstrap:
+            assert bootstrap_pool_limits(pool).ok
+        return pool
+
+    def write_domains(self, domains: dict[str, dict[str, Any]], **defaults: Any) -> str:
+        body = {
+            "defaults": {"pat_pool_block": self.pool_block, "timeout_seconds": 120, **defaults},
+            "domains": {
+                name: {"upstream": {"flow": f"{name}-pipeline"}, **entry} for name, entry in domains.items()
+            },
+        }
+        self.domains_file.write_text(yaml.safe_dump(body))
+        return str(self.domains_file)
+
+
+@pytest.fixture
+def workspace(standin: StandIn, tmp_path: Path) -> Workspace:
+    return Workspace(standin, tmp_path)
+
+
+SALES = {
+    "datasources": [{"project": "Sales", "name": n} for n in ("Orders", "Leads", "Targets", "Regions")],
+    "workbooks": [{"project": "Sales", "name": "Sales Overview"}],
+}
+MARKETING = {
+    "datasources": [{"project": "Marketing", "name": n} for n in ("Campaigns", "Ad Spend", "Sessions")]
+}
