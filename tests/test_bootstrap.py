@@ -1,0 +1,61 @@
+"""``python -m deployments.bootstrap``: idempotent creation of the pool's limits, and drift."""
+
+from __future__ import annotations
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+from prefect.exceptions import ObjectNotFound
+
+from deployments.bootstrap import main
+
+
+def read_limit(name: str):
+    with get_client(sync_client=True) as client:
+        return client.read_global_concurrency_limit_by_name(name)
+
+
+def test_creates_the_limits_once_then_reports_them_unchanged(workspace, capsys):
+    pool = workspace.create_pool(["pat-1", "pat-2", "pat-3"], bootstrap=False)
+
+    assert main(["--pool-block", workspace.pool_block]) == 0
+    assert main(["--pool-block", workspace.pool_block]) == 0
+
+    out = capsys.readouterr().out
+    assert out.count("created") == 4 and out.count("ok ") == 4
+    assert read_limit(pool.pool_limit_name).limit == 3
+    assert all(
+        read_limit(name).limit == 1 and read_limit(name).active for name in pool.pat_limit_names().values()
+    )
+
+
+def test_check_reports_missing_limits_and_creates_nothing(workspace, capsys):
+    pool = workspace.create_pool(["pat-1"], bootstrap=False)
+    assert main(["--pool-block", workspace.pool_block, "--check"]) == 1
+    assert "MISSING" in capsys.readouterr().out
+    with get_client(sync_client=True) as client, pytest.raises(ObjectNotFound):
+        client.read_global_concurrency_limit_by_name(pool.pool_limit_name)
+
+
+def test_disabled_or_missized_limits_are_drift_until_fixed(workspace, capsys):
+    pool = workspace.create_pool(["pat-1", "pat-2"])
+    pat_limit = pool.pat_limit_names()[workspace.pat_block("pat-1")]
+    with get_client(sync_client=True) as client:
+        client.update_global_concurrency_limit(pat_limit, GlobalConcurrencyLimitUpdate(active=False))
+        client.update_global_concurrency_limit(pool.pool_limit_name, GlobalConcurrencyLimitUpdate(limit=5))
+
+    assert main(["--pool-block", workspace.pool_block]) == 1
+    out = capsys.readouterr()
+    assert f"DRIFT     {pat_limit}: disabled" in out.out
+    assert f"DRIFT     {pool.pool_limit_name}: limit 5, expected 2" in out.out
+    assert "--fix" in out.err
+    assert not read_limit(pat_limit).active  # reported, not changed
+
+    assert main(["--pool-block", workspace.pool_block, "--fix"]) == 0
+    assert read_limit(pat_limit).active and read_limit(pool.pool_limit_name).limit == 2
+    assert main(["--pool-block", workspace.pool_block, "--check"]) == 0
+
+
+def test_missing_pool_block_is_a_clear_error(workspace, capsys):
+    assert main(["--pool-block", "no-such-pool"]) == 2
+    assert "Tableau PAT Pool block 'no-such-pool' could not be loaded" in capsys.readouterr().err

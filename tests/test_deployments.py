@@ -1,0 +1,68 @@
+"""prefect.yaml: a deployment per domain, triggered by its upstream, deployable with `prefect deploy`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from deployments.triggers import upstream_trigger_spec
+from flows.tableau_domains import load_domains
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def prefect_yaml() -> dict:
+    return yaml.safe_load((ROOT / "prefect.yaml").read_text())
+
+
+def test_every_domain_has_a_deployment_with_its_upstream_trigger_and_cron():
+    deployments = {d["name"]: d for d in prefect_yaml()["deployments"]}
+    domains = load_domains(ROOT / "tableau_domains.yaml")
+    assert set(domains) <= set(deployments), (
+        f"domains without a deployment: {set(domains) - set(deployments)}"
+    )
+    for name, domain in domains.items():
+        deployment = deployments[name]
+        assert deployment["entrypoint"] == "flows/tableau_refresh.py:refresh_domain"
+        assert deployment["parameters"] == {"domain": name}
+        assert deployment["triggers"] == [upstream_trigger_spec(domain)], name
+        assert deployment["schedules"] == [{"cron": domain.cron, "timezone": "UTC"}], name
+        assert deployment["work_pool"]["name"] == "tableau-refresh"
+
+
+def test_prefect_deploy_all_against_a_real_server(prefect_api_url):
+    def prefect(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "prefect", *args],
+            cwd=ROOT,
+            env={**os.environ, "ANALYTICS_FLOWS_DIR": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    created = prefect("work-pool", "create", "tableau-refresh", "--type", "process", "--overwrite")
+    assert created.returncode == 0, created.stdout + created.stderr
+    deployed = prefect("--no-prompt", "deploy", "--all")
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        deployments = {d.name: d for d in client.read_deployments()}
+        automations = {a.name: a for a in client.read_automations()}
+    for name in ("sales", "marketing", "finance", "all-domains"):
+        assert deployments[name].work_pool_name == "tableau-refresh"
+    sales = deployments["sales"]
+    assert sales.parameters == {"domain": "sales"}
+    assert [s.schedule.cron for s in sales.schedules] == ["0 7 * * *"]
+    assert sales.global_concurrency_limit.limit == 1
+    trigger = next(a for a in automations.values() if str(sales.id) in str(a.actions))
+    assert trigger.trigger.expect == {"prefect.flow-run.Completed"}
+    assert {"prefect.resource.role": "flow", "prefect.resource.name": "sales-pipeline"} in [
+        spec.root for spec in trigger.trigger.match_related
+    ]

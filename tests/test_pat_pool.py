@@ -1,0 +1,76 @@
+"""The PAT lease on Prefect global concurrency limits, against a real ``prefect server start``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tasks.pat_pool import PatLeaseTimeoutError, lease_pat
+
+HOLD_PAT = """
+import sys, time
+from blocks import TableauPatPool
+from tasks.pat_pool import lease_pat
+with lease_pat(TableauPatPool.load(sys.argv[1])) as lease:
+    print("HELD", lease.pat_block_name, flush=True)
+    time.sleep(600)
+"""
+
+
+def active_slots(name: str) -> int:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_global_concurrency_limit_by_name(name).active_slots
+
+
+def test_concurrent_leases_get_different_pats_and_the_pool_bounds_them(workspace):
+    pool = workspace.create_pool(["pat-1", "pat-2"], acquire_timeout_seconds=2)
+    with lease_pat(pool) as first, lease_pat(pool) as second:
+        assert {first.pat_block_name, second.pat_block_name} == set(pool.pat_block_names)
+        assert active_slots(pool.pool_limit_name) == 2
+        with pytest.raises(PatLeaseTimeoutError, match="became free within 2 s"):
+            with lease_pat(pool):
+                pass
+    assert active_slots(pool.pool_limit_name) == 0
+
+
+def test_lease_is_released_when_the_holder_fails(workspace):
+    pool = workspace.create_pool(["pat-1"])
+    with pytest.raises(RuntimeError, match="boom"):
+        with lease_pat(pool) as lease:
+            assert active_slots(lease.limit_name) == 1
+            raise RuntimeError("boom")
+    assert active_slots(lease.limit_name) == 0
+    assert active_slots(pool.pool_limit_name) == 0
+
+
+def test_killed_holder_frees_its_pat_when_the_lease_expires(workspace):
+    """The holder is SIGKILLed: no release runs; the server's lease expiry frees the PAT."""
+    pool = workspace.create_pool(["pat-1"], lease_duration_seconds=60, acquire_timeout_seconds=3)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_PAT, workspace.pool_block],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ,
+    )
+    try:
+        assert holder.stdout.readline().startswith("HELD")
+        killed_at = time.monotonic()
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+        with pytest.raises(PatLeaseTimeoutError):  # still held by the dead process's lease
+            with lease_pat(pool):
+                pass
+        patient = pool.model_copy(update={"acquire_timeout_seconds": 150})
+        with lease_pat(patient) as lease:
+            freed_after = time.monotonic() - killed_at
+    finally:
+        holder.kill()
+    assert lease.pat_block_name == workspace.pat_block("pat-1")
+    assert 30 < freed_after < 150  # at lease expiry (60 s after the last renewal), not at once
