@@ -21,7 +21,9 @@ def upstream_trigger_spec(domain: Domain) -> dict[str, Any]:
     """The trigger of ``domain``'s deployment, as written under ``triggers:`` in prefect.yaml."""
     related = [{"prefect.resource.role": "flow", "prefect.resource.name": domain.upstream.flow}]
     if domain.upstream.deployment:
-        related.append({"prefect.resource.role": "deployment", "prefect.resource.name": domain.upstream.deployment})
+        related.append(
+            {"prefect.resource.role": "deployment", "prefect.resource.name": domain.upstream.deployment}
+        )
     return {
         "type": "event",
         "enabled": True,

@@ -63,7 +63,17 @@ class PrefectServer:
         self.home.mkdir(parents=True, exist_ok=True)
         self._log = open(self.home / "server.log", "wb")  # closed in stop()
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -72,7 +82,9 @@ class PrefectServer:
         deadline = time.monotonic() + timeout_seconds
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(f"prefect server exited with {self._process.returncode}; see {self.home / 'server.log'}")
+                raise RuntimeError(
+                    f"prefect server exited with {self._process.returncode}; see {self.home / 'server.log'}"
+                )
             try:
                 if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
                     return self

@@ -1,0 +1,28 @@
+# The two commands: `make demo` and `make test`. Each installs what it needs: uv (pinned, from PyPI,
+# into .tools/), then the locked environment (uv.lock) into .venv/.
+UV_VERSION := 0.13.9
+PYTHON ?= python3
+UV := .tools/bin/uv
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: demo test sync lint clean
+
+demo: sync
+	$(UV) run --locked python -m devstack.demo
+
+test: sync
+	$(UV) run --locked python -m pytest
+
+lint: sync
+	$(UV) run --locked ruff check .
+	$(UV) run --locked ruff format --check .
+
+sync: $(UV)
+	$(UV) sync --locked --python 3.11
+
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/python -m pip install --quiet "uv==$(UV_VERSION)"
+
+clean:
+	rm -rf .venv .tools .pytest_cache .ruff_cache
