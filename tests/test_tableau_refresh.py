@@ -215,13 +215,13 @@ def test_domain_timeout_cancels_the_jobs_still_running(make_standin, tmp_path):
     assert finish_codes == {"Quick": 0, "Endless": 2}  # 2: cancelled by the run
 
 
-def test_rate_limited_refreshes_back_off_and_all_start(make_standin, tmp_path):
+def test_rate_limited_incremental_refreshes_back_off_and_all_start(make_standin, tmp_path):
     from conftest import Workspace
 
     standin = make_standin(refresh_rate_limit={"max_requests": 2, "per_seconds": 1, "retry_after_seconds": 1})
     workspace = Workspace(standin, tmp_path)
     workspace.create_pool(["pat-1"])
-    config = workspace.write_domains({"sales": SALES})
+    config = workspace.write_domains({"sales": {**SALES, "incremental": True}})
 
     summary = refresh_domain("sales", config, FAST)
 
@@ -229,6 +229,9 @@ def test_rate_limited_refreshes_back_off_and_all_start(make_standin, tmp_path):
     audit = standin.audit()
     assert audit["rate_limited_requests"] >= 1
     assert sum(audit["jobs_created"].values()) == 5
+    assert all(
+        job["incremental"] for job in audit["jobs"]
+    )  # requested with <extractRefresh incremental="true">
 
 
 # --- Bad input: a clear error, and no refresh started ------------------------------------------

@@ -1,0 +1,1 @@
+"""Benchmarks: reproducible scripts that print figures (not tests)."""

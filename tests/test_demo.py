@@ -1,0 +1,32 @@
+"""`make demo` end to end: upstream completions trigger the served domain deployments."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_refreshes_every_domain_through_the_pool_without_invalidated_tokens():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}  # the demo runs its own stack
+    demo = subprocess.run(
+        [sys.executable, "-m", "devstack.demo"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    out = demo.stdout
+    assert demo.returncode == 0, out[-4000:] + demo.stderr[-4000:]
+    assert re.search(r"^sales\s+Completed 10/10 refreshed .* via PAT tableau-pat-\d, 1 sign-in", out, re.M), (
+        out
+    )
+    assert re.search(r"^marketing\s+Completed 9/9 refreshed .* 1 sign-in", out, re.M), out
+    assert re.search(r"^finance\s+Failed\s+8/9 refreshed", out, re.M), out
+    assert "✗ datasource Finance/Payroll: failed — ODBC error" in out
+    assert re.search(r"^401002 answers served:\s+0\b", out, re.M), out
