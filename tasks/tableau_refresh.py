@@ -356,24 +356,27 @@ def trigger_refreshes(
     """Trigger (or adopt) the refresh of every resolved content, in order.
 
     A content Tableau refuses (other than 409093/429000) is recorded as failed with Tableau's
-    message, and the others go on; so is one still blocked at ``deadline`` ('timed out').
+    message, and the others go on; so is one still blocked at ``deadline`` ('timed out'). If this
+    is interrupted (flow run cancelled, process terminated), the jobs started so far are cancelled.
     """
     refreshes = []
-    for ref, content in resolved.items():
-        try:
-            refreshes.append(
-                trigger_refresh(
-                    session, ref, content, incremental=incremental, deadline=deadline, policy=policy
+    try:
+        for ref, content in resolved.items():
+            try:
+                refreshes.append(
+                    trigger_refresh(
+                        session, ref, content, incremental=incremental, deadline=deadline, policy=policy
+                    )
                 )
-            )
-        except (ServerResponseError, TimeoutError) as exc:
-            status = "timed out" if isinstance(exc, TimeoutError) else "failed"
-            logger.error("Refresh of %s not started: %s", ref, exc)
-            refreshes.append(
-                RefreshJob(
-                    content=ref, content_id=content.id, project=content.project, status=status, notes=str(exc)
+            except (ServerResponseError, TimeoutError) as exc:
+                status = "timed out" if isinstance(exc, TimeoutError) else "failed"
+                logger.error("Refresh of %s not started: %s", ref, exc)
+                refreshes.append(
+                    RefreshJob(ref, content.id, project=content.project, status=status, notes=str(exc))
                 )
-            )
+    except BaseException:
+        _cancel(session, [r for r in refreshes if r.status == "running"], status="cancelled")
+        raise
     return refreshes
 
 

@@ -21,6 +21,7 @@ from tasks.tableau_refresh import (
     ResolvedContent,
     resolve_content,
     trigger_refresh,
+    trigger_refreshes,
     wait_for_jobs,
 )
 from tasks.tableau_session import TableauAuthError, TableauSession
@@ -137,6 +138,25 @@ def test_interrupted_wait_cancels_the_jobs_still_running():
         wait_for_jobs(session, refreshes, deadline=time.monotonic() + 60, policy=POLICY)
     assert sorted(cancelled) == ["job-a", "job-b"]
     assert all(r.status == "cancelled" for r in refreshes)
+
+
+def test_interrupted_triggering_cancels_the_jobs_already_started():
+    cancelled = []
+    answers = [job("job-a"), KeyboardInterrupt()]
+
+    def refresh(content_id, incremental):
+        answer = answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    session = FakeSession(
+        datasources=SimpleNamespace(refresh=refresh), jobs=SimpleNamespace(cancel=cancelled.append)
+    )
+    resolved = {ContentRef("datasource", "S", n): ResolvedContent(f"id-{n}", "S", True) for n in "ab"}
+    with pytest.raises(KeyboardInterrupt):
+        trigger_refreshes(session, resolved, incremental=False, deadline=time.monotonic() + 60, policy=POLICY)
+    assert cancelled == ["job-a"]
 
 
 def test_a_job_whose_polls_keep_failing_fails_alone():
