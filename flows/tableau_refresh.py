@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from flows.tableau_domains import Domain, load_domain, load_domains
+from flows.tableau_domains import Domain, DomainConfigError, domains_file, load_domain, load_domains
 from tasks.pat_pool import lease_pat, load_pool
 from tasks.tableau_refresh import (
     DomainRefreshError,
@@ -137,6 +137,8 @@ def refresh_domains(
         domain -> final state name of its subflow run. Raises if any domain failed, after all ended.
     """
     names = domains or sorted(load_domains(config_path))
+    if not names:
+        raise DomainConfigError(f"{domains_file(config_path)} defines no domains: nothing to refresh.")
     for name in names:  # fail on an unknown name before anything starts
         load_domain(name, config_path)
     with ThreadPoolExecutor(max_workers=len(names)) as pool:

@@ -345,3 +345,14 @@ def test_disabled_concurrency_limit(standin, workspace):
     with pytest.raises(PatPoolError, match=rf"'{limit}' is disabled"):
         refresh_domain("sales", config)
     assert_nothing_started(standin)
+
+
+def test_refresh_domains_rejects_unknown_names_and_empty_configuration(standin, workspace):
+    workspace.create_pool(["pat-1"])
+    config = workspace.write_domains({"sales": SALES})
+    with pytest.raises(DomainConfigError, match="Unknown domain 'nope'"):
+        refresh_domains(["sales", "nope"], config)
+    empty = workspace.write_domains({})
+    with pytest.raises(DomainConfigError, match="defines no domains"):
+        refresh_domains(None, empty)
+    assert_nothing_started(standin)
