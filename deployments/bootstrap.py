@@ -22,6 +22,7 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalC
 from prefect.exceptions import ObjectNotFound
 
 from blocks.tableau import TableauPatPool
+from tasks.pat_pool import expected_limits, limit_drift
 
 
 @dataclass
@@ -49,14 +50,6 @@ class BootstrapReport:
         )
 
 
-def expected_limits(pool: TableauPatPool) -> dict[str, int]:
-    """Limit name -> slots: the pool limit (number of PATs) and one limit of 1 per PAT."""
-    return {
-        pool.pool_limit_name: len(pool.pat_block_names),
-        **{n: 1 for n in pool.pat_limit_names().values()},
-    }
-
-
 def bootstrap_pool_limits(
     pool: TableauPatPool, *, fix: bool = False, check_only: bool = False
 ) -> BootstrapReport:
@@ -78,13 +71,7 @@ def bootstrap_pool_limits(
                     )
                     report.created.append(f"{name} (limit {slots})")
                 continue
-            problems = []
-            if not found.active:
-                problems.append("disabled")
-            if found.limit != slots:
-                problems.append(f"limit {found.limit}, expected {slots}")
-            if found.slot_decay_per_second:
-                problems.append(f"slot decay {found.slot_decay_per_second}/s, expected none")
+            problems = limit_drift(found, slots)
             if not problems:
                 report.unchanged.append(f"{name} (limit {slots})")
             elif fix and not check_only:

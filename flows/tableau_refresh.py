@@ -9,11 +9,13 @@ for the demo and for back-fills.
 
 from __future__ import annotations
 
+import contextvars
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
+from prefect.states import State
 
 from flows.tableau_domains import Domain, DomainConfigError, domains_file, load_domain, load_domains
 from tasks.pat_pool import lease_pat, load_pool
@@ -42,6 +44,7 @@ def refresh_rows(refreshes: list[RefreshJob]) -> list[dict[str, object]]:
             "job_id": r.job_id or "",
             "adopted": r.adopted,
             "status": r.status,
+            "finish_code": r.finish_code,
             "queued_at": _iso(r.created_at),
             "started_at": _iso(r.started_at),
             "finished_at": _iso(r.completed_at),
@@ -70,7 +73,8 @@ def refresh_domain(
         (persisted as the run's result; on failure carried by the ``DomainRefreshError``).
 
     Raises:
-        DomainConfigError: unknown domain or invalid configuration (nothing started).
+        DomainConfigError: unknown domain, invalid configuration, or incremental refreshes on a
+            site older than REST API 3.25 (nothing started).
         BlockNotFoundError: the pool or one of its PAT blocks is missing (nothing started).
         PatPoolError: the pool's global concurrency limits are missing or disabled (nothing started).
         ContentResolutionError: content missing or ambiguous on the site (nothing started).
@@ -87,6 +91,11 @@ def refresh_domain(
             "Domain %r holds PAT %r (waited %.1f s)", domain, lease.pat_block_name, lease.wait_seconds
         )
         with TableauSession(pool.site, pats[lease.pat_block_name], lease.pat_block_name) as session:
+            if config.incremental and not session.server.check_at_least_version("3.25"):
+                raise DomainConfigError(
+                    f"Domain {domain!r} asks for incremental refreshes, which need REST API 3.25 or later; "
+                    f"the site uses {session.server.version}. Set incremental: false or raise the API version."
+                )
             deadline = time.monotonic() + config.timeout_seconds
             resolved = resolve_tableau_content(session, config.content())
             refreshes = trigger_tableau_refreshes(
@@ -141,14 +150,14 @@ def refresh_domains(
         raise DomainConfigError(f"{domains_file(config_path)} defines no domains: nothing to refresh.")
     for name in names:  # fail on an unknown name before anything starts
         load_domain(name, config_path)
+
+    def run(domain: str) -> State:
+        return refresh_domain(domain, config_path, poll_policy, return_state=True)
+
+    # Each thread runs in a copy of this run's context, so that the domains are its subflows.
     with ThreadPoolExecutor(max_workers=len(names)) as pool:
-        states = dict(
-            zip(
-                names,
-                pool.map(lambda d: refresh_domain(d, config_path, poll_policy, return_state=True), names),
-                strict=True,
-            )
-        )
+        futures = {name: pool.submit(contextvars.copy_context().run, run, name) for name in names}
+        states = {name: future.result() for name, future in futures.items()}
     failed = {d: s.message for d, s in states.items() if not s.is_completed()}
     if failed:
         raise DomainRefreshError(f"{len(failed)} of {len(names)} domains failed: {failed}")

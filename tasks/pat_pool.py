@@ -1,10 +1,12 @@
 """Lease a personal access token (PAT) from a pool guarded by Prefect global concurrency limits.
 
-Protocol (design.md §3): acquire one slot of the pool limit (blocking, bounded by the pool's
+Protocol (design.md §3): acquire one slot of the pool limit (waiting, bounded by the pool's
 ``acquire_timeout_seconds``), then try the limit-1 limits of the PATs without blocking
 (``max_retries=0``) in a rotating order and hold the first one granted. Every acquisition is
 ``strict`` (a missing limit fails) and leased: Prefect renews the lease in the background while
 the holder lives, and the server frees the slots of a killed holder when the lease expires.
+Every limit read on the way is checked: a disabled limit is granted by the server without
+being enforced, so it is an error, not a free PAT.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import httpx
 from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+from prefect.client.schemas.responses import GlobalConcurrencyLimitResponse
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext, TaskRunContext
@@ -31,9 +34,8 @@ from blocks.tableau import TableauPatPool, TableauPersonalAccessToken
 
 logger = logging.getLogger(__name__)
 
-# How long to wait between rounds over the PAT limits when the pool slot is ours but every PAT
-# limit is still held, e.g. while a crashed holder's PAT lease outlives its pool lease by moments.
-_PAT_ROUND_BACKOFF_SECONDS = (0.2, 2.0)
+# Back-off between tries for a full limit, in seconds: from the first value, doubling, up to the second.
+_BACKOFF_SECONDS = (0.2, 5.0)
 
 
 class BlockNotFoundError(LookupError):
@@ -86,38 +88,69 @@ def _load_block(block_type: type[Block], name: str, needed_by: str) -> Block:
         ) from None
 
 
-def check_pool_limits(pool: TableauPatPool, pool_block_name: str = "") -> None:
-    """Check that the pool's global concurrency limits exist, are active and correctly sized.
+def expected_limits(pool: TableauPatPool) -> dict[str, int]:
+    """Limit name -> slots: the pool limit (number of PATs) and one limit of 1 per PAT."""
+    return {
+        pool.pool_limit_name: len(pool.pat_block_names),
+        **{name: 1 for name in pool.pat_limit_names().values()},
+    }
 
-    A disabled limit grants every request (it enforces nothing), so it is an error here, as is a
-    missing one or one whose limit is not 1 (PAT) or the number of PATs (pool).
+
+def limit_drift(found: GlobalConcurrencyLimitResponse, slots: int) -> list[str]:
+    """What makes an existing limit unfit to guard PATs: disabled (a disabled limit grants every
+    request), a limit other than ``slots``, or slot decay (a decaying slot frees itself while held)."""
+    problems = []
+    if not found.active:
+        problems.append("disabled")
+    if found.limit != slots:
+        problems.append(f"limit {found.limit}, expected {slots}")
+    if found.slot_decay_per_second:
+        problems.append(f"slot decay {found.slot_decay_per_second}/s, expected none")
+    return problems
+
+
+def _not_ready(pool_block_name: str, problems: list[str]) -> PatPoolError:
+    block = f" of block {pool_block_name!r}" if pool_block_name else ""
+    return PatPoolError(
+        f"PAT pool{block} is not ready: "
+        + "; ".join(problems)
+        + ". Run `python -m deployments.bootstrap --fix` to create or repair the limits."
+    )
+
+
+def read_limits(
+    pool: TableauPatPool, names: list[str], pool_block_name: str = ""
+) -> dict[str, GlobalConcurrencyLimitResponse]:
+    """Read some of the pool's limits, checking each is fit to guard PATs.
+
+    Raises:
+        PatPoolError: listing every missing or drifted limit and the command that fixes it.
+    """
+    expected = expected_limits(pool)
+    found, problems = {}, []
+    with get_client(sync_client=True) as client:
+        for name in names:
+            try:
+                found[name] = client.read_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                problems.append(f"global concurrency limit {name!r} does not exist")
+                continue
+            problems += [
+                f"global concurrency limit {name!r} is {p}" for p in limit_drift(found[name], expected[name])
+            ]
+    if problems:
+        raise _not_ready(pool_block_name, problems)
+    return found
+
+
+def check_pool_limits(pool: TableauPatPool, pool_block_name: str = "") -> None:
+    """Check that every global concurrency limit of the pool exists, is active, correctly sized
+    and does not decay.
 
     Raises:
         PatPoolError: listing every problem and the command that fixes it.
     """
-    expected = {pool.pool_limit_name: len(pool.pat_block_names)}
-    expected.update({name: 1 for name in pool.pat_limit_names().values()})
-    problems = []
-    with get_client(sync_client=True) as client:
-        for name, limit in expected.items():
-            try:
-                found = client.read_global_concurrency_limit_by_name(name)
-            except ObjectNotFound:
-                problems.append(f"global concurrency limit {name!r} does not exist")
-                continue
-            if not found.active:
-                problems.append(f"global concurrency limit {name!r} is disabled (it would guard nothing)")
-            if found.limit != limit:
-                problems.append(
-                    f"global concurrency limit {name!r} has limit {found.limit}, expected {limit}"
-                )
-    if problems:
-        block = f" of block {pool_block_name!r}" if pool_block_name else ""
-        raise PatPoolError(
-            f"PAT pool{block} is not ready: "
-            + "; ".join(problems)
-            + ". Run `python -m deployments.bootstrap --fix` to create or repair the limits."
-        )
+    read_limits(pool, list(expected_limits(pool)), pool_block_name)
 
 
 def current_holder() -> ConcurrencyLeaseHolder | None:
@@ -130,22 +163,24 @@ def current_holder() -> ConcurrencyLeaseHolder | None:
     return None
 
 
-def _free_first(pat_limits: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The PAT limits that showed a free slot a moment ago, in the given order.
-
-    Only a hint that spares a refused (423) attempt per busy PAT; the acquisition itself decides.
-    """
-    with get_client(sync_client=True) as client:
-        return [
-            (pat, name)
-            for pat, name in pat_limits
-            if (limit := client.read_global_concurrency_limit_by_name(name)).active_slots < limit.limit
-        ]
+def _is_free(limit: GlobalConcurrencyLimitResponse) -> bool:
+    return limit.active_slots < limit.limit
 
 
-def _is_locked(exc: ConcurrencySlotAcquisitionError) -> bool:
-    cause = exc.__cause__
-    return isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423
+def _try_acquire(stack: ExitStack, name: str, lease_kwargs: dict) -> bool:
+    """Take one slot of ``name`` without waiting (``max_retries=0``); False if it is full (423)."""
+    try:
+        stack.enter_context(concurrency(name, max_retries=0, **lease_kwargs))
+    except ConcurrencySlotAcquisitionError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423:
+            return False
+        raise
+    return True
+
+
+def _backoff(attempt: int) -> float:
+    return random.uniform(0.5, 1.0) * min(_BACKOFF_SECONDS[0] * 2**attempt, _BACKOFF_SECONDS[1])
 
 
 @contextmanager
@@ -169,43 +204,46 @@ def lease_pat(
     check_pool_limits(pool, pool_block_name)
     rng = rng or random.Random()
     pat_limits = list(pool.pat_limit_names().items())
-    holder = current_holder()
-    lease_kwargs = dict(lease_duration=pool.lease_duration_seconds, strict=True, holder=holder)
+    lease_kwargs = dict(lease_duration=pool.lease_duration_seconds, strict=True, holder=current_holder())
     started = time.monotonic()
     deadline = started + pool.acquire_timeout_seconds
 
     with ExitStack() as stack:
-        try:
-            stack.enter_context(
-                concurrency(
-                    pool.pool_limit_name, timeout_seconds=pool.acquire_timeout_seconds, **lease_kwargs
-                )
-            )
-        except TimeoutError as exc:
-            raise PatLeaseTimeoutError(
-                f"No PAT of pool {pool_block_name or pool.pool_limit_name!r} became free within "
-                f"{pool.acquire_timeout_seconds:.0f} s: all {len(pat_limits)} are leased. Add PATs to the "
-                "pool, or raise acquire_timeout_seconds."
-            ) from exc
-
-        # Start the rotation at a random PAT so that concurrent holders spread over the pool.
-        offset = rng.randrange(len(pat_limits))
+        # Wait for a slot of the pool limit: try when it shows one free, back off otherwise. Each
+        # try is one request, so the wait is bounded by our deadline even when several runs of this
+        # process wait at once (Prefect serializes one process's acquisitions of the same limit).
         for attempt in itertools.count():
-            for pat_block_name, limit_name in _free_first(pat_limits[offset:] + pat_limits[:offset]):
-                try:
-                    stack.enter_context(concurrency(limit_name, max_retries=0, **lease_kwargs))
-                except ConcurrencySlotAcquisitionError as exc:
-                    if _is_locked(exc):
-                        continue
-                    raise
+            pool_limit = read_limits(pool, [pool.pool_limit_name], pool_block_name)[pool.pool_limit_name]
+            if _is_free(pool_limit) and _try_acquire(stack, pool.pool_limit_name, lease_kwargs):
+                break
+            if time.monotonic() >= deadline:
+                raise PatLeaseTimeoutError(
+                    f"No PAT of pool {pool_block_name or pool.pool_limit_name!r} became free within "
+                    f"{pool.acquire_timeout_seconds:.0f} s: all {len(pat_limits)} are leased. Add PATs to "
+                    "the pool, or raise acquire_timeout_seconds."
+                )
+            time.sleep(_backoff(attempt))
+
+        # Then the first free PAT, starting at a random one so that holders spread over the pool.
+        offset = rng.randrange(len(pat_limits))
+        rotation = pat_limits[offset:] + pat_limits[:offset]
+        for attempt in itertools.count():
+            limits = read_limits(pool, [name for _, name in rotation], pool_block_name)
+            for pat_block_name, limit_name in rotation:
+                if not (_is_free(limits[limit_name]) and _try_acquire(stack, limit_name, lease_kwargs)):
+                    continue
+                # A limit disabled between the read and the acquisition would guard nothing.
+                read_limits(pool, [limit_name], pool_block_name)
                 wait = time.monotonic() - started
                 logger.info("Leased PAT %r (limit %r) after %.2f s", pat_block_name, limit_name, wait)
                 yield PatLease(pat_block_name=pat_block_name, limit_name=limit_name, wait_seconds=wait)
                 return
+            # Only transient (a killed holder's PAT lease outliving its pool lease by moments) or
+            # a sign of PAT limits taken outside the pool.
             if time.monotonic() >= deadline:
                 raise PatLeaseTimeoutError(
                     f"Held a slot of {pool.pool_limit_name!r} but every PAT limit stayed occupied for "
                     f"{pool.acquire_timeout_seconds:.0f} s: are PAT limits "
                     f"{[name for _, name in pat_limits]} acquired outside the pool?"
                 )
-            time.sleep(min(_PAT_ROUND_BACKOFF_SECONDS[0] * 2**attempt, _PAT_ROUND_BACKOFF_SECONDS[1]))
+            time.sleep(_backoff(attempt))

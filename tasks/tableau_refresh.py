@@ -27,9 +27,10 @@ import tableauserverclient as TSC
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
-from tableauserverclient.server.endpoint.exceptions import ServerResponseError
+from requests import RequestException
+from tableauserverclient.server.endpoint.exceptions import ServerResponseError, TableauError
 
-from tasks.tableau_session import TableauSession, error_code
+from tasks.tableau_session import TableauAuthError, TableauSession, error_code
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,9 @@ FINISH_CODE_NAMES = {0: "succeeded", 1: "failed", 2: "cancelled", 3: "succeeded"
 # Query Jobs: backgroundJob subtitle by content kind, and the statuses of a job still in flight.
 _JOB_SUBTITLE = {"datasource": "Data Source", "workbook": "Workbook"}
 _IN_FLIGHT = ["Pending", "InProgress"]
+_REFRESH_JOB_TYPES = ["refresh_extracts", "increment_extracts"]
+# Characters a REST API filter value cannot carry (tableauserverclient quotes none of them).
+_UNFILTERABLE = re.compile(r"[,&:\[\]]")
 _RETRY_AFTER = re.compile(r"retry after (\d+(?:\.\d+)?)\s*s", re.IGNORECASE)
 
 
@@ -110,7 +114,7 @@ class RefreshJob:
 
     @property
     def succeeded(self) -> bool:
-        return self.status == "succeeded"
+        return self.finish_code in SUCCESS_FINISH_CODES
 
     @property
     def duration_seconds(self) -> float | None:
@@ -183,7 +187,9 @@ def resolve_content(session: TableauSession, refs: Iterable[ContentRef]) -> dict
 
 
 def _list_named(endpoint, name: str) -> list:
-    return list(endpoint.filter(name=name))
+    """Content called exactly ``name``; lists everything if the name cannot go into a filter."""
+    items = TSC.Pager(endpoint) if _UNFILTERABLE.search(name) else endpoint.filter(name=name)
+    return [item for item in items if item.name == name]
 
 
 def _retry_after_seconds(exc: ServerResponseError, default: float) -> float:
@@ -192,13 +198,26 @@ def _retry_after_seconds(exc: ServerResponseError, default: float) -> float:
 
 
 def _in_flight_jobs(session: TableauSession, ref: ContentRef) -> list[TSC.BackgroundJobItem]:
-    """Query Jobs for queued/running extract refreshes titled with the content's name."""
+    """Query Jobs for queued/running extract refreshes (full or incremental) of the content's name.
+
+    Raises:
+        PermissionError: Tableau refused Query Jobs (403), which it allows site administrators.
+    """
     options = TSC.RequestOptions()
-    options.filter.add(TSC.Filter("jobType", TSC.RequestOptions.Operator.Equals, "refresh_extracts"))
+    options.filter.add(TSC.Filter("jobType", TSC.RequestOptions.Operator.In, _REFRESH_JOB_TYPES))
     options.filter.add(TSC.Filter("status", TSC.RequestOptions.Operator.In, _IN_FLIGHT))
-    options.filter.add(TSC.Filter("title", TSC.RequestOptions.Operator.Equals, ref.name))
-    jobs, _ = session.call(session.server.jobs.get, req_options=options)
-    return [job for job in jobs if job.subtitle == _JOB_SUBTITLE[ref.kind]]
+    if not _UNFILTERABLE.search(ref.name):
+        options.filter.add(TSC.Filter("title", TSC.RequestOptions.Operator.Equals, ref.name))
+    try:
+        jobs, _ = session.call(session.server.jobs.get, req_options=options)
+    except ServerResponseError as exc:
+        if not str(exc.code).startswith("403"):
+            raise
+        raise PermissionError(
+            f"a refresh of {ref} is already queued (409093), and Tableau refused Query Jobs ({exc.code}) "
+            "to find it: give the PAT's user a site administrator role so runs can adopt in-flight refreshes"
+        ) from None
+    return [job for job in jobs if job.title == ref.name and job.subtitle == _JOB_SUBTITLE[ref.kind]]
 
 
 def trigger_refresh(
@@ -219,22 +238,24 @@ def trigger_refresh(
 
     Raises:
         TimeoutError: still rate-limited or blocked at ``deadline`` (``time.monotonic()`` value).
+        PermissionError: 409093, and Tableau refused Query Jobs to find the job in flight.
         tableauserverclient errors: anything else Tableau refused.
     """
     endpoint = _endpoint(session.server, ref.kind)
-    refresh = RefreshJob(
-        content=ref, content_id=content.id, project=content.project, poll_interval=policy.initial_interval
-    )
+    refresh = RefreshJob(content=ref, content_id=content.id, project=content.project)
     while True:
         try:
             job = session.call(endpoint.refresh, content.id, incremental=incremental)
         except ServerResponseError as exc:
-            if error_code(exc) != TOO_MANY_REQUESTS:
+            if error_code(exc) == REFRESH_ALREADY_QUEUED:
+                job = None  # tableauserverclient < 0.42 raised 409093 instead of returning None
+            elif error_code(exc) == TOO_MANY_REQUESTS:
+                wait = _retry_after_seconds(exc, policy.rate_limit_default_wait)
+                logger.info("Tableau rate-limited the refresh of %s (429000); retrying in %.0f s", ref, wait)
+                _sleep_until_deadline(wait, deadline, f"refresh of {ref} still rate-limited (429000)", sleep)
+                continue
+            else:
                 raise
-            wait = _retry_after_seconds(exc, policy.rate_limit_default_wait)
-            logger.info("Tableau rate-limited the refresh of %s (429000); retrying in %.0f s", ref, wait)
-            _sleep_until_deadline(wait, deadline, f"refresh of {ref} still rate-limited (429000)", sleep)
-            continue
         if job is not None:
             refresh.job_id = job.id
             refresh.created_at = job.created_at
@@ -248,13 +269,14 @@ def trigger_refresh(
             logger.info("Refresh of %s already in flight (409093): adopted job %s", ref, refresh.job_id)
             return refresh
         logger.info(
-            "Refresh of %s already in flight (409093) but its job cannot be told apart from %d "
-            "candidate(s); waiting for them to end, then triggering again",
+            "Refresh of %s already in flight (409093) but its job cannot be told apart (%d candidate(s)); "
+            "waiting for it to end, then triggering again",
             ref,
             len(in_flight),
         )
+        _sleep_until_deadline(policy.initial_interval, deadline, f"{ref} stayed busy (409093)", sleep)
         while _in_flight_jobs(session, ref):
-            _sleep_until_deadline(policy.initial_interval, deadline, f"{ref} stayed busy", sleep)
+            _sleep_until_deadline(policy.initial_interval, deadline, f"{ref} stayed busy (409093)", sleep)
 
 
 def _sleep_until_deadline(seconds: float, deadline: float, what: str, sleep: Callable[[float], None]) -> None:
@@ -267,7 +289,7 @@ def _apply_job(refresh: RefreshJob, job: TSC.JobItem) -> None:
     refresh.created_at = job.created_at or refresh.created_at
     refresh.started_at = job.started_at
     refresh.completed_at = job.completed_at
-    if job.finish_code is not None and job.finish_code >= 0 and job.completed_at is not None:
+    if job.finish_code is not None and job.finish_code >= 0:  # tableauserverclient: -1 while running
         refresh.finish_code = job.finish_code
         refresh.status = FINISH_CODE_NAMES.get(job.finish_code, f"finish code {job.finish_code}")
         refresh.notes = "; ".join(note for note in (job.notes or []) if note)
@@ -294,6 +316,8 @@ def wait_for_jobs(
     """
     rng = rng or random.Random()
     running = [r for r in refreshes if r.status == "running"]
+    for refresh in running:
+        refresh.poll_interval = refresh.poll_interval or policy.initial_interval
     try:
         with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tableau-poll") as pool:
             while running:
@@ -328,21 +352,29 @@ def wait_for_jobs(
 def _poll(session: TableauSession, refresh: RefreshJob) -> TSC.JobItem | Exception:
     try:
         return session.call(session.server.jobs.get_by_id, refresh.job_id)
+    except TableauAuthError:
+        raise  # the PAT is compromised or revoked: no poll of this session can succeed
     except Exception as exc:  # counted per job; a run of failures fails that job only
         return exc
 
 
 def _cancel(session: TableauSession, refreshes: list[RefreshJob], *, status: str) -> None:
+    """Cancel each job on Tableau; one that ended meanwhile keeps its own outcome."""
     for refresh in refreshes:
         try:
             session.call(session.server.jobs.cancel, refresh.job_id)
-            refresh.status = status
-            refresh.notes = f"cancelled by this run ({status})"
-            logger.warning("Cancelled Tableau job %s of %s (%s)", refresh.job_id, refresh.content, status)
         except Exception as exc:
-            refresh.status = status
-            refresh.notes = f"cancel request failed: {exc}"
-            logger.error("Could not cancel Tableau job %s of %s: %s", refresh.job_id, refresh.content, exc)
+            outcome = _poll(session, refresh)
+            if not isinstance(outcome, Exception):
+                _apply_job(refresh, outcome)
+            if refresh.status == "running":
+                refresh.status, refresh.notes = status, f"cancel request failed: {exc}"
+                logger.error(
+                    "Could not cancel Tableau job %s of %s: %s", refresh.job_id, refresh.content, exc
+                )
+            continue
+        refresh.status, refresh.notes = status, f"cancelled by this run ({status})"
+        logger.warning("Cancelled Tableau job %s of %s (%s)", refresh.job_id, refresh.content, status)
 
 
 def trigger_refreshes(
@@ -368,7 +400,7 @@ def trigger_refreshes(
                         session, ref, content, incremental=incremental, deadline=deadline, policy=policy
                     )
                 )
-            except (ServerResponseError, TimeoutError) as exc:
+            except (TableauError, RequestException, PermissionError, TimeoutError) as exc:
                 status = "timed out" if isinstance(exc, TimeoutError) else "failed"
                 logger.error("Refresh of %s not started: %s", ref, exc)
                 refreshes.append(

@@ -74,3 +74,35 @@ def test_killed_holder_frees_its_pat_when_the_lease_expires(workspace):
         holder.kill()
     assert lease.pat_block_name == workspace.pat_block("pat-1")
     assert 30 < freed_after < 150  # at lease expiry (60 s after the last renewal), not at once
+
+
+def test_a_limit_disabled_while_a_run_waits_fails_that_run(workspace):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+    from tasks.pat_pool import PatPoolError
+
+    pool = workspace.create_pool(["pat-1"], acquire_timeout_seconds=30)
+    with lease_pat(pool):
+        waiting = {}
+
+        def wait_for_pat():
+            try:
+                with lease_pat(pool):
+                    waiting["leased"] = True
+            except Exception as exc:
+                waiting["error"] = exc
+
+        import threading
+
+        thread = threading.Thread(target=wait_for_pat)
+        thread.start()
+        time.sleep(1)  # the second run is waiting for the pool slot
+        with get_client(sync_client=True) as client:
+            client.update_global_concurrency_limit(
+                pool.pool_limit_name, GlobalConcurrencyLimitUpdate(active=False)
+            )
+        thread.join(30)
+    assert "leased" not in waiting
+    assert isinstance(waiting["error"], PatPoolError)
+    assert "is disabled" in str(waiting["error"])

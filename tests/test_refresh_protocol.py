@@ -40,8 +40,8 @@ class FakeSession:
         return fn(*args, **kwargs)
 
 
-def job(job_id: str = "job-1"):
-    return SimpleNamespace(id=job_id, created_at=NOW)
+def job(job_id: str = "job-1", title: str = "Orders", subtitle: str = "Data Source"):
+    return SimpleNamespace(id=job_id, created_at=NOW, title=title, subtitle=subtitle)
 
 
 def test_same_named_projects_make_content_ambiguous():
@@ -104,10 +104,7 @@ def test_rate_limit_past_the_deadline_is_a_timeout():
 def test_conflict_that_cannot_be_attributed_waits_then_triggers_its_own_job():
     """409093 while two in-flight jobs carry the content's name: wait for both, then refresh again."""
     refresh_answers = [None, job("own")]  # TSC returns None on 409093
-    in_flight = [[job("x"), job("y")], [job("x")], []]
-    for jobs in in_flight:
-        for j in jobs:
-            j.subtitle = "Data Source"
+    in_flight = [[job("x"), job("y")], [job("x"), job("other", title="Orders 2")], []]
 
     session = FakeSession(
         datasources=SimpleNamespace(refresh=lambda content_id, incremental: refresh_answers.pop(0)),
@@ -191,3 +188,49 @@ def test_second_401002_right_after_signing_in_again_means_a_foreign_sign_in(stan
         ):
             session.call(always_invalidated)
         assert session.sign_ins == 2  # signed in again exactly once
+
+
+def test_conflict_with_no_visible_job_backs_off_until_the_deadline():
+    """409093 while Query Jobs shows nothing (e.g. the job just ended): retrigger, but never spin."""
+    calls = []
+
+    def refresh(content_id, incremental):
+        calls.append(time.monotonic())
+        return None  # 409093 every time
+
+    session = FakeSession(
+        datasources=SimpleNamespace(refresh=refresh), jobs=SimpleNamespace(get=lambda req_options: ([], None))
+    )
+    with pytest.raises(TimeoutError, match="stayed busy"):
+        trigger_refresh(
+            session,
+            ContentRef("datasource", "Sales", "Orders"),
+            ResolvedContent("ds-1", "Sales", True),
+            incremental=False,
+            deadline=time.monotonic() + 0.3,
+            policy=PollPolicy(initial_interval=0.05),
+        )
+    assert 2 <= len(calls) <= 7
+
+
+def test_a_finished_job_without_completed_at_counts_by_its_finish_code():
+    finished = SimpleNamespace(created_at=NOW, started_at=NOW, completed_at=None, finish_code=0, notes=[])
+    session = FakeSession(jobs=SimpleNamespace(get_by_id=lambda job_id: finished, cancel=lambda job_id: None))
+    refresh = RefreshJob(ContentRef("datasource", "S", "a"), "a", job_id="job-a")
+    wait_for_jobs(session, [refresh], deadline=time.monotonic() + 5, policy=POLICY)
+    assert refresh.status == "succeeded" and refresh.succeeded
+
+
+def test_an_invalidated_pat_stops_polling_and_cancels_the_jobs():
+    cancelled = []
+
+    def get_by_id(job_id):
+        raise TableauAuthError(
+            "The credential token of PAT 'x' was invalidated (401002) right after signing in"
+        )
+
+    session = FakeSession(jobs=SimpleNamespace(get_by_id=get_by_id, cancel=cancelled.append))
+    refreshes = [RefreshJob(ContentRef("datasource", "S", n), n, job_id=f"job-{n}") for n in "ab"]
+    with pytest.raises(TableauAuthError):
+        wait_for_jobs(session, refreshes, deadline=time.monotonic() + 60, policy=POLICY)
+    assert sorted(cancelled) == ["job-a", "job-b"]

@@ -115,8 +115,13 @@ def test_rerun_while_refreshes_are_in_flight_adopts_the_jobs(make_standin, tmp_p
     standin = make_standin(datasources=slow, workbooks=[], projects=["Sales"])
     workspace = Workspace(standin, tmp_path)
     workspace.create_pool(["pat-1", "pat-2"])
-    config = workspace.write_domains(
-        {"sales": {"datasources": [{"project": "Sales", "name": n["name"]} for n in slow]}}
+    config = workspace.write_domains(  # incremental: Tableau lists these jobs as increment_extracts
+        {
+            "sales": {
+                "incremental": True,
+                "datasources": [{"project": "Sales", "name": n["name"]} for n in slow],
+            }
+        }
     )
 
     first, first_outcome = in_thread(refresh_domain, "sales", config, FAST)

@@ -35,7 +35,7 @@ _CONTENT = _SITE + r"/(?P<kinds>datasources|workbooks)"
 _CONTENT_FIELDS = {"name": lambda spec: spec.name, "projectName": lambda spec: spec.project}
 _JOB_FIELDS: dict[str, Callable[[Job], str]] = {
     "status": lambda job: job.status,
-    "jobType": lambda job: bodies.REFRESH_JOB_TYPE,
+    "jobType": bodies.job_type,
     "title": lambda job: job.title,
     "subtitle": lambda job: job.subtitle,
 }

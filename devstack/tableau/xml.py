@@ -26,7 +26,11 @@ NAMESPACE = "http://tableau.com/api"
 _XSI = "http://www.w3.org/2001/XMLSchema-instance"
 _SCHEMA_LOCATION = f"{NAMESPACE} https://help.tableau.com/samples/en-us/rest_api/ts-api_3_29.xsd"
 CONTENT_TYPE = "application/xml;charset=utf-8"
-REFRESH_JOB_TYPE = "refresh_extracts"  # Query Jobs jobType of extract refreshes
+
+
+def job_type(job: Job) -> str:
+    """Query Jobs ``jobType`` of an extract refresh: full ``refresh_extracts``, incremental ``increment_extracts``."""
+    return "increment_extracts" if job.incremental else "refresh_extracts"
 
 
 @dataclass(frozen=True)
@@ -218,7 +222,7 @@ def _background_job(job: Job) -> ET.Element:
         "startedAt": None if job.started_at is None else timestamp(job.started_at),
         "endedAt": None if job.completed_at is None else timestamp(job.completed_at),
         "priority": 50,
-        "jobType": REFRESH_JOB_TYPE,
+        "jobType": job_type(job),
         "title": job.title,
         "subtitle": job.subtitle,
     }
