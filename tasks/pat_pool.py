@@ -198,7 +198,8 @@ def lease_pat(
         lease (``pool.lease_duration_seconds``) expires on the server.
 
     Raises:
-        PatPoolError: a limit is missing, disabled or mis-sized (checked before waiting).
+        PatPoolError: a limit is missing, disabled, mis-sized or decaying (checked before and while
+            waiting, and once more after acquiring the PAT).
         PatLeaseTimeoutError: no PAT was free within ``pool.acquire_timeout_seconds``.
     """
     check_pool_limits(pool, pool_block_name)
