@@ -11,6 +11,7 @@ being enforced, so it is an error, not a free PAT.
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import logging
 import random
@@ -177,6 +178,25 @@ def _try_acquire(stack: ExitStack, name: str, lease_kwargs: dict) -> bool:
             return False
         raise
     return True
+
+
+class _ExpectedRefusals(logging.Filter):
+    """Drop Prefect's ERROR record for a 423 answer to a ``max_retries=0`` acquisition.
+
+    Prefect's acquisition service logs every failed item; for a try that asked not to wait, a full
+    limit (423) is the expected answer, which ``_try_acquire`` handles. Everything else passes.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        item = args[1] if len(args) == 2 and isinstance(args[1], tuple) else ()
+        if len(item) < 5 or item[3] != 0 or not isinstance(item[-1], concurrent.futures.Future):
+            return True
+        exc = item[-1].exception() if item[-1].done() else None
+        return not (isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 423)
+
+
+logging.getLogger("prefect._internal.concurrency").addFilter(_ExpectedRefusals())
 
 
 def _backoff(attempt: int) -> float:

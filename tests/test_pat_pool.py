@@ -106,3 +106,33 @@ def test_a_limit_disabled_while_a_run_waits_fails_that_run(workspace):
     assert "leased" not in waiting
     assert isinstance(waiting["error"], PatPoolError)
     assert "is disabled" in str(waiting["error"])
+
+
+def test_only_expected_refusals_are_kept_out_of_the_error_log():
+    import concurrent.futures
+    import logging
+
+    import httpx
+
+    from tasks.pat_pool import _ExpectedRefusals
+
+    def record(max_retries: int, status: int) -> logging.LogRecord:
+        future = concurrent.futures.Future()
+        request = httpx.Request("POST", "http://prefect/api/v2/concurrency_limits/increment-with-lease")
+        response = httpx.Response(status, request=request)
+        future.set_exception(httpx.HTTPStatusError("refused", request=request, response=response))
+        item = (1, "concurrency", None, max_retries, 60.0, True, None, future)
+        return logging.LogRecord(
+            "prefect._internal.concurrency",
+            logging.ERROR,
+            __file__,
+            1,
+            "Service %r failed to process item %r",
+            ("Service", item),
+            None,
+        )
+
+    keep = _ExpectedRefusals().filter
+    assert not keep(record(max_retries=0, status=423))  # a full limit, asked not to wait: expected
+    assert keep(record(max_retries=0, status=500))
+    assert keep(record(max_retries=None, status=423))
