@@ -364,9 +364,10 @@ def _cancel(session: TableauSession, refreshes: list[RefreshJob], *, status: str
         try:
             session.call(session.server.jobs.cancel, refresh.job_id)
         except Exception as exc:
-            outcome = _poll(session, refresh)
-            if not isinstance(outcome, Exception):
-                _apply_job(refresh, outcome)
+            try:  # it may have ended meanwhile; a cancel must go on to the next job whatever happens
+                _apply_job(refresh, session.call(session.server.jobs.get_by_id, refresh.job_id))
+            except Exception:
+                pass
             if refresh.status == "running":
                 refresh.status, refresh.notes = status, f"cancel request failed: {exc}"
                 logger.error(

@@ -44,6 +44,21 @@ def job(job_id: str = "job-1", title: str = "Orders", subtitle: str = "Data Sour
     return SimpleNamespace(id=job_id, created_at=NOW, title=title, subtitle=subtitle)
 
 
+def trigger_orders(
+    session, *, name_is_unique=True, incremental=False, seconds=60.0, policy=POLICY, sleep=None
+):
+    """``trigger_refresh`` of the data source Sales/Orders (id ds-1), with a deadline ``seconds`` away."""
+    return trigger_refresh(
+        session,
+        ContentRef("datasource", "Sales", "Orders"),
+        ResolvedContent("ds-1", "Sales", name_is_unique),
+        incremental=incremental,
+        deadline=time.monotonic() + seconds,
+        policy=policy,
+        **({"sleep": sleep} if sleep else {}),
+    )
+
+
 def test_same_named_projects_make_content_ambiguous():
     items = [
         SimpleNamespace(id="a", name="Orders", project_name="Sales", project_id="p1"),
@@ -71,15 +86,7 @@ def test_rate_limited_refresh_waits_the_hinted_seconds_then_starts():
 
     slept = []
     session = FakeSession(datasources=SimpleNamespace(refresh=refresh))
-    result = trigger_refresh(
-        session,
-        ContentRef("datasource", "Sales", "Orders"),
-        ResolvedContent("ds-1", "Sales", True),
-        incremental=True,
-        deadline=time.monotonic() + 60,
-        policy=POLICY,
-        sleep=slept.append,
-    )
+    result = trigger_orders(session, incremental=True, sleep=slept.append)
     assert result.job_id == "job-9" and not result.adopted
     assert slept == [7.0, 0.5]
 
@@ -90,15 +97,7 @@ def test_rate_limit_past_the_deadline_is_a_timeout():
 
     session = FakeSession(datasources=SimpleNamespace(refresh=refresh))
     with pytest.raises(TimeoutError, match="rate-limited"):
-        trigger_refresh(
-            session,
-            ContentRef("datasource", "Sales", "Orders"),
-            ResolvedContent("ds-1", "Sales", True),
-            incremental=False,
-            deadline=time.monotonic() + 5,
-            policy=POLICY,
-            sleep=lambda s: None,
-        )
+        trigger_orders(session, seconds=5, sleep=lambda s: None)
 
 
 def test_conflict_that_cannot_be_attributed_waits_then_triggers_its_own_job():
@@ -110,15 +109,7 @@ def test_conflict_that_cannot_be_attributed_waits_then_triggers_its_own_job():
         datasources=SimpleNamespace(refresh=lambda content_id, incremental: refresh_answers.pop(0)),
         jobs=SimpleNamespace(get=lambda req_options: (in_flight.pop(0), None)),
     )
-    result = trigger_refresh(
-        session,
-        ContentRef("datasource", "Sales", "Orders"),
-        ResolvedContent("ds-1", "Sales", name_is_unique=False),
-        incremental=False,
-        deadline=time.monotonic() + 60,
-        policy=POLICY,
-        sleep=lambda s: None,
-    )
+    result = trigger_orders(session, name_is_unique=False, sleep=lambda s: None)
     assert result.job_id == "own" and not result.adopted
     assert in_flight == [] and refresh_answers == []
 
@@ -202,14 +193,7 @@ def test_conflict_with_no_visible_job_backs_off_until_the_deadline():
         datasources=SimpleNamespace(refresh=refresh), jobs=SimpleNamespace(get=lambda req_options: ([], None))
     )
     with pytest.raises(TimeoutError, match="stayed busy"):
-        trigger_refresh(
-            session,
-            ContentRef("datasource", "Sales", "Orders"),
-            ResolvedContent("ds-1", "Sales", True),
-            incremental=False,
-            deadline=time.monotonic() + 0.3,
-            policy=PollPolicy(initial_interval=0.05),
-        )
+        trigger_orders(session, seconds=0.3, policy=PollPolicy(initial_interval=0.05))
     assert 2 <= len(calls) <= 7
 
 
@@ -234,3 +218,31 @@ def test_an_invalidated_pat_stops_polling_and_cancels_the_jobs():
     with pytest.raises(TableauAuthError):
         wait_for_jobs(session, refreshes, deadline=time.monotonic() + 60, policy=POLICY)
     assert sorted(cancelled) == ["job-a", "job-b"]
+
+
+def test_a_failing_cancel_still_tries_the_other_jobs_and_keeps_outcomes():
+    running_job = SimpleNamespace(created_at=NOW, started_at=NOW, completed_at=None, finish_code=-1, notes=[])
+    done = SimpleNamespace(created_at=NOW, started_at=NOW, completed_at=NOW, finish_code=0, notes=[])
+    polls = {"job-a": [running_job, done], "job-b": [running_job, "auth"], "job-c": [KeyboardInterrupt()]}
+    cancelled = []
+
+    def get_by_id(job_id):
+        answer = polls[job_id].pop(0)
+        if answer == "auth":
+            raise TableauAuthError("invalidated right after signing in")
+        if isinstance(answer, BaseException):
+            raise answer  # the run is cancelled while polling
+        return answer
+
+    def cancel(job_id):
+        if job_id in ("job-a", "job-b"):
+            raise ServerResponseError("409000", "Conflict", "cannot cancel")
+        cancelled.append(job_id)
+
+    session = FakeSession(jobs=SimpleNamespace(get_by_id=get_by_id, cancel=cancel))
+    a, b, c = (RefreshJob(ContentRef("datasource", "S", n), n, job_id=f"job-{n}") for n in "abc")
+    with pytest.raises(KeyboardInterrupt):
+        wait_for_jobs(session, [a, b, c], deadline=time.monotonic() + 60, policy=POLICY)
+    assert a.status == "succeeded"  # ended before the cancel reached it
+    assert b.status == "cancelled" and "cancel request failed" in b.notes
+    assert c.status == "cancelled" and cancelled == ["job-c"]  # reached despite b's failures
