@@ -174,3 +174,13 @@ SALES = {
 MARKETING = {
     "datasources": [{"project": "Marketing", "name": n} for n in ("Campaigns", "Ad Spend", "Sessions")]
 }
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A TCP port nothing listens on (bound once, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

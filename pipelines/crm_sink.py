@@ -1,0 +1,263 @@
+"""The CRM sink: a DoFn that POSTs batches of user records and accounts for every one of them.
+
+Request: ``POST <url>`` with JSON ``{"users": [record, ...]}``, header ``Authorization: Bearer <key>``
+and an ``Idempotency-Key`` that is the same for the same batch, so a retried request (after a
+timeout, or a Beam bundle retried on another worker) is applied once by the CRM.
+Response 200: ``{"accepted": n, "rejected": [{"index": i, "reason": "..."}]}``.
+
+Retried with exponential backoff and full jitter: 429, 500, 502, 503, 504, timeouts and connection
+errors; a ``Retry-After`` header (seconds or an HTTP date, RFC 9110 §10.2.3) is honoured, capped at
+``max_backoff_seconds``. Not retried: 401/403 (the API key is wrong: the bundle fails, and with it the
+job, rather than dead-lettering every record) and other 4xx (the batch is dead-lettered with the
+status and the CRM's reason). When the attempts run out the batch is dead-lettered.
+
+Up to ``max_in_flight`` batches are in flight at once; each bundle waits for all of its batches
+before it commits, so a retried bundle re-sends only batches whose outcome was not committed (and
+their idempotency keys make the CRM apply them once). Main output: nothing (accepted records are
+counted). Tagged output ``dead_letter``: one dict per
+record the CRM did not take: ``{"key", "reason", "status", "attempts", "stage"}``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import random
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+import orjson
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
+
+NAMESPACE = "crm_export"
+DEAD_LETTER = "dead_letter"
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+class ApiKey:
+    """The CRM API key, kept out of ``repr``/``str`` so it never lands in a log or a pipeline graph dump."""
+
+    def __init__(self, value: str):
+        if not value:
+            raise ValueError("the CRM API key is empty")
+        self._value = value
+
+    def get_secret_value(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "ApiKey('**********')"
+
+    __str__ = __repr__
+
+
+class CrmRejectedCredentialsError(RuntimeError):
+    """The CRM answered 401/403: the API key is wrong or lacks the import permission."""
+
+
+def dead_letter(key: Any, reason: str, status: int | None, attempts: int, stage: str) -> dict[str, Any]:
+    """A dead-letter entry: the record key, why it was not accepted, the last HTTP status, attempts made."""
+    return {"key": key, "reason": reason, "status": status, "attempts": attempts, "stage": stage}
+
+
+def idempotency_key(namespace: str, body: bytes) -> str:
+    """A key that is the same for the same batch body in the same export (job name as namespace)."""
+    return hashlib.sha256(namespace.encode() + b"\0" + body).hexdigest()
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date; None if absent/invalid."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+@dataclass
+class BatchOutcome:
+    """What became of one batch: records accepted, dead-letter entries, retries and HTTP statuses seen."""
+
+    size: int
+    accepted: int = 0
+    rejected: int = 0
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    retries: int = 0
+    statuses: list[int] = field(default_factory=list)
+
+
+class CrmSink(beam.DoFn):
+    """POST each batch (a list of CRM records) to the CRM's batch import endpoint.
+
+    ``url``: the batch endpoint. ``api_key``: an ``ApiKey``. ``namespace``: the export's job name,
+    part of every idempotency key. ``connect_timeout_seconds``/``read_timeout_seconds``: per request.
+    ``max_attempts``: requests per batch before it is dead-lettered. ``backoff_base_seconds`` and
+    ``max_backoff_seconds``: the exponential backoff (base · 2^attempt, full jitter, capped).
+    ``max_in_flight``: batches posted concurrently per DoFn instance, so a worker keeps shaping the
+    next batch while the CRM ingests the last; all are finished before the bundle commits.
+    Raises ``CrmRejectedCredentialsError`` on 401/403. Batch pipelines only (global window).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        api_key: ApiKey,
+        namespace: str,
+        key_field: str = "external_id",
+        connect_timeout_seconds: float = 10.0,
+        read_timeout_seconds: float = 60.0,
+        max_attempts: int = 8,
+        backoff_base_seconds: float = 1.0,
+        max_backoff_seconds: float = 60.0,
+        max_in_flight: int = 2,
+    ):
+        if max_attempts < 1 or max_in_flight < 1:
+            raise ValueError("max_attempts and max_in_flight must be at least 1")
+        self.url = url
+        self.api_key = api_key
+        self.namespace = namespace
+        self.key_field = key_field
+        self.timeout = (connect_timeout_seconds, read_timeout_seconds)
+        self.max_attempts = max_attempts
+        self.backoff_base_seconds = backoff_base_seconds
+        self.max_backoff_seconds = max_backoff_seconds
+        self.max_in_flight = max_in_flight
+        self.batches = Metrics.counter(NAMESPACE, "batches")
+        self.records_sent = Metrics.counter(NAMESPACE, "records_sent")
+        self.records_accepted = Metrics.counter(NAMESPACE, "records_accepted")
+        self.records_rejected = Metrics.counter(NAMESPACE, "records_rejected")
+        self.records_dead_lettered = Metrics.counter(NAMESPACE, "records_dead_lettered")
+        self.retries = Metrics.counter(NAMESPACE, "retries")
+        self.batch_size = Metrics.distribution(NAMESPACE, "batch_size")
+
+    def setup(self) -> None:
+        import requests
+        from requests.adapters import HTTPAdapter
+
+        self._session = requests.Session()
+        for scheme in ("http://", "https://"):
+            self._session.mount(scheme, HTTPAdapter(pool_connections=1, pool_maxsize=self.max_in_flight))
+        self._session.headers.update(
+            {
+                "Authorization": f"Bearer {self.api_key.get_secret_value()}",
+                "Content-Type": "application/json",
+                "User-Agent": "analytics-flows-crm-export",
+            }
+        )
+        self._random = random.Random()
+        self._executor = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="crm-sink")
+
+    def teardown(self) -> None:
+        executor = getattr(self, "_executor", None)
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+        session = getattr(self, "_session", None)
+        if session is not None:
+            session.close()
+
+    def start_bundle(self) -> None:
+        self._pending: deque[Future[BatchOutcome]] = deque()
+
+    def process(self, batch: Sequence[dict[str, Any]]) -> Iterator[Any]:
+        # Metrics are per thread in Beam: the requests run in the pool, the counting happens here.
+        self.batches.inc()
+        self.batch_size.update(len(batch))
+        self.records_sent.inc(len(batch))
+        self._pending.append(self._executor.submit(self.post_batch, batch))
+        while len(self._pending) >= self.max_in_flight:
+            yield from self._account(self._pending.popleft().result())
+
+    def finish_bundle(self) -> Iterator[Any]:
+        while self._pending:
+            for output in self._account(self._pending.popleft().result()):
+                yield beam.pvalue.TaggedOutput(output.tag, GlobalWindows.windowed_value(output.value))
+
+    def _account(self, outcome: BatchOutcome) -> Iterator[beam.pvalue.TaggedOutput]:
+        self.records_accepted.inc(outcome.accepted)
+        self.records_rejected.inc(outcome.rejected)
+        self.records_dead_lettered.inc(len(outcome.dead_letters))
+        self.retries.inc(outcome.retries)
+        for status in outcome.statuses:
+            Metrics.counter(NAMESPACE, f"http_{status}").inc()
+        for entry in outcome.dead_letters:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, entry)
+
+    def post_batch(self, batch: Sequence[dict[str, Any]]) -> BatchOutcome:
+        """POST one batch until it is answered 200 or the attempts run out; never loses a record.
+
+        Raises ``CrmRejectedCredentialsError`` on 401/403.
+        """
+        import requests
+
+        outcome = BatchOutcome(size=len(batch))
+        body = orjson.dumps({"users": list(batch)})
+        headers = {"Idempotency-Key": idempotency_key(self.namespace, body)}
+        status: int | None = None
+        reason = ""
+        for attempt in range(1, self.max_attempts + 1):
+            outcome.retries = attempt - 1
+            wait: float | None = None
+            try:
+                response = self._session.post(self.url, data=body, headers=headers, timeout=self.timeout)
+            except (requests.Timeout, requests.ConnectionError) as exc:
+                status, reason = None, f"{type(exc).__name__}: {exc}"
+            else:
+                status = response.status_code
+                outcome.statuses.append(status)
+                if status == 200:
+                    self._rejections(batch, response.content, attempt, outcome)
+                    return outcome
+                reason = f"HTTP {status}: {response.text[:300]}"
+                if status in (401, 403):
+                    raise CrmRejectedCredentialsError(
+                        f"the CRM at {self.url} answered {status}: check the API key's secret block and its "
+                        "permission to import users"
+                    )
+                if status not in RETRYABLE_STATUS:
+                    break
+                wait = retry_after_seconds(response.headers.get("Retry-After"))
+            if attempt < self.max_attempts:
+                time.sleep(self._backoff(attempt, wait))
+        else:
+            reason = f"retries exhausted after {self.max_attempts} attempts; last: {reason}"
+        outcome.dead_letters = [
+            dead_letter(record.get(self.key_field), reason, status, attempt, "crm") for record in batch
+        ]
+        return outcome
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.max_backoff_seconds)
+        ceiling = min(self.max_backoff_seconds, self.backoff_base_seconds * 2 ** (attempt - 1))
+        return self._random.uniform(0, ceiling)
+
+    def _rejections(
+        self, batch: Sequence[dict[str, Any]], content: bytes, attempts: int, outcome: BatchOutcome
+    ) -> None:
+        """Dead-letter the records the CRM rejected; the rest of the batch counts as accepted."""
+        try:
+            rejected = orjson.loads(content).get("rejected") or []
+        except (orjson.JSONDecodeError, AttributeError):
+            rejected = [{"index": i, "reason": "unparseable CRM response"} for i in range(len(batch))]
+        reasons: dict[int, str] = {}
+        for entry in rejected:
+            index = entry.get("index") if isinstance(entry, dict) else None
+            if isinstance(index, int) and 0 <= index < len(batch):
+                reasons[index] = str(entry.get("reason") or "rejected by the CRM")
+        outcome.accepted = len(batch) - len(reasons)
+        outcome.rejected = len(reasons)
+        outcome.dead_letters = [
+            dead_letter(batch[i].get(self.key_field), reason, 200, attempts, "crm")
+            for i, reason in sorted(reasons.items())
+        ]

@@ -1,0 +1,17 @@
+"""The package Dataflow workers install: ``pipelines`` only (``--setup_file=pipelines/setup.py``).
+
+Beam builds it with ``python -m build --sdist`` when it stages a job; workers already have Beam
+and ``requests``, so the only extra requirement is what the pipeline imports besides them.
+"""
+
+import setuptools
+
+setuptools.setup(
+    name="analytics-flows-pipelines",
+    version="0.1.0",
+    description="Apache Beam pipelines of analytics-flows (CRM export)",
+    package_dir={"pipelines": "."},
+    packages=["pipelines"],
+    install_requires=["orjson", "requests"],
+    python_requires=">=3.11",
+)
