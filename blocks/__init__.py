@@ -1,8 +1,35 @@
 """Prefect block types of analytics-flows.
 
 Register them with ``prefect block register -m blocks``.
+
+The types load on first use (``from blocks import VaultKvSecret`` works as usual): the GCP blocks
+import prefect-gcp, which takes ~10 s to import, and a Tableau refresh should not pay for that.
+``prefect block register`` lists the module's members, which loads them all.
 """
 
-from blocks.tableau import TableauPatPool, TableauPersonalAccessToken, TableauSite
+from __future__ import annotations
 
-__all__ = ["TableauPatPool", "TableauPersonalAccessToken", "TableauSite"]
+import importlib
+from typing import Any
+
+#: Block type → the module defining it.
+_MODULES = {
+    "TableauSite": "blocks.tableau",
+    "TableauPersonalAccessToken": "blocks.tableau",
+    "TableauPatPool": "blocks.tableau",
+    "VaultKvSecret": "blocks.vault",
+    "KmsEncryptedGcsSecret": "blocks.kms_gcs",
+    "DataflowOptions": "blocks.dataflow",
+}
+
+__all__ = sorted(_MODULES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        return getattr(importlib.import_module(_MODULES[name]), name)
+    raise AttributeError(f"module 'blocks' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_MODULES})

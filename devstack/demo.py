@@ -1,10 +1,11 @@
-"""``make demo``: every business domain refreshes its Tableau content at once through 3 PATs.
+"""``make demo``: Tableau refreshes through a 3-PAT pool, then the weekly CRM export of 200,000 users.
 
 Starts ``prefect server start`` (SQLite, filesystem lease storage) and the Tableau REST stand-in
 seeded from ``tableau_domains.yaml``; creates the blocks and global concurrency limits of a
 3-PAT pool; serves the domain refresh deployments (``devstack.serve_domains``); runs each
 domain's stand-in upstream pipeline, whose completion triggers that domain's deployment; waits
-for every refresh run; prints a summary; stops everything it started.
+for every refresh run; prints a summary; then runs the CRM export on the local launcher into the
+CRM stand-in (``devstack.demo_crm``) and prints its summary; stops everything it started.
 
 Set ``DEMO_HOLD=1`` to keep the stack up (for the Prefect UI) until Ctrl+C.
 
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import httpx
 
+from devstack.demo_crm import run_crm_export
 from devstack.prefect_server import PrefectServer
 
 PATS = ["tableau-pat-1", "tableau-pat-2", "tableau-pat-3"]
@@ -241,12 +243,14 @@ def main() -> int:
         print(f"All domain runs ended {time.monotonic() - started:.0f} s after the upstreams started.")
         audit = httpx.get(f"{tableau_url}/devstack/audit").json()
         clean = summarize(runs, audit)
+        exported = run_crm_export(workdir, stack)
         print(
             f"\nThe failed refresh of {FAILING[0]}/{FAILING[1]} is deliberate: its domain run fails and names it.\n"
             "To look around in the Prefect UI, run `DEMO_HOLD=1 make demo` and open the URL it prints:\n"
             "  - Runs: each refresh-<domain> run was started by its upstream's Completed event (see Automations);\n"
             "  - Artifacts: tableau-refresh-<domain> tables (job id, status, queued/started/finished, notes);\n"
-            "  - Concurrency: the tableau-pat-* global concurrency limits (one per PAT, and the pool)."
+            "  - Concurrency: the tableau-pat-* global concurrency limits (one per PAT, and the pool);\n"
+            "  - the crm-export runs and their crm-export artifact (records, batches, retries, dead letters)."
         )
         if hold:
             print(f"\nPrefect UI: {server.ui_url}   (Ctrl+C stops the demo stack)")
@@ -255,7 +259,7 @@ def main() -> int:
                     time.sleep(3600)
             except KeyboardInterrupt:
                 pass
-        return 0 if clean else 1
+        return 0 if clean and exported else 1
 
 
 if __name__ == "__main__":

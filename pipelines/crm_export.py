@@ -10,7 +10,8 @@ Every record read is either accepted by the CRM or dead-lettered; ``check_accoun
 ``records_read == records_accepted + records_dead_lettered`` from the job's counters.
 
 The API key is not a pipeline option (options are visible in the Dataflow console and job
-metadata): ``build_pipeline`` takes it as an argument and hands it to the sink.
+metadata): ``build_pipeline`` takes it as an argument and hands it to the sink, which is pickled
+into the job graph — so a Dataflow job gets it only as a ``KmsEncryptedApiKey``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import orjson
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.crm_sink import DEAD_LETTER, NAMESPACE, ApiKey, CrmSink, dead_letter
+from pipelines.crm_sink import DEAD_LETTER, NAMESPACE, ApiKey, CrmSink, KmsEncryptedApiKey, dead_letter
 from pipelines.users import UNION_FIELDS, MalformedRowError, UserShaper
 
 DEFAULT_BATCH_SIZE = 5000
@@ -145,7 +146,7 @@ def read_rows(pipeline: beam.Pipeline, options: CrmExportOptions) -> beam.pvalue
     )
 
 
-def build_pipeline(pipeline: beam.Pipeline, api_key: ApiKey) -> None:
+def build_pipeline(pipeline: beam.Pipeline, api_key: ApiKey | KmsEncryptedApiKey) -> None:
     """Add the export's transforms to ``pipeline``, whose options carry ``CrmExportOptions``.
 
     Raises ``ValueError`` for a missing source, CRM URL or dead-letter prefix, or a batch size < 1.

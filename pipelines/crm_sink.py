@@ -57,6 +57,52 @@ class ApiKey:
     __str__ = __repr__
 
 
+class KmsEncryptedApiKey:
+    """The CRM API key as a Cloud KMS ciphertext, decrypted on the worker (in the sink's ``setup``).
+
+    A DoFn and its arguments are pickled into the job graph that Dataflow stages to GCS, so a job on
+    Dataflow gets the key only in this form: the launcher encrypts it with ``kms_key_name``
+    (``DataflowOptions.api_key_kms_key``) and the workers' service account, which needs
+    ``roles/cloudkms.cryptoKeyDecrypter`` on that key, decrypts it. Checksums are verified as
+    Google's data integrity guidelines say (https://cloud.google.com/kms/docs/data-integrity-guidelines).
+    Raises ``ValueError`` if the response fails its checksum.
+    """
+
+    def __init__(self, ciphertext: bytes, kms_key_name: str):
+        self.ciphertext = ciphertext
+        self.kms_key_name = kms_key_name
+        self._value: str | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"ciphertext": self.ciphertext, "kms_key_name": self.kms_key_name, "_value": None}
+
+    def _client(self) -> Any:
+        from google.cloud import kms
+
+        return kms.KeyManagementServiceClient()
+
+    def get_secret_value(self) -> str:
+        if self._value is None:
+            import google_crc32c
+
+            response = self._client().decrypt(
+                request={
+                    "name": self.kms_key_name,
+                    "ciphertext": self.ciphertext,
+                    "ciphertext_crc32c": google_crc32c.value(self.ciphertext),
+                }
+            )
+            if google_crc32c.value(response.plaintext) != response.plaintext_crc32c:
+                raise ValueError(f"the plaintext from KMS key {self.kms_key_name} failed its CRC32C check")
+            self._value = response.plaintext.decode()
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"KmsEncryptedApiKey(kms_key_name={self.kms_key_name!r})"
+
+    __str__ = __repr__
+
+
 class CrmRejectedCredentialsError(RuntimeError):
     """The CRM answered 401/403: the API key is wrong or lacks the import permission."""
 
@@ -100,7 +146,8 @@ class BatchOutcome:
 class CrmSink(beam.DoFn):
     """POST each batch (a list of CRM records) to the CRM's batch import endpoint.
 
-    ``url``: the batch endpoint. ``api_key``: an ``ApiKey``. ``namespace``: the export's job name,
+    ``url``: the batch endpoint. ``api_key``: an ``ApiKey`` (local runner) or a
+    ``KmsEncryptedApiKey`` (Dataflow), read once per DoFn instance in ``setup``. ``namespace``: the export's job name,
     part of every idempotency key. ``connect_timeout_seconds``/``read_timeout_seconds``: per request.
     ``max_attempts``: requests per batch before it is dead-lettered. ``backoff_base_seconds`` and
     ``max_backoff_seconds``: the exponential backoff (base · 2^attempt, full jitter, capped).
@@ -112,7 +159,7 @@ class CrmSink(beam.DoFn):
     def __init__(
         self,
         url: str,
-        api_key: ApiKey,
+        api_key: ApiKey | KmsEncryptedApiKey,
         namespace: str,
         key_field: str = "external_id",
         connect_timeout_seconds: float = 10.0,

@@ -1,7 +1,7 @@
 """The package Dataflow workers install: ``pipelines`` only (``--setup_file=pipelines/setup.py``).
 
 Beam builds it with ``python -m build --sdist`` when it stages a job; workers already have Beam
-and ``requests``, so the only extra requirement is what the pipeline imports besides them.
+with its GCP extras (``requests``, ``google-cloud-kms``), so the only extra is orjson.
 """
 
 import setuptools

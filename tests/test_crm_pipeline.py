@@ -67,7 +67,11 @@ def test_the_one_pass_shaper_equals_the_general_steps():
 
 
 def test_rows_holding_nested_objects_take_the_general_path():
-    row = {"external_id": "u2", "identity": {"email": "x@example.com", "phone": None}, "identity.country": "FR"}
+    row = {
+        "external_id": "u2",
+        "identity": {"email": "x@example.com", "phone": None},
+        "identity.country": "FR",
+    }
     assert UserShaper()(row) == {"external_id": "u2", "identity": {"email": "x@example.com", "country": "FR"}}
 
 
@@ -98,7 +102,11 @@ def test_batches_never_exceed_n_and_bad_rows_go_to_the_dead_letter():
     lines[5] = '{"external_id": "u5", "email": '  # not JSON
     lines[9] = '{"email": "nokey@example.com"}'  # no record key
     with BeamTestPipeline(options=PipelineOptions(LOCAL)) as p:
-        rows = p | beam.Create(lines) | beam.ParDo(ParseRows("external_id")).with_outputs(DEAD_LETTER, main="rows")
+        rows = (
+            p
+            | beam.Create(lines)
+            | beam.ParDo(ParseRows("external_id")).with_outputs(DEAD_LETTER, main="rows")
+        )
         shaped = (
             rows.rows
             | beam.BatchElements(min_batch_size=4, max_batch_size=4)
@@ -113,7 +121,10 @@ def test_batches_never_exceed_n_and_bad_rows_go_to_the_dead_letter():
             | beam.Map(lambda d: (d["stage"], d["reason"].split(":")[0]))
         )
         assert_that(
-            reasons, equal_to([("read", "malformed JSON"), ("shape", "row has no 'external_id' (the CRM's record key)")]),
+            reasons,
+            equal_to(
+                [("read", "malformed JSON"), ("shape", "row has no 'external_id' (the CRM's record key)")]
+            ),
             label="dead letters",
         )
 
@@ -152,7 +163,11 @@ def run_export(tmp_path: Path, crm_url: str, rows: int, *extra: str, api_key: st
     build_pipeline(pipeline, ApiKey(api_key))
     result = pipeline.run()
     result.wait_until_finish()
-    dead = [json.loads(line) for f in sorted((tmp_path / "dl").glob("*.jsonl")) for line in f.read_text().splitlines()]
+    dead = [
+        json.loads(line)
+        for f in sorted((tmp_path / "dl").glob("*.jsonl"))
+        for line in f.read_text().splitlines()
+    ]
     return job_counters(result), dead, made
 
 

@@ -30,3 +30,6 @@ def test_demo_refreshes_every_domain_through_the_pool_without_invalidated_tokens
     assert re.search(r"^finance\s+Failed\s+8/9 refreshed", out, re.M), out
     assert "✗ datasource Finance/Payroll: failed — ODBC error" in out
     assert re.search(r"^401002 answers served:\s+0\b", out, re.M), out
+    assert re.search(r"^records read:\s+200,000$", out, re.M), out
+    assert re.search(r"^duplicate deliveries: 0$", out, re.M), out
+    assert re.search(r"^second run:\s+skipped", out, re.M), out

@@ -45,8 +45,9 @@ def test_prefect_deploy_all_against_a_real_server(prefect_api_url):
             timeout=300,
         )
 
-    created = prefect("work-pool", "create", "tableau-refresh", "--type", "process", "--overwrite")
-    assert created.returncode == 0, created.stdout + created.stderr
+    for pool in ("tableau-refresh", "crm-export"):
+        created = prefect("work-pool", "create", pool, "--type", "process", "--overwrite")
+        assert created.returncode == 0, created.stdout + created.stderr
     deployed = prefect("--no-prompt", "deploy", "--all")
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
 
@@ -66,3 +67,12 @@ def test_prefect_deploy_all_against_a_real_server(prefect_api_url):
     assert {"prefect.resource.role": "flow", "prefect.resource.name": "sales-pipeline"} in [
         spec.root for spec in trigger.trigger.match_related
     ]
+
+    crm = deployments["crm-export-weekly"]
+    assert crm.work_pool_name == "crm-export" and crm.global_concurrency_limit.limit == 1
+    assert [s.schedule.cron for s in crm.schedules] == ["0 3 * * 1"]
+    assert crm.parameters["runner"] == {"kind": "dataflow", "options_block": "crm-export"}
+    assert crm.parameters["crm"]["api_key_block"] == "secret/crm-api-key"  # a block name, never the key
+    assert {"shard_date", "force", "source", "crm", "runner"} <= set(
+        crm.parameter_openapi_schema["properties"]
+    )

@@ -1,0 +1,161 @@
+"""Benchmark: the CRM export end to end on Beam's local runner, next to the bare pipeline.
+
+    python -m bench.crm_export [--users 1000000]
+
+Generates the users once (``.bench/crm/``), starts the local CRM endpoint (its own process), then
+on the same runner (``FnApiRunner``, in this process) and the same file:
+- bare: read rows (the pipeline's own source transform: lines → row dicts) → BatchElements → count;
+- end to end: the export pipeline (read rows → BatchElements → shape → CRM sink) into the endpoint.
+Prints records/s of both, their ratio, the CPU seconds per record, and checks that every record
+was accepted or dead-lettered and none was delivered twice. Targets (issue 3): ≥ 40,000 records/s
+end to end on the 2-core reference machine and ≥ 0.5 of the bare pipeline.
+
+Then prints the Dataflow cost model for 100 M records that the README quotes: the articles'
+measured GroupByKey job scaled to 100 M, and this pipeline (no shuffle) from the CPU measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+from pathlib import Path
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from devstack.crm import CrmStandIn
+from devstack.user_rows import write_user_rows
+from pipelines.crm_export import CrmExportOptions, build_pipeline, check_accounting, job_counters, read_rows
+from pipelines.crm_sink import ApiKey
+from tasks.dataflow_cost import DataflowPrices, estimate_cost
+
+API_KEY = "bench-key"
+WORKDIR = Path(".bench/crm")
+#: The articles' Dataflow job (seeds/002): 87 M records, GroupByKey batching, n1-standard workers.
+ARTICLE = {
+    "records": 87e6,
+    "vcpu_hours": 8.019,
+    "memory_gb_hours": 30.073,
+    "pd_gb_hours": 100.242,
+    "shuffle_gb": 12.33,
+}
+#: n1-standard-1: 1 vCPU, 3.75 GB; Dataflow batch workers get a 25 GB boot disk with Dataflow Shuffle.
+GB_PER_VCPU, PD_GB_PER_WORKER = 3.75, 25
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run(pipeline: beam.Pipeline) -> tuple[float, float, beam.runners.runner.PipelineResult]:
+    cpu, start = _cpu_seconds(), time.perf_counter()
+    result = pipeline.run()
+    result.wait_until_finish()
+    return time.perf_counter() - start, _cpu_seconds() - cpu, result
+
+
+def bare(source: Path, batch_size: int) -> tuple[float, float]:
+    options = PipelineOptions(["--runner=FnApiRunner", f"--input_file={source}"])
+    pipeline = beam.Pipeline(options=options)
+    (
+        read_rows(pipeline, options.view_as(CrmExportOptions)).rows
+        | beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
+        | beam.Map(len)
+        | beam.CombineGlobally(sum)
+    )
+    seconds, cpu, _ = _run(pipeline)
+    return seconds, cpu
+
+
+def end_to_end(source: Path, crm: CrmStandIn, batch_size: int) -> tuple[float, float, dict]:
+    options = PipelineOptions(
+        [
+            "--runner=FnApiRunner",
+            f"--input_file={source}",
+            f"--crm_url={crm.batch_url}",
+            f"--batch_size={batch_size}",
+            f"--dead_letter_prefix={WORKDIR / 'dead-letter' / 'dl'}",
+            "--idempotency_namespace=bench",
+        ]
+    )
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, ApiKey(API_KEY))
+    seconds, cpu, result = _run(pipeline)
+    return seconds, cpu, job_counters(result)
+
+
+def cost_model(records: float, cpu_seconds_per_record: float) -> None:
+    prices = DataflowPrices()
+    scale = records / ARTICLE["records"]
+    article = {k: v * scale for k, v in ARTICLE.items() if k != "records"}
+    vcpu_hours = records * cpu_seconds_per_record / 3600
+    ours = {
+        "vcpu_hours": vcpu_hours,
+        "memory_gb_hours": vcpu_hours * GB_PER_VCPU,
+        "pd_gb_hours": vcpu_hours * PD_GB_PER_WORKER,
+        "shuffle_gb": 0.0,  # BatchElements batches within a bundle: no shuffle
+    }
+    print(f"\nDataflow cost model for {records / 1e6:,.0f} M records (prices: {prices.model_dump()})")
+    print(f"{'':34}{'vCPU-h':>9}{'GB-h':>9}{'PD GB-h':>9}{'shuffle GB':>12}{'USD':>8}")
+    for label, figures in (
+        ("articles' job (GroupByKey), scaled", article),
+        ("this pipeline (no shuffle)", ours),
+    ):
+        usd = estimate_cost(
+            {
+                "TotalVcpuTime": figures["vcpu_hours"] * 3600,
+                "TotalMemoryUsage": figures["memory_gb_hours"] * 1024 * 3600,
+                "TotalPdUsage": figures["pd_gb_hours"] * 3600,
+                "BillableShuffleDataProcessed": figures["shuffle_gb"] * 2**30,
+            },
+            prices,
+        )["usd"]
+        print(
+            f"{label:34}{figures['vcpu_hours']:9.2f}{figures['memory_gb_hours']:9.1f}"
+            f"{figures['pd_gb_hours']:9.1f}{figures['shuffle_gb']:12.2f}{usd:8.2f}"
+        )
+    print(
+        "  (ours: worker CPU measured here, n1-standard-1 memory and 25 GB disks per vCPU; the CRM's own "
+        "rate limit, not worker CPU, bounds a real run's duration)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=1_000_000)
+    parser.add_argument("--batch-size", type=int, default=5_000)
+    args = parser.parse_args()
+    source = WORKDIR / f"users_{args.users}.jsonl"
+    if not source.exists():
+        made = write_user_rows(source, args.users, invalid_every=1_000)
+        print(f"generated {made['rows']:,} users ({made['bytes'] / 2**20:,.0f} MiB) in {source}")
+    with CrmStandIn(api_key=API_KEY, db_path=WORKDIR / "crm.sqlite3") as crm:
+        crm.reset()
+        bare_s, bare_cpu = bare(source, args.batch_size)
+        e2e_s, e2e_cpu, counters = end_to_end(source, crm, args.batch_size)
+        stats = crm.stats()
+    check_accounting(counters)
+    n = args.users
+    bare_rate, e2e_rate = n / bare_s, n / e2e_s
+    print(
+        f"\nCRM export, {n:,} users, batches of {args.batch_size:,}, FnApiRunner, CRM endpoint in its own process"
+    )
+    print(f"{'':28}{'seconds':>9}{'records/s':>12}{'CPU µs/record':>15}")
+    print(f"{'bare: read→batch→count':28}{bare_s:9.1f}{bare_rate:12,.0f}{bare_cpu / n * 1e6:15.1f}")
+    print(f"{'end to end into the CRM':28}{e2e_s:9.1f}{e2e_rate:12,.0f}{e2e_cpu / n * 1e6:15.1f}")
+    print(
+        f"ratio end-to-end/bare {e2e_rate / bare_rate:.2f} (target ≥ 0.5); end to end {e2e_rate:,.0f} records/s "
+        f"(target ≥ 40,000)"
+    )
+    print(
+        f"accepted {counters['records_accepted']:,}, dead-lettered {counters['records_dead_lettered']:,}, "
+        f"CRM distinct users {stats['distinct_users']:,}, duplicate deliveries {stats['duplicate_deliveries']}, "
+        f"batch size max {counters['batch_size']['max']:,}"
+    )
+    cost_model(100e6, e2e_cpu / n)
+
+
+if __name__ == "__main__":
+    main()
