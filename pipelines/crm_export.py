@@ -17,6 +17,7 @@ into the job graph — so a Dataflow job gets it only as a ``KmsEncryptedApiKey`
 from __future__ import annotations
 
 import argparse
+import gc
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -56,7 +57,7 @@ class CrmExportOptions(PipelineOptions):
         parser.add_argument("--crm_read_timeout_seconds", type=float, default=60.0)
         parser.add_argument("--crm_max_attempts", type=int, default=8)
         parser.add_argument("--crm_max_backoff_seconds", type=float, default=60.0)
-        parser.add_argument("--crm_max_in_flight", type=int, default=2, help="concurrent requests per worker")
+        parser.add_argument("--crm_max_in_flight", type=int, default=4, help="concurrent requests per worker")
         parser.add_argument(
             "--idempotency_namespace", default="", help="part of every idempotency key (the job name)"
         )
@@ -114,12 +115,21 @@ class ShapeBatch(beam.DoFn):
         shape = self.shaper
         records: list[dict[str, Any]] = []
         rejected: list[dict[str, Any]] = []
-        for row in rows:
-            try:
-                records.append(shape(row))
-            except MalformedRowError as exc:
-                key = row.get(shape.key_field) if isinstance(row, Mapping) else None
-                rejected.append(dead_letter(key, str(exc), None, 0, "shape"))
+        # Shaping allocates some 20,000 dicts per batch and creates no reference cycles: pausing
+        # Python's cyclic garbage collector for the batch spares ~30 collections that would each scan
+        # every live record (measured: a quarter of the export's CPU time; bench/crm_export.py).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            for row in rows:
+                try:
+                    records.append(shape(row))
+                except MalformedRowError as exc:
+                    key = row.get(shape.key_field) if isinstance(row, Mapping) else None
+                    rejected.append(dead_letter(key, str(exc), None, 0, "shape"))
+        finally:
+            if collecting:
+                gc.enable()
         if rejected:
             self.records_malformed.inc(len(rejected))
             self.records_dead_lettered.inc(len(rejected))

@@ -167,7 +167,7 @@ class CrmSink(beam.DoFn):
         max_attempts: int = 8,
         backoff_base_seconds: float = 1.0,
         max_backoff_seconds: float = 60.0,
-        max_in_flight: int = 2,
+        max_in_flight: int = 4,
     ):
         if max_attempts < 1 or max_in_flight < 1:
             raise ValueError("max_attempts and max_in_flight must be at least 1")
@@ -221,7 +221,11 @@ class CrmSink(beam.DoFn):
         self.batches.inc()
         self.batch_size.update(len(batch))
         self.records_sent.inc(len(batch))
-        self._pending.append(self._executor.submit(self.post_batch, batch))
+        # Serialised here, so the records are freed now rather than held (and scanned by Python's
+        # garbage collector) while the request is in flight; only their keys are kept.
+        body = orjson.dumps({"users": list(batch)})
+        keys = [record.get(self.key_field) for record in batch]
+        self._pending.append(self._executor.submit(self.post_body, body, keys))
         while len(self._pending) >= self.max_in_flight:
             yield from self._account(self._pending.popleft().result())
 
@@ -241,14 +245,18 @@ class CrmSink(beam.DoFn):
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, entry)
 
     def post_batch(self, batch: Sequence[dict[str, Any]]) -> BatchOutcome:
-        """POST one batch until it is answered 200 or the attempts run out; never loses a record.
+        """POST one batch (CRM records) until it is answered 200 or the attempts run out."""
+        return self.post_body(orjson.dumps({"users": list(batch)}), [r.get(self.key_field) for r in batch])
+
+    def post_body(self, body: bytes, keys: Sequence[Any]) -> BatchOutcome:
+        """POST one serialised batch (``{"users": [...]}``, records keyed ``keys``) until it is answered
+        200 or the attempts run out; never loses a record: each one not accepted is dead-lettered.
 
         Raises ``CrmRejectedCredentialsError`` on 401/403.
         """
         import requests
 
-        outcome = BatchOutcome(size=len(batch))
-        body = orjson.dumps({"users": list(batch)})
+        outcome = BatchOutcome(size=len(keys))
         headers = {"Idempotency-Key": idempotency_key(self.namespace, body)}
         status: int | None = None
         reason = ""
@@ -263,7 +271,7 @@ class CrmSink(beam.DoFn):
                 status = response.status_code
                 outcome.statuses.append(status)
                 if status == 200:
-                    self._rejections(batch, response.content, attempt, outcome)
+                    self._rejections(keys, response.content, attempt, outcome)
                     return outcome
                 reason = f"HTTP {status}: {response.text[:300]}"
                 if status in (401, 403):
@@ -278,9 +286,7 @@ class CrmSink(beam.DoFn):
                 time.sleep(self._backoff(attempt, wait))
         else:
             reason = f"retries exhausted after {self.max_attempts} attempts; last: {reason}"
-        outcome.dead_letters = [
-            dead_letter(record.get(self.key_field), reason, status, attempt, "crm") for record in batch
-        ]
+        outcome.dead_letters = [dead_letter(key, reason, status, attempt, "crm") for key in keys]
         return outcome
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
@@ -289,22 +295,19 @@ class CrmSink(beam.DoFn):
         ceiling = min(self.max_backoff_seconds, self.backoff_base_seconds * 2 ** (attempt - 1))
         return self._random.uniform(0, ceiling)
 
-    def _rejections(
-        self, batch: Sequence[dict[str, Any]], content: bytes, attempts: int, outcome: BatchOutcome
-    ) -> None:
+    def _rejections(self, keys: Sequence[Any], content: bytes, attempts: int, outcome: BatchOutcome) -> None:
         """Dead-letter the records the CRM rejected; the rest of the batch counts as accepted."""
         try:
             rejected = orjson.loads(content).get("rejected") or []
         except (orjson.JSONDecodeError, AttributeError):
-            rejected = [{"index": i, "reason": "unparseable CRM response"} for i in range(len(batch))]
+            rejected = [{"index": i, "reason": "unparseable CRM response"} for i in range(len(keys))]
         reasons: dict[int, str] = {}
         for entry in rejected:
             index = entry.get("index") if isinstance(entry, dict) else None
-            if isinstance(index, int) and 0 <= index < len(batch):
+            if isinstance(index, int) and 0 <= index < len(keys):
                 reasons[index] = str(entry.get("reason") or "rejected by the CRM")
-        outcome.accepted = len(batch) - len(reasons)
+        outcome.accepted = len(keys) - len(reasons)
         outcome.rejected = len(reasons)
         outcome.dead_letters = [
-            dead_letter(batch[i].get(self.key_field), reason, 200, attempts, "crm")
-            for i, reason in sorted(reasons.items())
+            dead_letter(keys[i], reason, 200, attempts, "crm") for i, reason in sorted(reasons.items())
         ]

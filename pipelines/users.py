@@ -118,55 +118,56 @@ class UserShaper:
         self.union_fields = frozenset(union_fields)
         self.drop_null_values = drop_null_values
         self.keep_null = frozenset(keep_null)
-        self._columns: dict[str, tuple[tuple[str, ...], bool, bool]] = {}
+        self._columns: dict[str, tuple[tuple[str, ...], str, bool, bool]] = {}
 
-    def _column(self, name: str) -> tuple[tuple[str, ...], bool, bool]:
-        """(target path, is a union column, a null here is sent) for a column name; cached."""
+    def _column(self, name: str) -> tuple[tuple[str, ...], str, bool, bool]:
+        """(parent path, leaf name, is a union column, a null here is sent) for a column name; cached."""
         spec = self._columns.get(name)
         if spec is None:
             parts = tuple(name.split(self.separator)) if self.separator else (name,)
             is_union = len(parts) > 1 and parts[-1] in self.union_fields
             path = parts[:-1] if is_union else parts
             send_null = not self.drop_null_values or ".".join(path) in self.keep_null
-            spec = self._columns[name] = (path, is_union, send_null)
+            spec = self._columns[name] = (path[:-1], path[-1], is_union, send_null)
         return spec
 
     def __call__(self, row: Any) -> dict[str, Any]:
         if not isinstance(row, Mapping):
             raise MalformedRowError(f"row is a {type(row).__name__}, not an object")
+        columns = self._columns
         out: dict[str, Any] = {}
-        nulls: list[tuple[str, ...]] = []
+        nulls: list[tuple[tuple[str, ...], str]] = []
         for name, value in row.items():
-            if isinstance(value, Mapping):
-                return self._general(row)
-            path, is_union, send_null = self._columns.get(name) or self._column(name)
+            spec = columns.get(name) or self._column(name)
             if value is None:
-                if send_null:
-                    nulls.append(path)
+                if spec[3]:
+                    nulls.append((spec[0], spec[1]))
                 continue
+            if isinstance(value, dict):  # a RECORD column read as an object (no ABC check: hot loop)
+                return self._general(row)
             node = out
-            for part in path[:-1]:
+            for part in spec[0]:
                 child = node.get(part)
                 if child is None:
                     child = node[part] = {}
                 elif not isinstance(child, dict):
                     raise MalformedRowError(f"column {name!r}: {part!r} is also a value")
                 node = child
-            leaf = path[-1]
+            leaf = spec[1]
             if leaf in node:
-                if is_union and not isinstance(node[leaf], dict):
+                if spec[2] and not isinstance(node[leaf], dict):
                     raise MalformedRowError(
-                        f"property {'.'.join(path)!r} has two typed values; a union holds one"
+                        f"property {'.'.join((*spec[0], leaf))!r} has two typed values; a union holds one"
                     )
                 raise MalformedRowError(f"column {name!r} is both a value and an object")
             node[leaf] = value
-        for path in nulls:
+        for parents, leaf in nulls:
             node = out
-            for part in path[:-1]:
+            for part in parents:
                 node = node.setdefault(part, {})
                 if not isinstance(node, dict):
-                    raise MalformedRowError(f"field {'.'.join(path)!r}: {part!r} is also a value")
-            node.setdefault(path[-1], None)
+                    raise MalformedRowError(f"field {'.'.join((*parents, leaf))!r}: {part!r} is also a value")
+            node.setdefault(leaf, None)
         return self._keyed(out)
 
     def _general(self, row: Mapping[str, Any]) -> dict[str, Any]:

@@ -124,7 +124,7 @@ class CrmSettings(BaseModel):
     read_timeout_seconds: float = Field(default=60.0, gt=0)
     max_attempts: int = Field(default=8, ge=1, description="requests per batch before it is dead-lettered")
     max_backoff_seconds: float = Field(default=60.0, gt=0)
-    max_in_flight: int = Field(default=2, ge=1, description="concurrent requests per worker")
+    max_in_flight: int = Field(default=4, ge=1, description="concurrent requests per worker")
 
     def pipeline_args(self) -> list[str]:
         args = [
