@@ -40,6 +40,7 @@ from google.cloud import dataflow_v1beta3 as dataflow
 from blocks.dataflow import DataflowOptions
 from pipelines.crm_export import COUNTERS, build_pipeline
 from pipelines.crm_sink import NAMESPACE, ApiKey, KmsEncryptedApiKey
+from tasks import dataflow_cost
 from tasks.crm_jobs import JobAlreadyExistsError, JobInfo, JobSpec, JobState
 
 logger = logging.getLogger(__name__)
@@ -49,15 +50,7 @@ USER_ORIGIN = "user"
 SERVICE_ORIGIN = "dataflow/v1b3"
 
 #: Job-level service metrics of the resources a job used (units: see ``tasks.dataflow_cost``).
-RESOURCE_METRICS = (
-    "TotalVcpuTime",
-    "TotalMemoryUsage",
-    "TotalPdUsage",
-    "TotalSsdUsage",
-    "TotalShuffleDataProcessed",
-    "BillableShuffleDataProcessed",
-    "TotalStreamingDataProcessed",
-)
+RESOURCE_METRICS = (*dataflow_cost.RESOURCE_METRICS, "TotalStreamingDataProcessed")
 
 # The service also presents a distribution as four scalars NAME_MIN/_MAX/_MEAN/_COUNT (for its UI);
 # Beam's own DataflowMetrics skips them, and so does this module.
