@@ -44,6 +44,8 @@ class JobState(enum.StrEnum):
     CANCELLING = "JOB_STATE_CANCELLING"
     QUEUED = "JOB_STATE_QUEUED"  # FlexRS: waiting for resources, up to 6 h
     RESOURCE_CLEANING_UP = "JOB_STATE_RESOURCE_CLEANING_UP"
+    PAUSING = "JOB_STATE_PAUSING"
+    PAUSED = "JOB_STATE_PAUSED"
 
 
 #: States a job never leaves. Only DONE is a success.

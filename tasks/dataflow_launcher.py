@@ -262,10 +262,20 @@ def _job_info(job: dataflow.Job) -> JobInfo:
             job.current_state,
         )
         state = JobState.UNKNOWN
-    create_time = job.create_time
-    if create_time is not None and create_time.tzinfo is None:
-        create_time = create_time.replace(tzinfo=dt.UTC)
-    return JobInfo(id=job.id, name=job.name, state=state, create_time=create_time, labels=dict(job.labels))
+    return JobInfo(
+        id=job.id,
+        name=job.name,
+        state=state,
+        create_time=_utc(job.create_time),
+        labels=dict(job.labels),
+        state_time=_utc(job.current_state_time),
+    )
+
+
+def _utc(when: dt.datetime | None) -> dt.datetime | None:
+    if when is not None and when.tzinfo is None:
+        return when.replace(tzinfo=dt.UTC)
+    return when
 
 
 def parse_job_metrics(metrics: Iterable[dataflow.MetricUpdate]) -> dict[str, Any]:

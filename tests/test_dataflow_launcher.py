@@ -324,6 +324,7 @@ class FakeDataflow:
             type_=dataflow.JobType.JOB_TYPE_BATCH,
             current_state=lifecycle[0],
             create_time=self._now(),
+            current_state_time=self._now(),
             labels=labels or {},
             client_request_id=uuid.uuid4().hex,
         )
@@ -408,6 +409,7 @@ class FakeDataflow:
         steps = self.lifecycles[request.job_id]
         if steps:
             job.current_state = steps.pop(0)
+            job.current_state_time = self._now()
             self._note_state(job.id)
         return job
 
@@ -682,9 +684,10 @@ def test_job_info_from_the_api(launcher: OfflineLauncher, service: FakeDataflow)
         {"shard-date": "20261116"},
     )
     assert info.create_time is not None and info.create_time.utcoffset() == dt.timedelta(0)
-    # A state this code does not know (the API has added PAUSING/PAUSED) is not mistaken for terminal.
+    assert info.state_time is not None and info.state_time > info.create_time
+    # A paused job is not terminal: launch adopts it, poll keeps waiting.
     paused = service.add_job(JOB_NAME, S.JOB_STATE_PAUSED)
-    assert launcher.get_job(paused).state is JobState.UNKNOWN and not launcher.get_job(paused).terminal
+    assert launcher.get_job(paused).state is JobState.PAUSED and not launcher.get_job(paused).terminal
 
 
 def test_unknown_job_id_is_a_lookup_error(launcher: OfflineLauncher) -> None:

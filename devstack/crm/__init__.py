@@ -47,6 +47,7 @@ Stand-in endpoints (no auth):
 The server logs nothing per request, and never the API key.
 """
 
-from devstack.crm.server import CrmStandIn, FaultConfig
+from devstack.crm.faults import FaultConfig
+from devstack.crm.standin import CrmStandIn
 
 __all__ = ["CrmStandIn", "FaultConfig"]

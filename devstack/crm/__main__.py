@@ -18,7 +18,8 @@ import sys
 import threading
 from pathlib import Path
 
-from devstack.crm.server import API_KEY_ENV, DEFAULT_MAX_BATCH_SIZE, LISTENING, FaultConfig, make_server
+from devstack.crm.faults import FaultConfig
+from devstack.crm.server import API_KEY_ENV, DEFAULT_MAX_BATCH_SIZE, LISTENING, make_server
 
 
 def _watch_stdin(stop: threading.Event) -> None:
