@@ -14,7 +14,6 @@ Tasks: ``resolve_export_shard``, ``read_crm_api_key``, ``launch_export_job``, ``
 from __future__ import annotations
 
 import datetime as dt
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,8 +25,6 @@ from pipelines.crm_export import DEFAULT_BATCH_SIZE
 from pipelines.crm_sink import ApiKey
 from tasks.crm_jobs import JobInfo, JobLauncher, JobSpec, LaunchResult, launch_job, poll_job
 from tasks.crm_secret import read_api_key
-
-_SHARD_DATE = re.compile(r"(\d{8})")
 
 
 class ShardNotFoundError(LookupError):
@@ -182,7 +179,7 @@ def make_launcher(runner: DataflowRunnerSettings | LocalRunnerSettings) -> JobLa
 
 
 def resolve_shard(source: BigQuerySource | LocalSource, shard_date: dt.date | None) -> dt.date:
-    """The shard to export: ``shard_date`` if that shard exists, else the latest one.
+    """The shard to export: ``shard_date`` (it must exist), or the latest shard when it is None.
 
     Raises ``ShardNotFoundError`` naming the source and listing the newest shards.
     """
