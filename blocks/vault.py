@@ -138,6 +138,16 @@ class VaultKvSecret(Block):
             raise ValueError("must not be empty")
         return value
 
+    @field_validator("token", "approle_secret_id")
+    @classmethod
+    def _check_credential(cls, value: SecretStr | None, info: Any) -> SecretStr | None:
+        # A newline pasted with a token would make requests refuse the header, quoting the token.
+        if value is not None and (
+            not value.get_secret_value() or any(c.isspace() for c in value.get_secret_value())
+        ):
+            raise ValueError(f"{info.field_name} is empty or holds whitespace (a trailing newline?)")
+        return value
+
     @field_validator("namespace")
     @classmethod
     def _strip_namespace(cls, value: str | None) -> str | None:

@@ -1,9 +1,9 @@
 """Generate user rows in BigQuery's flattened export shape, as newline-delimited JSON.
 
-Each row: ``external_id``, flattened ``identity.*`` columns, and ``properties.<name>.<type>_value``
-union columns with exactly one typed value set (or none), e.g.::
+Each row: ``external_id``, ``email``, flattened ``identity.*`` columns, and
+``properties.<name>.<type>_value`` union columns with exactly one typed value set (or none), e.g.::
 
-    {"external_id": "u00000042", "identity.email": "user42@example.com", "identity.phone": null,
+    {"external_id": "u00000042", "email": "user42@example.com", "identity.phone": null,
      "properties.plan.string_value": "pro", "properties.plan.int_value": null, ...}
 
 ``invalid_every``: every n-th row has an email the CRM rejects (to exercise per-record rejections);

@@ -2,9 +2,11 @@
 
     resolve the shard → read the API key → launch (adopt / skip / submit) → poll → summary artifact
 
-A retried or restarted run launches again, which adopts the job of the same name, so a shard is
-never paid for twice; ``force=True`` exports a shard again after a DONE job. Every record read is
-either accepted by the CRM or in the dead-letter files; the run fails if the counts disagree.
+A rerun (or a retry of the run from the UI) launches again, which adopts the job of the same name,
+so a shard is never paid for twice; ``force=True`` exports a shard again after a DONE job. The flow
+itself does not retry: its tasks retry transient errors, and a FAILED job or bad input should be
+looked at, not resubmitted automatically. Every record read is either accepted by the CRM or in the
+dead-letter files; the run fails if the counts disagree.
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ from tasks.crm_export import (
     read_crm_api_key,
     resolve_export_shard,
 )
-from tasks.crm_jobs import job_name
+from tasks.crm_jobs import RUN_LABEL, job_name
 from tasks.dataflow_cost import DataflowPrices, estimate_cost
 
-PIPELINE = "crm-export"
+PIPELINE = "crm-export"  # the default pipeline name: job names are crm-export-YYYYMMDD
 
 
 class PollSettings(BaseModel):
@@ -41,7 +43,7 @@ class PollSettings(BaseModel):
     timeout_seconds: float = Field(default=8 * 3600.0, gt=0)
 
 
-@flow(name="crm-export", retries=1, retry_delay_seconds=60, persist_result=True)
+@flow(name="crm-export", persist_result=True)
 def crm_export(
     source: Source,
     crm: CrmSettings,
@@ -51,12 +53,14 @@ def crm_export(
     force: bool = False,
     poll: PollSettings | None = None,
     prices: DataflowPrices | None = None,
+    pipeline_name: str = PIPELINE,
 ) -> dict[str, Any]:
     """Export one shard of the user table to the CRM; returns the summary the artifact shows.
 
     ``shard_date``: the shard to export (default: the latest existing). ``force``: export again even
     if a job of this shard is already DONE. ``dead_letter_location``: a directory or gs:// prefix;
-    each job writes ``<location>/<job name>[-force-<run>]/dead-letter-*.jsonl``.
+    each job writes ``<location>/<job name>[-force-<flow run id>]/dead-letter-*.jsonl``.
+    ``pipeline_name``: the job name's prefix; give each export of one project and region its own.
     Raises ``ShardNotFoundError``, ``SecretBlockNotFoundError``, ``JobFailedError``,
     ``JobPollTimeoutError`` or ``AccountingError``.
     """
@@ -64,10 +68,10 @@ def crm_export(
     poll = poll or PollSettings()
     prices = prices or DataflowPrices()
     shard = resolve_export_shard(source, shard_date)
-    name = job_name(PIPELINE, shard)
+    name = job_name(pipeline_name, shard)
     # A resubmission after a FAILED job reuses the idempotency namespace, so batches the CRM already
     # took are not applied twice; a forced export gets its own, or the CRM would ignore it as a replay.
-    namespace = f"{name}-force-{str(flow_run.id)[:8]}" if force else name
+    namespace = f"{name}-force-{flow_run.id}" if force else name
     dead_letter_prefix = f"{dead_letter_location.rstrip('/')}/{namespace}/dead-letter"
     pipeline_args = [
         *source.pipeline_args(shard),
@@ -76,9 +80,9 @@ def crm_export(
         f"--idempotency_namespace={namespace}",
     ]
     labels = {
-        "pipeline": PIPELINE,
+        "pipeline": pipeline_name,
         "shard-date": f"{shard:%Y-%m-%d}",
-        "prefect-flow-run-id": str(flow_run.id),
+        RUN_LABEL: str(flow_run.id),
     }
     api_key = read_crm_api_key(crm.api_key_block)
     launched = launch_export_job(runner, name, pipeline_args, labels, api_key, force)

@@ -1,28 +1,33 @@
 """The CRM sink: a DoFn that POSTs batches of user records and accounts for every one of them.
 
 Request: ``POST <url>`` with JSON ``{"users": [record, ...]}``, header ``Authorization: Bearer <key>``
-and an ``Idempotency-Key`` that is the same for the same batch, so a retried request (after a
-timeout, or a Beam bundle retried on another worker) is applied once by the CRM.
+and an ``Idempotency-Key`` derived from the idempotency namespace (the job name) and the batch's
+body: a request retried after a timeout, or a batch re-sent because Beam retried its bundle with
+the same elements, is applied once by the CRM. (A new job may batch the records differently, so
+its keys differ: the CRM's upsert by record key is what makes a re-export harmless.)
 Response 200: ``{"accepted": n, "rejected": [{"index": i, "reason": "..."}]}``.
 
-Retried with exponential backoff and full jitter: 429, 500, 502, 503, 504, timeouts and connection
-errors; a ``Retry-After`` header (seconds or an HTTP date, RFC 9110 §10.2.3) is honoured, capped at
-``max_backoff_seconds``. Not retried: 401/403 (the API key is wrong: the bundle fails, and with it the
-job, rather than dead-lettering every record) and other 4xx (the batch is dead-lettered with the
-status and the CRM's reason). When the attempts run out the batch is dead-lettered.
+Retried with exponential backoff and full jitter: 429, 500, 502, 503, 504, timeouts, connection
+errors and broken responses; a ``Retry-After`` header (seconds or an HTTP date, RFC 9110 §10.2.3)
+is honoured in full (plus up to 10 % jitter, so in-flight requests do not return in step). Not
+retried: 401/403 (the API key is wrong: the bundle fails, and with it the job, rather than
+dead-lettering every record) and other 4xx (the batch is dead-lettered with the status and the
+CRM's reason). When the attempts run out the batch is dead-lettered.
 
-Up to ``max_in_flight`` batches are in flight at once; each bundle waits for all of its batches
-before it commits, so a retried bundle re-sends only batches whose outcome was not committed (and
-their idempotency keys make the CRM apply them once). Main output: nothing (accepted records are
-counted). Tagged output ``dead_letter``: one dict per
-record the CRM did not take: ``{"key", "reason", "status", "attempts", "stage"}``.
+Up to ``max_in_flight`` batches are in flight at once; a bundle waits for all of its batches before
+it commits. Main output: nothing (accepted records are counted). Tagged output ``dead_letter``:
+one dict per record the CRM did not take: ``{"key", "reason", "status", "attempts", "stage"}``.
 """
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+import decimal
 import email.utils
 import hashlib
 import random
+import re
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -38,14 +43,28 @@ from apache_beam.transforms.window import GlobalWindows
 NAMESPACE = "crm_export"
 DEAD_LETTER = "dead_letter"
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+#: The longest Retry-After honoured (seconds); a longer hint is treated as this.
+MAX_RETRY_AFTER_SECONDS = 900.0
+# RFC 6750 b64token: what a bearer credential may hold. Anything else (a trailing newline from a
+# file, a space) would make ``requests`` refuse the header with the key in its message.
+_BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
 class ApiKey:
-    """The CRM API key, kept out of ``repr``/``str`` so it never lands in a log or a pipeline graph dump."""
+    """The CRM API key, kept out of ``repr``/``str`` so it never lands in a log or a pipeline graph dump.
+
+    Raises ``ValueError`` (without the value) if it is empty or holds characters a bearer token
+    cannot (RFC 6750 §2.1), e.g. a trailing newline.
+    """
 
     def __init__(self, value: str):
         if not value:
             raise ValueError("the CRM API key is empty")
+        if not _BEARER_TOKEN.fullmatch(value):
+            raise ValueError(
+                f"the CRM API key ({len(value)} characters) holds whitespace or characters a bearer token "
+                "cannot (RFC 6750): check the secret for a trailing newline or spaces"
+            )
         self._value = value
 
     def get_secret_value(self) -> str:
@@ -105,6 +124,20 @@ class KmsEncryptedApiKey:
 
 class CrmRejectedCredentialsError(RuntimeError):
     """The CRM answered 401/403: the API key is wrong or lacks the import permission."""
+
+
+def json_default(value: Any) -> Any:
+    """orjson's fallback for BigQuery types JSON lacks: NUMERIC → int or float, BYTES → base64 text.
+
+    Raises ``TypeError`` for anything else (the record is then dead-lettered).
+    """
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(value).decode()
+    if isinstance(value, dt.time):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def dead_letter(key: Any, reason: str, status: int | None, attempts: int, stage: str) -> dict[str, Any]:
@@ -223,11 +256,36 @@ class CrmSink(beam.DoFn):
         self.records_sent.inc(len(batch))
         # Serialised here, so the records are freed now rather than held (and scanned by Python's
         # garbage collector) while the request is in flight; only their keys are kept.
-        body = orjson.dumps({"users": list(batch)})
-        keys = [record.get(self.key_field) for record in batch]
+        try:
+            body = orjson.dumps({"users": list(batch)}, default=json_default)
+            keys = [record.get(self.key_field) for record in batch]
+        except TypeError:
+            body, keys, unserialisable = self._serialise_each(batch)
+            self.records_dead_lettered.inc(len(unserialisable))
+            for entry in unserialisable:
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER, entry)
+            if not keys:
+                return
         self._pending.append(self._executor.submit(self.post_body, body, keys))
         while len(self._pending) >= self.max_in_flight:
             yield from self._account(self._pending.popleft().result())
+
+    def _serialise_each(
+        self, batch: Sequence[dict[str, Any]]
+    ) -> tuple[bytes, list[Any], list[dict[str, Any]]]:
+        """The batch body without the records JSON cannot hold; those become dead letters."""
+        parts: list[bytes] = []
+        keys: list[Any] = []
+        unserialisable: list[dict[str, Any]] = []
+        for record in batch:
+            try:
+                parts.append(orjson.dumps(record, default=json_default))
+                keys.append(record.get(self.key_field))
+            except TypeError as exc:
+                unserialisable.append(
+                    dead_letter(record.get(self.key_field), f"not JSON: {exc}", None, 0, "crm")
+                )
+        return b'{"users":[' + b",".join(parts) + b"]}", keys, unserialisable
 
     def finish_bundle(self) -> Iterator[Any]:
         while self._pending:
@@ -265,7 +323,7 @@ class CrmSink(beam.DoFn):
             wait: float | None = None
             try:
                 response = self._session.post(self.url, data=body, headers=headers, timeout=self.timeout)
-            except (requests.Timeout, requests.ConnectionError) as exc:
+            except requests.RequestException as exc:  # timeouts, refused/reset connections, broken bodies
                 status, reason = None, f"{type(exc).__name__}: {exc}"
             else:
                 status = response.status_code
@@ -291,21 +349,30 @@ class CrmSink(beam.DoFn):
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
-            return min(retry_after, self.max_backoff_seconds)
+            wait = min(retry_after, MAX_RETRY_AFTER_SECONDS)
+            return wait + self._random.uniform(0, 0.1 * wait)
         ceiling = min(self.max_backoff_seconds, self.backoff_base_seconds * 2 ** (attempt - 1))
         return self._random.uniform(0, ceiling)
 
     def _rejections(self, keys: Sequence[Any], content: bytes, attempts: int, outcome: BatchOutcome) -> None:
         """Dead-letter the records the CRM rejected; the rest of the batch counts as accepted."""
         try:
-            rejected = orjson.loads(content).get("rejected") or []
+            answer = orjson.loads(content)
+            rejected = answer.get("rejected") or []
         except (orjson.JSONDecodeError, AttributeError):
+            answer = None
             rejected = [{"index": i, "reason": "unparseable CRM response"} for i in range(len(keys))]
         reasons: dict[int, str] = {}
         for entry in rejected:
             index = entry.get("index") if isinstance(entry, dict) else None
             if isinstance(index, int) and 0 <= index < len(keys):
                 reasons[index] = str(entry.get("reason") or "rejected by the CRM")
+        acknowledged = answer.get("accepted") if isinstance(answer, dict) else None
+        if isinstance(acknowledged, int) and acknowledged != len(keys) - len(reasons):
+            # The CRM took fewer (or more) than it did not reject: which ones is unknown, so none
+            # counts as accepted; a re-export re-sends them (the CRM upserts by record key).
+            note = f"the CRM acknowledged {acknowledged} of the {len(keys) - len(reasons)} records it did not reject"
+            reasons.update({i: note for i in range(len(keys)) if i not in reasons})
         outcome.accepted = len(keys) - len(reasons)
         outcome.rejected = len(reasons)
         outcome.dead_letters = [

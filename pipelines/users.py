@@ -98,9 +98,11 @@ def drop_nulls(obj: dict[str, Any], keep_null: Collection[str] = (), path: str =
 class UserShaper:
     """One flattened BigQuery row → one CRM record (nested, unions merged, nulls dropped), fast.
 
-    The same as ``merge_unions(unflatten(row))`` followed by ``drop_nulls``, in one pass over the
-    row with each column name parsed once and cached (a weekly export has tens of millions of rows
-    with the same few dozen columns). Rows holding nested objects take the general path.
+    What ``merge_unions(unflatten(row))`` followed by ``drop_nulls`` gives, in one pass over the row
+    with each column name parsed once and cached (a weekly export has tens of millions of rows with
+    the same few dozen columns). One difference, on purpose: a typed union column next to a plain
+    sub-field of the same property (``p.string_value`` and ``p.tier``) is an error here, where the
+    general steps would keep ``p`` as an object. Rows holding nested objects take the general path.
     ``__call__`` raises ``MalformedRowError`` if the row is not an object, lacks a non-empty string
     ``key_field``, has two typed values in one union, or names a field both as value and object.
     """

@@ -7,8 +7,10 @@ Settings (flow parameters; never secrets — a secret is named by its block):
 - runner: ``DataflowRunnerSettings`` (a ``DataflowOptions`` block) or ``LocalRunnerSettings``.
 
 Tasks: ``resolve_export_shard``, ``read_crm_api_key``, ``launch_export_job``, ``poll_export_job``,
-``export_metrics``. Launch and poll are separate so that a retried flow adopts its job (see
-``tasks.crm_jobs``); none of them caches its result, so a retry really looks again.
+``export_metrics``. Launch and poll are separate so that a rerun adopts its job (see
+``tasks.crm_jobs``). The shard is resolved once per flow run (a retried run exports the shard it
+started with, not a newer one); launch and poll never cache, so a retry really looks again. Tasks
+retry transient errors only (connection, API unavailable); a failed job or bad input is final.
 """
 
 from __future__ import annotations
@@ -17,14 +19,34 @@ import datetime as dt
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from prefect import task
+from google.api_core import exceptions as google_exceptions
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
 from pydantic import BaseModel, Field
 
 from pipelines.crm_export import DEFAULT_BATCH_SIZE
 from pipelines.crm_sink import ApiKey
-from tasks.crm_jobs import JobInfo, JobLauncher, JobSpec, LaunchResult, launch_job, poll_job
+from pipelines.users import UNION_FIELDS
+from tasks.crm_jobs import (
+    JobInfo,
+    JobLauncher,
+    JobPollTimeoutError,
+    JobSpec,
+    LaunchResult,
+    launch_job,
+    poll_job,
+)
 from tasks.crm_secret import read_api_key
+
+#: Errors worth retrying a task for: the network or an API that is briefly unavailable.
+TRANSIENT_ERRORS = (
+    ConnectionError,
+    google_exceptions.ServiceUnavailable,
+    google_exceptions.InternalServerError,
+    google_exceptions.TooManyRequests,
+    google_exceptions.DeadlineExceeded,
+)
 
 
 class ShardNotFoundError(LookupError):
@@ -122,10 +144,17 @@ class CrmSettings(BaseModel):
     max_attempts: int = Field(default=8, ge=1, description="requests per batch before it is dead-lettered")
     max_backoff_seconds: float = Field(default=60.0, gt=0)
     max_in_flight: int = Field(default=4, ge=1, description="concurrent requests per worker")
+    send_nulls: bool = Field(default=False, description="send every null (overwrites values in the CRM)")
+    union_fields: list[str] = Field(
+        default_factory=lambda: list(UNION_FIELDS), description="typed value columns of a union, in order"
+    )
+    flat_separator: str = Field(default=".", min_length=1, description="separator of flattened column names")
 
     def pipeline_args(self) -> list[str]:
         args = [
             f"--crm_url={self.url}",
+            f"--union_fields={','.join(self.union_fields)}",
+            f"--flat_separator={self.flat_separator}",
             f"--batch_size={self.batch_size}",
             f"--key_field={self.key_field}",
             f"--crm_read_timeout_seconds={self.read_timeout_seconds}",
@@ -135,6 +164,8 @@ class CrmSettings(BaseModel):
         ]
         if self.keep_null:
             args.append(f"--keep_null={','.join(self.keep_null)}")
+        if self.send_nulls:
+            args.append("--send_nulls")
         return args
 
 
@@ -194,19 +225,36 @@ def resolve_shard(source: BigQuerySource | LocalSource, shard_date: dt.date | No
     return shard_date
 
 
-@task(cache_policy=NO_CACHE)
+def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """``retry_condition_fn``: retry on ``TRANSIENT_ERRORS`` only (never a failed job or a poll timeout)."""
+    try:
+        state.result()
+    except JobPollTimeoutError:
+        return False
+    except TRANSIENT_ERRORS:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+def _once_per_flow_run(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    return f"crm-export-shard-{context.task_run.flow_run_id}"
+
+
+@task(cache_key_fn=_once_per_flow_run, persist_result=True, retries=3, retry_condition_fn=retry_if_transient)
 def resolve_export_shard(source: BigQuerySource | LocalSource, shard_date: dt.date | None) -> dt.date:
-    """Prefect task over ``resolve_shard``."""
+    """Prefect task over ``resolve_shard``, cached per flow run: a retried run keeps its shard."""
     return resolve_shard(source, shard_date)
 
 
-@task(cache_policy=NO_CACHE, persist_result=False)
+@task(cache_policy=NO_CACHE, persist_result=False, retries=3, retry_condition_fn=retry_if_transient)
 def read_crm_api_key(block: str) -> ApiKey:
-    """Read the CRM API key from its block (never persisted, logged or passed as an option)."""
+    """Read the CRM API key from its block; the result is never persisted, cached or logged."""
     return ApiKey(read_api_key(block))
 
 
-@task(cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=30, retry_condition_fn=retry_if_transient)
 def launch_export_job(
     runner: DataflowRunnerSettings | LocalRunnerSettings,
     name: str,
@@ -217,10 +265,10 @@ def launch_export_job(
 ) -> LaunchResult:
     """Adopt, skip or submit the export's job (``tasks.crm_jobs.launch_job``); returns what it did."""
     spec = JobSpec(name=name, pipeline_args=tuple(pipeline_args), labels=labels, api_key=api_key)
-    return launch_job(make_launcher(runner), spec, force=force)
+    return launch_job(make_launcher(runner), spec, force=force, log=get_run_logger())
 
 
-@task(cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=60, retry_condition_fn=retry_if_transient)
 def poll_export_job(
     runner: DataflowRunnerSettings | LocalRunnerSettings,
     job_id: str,
@@ -228,10 +276,10 @@ def poll_export_job(
     timeout_seconds: float,
 ) -> JobInfo:
     """Wait for the job to end (``tasks.crm_jobs.poll_job``); fails unless it is DONE."""
-    return poll_job(make_launcher(runner), job_id, interval_seconds, timeout_seconds)
+    return poll_job(make_launcher(runner), job_id, interval_seconds, timeout_seconds, log=get_run_logger())
 
 
-@task(cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=30, retry_condition_fn=retry_if_transient)
 def export_metrics(runner: DataflowRunnerSettings | LocalRunnerSettings, job_id: str) -> dict[str, Any]:
     """The job's counters, ``batch_size`` distribution and resource metrics (``JobLauncher.job_metrics``)."""
     return make_launcher(runner).job_metrics(job_id)

@@ -172,25 +172,38 @@ def _newest(jobs: list[JobInfo]) -> JobInfo:
     return max(jobs, key=lambda job: job.create_time or epoch)
 
 
-def launch_job(launcher: JobLauncher, spec: JobSpec, force: bool = False) -> LaunchResult:
+#: The job label naming the flow run that launched a job.
+RUN_LABEL = "prefect-flow-run-id"
+
+
+def launch_job(launcher: JobLauncher, spec: JobSpec, force: bool = False, log: Any = logger) -> LaunchResult:
     """Adopt, skip or submit the job named ``spec.name``; never starts a second job of one export.
 
     - a non-terminal job of that name exists → adopt it (a retried or crashed flow finds its job);
     - a DONE job exists and not ``force`` → skip: the export already happened;
+    - with ``force``, a DONE job that this same flow run launched (label ``RUN_LABEL``) → skip too:
+      a retried forced run must not export a second time;
     - otherwise (none, or only FAILED/CANCELLED/UPDATED/DRAINED, or ``force``) → submit;
     - the submit is refused because a job of that name became active meanwhile → list again, adopt.
+    ``log``: where the decision is logged (the flow run's logger in the Prefect task).
     """
     jobs = launcher.list_jobs(spec.name)
     active = [job for job in jobs if not job.terminal]
     if active:
         job = _newest(active)
-        logger.info("Adopting job %s (%s), %s", job.name, job.id, job.state.value)
+        log.info("Adopting job %s (%s), %s", job.name, job.id, job.state.value)
         return LaunchResult(job.id, job.name, "adopted")
     done = [job for job in jobs if job.state is JobState.DONE]
-    if done and not force:
+    run = spec.labels.get(RUN_LABEL)
+    if force:
+        done = [job for job in done if run is not None and job.labels.get(RUN_LABEL) == run]
+    if done:
         job = _newest(done)
-        logger.info(
-            "Job %s (%s) is already DONE: already exported; pass force=True to export again", job.name, job.id
+        log.info(
+            "Job %s (%s) is already DONE: already exported%s",
+            job.name,
+            job.id,
+            " by this flow run" if force else "; pass force=True to export again",
         )
         return LaunchResult(job.id, job.name, "skipped")
     try:
@@ -200,9 +213,9 @@ def launch_job(launcher: JobLauncher, spec: JobSpec, force: bool = False) -> Lau
         if not active:
             raise
         job = _newest(active)
-        logger.info("Job %s became active meanwhile: adopting %s", job.name, job.id)
+        log.info("Job %s became active meanwhile: adopting %s", job.name, job.id)
         return LaunchResult(job.id, job.name, "adopted")
-    logger.info("Submitted job %s (%s)", spec.name, job_id)
+    log.info("Submitted job %s (%s)", spec.name, job_id)
     return LaunchResult(job_id, spec.name, "submitted")
 
 
@@ -213,6 +226,7 @@ def poll_job(
     timeout_seconds: float = 8 * 3600.0,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    log: Any = logger,
 ) -> JobInfo:
     """Wait until the job is terminal; return it if DONE.
 
@@ -220,14 +234,14 @@ def poll_job(
     default (8 h) allows FlexRS's up-to-6-h queueing plus the run. Raises ``JobFailedError`` (with
     the job's error messages) for FAILED, CANCELLED, UPDATED or DRAINED, and
     ``JobPollTimeoutError`` when the time runs out — the job is left running, and the next launch
-    adopts it.
+    adopts it. ``log``: where state changes are logged.
     """
     deadline = clock() + timeout_seconds
     last_state: JobState | None = None
     while True:
         job = launcher.get_job(job_id)
         if job.state != last_state:
-            logger.info("Job %s (%s) is %s", job.name, job.id, job.state.value)
+            log.info("Job %s (%s) is %s", job.name, job.id, job.state.value)
             last_state = job.state
         if job.state is JobState.DONE:
             return job

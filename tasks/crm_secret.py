@@ -5,8 +5,9 @@ pipeline, and hands the key to the pipeline as a Python argument (``build_pipeli
 The key is never put in pipeline options, Dataflow job labels, flow or deployment parameters, logs
 or artifacts: the flow takes only the block's slug as a parameter.
 
-``read_api_key`` is a plain function on purpose, not a Prefect task: a task's return value is its
-result, which Prefect may persist (result storage, caching) and shows in the task run's state.
+``read_api_key`` is a plain function; the flow calls it through the task
+``tasks.crm_export.read_crm_api_key``, which neither persists nor caches its result and returns
+the key wrapped in an ``ApiKey`` (masked in ``repr``).
 """
 
 from __future__ import annotations

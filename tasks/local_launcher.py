@@ -23,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import traceback
 import uuid
 from collections.abc import Iterator
@@ -39,8 +40,14 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat()
 
 
+_PROC = Path("/proc/self/stat").exists()  # Linux; elsewhere liveness is checked with kill(pid, 0)
+
+
 def _process_start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22), None if gone or a zombie."""
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22), None if gone or a zombie.
+
+    Recorded at submit and compared later, so a recycled pid is not mistaken for the job.
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -49,6 +56,16 @@ def _process_start_ticks(pid: int) -> int | None:
     if fields[0] == "Z":
         return None
     return int(fields[19])
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class LocalLauncher:
@@ -62,16 +79,28 @@ class LocalLauncher:
         self.jobs_dir = self.registry_dir / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.runner_args = tuple(runner_args)
+        self._held = threading.local()
 
     # -- registry ------------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        with open(self.registry_dir / "registry.lock", "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        """The registry lock (``flock``), re-entrant: ``flock`` is per open file, so a nested
+        acquisition through a second file would wait for itself."""
+        if getattr(self._held, "depth", 0):
+            self._held.depth += 1
             try:
                 yield
             finally:
+                self._held.depth -= 1
+            return
+        with open(self.registry_dir / "registry.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._held.depth = 1
+            try:
+                yield
+            finally:
+                self._held.depth = 0
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _path(self, job_id: str) -> Path:
@@ -80,7 +109,8 @@ class LocalLauncher:
         return self.jobs_dir / f"{job_id}.json"
 
     def read(self, job_id: str) -> dict[str, Any]:
-        """The registry record of a job, with a dead process's unfinished state corrected to FAILED."""
+        """The registry record of a job; a dead process's unfinished state is corrected to FAILED
+        (CANCELLED if it was being cancelled)."""
         path = self._path(job_id)
         try:
             record = json.loads(path.read_text())
@@ -90,8 +120,9 @@ class LocalLauncher:
             with self._locked():
                 record = json.loads(path.read_text())
                 if JobState(record["state"]) not in _FINAL and not self._alive(record):
+                    cancelling = JobState(record["state"]) is JobState.CANCELLING
                     record.update(
-                        state=JobState.FAILED.value,
+                        state=(JobState.CANCELLED if cancelling else JobState.FAILED).value,
                         end_time=_now(),
                         errors=[*record.get("errors", []), "the job's process exited without a final state"],
                     )
@@ -105,16 +136,29 @@ class LocalLauncher:
         os.replace(tmp, path)
 
     def update(self, job_id: str, **changes: Any) -> None:
-        """Change fields of a job's record (used by the job process to report its state)."""
+        """Change fields of a job's record (used by the job process to report its state).
+
+        A final state is never changed (a job found dead and reported FAILED stays FAILED), and a
+        job being cancelled only moves on to a final state.
+        """
         with self._locked():
             record = json.loads(self._path(job_id).read_text())
+            current, new = JobState(record["state"]), changes.get("state")
+            if new is not None and (
+                current in _FINAL or (current is JobState.CANCELLING and JobState(new) not in _FINAL)
+            ):
+                changes = {k: v for k, v in changes.items() if k not in ("state", "start_time", "end_time")}
             record.update(changes)
             self._write(record)
 
     @staticmethod
     def _alive(record: dict[str, Any]) -> bool:
         pid, ticks = record.get("pid"), record.get("pid_start_ticks")
-        return pid is not None and ticks is not None and _process_start_ticks(pid) == ticks
+        if pid is None:
+            return False
+        if not _PROC:
+            return _pid_alive(pid)
+        return ticks is not None and _process_start_ticks(pid) == ticks
 
     def _records(self) -> list[dict[str, Any]]:
         return [self.read(path.stem) for path in sorted(self.jobs_dir.glob("*.json"))]
@@ -216,16 +260,6 @@ def _info(record: dict[str, Any]) -> JobInfo:
 
 def run_job(registry_dir: Path, job_id: str, pipeline_args: list[str], api_key: str) -> int:
     """Run one registered job to its end on the local runner, reporting state, counters and errors."""
-    import resource
-    import time
-
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    from pipelines.crm_export import build_pipeline, check_accounting, job_counters
-    from pipelines.crm_sink import ApiKey
-
-    launcher = LocalLauncher(registry_dir)
     cancelled = False
 
     def on_sigterm(signum: int, frame: Any) -> None:
@@ -233,7 +267,21 @@ def run_job(registry_dir: Path, job_id: str, pipeline_args: list[str], api_key: 
         cancelled = True
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGTERM, on_sigterm)  # first: a cancel during the imports still ends CANCELLED
+    launcher = LocalLauncher(registry_dir)
+    try:
+        import resource
+        import time
+
+        import apache_beam as beam
+        from apache_beam.options.pipeline_options import PipelineOptions
+
+        from pipelines.crm_export import build_pipeline, check_accounting, job_counters
+        from pipelines.crm_sink import ApiKey
+    except KeyboardInterrupt:
+        launcher.update(job_id, state=JobState.CANCELLED.value, end_time=_now(), errors=["cancelled"])
+        return 1
+
     launcher.update(job_id, state=JobState.RUNNING.value, start_time=_now())
     started = time.monotonic()
     try:

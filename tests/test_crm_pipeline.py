@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from pathlib import Path
 
 import apache_beam as beam
@@ -214,23 +215,23 @@ def test_429_storms_5xx_and_slow_responses_lose_nothing_and_send_nothing_twice(t
     assert counters["retries"] > 0
 
 
-def test_a_429_waits_as_long_as_retry_after_says(fresh_crm):
+def test_a_429_waits_as_long_as_retry_after_says(fresh_crm, monkeypatch):
     fresh_crm.configure(rate_limit_rps=1, retry_after_seconds=2)
-    sink = CrmSink(fresh_crm.batch_url, ApiKey(API_KEY), "ns", max_backoff_seconds=5)
+    sink = CrmSink(fresh_crm.batch_url, ApiKey(API_KEY), "ns", max_backoff_seconds=0.1)
     sink.setup()
     slept = []
     import pipelines.crm_sink as crm_sink
 
-    real_sleep = crm_sink.time.sleep
-    crm_sink.time.sleep = lambda s: (slept.append(s), real_sleep(s))
+    real_sleep = time.sleep
+    monkeypatch.setattr(crm_sink.time, "sleep", lambda s: (slept.append(s), real_sleep(s)))
     try:
         for i in range(3):
             outcome = sink.post_batch([{"external_id": f"r{i}"}])
             assert outcome.accepted == 1
     finally:
-        crm_sink.time.sleep = real_sleep
         sink.teardown()
-    assert slept and all(s == 2 for s in slept)
+    # the hint in full (not capped at max_backoff_seconds), plus at most 10 % jitter
+    assert slept and all(2 <= s <= 2.2 for s in slept)
 
 
 def test_an_unreachable_crm_dead_letters_its_batches_after_the_retries(tmp_path, unused_port):
@@ -273,8 +274,50 @@ def test_accounting_names_the_unaccounted_records():
         check_accounting({"records_read": 10, "records_accepted": 7, "records_dead_lettered": 1})
 
 
-def test_the_api_key_is_hidden_from_repr():
+def test_the_api_key_is_hidden_from_repr_and_never_quoted_when_refused():
     key = ApiKey("sk-live-123")
     assert "sk-live-123" not in repr(key) and "sk-live-123" not in str(key)
     with pytest.raises(ValueError):
         ApiKey("")
+    for bad in ("sk-live-123\n", " sk-live-123", "sk live"):
+        with pytest.raises(ValueError, match="trailing newline") as refused:
+            ApiKey(bad)
+        assert "sk-live" not in str(refused.value)
+
+
+def test_bigquery_numeric_and_bytes_are_sent_and_other_values_dead_lettered(fresh_crm):
+    import decimal
+
+    sink = CrmSink(fresh_crm.batch_url, ApiKey(API_KEY), "ns")
+    sink.setup()
+    sink.start_bundle()
+    batch = [
+        {
+            "external_id": "n1",
+            "ltv": decimal.Decimal("12.50"),
+            "visits": decimal.Decimal("3"),
+            "tag": b"\x01\x02",
+        },
+        {"external_id": "n2", "odd": {1, 2}},  # a set: no JSON for it
+    ]
+    try:
+        outputs = list(sink.process(batch)) + list(sink.finish_bundle())
+    finally:
+        sink.teardown()
+    dead = [o.value for o in outputs]
+    dead = [d.value if hasattr(d, "value") else d for d in dead]
+    assert [(d["key"], d["reason"].split(":")[0]) for d in dead] == [("n2", "not JSON")]
+    assert fresh_crm.user("n1")["attributes"] == {"ltv": 12.5, "visits": 3, "tag": "AQI="}
+
+
+def test_a_crm_that_acknowledges_fewer_records_than_it_took_dead_letters_them():
+    sink = CrmSink("http://crm.invalid", ApiKey(API_KEY), "ns")
+    from pipelines.crm_sink import BatchOutcome
+
+    outcome = BatchOutcome(size=3)
+    sink._rejections(
+        ["a", "b", "c"], b'{"accepted": 1, "rejected": [{"index": 2, "reason": "bad email"}]}', 1, outcome
+    )
+    assert outcome.accepted == 0 and outcome.rejected == 3
+    reasons = {d["key"]: d["reason"] for d in outcome.dead_letters}
+    assert reasons["c"] == "bad email" and "acknowledged 1 of the 2" in reasons["a"]

@@ -627,6 +627,21 @@ def test_done_job_is_skipped_unless_forced(launcher: OfflineLauncher, service: F
     assert launch_job(launcher, make_spec(), force=True) == LaunchResult(forced.job_id, JOB_NAME, "adopted")
 
 
+def test_a_retried_forced_run_does_not_export_twice(launcher: OfflineLauncher, service: FakeDataflow) -> None:
+    service.add_job(JOB_NAME, S.JOB_STATE_DONE, labels={"prefect-flow-run-id": "an-earlier-run"})
+    spec = make_spec()
+    spec = JobSpec(
+        spec.name, spec.pipeline_args, {**spec.labels, "prefect-flow-run-id": "this-run"}, spec.api_key
+    )
+    forced = launch_job(launcher, spec, force=True)
+    assert forced.action == "submitted"
+    while launcher.get_job(forced.job_id).state is not JobState.DONE:  # the forced export runs to its end
+        pass
+    # The same flow run, retried after a later step failed: its own DONE job counts, nothing is submitted.
+    assert launch_job(launcher, spec, force=True) == LaunchResult(forced.job_id, JOB_NAME, "skipped")
+    assert len(launcher.submitted) == 1
+
+
 def test_only_failed_or_cancelled_jobs_submit_a_new_one(
     launcher: OfflineLauncher, service: FakeDataflow
 ) -> None:
