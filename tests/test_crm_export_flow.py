@@ -176,18 +176,37 @@ def test_an_unreadable_shard_fails_the_job_with_its_error(export):
     assert str(shard) in str(failure.value) or "No files found" in str(failure.value)
 
 
-def test_the_api_key_reaches_no_parameter_label_log_artifact_or_file(export, crm, caplog, tmp_path):
+def test_the_api_key_reaches_no_parameter_label_log_artifact_result_or_file(export, crm, caplog, tmp_path):
+    from prefect.settings import get_current_settings
+
     caplog.set_level("DEBUG")
+    started = time.time()
     summary = crm_export(**export)
     assert summary["records_accepted"] == 2_994  # it really was used
-    places = [caplog.text, json.dumps(summary)]
+    # An error path too: a key with a trailing newline is refused without being quoted.
+    pasted = f"crm-api-key-pasted-{uuid.uuid4().hex[:8]}"
+    Secret(value=API_KEY + "\n").save(pasted)
+    with pytest.raises(ValueError, match="trailing newline") as refused:
+        crm_export(
+            **{**export, "crm": export["crm"].model_copy(update={"api_key_block": f"secret/{pasted}"})}
+        )
+    places = {"log": caplog.text, "summary": json.dumps(summary), "error": str(refused.value)}
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs()
-        places += [json.dumps(r.parameters, default=str) for r in runs]
-        places += [str(a.data) for a in client.read_artifacts()]
-        places += [json.dumps(v.value, default=str) for v in client.read_variables()]
-    for path in tmp_path.rglob("*"):
-        if path.is_file() and path.suffix in {".json", ".log", ".jsonl", ".txt"}:
-            places.append(path.read_text(errors="replace"))
-    assert all(API_KEY not in text for text in places)
-    assert len(places) > 5
+        for run in client.read_flow_runs():
+            places[f"flow run {run.id}"] = json.dumps(run.parameters, default=str) + str(run.state.message)
+        for task_run in client.read_task_runs():
+            places[f"task run {task_run.name}"] = str(task_run.state.message) + json.dumps(
+                task_run.task_inputs, default=str
+            )
+        places |= {f"artifact {a.key}": str(a.data) for a in client.read_artifacts()}
+    storage = get_current_settings().results.local_storage_path
+    files = [
+        p for p in tmp_path.rglob("*") if p.is_file() and p.suffix in {".json", ".log", ".jsonl", ".txt"}
+    ]
+    files += [
+        p for p in storage.glob("*") if p.is_file() and p.stat().st_mtime >= started
+    ]  # persisted results
+    places |= {str(p): p.read_bytes().decode(errors="replace") for p in files}
+    assert [where for where, text in places.items() if API_KEY in text] == []
+    assert any("task run" in where for where in places) and any(str(storage) in where for where in places)
+    assert any(p.suffix == ".log" for p in files) and any(p.name.endswith(".json") for p in files)
