@@ -1,8 +1,12 @@
 # The two commands: `make demo` and `make test`. Each installs what it needs: uv (pinned, from PyPI,
-# into .tools/), then the locked environment (uv.lock) into .venv/.
+# into .tools/), then the locked environment (uv.lock) into .venv/, and Azurite (npm, locked by
+# devstack/azurite/package-lock.json) into devstack/azurite/node_modules/.
 UV_VERSION := 0.13.9
 PYTHON ?= python3
 UV := .tools/bin/uv
+NPM ?= npm
+# Touched after `npm ci`: reinstalls when node_modules/ is gone or the lock file changed.
+AZURITE_STAMP := devstack/azurite/node_modules/.installed
 export UV_PYTHON_DOWNLOADS := never
 
 .PHONY: demo test sync lint clean
@@ -17,12 +21,16 @@ lint: sync
 	$(UV) run --locked ruff check .
 	$(UV) run --locked ruff format --check .
 
-sync: $(UV)
+sync: $(UV) $(AZURITE_STAMP)
 	$(UV) sync --locked --python 3.11
 
 $(UV):
 	$(PYTHON) -m venv .tools
 	.tools/bin/python -m pip install --quiet "uv==$(UV_VERSION)"
 
+$(AZURITE_STAMP): devstack/azurite/package.json devstack/azurite/package-lock.json
+	$(NPM) ci --prefix devstack/azurite --no-audit --no-fund
+	touch $@
+
 clean:
-	rm -rf .venv .tools .pytest_cache .ruff_cache
+	rm -rf .venv .tools .pytest_cache .ruff_cache devstack/azurite/node_modules
