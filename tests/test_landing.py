@@ -363,7 +363,7 @@ def case(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Mon
             def copy(source: Any, target: Any, length: int = 0) -> None:
                 target.write(source.read()[:-1])  # a short write, as from a full disk that did not say so
 
-            mp.setattr("tasks.landing.shutil.copyfileobj", copy)
+            mp.setattr("tasks.landing.local.shutil.copyfileobj", copy)
 
         yield Case(LocalLanding(root, LANDING_DIR), lambda key: (root / key).read_bytes(), truncated_copy)
 
@@ -651,7 +651,7 @@ def test_local_permission_denied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         def refuse(source: Any, target: Any) -> None:
             raise PermissionError(13, "Permission denied", str(target))
 
-        monkeypatch.setattr("tasks.landing.os.replace", refuse)
+        monkeypatch.setattr("tasks.landing.local.os.replace", refuse)
     write_file(tmp_path / "a.csv", 10)
     try:
         with pytest.raises(LandingError) as raised:
