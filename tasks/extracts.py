@@ -18,11 +18,14 @@ class Extract:
     """One entity's rows: ``columns`` names the fields, each row is a tuple in that order.
 
     ``rows`` may be a generator (large catalogs are streamed to the file, not held in memory).
+    ``sql_columns``: the columns holding SQL text (query history, view definitions), whose literals
+    are masked when the source is configured with ``mask`` (``tasks.sql_masking``).
     """
 
     entity: str
     columns: tuple[str, ...]
     rows: Iterable[tuple[Any, ...]]
+    sql_columns: tuple[str, ...] = ()
 
 
 class ExtractorConnectionError(RuntimeError):

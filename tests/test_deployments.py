@@ -34,6 +34,17 @@ def test_every_domain_has_a_deployment_with_its_upstream_trigger_and_cron():
         assert deployment["work_pool"]["name"] == "tableau-refresh"
 
 
+def test_every_metadata_source_has_a_daily_deployment_with_concurrency_one():
+    from flows.metadata_sources import load_sources
+
+    deployments = {d["name"]: d for d in prefect_yaml()["deployments"]}
+    for name in load_sources(ROOT / "metadata_sources.yaml"):
+        deployment = deployments[f"metadata-{name}"]
+        assert deployment["entrypoint"] == "flows/collect_metadata.py:collect_metadata"
+        assert deployment["parameters"] == {"source": name}
+        assert deployment["concurrency_limit"] == 1 and deployment["schedules"][0]["cron"]
+
+
 def test_prefect_deploy_all_against_a_real_server(prefect_api_url):
     def prefect(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -45,7 +56,7 @@ def test_prefect_deploy_all_against_a_real_server(prefect_api_url):
             timeout=300,
         )
 
-    for pool in ("tableau-refresh", "crm-export"):
+    for pool in ("tableau-refresh", "crm-export", "metadata"):
         created = prefect("work-pool", "create", pool, "--type", "process", "--overwrite")
         assert created.returncode == 0, created.stdout + created.stderr
     deployed = prefect("--no-prompt", "deploy", "--all")
@@ -76,3 +87,5 @@ def test_prefect_deploy_all_against_a_real_server(prefect_api_url):
     assert {"shard_date", "force", "source", "crm", "runner"} <= set(
         crm.parameter_openapi_schema["properties"]
     )
+    metadata = deployments["metadata-athena-prod"]
+    assert metadata.work_pool_name == "metadata" and metadata.global_concurrency_limit.limit == 1

@@ -1,0 +1,137 @@
+"""Prefect tasks of the metadata collectors, and the builders behind them (design.md §5).
+
+A run: plan the window (the HWM store, read only) → test the connection → extract → mask SQL →
+write one file per entity → upload and verify every file → publish the HWM. Any failure before
+the publish leaves the HWM where it was, so the rerun extracts the same window. ``dry_run``
+writes the files and stops there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.extract_files import WrittenFile, write_extracts
+from tasks.extracts import Extract, Extractor
+from tasks.hwm import FileHwmStore, HwmStore, VariableHwmStore, Window, plan_window, publish_hwm
+from tasks.landing import LandedFile, LandingTarget
+from tasks.sql_masking import mask_sql
+
+
+def build_extractor(source: Any) -> Extractor:
+    """The extractor of a ``SourceConfig`` (``flows.metadata_sources``); blocks are loaded here."""
+    config = source.extractor
+    if config.kind == "athena":
+        from prefect_aws import AwsCredentials
+
+        from tasks.athena_extractor import AthenaExtractor
+
+        return AthenaExtractor(
+            source=source.name,
+            credentials=AwsCredentials.load(config.aws_credentials_block),
+            region=config.region,
+            workgroups=config.workgroups,
+            output_location=config.output_location,
+            role_arn=config.role_arn,
+            endpoint_url=config.endpoint_url,
+            history_days=config.history_days,
+        )
+    from tasks.tableau_extractor import TableauExtractor
+
+    return TableauExtractor(source=source.name, pool_block=config.pat_pool_block)
+
+
+def build_landing(source: Any) -> LandingTarget:
+    """The landing target of a ``SourceConfig``; blocks are loaded here."""
+    config = source.landing
+    if config.kind == "s3":
+        from prefect_aws import S3Bucket
+
+        from tasks.landing import S3Landing
+
+        return S3Landing(S3Bucket.load(config.s3_bucket_block), config.landing_dir)
+    if config.kind == "azure_blob":
+        from tasks.landing import AzureBlobLanding
+
+        return AzureBlobLanding(
+            config.account_url, config.container, config.sas_token_secret, config.landing_dir
+        )
+    if config.kind == "gcs":
+        from prefect_gcp import GcsBucket
+
+        from tasks.landing import GcsLanding
+
+        return GcsLanding(GcsBucket.load(config.gcs_bucket_block), config.landing_dir)
+    from tasks.landing import LocalLanding
+
+    return LocalLanding(config.root, config.landing_dir)
+
+
+def build_hwm_store(source: Any, target: LandingTarget) -> HwmStore:
+    if source.hwm.store == "file":
+        return FileHwmStore(target, source.name)
+    return VariableHwmStore(source.name)
+
+
+def masked(extract: Extract, dialect: str = "athena") -> Extract:
+    """``extract`` with the literals of its ``sql_columns`` masked (rows stay a stream)."""
+    positions = [extract.columns.index(c) for c in extract.sql_columns if c in extract.columns]
+    if not positions:
+        return extract
+
+    def rows() -> Iterator[tuple[Any, ...]]:
+        for row in extract.rows:
+            cells = list(row)
+            for i in positions:
+                if isinstance(cells[i], str):
+                    cells[i] = mask_sql(cells[i], dialect)
+            yield tuple(cells)
+
+    return Extract(extract.entity, extract.columns, rows(), extract.sql_columns)
+
+
+def history_start(source: Any, now: dt.datetime) -> dt.datetime | None:
+    """The earliest instant the source still holds (Athena keeps 45 days of query history)."""
+    if source.extractor.kind == "athena":
+        return now - dt.timedelta(days=source.extractor.history_days)
+    return None
+
+
+@task(cache_policy=NO_CACHE)
+def plan_collection_window(source: Any, store: HwmStore, now: dt.datetime) -> Window:
+    """The window ``[start, end)`` of this run (reads the HWM; writes nothing)."""
+    return plan_window(store, now, source.hwm.lag, source.hwm.initial_lookback, history_start(source, now))
+
+
+@task(cache_policy=NO_CACHE)
+def extract_to_files(source: Any, window: Window, out_dir: Path) -> list[WrittenFile]:
+    """Test the connection, extract, mask SQL (if configured), write one file per entity."""
+    extractor = build_extractor(source)
+    extractor.test_connection()
+    extracts = extractor.run(window.start, window.end)
+    if source.mask:
+        extracts = [masked(e) for e in extracts]
+    return write_extracts(extracts, out_dir, source.name, window, source.compress)
+
+
+@task(cache_policy=NO_CACHE)
+def land_files(target: LandingTarget, files: list[WrittenFile]) -> list[LandedFile]:
+    """Upload every file and verify it (exists, size); raises ``LandingError`` on the first failure."""
+    logger = get_run_logger()
+    landed = []
+    for file in files:
+        landed.append(target.upload(file.path, file.path.name))
+        logger.info("Landed %s (%d rows, %d bytes)", landed[-1].uri, file.rows, file.bytes)
+    return landed
+
+
+@task(cache_policy=NO_CACHE)
+def publish_collection_hwm(store: HwmStore, window: Window) -> None:
+    """Publish ``window.end`` as the HWM: only after every file landed and was verified."""
+    publish_hwm(store, window)
+    get_run_logger().info("Published HWM %s to %s", window.end, store.describe())

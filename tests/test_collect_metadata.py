@@ -1,0 +1,209 @@
+"""collect_metadata: windows, landing, HWM publication only after a verified upload, dry runs, bad input.
+
+The extractor here is a stand-in that reports query history by completion time (the real Athena
+extractor has its own tests against moto); landing is real: moto's S3 server and a local directory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import time
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+from prefect.variables import Variable
+
+import tasks.metadata_collection as collection
+from devstack.moto_server import MotoServer
+from flows.collect_metadata import collect_metadata
+from flows.metadata_sources import SourceConfigError
+from tasks.extracts import Extract
+from tasks.hwm import HWM_FORMAT
+from tasks.landing import LandingError
+
+
+class HistoryExtractor:
+    """Queries completed once per 0.2 s from ``origin``; ``run`` returns those in ``[start, end)``."""
+
+    origin = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=5)
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def test_connection(self) -> None:
+        pass
+
+    def run(self, start: dt.datetime, end: dt.datetime) -> list[Extract]:
+        queries = []
+        t = self.origin
+        while t < end:
+            if t >= start:
+                queries.append((f"q-{t:%H%M%S%f}", t, f"SELECT * FROM t WHERE id = {t.second}"))
+            t += dt.timedelta(milliseconds=200)
+        return [
+            Extract("databases", ("name",), [("sales",)]),
+            Extract("query_history", ("query_id", "completed_at", "query"), queries, sql_columns=("query",)),
+        ]
+
+
+@pytest.fixture(scope="module")
+def moto():
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def source(tmp_path, monkeypatch, moto):
+    """A source landing in moto's S3 (file HWM) and its sources file; returns (name, file, s3 client)."""
+    from prefect_aws import AwsCredentials, S3Bucket
+    from prefect_aws.client_parameters import AwsClientParameters
+
+    name = f"history-{uuid.uuid4().hex[:6]}"
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=moto.url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    s3.create_bucket(Bucket=name)
+    credentials = AwsCredentials(
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+        aws_client_parameters=AwsClientParameters(endpoint_url=moto.url),
+    )
+    S3Bucket(bucket_name=name, credentials=credentials).save(name)
+    file = tmp_path / "sources.yaml"
+    file.write_text(
+        yaml.safe_dump(
+            {
+                "sources": {
+                    name: {
+                        "extractor": {"kind": "tableau", "pat_pool_block": "unused"},
+                        "landing": {"kind": "s3", "s3_bucket_block": name, "landing_dir": "catalog/landing"},
+                        "hwm": {"store": "file", "lag_minutes": 0, "initial_lookback_days": 1},
+                    }
+                }
+            }
+        )
+    )
+    monkeypatch.setattr(collection, "build_extractor", lambda config: HistoryExtractor(config.name))
+    return name, str(file), s3
+
+
+def landed_query_ids(s3, bucket: str) -> list[str]:
+    ids = []
+    for item in s3.list_objects_v2(Bucket=bucket, Prefix="catalog/landing/").get("Contents", []):
+        if "_query_history_" in item["Key"]:
+            body = gzip.decompress(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()).decode()
+            ids += [line.split(",")[0] for line in body.splitlines()[1:]]
+    return ids
+
+
+def test_three_runs_give_contiguous_windows_and_no_query_twice(source):
+    name, file, s3 = source
+    summaries = []
+    for _ in range(3):
+        summaries.append(collect_metadata(name, sources_file=file))
+        time.sleep(1.1)
+    for earlier, later in zip(summaries, summaries[1:], strict=False):
+        assert later["window_start"] == earlier["window_end"]  # no gap, no overlap
+    hwm = s3.get_object(Bucket=name, Key=f"catalog/{name}_hwm.txt")["Body"].read()
+    assert hwm.decode() == dt.datetime.fromisoformat(summaries[-1]["window_end"]).strftime(HWM_FORMAT)
+    ids = landed_query_ids(s3, name)
+    assert len(ids) == len(set(ids)) > 0
+    rows = {f["entity"]: f["rows"] for f in summaries[0]["files"]}
+    assert rows["databases"] == 1 and summaries[0]["files"][0]["landed"].startswith("s3://")
+
+
+def test_sql_literals_are_masked_in_the_landed_file(source):
+    name, file, s3 = source
+    collect_metadata(name, sources_file=file)
+    key = next(i["Key"] for i in s3.list_objects_v2(Bucket=name)["Contents"] if "_query_history_" in i["Key"])
+    body = gzip.decompress(s3.get_object(Bucket=name, Key=key)["Body"].read()).decode()
+    assert "WHERE id = ?" in body and "WHERE id = 1" not in body
+
+
+def test_a_failed_upload_leaves_the_hwm_and_the_rerun_extracts_the_same_window(source, monkeypatch):
+    name, file, s3 = source
+    first = collect_metadata(name, sources_file=file)
+    time.sleep(1.1)
+
+    def refuse(self, local_path: Path, key: str):
+        raise LandingError("upload refused", target=self.describe(), file=key, reason="permission")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("tasks.landing.S3Landing.upload", refuse)
+        with pytest.raises(LandingError):
+            collect_metadata(name, sources_file=file)
+    hwm_key = f"catalog/{name}_hwm.txt"
+    assert s3.get_object(Bucket=name, Key=hwm_key)["Body"].read().decode() == dt.datetime.fromisoformat(
+        first["window_end"]
+    ).strftime(HWM_FORMAT)
+    rerun = collect_metadata(name, sources_file=file)
+    assert rerun["window_start"] == first["window_end"]  # the failed run's window is extracted now
+
+
+def test_a_stopped_landing_server_is_a_landing_error_and_the_hwm_stays(tmp_path, monkeypatch):
+    from prefect_aws import AwsCredentials, S3Bucket
+    from prefect_aws.client_parameters import AwsClientParameters
+
+    with MotoServer() as short_lived:
+        url = short_lived.url
+        boto3.client(
+            "s3",
+            endpoint_url=url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        ).create_bucket(Bucket="gone")
+    name = f"gone-{uuid.uuid4().hex[:6]}"
+    S3Bucket(
+        bucket_name="gone",
+        credentials=AwsCredentials(
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+            aws_client_parameters=AwsClientParameters(
+                endpoint_url=url, config={"retries": {"max_attempts": 1}}
+            ),
+        ),
+    ).save(name)
+    file = tmp_path / "sources.yaml"
+    file.write_text(
+        yaml.safe_dump(
+            {
+                "sources": {
+                    name: {
+                        "extractor": {"kind": "tableau", "pat_pool_block": "unused"},
+                        "landing": {"kind": "s3", "s3_bucket_block": name, "landing_dir": "landing"},
+                    }
+                }
+            }
+        )
+    )
+    monkeypatch.setattr(collection, "build_extractor", lambda config: HistoryExtractor(config.name))
+    with pytest.raises(LandingError):
+        collect_metadata(name, sources_file=str(file))
+    assert Variable.get(f"hwm_{name}") is None  # the Variable store was never written
+
+
+def test_a_dry_run_writes_files_and_uploads_nothing(source, tmp_path):
+    name, file, s3 = source
+    summary = collect_metadata(name, sources_file=file, dry_run=True, out_dir=str(tmp_path / "out"))
+    assert summary["hwm"] is None and all(f["landed"] is None for f in summary["files"])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f["file"] for f in summary["files"])
+    assert "Contents" not in s3.list_objects_v2(Bucket=name)
+
+
+def test_an_unknown_source_names_the_configured_ones(source):
+    name, file, _ = source
+    with pytest.raises(
+        SourceConfigError, match=f"unknown metadata source 'nope'.*configured sources: {name}"
+    ):
+        collect_metadata("nope", sources_file=file)
