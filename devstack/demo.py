@@ -5,7 +5,9 @@ seeded from ``tableau_domains.yaml``; creates the blocks and global concurrency 
 3-PAT pool; serves the domain refresh deployments (``devstack.serve_domains``); runs each
 domain's stand-in upstream pipeline, whose completion triggers that domain's deployment; waits
 for every refresh run; prints a summary; then runs the CRM export on the local launcher into the
-CRM stand-in (``devstack.demo_crm``) and prints its summary; stops everything it started.
+CRM stand-in (``devstack.demo_crm``) and prints its summary; then collects Athena metadata from
+moto's server into its S3 landing directory, twice (``devstack.demo_metadata``); stops everything
+it started.
 
 Set ``DEMO_HOLD=1`` to keep the stack up (for the Prefect UI) until Ctrl+C.
 
@@ -28,6 +30,7 @@ from pathlib import Path
 import httpx
 
 from devstack.demo_crm import run_crm_export
+from devstack.demo_metadata import run_athena_collector
 from devstack.prefect_server import PrefectServer
 
 PATS = ["tableau-pat-1", "tableau-pat-2", "tableau-pat-3"]
@@ -244,13 +247,15 @@ def main() -> int:
         audit = httpx.get(f"{tableau_url}/devstack/audit").json()
         clean = summarize(runs, audit)
         exported = run_crm_export(workdir, stack)
+        collected = run_athena_collector(workdir, stack)
         print(
             f"\nThe failed refresh of {FAILING[0]}/{FAILING[1]} is deliberate: its domain run fails and names it.\n"
             "To look around in the Prefect UI, run `DEMO_HOLD=1 make demo` and open the URL it prints:\n"
             "  - Runs: each refresh-<domain> run was started by its upstream's Completed event (see Automations);\n"
             "  - Artifacts: tableau-refresh-<domain> tables (job id, status, queued/started/finished, notes);\n"
             "  - Concurrency: the tableau-pat-* global concurrency limits (one per PAT, and the pool);\n"
-            "  - the crm-export runs and their crm-export artifact (records, batches, retries, dead letters)."
+            "  - the crm-export runs and their crm-export artifact (records, batches, retries, dead letters);\n"
+            "  - the collect-metadata runs, their metadata-athena-demo artifact and the hwm_athena-demo variable."
         )
         if hold:
             print(f"\nPrefect UI: {server.ui_url}   (Ctrl+C stops the demo stack)")
@@ -259,7 +264,7 @@ def main() -> int:
                     time.sleep(3600)
             except KeyboardInterrupt:
                 pass
-        return 0 if clean and exported else 1
+        return 0 if clean and exported and collected else 1
 
 
 if __name__ == "__main__":

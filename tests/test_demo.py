@@ -33,3 +33,5 @@ def test_demo_refreshes_every_domain_through_the_pool_without_invalidated_tokens
     assert re.search(r"^records read:\s+200,000$", out, re.M), out
     assert re.search(r"^duplicate deliveries: 0$", out, re.M), out
     assert re.search(r"^second run:\s+skipped", out, re.M), out
+    assert re.search(r"^first run: window .* HWM now ", out, re.M), out
+    assert re.search(r"athena-demo_columns_\S+\.csv\.gz\s+872 rows", out), out
