@@ -207,3 +207,93 @@ def test_an_unknown_source_names_the_configured_ones(source):
         SourceConfigError, match=f"unknown metadata source 'nope'.*configured sources: {name}"
     ):
         collect_metadata("nope", sources_file=file)
+
+
+# --- the real Athena extractor on moto's server ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def seeded(moto):
+    from devstack.athena_catalog import seed_athena
+
+    return seed_athena(moto.url, "us-east-1")
+
+
+@pytest.fixture
+def athena_source(tmp_path, moto, seeded, monkeypatch):
+    """An Athena source on moto (TPC-DS catalog, history), landing locally; returns (name, file, landing)."""
+    from prefect_aws import AwsCredentials
+    from prefect_aws.client_parameters import AwsClientParameters
+
+    from devstack.moto_gaps import answer_batch_get_query_execution
+    from tasks.athena_extractor import AthenaExtractor
+
+    name = f"athena-{uuid.uuid4().hex[:6]}"
+    AwsCredentials(
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+        aws_client_parameters=AwsClientParameters(endpoint_url=moto.url),
+    ).save(name)
+    original = AthenaExtractor._client
+
+    def client(self, service):  # moto lacks BatchGetQueryExecution (design.md §7)
+        made = service not in self._clients
+        result = original(self, service)
+        if made and service == "athena":
+            answer_batch_get_query_execution(result)
+        return result
+
+    monkeypatch.setattr(AthenaExtractor, "_client", client)
+    landing = tmp_path / "landing-root"
+    landing.mkdir()
+    file = tmp_path / "sources.yaml"
+
+    def write(**extractor):
+        entry = {
+            "extractor": {
+                "kind": "athena",
+                "aws_credentials_block": name,
+                "region": "us-east-1",
+                "output_location": seeded["output_location"],
+                "endpoint_url": moto.url,
+                **extractor,
+            },
+            "landing": {"kind": "local", "root": str(landing), "landing_dir": "athena/landing"},
+            "hwm": {"store": "file", "lag_minutes": 0, "initial_lookback_days": 1},
+        }
+        file.write_text(yaml.safe_dump({"sources": {name: entry}}))
+
+    write()
+    return name, str(file), landing, write
+
+
+def test_three_athena_runs_land_every_query_once(athena_source):
+    name, file, landing, _ = athena_source
+    runs = []
+    for _ in range(3):
+        runs.append(collect_metadata(name, sources_file=file))
+        time.sleep(1.1)
+    assert [r["window_start"] for r in runs[1:]] == [r["window_end"] for r in runs[:-1]]
+    ids = []
+    for path in sorted((landing / "athena" / "landing").glob(f"{name}_query_history_*.csv.gz")):
+        ids += [line.split(",")[0] for line in gzip.decompress(path.read_bytes()).decode().splitlines()[1:]]
+    assert len(ids) == len(set(ids)) >= 73  # the seeded history, then only the collector's own queries
+    assert (landing / "athena" / f"{name}_hwm.txt").read_text() == dt.datetime.fromisoformat(
+        runs[-1]["window_end"]
+    ).strftime(HWM_FORMAT)
+
+
+def test_a_missing_workgroup_is_named_and_the_hwm_stays(athena_source):
+    from tasks.extracts import ExtractorConnectionError
+
+    name, file, landing, write = athena_source
+    write(workgroups=["primary", "no-such-workgroup"])
+    with pytest.raises(ExtractorConnectionError, match="no-such-workgroup"):
+        collect_metadata(name, sources_file=file)
+    assert not (landing / "athena" / f"{name}_hwm.txt").exists()
+    assert (
+        not list((landing / "athena" / "landing").glob("*"))
+        if (landing / "athena" / "landing").exists()
+        else True
+    )
