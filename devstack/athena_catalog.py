@@ -559,3 +559,107 @@ def information_schema_tables(seeded: dict[str, Any]) -> tuple[list[str], list[t
     rows = [(*name.split("."), "BASE TABLE") for name in seeded["tables"]]
     rows += [(*name.split("."), "VIEW") for name in seeded["views"]]
     return ["table_schema", "table_name", "table_type"], sorted(rows)
+
+
+# --- a large synthetic catalog (bench/athena_catalog.py) -----------------------------------------
+
+
+def seed_large_glue_catalog(
+    endpoint_url: str,
+    region: str,
+    *,
+    databases: int,
+    tables: int,
+    columns_per_table: int,
+    queries: int,
+    threads: int = 4,
+) -> dict[str, Any]:
+    """Seed a fresh moto server with ``tables`` Glue tables of ``columns_per_table`` columns each (partition
+    keys included), spread round-robin over ``databases`` databases ``bench_00``…; every 50th table is an
+    Athena view, every 4th other table is partitioned by ``dt``. Also the results and warehouse buckets, the
+    workgroup ``analysts`` and ``queries`` executions alternating between ``primary`` and ``analysts``.
+    Calls run on ``threads`` threads. Returns ``output_location``, ``workgroups``, ``tables`` (``(database,
+    table, information_schema table_type)``), ``columns``, ``views`` and ``query_execution_ids``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from botocore.config import Config
+
+    config = Config(max_pool_connections=max(10, threads), retries={"mode": "standard", "max_attempts": 8})
+    s3, glue, athena = (
+        boto3.client(
+            name,
+            endpoint_url=endpoint_url,
+            region_name=region,
+            aws_access_key_id=DUMMY_ACCESS_KEY_ID,
+            aws_secret_access_key=DUMMY_SECRET_ACCESS_KEY,
+            config=config,
+        )
+        for name in ("s3", "glue", "athena")
+    )
+    _create_bucket(s3, RESULTS_BUCKET, region)
+    _create_bucket(s3, WAREHOUSE_BUCKET, region)
+    athena.create_work_group(
+        Name="analysts",
+        Configuration={"ResultConfiguration": {"OutputLocation": f"s3://{RESULTS_BUCKET}/analysts/"}},
+    )
+    names = [f"bench_{d:02d}" for d in range(databases)]
+    for name in names:
+        glue.create_database(DatabaseInput={"Name": name, "LocationUri": f"s3://{WAREHOUSE_BUCKET}/{name}/"})
+    types = ("int", "bigint", "string", "decimal(12,2)", "date", "timestamp", "double", "varchar(64)")
+
+    def create(i: int) -> tuple[str, str, str]:
+        database, name = names[i % databases], f"t_{i:06d}"
+        columns = [(f"c_{c:03d}", types[c % len(types)]) for c in range(columns_per_table)]
+        if i % 50 == 49:
+            sql = f"SELECT * FROM {database}.t_{i - 1:06d} WHERE c_000 > 0"
+            glue.create_table(
+                DatabaseName=database,
+                TableInput={
+                    "Name": name,
+                    "TableType": "VIRTUAL_VIEW",
+                    "Parameters": {"presto_view": "true", "comment": "Presto View"},
+                    "ViewOriginalText": presto_view_text(sql, "awsdatacatalog", database, columns),
+                    "ViewExpandedText": "/* Presto View */",
+                    "StorageDescriptor": {"Columns": [{"Name": n, "Type": t} for n, t in columns]},
+                },
+            )
+            return database, name, "VIEW"
+        keys = [("dt", "string")] if i % 4 == 0 and columns_per_table > 1 else []
+        glue.create_table(
+            DatabaseName=database,
+            TableInput={
+                "Name": name,
+                "TableType": "EXTERNAL_TABLE",
+                "Owner": "hadoop",
+                "Parameters": {"classification": "parquet", "EXTERNAL": "TRUE"},
+                "StorageDescriptor": _storage(
+                    f"s3://{WAREHOUSE_BUCKET}/{database}/{name}/", columns[: len(columns) - len(keys)]
+                ),
+                "PartitionKeys": [{"Name": n, "Type": t} for n, t in keys],
+            },
+        )
+        return database, name, "BASE TABLE"
+
+    def start(i: int) -> str:
+        workgroup = WORKGROUPS[i % 2]
+        sql = _QUERY_TEMPLATES[i % len(_QUERY_TEMPLATES)].format(
+            db=names[i % databases], n=i + 1, year=1950 + i % 50, day=1 + i % 28, date_sk=2451000 + i
+        )
+        return athena.start_query_execution(
+            QueryString=sql,
+            QueryExecutionContext={"Catalog": "AwsDataCatalog", "Database": names[i % databases]},
+            WorkGroup=workgroup,
+            ResultConfiguration={"OutputLocation": OUTPUT_LOCATION},
+        )["QueryExecutionId"]
+
+    with ThreadPoolExecutor(threads) as pool:
+        created = list(pool.map(create, range(tables)))
+        ids = list(pool.map(start, range(queries)))
+    return {
+        "output_location": OUTPUT_LOCATION,
+        "workgroups": list(WORKGROUPS),
+        "tables": created,
+        "columns": tables * columns_per_table,
+        "views": sum(kind == "VIEW" for *_, kind in created),
+        "query_execution_ids": ids,
+    }
