@@ -1,4 +1,5 @@
-"""Seed configuration of the Tableau stand-in: one site, its credentials, projects and extract content.
+"""Seed configuration of the Tableau stand-in: one site, its credentials, users, projects and extract
+content (data sources with their connections and extract-refresh schedule, workbooks with their views).
 
 Loaded from a YAML or JSON file, or from a mapping; every key but the content lists has a default.
 Ids are deterministic (uuid5), so tests and demos can name content by id without asking the server.
@@ -19,6 +20,21 @@ import yaml
 _ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "devstack:tableau")
 
 ContentKind = Literal["datasource", "workbook"]
+RefreshFrequency = Literal["Daily", "Weekly"]
+
+# Site roles a user may have (schema siteRoleType, less the server-only ones).
+SITE_ROLES = (
+    "Creator",
+    "Explorer",
+    "ExplorerCanPublish",
+    "SiteAdministratorCreator",
+    "SiteAdministratorExplorer",
+    "Unlicensed",
+    "Viewer",
+)
+# Views of a workbook that declares none, and the frequencies an extract-refresh schedule may have.
+DEFAULT_VIEWS = ("Overview", "Details")
+REFRESH_FREQUENCIES = ("Daily", "Weekly")
 
 # The project Tableau creates with every site, and its description (Tableau Server, "Use Projects").
 DEFAULT_PROJECT = "default"
@@ -49,6 +65,21 @@ def content_id(kind: ContentKind, project: str, name: str) -> str:
     return _luid(kind, project, name)
 
 
+def view_id(project: str, workbook: str, name: str) -> str:
+    """The id of view `name` of a workbook."""
+    return _luid("view", project, workbook, name)
+
+
+def schedule_id(frequency: str) -> str:
+    """The id of the site's shared extract-refresh schedule of that frequency."""
+    return _luid("schedule", frequency)
+
+
+def url_name(name: str) -> str:
+    """A content URL segment as Tableau derives it from a name: letters, digits, '-' and '_' only."""
+    return "".join(c for c in name if c.isalnum() or c in "-_")
+
+
 @dataclass(frozen=True)
 class RateLimit:
     """Limit on extract-refresh requests per site: at most `max_requests` per sliding window of
@@ -70,10 +101,29 @@ class Pat:
 
 @dataclass(frozen=True)
 class User:
-    """A user who signs in with name and password."""
+    """A site user who signs in with name and password (Query Users on Site lists them, and the users
+    named like the personal access tokens)."""
 
     name: str
     password: str
+    site_role: str = "SiteAdministratorCreator"
+    full_name: str = ""
+    email: str = ""
+
+    def __post_init__(self) -> None:
+        if self.site_role not in SITE_ROLES:
+            raise ValueError(f"user {self.name!r}: site_role must be one of {SITE_ROLES}")
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A data source's connection to its database (Query Data Source Connections); no password."""
+
+    type: str = "postgres"
+    server_address: str = "postgres.example.internal"
+    server_port: int = 5432
+    username: str = "tableau_reader"
+    embed_password: bool = True
 
 
 @dataclass(frozen=True)
@@ -83,6 +133,10 @@ class ContentSpec:
     `duration_seconds` (simulated seconds) is fixed, or a `[low, high]` range drawn uniformly from the
     seeded generator each time a job starts. A job ends with `finish_code` if set (3 emulates a job
     completed by Tableau Bridge), else 1 with `fail_notes` as its notes if those are set, else 0.
+
+    Data sources only: `connections` (default: one Postgres connection) and `refresh_schedule`, the
+    frequency of its extract-refresh task (None: no task). Workbooks only: `views`, the names of its
+    views (default `DEFAULT_VIEWS`).
     """
 
     kind: ContentKind
@@ -93,10 +147,48 @@ class ContentSpec:
     fail_notes: str | None = None
     finish_code: int | None = None
     tags: tuple[str, ...] = ()
+    connections: tuple[Connection, ...] | None = None
+    refresh_schedule: RefreshFrequency | None = "Daily"
+    views: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind == "workbook" and self.connections is not None:
+            raise ValueError(f"workbook {self.name!r}: only data sources declare connections")
+        if self.kind == "datasource" and self.views is not None:
+            raise ValueError(f"data source {self.name!r}: only workbooks have views")
+        if self.refresh_schedule not in (None, *REFRESH_FREQUENCIES):
+            raise ValueError(
+                f"{self.kind} {self.name!r}: refresh_schedule must be one of {REFRESH_FREQUENCIES}"
+            )
+        if self.kind == "datasource" and self.connections is None:
+            object.__setattr__(self, "connections", (Connection(),))
+        if self.kind == "workbook" and self.views is None:
+            object.__setattr__(self, "views", DEFAULT_VIEWS)
+        if self.views is not None and len(set(self.views)) != len(self.views):
+            raise ValueError(f"workbook {self.name!r}: duplicate view names {list(self.views)}")
 
     @property
     def id(self) -> str:
         return content_id(self.kind, self.project, self.name)
+
+    @property
+    def content_url(self) -> str:
+        return url_name(self.name)
+
+    @property
+    def has_refresh_task(self) -> bool:
+        """Data sources with a `refresh_schedule` have a scheduled extract-refresh task."""
+        return self.kind == "datasource" and self.refresh_schedule is not None
+
+    @property
+    def refresh_task_id(self) -> str:
+        return _luid("task", self.kind, self.project, self.name)
+
+    def connection_id(self, index: int) -> str:
+        return _luid("connection", self.project, self.name, str(index))
+
+    def view_id(self, name: str) -> str:
+        return view_id(self.project, self.name, name)
 
     @property
     def project_id(self) -> str:
@@ -143,6 +235,11 @@ class Config:
     @property
     def content(self) -> tuple[ContentSpec, ...]:
         return self.datasources + self.workbooks
+
+    @property
+    def site_name(self) -> str:
+        """The site's name: its content URL, or "Default" for the default site (as Tableau names it)."""
+        return self.site_content_url or "Default"
 
     @property
     def build_number(self) -> str:
@@ -196,6 +293,12 @@ def _content(kind: ContentKind, item: Mapping[str, Any]) -> ContentSpec:
     if values.get("finish_code") not in (None, 0, 1, 3):
         raise ValueError(f"{kind} {item.get('name')!r}: finish_code must be 0, 1 or 3 (2 means cancelled)")
     values["tags"] = tuple(values.get("tags", ()))
+    if values.get("connections") is not None:
+        values["connections"] = tuple(
+            Connection(**_known(Connection, c, "connection")) for c in values["connections"]
+        )
+    if values.get("views") is not None:
+        values["views"] = tuple(values["views"])
     return ContentSpec(kind=kind, **values)
 
 

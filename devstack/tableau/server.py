@@ -33,6 +33,12 @@ _SITE = _API + r"/sites/(?P<site>[^/]+)"
 _CONTENT = _SITE + r"/(?P<kinds>datasources|workbooks)"
 
 _CONTENT_FIELDS = {"name": lambda spec: spec.name, "projectName": lambda spec: spec.project}
+_VIEW_FIELDS = {
+    "name": lambda item: item[1],
+    "projectName": lambda item: item[0].project,
+    "workbookName": lambda item: item[0].name,
+}
+_USER_FIELDS = {"name": lambda user: user.name, "siteRole": lambda user: user.site_role}
 _JOB_FIELDS: dict[str, Callable[[Job], str]] = {
     "status": lambda job: job.status,
     "jobType": bodies.job_type,
@@ -97,9 +103,15 @@ class Api:
             ("GET", _API + r"/serverInfo", self.server_info),
             ("POST", _API + r"/auth/signin", self.sign_in),
             ("POST", _API + r"/auth/signout", self.sign_out),
+            ("GET", _API + r"/sites", self.sites),
+            ("GET", _SITE, self.site_info),
             ("GET", _SITE + r"/projects", self.projects),
+            ("GET", _SITE + r"/views", self.views),
+            ("GET", _SITE + r"/users", self.users),
+            ("GET", _SITE + r"/tasks/extractRefreshes", self.refresh_tasks),
             ("GET", _CONTENT, self.contents),
             ("GET", _CONTENT + r"/(?P<item>[^/]+)", self.content),
+            ("GET", _SITE + r"/datasources/(?P<item>[^/]+)/connections", self.connections),
             ("POST", _CONTENT + r"/(?P<item>[^/]+)/refresh", self.refresh),
             ("GET", _SITE + r"/jobs", self.jobs),
             ("GET", _SITE + r"/jobs/(?P<job>[^/]+)", self.job),
@@ -171,6 +183,25 @@ class Api:
         self.site.sign_out(request.token)
         return Response(204)
 
+    def sites(self, request: Request) -> Response:
+        """Query Sites: the one site the stand-in hosts."""
+        self.site.authenticate(request.token)
+        _, page = query.select([self.site.site_id], request.params, {})
+        return _xml(bodies.sites(self.site.config, self.site.site_id, page))
+
+    def site_info(self, request: Request, site: str) -> Response:
+        """Query Site: by id, or by name or content URL with `key=name` / `key=contentUrl`; only the
+        signed-in site (any other: 404000)."""
+        self.site.authenticate(request.token)
+        config = self.site.config
+        key = request.params.get("key", "id")
+        mine = {"id": self.site.site_id, "name": config.site_name, "contentUrl": config.site_content_url}
+        if key not in mine:
+            raise errors.bad_request(f"Invalid key '{key}'; use id, name or contentUrl.")
+        if site != mine[key]:
+            raise errors.site_not_found(site)
+        return _xml(bodies.site(config, self.site.site_id))
+
     def projects(self, request: Request, site: str) -> Response:
         """Query Projects (filter: name)."""
         self.site.authenticate(request.token, site)
@@ -178,6 +209,28 @@ class Api:
             self.site.config.projects, request.params, {"name": lambda name: name}
         )
         return _xml(bodies.projects(page_items, page, self._site_view(request)))
+
+    def views(self, request: Request, site: str) -> Response:
+        """Query Views for Site (filters: name, projectName, workbookName)."""
+        self.site.authenticate(request.token, site)
+        page_items, page = query.select(self.site.views(), request.params, _VIEW_FIELDS)
+        return _xml(bodies.views(page_items, page, self._site_view(request)))
+
+    def users(self, request: Request, site: str) -> Response:
+        """Query Users on Site (filters: name, siteRole)."""
+        self.site.authenticate(request.token, site)
+        page_items, page = query.select(self.site.users(), request.params, _USER_FIELDS)
+        return _xml(bodies.users(page_items, page))
+
+    def refresh_tasks(self, request: Request, site: str) -> Response:
+        """List Extract Refresh Tasks in Site: all of them, one response (paging parameters ignored)."""
+        self.site.authenticate(request.token, site)
+        return _xml(bodies.refresh_tasks(self.site.refresh_tasks(), self._site_view(request)))
+
+    def connections(self, request: Request, site: str, item: str) -> Response:
+        """Query Data Source Connections."""
+        self.site.authenticate(request.token, site)
+        return _xml(bodies.connections(self.site.content("datasource", item)))
 
     def contents(self, request: Request, site: str, kinds: str) -> Response:
         """Query Data Sources / Query Workbooks for Site (filters: name, projectName)."""

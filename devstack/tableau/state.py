@@ -1,5 +1,6 @@
-"""The simulated Tableau site: sessions, content, extract-refresh jobs on a backgrounder, the refresh
-rate limit and the audit of what clients did. No HTTP here; one lock guards everything.
+"""The simulated Tableau site: sessions, users, content, extract-refresh jobs on a backgrounder and
+scheduled extract-refresh tasks, the refresh rate limit and the audit of what clients did. No HTTP
+here; one lock guards everything.
 
 Time: jobs and sessions live on a simulated clock that runs `time_scale` times faster than the real
 one (simulated unix seconds). The backgrounder advances lazily on every call and from the server's
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import random
 import secrets
 import threading
@@ -21,6 +23,13 @@ from typing import Any
 
 from devstack.tableau import errors
 from devstack.tableau.config import Config, ContentKind, ContentSpec, site_id, user_id
+
+# Role of the users named like the personal access tokens (stand-in choice: the pool's PATs belong to
+# site administrators, who may list every user and extract-refresh task of the site).
+PAT_USER_SITE_ROLE = "SiteAdministratorCreator"
+# Extract-refresh schedules run at 06:00 UTC: daily, or weekly on Mondays.
+SCHEDULE_START_SECONDS = 6 * 3600
+_DAY = 86400
 
 # Query Jobs `status` values (Tableau REST API: Query Jobs; schema backgroundJobType/@status).
 PENDING, IN_PROGRESS, SUCCESS, FAILED, CANCELLED = "Pending", "InProgress", "Success", "Failed", "Cancelled"
@@ -131,6 +140,42 @@ class Job:
         return dataclasses.replace(self, progress=progress)
 
 
+@dataclass(frozen=True)
+class SiteUser:
+    """A user of the site (Query Users on Site); `last_login` in simulated unix seconds, if ever."""
+
+    id: str
+    name: str
+    site_role: str
+    full_name: str
+    email: str
+    last_login: float | None
+
+
+@dataclass(frozen=True)
+class RefreshTask:
+    """A data source's scheduled extract-refresh task (List Extract Refresh Tasks in Site).
+
+    `consecutive_failed_count`: the content's most recent finished jobs that failed, in a row (stand-in
+    choice: every extract refresh of the content counts, scheduled or not). `next_run_at`: simulated
+    unix seconds of the schedule's next run.
+    """
+
+    content: ContentSpec
+    consecutive_failed_count: int
+    next_run_at: float
+
+
+def next_run(frequency: str, now: float) -> float:
+    """The first 06:00 UTC after `now` (simulated unix seconds) that is a Monday for "Weekly"."""
+    at = now - now % _DAY + SCHEDULE_START_SECONDS
+    if at <= now:
+        at += _DAY
+    while frequency == "Weekly" and time.gmtime(at).tm_wday != 0:
+        at += _DAY
+    return at
+
+
 @dataclass
 class _Audit:
     sign_ins: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
@@ -171,6 +216,7 @@ class TableauSite:
         self._jobs: dict[str, Job] = {}
         self._queue: collections.deque[Job] = collections.deque()
         self._running: list[Job] = []
+        self._last_login: dict[str, float] = {}  # user name -> simulated time of the last sign-in
 
     # -- time -----------------------------------------------------------------------------------
 
@@ -237,6 +283,7 @@ class TableauSite:
         token = f"{secrets.token_urlsafe(16)}|{secrets.token_urlsafe(24)}|{self.site_id}"
         session = Session(token, pat, user, user_id(pat or user), time.time(), self._clock.now())
         self._sessions[token] = session
+        self._last_login[pat or user] = session.last_used
         return session
 
     def _end(self, session: Session, reason: str, at: float | None = None) -> None:
@@ -296,6 +343,44 @@ class TableauSite:
                 content_id
             )
         return spec
+
+    def views(self) -> list[tuple[ContentSpec, str]]:
+        """Every view of the site as (workbook, view name), workbooks in configuration order."""
+        return [(spec, view) for spec in self.contents("workbook") for view in spec.views or ()]
+
+    def users(self) -> list[SiteUser]:
+        """The configured users, then the users named like the personal access tokens (a PAT signs in
+        as the user named like it) that are not configured."""
+        with self._lock:
+            self._advance()
+            configured = {u.name for u in self.config.users}
+            return [
+                SiteUser(
+                    user_id(u.name), u.name, u.site_role, u.full_name, u.email, self._last_login.get(u.name)
+                )
+                for u in self.config.users
+            ] + [
+                SiteUser(user_id(p.name), p.name, PAT_USER_SITE_ROLE, "", "", self._last_login.get(p.name))
+                for p in self.config.pats
+                if p.name not in configured
+            ]
+
+    def refresh_tasks(self) -> list[RefreshTask]:
+        """The extract-refresh task of every data source with a `refresh_schedule`."""
+        with self._lock:
+            now = self._advance()
+            finished = sorted(
+                (job for job in self._jobs.values() if job.completed_at is not None),
+                key=lambda job: job.completed_at,
+            )
+            tasks = []
+            for spec in self.contents("datasource"):
+                if not spec.has_refresh_task:
+                    continue
+                codes = [job.finish_code for job in finished if job.content == spec]
+                failed = len(list(itertools.takewhile(lambda code: code == FINISH_FAILED, reversed(codes))))
+                tasks.append(RefreshTask(spec, failed, next_run(spec.refresh_schedule, now)))
+            return tasks
 
     # -- jobs -----------------------------------------------------------------------------------
 

@@ -14,13 +14,16 @@ from devstack.tableau.config import (
     DEFAULT_PROJECT,
     DEFAULT_PROJECT_DESCRIPTION,
     Config,
+    Connection,
     ContentKind,
     ContentSpec,
     project_id,
+    schedule_id,
+    url_name,
 )
 from devstack.tableau.errors import ApiError
 from devstack.tableau.query import Page
-from devstack.tableau.state import Job, Session
+from devstack.tableau.state import SCHEDULE_START_SECONDS, Job, RefreshTask, Session, SiteUser
 
 NAMESPACE = "http://tableau.com/api"
 _XSI = "http://www.w3.org/2001/XMLSchema-instance"
@@ -154,7 +157,7 @@ def _content(spec: ContentSpec, site: SiteView) -> ET.Element:
         "id": spec.id,
         "name": spec.name,
         "description": spec.description,
-        "contentUrl": "".join(c for c in spec.name if c.isalnum() or c in "-_"),
+        "contentUrl": spec.content_url,
         "webpageUrl": site.webpage_url(spec.kind, spec.id),
         "size": 1,
         "createdAt": timestamp(site.published_at),
@@ -165,7 +168,7 @@ def _content(spec: ContentSpec, site: SiteView) -> ET.Element:
     if spec.kind == "datasource":
         attrs |= {"type": "hyper", "isCertified": "false", "useRemoteQueryAgent": "false"}
     else:
-        attrs |= {"showTabs": "false"}
+        attrs |= {"showTabs": "false", "defaultViewId": spec.view_id(spec.views[0]) if spec.views else None}
     return _el(
         spec.kind,
         attrs,
@@ -173,6 +176,142 @@ def _content(spec: ContentSpec, site: SiteView) -> ET.Element:
         _el("owner", {"id": site.owner_id}),
         _el("tags", None, *(_el("tag", {"label": label}) for label in spec.tags)),
     )
+
+
+def site(config: Config, site_id: str) -> bytes:
+    """Query Site: the site by id, name or content URL."""
+    return document(_site(config, site_id))
+
+
+def sites(config: Config, site_id: str, page: Page) -> bytes:
+    """Query Sites: the sites the user can reach (the stand-in hosts one)."""
+    return _listing(page, "sites", [_site(config, site_id)])
+
+
+def _site(config: Config, site_id: str) -> ET.Element:
+    attrs = {
+        "id": site_id,
+        "name": config.site_name,
+        "contentUrl": config.site_content_url,
+        "adminMode": "ContentAndUsers",
+        "state": "Active",
+        "disableSubscriptions": "false",
+        "revisionHistoryEnabled": "true",
+        "subscribeOthersEnabled": "true",
+    }
+    return _el("site", attrs)
+
+
+def views(items: Iterable[tuple[ContentSpec, str]], page: Page, site: SiteView) -> bytes:
+    """Query Views for Site, as Tableau sends it and tableauserverclient pages it: `<pagination>` then
+    `<views>` (the 3.29 schema admits views only without pagination). A view's content URL is
+    `<workbook content URL>/sheets/<view URL name>`."""
+    return _listing(page, "views", (_view(workbook, name, site) for workbook, name in items))
+
+
+def _view(workbook: ContentSpec, name: str, site: SiteView) -> ET.Element:
+    attrs = {
+        "id": workbook.view_id(name),
+        "name": name,
+        "contentUrl": f"{workbook.content_url}/sheets/{url_name(name)}",
+        "createdAt": timestamp(site.published_at),
+        "updatedAt": timestamp(site.published_at),
+        "sheetType": "view",
+        "viewUrlName": url_name(name),
+    }
+    return _el(
+        "view",
+        attrs,
+        _el("workbook", {"id": workbook.id}),
+        _el("owner", {"id": site.owner_id}),
+        _el("project", {"id": workbook.project_id, "name": workbook.project}),
+        _el("tags"),
+    )
+
+
+def connections(spec: ContentSpec) -> bytes:
+    """Query Data Source Connections: type, server, port and user name; never a password."""
+    items = (_connection(spec, index, c) for index, c in enumerate(spec.connections or ()))
+    return document(_el("connections", None, *items))
+
+
+def _connection(spec: ContentSpec, index: int, connection: Connection) -> ET.Element:
+    attrs = {
+        "id": spec.connection_id(index),
+        "type": connection.type,
+        "embedPassword": str(connection.embed_password).lower(),
+        "serverAddress": connection.server_address,
+        "serverPort": connection.server_port,
+        "userName": connection.username,
+    }
+    return _el("connection", attrs)
+
+
+def users(items: Iterable[SiteUser], page: Page) -> bytes:
+    """Query Users on Site (tableauserverclient asks for `fields=_all_`): lastLogin once signed in."""
+    return _listing(page, "users", (_user(user) for user in items))
+
+
+def _user(user: SiteUser) -> ET.Element:
+    attrs = {
+        "id": user.id,
+        "name": user.name,
+        "fullName": user.full_name or None,
+        "email": user.email or None,
+        "siteRole": user.site_role,
+        "authSetting": "ServerDefault",
+        "lastLogin": None if user.last_login is None else timestamp(user.last_login),
+        "externalAuthUserId": "",
+        "language": "en",
+        "locale": "en_US",
+    }
+    return _el("user", attrs)
+
+
+def refresh_tasks(tasks: Iterable[RefreshTask], site: SiteView) -> bytes:
+    """List Extract Refresh Tasks in Site: every task in one response, without pagination (the method
+    takes no paging parameters). `type` is what Tableau Server sends (tableauserverclient's TaskItem
+    maps RefreshExtractTask to extractRefresh); the schedule carries both Tableau Server's attributes
+    (id, name, state, ...) and Tableau Cloud's frequencyDetails."""
+    return document(_el("tasks", None, *(_el("task", None, _refresh_task(task, site)) for task in tasks)))
+
+
+def _refresh_task(task: RefreshTask, site: SiteView) -> ET.Element:
+    spec = task.content
+    attrs = {
+        "id": spec.refresh_task_id,
+        "priority": 50,
+        "consecutiveFailedCount": task.consecutive_failed_count,
+        "type": "RefreshExtractTask",
+        "incremental": "false",
+    }
+    return _el("extractRefresh", attrs, _schedule(task, site), _el(spec.kind, {"id": spec.id}))
+
+
+_WEEK_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+def _schedule(task: RefreshTask, site: SiteView) -> ET.Element:
+    """The task's schedule: one shared schedule per frequency, starting at 06:00 UTC every day
+    ("Daily") or on Mondays ("Weekly"). Daily lists all seven week days: the schema's interval hours
+    stop at 12, so Tableau Cloud's `hours="24"` would not validate."""
+    frequency = task.content.refresh_schedule
+    start = time.strftime("%H:%M:%S", time.gmtime(SCHEDULE_START_SECONDS))
+    days = _WEEK_DAYS[:1] if frequency == "Weekly" else _WEEK_DAYS
+    attrs = {
+        "id": schedule_id(frequency),
+        "name": f"{frequency} refresh at {start[:5]} UTC",
+        "state": "Active",
+        "priority": 50,
+        "createdAt": timestamp(site.published_at),
+        "updatedAt": timestamp(site.published_at),
+        "type": "Extract",
+        "frequency": frequency,
+        "nextRunAt": timestamp(task.next_run_at),
+        "executionOrder": "Parallel",
+    }
+    intervals = _el("intervals", None, *(_el("interval", {"weekDay": day}) for day in days))
+    return _el("schedule", attrs, _el("frequencyDetails", {"start": start}, intervals))
 
 
 def _extract_refresh_job(job: Job) -> ET.Element:

@@ -25,7 +25,7 @@ from lxml import etree
 from tableauserverclient.server.endpoint.exceptions import JobFailedException, ServerResponseError
 
 from devstack.tableau import TableauStandIn, load_config
-from devstack.tableau.config import content_id, project_id, site_id, user_id
+from devstack.tableau.config import content_id, project_id, schedule_id, site_id, user_id, view_id
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_TABLEAU = Path(__file__).resolve().parents[3] / "shared" / "tableau"
@@ -76,11 +76,11 @@ def schema_errors(schema: etree.XMLSchema, body: bytes) -> list[str]:
 
 
 def assert_schema_valid(schema: etree.XMLSchema, response: requests.Response) -> None:
-    """The body validates against ts-api_3_29.xsd, except two deliberate, exact deviations:
+    """The body validates against ts-api_3_29.xsd, except three deliberate, exact deviations:
     - serverInfo: the schema types restApiVersion with the build-number pattern, but Tableau sends
       "3.29" there and TSC uses that text as the URL version;
-    - Query Jobs: the schema admits <backgroundJobs> only without <pagination>; Tableau's documented
-      response and TSC (Pager, QuerySet) have pagination first.
+    - Query Jobs and Query Views for Site: the schema admits <backgroundJobs> and <views> only without
+      <pagination>; Tableau's documented responses and TSC (Pager, QuerySet) have pagination first.
     """
     assert response.headers["Content-Type"] == XML_CONTENT_TYPE
     assert response.content.startswith(
@@ -92,6 +92,8 @@ def assert_schema_valid(schema: etree.XMLSchema, response: requests.Response) ->
         assert found and all("restApiVersion" in e and "'3.29'" in e for e in found), found
     elif response.status_code == 200 and method == "GET" and path.endswith("/jobs"):
         assert len(found) == 1 and "backgroundJobs': This element is not expected" in found[0], found
+    elif response.status_code == 200 and method == "GET" and path.endswith("/views"):
+        assert len(found) == 1 and "views': This element is not expected" in found[0], found
     else:
         assert found == [], f"{method} {path}: {found}"
 
@@ -365,6 +367,183 @@ def test_content_errors_carry_tableau_codes(start, sign_in, http) -> None:
     wrong_method = http.delete(site_url(server, "datasources"), headers=auth(server))
     assert (unknown.status_code, error_code(unknown)) == (404, "404003")
     assert (wrong_method.status_code, error_code(wrong_method)) == (405, "405000")
+
+
+# -- site metadata: site, views, connections, users, extract-refresh tasks --------------------------
+
+
+def test_query_site_and_query_sites_answer_the_signed_in_site(start, sign_in, http) -> None:
+    standin = start()
+    server = sign_in(standin)
+    site = server.sites.get_by_id(server.site_id)
+    assert (site.id, site.name, site.content_url, site.state, site.admin_mode) == (
+        site_id(SITE),
+        SITE,
+        SITE,
+        "Active",
+        "ContentAndUsers",
+    )
+    assert [s.content_url for s in TSC.Pager(server.sites)] == [SITE]
+
+    def query_site(site: str, **params: str) -> requests.Response:
+        return http.get(f"{server.baseurl}/sites/{site}", params=params, headers=auth(server))
+
+    assert query_site(SITE, key="contentUrl").status_code == 200
+    assert query_site(SITE, key="name").status_code == 200
+    other = query_site(site_id("elsewhere"))
+    bad_key = query_site(SITE, key="owner")
+    assert [(r.status_code, error_code(r)) for r in (other, bad_key)] == [(404, "404000"), (400, "400000")]
+    signed_out = http.get(f"{server.baseurl}/sites")
+    assert (signed_out.status_code, error_code(signed_out)) == (401, "401002")
+
+
+def test_views_for_site_page_and_filter_as_tsc_expects(start, sign_in, served) -> None:
+    standin = start(
+        workbooks=[
+            {"project": "Sales", "name": "Sales Overview"},  # the default two views
+            {"project": "Marketing", "name": "Funnel", "views": ["Top", "Middle", "Bottom"]},
+        ]
+    )
+    server = sign_in(standin)
+
+    before = len(served)
+    views = list(TSC.Pager(server.views, TSC.RequestOptions(pagesize=2)))
+    assert len(served) - before == 3  # pages of 2, 2 and 1
+    assert [(v.name, v.content_url) for v in views] == [
+        ("Overview", "SalesOverview/sheets/Overview"),
+        ("Details", "SalesOverview/sheets/Details"),
+        ("Top", "Funnel/sheets/Top"),
+        ("Middle", "Funnel/sheets/Middle"),
+        ("Bottom", "Funnel/sheets/Bottom"),
+    ]
+    top = views[2]
+    assert (top.id, top.workbook_id, top.project_id, top.owner_id, top.view_url_name) == (
+        view_id("Marketing", "Funnel", "Top"),
+        wb_id("Funnel", "Marketing"),
+        project_id("Marketing"),
+        user_id("admin"),
+        "Top",
+    )
+    assert top.created_at is not None and top.updated_at is not None
+    assert [v.name for v in server.views.filter(workbook_name="Funnel", name__in=["Top", "Bottom"])] == [
+        "Top",
+        "Bottom",
+    ]
+    workbooks = {w.name: w for w in TSC.Pager(server.workbooks)}
+    assert workbooks["Funnel"].default_view_id == view_id("Marketing", "Funnel", "Top")
+
+
+def test_datasource_connections_carry_server_port_and_user_but_never_a_password(
+    start, sign_in, served
+) -> None:
+    snowflake = {
+        "type": "snowflake",
+        "server_address": "acme.snowflakecomputing.com",
+        "server_port": 443,
+        "username": "TABLEAU_SVC",
+        "embed_password": False,
+    }
+    standin = start(
+        datasources=[
+            {"project": "Sales", "name": "Orders"},  # the default connection: one Postgres database
+            {"project": "Sales", "name": "Leads", "connections": [snowflake, {"type": "sqlserver"}]},
+        ]
+    )
+    server = sign_in(standin)
+    found = {}
+    for datasource in TSC.Pager(server.datasources):
+        server.datasources.populate_connections(datasource)
+        found[datasource.name] = [
+            (c.connection_type, c.server_address, c.server_port, c.username, c.embed_password)
+            for c in datasource.connections
+        ]
+    assert found == {
+        "Orders": [("postgres", "postgres.example.internal", "5432", "tableau_reader", True)],
+        "Leads": [
+            ("snowflake", "acme.snowflakecomputing.com", "443", "TABLEAU_SVC", False),
+            ("sqlserver", "postgres.example.internal", "5432", "tableau_reader", True),
+        ],
+    }
+    bodies = [r.content for r in served if urlsplit(r.url).path.endswith("/connections")]
+    assert len(bodies) == 2 and not any(b"password=" in body for body in bodies)
+
+    missing = TSC.DatasourceItem(project_id("Sales"))
+    missing._id = "00000000-0000-0000-0000-000000000000"
+    server.datasources.populate_connections(missing)
+    with pytest.raises(ServerResponseError) as raised:
+        missing.connections  # noqa: B018 -- populate_connections fetches when the attribute is read
+    assert raised.value.code == "404011"
+
+
+def test_users_on_site_list_configured_and_pat_users_with_their_last_login(start, sign_in, http) -> None:
+    standin = start(
+        users=[
+            {"name": "admin", "password": "pw", "full_name": "Site Admin", "email": "admin@example.com"},
+            {"name": "viewer", "password": "pw", "site_role": "Viewer"},
+        ]
+    )
+    server = sign_in(standin)
+    users = {u.name: u for u in TSC.Pager(server.users, TSC.RequestOptions(pagesize=1))}
+    assert {n: (u.id, u.site_role) for n, u in users.items()} == {
+        "admin": (user_id("admin"), "SiteAdministratorCreator"),
+        "viewer": (user_id("viewer"), "Viewer"),
+        PAT: (user_id(PAT), "SiteAdministratorCreator"),
+        "pat-2": (user_id("pat-2"), "SiteAdministratorCreator"),
+    }
+    assert (users["admin"].fullname, users["admin"].email) == ("Site Admin", "admin@example.com")
+    assert users[PAT].last_login is not None  # signed in with that PAT
+    assert users["admin"].last_login is users["pat-2"].last_login is None
+    assert [u.name for u in server.users.filter(site_role="Viewer")] == ["viewer"]
+    with pytest.raises(ValueError, match="site_role"):
+        load_config(make_config(users=[{"name": "x", "password": "y", "site_role": "Publisher"}]))
+
+
+def test_extract_refresh_tasks_one_per_scheduled_datasource_counting_failures(start, sign_in) -> None:
+    standin = start(
+        datasources=[
+            {"project": "Sales", "name": "Orders"},
+            {"project": "Sales", "name": "Leads", "refresh_schedule": "Weekly"},
+            {
+                "project": "Sales",
+                "name": "Broken",
+                "duration_seconds": 10,
+                "fail_notes": "ODBC: login failed",
+            },
+            {"project": "Sales", "name": "Manual", "refresh_schedule": None},
+        ]
+    )
+    server = sign_in(standin)
+    for _ in range(2):
+        with pytest.raises(JobFailedException):
+            server.jobs.wait_for_job(server.datasources.refresh(ds_id("Broken")), timeout=5)
+
+    tasks = {t.target.id: t for t in TSC.Pager(server.tasks)}
+    assert set(tasks) == {ds_id("Orders"), ds_id("Leads"), ds_id("Broken")}
+    orders, leads, broken = tasks[ds_id("Orders")], tasks[ds_id("Leads")], tasks[ds_id("Broken")]
+    assert (orders.task_type, orders.priority, orders.target.type) == ("extractRefresh", 50, "datasource")
+    assert (orders.consecutive_failed_count, broken.consecutive_failed_count) == (0, 2)
+    daily, weekly = orders.schedule_item, leads.schedule_item
+    assert (daily.id, daily.name, daily.state, daily.schedule_type) == (
+        schedule_id("Daily"),
+        "Daily refresh at 06:00 UTC",
+        "Active",
+        "Extract",
+    )
+    assert (type(daily.interval_item).__name__, str(daily.interval_item.start_time)) == (
+        "DailyInterval",
+        "06:00:00",
+    )
+    assert (type(weekly.interval_item).__name__, weekly.interval_item.interval) == (
+        "WeeklyInterval",
+        ("Monday",),
+    )
+    assert (daily.next_run_at.hour, weekly.next_run_at.weekday()) == (6, 0)
+    assert broken.schedule_id == daily.id  # tasks of one frequency share the site's schedule
+
+    with pytest.raises(ValueError, match="only workbooks have views"):
+        load_config(make_config(datasources=[{"project": "A", "name": "X", "views": ["V"]}]))
+    with pytest.raises(ValueError, match="refresh_schedule"):
+        load_config(make_config(datasources=[{"project": "A", "name": "X", "refresh_schedule": "Hourly"}]))
 
 
 # -- refresh jobs -----------------------------------------------------------------------------------
