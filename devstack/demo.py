@@ -7,7 +7,8 @@ domain's stand-in upstream pipeline, whose completion triggers that domain's dep
 for every refresh run; prints a summary; then runs the CRM export on the local launcher into the
 CRM stand-in (``devstack.demo_crm``) and prints its summary; then collects Athena metadata from
 moto's server into its S3 landing directory, twice (``devstack.demo_metadata``); stops everything
-it started.
+it started. The Tableau collector runs during the refreshes, on a PAT from the same pool, and
+lands its files in Azurite.
 
 Set ``DEMO_HOLD=1`` to keep the stack up (for the Prefect UI) until Ctrl+C.
 
@@ -30,7 +31,7 @@ from pathlib import Path
 import httpx
 
 from devstack.demo_crm import run_crm_export
-from devstack.demo_metadata import run_athena_collector
+from devstack.demo_metadata import print_tableau_collection, run_athena_collector, start_tableau_collector
 from devstack.prefect_server import PrefectServer
 
 PATS = ["tableau-pat-1", "tableau-pat-2", "tableau-pat-3"]
@@ -238,6 +239,7 @@ def main() -> int:
         wait_for_deployments(list(domains))
         print(f"Serving deployments {sorted(domains)}; running their upstream pipelines ...")
         started = time.monotonic()
+        collector = start_tableau_collector(workdir, stack, POOL_BLOCK)
         run_upstreams(domains)
         print(
             "Upstreams completed; their events trigger the refresh deployments. Waiting for the refreshes ..."
@@ -246,6 +248,10 @@ def main() -> int:
         print(f"All domain runs ended {time.monotonic() - started:.0f} s after the upstreams started.")
         audit = httpx.get(f"{tableau_url}/devstack/audit").json()
         clean = summarize(runs, audit)
+        collected_tableau = print_tableau_collection(collector, RUN_TIMEOUT_SECONDS)
+        audit = httpx.get(f"{tableau_url}/devstack/audit").json()
+        print(f"401002 answers served, collector included: {audit['invalidated_token_requests']}")
+        clean = clean and audit["invalidated_token_requests"] == 0
         exported = run_crm_export(workdir, stack)
         collected = run_athena_collector(workdir, stack)
         print(
@@ -257,6 +263,9 @@ def main() -> int:
             "  - the crm-export runs and their crm-export artifact (records, batches, retries, dead letters);\n"
             "  - the collect-metadata runs, their metadata-athena-demo artifact and the hwm_athena-demo variable."
         )
+        from prefect.logging.handlers import APILogHandler
+
+        APILogHandler.flush()  # the in-process flow runs' logs, before the server stops
         if hold:
             print(f"\nPrefect UI: {server.ui_url}   (Ctrl+C stops the demo stack)")
             try:
@@ -264,7 +273,7 @@ def main() -> int:
                     time.sleep(3600)
             except KeyboardInterrupt:
                 pass
-        return 0 if clean and exported and collected else 1
+        return 0 if clean and exported and collected and collected_tableau else 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""The metadata part of ``make demo``: the Athena collector into moto's S3 landing directory.
+"""The metadata part of ``make demo``: the Tableau collector into Azurite, the Athena collector into moto.
+
+``start_tableau_collector`` runs ``collect-metadata`` for a ``tableau-demo`` source in a thread while
+the domain refreshes run: it leases a PAT from the same pool, so it waits for one if the domains
+hold them all, and lands its files in Azurite (Azure Blob, with a SAS token from a Secret block).
 
 Starts moto's server, seeds it with a TPC-DS catalog in Glue, two workgroups and query history
 (``devstack.athena_catalog``), creates the landing bucket and the blocks (``AwsCredentials`` with
@@ -12,6 +16,7 @@ boundary (``devstack.moto_gaps``). Imports Prefect only inside functions.
 
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -21,6 +26,7 @@ import boto3
 import yaml
 
 from devstack.athena_catalog import information_schema_tables, queue_query_results, seed_athena
+from devstack.azurite_server import Azurite
 from devstack.moto_gaps import answer_batch_get_query_execution
 from devstack.moto_server import DUMMY_ACCESS_KEY_ID, DUMMY_SECRET_ACCESS_KEY, MotoServer
 
@@ -106,3 +112,65 @@ def run_athena_collector(workdir: Path, stack: ExitStack) -> bool:
     return (
         all(f["landed"] for run in runs for f in run["files"]) and runs[1]["window_start"] == runs[0]["hwm"]
     )
+
+
+TABLEAU_SOURCE = "tableau-demo"
+TABLEAU_CONTAINER = "catalog-landing"
+
+
+def start_tableau_collector(workdir: Path, stack: ExitStack, pool_block: str) -> threading.Thread:
+    """Start collecting the Tableau demo source in a thread; ``.result`` holds its summary or error."""
+    from prefect.blocks.system import Secret
+
+    from flows.collect_metadata import collect_metadata
+
+    azurite = stack.enter_context(Azurite(workdir / "azurite"))
+    azurite.service_client().create_container(TABLEAU_CONTAINER)
+    Secret(value=azurite.sas_token(TABLEAU_CONTAINER, permissions="racwl")).save(
+        "demo-landing-sas", overwrite=True
+    )
+    file = workdir / "metadata_sources_tableau.yaml"
+    source = {
+        "extractor": {"kind": "tableau", "pat_pool_block": pool_block},
+        "landing": {
+            "kind": "azure_blob",
+            "account_url": azurite.account_url,
+            "container": TABLEAU_CONTAINER,
+            "sas_token_secret": "demo-landing-sas",
+            "landing_dir": "tableau/landing",
+        },
+        "hwm": {"store": "file", "lag_minutes": 0, "initial_lookback_days": 1},
+    }
+    file.write_text(yaml.safe_dump({"sources": {TABLEAU_SOURCE: source}}))
+
+    def collect() -> None:
+        try:
+            thread.result = collect_metadata(TABLEAU_SOURCE, sources_file=str(file))
+        except Exception as exc:  # reported by print_tableau_collection
+            thread.result = exc
+
+    thread = threading.Thread(target=collect, name="tableau-collector", daemon=True)
+    thread.result = None
+    thread.start()
+    print(
+        f"Tableau collector started (source {TABLEAU_SOURCE}, landing {azurite.account_url}/{TABLEAU_CONTAINER})"
+    )
+    return thread
+
+
+def print_tableau_collection(thread: threading.Thread, timeout: float) -> bool:
+    """Wait for the Tableau collector and print its files; True if every file landed."""
+    thread.join(timeout)
+    result = thread.result
+    print(
+        f"\n=== Metadata: Tableau → Azure Blob {TABLEAU_CONTAINER}/tableau/landing (during the refreshes) ==="
+    )
+    if not isinstance(result, dict):
+        print(f"✗ the Tableau collector did not finish: {result!r}")
+        return False
+    print(
+        f"window {result['window_start']} → {result['window_end']}, HWM now {result['hwm']} ({result['hwm_store']})"
+    )
+    for f in result["files"]:
+        print(f"   {f['file']:<80} {f['rows']:>5,} rows {f['bytes']:>7,} bytes")
+    return all(f["landed"] for f in result["files"])

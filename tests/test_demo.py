@@ -35,3 +35,5 @@ def test_demo_refreshes_every_domain_through_the_pool_without_invalidated_tokens
     assert re.search(r"^second run:\s+skipped", out, re.M), out
     assert re.search(r"^first run: window .* HWM now ", out, re.M), out
     assert re.search(r"athena-demo_columns_\S+\.csv\.gz\s+872 rows", out), out
+    assert re.search(r"^401002 answers served, collector included: 0$", out, re.M), out
+    assert re.search(r"tableau-demo_extract_refresh_tasks_\S+\.csv\.gz\s+25 rows", out), out
