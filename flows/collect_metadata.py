@@ -3,8 +3,9 @@
     plan [start, end) → extract → mask SQL → write files → upload + verify → publish HWM → artifact
 
 ``end`` is fixed once per run (now − lag); ``start`` is the last published HWM. The HWM moves only
-after every file landed and was verified, so a failed upload never loses a window: the rerun
-extracts the same window again (same file names, overwritten). ``dry_run`` writes the files
+after every file landed and was verified, so a failed upload never loses a window: the upload
+task retries a connection failure (landing outages are often brief) with the same files, a retry
+of the run from the UI re-extracts the same window, and a later run starts from the same HWM. ``dry_run`` writes the files
 locally and uploads nothing.
 """
 

@@ -2,8 +2,9 @@
 
 A run: plan the window (the HWM store, read only) → test the connection → extract → mask SQL →
 write one file per entity → upload and verify every file → publish the HWM. Any failure before
-the publish leaves the HWM where it was, so the rerun extracts the same window. ``dry_run``
-writes the files and stops there.
+the publish leaves the HWM where it was: a retry of the run extracts the same window into the
+same files, and a later run extracts from the same start. ``dry_run`` writes the files and stops
+there.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.extract_files import WrittenFile, write_extracts
 from tasks.extracts import Extract, Extractor
 from tasks.hwm import FileHwmStore, HwmStore, VariableHwmStore, Window, plan_window, publish_hwm
-from tasks.landing import LandedFile, LandingTarget
+from tasks.landing import LandedFile, LandingError, LandingTarget
 from tasks.sql_masking import mask_sql
 
 
@@ -102,9 +103,16 @@ def history_start(source: Any, now: dt.datetime) -> dt.datetime | None:
     return None
 
 
-@task(cache_policy=NO_CACHE)
+def _once_per_flow_run(context: Any, parameters: dict[str, Any]) -> str:
+    return f"collect-window-{context.task_run.flow_run_id}"
+
+
+@task(cache_key_fn=_once_per_flow_run, persist_result=True)
 def plan_collection_window(source: Any, store: HwmStore, now: dt.datetime) -> Window:
-    """The window ``[start, end)`` of this run (reads the HWM; writes nothing)."""
+    """The window ``[start, end)`` of this run (reads the HWM; writes nothing).
+
+    Cached per flow run: a retried run extracts exactly the window it planned, into the same files.
+    """
     return plan_window(store, now, source.hwm.lag, source.hwm.initial_lookback, history_start(source, now))
 
 
@@ -119,9 +127,23 @@ def extract_to_files(source: Any, window: Window, out_dir: Path) -> list[Written
     return write_extracts(extracts, out_dir, source.name, window, source.compress)
 
 
-@task(cache_policy=NO_CACHE)
+def retry_if_unreachable(task: Any, task_run: Any, state: Any) -> bool:
+    """``retry_condition_fn``: retry a landing target that could not be reached, nothing else."""
+    try:
+        state.result()
+    except LandingError as exc:
+        return exc.reason == "connection"
+    except Exception:
+        return False
+    return False
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=retry_if_unreachable)
 def land_files(target: LandingTarget, files: list[WrittenFile]) -> list[LandedFile]:
-    """Upload every file and verify it (exists, size); raises ``LandingError`` on the first failure."""
+    """Upload every file and verify it (exists, size); raises ``LandingError`` on the first failure.
+
+    A retry (target unreachable) uploads the same files again: names are fixed by the window.
+    """
     logger = get_run_logger()
     landed = []
     for file in files:

@@ -129,6 +129,29 @@ def test_sql_literals_are_masked_in_the_landed_file(source):
     assert "WHERE id = ?" in body and "WHERE id = 1" not in body
 
 
+def test_an_unreachable_landing_is_retried_with_the_same_window_and_files(source, monkeypatch):
+    name, file, s3 = source
+    collect_metadata(name, sources_file=file)
+    time.sleep(1.1)
+    real_upload = __import__("tasks.landing", fromlist=["S3Landing"]).S3Landing.upload
+    attempts: list[str] = []
+
+    def flaky(self, local_path: Path, key: str):
+        attempts.append(key)
+        if len(attempts) == 1:
+            raise LandingError("connection reset", target=self.describe(), file=key, reason="connection")
+        return real_upload(self, local_path, key)
+
+    monkeypatch.setattr("tasks.landing.S3Landing.upload", flaky)
+    monkeypatch.setattr(
+        "flows.collect_metadata.land_files", collection.land_files.with_options(retry_delay_seconds=0)
+    )
+    summary = collect_metadata(name, sources_file=file)
+    first_try, *retried = attempts
+    assert first_try in retried  # the retry wrote the same file names: the same window
+    assert {f["file"] for f in summary["files"]} == set(retried)
+
+
 def test_a_failed_upload_leaves_the_hwm_and_the_rerun_extracts_the_same_window(source, monkeypatch):
     name, file, s3 = source
     first = collect_metadata(name, sources_file=file)
@@ -188,8 +211,12 @@ def test_a_stopped_landing_server_is_a_landing_error_and_the_hwm_stays(tmp_path,
         )
     )
     monkeypatch.setattr(collection, "build_extractor", lambda config: HistoryExtractor(config.name))
-    with pytest.raises(LandingError):
+    monkeypatch.setattr(
+        "flows.collect_metadata.land_files", collection.land_files.with_options(retry_delay_seconds=0)
+    )
+    with pytest.raises(LandingError) as failure:
         collect_metadata(name, sources_file=str(file))
+    assert failure.value.reason == "connection"  # retried twice (the task's retries), then failed
     assert Variable.get(f"hwm_{name}") is None  # the Variable store was never written
 
 
@@ -206,7 +233,7 @@ def test_an_unknown_source_names_the_configured_ones(source):
     with pytest.raises(
         SourceConfigError, match=f"unknown metadata source 'nope'.*configured sources: {name}"
     ):
-        collect_metadata("nope", sources_file=file)
+        collect_metadata("nope", sources_file=file)  # fails at once: bad input is not retried
 
 
 # --- the real Athena extractor on moto's server ----------------------------------------------------
