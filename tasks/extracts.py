@@ -20,12 +20,15 @@ class Extract:
     ``rows`` may be a generator (large catalogs are streamed to the file, not held in memory).
     ``sql_columns``: the columns holding SQL text (query history, view definitions), whose literals
     are masked when the source is configured with ``mask`` (``tasks.sql_masking``).
+    ``sql_dialect_column``: a column naming each row's SQL dialect (sqlglot's names, e.g. ``hive``
+    for a Hive/Spark view), when it is not the source's own.
     """
 
     entity: str
     columns: tuple[str, ...]
     rows: Iterable[tuple[Any, ...]]
     sql_columns: tuple[str, ...] = ()
+    sql_dialect_column: str | None = None
 
 
 class ExtractorConnectionError(RuntimeError):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import PurePosixPath
 from typing import Protocol
@@ -145,11 +145,14 @@ class Window:
     """The half-open extraction window ``[start, end)`` of one run, in UTC.
 
     ``start`` and ``end`` must be timezone-aware (other zones are converted to UTC); ``start <= end``
-    (``start == end`` is the empty window). Raises ``ValueError`` otherwise.
+    (``start == end`` is the empty window). Raises ``ValueError`` otherwise. ``planned_from``: the
+    HWM the window was planned from (None: there was none), which ``publish_hwm`` checks is still
+    the store's, so two runs can never publish overlapping or gapped windows.
     """
 
     start: datetime
     end: datetime
+    planned_from: datetime | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         start = _require_aware(self.start, "window start")
@@ -355,10 +358,10 @@ def plan_window(
                 start.strftime(HWM_FORMAT),
                 end.strftime(HWM_FORMAT),
             )
-        window = Window(start, start)
+        window = Window(start, start, planned_from=hwm)
         logger.info("Empty window %s from %s: nothing new to extract", window, origin)
         return window
-    window = Window(start, end)
+    window = Window(start, end, planned_from=hwm)
     logger.info("Window %s (%s) from %s", window, window.duration, origin)
     return window
 
@@ -375,6 +378,14 @@ def publish_hwm(store: HwmStore, window: Window) -> None:
     if ``window.end`` has sub-second digits; and whatever the store raises.
     """
     current = store.read()
+    if current != window.planned_from and (window.planned_from is not None or current is not None):
+        was = "no HWM" if window.planned_from is None else format_hwm(window.planned_from)
+        now_held = "none" if current is None else format_hwm(current)
+        raise HwmError(
+            f"{store.describe()} moved since this run planned its window from {was}: it now holds "
+            f"{now_held}. Not publishing {format_hwm(window.end)} (that would overlap or skip a window); "
+            "did another run of this source publish, or was the HWM edited? Run again to plan anew."
+        )
     if current is not None and current > window.end:
         raise HwmError(
             f"{store.describe()} already holds {format_hwm(current)} UTC, after this window's end "

@@ -34,7 +34,9 @@ def build_extractor(source: Any) -> Extractor:
 
         return AthenaExtractor(
             source=source.name,
-            credentials=AwsCredentials.load(config.aws_credentials_block),
+            credentials=_load_block(
+                AwsCredentials, config.aws_credentials_block, source.name, "aws_credentials_block"
+            ),
             region=config.region,
             workgroups=config.workgroups,
             output_location=config.output_location,
@@ -55,7 +57,8 @@ def build_landing(source: Any) -> LandingTarget:
 
         from tasks.landing import S3Landing
 
-        return S3Landing(S3Bucket.load(config.s3_bucket_block), config.landing_dir)
+        bucket = _load_block(S3Bucket, config.s3_bucket_block, source.name, "landing.s3_bucket_block")
+        return S3Landing(bucket, config.landing_dir)
     if config.kind == "azure_blob":
         from tasks.landing import AzureBlobLanding
 
@@ -67,7 +70,8 @@ def build_landing(source: Any) -> LandingTarget:
 
         from tasks.landing import GcsLanding
 
-        return GcsLanding(GcsBucket.load(config.gcs_bucket_block), config.landing_dir)
+        bucket = _load_block(GcsBucket, config.gcs_bucket_block, source.name, "landing.gcs_bucket_block")
+        return GcsLanding(bucket, config.landing_dir)
     from tasks.landing import LocalLanding
 
     return LocalLanding(config.root, config.landing_dir)
@@ -80,20 +84,37 @@ def build_hwm_store(source: Any, target: LandingTarget) -> HwmStore:
 
 
 def masked(extract: Extract, dialect: str = "athena") -> Extract:
-    """``extract`` with the literals of its ``sql_columns`` masked (rows stay a stream)."""
+    """``extract`` with the literals of its ``sql_columns`` masked (rows stay a stream), each row in
+    its own dialect when the extract names a ``sql_dialect_column`` (a Hive view's ``"x"`` is a
+    string, an Athena one's a name)."""
     positions = [extract.columns.index(c) for c in extract.sql_columns if c in extract.columns]
     if not positions:
         return extract
+    dialect_at = extract.columns.index(extract.sql_dialect_column) if extract.sql_dialect_column else None
 
     def rows() -> Iterator[tuple[Any, ...]]:
         for row in extract.rows:
             cells = list(row)
+            row_dialect = (cells[dialect_at] if dialect_at is not None else None) or dialect
             for i in positions:
                 if isinstance(cells[i], str):
-                    cells[i] = mask_sql(cells[i], dialect)
+                    cells[i] = mask_sql(cells[i], row_dialect)
             yield tuple(cells)
 
-    return Extract(extract.entity, extract.columns, rows(), extract.sql_columns)
+    return Extract(extract.entity, extract.columns, rows(), extract.sql_columns, extract.sql_dialect_column)
+
+
+def _load_block(block_type: Any, name: str, source: str, field: str) -> Any:
+    """``block_type.load(name)``, or a ``SourceConfigError``-style ``ValueError`` naming the source's field."""
+    try:
+        return block_type.load(name)
+    except ValueError as exc:
+        if "Unable to find block document" not in str(exc):
+            raise
+        raise ValueError(
+            f"source {source!r}: {field} names the {block_type.__name__} block {name!r}, which does not "
+            f"exist in this workspace; create it (UI or {block_type.__name__}(...).save({name!r}))"
+        ) from None
 
 
 def history_start(source: Any, now: dt.datetime) -> dt.datetime | None:

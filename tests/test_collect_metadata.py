@@ -324,3 +324,40 @@ def test_a_missing_workgroup_is_named_and_the_hwm_stays(athena_source):
         if (landing / "athena" / "landing").exists()
         else True
     )
+
+
+def test_view_sql_is_masked_in_each_rows_own_dialect():
+    views = Extract(
+        "views",
+        ("view_name", "view_dialect", "view_sql"),
+        [
+            ("hive_view", "hive", 'SELECT a FROM db.t WHERE note = "secret-note"'),
+            ("athena_view", "athena", "SELECT a FROM db.t WHERE note = 'secret-note'"),
+        ],
+        sql_columns=("view_sql",),
+        sql_dialect_column="view_dialect",
+    )
+    rows = list(collection.masked(views).rows)
+    assert all("secret-note" not in sql for _, _, sql in rows) and all("?" in sql for _, _, sql in rows)
+
+
+def test_a_missing_landing_block_names_the_source_and_the_field(tmp_path):
+    file = tmp_path / "sources.yaml"
+    file.write_text(
+        yaml.safe_dump(
+            {
+                "sources": {
+                    "lost": {
+                        "extractor": {"kind": "tableau", "pat_pool_block": "unused"},
+                        "landing": {
+                            "kind": "s3",
+                            "s3_bucket_block": "no-such-bucket-block",
+                            "landing_dir": "x",
+                        },
+                    }
+                }
+            }
+        )
+    )
+    with pytest.raises(ValueError, match="source 'lost': landing.s3_bucket_block names the S3Bucket block"):
+        collect_metadata("lost", sources_file=str(file))

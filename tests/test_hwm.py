@@ -272,8 +272,17 @@ def test_hwm_after_now_is_an_error():
 def test_publish_never_moves_the_hwm_backwards():
     store = MemoryStore(T0)
     with pytest.raises(HwmError, match="not moving it backwards"):
-        publish_hwm(store, Window(T0 - timedelta(days=1), T0 - timedelta(hours=1)))
+        publish_hwm(store, Window(T0 - timedelta(days=1), T0 - timedelta(hours=1), planned_from=T0))
     assert store.value == T0 and store.publishes == 0
+
+
+def test_publish_refuses_when_the_hwm_moved_since_the_window_was_planned():
+    store = MemoryStore(T0 - timedelta(hours=2))
+    window = plan_window(store, T0, timedelta(0), LOOKBACK)
+    store.value = T0 - timedelta(hours=1)  # another run published meanwhile
+    with pytest.raises(HwmError, match="moved since this run planned its window"):
+        publish_hwm(store, window)
+    assert store.value == T0 - timedelta(hours=1) and store.publishes == 0
 
 
 def test_publish_checks_the_read_back():
