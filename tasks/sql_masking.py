@@ -21,6 +21,9 @@ Where sqlglot prints a name as a quoted string (the ``format`` of an Athena CTAS
 Fail closed: the text comes back as :data:`REDACTED`, never as the input, when
 
 - sqlglot cannot tokenize or parse it, or raises anything else;
+- a bare double-quoted name stands where a value would (compared with a column, in ``IN`` or
+  ``VALUES``): ``WHERE email = "alice@example.com"`` is valid Athena naming a column, but is far
+  more often a mistyped string; likewise any ``$$`` (a string delimiter in other dialects);
 - a statement is one sqlglot does not understand and keeps as raw text (``exp.Command``; with Athena:
   ``SHOW ...``, ``MSCK REPAIR TABLE``, ``UNLOAD``, ``EXPLAIN``, ``EXECUTE``);
 - the parse tree holds fewer literals than the tokenizer found quoted strings and numbers, i.e.
@@ -137,6 +140,10 @@ def _mask_statement(statement: str, reader: Dialect) -> str:
     if parsed is None:
         return ""  # blank, or comments only
     tree, literal_tokens = parsed
+    if "$$" in statement:
+        raise _Unmaskable("a $$-quoted string (a literal in some dialects, not in this one)")
+    if _quoted_name_as_value(tree):
+        raise _Unmaskable("a double-quoted name used as a value (a mistyped string literal?)")
     if len(list(tree.find_all(*_LITERAL_NODES))) < literal_tokens:
         # sqlglot read a quoted string or number as something else, e.g. the name in `FROM 's3://x'`.
         raise _Unmaskable("a literal token is not a literal in the parse tree")
@@ -165,6 +172,38 @@ def _parse(sql: str, reader: Dialect) -> tuple[exp.Expr, int] | None:
     if _has_split_number(tokens):
         raise _Unmaskable("a number that sqlglot reads (partly) as a name")
     return trees[0], sum(token.token_type in _LITERAL_TOKENS for token in tokens)
+
+
+_COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Like, exp.ILike)
+
+
+def _bare_quoted_column(node: exp.Expr | None) -> bool:
+    """``"alice@example.com"``: a double-quoted column name without a table, where a query that
+    meant a string would have one (users type ``WHERE email = "x"``; Athena reads it as a name)."""
+    return (
+        isinstance(node, exp.Column)
+        and not node.table
+        and isinstance(node.this, exp.Identifier)
+        and node.this.quoted
+    )
+
+
+def _quoted_name_as_value(tree: exp.Expr) -> bool:
+    """True when a bare double-quoted name stands where a value would: compared with another column,
+    in an ``IN`` list or a ``VALUES`` row. Its text is data more often than not, so the statement
+    is redacted whole (``"date" = ?`` against a literal is kept: that name is a column)."""
+    for comparison in tree.find_all(*_COMPARISONS):
+        left, right = comparison.this, comparison.expression
+        if (_bare_quoted_column(left) and isinstance(right, exp.Column)) or (
+            _bare_quoted_column(right) and isinstance(left, exp.Column)
+        ):
+            return True
+    for in_list in tree.find_all(exp.In):
+        if any(_bare_quoted_column(e) for e in in_list.expressions):
+            return True
+    return any(
+        _bare_quoted_column(e) for values in tree.find_all(exp.Values) for e in values.find_all(exp.Column)
+    )
 
 
 def _has_split_number(tokens: list[Token]) -> bool:

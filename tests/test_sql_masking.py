@@ -404,3 +404,27 @@ def test_nothing_of_the_text_is_logged(caplog: pytest.LogCaptureFixture) -> None
     for sql in [*COMMANDS, *MALFORMED, *READ_AS_NAMES, "SELECT * FROM t WHERE a = 'secret-lock' FOR UPDATE"]:
         mask_sql(sql)
     assert "secret" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        'SELECT * FROM users WHERE email = "alice@example.com"',  # a string typed with double quotes
+        'SELECT * FROM users WHERE "alice@example.com" = email',
+        'SELECT * FROM users WHERE country IN ("DE", "FR")',
+        "SELECT * FROM users WHERE note = $$secret note$$",
+    ],
+)
+def test_double_quoted_values_and_dollar_strings_are_redacted_whole(sql):
+    assert mask_sql(sql) == REDACTED
+
+
+@pytest.mark.parametrize(
+    ("sql", "kept"),
+    [
+        ("SELECT * FROM t WHERE \"date\" = DATE '2024-01-01'", '"date" = CAST(? AS DATE)'),
+        ('SELECT a."x" FROM a JOIN b ON a."id" = b."id"', 'a."id" = b."id"'),
+    ],
+)
+def test_quoted_names_used_as_names_are_kept(sql, kept):
+    assert kept in mask_sql(sql)
