@@ -263,9 +263,9 @@ def main() -> int:
             "  - the crm-export runs and their crm-export artifact (records, batches, retries, dead letters);\n"
             "  - the collect-metadata runs, their metadata-athena-demo artifact and the hwm_athena-demo variable."
         )
-        from prefect.logging.handlers import APILogHandler
+        from prefect.logging.handlers import APILogWorker
 
-        APILogHandler.flush()  # the in-process flow runs' logs, before the server stops
+        APILogWorker.drain_all(timeout=5)  # the in-process flow runs' logs, before the server stops
         if hold:
             print(f"\nPrefect UI: {server.ui_url}   (Ctrl+C stops the demo stack)")
             try:
