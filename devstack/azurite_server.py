@@ -10,19 +10,14 @@ lets the newer azure-storage-blob clients (whose ``x-ms-version`` Azurite 3.33 d
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import tempfile
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
 
-from devstack.prefect_server import free_port
+from devstack.server_process import ServerProcess
 
 if TYPE_CHECKING:
     from azure.storage.blob import BlobServiceClient
@@ -36,7 +31,7 @@ ACCOUNT_NAME = "devstoreaccount1"
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
-class Azurite:
+class Azurite(ServerProcess):
     """``azurite-blob`` in a subprocess (its own process group); a context manager that stops it on exit.
 
     Args:
@@ -50,20 +45,16 @@ class Azurite:
         port, pid: of the running service (``pid`` is None when stopped).
     """
 
+    name = "Azurite"
+
     account_name = ACCOUNT_NAME
     account_key = ACCOUNT_KEY
 
     def __init__(self, location: Path | None = None, *, startup_timeout_seconds: float = 30.0) -> None:
         self.location = location
-        self.startup_timeout_seconds = startup_timeout_seconds
-        self.port = free_port()
+        super().__init__(startup_timeout_seconds)
         self.account_url = f"http://127.0.0.1:{self.port}/{ACCOUNT_NAME}"
-        self._process: subprocess.Popen[bytes] | None = None
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return None if self._process is None else self._process.pid
+        self.url = self.account_url
 
     @property
     def connection_string(self) -> str:
@@ -113,8 +104,6 @@ class Azurite:
         Raises ``RuntimeError`` if Azurite is not installed (run ``make sync``), Node.js is missing, or
         the service exits or stays silent (its output is in the message).
         """
-        if self._process is not None:
-            raise RuntimeError(f"Azurite on {self.account_url} is already running")
         if not AZURITE_BLOB.exists():
             raise RuntimeError(
                 f"Azurite is not installed ({AZURITE_BLOB} is missing): run `make sync`, or "
@@ -122,8 +111,8 @@ class Azurite:
             )
         if shutil.which("node") is None:
             raise RuntimeError("Azurite needs Node.js (20 or newer) on PATH; `node` was not found")
-        self._tmp = tempfile.TemporaryDirectory(prefix="azurite-")
-        location = self.location or Path(self._tmp.name) / "data"
+        self._prepare()
+        location = self.location or self._workdir / "data"
         location.mkdir(parents=True, exist_ok=True)
         argv = [
             str(AZURITE_BLOB),
@@ -137,63 +126,10 @@ class Azurite:
             "--skipApiVersionCheck",
             "--loose",
         ]
-        with open(self._log_path, "wb") as log:
-            self._process = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: stop() signals node and any children
-            )
-        try:
-            self._wait_until_ready()
-        except BaseException:
-            self.stop()
-            raise
+        self._launch(argv)
         return self
 
-    @property
-    def _log_path(self) -> Path:
-        assert self._tmp is not None
-        return Path(self._tmp.name) / "azurite.log"
-
-    def _wait_until_ready(self) -> None:
-        assert self._process is not None
-        deadline = time.monotonic() + self.startup_timeout_seconds
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                break
-            try:
-                # Any HTTP answer (an anonymous List Containers gets 403) means the service is up.
-                httpx.get(f"{self.account_url}?comp=list", timeout=2)
-                return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        log = self._log_path.read_text(errors="replace")[-4000:]
-        raise RuntimeError(
-            f"Azurite did not answer on {self.account_url} within {self.startup_timeout_seconds} s "
-            f"(exit code {self._process.poll()}); its output:\n{log}"
-        )
-
-    def stop(self) -> None:
-        """Stop Azurite's process group (SIGTERM, SIGKILL after 10 s) and wait for it; idempotent."""
-        process, self._process = self._process, None
-        if process is not None:
-            try:
-                os.killpg(process.pid, signal.SIGTERM)  # also when node has exited: children it left
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-            except ProcessLookupError:  # the group is gone already
-                process.wait()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
-    def __enter__(self) -> Azurite:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    def _answers(self) -> bool:
+        # Any HTTP answer (an anonymous List Containers gets 403) means the service is up.
+        httpx.get(f"{self.account_url}?comp=list", timeout=2)
+        return True

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tasks.crm_jobs import JobAlreadyExistsError, JobInfo, JobSpec, JobState
+from tasks.crm_jobs import TERMINAL_STATES, JobAlreadyExistsError, JobInfo, JobSpec, JobState
 
 #: Never Prism (it downloads a binary at run time, design.md §7): Beam's in-process Python runner.
 LOCAL_RUNNER = "FnApiRunner"
@@ -116,10 +116,10 @@ class LocalLauncher:
             record = json.loads(path.read_text())
         except FileNotFoundError:
             raise LookupError(f"no local job with id {job_id!r} in {self.jobs_dir}") from None
-        if JobState(record["state"]) not in _FINAL and not self._alive(record):
+        if JobState(record["state"]) not in TERMINAL_STATES and not self._alive(record):
             with self._locked():
                 record = json.loads(path.read_text())
-                if JobState(record["state"]) not in _FINAL and not self._alive(record):
+                if JobState(record["state"]) not in TERMINAL_STATES and not self._alive(record):
                     cancelling = JobState(record["state"]) is JobState.CANCELLING
                     record.update(
                         state=(JobState.CANCELLED if cancelling else JobState.FAILED).value,
@@ -145,7 +145,8 @@ class LocalLauncher:
             record = json.loads(self._path(job_id).read_text())
             current, new = JobState(record["state"]), changes.get("state")
             if new is not None and (
-                current in _FINAL or (current is JobState.CANCELLING and JobState(new) not in _FINAL)
+                current in TERMINAL_STATES
+                or (current is JobState.CANCELLING and JobState(new) not in TERMINAL_STATES)
             ):
                 changes = {k: v for k, v in changes.items() if k not in ("state", "start_time", "end_time")}
             record.update(changes)
@@ -174,7 +175,7 @@ class LocalLauncher:
     def submit(self, spec: JobSpec) -> str:
         with self._locked():
             for record in self._records():
-                if record["name"] == spec.name and JobState(record["state"]) not in _FINAL:
+                if record["name"] == spec.name and JobState(record["state"]) not in TERMINAL_STATES:
                     raise JobAlreadyExistsError(f"job {spec.name} is already active as {record['id']}")
             job_id = f"{dt.datetime.now(dt.UTC):%Y-%m-%d_%H_%M_%S}-{uuid.uuid4().hex[:12]}"
             log_path = self.jobs_dir / f"{job_id}.log"
@@ -232,15 +233,12 @@ class LocalLauncher:
     def cancel(self, job_id: str) -> None:
         """Stop a running job (SIGTERM to its process group); it ends CANCELLED."""
         record = self.read(job_id)
-        if JobState(record["state"]) in _FINAL:
+        if JobState(record["state"]) in TERMINAL_STATES:
             return
         self.update(job_id, state=JobState.CANCELLING.value)
         if self._alive(record):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(record["pid"], signal.SIGTERM)
-
-
-_FINAL = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED, JobState.UPDATED, JobState.DRAINED})
 
 
 def _info(record: dict[str, Any]) -> JobInfo:
