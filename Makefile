@@ -2,7 +2,9 @@
 # into .tools/), then the locked environment (uv.lock) into .venv/, and Azurite (npm, locked by
 # devstack/azurite/package-lock.json) into devstack/azurite/node_modules/.
 UV_VERSION := 0.13.9
-PYTHON ?= python3
+# The interpreter of the project's environment: 3.11 by default; 3.12 and 3.13 work too
+# (PYTHON=python3.12 make test). uv never downloads one.
+PYTHON ?= python3.11
 UV := .tools/bin/uv
 NPM ?= npm
 # Touched after `npm ci`: reinstalls when node_modules/ is gone or the lock file changed.
@@ -22,7 +24,7 @@ lint: sync
 	$(UV) run --locked ruff format --check .
 
 sync: $(UV) $(AZURITE_STAMP)
-	$(UV) sync --locked --python 3.11
+	$(UV) sync --locked --python $(PYTHON)
 
 $(UV):
 	$(PYTHON) -m venv .tools

@@ -40,7 +40,7 @@ HWM_FORMAT = "%Y-%m-%d %H:%M:%S"
 # strptime accepts "2026-1-2 4:0:0" for HWM_FORMAT; the stored form is exactly zero-padded.
 _HWM_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
 
-# Prefect 3.8.8 variable names: prefect/types/names.py ``VariableName`` — regex ``^[a-z0-9-_]*$``
+# Prefect 3.9 variable names: prefect/types/names.py ``VariableName`` — regex ``^[a-z0-9-_]*$``
 # (lowercase ASCII letters, digits, dashes, underscores) and at most ``MAX_VARIABLE_NAME_LENGTH`` = 255
 # characters, enforced by ``VariableCreate``/``VariableUpdate`` when a variable is written. Reading by
 # an invalid name is not rejected: it simply finds nothing — hence the check before any read.
@@ -225,7 +225,7 @@ class VariableHwmStore:
 
     def read(self) -> datetime | None:
         """The HWM, None if the variable does not exist; ``MalformedHwmError`` if it holds anything else."""
-        # _sync=True: Variable.get dispatches to its coroutine inside async flows/tasks (Prefect 3.8
+        # _sync=True: Variable.get dispatches to its coroutine inside async flows/tasks (Prefect 3.9
         # async_dispatch); this store is synchronous everywhere.
         value = Variable.get(self.variable_name, default=None, _sync=True)
         if value is None:

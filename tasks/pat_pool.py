@@ -183,8 +183,10 @@ def _try_acquire(stack: ExitStack, name: str, lease_kwargs: dict) -> bool:
 class _ExpectedRefusals(logging.Filter):
     """Drop Prefect's ERROR record for a 423 answer to a ``max_retries=0`` acquisition.
 
-    Prefect's acquisition service logs every failed item; for a try that asked not to wait, a full
-    limit (423) is the expected answer, which ``_try_acquire`` handles. Everything else passes.
+    Prefect's acquisition service logs every failed item as an ERROR, still in 3.9.1
+    (``prefect._internal.concurrency.services``: "Service %r failed to process item %r"); for a try
+    that asked not to wait, a full limit (423) is the expected answer, which ``_try_acquire``
+    handles. Everything else passes.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:

@@ -449,7 +449,7 @@ def test_file_store_read_errors_propagate():
 
 
 def test_variable_store_is_synchronous_inside_an_event_loop(variable_source: str):
-    """Prefect 3.8 dispatches ``Variable.get/set`` to coroutines in async contexts; the store does not."""
+    """Prefect 3.9 dispatches ``Variable.get/set`` to coroutines in async contexts; the store does not."""
     import asyncio
 
     async def in_loop() -> datetime | None:

@@ -136,3 +136,22 @@ def test_only_expected_refusals_are_kept_out_of_the_error_log():
     assert not keep(record(max_retries=0, status=423))  # a full limit, asked not to wait: expected
     assert keep(record(max_retries=0, status=500))
     assert keep(record(max_retries=None, status=423))
+
+
+def test_a_refused_try_on_a_full_limit_logs_no_error(workspace, caplog):
+    """Prefect 3.9.1 still logs every refused acquisition as an ERROR ("Service ... failed to process
+    item"), even one that asked not to wait (``max_retries=0``); the lease expects those refusals, and
+    its log filter keeps them out of the run's log. Anything else Prefect logs there still passes."""
+    import logging
+    from contextlib import ExitStack
+
+    from tasks.pat_pool import _try_acquire
+
+    pool = workspace.create_pool(["pat-1"])
+    limit = pool.pat_limit_names()[workspace.pat_block("pat-1")]
+    with caplog.at_level(logging.DEBUG), lease_pat(pool), ExitStack() as stack:
+        assert not _try_acquire(stack, limit, dict(lease_duration=60, strict=True))
+        time.sleep(0.5)  # the acquisition service logs from its own thread
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
+    assert active_slots(limit) == 0
