@@ -11,7 +11,7 @@ time is printed on its own and is not part of the figures.
 
 Then two collector runs, each a fresh ``AthenaExtractor`` (every workgroup, every catalog) whose
 ``run(start, end)`` extracts are all written by ``write_extracts(..., compress=True)`` into a temporary
-directory, as ``tasks.metadata_collection`` does (without ``test_connection``'s few calls):
+directory, as ``tasks.metadata.collection`` does (without ``test_connection``'s few calls):
 
 - full: window ``[end - 1 day, end)``: the whole catalog and every seeded execution;
 - incremental, nothing new: window ``[first run's end, now)``. Catalog entities are full snapshots, so
@@ -52,14 +52,14 @@ from prefect_aws import AwsCredentials
 
 from devstack.athena_catalog import queue_query_results, seed_large_glue_catalog
 from devstack.moto_server import DEFAULT_REGION, DUMMY_ACCESS_KEY_ID, DUMMY_SECRET_ACCESS_KEY, MotoServer
-from tasks.athena_extractor import RESULTS_PAGE_SIZE, AthenaExtractor
-from tasks.extract_files import WrittenFile, write_extracts
-from tasks.hwm import Window
+from tasks.metadata.extract_files import WrittenFile, write_extracts
+from tasks.metadata.extractors.athena.extractor import RESULTS_PAGE_SIZE, AthenaExtractor
+from tasks.metadata.hwm import Window
 
 SOURCE = "athena-bench"
 #: AWS Glue GetTables returns at most 100 tables per call (MaxResults 1-100, Glue API reference).
 GLUE_TABLES_PER_PAGE = 100
-#: ``tables``, ``views`` and ``columns`` each page GetTables (tasks/athena_extractor.py docstring).
+#: ``tables``, ``views`` and ``columns`` each page GetTables (tasks/metadata/extractors/athena/extractor.py docstring).
 GET_TABLES_PASSES = 3
 MB = 2**20
 

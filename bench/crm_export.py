@@ -27,9 +27,15 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from devstack.crm import CrmStandIn
 from devstack.user_rows import write_user_rows
-from pipelines.crm_export import CrmExportOptions, build_pipeline, check_accounting, job_counters, read_rows
-from pipelines.crm_sink import ApiKey
-from tasks.dataflow_cost import DataflowPrices, estimate_cost
+from pipelines.crm_export.pipeline import (
+    CrmExportOptions,
+    build_pipeline,
+    check_accounting,
+    job_counters,
+    read_rows,
+)
+from pipelines.crm_export.sink import ApiKey
+from tasks.crm_export.cost import DataflowPrices, estimate_cost
 
 API_KEY = "bench-key"
 WORKDIR = Path(".bench/crm")

@@ -87,8 +87,8 @@ def run_project_scheme(url: str, work: dict, pats: int, time_scale: float, tmp: 
 
     from blocks import TableauPatPool, TableauPersonalAccessToken, TableauSite
     from deployments.bootstrap import bootstrap_pool_limits
-    from flows.tableau_refresh import refresh_domain
-    from tasks.tableau_refresh import PollPolicy
+    from flows.tableau.refresh import refresh_domain
+    from tasks.tableau.refresh import PollPolicy
 
     names = [f"bench-pat-{i}" for i in range(pats)]
     for i, name in enumerate(names):

@@ -14,12 +14,12 @@ from typing import Any
 
 #: Block type → the module defining it.
 _MODULES = {
-    "TableauSite": "blocks.tableau",
-    "TableauPersonalAccessToken": "blocks.tableau",
-    "TableauPatPool": "blocks.tableau",
-    "VaultKvSecret": "blocks.vault",
-    "KmsEncryptedGcsSecret": "blocks.kms_gcs",
-    "DataflowOptions": "blocks.dataflow",
+    "TableauSite": "blocks.tableau.pat",
+    "TableauPersonalAccessToken": "blocks.tableau.pat",
+    "TableauPatPool": "blocks.tableau.pat",
+    "VaultKvSecret": "blocks.crm_export.vault",
+    "KmsEncryptedGcsSecret": "blocks.crm_export.kms_gcs",
+    "DataflowOptions": "blocks.crm_export.dataflow",
 }
 
 __all__ = sorted(_MODULES)

@@ -12,7 +12,7 @@ from typing import Any
 
 from prefect.events import DeploymentEventTrigger
 
-from flows.tableau_domains import Domain
+from tasks.tableau.domains import Domain
 
 COMPLETED_EVENT = "prefect.flow-run.Completed"
 

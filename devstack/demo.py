@@ -109,7 +109,7 @@ def _terminate(process: subprocess.Popen) -> None:
 
 
 def create_blocks_and_limits(tableau_url: str) -> None:
-    from blocks.tableau import TableauPatPool, TableauPersonalAccessToken, TableauSite
+    from blocks.tableau.pat import TableauPatPool, TableauPersonalAccessToken, TableauSite
     from deployments.bootstrap import bootstrap_pool_limits
 
     subprocess.run(
@@ -220,7 +220,7 @@ def main() -> int:
         print(f"Starting prefect server and the Tableau stand-in (work directory {workdir}) ...")
         server = stack.enter_context(PrefectServer(workdir / "prefect"))
         os.environ.update(server.client_env())
-        from flows.tableau_domains import load_domains  # imports Prefect: only now that the API URL is set
+        from tasks.tableau.domains import load_domains  # imports Prefect: only now that the API URL is set
 
         domains = load_domains()
         tableau_url = start_tableau(workdir, stand_in_seed(domains), stack)

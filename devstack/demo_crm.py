@@ -28,8 +28,8 @@ def run_crm_export(workdir: Path, stack: ExitStack) -> bool:
     """Run the export and print its summary; True when every record was accepted or dead-lettered."""
     from prefect.blocks.system import Secret
 
-    from flows.crm_export import crm_export
-    from tasks.crm_export import CrmSettings, LocalRunnerSettings, LocalSource
+    from flows.crm_export.export import crm_export
+    from tasks.crm_export.tasks import CrmSettings, LocalRunnerSettings, LocalSource
 
     shards = workdir / "crm" / "shards"
     made = write_user_rows(

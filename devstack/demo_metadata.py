@@ -36,7 +36,7 @@ LANDING_BUCKET = "catalog-landing"
 
 
 def _patch_extractor_clients() -> None:
-    from tasks.athena_extractor import AthenaExtractor
+    from tasks.metadata.extractors.athena.extractor import AthenaExtractor
 
     original = AthenaExtractor._client
 
@@ -72,7 +72,7 @@ def run_athena_collector(workdir: Path, stack: ExitStack) -> bool:
     from prefect_aws import AwsCredentials, S3Bucket
     from prefect_aws.client_parameters import AwsClientParameters
 
-    from flows.collect_metadata import collect_metadata
+    from flows.metadata.collect import collect_metadata
 
     moto = stack.enter_context(MotoServer(region=REGION))
     seeded = seed_athena(moto.url, REGION)
@@ -122,7 +122,7 @@ def start_tableau_collector(workdir: Path, stack: ExitStack, pool_block: str) ->
     """Start collecting the Tableau demo source in a thread; ``.result`` holds its summary or error."""
     from prefect.blocks.system import Secret
 
-    from flows.collect_metadata import collect_metadata
+    from flows.metadata.collect import collect_metadata
 
     azurite = stack.enter_context(Azurite(workdir / "azurite"))
     azurite.service_client().create_container(TABLEAU_CONTAINER)

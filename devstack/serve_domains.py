@@ -13,8 +13,8 @@ import json
 from prefect import serve
 
 from deployments.triggers import upstream_trigger
-from flows.tableau_domains import load_domains
-from flows.tableau_refresh import refresh_domain
+from flows.tableau.refresh import refresh_domain
+from tasks.tableau.domains import load_domains
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,7 +11,7 @@ setuptools.setup(
     version="0.1.0",
     description="Apache Beam pipelines of analytics-flows (CRM export)",
     package_dir={"pipelines": "."},
-    packages=["pipelines"],
+    packages=["pipelines", "pipelines.crm_export"],
     install_requires=["orjson", "requests"],
     python_requires=">=3.11",
 )

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from deployments.triggers import upstream_trigger_spec
-from flows.tableau_domains import load_domains
+from tasks.tableau.domains import load_domains
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,7 @@ def test_every_domain_has_a_deployment_with_its_upstream_trigger_and_cron():
     )
     for name, domain in domains.items():
         deployment = deployments[name]
-        assert deployment["entrypoint"] == "flows/tableau_refresh.py:refresh_domain"
+        assert deployment["entrypoint"] == "flows/tableau/refresh.py:refresh_domain"
         assert deployment["parameters"] == {"domain": name}
         assert deployment["triggers"] == [upstream_trigger_spec(domain)], name
         assert deployment["schedules"] == [{"cron": domain.cron, "timezone": "UTC"}], name
@@ -35,12 +35,12 @@ def test_every_domain_has_a_deployment_with_its_upstream_trigger_and_cron():
 
 
 def test_every_metadata_source_has_a_daily_deployment_with_concurrency_one():
-    from flows.metadata_sources import load_sources
+    from tasks.metadata.sources import load_sources
 
     deployments = {d["name"]: d for d in prefect_yaml()["deployments"]}
     for name in load_sources(ROOT / "metadata_sources.yaml"):
         deployment = deployments[f"metadata-{name}"]
-        assert deployment["entrypoint"] == "flows/collect_metadata.py:collect_metadata"
+        assert deployment["entrypoint"] == "flows/metadata/collect.py:collect_metadata"
         assert deployment["parameters"] == {"source": name}
         assert deployment["concurrency_limit"] == 1 and deployment["schedules"][0]["cron"]
 

@@ -1,0 +1,1 @@
+"""blocks/crm_export"""

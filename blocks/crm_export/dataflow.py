@@ -1,0 +1,333 @@
+"""The ``Dataflow Options`` block: where and how a Beam job runs on Dataflow (``DataflowRunner`` flags).
+
+``DataflowOptions.pipeline_args(job_name, labels)`` turns the block into Beam's command-line flags; the
+pipeline's own flags (``CrmExportOptions``) come after them. Flag names are those of Beam's
+``apache_beam/options/pipeline_options.py`` (``GoogleCloudOptions``, ``WorkerOptions``, ``SetupOptions``,
+``DebugOptions``). Nothing secret belongs here: every flag becomes job metadata that anyone with
+``dataflow.jobs.get`` can read in the console.
+
+Identity: ``gcp_credentials`` is what ``tasks.crm_export.launchers.dataflow.DataflowLauncher`` lists, reads and
+polls jobs with. Beam's submission itself (``pipeline.run()``: staging to GCS and
+``projects.locations.jobs.create``) authenticates with Application Default Credentials of the process
+(``google.auth.default()``), which Beam looks up on its own; give the worker that runs the flow the same
+identity (e.g. ``GOOGLE_APPLICATION_CREDENTIALS`` or the VM/pod service account).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from prefect.blocks.core import Block
+from prefect_gcp.credentials import GcpCredentials
+from pydantic import Field, field_validator, model_validator
+
+#: The workers' package (``--setup_file``): ``pipelines/setup.py`` of this repository.
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_SETUP_FILE = REPOSITORY_ROOT / "pipelines" / "setup.py"
+
+# Beam's own checks (apache_beam/options/pipeline_options_validator.py): a GCS path is gs://BUCKET/OBJECT
+# with a bucket of [a-z0-9][-_a-z0-9.]+[a-z0-9]; if both temp and staging locations fail them, Beam
+# silently creates and uses a default bucket instead, so the block rejects them up front.
+_GCS_PATH = re.compile(r"gs://(?P<bucket>[a-z0-9][-_a-z0-9.]{1,220}[a-z0-9])/[^\r\n]*")
+_PROJECT_ID = re.compile(r"[a-z][-a-z0-9:.]+[a-z0-9]")  # Beam's PROJECT_ID_PATTERN (allows domain:project)
+_KMS_KEY = re.compile(r"projects/[^/\s]+/locations/[^/\s]+/keyRings/[\w-]{1,63}/cryptoKeys/[\w-]{1,63}")
+_REGION = re.compile(r"[a-z]+-[a-z]+[0-9]+")
+# https://cloud.google.com/dataflow/docs/guides/specifying-networks#subnetwork_parameter
+_SUBNETWORK = re.compile(
+    r"(?:https://www\.googleapis\.com/compute/v1/projects/[^/\s]+/)?regions/(?P<region>[^/\s]+)/subnetworks/[^/\s]+"
+)
+_NETWORK = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
+_SERVICE_ACCOUNT = re.compile(r"[^@\s]+@[^@\s]+\.gserviceaccount\.com")
+# https://cloud.google.com/compute/docs/labeling-resources#requirements (as tasks.crm_export.jobs.JobSpec checks them)
+_LABEL_KEY = re.compile(r"[a-z][-_a-z0-9]{0,62}")
+_LABEL_VALUE = re.compile(r"[-_a-z0-9]{0,63}")
+MAX_LABELS = 64
+_JOB_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+
+
+def validate_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """Return ``labels`` as a dict if they are valid Dataflow (GCP resource) labels, else raise ``ValueError``.
+
+    Keys: 1-63 characters, lowercase letter first, then lowercase letters, digits, ``-`` and ``_``.
+    Values: 0-63 of the same characters. At most 64 labels.
+    """
+    bad = [
+        f"{key}={value!r}"
+        for key, value in labels.items()
+        if not _LABEL_KEY.fullmatch(str(key))
+        or not isinstance(value, str)
+        or not _LABEL_VALUE.fullmatch(value)
+    ]
+    if bad:
+        raise ValueError(
+            f"invalid Dataflow labels {', '.join(bad)}: keys start with a lowercase letter; keys and values use "
+            "lowercase letters, digits, '-' and '_' and are at most 63 characters"
+        )
+    if len(labels) > MAX_LABELS:
+        raise ValueError(f"a Dataflow job takes at most {MAX_LABELS} labels, got {len(labels)}")
+    return dict(labels)
+
+
+class DataflowOptions(Block):
+    """The Dataflow runner settings of a Beam job: project, region, locations, FlexRS, identity, network, workers.
+
+    ``pipeline_args(job_name, labels)`` gives the ``DataflowRunner`` flags; ``project_id()`` the project jobs
+    run in. Units: ``max_num_workers`` is a count of VMs. Paths are ``gs://bucket/path`` URLs, except
+    ``setup_file`` (a local path on the machine that submits the job).
+    """
+
+    _block_type_name = "Dataflow Options"
+    _description = (
+        "Dataflow runner settings of a Beam job (project, region, temp/staging locations, FlexRS, worker "
+        "service account, network, labels, the workers' package). No secrets: every value is job metadata."
+    )
+    _documentation_url = "https://cloud.google.com/dataflow/docs/reference/pipeline-options"
+
+    gcp_credentials: GcpCredentials = Field(
+        description=(
+            "Credentials the launcher lists, reads and polls jobs with; their project is the default project. "
+            "Beam submits with the process's Application Default Credentials."
+        ),
+    )
+    project: str | None = Field(
+        default=None, description="Project the jobs run in. Empty: the GCP Credentials block's project."
+    )
+    region: str = Field(
+        description="Dataflow regional endpoint the jobs run in and are listed from, e.g. 'europe-west1'.",
+    )
+    temp_location: str = Field(
+        description="gs:// path for temporary files of the jobs (e.g. BigQuery export files), e.g. gs://bucket/tmp.",
+    )
+    staging_location: str | None = Field(
+        default=None,
+        description="gs:// path the job's package and pipeline are staged to. Empty: the temp location.",
+    )
+    flexrs_goal: Literal["COST_OPTIMIZED", "SPEED_OPTIMIZED"] | None = Field(
+        default="COST_OPTIMIZED",
+        description=(
+            "Flexible Resource Scheduling for batch jobs. COST_OPTIMIZED: cheaper, but the job may wait in "
+            "JOB_STATE_QUEUED for up to 6 hours before it starts. Empty: no FlexRS."
+        ),
+    )
+    service_account_email: str | None = Field(
+        default=None,
+        description="Service account the worker VMs run as. Empty: the Compute Engine default service account.",
+    )
+    network: str | None = Field(
+        default=None, description="VPC network of the workers, by name (not URL). Empty: Dataflow's default."
+    )
+    subnetwork: str | None = Field(
+        default=None,
+        description=(
+            "Subnetwork of the workers: 'regions/REGION/subnetworks/NAME', or the full URL "
+            "'https://www.googleapis.com/compute/v1/projects/HOST_PROJECT/regions/REGION/subnetworks/NAME' "
+            "(required for Shared VPC). Must be in the block's region."
+        ),
+    )
+    use_public_ips: bool = Field(
+        default=False,
+        description=(
+            "Give workers public IP addresses. Off: the subnetwork needs Private Google Access, and workers "
+            "reach PyPI (to build the workers' package) only through Cloud NAT or a mirror, or use "
+            "sdk_container_image with the package installed."
+        ),
+    )
+    machine_type: str | None = Field(
+        default=None, description="Compute Engine machine type of the workers, e.g. 'n1-standard-2'."
+    )
+    max_num_workers: int | None = Field(
+        default=None,
+        ge=1,
+        description="Upper bound of autoscaling, in worker VMs. Empty: Dataflow's default.",
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Labels of every job (cost attribution); the launcher adds per-run labels, which win.",
+    )
+    api_key_kms_key: str = Field(
+        description=(
+            "Cloud KMS key (projects/P/locations/L/keyRings/R/cryptoKeys/K) the launcher encrypts the CRM API key "
+            "with before the job is built: the job graph Dataflow stages to GCS holds only the ciphertext, and "
+            "the workers decrypt it. The flow's identity needs roles/cloudkms.cryptoKeyEncrypter on the key, "
+            "the worker service account roles/cloudkms.cryptoKeyDecrypter."
+        ),
+    )
+    setup_file: str = Field(
+        default="pipelines/setup.py",
+        description=(
+            "setup.py of the package the workers install (--setup_file). A relative path is taken from the "
+            "repository root; the file must exist where the flow runs."
+        ),
+    )
+    sdk_container_image: str | None = Field(
+        default=None,
+        description="Custom worker container image (Artifact Registry URL). Empty: Beam's image.",
+    )
+    experiments: list[str] = Field(
+        default_factory=list, description="Dataflow/Beam experiments (--experiments), one per entry."
+    )
+
+    @field_validator("api_key_kms_key")
+    @classmethod
+    def _check_kms_key(cls, value: str) -> str:
+        if not _KMS_KEY.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a Cloud KMS key name: projects/P/locations/L/keyRings/R/cryptoKeys/K"
+            )
+        return value
+
+    @field_validator("project")
+    @classmethod
+    def _check_project(cls, value: str | None) -> str | None:
+        if value is not None and not _PROJECT_ID.fullmatch(value):
+            raise ValueError(f"{value!r} is not a GCP project ID (lowercase letters, digits and '-')")
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _check_region(cls, value: str) -> str:
+        if not _REGION.fullmatch(value):
+            raise ValueError(f"{value!r} is not a Dataflow region such as 'europe-west1' or 'us-central1'")
+        return value
+
+    @field_validator("temp_location", "staging_location")
+    @classmethod
+    def _check_gcs_path(cls, value: str | None) -> str | None:
+        if value is not None and not _GCS_PATH.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a gs://BUCKET/PATH URL (Beam would otherwise fall back to a default bucket)"
+            )
+        return value
+
+    @field_validator("service_account_email")
+    @classmethod
+    def _check_service_account(cls, value: str | None) -> str | None:
+        if value is not None and not _SERVICE_ACCOUNT.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a service account email (NAME@PROJECT.iam.gserviceaccount.com)"
+            )
+        return value
+
+    @field_validator("network")
+    @classmethod
+    def _check_network(cls, value: str | None) -> str | None:
+        if value is not None and not _NETWORK.fullmatch(value):
+            raise ValueError(f"network {value!r}: give the VPC network's name, not a URL")
+        return value
+
+    @field_validator("subnetwork")
+    @classmethod
+    def _check_subnetwork(cls, value: str | None) -> str | None:
+        if value is not None and not _SUBNETWORK.fullmatch(value):
+            raise ValueError(
+                f"subnetwork {value!r}: use 'regions/REGION/subnetworks/NAME' or "
+                "'https://www.googleapis.com/compute/v1/projects/PROJECT/regions/REGION/subnetworks/NAME'"
+            )
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _check_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        return validate_labels(value)
+
+    @field_validator("experiments")
+    @classmethod
+    def _check_experiments(cls, value: list[str]) -> list[str]:
+        bad = [e for e in value if not e or "," in e or e != e.strip()]
+        if bad:
+            raise ValueError(f"experiments {bad}: one non-empty experiment per entry, without commas")
+        return value
+
+    @model_validator(mode="after")
+    def _check_subnetwork_region(self) -> DataflowOptions:
+        if self.subnetwork:
+            match = _SUBNETWORK.fullmatch(self.subnetwork)
+            if match and match["region"] != self.region:
+                raise ValueError(
+                    f"subnetwork {self.subnetwork!r} is in {match['region']}, but the workers run in "
+                    f"{self.region}: Dataflow needs a subnetwork of the job's region"
+                )
+        return self
+
+    # -- derived values ----------------------------------------------------------------------------
+
+    def _block_label(self) -> str:
+        name = getattr(self, "_block_document_name", None)
+        return f"Dataflow Options block {name!r}" if name else "this Dataflow Options block (unsaved)"
+
+    def project_id(self) -> str:
+        """The project jobs run in: ``project``, else the GCP Credentials block's ``project``.
+
+        Raises ``ValueError`` naming the block when neither is set.
+        """
+        project = self.project or self.gcp_credentials.project
+        if not project:
+            raise ValueError(
+                f"{self._block_label()} has no GCP project: set its 'project', or the project of its GCP "
+                "Credentials block"
+            )
+        return project
+
+    def setup_file_path(self) -> Path:
+        """``setup_file`` as an absolute path (relative ones from the repository root).
+
+        Raises ``FileNotFoundError`` if it does not exist on this machine (e.g. the block was saved with
+        another machine's checkout path).
+        """
+        path = Path(self.setup_file)
+        if not path.is_absolute():
+            path = REPOSITORY_ROOT / path
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{self._block_label()}: setup_file {str(path)!r} does not exist here; point it at this "
+                "checkout's pipelines/setup.py (a relative path is taken from the repository root)"
+            )
+        return path
+
+    def pipeline_args(self, job_name: str, labels: Mapping[str, str]) -> list[str]:
+        """Beam's ``DataflowRunner`` flags for a job named ``job_name`` with ``labels`` on top of the block's.
+
+        Returns e.g. ``["--runner=DataflowRunner", "--project=P", "--region=R", "--temp_location=gs://…",
+        "--job_name=N", "--flexrs_goal=COST_OPTIMIZED", "--no_use_public_ips", "--setup_file=/…/setup.py",
+        "--no_save_main_session", "--labels=k=v", …]``: one ``--labels`` flag per label (the given labels
+        win over the block's), one ``--experiments`` flag per experiment; unset fields give no flag.
+        ``--no_save_main_session``: the pipeline's code is the installed ``pipelines`` package, so the
+        submitting process's ``__main__`` (Prefect's) is not pickled and staged.
+
+        Raises ``ValueError`` for an invalid job name or labels, ``FileNotFoundError`` for a missing setup file.
+        """
+        if not _JOB_NAME.fullmatch(job_name):
+            raise ValueError(f"{job_name!r} is not a valid Dataflow job name ([a-z]([-a-z0-9]*[a-z0-9])?)")
+        merged = validate_labels({**self.labels, **labels})
+        args = [
+            "--runner=DataflowRunner",
+            f"--project={self.project_id()}",
+            f"--region={self.region}",
+            f"--temp_location={self.temp_location}",
+        ]
+        if self.staging_location:
+            args.append(f"--staging_location={self.staging_location}")
+        args.append(f"--job_name={job_name}")
+        if self.flexrs_goal:
+            args.append(f"--flexrs_goal={self.flexrs_goal}")
+        if self.service_account_email:
+            args.append(f"--service_account_email={self.service_account_email}")
+        if self.network:
+            args.append(f"--network={self.network}")
+        if self.subnetwork:
+            args.append(f"--subnetwork={self.subnetwork}")
+        args.append("--use_public_ips" if self.use_public_ips else "--no_use_public_ips")
+        if self.machine_type:
+            args.append(f"--worker_machine_type={self.machine_type}")
+        if self.max_num_workers is not None:
+            args.append(f"--max_num_workers={self.max_num_workers}")
+        args.append(f"--setup_file={self.setup_file_path()}")
+        args.append("--no_save_main_session")
+        if self.sdk_container_image:
+            args.append(f"--sdk_container_image={self.sdk_container_image}")
+        args.extend(f"--experiments={experiment}" for experiment in self.experiments)
+        args.extend(f"--labels={key}={value}" for key, value in sorted(merged.items()))
+        return args

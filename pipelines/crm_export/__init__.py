@@ -1,0 +1,1 @@
+"""pipelines/crm_export"""

@@ -1,0 +1,1 @@
+"""tasks/crm_export/launchers"""

@@ -1,0 +1,285 @@
+"""Prefect tasks of the CRM export, and the settings models the flow takes as parameters.
+
+Settings (flow parameters; never secrets — a secret is named by its block):
+- source: ``BigQuerySource`` (date-sharded ``{project}.{dataset}.{prefix}_{YYYYMMDD}``) or
+  ``LocalSource`` (``{directory}/{prefix}_{YYYYMMDD}.jsonl``, same rows);
+- ``CrmSettings``: the CRM's batch endpoint, the API key's block, batch size, null handling;
+- runner: ``DataflowRunnerSettings`` (a ``DataflowOptions`` block) or ``LocalRunnerSettings``.
+
+Tasks: ``resolve_export_shard``, ``read_crm_api_key``, ``launch_export_job``, ``poll_export_job``,
+``export_metrics``. Launch and poll are separate so that a rerun adopts its job (see
+``tasks.crm_export.jobs``). The shard is resolved once per flow run (a retried run exports the shard it
+started with, not a newer one); launch and poll never cache, so a retry really looks again. Tasks
+retry transient errors only (connection, API unavailable); a failed job or bad input is final.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from google.api_core import exceptions as google_exceptions
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+from pydantic import BaseModel, Field
+
+from pipelines.crm_export.pipeline import DEFAULT_BATCH_SIZE
+from pipelines.crm_export.sink import ApiKey
+from pipelines.crm_export.users import UNION_FIELDS
+from tasks.crm_export.jobs import (
+    JobInfo,
+    JobLauncher,
+    JobPollTimeoutError,
+    JobSpec,
+    LaunchResult,
+    launch_job,
+    poll_job,
+)
+from tasks.crm_export.secrets import read_api_key
+
+#: Errors worth retrying a task for: the network or an API that is briefly unavailable.
+TRANSIENT_ERRORS = (
+    ConnectionError,
+    google_exceptions.ServiceUnavailable,
+    google_exceptions.InternalServerError,
+    google_exceptions.TooManyRequests,
+    google_exceptions.DeadlineExceeded,
+)
+
+
+class ShardNotFoundError(LookupError):
+    """The requested shard (or any shard) of the source table does not exist."""
+
+
+def _shard_date(suffix: str) -> dt.date | None:
+    try:
+        return dt.datetime.strptime(suffix, "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
+class BigQuerySource(BaseModel):
+    """The BigQuery date-sharded table ``{project}.{dataset}.{prefix}_{YYYYMMDD}`` the export reads."""
+
+    kind: Literal["bigquery"] = "bigquery"
+    project: str = Field(description="GCP project of the dataset")
+    dataset: str = Field(description="BigQuery dataset holding the shards")
+    table_prefix: str = Field(description="shard name before _YYYYMMDD, e.g. crm_users")
+    gcp_credentials_block: str | None = Field(
+        default=None, description="name of a prefect-gcp GcpCredentials block (default: ADC)"
+    )
+
+    def table(self, shard: dt.date) -> str:
+        return f"{self.project}:{self.dataset}.{self.table_prefix}_{shard:%Y%m%d}"
+
+    def pipeline_args(self, shard: dt.date) -> list[str]:
+        return [f"--input_table={self.table(shard)}"]
+
+    def _client(self) -> Any:
+        from google.cloud import bigquery
+
+        credentials = None
+        if self.gcp_credentials_block:
+            from prefect_gcp import GcpCredentials
+
+            credentials = GcpCredentials.load(
+                self.gcp_credentials_block
+            ).get_credentials_from_service_account()
+        return bigquery.Client(project=self.project, credentials=credentials)
+
+    def shards(self) -> list[dt.date]:
+        """Dates of the existing shards (``tables.list`` of the dataset), oldest first."""
+        prefix = f"{self.table_prefix}_"
+        dates = []
+        for table in self._client().list_tables(f"{self.project}.{self.dataset}"):
+            if table.table_id.startswith(prefix) and (date := _shard_date(table.table_id[len(prefix) :])):
+                dates.append(date)
+        return sorted(dates)
+
+    def where(self) -> str:
+        return f"BigQuery dataset {self.project}.{self.dataset} (tables {self.table_prefix}_YYYYMMDD)"
+
+
+class LocalSource(BaseModel):
+    """Newline-delimited JSON files ``{directory}/{prefix}_{YYYYMMDD}.jsonl`` shaped as the BigQuery rows."""
+
+    kind: Literal["local"] = "local"
+    directory: Path = Field(description="directory of the shard files")
+    table_prefix: str = Field(description="file name before _YYYYMMDD.jsonl")
+
+    def path(self, shard: dt.date) -> Path:
+        return self.directory / f"{self.table_prefix}_{shard:%Y%m%d}.jsonl"
+
+    def pipeline_args(self, shard: dt.date) -> list[str]:
+        return [f"--input_file={self.path(shard).resolve()}"]
+
+    def shards(self) -> list[dt.date]:
+        prefix = f"{self.table_prefix}_"
+        dates = []
+        for path in self.directory.glob(f"{prefix}*.jsonl"):
+            if date := _shard_date(path.stem[len(prefix) :]):
+                dates.append(date)
+        return sorted(dates)
+
+    def where(self) -> str:
+        return f"directory {self.directory} (files {self.table_prefix}_YYYYMMDD.jsonl)"
+
+
+class CrmSettings(BaseModel):
+    """Where records go and how they are sent (see ``pipelines.crm_export.sink``)."""
+
+    url: str = Field(description="the CRM's batch import endpoint")
+    api_key_block: str = Field(
+        description="block holding the API key, '<block-type-slug>/<name>': secret/..., vault-kv-secret/..., "
+        "kms-encrypted-gcs-secret/..."
+    )
+    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1, description="records per request (at most)")
+    key_field: str = Field(default="external_id", description="the CRM's record key")
+    keep_null: list[str] = Field(
+        default_factory=list, description="dotted fields sent as null to clear them; other nulls are dropped"
+    )
+    read_timeout_seconds: float = Field(default=60.0, gt=0)
+    max_attempts: int = Field(default=8, ge=1, description="requests per batch before it is dead-lettered")
+    max_backoff_seconds: float = Field(default=60.0, gt=0)
+    max_in_flight: int = Field(default=4, ge=1, description="concurrent requests per worker")
+    send_nulls: bool = Field(default=False, description="send every null (overwrites values in the CRM)")
+    union_fields: list[str] = Field(
+        default_factory=lambda: list(UNION_FIELDS), description="typed value columns of a union, in order"
+    )
+    flat_separator: str = Field(default=".", min_length=1, description="separator of flattened column names")
+
+    def pipeline_args(self) -> list[str]:
+        args = [
+            f"--crm_url={self.url}",
+            f"--union_fields={','.join(self.union_fields)}",
+            f"--flat_separator={self.flat_separator}",
+            f"--batch_size={self.batch_size}",
+            f"--key_field={self.key_field}",
+            f"--crm_read_timeout_seconds={self.read_timeout_seconds}",
+            f"--crm_max_attempts={self.max_attempts}",
+            f"--crm_max_backoff_seconds={self.max_backoff_seconds}",
+            f"--crm_max_in_flight={self.max_in_flight}",
+        ]
+        if self.keep_null:
+            args.append(f"--keep_null={','.join(self.keep_null)}")
+        if self.send_nulls:
+            args.append("--send_nulls")
+        return args
+
+
+class DataflowRunnerSettings(BaseModel):
+    """Run on Dataflow with the settings of a ``DataflowOptions`` block."""
+
+    kind: Literal["dataflow"] = "dataflow"
+    options_block: str = Field(description="name of the DataflowOptions block")
+
+
+class LocalRunnerSettings(BaseModel):
+    """Run on Beam's local Python runner in a detached process (``tasks.crm_export.launchers.local``)."""
+
+    kind: Literal["local"] = "local"
+    registry_dir: Path = Field(description="the local job registry (job records and logs)")
+    runner_args: list[str] = Field(
+        default_factory=list, description="extra Beam options, e.g. --direct_num_workers=2"
+    )
+
+
+Source = Annotated[BigQuerySource | LocalSource, Field(discriminator="kind")]
+RunnerSettings = Annotated[DataflowRunnerSettings | LocalRunnerSettings, Field(discriminator="kind")]
+
+
+def make_launcher(runner: DataflowRunnerSettings | LocalRunnerSettings) -> JobLauncher:
+    """The ``JobLauncher`` for the runner settings. Raises ``ValueError`` for an unknown block name."""
+    if isinstance(runner, LocalRunnerSettings):
+        from tasks.crm_export.launchers.local import LocalLauncher
+
+        return LocalLauncher(runner.registry_dir, tuple(runner.runner_args))
+    from blocks.crm_export.dataflow import DataflowOptions
+    from tasks.crm_export.launchers.dataflow import DataflowLauncher
+
+    try:
+        options = DataflowOptions.load(runner.options_block)
+    except ValueError as exc:
+        raise ValueError(
+            f"no DataflowOptions block named {runner.options_block!r}: create it in the UI or with "
+            "DataflowOptions(...).save(name)"
+        ) from exc
+    return DataflowLauncher(options)
+
+
+def resolve_shard(source: BigQuerySource | LocalSource, shard_date: dt.date | None) -> dt.date:
+    """The shard to export: ``shard_date`` (it must exist), or the latest shard when it is None.
+
+    Raises ``ShardNotFoundError`` naming the source and listing the newest shards.
+    """
+    shards = source.shards()
+    if shard_date is None:
+        if not shards:
+            raise ShardNotFoundError(f"no shard in {source.where()}: nothing to export")
+        return shards[-1]
+    if shard_date not in shards:
+        newest = ", ".join(f"{d:%Y%m%d}" for d in shards[-5:]) or "none"
+        raise ShardNotFoundError(f"no shard {shard_date:%Y%m%d} in {source.where()}; newest shards: {newest}")
+    return shard_date
+
+
+def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """``retry_condition_fn``: retry on ``TRANSIENT_ERRORS`` only (never a failed job or a poll timeout)."""
+    try:
+        state.result()
+    except JobPollTimeoutError:
+        return False
+    except TRANSIENT_ERRORS:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+def _once_per_flow_run(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    return f"crm-export-shard-{context.task_run.flow_run_id}"
+
+
+@task(cache_key_fn=_once_per_flow_run, persist_result=True, retries=3, retry_condition_fn=retry_if_transient)
+def resolve_export_shard(source: BigQuerySource | LocalSource, shard_date: dt.date | None) -> dt.date:
+    """Prefect task over ``resolve_shard``, cached per flow run: a retried run keeps its shard."""
+    return resolve_shard(source, shard_date)
+
+
+@task(cache_policy=NO_CACHE, persist_result=False, retries=3, retry_condition_fn=retry_if_transient)
+def read_crm_api_key(block: str) -> ApiKey:
+    """Read the CRM API key from its block; the result is never persisted, cached or logged."""
+    return ApiKey(read_api_key(block))
+
+
+@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=30, retry_condition_fn=retry_if_transient)
+def launch_export_job(
+    runner: DataflowRunnerSettings | LocalRunnerSettings,
+    name: str,
+    pipeline_args: list[str],
+    labels: dict[str, str],
+    api_key: ApiKey,
+    force: bool = False,
+) -> LaunchResult:
+    """Adopt, skip or submit the export's job (``tasks.crm_export.jobs.launch_job``); returns what it did."""
+    spec = JobSpec(name=name, pipeline_args=tuple(pipeline_args), labels=labels, api_key=api_key)
+    return launch_job(make_launcher(runner), spec, force=force, log=get_run_logger())
+
+
+@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=60, retry_condition_fn=retry_if_transient)
+def poll_export_job(
+    runner: DataflowRunnerSettings | LocalRunnerSettings,
+    job_id: str,
+    interval_seconds: float,
+    timeout_seconds: float,
+) -> JobInfo:
+    """Wait for the job to end (``tasks.crm_export.jobs.poll_job``); fails unless it is DONE."""
+    return poll_job(make_launcher(runner), job_id, interval_seconds, timeout_seconds, log=get_run_logger())
+
+
+@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=30, retry_condition_fn=retry_if_transient)
+def export_metrics(runner: DataflowRunnerSettings | LocalRunnerSettings, job_id: str) -> dict[str, Any]:
+    """The job's counters, ``batch_size`` distribution and resource metrics (``JobLauncher.job_metrics``)."""
+    return make_launcher(runner).job_metrics(job_id)

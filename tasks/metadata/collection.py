@@ -1,0 +1,180 @@
+"""Prefect tasks of the metadata collectors, and the builders behind them (design.md §5).
+
+A run: plan the window (the HWM store, read only) → test the connection → extract → mask SQL →
+write one file per entity → upload and verify every file → publish the HWM. Any failure before
+the publish leaves the HWM where it was: a retry of the run extracts the same window into the
+same files, and a later run extracts from the same start. ``dry_run`` writes the files and stops
+there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.metadata.extract_files import WrittenFile, write_extracts
+from tasks.metadata.extracts import Extract, Extractor
+from tasks.metadata.hwm import FileHwmStore, HwmStore, VariableHwmStore, Window, plan_window, publish_hwm
+from tasks.metadata.landing import LandedFile, LandingError, LandingTarget
+from tasks.metadata.masking import mask_sql
+
+
+def build_extractor(source: Any) -> Extractor:
+    """The extractor of a ``SourceConfig`` (``tasks.metadata.sources``); blocks are loaded here."""
+    config = source.extractor
+    if config.kind == "athena":
+        from prefect_aws import AwsCredentials
+
+        from tasks.metadata.extractors.athena.extractor import AthenaExtractor
+
+        return AthenaExtractor(
+            source=source.name,
+            credentials=_load_block(
+                AwsCredentials, config.aws_credentials_block, source.name, "aws_credentials_block"
+            ),
+            region=config.region,
+            workgroups=config.workgroups,
+            output_location=config.output_location,
+            role_arn=config.role_arn,
+            endpoint_url=config.endpoint_url,
+            history_days=config.history_days,
+        )
+    from tasks.metadata.extractors.tableau import TableauExtractor
+
+    return TableauExtractor(source=source.name, pool_block=config.pat_pool_block)
+
+
+def build_landing(source: Any) -> LandingTarget:
+    """The landing target of a ``SourceConfig``; blocks are loaded here."""
+    config = source.landing
+    if config.kind == "s3":
+        from prefect_aws import S3Bucket
+
+        from tasks.metadata.landing import S3Landing
+
+        bucket = _load_block(S3Bucket, config.s3_bucket_block, source.name, "landing.s3_bucket_block")
+        return S3Landing(bucket, config.landing_dir)
+    if config.kind == "azure_blob":
+        from tasks.metadata.landing import AzureBlobLanding
+
+        return AzureBlobLanding(
+            config.account_url, config.container, config.sas_token_secret, config.landing_dir
+        )
+    if config.kind == "gcs":
+        from prefect_gcp import GcsBucket
+
+        from tasks.metadata.landing import GcsLanding
+
+        bucket = _load_block(GcsBucket, config.gcs_bucket_block, source.name, "landing.gcs_bucket_block")
+        return GcsLanding(bucket, config.landing_dir)
+    from tasks.metadata.landing import LocalLanding
+
+    return LocalLanding(config.root, config.landing_dir)
+
+
+def build_hwm_store(source: Any, target: LandingTarget) -> HwmStore:
+    if source.hwm.store == "file":
+        return FileHwmStore(target, source.name)
+    return VariableHwmStore(source.name)
+
+
+def masked(extract: Extract, dialect: str = "athena") -> Extract:
+    """``extract`` with the literals of its ``sql_columns`` masked (rows stay a stream), each row in
+    its own dialect when the extract names a ``sql_dialect_column`` (a Hive view's ``"x"`` is a
+    string, an Athena one's a name)."""
+    positions = [extract.columns.index(c) for c in extract.sql_columns if c in extract.columns]
+    if not positions:
+        return extract
+    dialect_at = extract.columns.index(extract.sql_dialect_column) if extract.sql_dialect_column else None
+
+    def rows() -> Iterator[tuple[Any, ...]]:
+        for row in extract.rows:
+            cells = list(row)
+            row_dialect = (cells[dialect_at] if dialect_at is not None else None) or dialect
+            for i in positions:
+                if isinstance(cells[i], str):
+                    cells[i] = mask_sql(cells[i], row_dialect)
+            yield tuple(cells)
+
+    return Extract(extract.entity, extract.columns, rows(), extract.sql_columns, extract.sql_dialect_column)
+
+
+def _load_block(block_type: Any, name: str, source: str, field: str) -> Any:
+    """``block_type.load(name)``, or a ``SourceConfigError``-style ``ValueError`` naming the source's field."""
+    try:
+        return block_type.load(name)
+    except ValueError as exc:
+        if "Unable to find block document" not in str(exc):
+            raise
+        raise ValueError(
+            f"source {source!r}: {field} names the {block_type.__name__} block {name!r}, which does not "
+            f"exist in this workspace; create it (UI or {block_type.__name__}(...).save({name!r}))"
+        ) from None
+
+
+def history_start(source: Any, now: dt.datetime) -> dt.datetime | None:
+    """The earliest instant the source still holds (Athena keeps 45 days of query history)."""
+    if source.extractor.kind == "athena":
+        return now - dt.timedelta(days=source.extractor.history_days)
+    return None
+
+
+def _once_per_flow_run(context: Any, parameters: dict[str, Any]) -> str:
+    return f"collect-window-{context.task_run.flow_run_id}"
+
+
+@task(cache_key_fn=_once_per_flow_run, persist_result=True)
+def plan_collection_window(source: Any, store: HwmStore, now: dt.datetime) -> Window:
+    """The window ``[start, end)`` of this run (reads the HWM; writes nothing).
+
+    Cached per flow run: a retried run extracts exactly the window it planned, into the same files.
+    """
+    return plan_window(store, now, source.hwm.lag, source.hwm.initial_lookback, history_start(source, now))
+
+
+@task(cache_policy=NO_CACHE)
+def extract_to_files(source: Any, window: Window, out_dir: Path) -> list[WrittenFile]:
+    """Test the connection, extract, mask SQL (if configured), write one file per entity."""
+    extractor = build_extractor(source)
+    extractor.test_connection()
+    extracts = extractor.run(window.start, window.end)
+    if source.mask:
+        extracts = [masked(e) for e in extracts]
+    return write_extracts(extracts, out_dir, source.name, window, source.compress)
+
+
+def retry_if_unreachable(task: Any, task_run: Any, state: Any) -> bool:
+    """``retry_condition_fn``: retry a landing target that could not be reached, nothing else."""
+    try:
+        state.result()
+    except LandingError as exc:
+        return exc.reason == "connection"
+    except Exception:
+        return False
+    return False
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=retry_if_unreachable)
+def land_files(target: LandingTarget, files: list[WrittenFile]) -> list[LandedFile]:
+    """Upload every file and verify it (exists, size); raises ``LandingError`` on the first failure.
+
+    A retry (target unreachable) uploads the same files again: names are fixed by the window.
+    """
+    logger = get_run_logger()
+    landed = []
+    for file in files:
+        landed.append(target.upload(file.path, file.path.name))
+        logger.info("Landed %s (%d rows, %d bytes)", landed[-1].uri, file.rows, file.bytes)
+    return landed
+
+
+@task(cache_policy=NO_CACHE)
+def publish_collection_hwm(store: HwmStore, window: Window) -> None:
+    """Publish ``window.end`` as the HWM: only after every file landed and was verified."""
+    publish_hwm(store, window)
+    get_run_logger().info("Published HWM %s to %s", window.end, store.describe())

@@ -1,0 +1,397 @@
+"""Tableau metadata extractor: the signed-in site, its projects, workbooks, views, data sources with
+their connections, users and extract-refresh tasks.
+
+``TableauExtractor`` follows ``tasks.metadata.extracts.Extractor`` (design.md §5, issue 4 §1). It reaches Tableau
+through the same PAT pool as the refresh flows (design.md §3): ``run`` leases ONE PAT for the whole run,
+signs in once (``TableauSession``, which signs in again once if the credential token expires, 401002),
+pages every entity with ``tableauserverclient.Pager``, signs out and releases the PAT. A PAT held by a
+domain refresh is never used: with every PAT leased, the extractor waits for one (at most the pool's
+``acquire_timeout_seconds``, then ``PatLeaseTimeoutError``).
+
+Entities (``run`` returns them in this order, columns as listed; times are aware UTC ``datetime``;
+``tags`` and ``schedule_interval`` are lists, written as JSON):
+
+==========================  ====================================================================
+``sites``                   ``SITE_COLUMNS``: the signed-in site only (a PAT signs in to one site)
+``projects``                ``PROJECT_COLUMNS``; no times: tableauserverclient 0.42 does not read a
+                            project's createdAt/updatedAt
+``workbooks``               ``WORKBOOK_COLUMNS``
+``views``                   ``VIEW_COLUMNS``; ``workbook_name``/``project_name`` joined from the
+                            workbooks and projects of this run (empty if not visible)
+``datasources``             ``DATASOURCE_COLUMNS``; ``datasource_type`` e.g. ``hyper``, ``sqlserver``
+``datasource_connections``  ``CONNECTION_COLUMNS``: one row per connection of each published data
+                            source; ``server_port`` an int (None if empty); never a password (the REST
+                            API does not return one)
+``users``                   ``USER_COLUMNS``
+``extract_refresh_tasks``   ``TASK_COLUMNS``; ``target_type`` ``datasource`` or ``workbook``,
+                            ``target_name`` joined from this run's data sources/workbooks;
+                            ``schedule_frequency`` ``Hourly``/``Daily``/``Weekly``/``Monthly`` when the
+                            response has frequencyDetails (Tableau Cloud), else None;
+                            ``schedule_start_time`` ``HH:MM:SS``
+==========================  ====================================================================
+
+Every entity is a full snapshot taken during the run, not windowed: ``start_hwm``/``end_hwm`` are not
+used. Projects, workbooks, views, data sources and users could be windowed server-side with the REST
+API filter ``updatedAt:gte:<start>`` (users: ``lastLogin``), but a snapshot also carries deletions and
+moves, which a window cannot; they are not windowed, for now. Rows are read into memory inside the
+lease (the session ends when ``run`` returns): sizes are those of a site's content lists, not of a
+query history.
+
+Tableau facts (Tableau REST API reference, 3.29: "Query Site", "Query Projects", "Query Workbooks for
+Site", "Query Views for Site", "Query Data Sources", "Query Data Source Connections", "Get Users on
+Site", "List Extract Refresh Tasks in Site", "Paginating Results"):
+
+- Paginated methods take ``pageSize`` 1 to 1000 (default 100) and ``pageNumber``; Query Data Source
+  Connections and List Extract Refresh Tasks in Site answer everything in one response.
+- Get Users on Site and Query Site need a site (or server) administrator; List Extract Refresh Tasks
+  shows other users' tasks only to administrators: the pool's PATs should belong to a site
+  administrator (Site Administrator Explorer is enough to read).
+- A connection's password is write-only: Query Data Source Connections returns type, server address,
+  port, user name, embedPassword, never the password.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import requests
+import tableauserverclient as TSC
+from tableauserverclient.server.endpoint.exceptions import TableauError
+
+from tasks.metadata.extracts import Extract, ExtractorConnectionError
+from tasks.tableau.pat_pool import (
+    BlockNotFoundError,
+    PatLeaseTimeoutError,
+    PatPoolError,
+    lease_pat,
+    load_pool,
+)
+from tasks.tableau.session import TableauAuthError, TableauSession, error_code
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_PAGE_SIZE = 1000  # Tableau REST API, "Paginating Results"
+
+SITE_COLUMNS = ("site_id", "name", "content_url", "state", "admin_mode")
+PROJECT_COLUMNS = (
+    "project_id",
+    "name",
+    "description",
+    "parent_project_id",
+    "top_level_project",
+    "owner_id",
+    "content_permissions",
+)
+WORKBOOK_COLUMNS = (
+    "workbook_id",
+    "name",
+    "description",
+    "content_url",
+    "webpage_url",
+    "project_id",
+    "project_name",
+    "owner_id",
+    "default_view_id",
+    "show_tabs",
+    "tags",
+    "created_at",
+    "updated_at",
+)
+VIEW_COLUMNS = (
+    "view_id",
+    "name",
+    "content_url",
+    "sheet_type",
+    "workbook_id",
+    "workbook_name",
+    "project_id",
+    "project_name",
+    "owner_id",
+    "tags",
+    "created_at",
+    "updated_at",
+)
+DATASOURCE_COLUMNS = (
+    "datasource_id",
+    "name",
+    "description",
+    "content_url",
+    "webpage_url",
+    "datasource_type",
+    "project_id",
+    "project_name",
+    "owner_id",
+    "has_extracts",
+    "certified",
+    "certification_note",
+    "tags",
+    "created_at",
+    "updated_at",
+)
+CONNECTION_COLUMNS = (
+    "connection_id",
+    "datasource_id",
+    "datasource_name",
+    "connection_type",
+    "server_address",
+    "server_port",
+    "username",
+    "embed_password",
+)
+USER_COLUMNS = ("user_id", "name", "full_name", "email", "site_role", "auth_setting", "last_login")
+TASK_COLUMNS = (
+    "task_id",
+    "target_type",
+    "target_id",
+    "target_name",
+    "priority",
+    "consecutive_failed_count",
+    "schedule_id",
+    "schedule_name",
+    "schedule_state",
+    "schedule_frequency",
+    "schedule_interval",
+    "schedule_start_time",
+    "schedule_next_run_at",
+)
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    """tableauserverclient's aware datetimes (its own UTC tzinfo) as ``datetime.UTC`` datetimes."""
+    return value.astimezone(dt.UTC) if value is not None else None
+
+
+def _port(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
+
+
+class TableauExtractor:
+    """Metadata of one Tableau site, read through a PAT leased from a Tableau PAT Pool block.
+
+    Args:
+        source: the collector's source name (e.g. ``tableau-prod``), for messages and logs.
+        pool_block: name of the ``TableauPatPool`` block; its site is the site extracted.
+        page_size: items per page of the paginated REST methods, 1 to 1000.
+    """
+
+    def __init__(self, source: str, pool_block: str, page_size: int = 100) -> None:
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise ValueError(f"page_size must be 1 to {MAX_PAGE_SIZE} (Tableau's limit), got {page_size}")
+        self.source = source
+        self.pool_block = pool_block
+        self.page_size = page_size
+
+    def test_connection(self) -> None:
+        """Lease a PAT, sign in, read the site and one page of its users, sign out, release.
+
+        Raises:
+            ExtractorConnectionError: naming the missing block, the pool's limits, the busy pool, the
+                refused PAT (401001), the unreachable server or the missing permission.
+        """
+        described = f"Tableau collector {self.source!r} (PAT pool block {self.pool_block!r})"
+        try:
+            pool, pats = load_pool(self.pool_block, needed_by=f"Tableau collector {self.source!r}")
+        except BlockNotFoundError as exc:
+            raise ExtractorConnectionError(f"{described}: {exc}") from None
+        site = f"site {pool.site.site_content_url!r} of {pool.site.server_url}"
+        try:
+            with (
+                lease_pat(pool, pool_block_name=self.pool_block) as lease,
+                TableauSession(pool.site, pats[lease.pat_block_name], lease.pat_block_name) as session,
+            ):
+                server = session.server
+                session.call(server.sites.get_by_id, server.site_id)
+                session.call(server.users.get, TSC.RequestOptions(pagesize=1))
+        except (PatPoolError, PatLeaseTimeoutError, TableauAuthError) as exc:
+            raise ExtractorConnectionError(f"{described}, {site}: {exc}") from None
+        except requests.RequestException as exc:
+            raise ExtractorConnectionError(
+                f"{described}: cannot reach {site}: {exc}. Check the Tableau Site block's server_url."
+            ) from None
+        except TableauError as exc:
+            hint = (
+                " The PAT's user needs a site administrator role (Site Administrator Explorer is enough) "
+                "to read the site's users and every extract-refresh task."
+                if str(error_code(exc)).startswith("403")
+                else ""
+            )
+            raise ExtractorConnectionError(f"{described}, {site}: Tableau answered {exc}.{hint}") from None
+
+    def run(self, start_hwm: dt.datetime, end_hwm: dt.datetime) -> list[Extract]:
+        """Snapshot every entity of the site (the window is not used; see the module docstring).
+
+        Returns:
+            One ``Extract`` per entity, in the module docstring's order, rows as lists.
+
+        Raises:
+            BlockNotFoundError, PatPoolError, PatLeaseTimeoutError: from the PAT pool (``tasks.tableau.pat_pool``).
+            TableauAuthError: the PAT was refused (401001) or is used outside the pool.
+            tableauserverclient errors (``TableauError``), requests.RequestException: any other failure.
+        """
+        pool, pats = load_pool(self.pool_block, needed_by=f"Tableau collector {self.source!r}")
+        with (
+            lease_pat(pool, pool_block_name=self.pool_block) as lease,
+            TableauSession(pool.site, pats[lease.pat_block_name], lease.pat_block_name) as session,
+        ):
+            extracts = self._extract(session)
+            sign_ins = session.sign_ins
+        logger.info(
+            "Tableau collector %r: %s with PAT %r (%d sign-in(s), lease waited %.1f s)",
+            self.source,
+            ", ".join(f"{len(e.rows)} {e.entity}" for e in extracts),
+            lease.pat_block_name,
+            sign_ins,
+            lease.wait_seconds,
+        )
+        return extracts
+
+    # -- extraction -----------------------------------------------------------------------------
+
+    def _all(self, session: TableauSession, get: Callable[..., tuple[list[T], Any]]) -> list[T]:
+        """Every item of a list method, page by page; each page through ``session.call`` (401002)."""
+        pager = TSC.Pager(
+            lambda options: session.call(get, options), TSC.RequestOptions(pagesize=self.page_size)
+        )
+        return list(pager)
+
+    def _extract(self, session: TableauSession) -> list[Extract]:
+        server = session.server
+        site = session.call(server.sites.get_by_id, server.site_id)
+        projects = self._all(session, server.projects.get)
+        workbooks = self._all(session, server.workbooks.get)
+        views = self._all(session, server.views.get)
+        datasources = self._all(session, server.datasources.get)
+        connections = [(ds, c) for ds in datasources for c in session.call(self._connections, server, ds)]
+        users = self._all(session, server.users.get)
+        tasks = self._all(session, server.tasks.get)
+
+        project_names = {p.id: p.name for p in projects}
+        workbooks_by_id = {w.id: w for w in workbooks}
+        targets = {("workbook", w.id): w.name for w in workbooks} | {
+            ("datasource", d.id): d.name for d in datasources
+        }
+        return [
+            Extract(
+                "sites", SITE_COLUMNS, [(site.id, site.name, site.content_url, site.state, site.admin_mode)]
+            ),
+            Extract("projects", PROJECT_COLUMNS, [_project_row(p) for p in projects]),
+            Extract("workbooks", WORKBOOK_COLUMNS, [_workbook_row(w) for w in workbooks]),
+            Extract("views", VIEW_COLUMNS, [_view_row(v, workbooks_by_id, project_names) for v in views]),
+            Extract("datasources", DATASOURCE_COLUMNS, [_datasource_row(d) for d in datasources]),
+            Extract(
+                "datasource_connections", CONNECTION_COLUMNS, [_connection_row(d, c) for d, c in connections]
+            ),
+            Extract("users", USER_COLUMNS, [_user_row(u) for u in users]),
+            Extract("extract_refresh_tasks", TASK_COLUMNS, [_task_row(t, targets) for t in tasks]),
+        ]
+
+    @staticmethod
+    def _connections(server: TSC.Server, datasource: TSC.DatasourceItem) -> list[TSC.ConnectionItem]:
+        """Query Data Source Connections (tableauserverclient fetches when ``connections`` is read)."""
+        server.datasources.populate_connections(datasource)
+        return list(datasource.connections)
+
+
+def _project_row(p: TSC.ProjectItem) -> tuple[Any, ...]:
+    return (p.id, p.name, p.description, p.parent_id, p.top_level_project, p.owner_id, p.content_permissions)
+
+
+def _workbook_row(w: TSC.WorkbookItem) -> tuple[Any, ...]:
+    return (
+        w.id,
+        w.name,
+        w.description,
+        w.content_url,
+        w.webpage_url,
+        w.project_id,
+        w.project_name,
+        w.owner_id,
+        w.default_view_id,
+        w.show_tabs,
+        sorted(w.tags),
+        _utc(w.created_at),
+        _utc(w.updated_at),
+    )
+
+
+def _view_row(
+    v: TSC.ViewItem, workbooks: dict[str, TSC.WorkbookItem], project_names: dict[str, str]
+) -> tuple[Any, ...]:
+    workbook = workbooks.get(v.workbook_id)
+    project_id = v.project_id or (workbook.project_id if workbook else None)
+    return (
+        v.id,
+        v.name,
+        v.content_url,
+        v.sheet_type,
+        v.workbook_id,
+        workbook.name if workbook else None,
+        project_id,
+        project_names.get(project_id),
+        v.owner_id,
+        sorted(v.tags),
+        _utc(v.created_at),
+        _utc(v.updated_at),
+    )
+
+
+def _datasource_row(d: TSC.DatasourceItem) -> tuple[Any, ...]:
+    return (
+        d.id,
+        d.name,
+        d.description,
+        d.content_url,
+        d.webpage_url,
+        d.datasource_type,
+        d.project_id,
+        d.project_name,
+        d.owner_id,
+        d.has_extracts,
+        d.certified,
+        d.certification_note,
+        sorted(d.tags),
+        _utc(d.created_at),
+        _utc(d.updated_at),
+    )
+
+
+def _connection_row(d: TSC.DatasourceItem, c: TSC.ConnectionItem) -> tuple[Any, ...]:
+    return (
+        c.id,
+        d.id,
+        d.name,
+        c.connection_type,
+        c.server_address,
+        _port(c.server_port),
+        c.username,
+        c.embed_password,
+    )
+
+
+def _user_row(u: TSC.UserItem) -> tuple[Any, ...]:
+    return (u.id, u.name, u.fullname, u.email, u.site_role, u.auth_setting, _utc(u.last_login))
+
+
+def _task_row(t: TSC.TaskItem, targets: dict[tuple[str, str], str]) -> tuple[Any, ...]:
+    target_type, target_id = (t.target.type, t.target.id) if t.target else (None, None)
+    schedule = t.schedule_item
+    interval = schedule.interval_item if schedule else None
+    return (
+        t.id,
+        target_type,
+        target_id,
+        targets.get((target_type, target_id)),
+        t.priority if t.priority >= 0 else None,  # tableauserverclient reads a missing priority as -1
+        t.consecutive_failed_count,
+        schedule.id if schedule else None,
+        schedule.name if schedule else None,
+        schedule.state if schedule else None,
+        getattr(interval, "_frequency", None),  # the interval class's frequency (Daily, Weekly, ...)
+        list(getattr(interval, "interval", ()) or ()) if interval else None,
+        interval.start_time.isoformat() if interval else None,
+        _utc(schedule.next_run_at) if schedule else None,
+    )

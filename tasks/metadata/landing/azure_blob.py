@@ -1,0 +1,236 @@
+"""``AzureBlobLanding``: a landing directory in an Azure Blob Storage container (see ``tasks.metadata.landing``)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from tasks.metadata.landing.base import _TEXT_CONTENT_TYPE, LandingError, Reason, _Target
+
+if TYPE_CHECKING:
+    from azure.storage.blob import ContainerClient
+
+# Azure Storage 403 error codes (https://learn.microsoft.com/rest/api/storageservices/common-rest-api-error-codes):
+# the SAS lacks a permission (or resource/service type) the operation needs ...
+_AZURE_PERMISSION_MISMATCH = {
+    "AuthorizationPermissionMismatch",
+    "AuthorizationResourceTypeMismatch",
+    "AuthorizationServiceMismatch",
+    "InsufficientAccountPermissions",
+}
+# ... or the request was refused as a whole: network rules, HTTPS only, or (Azurite 3.33, which answers
+# AuthorizationFailure where Azure answers AuthenticationFailed) an expired or badly signed SAS.
+_AZURE_REFUSED = {"AuthorizationFailure", "AuthorizationSourceIPMismatch", "AuthorizationProtocolMismatch"}
+_SAS_SIGNATURE = re.compile(r"(sig=)[^&\s'\"]+", re.IGNORECASE)
+
+
+class AzureBlobLanding(_Target):
+    """A landing directory in an Azure Blob Storage container, authorised with a SAS token.
+
+    Args:
+        account_url: the Blob endpoint, e.g. ``https://<account>.blob.core.windows.net`` (Azurite:
+            ``http://127.0.0.1:10000/devstoreaccount1``), without a SAS.
+        container: the container's name.
+        sas_token_secret: name of the Prefect ``Secret`` block holding the SAS token (container or account
+            SAS, with or without the leading ``?``). It needs the permissions read, create and write
+            (``sp=rcw``); it is read on first use and never logged or put in a message.
+        landing_dir: the landing directory inside the container.
+        retry_total: retries of a failed request by azure-storage-blob (exponential back-off starting at
+            15 s: with 3, an unreachable endpoint fails after about one minute).
+
+    Upload: ``upload_blob(overwrite=True)`` (block blob, in blocks above 64 MiB); verification:
+    ``get_blob_properties().size``.
+    """
+
+    _chain_cause = False  # azure-core's exceptions carry the request URL with the SAS in their text
+
+    def __init__(
+        self,
+        account_url: str,
+        container: str,
+        sas_token_secret: str,
+        landing_dir: str,
+        *,
+        retry_total: int = 3,
+    ):
+        if "?" in account_url:
+            raise ValueError(
+                "account_url must not have a query string: put the SAS token in the Secret block "
+                f"{sas_token_secret!r}, and give the account URL alone (https://<account>.blob.core.windows.net)"
+            )
+        if not account_url.startswith(("https://", "http://")):
+            raise ValueError(
+                f"account_url must start with https:// (or http:// for Azurite), got {account_url!r}"
+            )
+        if not container:
+            raise ValueError("container must not be empty")
+        super().__init__(landing_dir)
+        self.account_url = account_url.rstrip("/")
+        self.container = container
+        self.sas_token_secret = sas_token_secret
+        self.retry_total = retry_total
+        self._client: ContainerClient | None = None
+        self._sas: str | None = None
+
+    def _container_client(self) -> ContainerClient:
+        if self._client is None:
+            from azure.storage.blob import ContainerClient
+
+            self._sas = self._load_sas()
+            self._client = ContainerClient(
+                self.account_url, self.container, credential=self._sas, retry_total=self.retry_total
+            )
+        return self._client
+
+    def _load_sas(self) -> str:
+        from prefect.blocks.system import Secret
+
+        def fail(problem: str) -> LandingError:
+            return LandingError(
+                f"Could not read the SAS token for {self.describe()}: {problem}. Save a container SAS token with "
+                f"permissions rcw (read, create, write) as Secret(value='<token>').save({self.sas_token_secret!r}).",
+                target=self.describe(),
+                file=self.sas_token_secret,
+                reason="credentials",
+            )
+
+        try:
+            block = Secret.load(self.sas_token_secret, _sync=True)
+        except ValueError as exc:
+            if "Unable to find block document" not in str(exc):
+                raise
+            raise fail(
+                f"there is no Secret block {self.sas_token_secret!r} in this Prefect workspace"
+            ) from None
+        value = block.value.get_secret_value()  # the stored string; Secret.get() would parse JSON
+        if not isinstance(value, str) or not value.strip():
+            raise fail(f"the Secret block {self.sas_token_secret!r} holds no SAS token string")
+        return value.strip().lstrip("?")
+
+    def _uri(self, key: str) -> str:
+        return (
+            f"{self.account_url}/{quote(self.container)}/{quote(key)}"
+            if key
+            else f"{self.account_url}/{quote(self.container)}"
+        )
+
+    def _put_file(self, local_path: Path, key: str, content_type: str) -> None:
+        from azure.storage.blob import ContentSettings
+
+        with open(local_path, "rb") as data:
+            self._container_client().upload_blob(
+                key, data, overwrite=True, content_settings=ContentSettings(content_type=content_type)
+            )
+
+    def _stored_size(self, key: str) -> int | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            properties = self._container_client().get_blob_client(key).get_blob_properties()
+        except ResourceNotFoundError as exc:
+            if _azure_code(exc) == "BlobNotFound":
+                return None
+            raise
+        return int(properties.size)
+
+    def _get_text(self, key: str) -> str | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            data = self._container_client().download_blob(key).readall()
+        except ResourceNotFoundError as exc:
+            if _azure_code(exc) == "BlobNotFound":
+                return None
+            raise
+        return data.decode("utf-8")
+
+    def _put_text(self, key: str, text: str) -> None:
+        from azure.storage.blob import ContentSettings
+
+        self._container_client().upload_blob(
+            key,
+            text.encode("utf-8"),
+            overwrite=True,
+            content_settings=ContentSettings(content_type=_TEXT_CONTENT_TYPE),
+        )
+
+    def _service_errors(self) -> tuple[type[BaseException], ...]:
+        from azure.core.exceptions import AzureError
+
+        return (AzureError,)
+
+    def _scrub(self, text: str) -> str:
+        if self._sas:
+            text = text.replace(self._sas, "<SAS token>")
+        return _SAS_SIGNATURE.sub(r"\1<redacted>", text)
+
+    def _explain(self, exc: BaseException) -> tuple[Reason, str, str]:
+        from azure.core.exceptions import (
+            ClientAuthenticationError,
+            HttpResponseError,
+            ServiceRequestError,
+            ServiceResponseError,
+        )
+
+        secret = f"the Secret block {self.sas_token_secret!r}"
+        renew = (
+            f"Make a SAS token for the container {self.container!r} with permissions rcw (read, create, write) "
+            f"and a future expiry, and save it in {secret}."
+        )
+        if isinstance(exc, HttpResponseError):
+            code, status = _azure_code(exc), exc.status_code
+            first_line = self._scrub((exc.message or "").splitlines()[0] if exc.message else "")
+            detail = f"{code or 'no error code'}, HTTP {status}: {first_line}".rstrip(": ")
+            if isinstance(exc, ClientAuthenticationError) or code in {
+                "AuthenticationFailed",
+                "InvalidAuthenticationInfo",
+            }:
+                return (
+                    "credentials",
+                    f"the SAS token in {secret} was not accepted: expired, not yet valid, revoked, or for "
+                    f"another account or container ({detail})",
+                    renew,
+                )
+            if code in _AZURE_PERMISSION_MISMATCH:
+                return (
+                    "permission",
+                    f"the SAS token in {secret} does not grant this operation ({detail})",
+                    renew,
+                )
+            if code in _AZURE_REFUSED or status == 403:
+                return (
+                    "permission",
+                    f"the request was refused: the SAS token in {secret} may be expired or badly signed, or the "
+                    f"storage account's network rules (firewall, HTTPS only) refuse this host ({detail})",
+                    renew + " Check the storage account's networking settings too.",
+                )
+            if code == "ContainerNotFound":
+                return (
+                    "not_found",
+                    f"the container {self.container!r} does not exist at {self.account_url} ({detail})",
+                    "Create it, or fix the container name / account URL of this landing target.",
+                )
+            return (
+                "error",
+                f"Azure Storage answered {detail}",
+                "See Azure Storage's error code reference for this code.",
+            )
+        if isinstance(exc, ServiceRequestError | ServiceResponseError):
+            return (
+                "connection",
+                f"cannot reach {self.account_url} ({type(exc).__name__}: {self._scrub(str(exc))})",
+                "Check the account URL and the network path (proxy, private endpoint, DNS); then rerun "
+                "(repeating it is safe).",
+            )
+        return (
+            "error",
+            f"{type(exc).__name__}: {self._scrub(str(exc))}",
+            "Check the landing target's configuration.",
+        )
+
+
+def _azure_code(exc: Any) -> str | None:
+    code = getattr(exc, "error_code", None)
+    return None if code is None else str(getattr(code, "value", code))

@@ -1,0 +1,272 @@
+"""Lease a personal access token (PAT) from a pool guarded by Prefect global concurrency limits.
+
+Protocol (design.md §3): acquire one slot of the pool limit (waiting, bounded by the pool's
+``acquire_timeout_seconds``), then try the limit-1 limits of the PATs without blocking
+(``max_retries=0``) in a rotating order and hold the first one granted. Every acquisition is
+``strict`` (a missing limit fails) and leased: Prefect renews the lease in the background while
+the holder lives, and the server frees the slots of a killed holder when the lease expires.
+Every limit read on the way is checked: a disabled limit is granted by the server without
+being enforced, so it is an error, not a free PAT.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import logging
+import random
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from uuid import UUID
+
+import httpx
+from prefect.blocks.core import Block
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+from prefect.client.schemas.responses import GlobalConcurrencyLimitResponse
+from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
+from prefect.concurrency.sync import concurrency
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.exceptions import ObjectNotFound
+
+from blocks.tableau.pat import TableauPatPool, TableauPersonalAccessToken
+
+logger = logging.getLogger(__name__)
+
+# Back-off between tries for a full limit, in seconds: from the first value, doubling, up to the second.
+_BACKOFF_SECONDS = (0.2, 5.0)
+
+
+class BlockNotFoundError(LookupError):
+    """A block the pool needs does not exist or cannot be loaded."""
+
+
+class PatPoolError(RuntimeError):
+    """The pool's global concurrency limits are missing, disabled or mis-sized."""
+
+
+class PatLeaseTimeoutError(TimeoutError):
+    """No PAT of the pool became free within the pool's ``acquire_timeout_seconds``."""
+
+
+@dataclass(frozen=True)
+class PatLease:
+    """A PAT held by this run: its block name, its limit, and how long acquiring it took (seconds)."""
+
+    pat_block_name: str
+    limit_name: str
+    wait_seconds: float
+
+
+def load_pool(
+    pool_block_name: str, *, needed_by: str
+) -> tuple[TableauPatPool, dict[str, TableauPersonalAccessToken]]:
+    """Load a Tableau PAT Pool block and every PAT block it names.
+
+    Returns:
+        The pool, and PAT block name -> PAT block.
+
+    Raises:
+        BlockNotFoundError: naming the missing block, who needs it, and how to create it.
+    """
+    pool = _load_block(TableauPatPool, pool_block_name, needed_by)
+    pats = {
+        name: _load_block(TableauPersonalAccessToken, name, f"Tableau PAT Pool {pool_block_name!r}")
+        for name in pool.pat_block_names
+    }
+    return pool, pats
+
+
+def _load_block(block_type: type[Block], name: str, needed_by: str) -> Block:
+    try:
+        return block_type.load(name)
+    except (ValueError, ObjectNotFound) as exc:
+        raise BlockNotFoundError(
+            f"{block_type.get_block_type_name()} block {name!r} (needed by {needed_by}) could not be loaded: "
+            f"{exc}. Create it (README, 'Configure a real Tableau site') or fix the name."
+        ) from None
+
+
+def expected_limits(pool: TableauPatPool) -> dict[str, int]:
+    """Limit name -> slots: the pool limit (number of PATs) and one limit of 1 per PAT."""
+    return {
+        pool.pool_limit_name: len(pool.pat_block_names),
+        **{name: 1 for name in pool.pat_limit_names().values()},
+    }
+
+
+def limit_drift(found: GlobalConcurrencyLimitResponse, slots: int) -> list[str]:
+    """What makes an existing limit unfit to guard PATs: disabled (a disabled limit grants every
+    request), a limit other than ``slots``, or slot decay (a decaying slot frees itself while held)."""
+    problems = []
+    if not found.active:
+        problems.append("disabled")
+    if found.limit != slots:
+        problems.append(f"limit {found.limit}, expected {slots}")
+    if found.slot_decay_per_second:
+        problems.append(f"slot decay {found.slot_decay_per_second}/s, expected none")
+    return problems
+
+
+def _not_ready(pool_block_name: str, problems: list[str]) -> PatPoolError:
+    block = f" of block {pool_block_name!r}" if pool_block_name else ""
+    return PatPoolError(
+        f"PAT pool{block} is not ready: "
+        + "; ".join(problems)
+        + ". Run `python -m deployments.bootstrap --fix` to create or repair the limits."
+    )
+
+
+def read_limits(
+    pool: TableauPatPool, names: list[str], pool_block_name: str = ""
+) -> dict[str, GlobalConcurrencyLimitResponse]:
+    """Read some of the pool's limits, checking each is fit to guard PATs.
+
+    Raises:
+        PatPoolError: listing every missing or drifted limit and the command that fixes it.
+    """
+    expected = expected_limits(pool)
+    found, problems = {}, []
+    with get_client(sync_client=True) as client:
+        for name in names:
+            try:
+                found[name] = client.read_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                problems.append(f"global concurrency limit {name!r} does not exist")
+                continue
+            problems += [
+                f"global concurrency limit {name!r} is {p}" for p in limit_drift(found[name], expected[name])
+            ]
+    if problems:
+        raise _not_ready(pool_block_name, problems)
+    return found
+
+
+def check_pool_limits(pool: TableauPatPool, pool_block_name: str = "") -> None:
+    """Check that every global concurrency limit of the pool exists, is active, correctly sized
+    and does not decay.
+
+    Raises:
+        PatPoolError: listing every problem and the command that fixes it.
+    """
+    read_limits(pool, list(expected_limits(pool)), pool_block_name)
+
+
+def current_holder() -> ConcurrencyLeaseHolder | None:
+    """The lease holder shown in the Prefect UI: the current task run or flow run, if any."""
+    if task_ctx := TaskRunContext.get():
+        return ConcurrencyLeaseHolder(type="task_run", id=task_ctx.task_run.id)
+    if flow_ctx := FlowRunContext.get():
+        if flow_ctx.flow_run is not None:
+            return ConcurrencyLeaseHolder(type="flow_run", id=UUID(str(flow_ctx.flow_run.id)))
+    return None
+
+
+def _is_free(limit: GlobalConcurrencyLimitResponse) -> bool:
+    return limit.active_slots < limit.limit
+
+
+def _try_acquire(stack: ExitStack, name: str, lease_kwargs: dict) -> bool:
+    """Take one slot of ``name`` without waiting (``max_retries=0``); False if it is full (423)."""
+    try:
+        stack.enter_context(concurrency(name, max_retries=0, **lease_kwargs))
+    except ConcurrencySlotAcquisitionError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423:
+            return False
+        raise
+    return True
+
+
+class _ExpectedRefusals(logging.Filter):
+    """Drop Prefect's ERROR record for a 423 answer to a ``max_retries=0`` acquisition.
+
+    Prefect's acquisition service logs every failed item as an ERROR, still in 3.9.1
+    (``prefect._internal.concurrency.services``: "Service %r failed to process item %r"); for a try
+    that asked not to wait, a full limit (423) is the expected answer, which ``_try_acquire``
+    handles. Everything else passes.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        item = args[1] if len(args) == 2 and isinstance(args[1], tuple) else ()
+        if len(item) < 5 or item[3] != 0 or not isinstance(item[-1], concurrent.futures.Future):
+            return True
+        exc = item[-1].exception() if item[-1].done() else None
+        return not (isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 423)
+
+
+logging.getLogger("prefect._internal.concurrency").addFilter(_ExpectedRefusals())
+
+
+def _backoff(attempt: int) -> float:
+    return random.uniform(0.5, 1.0) * min(_BACKOFF_SECONDS[0] * 2**attempt, _BACKOFF_SECONDS[1])
+
+
+@contextmanager
+def lease_pat(
+    pool: TableauPatPool,
+    *,
+    pool_block_name: str = "",
+    rng: random.Random | None = None,
+) -> Iterator[PatLease]:
+    """Hold one PAT of ``pool`` for the duration of the ``with`` block.
+
+    Yields:
+        PatLease: which PAT is ours. Nobody else can sign in with it until the block exits
+        (slots released on success, error and cancellation) or, if this process dies, until the
+        lease (``pool.lease_duration_seconds``) expires on the server.
+
+    Raises:
+        PatPoolError: a limit is missing, disabled, mis-sized or decaying (checked before and while
+            waiting, and once more after acquiring the PAT).
+        PatLeaseTimeoutError: no PAT was free within ``pool.acquire_timeout_seconds``.
+    """
+    check_pool_limits(pool, pool_block_name)
+    rng = rng or random.Random()
+    pat_limits = list(pool.pat_limit_names().items())
+    lease_kwargs = dict(lease_duration=pool.lease_duration_seconds, strict=True, holder=current_holder())
+    started = time.monotonic()
+    deadline = started + pool.acquire_timeout_seconds
+
+    with ExitStack() as stack:
+        # Wait for a slot of the pool limit: try when it shows one free, back off otherwise. Each
+        # try is one request, so the wait is bounded by our deadline even when several runs of this
+        # process wait at once (Prefect serializes one process's acquisitions of the same limit).
+        for attempt in itertools.count():
+            pool_limit = read_limits(pool, [pool.pool_limit_name], pool_block_name)[pool.pool_limit_name]
+            if _is_free(pool_limit) and _try_acquire(stack, pool.pool_limit_name, lease_kwargs):
+                break
+            if time.monotonic() >= deadline:
+                raise PatLeaseTimeoutError(
+                    f"No PAT of pool {pool_block_name or pool.pool_limit_name!r} became free within "
+                    f"{pool.acquire_timeout_seconds:.0f} s: all {len(pat_limits)} are leased. Add PATs to "
+                    "the pool, or raise acquire_timeout_seconds."
+                )
+            time.sleep(_backoff(attempt))
+
+        # Then the first free PAT, starting at a random one so that holders spread over the pool.
+        offset = rng.randrange(len(pat_limits))
+        rotation = pat_limits[offset:] + pat_limits[:offset]
+        for attempt in itertools.count():
+            limits = read_limits(pool, [name for _, name in rotation], pool_block_name)
+            for pat_block_name, limit_name in rotation:
+                if not (_is_free(limits[limit_name]) and _try_acquire(stack, limit_name, lease_kwargs)):
+                    continue
+                # A limit disabled between the read and the acquisition would guard nothing.
+                read_limits(pool, [limit_name], pool_block_name)
+                wait = time.monotonic() - started
+                logger.info("Leased PAT %r (limit %r) after %.2f s", pat_block_name, limit_name, wait)
+                yield PatLease(pat_block_name=pat_block_name, limit_name=limit_name, wait_seconds=wait)
+                return
+            # Only transient (a killed holder's PAT lease outliving its pool lease by moments) or
+            # a sign of PAT limits taken outside the pool.
+            if time.monotonic() >= deadline:
+                raise PatLeaseTimeoutError(
+                    f"Held a slot of {pool.pool_limit_name!r} but every PAT limit stayed occupied for "
+                    f"{pool.acquire_timeout_seconds:.0f} s: are PAT limits "
+                    f"{[name for _, name in pat_limits]} acquired outside the pool?"
+                )
+            time.sleep(_backoff(attempt))

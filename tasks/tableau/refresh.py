@@ -1,0 +1,446 @@
+"""Extract refreshes of Tableau data sources and workbooks: resolve, trigger, wait.
+
+Tableau facts (REST API reference, "Update Data Source Now" / "Update Workbook Now", "Query Job",
+"Cancel Job", "Query Jobs"):
+- ``POST .../datasources/{id}/refresh`` (or ``workbooks``) answers 202 with a job; an incremental
+  refresh can be requested from API 3.25.
+- 409093: a refresh of that content is already queued or running (tableauserverclient logs it and
+  returns ``None``). 429000: too many refresh requests; the message carries a retry-after hint.
+- ``GET .../jobs/{id}``: ``finishCode`` absent while running; 0 success, 1 failed (reason in
+  notes), 2 cancelled, 3 completed (Tableau Bridge). ``PUT .../jobs/{id}`` cancels.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from datetime import datetime
+from typing import Literal
+
+import tableauserverclient as TSC
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict, Field
+from requests import RequestException
+from tableauserverclient.server.endpoint.exceptions import ServerResponseError, TableauError
+
+from tasks.tableau.session import TableauAuthError, TableauSession, error_code
+
+logger = logging.getLogger(__name__)
+
+ContentKind = Literal["datasource", "workbook"]
+REFRESH_ALREADY_QUEUED = "409093"
+TOO_MANY_REQUESTS = "429000"
+SUCCESS_FINISH_CODES = frozenset({0, 3})  # 3: completed by Tableau Bridge
+FINISH_CODE_NAMES = {0: "succeeded", 1: "failed", 2: "cancelled", 3: "succeeded"}
+# Query Jobs: backgroundJob subtitle by content kind, and the statuses of a job still in flight.
+_JOB_SUBTITLE = {"datasource": "Data Source", "workbook": "Workbook"}
+_IN_FLIGHT = ["Pending", "InProgress"]
+_REFRESH_JOB_TYPES = ["refresh_extracts", "increment_extracts"]
+# Characters a REST API filter value cannot carry (tableauserverclient quotes none of them).
+_UNFILTERABLE = re.compile(r"[,&:\[\]]")
+_RETRY_AFTER = re.compile(r"retry after (\d+(?:\.\d+)?)\s*s", re.IGNORECASE)
+
+
+class DomainRefreshError(RuntimeError):
+    """One or more refreshes of a domain did not succeed.
+
+    Attributes:
+        summary: the run's summary (as ``refresh_domain`` returns on success), or None.
+    """
+
+    def __init__(self, message: str, summary: dict[str, object] | None = None):
+        super().__init__(message)
+        self.summary = summary
+
+    def __reduce__(self):  # keep the summary when Prefect persists the exception as the run's result
+        return (type(self), (str(self), self.summary))
+
+
+class ContentResolutionError(LookupError):
+    """Configured content is missing or ambiguous on the Tableau site."""
+
+
+@dataclass(frozen=True)
+class ResolvedContent:
+    """A content's Tableau id, and whether its name is unique among the site's content of its kind."""
+
+    id: str
+    project: str
+    name_is_unique: bool
+
+
+@dataclass(frozen=True)
+class ContentRef:
+    """A data source or workbook named as a domain's configuration does: by name, and by project
+    (``None``: any project, as long as only one holds content of that name)."""
+
+    kind: ContentKind
+    project: str | None
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.project or '*'}/{self.name}"
+
+
+@dataclass
+class RefreshJob:
+    """One extract refresh this run triggered or adopted, and what became of it.
+
+    ``status`` is 'running' until the job ends, then 'succeeded', 'failed', 'cancelled' or
+    'timed out' (cancelled by this run at the domain's timeout). Times are as Tableau reports them.
+    """
+
+    content: ContentRef
+    content_id: str
+    project: str = ""
+    job_id: str | None = None
+    adopted: bool = False
+    status: str = "running"
+    finish_code: int | None = None
+    notes: str = ""
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    poll_interval: float = dataclass_field(default=0.0, repr=False)
+    next_poll: float = dataclass_field(default=0.0, repr=False)
+    poll_errors: int = dataclass_field(default=0, repr=False)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.finish_code in SUCCESS_FINISH_CODES
+
+    @property
+    def duration_seconds(self) -> float | None:
+        """Seconds from start (or creation, if never started) to completion, once finished."""
+        begin = self.started_at or self.created_at
+        if begin and self.completed_at:
+            return (self.completed_at - begin).total_seconds()
+        return None
+
+
+class PollPolicy(BaseModel):
+    """Polling and back-off settings of the refresh protocol."""
+
+    model_config = ConfigDict(frozen=True)
+
+    initial_interval: float = Field(
+        default=5.0, gt=0, description="First poll interval of a job, in seconds."
+    )
+    max_interval: float = Field(default=60.0, gt=0, description="Longest poll interval, in seconds.")
+    backoff: float = Field(
+        default=1.5, ge=1, description="Factor applied to a job's interval after each poll."
+    )
+    rate_limit_default_wait: float = Field(
+        default=30.0,
+        gt=0,
+        description="Wait after a 429000 whose message has no retry-after hint, in seconds.",
+    )
+    max_poll_errors: int = Field(
+        default=5, ge=1, description="Consecutive failed polls after which a job counts as failed."
+    )
+
+
+def _endpoint(server: TSC.Server, kind: ContentKind):
+    return server.datasources if kind == "datasource" else server.workbooks
+
+
+def resolve_content(session: TableauSession, refs: Iterable[ContentRef]) -> dict[ContentRef, ResolvedContent]:
+    """Find the id of each data source / workbook by (project, name).
+
+    Returns:
+        content ref -> its Tableau id (LUID) and whether its name is unique on the site.
+
+    Raises:
+        ContentResolutionError: one message for every missing or ambiguous name, with the
+            candidates Tableau has under that name (in other projects) or in that project.
+    """
+    resolved: dict[ContentRef, ResolvedContent] = {}
+    problems: list[str] = []
+    for ref in dict.fromkeys(refs):
+        endpoint = _endpoint(session.server, ref.kind)
+        same_name = session.call(_list_named, endpoint, ref.name)
+        matches = [item for item in same_name if ref.project in (None, item.project_name)]
+        if len(matches) == 1:
+            resolved[ref] = ResolvedContent(
+                id=matches[0].id, project=matches[0].project_name, name_is_unique=len(same_name) == 1
+            )
+        elif not matches:
+            elsewhere = sorted(f"{item.project_name}/{item.name}" for item in same_name)
+            hint = f"; found under that name: {elsewhere}" if elsewhere else "; no content has that name"
+            problems.append(f"{ref} not found{hint}")
+        else:
+            found = sorted(f"{item.project_name}/{item.name} (id {item.id})" for item in matches)
+            fix = "name its project" if ref.project is None else "rename one of the projects"
+            problems.append(
+                f"{ref} is ambiguous: {len(matches)} candidates {found}; {fix} in the domain configuration"
+            )
+    if problems:
+        raise ContentResolutionError("; ".join(problems))
+    return resolved
+
+
+def _list_named(endpoint, name: str) -> list:
+    """Content called exactly ``name``; lists everything if the name cannot go into a filter."""
+    items = TSC.Pager(endpoint) if _UNFILTERABLE.search(name) else endpoint.filter(name=name)
+    return [item for item in items if item.name == name]
+
+
+def _retry_after_seconds(exc: ServerResponseError, default: float) -> float:
+    match = _RETRY_AFTER.search(f"{exc.summary} {exc.detail}")
+    return float(match.group(1)) if match else default
+
+
+def _in_flight_jobs(session: TableauSession, ref: ContentRef) -> list[TSC.BackgroundJobItem]:
+    """Query Jobs for queued/running extract refreshes (full or incremental) of the content's name.
+
+    Raises:
+        PermissionError: Tableau refused Query Jobs (403), which it allows site administrators.
+    """
+    options = TSC.RequestOptions()
+    options.filter.add(TSC.Filter("jobType", TSC.RequestOptions.Operator.In, _REFRESH_JOB_TYPES))
+    options.filter.add(TSC.Filter("status", TSC.RequestOptions.Operator.In, _IN_FLIGHT))
+    if not _UNFILTERABLE.search(ref.name):
+        options.filter.add(TSC.Filter("title", TSC.RequestOptions.Operator.Equals, ref.name))
+    try:
+        jobs, _ = session.call(session.server.jobs.get, req_options=options)
+    except ServerResponseError as exc:
+        if not str(exc.code).startswith("403"):
+            raise
+        raise PermissionError(
+            f"a refresh of {ref} is already queued (409093), and Tableau refused Query Jobs ({exc.code}) "
+            "to find it: give the PAT's user a site administrator role so runs can adopt in-flight refreshes"
+        ) from None
+    return [job for job in jobs if job.title == ref.name and job.subtitle == _JOB_SUBTITLE[ref.kind]]
+
+
+def trigger_refresh(
+    session: TableauSession,
+    ref: ContentRef,
+    content: ResolvedContent,
+    *,
+    incremental: bool,
+    deadline: float,
+    policy: PollPolicy,
+    sleep: Callable[[float], None] = time.sleep,
+) -> RefreshJob:
+    """Start the extract refresh of one data source or workbook, or adopt the one in flight.
+
+    On 409093 the in-flight job is adopted when it can be identified (the site has one content of
+    that kind and name, and one in-flight job titled with it); otherwise this waits until the
+    content's in-flight jobs end and triggers again. On 429000 it waits the hinted time.
+
+    Raises:
+        TimeoutError: still rate-limited or blocked at ``deadline`` (``time.monotonic()`` value).
+        PermissionError: 409093, and Tableau refused Query Jobs to find the job in flight.
+        tableauserverclient errors: anything else Tableau refused.
+    """
+    endpoint = _endpoint(session.server, ref.kind)
+    refresh = RefreshJob(content=ref, content_id=content.id, project=content.project)
+    while True:
+        try:
+            job = session.call(endpoint.refresh, content.id, incremental=incremental)
+        except ServerResponseError as exc:
+            if error_code(exc) == REFRESH_ALREADY_QUEUED:
+                job = None  # tableauserverclient < 0.42 raised 409093 instead of returning None
+            elif error_code(exc) == TOO_MANY_REQUESTS:
+                wait = _retry_after_seconds(exc, policy.rate_limit_default_wait)
+                logger.info("Tableau rate-limited the refresh of %s (429000); retrying in %.0f s", ref, wait)
+                _sleep_until_deadline(wait, deadline, f"refresh of {ref} still rate-limited (429000)", sleep)
+                continue
+            else:
+                raise
+        if job is not None:
+            refresh.job_id = job.id
+            refresh.created_at = job.created_at
+            logger.info("Triggered refresh of %s: job %s", ref, job.id)
+            return refresh
+        # 409093: a refresh of this content is already queued or running.
+        in_flight = _in_flight_jobs(session, ref)
+        if content.name_is_unique and len(in_flight) == 1:
+            refresh.job_id, refresh.adopted = in_flight[0].id, True
+            refresh.created_at = in_flight[0].created_at
+            logger.info("Refresh of %s already in flight (409093): adopted job %s", ref, refresh.job_id)
+            return refresh
+        logger.info(
+            "Refresh of %s already in flight (409093) but its job cannot be told apart (%d candidate(s)); "
+            "waiting for it to end, then triggering again",
+            ref,
+            len(in_flight),
+        )
+        _sleep_until_deadline(policy.initial_interval, deadline, f"{ref} stayed busy (409093)", sleep)
+        while _in_flight_jobs(session, ref):
+            _sleep_until_deadline(policy.initial_interval, deadline, f"{ref} stayed busy (409093)", sleep)
+
+
+def _sleep_until_deadline(seconds: float, deadline: float, what: str, sleep: Callable[[float], None]) -> None:
+    if time.monotonic() + seconds > deadline:
+        raise TimeoutError(f"Domain timeout reached: {what}")
+    sleep(seconds)
+
+
+def _apply_job(refresh: RefreshJob, job: TSC.JobItem) -> None:
+    refresh.created_at = job.created_at or refresh.created_at
+    refresh.started_at = job.started_at
+    refresh.completed_at = job.completed_at
+    if job.finish_code is not None and job.finish_code >= 0:  # tableauserverclient: -1 while running
+        refresh.finish_code = job.finish_code
+        refresh.status = FINISH_CODE_NAMES.get(job.finish_code, f"finish code {job.finish_code}")
+        refresh.notes = "; ".join(note for note in (job.notes or []) if note)
+
+
+def wait_for_jobs(
+    session: TableauSession,
+    refreshes: list[RefreshJob],
+    *,
+    deadline: float,
+    policy: PollPolicy,
+    max_workers: int = 8,
+    rng: random.Random | None = None,
+) -> list[RefreshJob]:
+    """Poll every running job until it ends or ``deadline`` passes; cancel what is left then.
+
+    Jobs are polled concurrently (a thread pool over the one session), each with its own interval
+    growing from ``policy.initial_interval`` by ``policy.backoff`` up to ``policy.max_interval``
+    (with jitter). Jobs still running at the deadline, or when this is interrupted (flow run
+    cancelled, process terminated), are cancelled on Tableau (``PUT .../jobs/{id}``).
+
+    Returns:
+        ``refreshes``, each with its final status.
+    """
+    rng = rng or random.Random()
+    running = [r for r in refreshes if r.status == "running"]
+    for refresh in running:
+        refresh.poll_interval = refresh.poll_interval or policy.initial_interval
+    try:
+        with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tableau-poll") as pool:
+            while running:
+                now = time.monotonic()
+                if now >= deadline:
+                    _cancel(session, running, status="timed out")
+                    break
+                due = [r for r in running if r.next_poll <= now]
+                for refresh, outcome in zip(due, pool.map(lambda r: _poll(session, r), due), strict=True):
+                    if isinstance(outcome, Exception):
+                        refresh.poll_errors += 1
+                        logger.warning(
+                            "Polling job %s of %s failed: %s", refresh.job_id, refresh.content, outcome
+                        )
+                        if refresh.poll_errors >= policy.max_poll_errors:
+                            refresh.status = "failed"
+                            refresh.notes = f"polling failed {refresh.poll_errors} times in a row: {outcome}"
+                    else:
+                        refresh.poll_errors = 0
+                        _apply_job(refresh, outcome)
+                    refresh.poll_interval = min(refresh.poll_interval * policy.backoff, policy.max_interval)
+                    refresh.next_poll = now + refresh.poll_interval * rng.uniform(0.8, 1.0)
+                running = [r for r in running if r.status == "running"]
+                if running:
+                    time.sleep(max(0.0, min(min(r.next_poll for r in running), deadline) - time.monotonic()))
+    except BaseException:
+        _cancel(session, [r for r in running if r.status == "running"], status="cancelled")
+        raise
+    return refreshes
+
+
+def _poll(session: TableauSession, refresh: RefreshJob) -> TSC.JobItem | Exception:
+    try:
+        return session.call(session.server.jobs.get_by_id, refresh.job_id)
+    except TableauAuthError:
+        raise  # the PAT is compromised or revoked: no poll of this session can succeed
+    except Exception as exc:  # counted per job; a run of failures fails that job only
+        return exc
+
+
+def _cancel(session: TableauSession, refreshes: list[RefreshJob], *, status: str) -> None:
+    """Cancel each job on Tableau; one that ended meanwhile keeps its own outcome."""
+    for refresh in refreshes:
+        try:
+            session.call(session.server.jobs.cancel, refresh.job_id)
+        except Exception as exc:
+            try:  # it may have ended meanwhile; a cancel must go on to the next job whatever happens
+                _apply_job(refresh, session.call(session.server.jobs.get_by_id, refresh.job_id))
+            except Exception:
+                pass
+            if refresh.status == "running":
+                refresh.status, refresh.notes = status, f"cancel request failed: {exc}"
+                logger.error(
+                    "Could not cancel Tableau job %s of %s: %s", refresh.job_id, refresh.content, exc
+                )
+            continue
+        refresh.status, refresh.notes = status, f"cancelled by this run ({status})"
+        logger.warning("Cancelled Tableau job %s of %s (%s)", refresh.job_id, refresh.content, status)
+
+
+def trigger_refreshes(
+    session: TableauSession,
+    resolved: dict[ContentRef, ResolvedContent],
+    *,
+    incremental: bool,
+    deadline: float,
+    policy: PollPolicy,
+) -> list[RefreshJob]:
+    """Trigger (or adopt) the refresh of every resolved content, in order.
+
+    A content Tableau refuses (other than 409093/429000) is recorded as failed with Tableau's
+    message, and the others go on; so is one still blocked at ``deadline`` ('timed out'). If this
+    is interrupted (flow run cancelled, process terminated), the jobs started so far are cancelled.
+    """
+    refreshes = []
+    try:
+        for ref, content in resolved.items():
+            try:
+                refreshes.append(
+                    trigger_refresh(
+                        session, ref, content, incremental=incremental, deadline=deadline, policy=policy
+                    )
+                )
+            except (TableauError, RequestException, PermissionError, TimeoutError) as exc:
+                status = "timed out" if isinstance(exc, TimeoutError) else "failed"
+                logger.error("Refresh of %s not started: %s", ref, exc)
+                refreshes.append(
+                    RefreshJob(ref, content.id, project=content.project, status=status, notes=str(exc))
+                )
+    except BaseException:
+        _cancel(session, [r for r in refreshes if r.status == "running"], status="cancelled")
+        raise
+    return refreshes
+
+
+# Prefect tasks: thin wrappers, so each step shows in the UI. They take a live session, so
+# nothing is cached or persisted.
+
+
+@task(name="resolve-tableau-content", cache_policy=NO_CACHE)
+def resolve_tableau_content(
+    session: TableauSession, refs: list[ContentRef]
+) -> dict[ContentRef, ResolvedContent]:
+    """Task form of :func:`resolve_content`."""
+    return resolve_content(session, refs)
+
+
+@task(name="trigger-tableau-refreshes", cache_policy=NO_CACHE)
+def trigger_tableau_refreshes(
+    session: TableauSession,
+    resolved: dict[ContentRef, ResolvedContent],
+    *,
+    incremental: bool,
+    deadline: float,
+    policy: PollPolicy,
+) -> list[RefreshJob]:
+    """Task form of :func:`trigger_refreshes`."""
+    return trigger_refreshes(session, resolved, incremental=incremental, deadline=deadline, policy=policy)
+
+
+@task(name="wait-for-tableau-jobs", cache_policy=NO_CACHE)
+def wait_for_tableau_jobs(
+    session: TableauSession, refreshes: list[RefreshJob], *, deadline: float, policy: PollPolicy
+) -> list[RefreshJob]:
+    """Task form of :func:`wait_for_jobs`."""
+    return wait_for_jobs(session, refreshes, deadline=deadline, policy=policy)

@@ -1,0 +1,212 @@
+"""The crm_export flow on the local launcher: launch/poll idempotence, crashes, bad input, no secret leaks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from prefect.blocks.system import Secret
+from prefect.client.orchestration import get_client
+
+from devstack.crm import CrmStandIn, FaultConfig
+from devstack.user_rows import write_user_rows
+from flows.crm_export.export import crm_export
+from tasks.crm_export.jobs import JobFailedError, JobState
+from tasks.crm_export.launchers.local import LocalLauncher
+from tasks.crm_export.secrets import SecretBlockNotFoundError
+from tasks.crm_export.tasks import CrmSettings, LocalRunnerSettings, LocalSource, ShardNotFoundError
+
+API_KEY = "sk-live-9c1d7e55-leakcheck"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def crm(tmp_path_factory):
+    with CrmStandIn(api_key=API_KEY, db_path=tmp_path_factory.mktemp("crm") / "crm.sqlite3") as standin:
+        yield standin
+
+
+@pytest.fixture(scope="module")
+def secret_block():
+    name = f"crm-api-key-{uuid.uuid4().hex[:8]}"
+    Secret(value=API_KEY).save(name)
+    return f"secret/{name}"
+
+
+@pytest.fixture
+def export(tmp_path, crm, secret_block):
+    """Parameters of a local export of a generated shard, and the paths it writes."""
+    crm.configure(**FaultConfig().to_dict())
+    crm.reset()
+    shards = tmp_path / "shards"
+    write_user_rows(shards / "users_20261116.jsonl", 3_000, invalid_every=500)
+    params = {
+        "source": LocalSource(directory=shards, table_prefix="users"),
+        "crm": CrmSettings(url=crm.batch_url, api_key_block=secret_block, batch_size=500),
+        "runner": LocalRunnerSettings(registry_dir=tmp_path / "jobs"),
+        "dead_letter_location": str(tmp_path / "dead-letters"),
+        "poll": {"interval_seconds": 0.2, "timeout_seconds": 300},
+    }
+    return params
+
+
+def jobs(params) -> list:
+    launcher = LocalLauncher(params["runner"].registry_dir)
+    return [launcher.read(p.stem) for p in sorted(launcher.jobs_dir.glob("*.json"))]
+
+
+def test_exports_the_latest_shard_and_publishes_the_summary(export, crm):
+    write_user_rows(export["source"].directory / "users_20261109.jsonl", 10)  # an older shard
+    summary = crm_export(**export)
+    assert summary["shard_date"] == "2026-11-16" and summary["job_name"] == "crm-export-20261116"
+    assert summary["launch"] == "submitted" and summary["state"] == "JOB_STATE_DONE"
+    assert summary["records_read"] == 3_000
+    assert summary["records_accepted"] == crm.stats()["distinct_users"] == 2_994
+    assert summary["records_dead_lettered"] == summary["records_rejected"] == 6
+    assert summary["batch_size"]["max"] <= 500 and summary["batches"] == 6
+    dead = list(Path(summary["dead_letter_prefix"]).parent.glob("*.jsonl"))
+    assert sum(len(f.read_text().splitlines()) for f in dead) == 6
+    (job,) = jobs(export)
+    assert job["labels"]["shard-date"] == "2026-11-16" and job["labels"]["prefect-flow-run-id"]
+    with get_client(sync_client=True) as client:
+        artifacts = [a for a in client.read_artifacts() if a.key == "crm-export"]
+    assert artifacts and "2,994" in artifacts[-1].data and "Dead-lettered" in artifacts[-1].data
+
+
+def test_a_done_shard_is_skipped_unless_forced(export, crm):
+    crm_export(**export)
+    again = crm_export(**export)
+    assert again["launch"] == "skipped" and len(jobs(export)) == 1
+    assert again["records_accepted"] == 2_994  # the summary of the job that did the export
+    forced = crm_export(**export, force=True)
+    assert forced["launch"] == "submitted" and len(jobs(export)) == 2
+    assert crm.stats()["replays"] == 0  # a forced export is sent again, not dropped as a replay
+
+
+def test_a_killed_flow_run_is_adopted_by_the_next_run_one_job_in_total(export, crm, tmp_path):
+    crm.configure(slow_rate=1.0, slow_seconds=0.5)  # the job takes a few seconds
+    params = tmp_path / "params.json"
+    params.write_text(
+        json.dumps(
+            {k: (v.model_dump(mode="json") if hasattr(v, "model_dump") else v) for k, v in export.items()}
+        )
+    )
+    script = textwrap.dedent(
+        f"""
+        import json
+        from flows.crm_export.export import crm_export
+        crm_export(**json.loads(open({str(params)!r}).read()))
+        """
+    )
+    flow = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT, env=os.environ.copy(), start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not any(j["state"] == JobState.RUNNING.value for j in jobs(export)):
+            assert flow.poll() is None, "the flow ended before its job ran"
+            assert time.monotonic() < deadline, "no job started"
+            time.sleep(0.2)
+    finally:
+        os.killpg(flow.pid, signal.SIGKILL)
+        flow.wait()
+    (job,) = jobs(export)
+    assert job["state"] == JobState.RUNNING.value  # the job outlived the flow run that launched it
+    summary = crm_export(**export)
+    assert summary["launch"] == "adopted" and summary["job_id"] == job["id"]
+    assert len(jobs(export)) == 1
+    stats = crm.stats()
+    assert stats["distinct_users"] == 2_994 and stats["duplicate_deliveries"] == 0
+
+
+def test_a_job_whose_process_died_is_failed_and_the_next_run_submits_again(export, crm):
+    crm.configure(slow_rate=1.0, slow_seconds=2.0)
+    launcher = LocalLauncher(export["runner"].registry_dir)
+    from pipelines.crm_export.sink import ApiKey
+    from tasks.crm_export.jobs import JobSpec
+
+    job_id = launcher.submit(
+        JobSpec(
+            name="crm-export-20261116",
+            pipeline_args=("--input_file=/nonexistent",),
+            labels={},
+            api_key=ApiKey("x"),
+        )
+    )
+    os.killpg(launcher.read(job_id)["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while launcher.get_job(job_id).state is not JobState.FAILED:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert "exited without a final state" in launcher.job_errors(job_id)[-1]
+    crm.configure(slow_rate=0.0)
+    summary = crm_export(**export)
+    assert summary["launch"] == "submitted" and summary["job_id"] != job_id
+
+
+def test_a_missing_shard_is_named_with_the_newest_ones(export):
+    import datetime as dt
+
+    with pytest.raises(ShardNotFoundError, match=r"no shard 20261123 in directory .*newest shards: 20261116"):
+        crm_export(**export, shard_date=dt.date(2026, 11, 23))
+    assert jobs(export) == []
+
+
+def test_a_missing_secret_block_is_named_and_nothing_runs(export):
+    export["crm"] = export["crm"].model_copy(update={"api_key_block": "secret/no-such-crm-key"})
+    with pytest.raises(SecretBlockNotFoundError, match="secret/no-such-crm-key"):
+        crm_export(**export)
+    assert jobs(export) == []
+
+
+def test_an_unreadable_shard_fails_the_job_with_its_error(export):
+    shard = export["source"].path(__import__("datetime").date(2026, 11, 16))
+    shard.unlink()
+    shard.mkdir()  # a directory where the file should be
+    with pytest.raises(JobFailedError, match="JOB_STATE_FAILED") as failure:
+        crm_export(**export)
+    assert str(shard) in str(failure.value) or "No files found" in str(failure.value)
+
+
+def test_the_api_key_reaches_no_parameter_label_log_artifact_result_or_file(export, crm, caplog, tmp_path):
+    from prefect.settings import get_current_settings
+
+    caplog.set_level("DEBUG")
+    started = time.time()
+    summary = crm_export(**export)
+    assert summary["records_accepted"] == 2_994  # it really was used
+    # An error path too: a key with a trailing newline is refused without being quoted.
+    pasted = f"crm-api-key-pasted-{uuid.uuid4().hex[:8]}"
+    Secret(value=API_KEY + "\n").save(pasted)
+    with pytest.raises(ValueError, match="trailing newline") as refused:
+        crm_export(
+            **{**export, "crm": export["crm"].model_copy(update={"api_key_block": f"secret/{pasted}"})}
+        )
+    places = {"log": caplog.text, "summary": json.dumps(summary), "error": str(refused.value)}
+    with get_client(sync_client=True) as client:
+        for run in client.read_flow_runs():
+            places[f"flow run {run.id}"] = json.dumps(run.parameters, default=str) + str(run.state.message)
+        for task_run in client.read_task_runs():
+            places[f"task run {task_run.name}"] = str(task_run.state.message) + json.dumps(
+                task_run.task_inputs, default=str
+            )
+        places |= {f"artifact {a.key}": str(a.data) for a in client.read_artifacts()}
+    storage = get_current_settings().results.local_storage_path
+    files = [
+        p for p in tmp_path.rglob("*") if p.is_file() and p.suffix in {".json", ".log", ".jsonl", ".txt"}
+    ]
+    files += [
+        p for p in storage.glob("*") if p.is_file() and p.stat().st_mtime >= started
+    ]  # persisted results
+    places |= {str(p): p.read_bytes().decode(errors="replace") for p in files}
+    assert [where for where, text in places.items() if API_KEY in text] == []
+    assert any("task run" in where for where in places) and any(str(storage) in where for where in places)
+    assert any(p.suffix == ".log" for p in files) and any(p.name.endswith(".json") for p in files)

@@ -1,0 +1,324 @@
+"""The CRM export pipeline: shaping, batching, and the sink against the real local CRM endpoint."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import apache_beam as beam
+import orjson
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from devstack.crm import CrmStandIn, FaultConfig
+from devstack.user_rows import user_row, write_user_rows
+from pipelines.crm_export.pipeline import (
+    DEAD_LETTER,
+    AccountingError,
+    ParseRows,
+    ShapeBatch,
+    build_pipeline,
+    check_accounting,
+    job_counters,
+)
+from pipelines.crm_export.sink import ApiKey, CrmRejectedCredentialsError, CrmSink, retry_after_seconds
+from pipelines.crm_export.users import MalformedRowError, UserShaper, drop_nulls, merge_unions, unflatten
+
+API_KEY = "sk-test-crm-7f3a"
+LOCAL = ["--runner=FnApiRunner"]  # never Prism (design.md §7)
+
+
+# --- shaping ----------------------------------------------------------------------------------
+
+
+def test_rows_become_nested_records_with_unions_merged_and_nulls_dropped():
+    row = {
+        "external_id": "u1",
+        "email": "a@example.com",
+        "identity.phone": None,
+        "identity.country": "DE",
+        "properties.plan.string_value": None,
+        "properties.plan.int_value": 3,
+        "properties.ltv.float_value": None,
+        "properties.ltv.string_value": None,
+    }
+    assert UserShaper()(row) == {
+        "external_id": "u1",
+        "email": "a@example.com",
+        "identity": {"country": "DE"},
+        "properties": {"plan": 3},
+    }
+    keep = UserShaper(keep_null=["identity.phone", "properties.ltv"])(row)
+    assert keep["identity"] == {"country": "DE", "phone": None}
+    assert keep["properties"] == {"plan": 3, "ltv": None}
+
+
+def test_the_one_pass_shaper_equals_the_general_steps():
+    rng = random.Random(3)
+    rows = [user_row(i, rng) for i in range(300)]
+    for drop in (True, False):
+        shaper = UserShaper(drop_null_values=drop)
+        for row in rows:
+            general = merge_unions(unflatten(row))
+            assert shaper(row) == (drop_nulls(general) if drop else general)
+
+
+def test_rows_holding_nested_objects_take_the_general_path():
+    row = {
+        "external_id": "u2",
+        "identity": {"email": "x@example.com", "phone": None},
+        "identity.country": "FR",
+    }
+    assert UserShaper()(row) == {"external_id": "u2", "identity": {"email": "x@example.com", "country": "FR"}}
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"external_id": "u", "plan.string_value": "a", "plan.int_value": 1}, "'plan' has two typed values"),
+        ({"external_id": "u", "a": 1, "a.b": 2}, "'a' is also a value"),
+        ({"email": "x@example.com"}, "no 'external_id'"),
+        ({"external_id": ""}, "no 'external_id'"),
+        (["not", "an", "object"], "not an object"),
+    ],
+)
+def test_malformed_rows_are_named(row, message):
+    with pytest.raises(MalformedRowError, match=message):
+        UserShaper()(row)
+
+
+def test_retry_after_takes_seconds_or_an_http_date():
+    assert retry_after_seconds("7") == 7.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10.0
+    assert retry_after_seconds("soon") is None
+    assert retry_after_seconds(None) is None
+
+
+def test_batches_never_exceed_n_and_bad_rows_go_to_the_dead_letter():
+    lines = [orjson.dumps(user_row(i, random.Random(i))).decode() for i in range(23)]
+    lines[5] = '{"external_id": "u5", "email": '  # not JSON
+    lines[9] = '{"email": "nokey@example.com"}'  # no record key
+    with BeamTestPipeline(options=PipelineOptions(LOCAL)) as p:
+        rows = (
+            p
+            | beam.Create(lines)
+            | beam.ParDo(ParseRows("external_id")).with_outputs(DEAD_LETTER, main="rows")
+        )
+        shaped = (
+            rows.rows
+            | beam.BatchElements(min_batch_size=4, max_batch_size=4)
+            | beam.ParDo(ShapeBatch(UserShaper())).with_outputs(DEAD_LETTER, main="batches")
+        )
+        sizes = shaped.batches | "sizes" >> beam.Map(len)
+        assert_that(sizes | "over" >> beam.Filter(lambda n: n > 4), equal_to([]), label="none over N")
+        assert_that(sizes | beam.CombineGlobally(sum), equal_to([21]), label="records")
+        reasons = (
+            (rows[DEAD_LETTER], shaped[DEAD_LETTER])
+            | beam.Flatten()
+            | beam.Map(lambda d: (d["stage"], d["reason"].split(":")[0]))
+        )
+        assert_that(
+            reasons,
+            equal_to(
+                [("read", "malformed JSON"), ("shape", "row has no 'external_id' (the CRM's record key)")]
+            ),
+            label="dead letters",
+        )
+
+
+# --- the sink against the local CRM endpoint ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def crm(tmp_path_factory):
+    with CrmStandIn(api_key=API_KEY, db_path=tmp_path_factory.mktemp("crm") / "crm.sqlite3") as standin:
+        yield standin
+
+
+@pytest.fixture
+def fresh_crm(crm):
+    crm.configure(**FaultConfig().to_dict())
+    crm.reset()
+    return crm
+
+
+def run_export(tmp_path: Path, crm_url: str, rows: int, *extra: str, api_key: str = API_KEY, **rows_kw):
+    """Run the whole pipeline on a generated file; returns (counters, dead letters, file stats)."""
+    source = tmp_path / "users_20261116.jsonl"
+    made = write_user_rows(source, rows, **rows_kw)
+    options = PipelineOptions(
+        [
+            *LOCAL,
+            f"--input_file={source}",
+            f"--crm_url={crm_url}",
+            f"--dead_letter_prefix={tmp_path / 'dl' / 'dead-letter'}",
+            "--idempotency_namespace=crm-export-20261116",
+            *extra,
+        ]
+    )
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, ApiKey(api_key))
+    result = pipeline.run()
+    result.wait_until_finish()
+    dead = [
+        json.loads(line)
+        for f in sorted((tmp_path / "dl").glob("*.jsonl"))
+        for line in f.read_text().splitlines()
+    ]
+    return job_counters(result), dead, made
+
+
+def test_every_record_is_accepted_or_dead_lettered_with_its_reason(tmp_path, fresh_crm):
+    counters, dead, made = run_export(
+        tmp_path, fresh_crm.batch_url, 2_000, "--batch_size=300", invalid_every=100, malformed_every=501
+    )
+    check_accounting(counters)
+    stats = fresh_crm.stats()
+    assert made["invalid"] == 20 and made["malformed"] == 3
+    assert counters["records_read"] == 2_000
+    assert counters["records_accepted"] == stats["distinct_users"] == 2_000 - 20 - 3
+    assert counters["batch_size"]["max"] <= 300
+    assert stats["duplicate_deliveries"] == 0
+    by_stage = {}
+    for entry in dead:
+        by_stage.setdefault(entry["stage"], []).append(entry)
+    assert len(by_stage["read"]) == 3 and len(by_stage["crm"]) == 20
+    rejected = by_stage["crm"][0]
+    assert rejected["status"] == 200 and "email" in rejected["reason"] and rejected["key"].startswith("u")
+    assert fresh_crm.user("u00000000")["attributes"]["identity"]["country"]
+
+
+def test_429_storms_5xx_and_slow_responses_lose_nothing_and_send_nothing_twice(tmp_path, fresh_crm):
+    # burst of 3 against 4 requests in flight: the first wave already meets a 429
+    fresh_crm.configure(rate_limit_rps=3, error_rate=0.25, slow_rate=0.2, slow_seconds=1.5, seed=11)
+    counters, dead, _ = run_export(
+        tmp_path,
+        fresh_crm.batch_url,
+        3_000,
+        "--batch_size=100",
+        "--crm_read_timeout_seconds=0.5",  # every slow response times out on the client
+        "--crm_max_attempts=30",
+        "--crm_max_backoff_seconds=0.3",
+        "--crm_max_in_flight=4",
+    )
+    stats = fresh_crm.stats()
+    check_accounting(counters)
+    assert dead == []
+    assert counters["records_accepted"] == stats["distinct_users"] == 3_000
+    assert stats["duplicate_deliveries"] == 0  # timed-out requests were replayed by idempotency key
+    assert stats["status_counts"].get("429", 0) > 0 and counters.get("http_429", 0) > 0
+    assert any(stats["status_counts"].get(s, 0) for s in ("500", "502", "503"))
+    assert stats["replays"] > 0 and stats["slow_responses"] > 0
+    assert counters["retries"] > 0
+
+
+def test_a_429_waits_as_long_as_retry_after_says(fresh_crm, monkeypatch):
+    fresh_crm.configure(rate_limit_rps=1, retry_after_seconds=2)
+    sink = CrmSink(fresh_crm.batch_url, ApiKey(API_KEY), "ns", max_backoff_seconds=0.1)
+    sink.setup()
+    slept = []
+    import pipelines.crm_export.sink as crm_sink
+
+    real_sleep = time.sleep
+    monkeypatch.setattr(crm_sink.time, "sleep", lambda s: (slept.append(s), real_sleep(s)))
+    try:
+        for i in range(3):
+            outcome = sink.post_batch([{"external_id": f"r{i}"}])
+            assert outcome.accepted == 1
+    finally:
+        sink.teardown()
+    # the hint in full (not capped at max_backoff_seconds), plus at most 10 % jitter
+    assert slept and all(2 <= s <= 2.2 for s in slept)
+
+
+def test_an_unreachable_crm_dead_letters_its_batches_after_the_retries(tmp_path, unused_port):
+    counters, dead, _ = run_export(
+        tmp_path,
+        f"http://127.0.0.1:{unused_port}/v1/users/batch",
+        50,
+        "--batch_size=20",
+        "--crm_max_attempts=3",
+        "--crm_max_backoff_seconds=0.05",
+    )
+    check_accounting(counters)
+    assert counters["records_accepted"] == 0 and len(dead) == 50
+    assert {d["attempts"] for d in dead} == {3}
+    assert all("retries exhausted" in d["reason"] and "ConnectionError" in d["reason"] for d in dead)
+
+
+def test_a_batch_the_crm_refuses_is_dead_lettered_with_the_status(tmp_path):
+    with CrmStandIn(api_key=API_KEY, max_batch_size=10) as small:
+        counters, dead, _ = run_export(tmp_path, small.batch_url, 40, "--batch_size=20")
+        assert small.stats()["distinct_users"] == 0
+    check_accounting(counters)
+    assert len(dead) == 40 and {d["status"] for d in dead} == {413}
+    assert {d["attempts"] for d in dead} == {1}  # a 4xx other than 429 is not retried
+
+
+def test_a_wrong_api_key_fails_the_job_and_names_the_secret_block(tmp_path, fresh_crm):
+    with pytest.raises(Exception) as failure:
+        run_export(tmp_path, fresh_crm.batch_url, 10, api_key="sk-wrong")
+    assert isinstance(failure.value, CrmRejectedCredentialsError) or "CrmRejectedCredentialsError" in str(
+        failure.value
+    )
+    assert "secret block" in str(failure.value) and "sk-wrong" not in str(failure.value)
+    assert fresh_crm.stats()["distinct_users"] == 0
+
+
+def test_accounting_names_the_unaccounted_records():
+    check_accounting({"records_read": 10, "records_accepted": 7, "records_dead_lettered": 3})
+    with pytest.raises(AccountingError, match="2 records are unaccounted for"):
+        check_accounting({"records_read": 10, "records_accepted": 7, "records_dead_lettered": 1})
+
+
+def test_the_api_key_is_hidden_from_repr_and_never_quoted_when_refused():
+    key = ApiKey("sk-live-123")
+    assert "sk-live-123" not in repr(key) and "sk-live-123" not in str(key)
+    with pytest.raises(ValueError):
+        ApiKey("")
+    for bad in ("sk-live-123\n", " sk-live-123", "sk live"):
+        with pytest.raises(ValueError, match="trailing newline") as refused:
+            ApiKey(bad)
+        assert "sk-live" not in str(refused.value)
+
+
+def test_bigquery_numeric_and_bytes_are_sent_and_other_values_dead_lettered(fresh_crm):
+    import decimal
+
+    sink = CrmSink(fresh_crm.batch_url, ApiKey(API_KEY), "ns")
+    sink.setup()
+    sink.start_bundle()
+    batch = [
+        {
+            "external_id": "n1",
+            "ltv": decimal.Decimal("12.50"),
+            "visits": decimal.Decimal("3"),
+            "tag": b"\x01\x02",
+        },
+        {"external_id": "n2", "odd": {1, 2}},  # a set: no JSON for it
+    ]
+    try:
+        outputs = list(sink.process(batch)) + list(sink.finish_bundle())
+    finally:
+        sink.teardown()
+    dead = [o.value for o in outputs]
+    dead = [d.value if hasattr(d, "value") else d for d in dead]
+    assert [(d["key"], d["reason"].split(":")[0]) for d in dead] == [("n2", "not JSON")]
+    assert fresh_crm.user("n1")["attributes"] == {"ltv": 12.5, "visits": 3, "tag": "AQI="}
+
+
+def test_a_crm_that_acknowledges_fewer_records_than_it_took_dead_letters_them():
+    sink = CrmSink("http://crm.invalid", ApiKey(API_KEY), "ns")
+    from pipelines.crm_export.sink import BatchOutcome
+
+    outcome = BatchOutcome(size=3)
+    sink._rejections(
+        ["a", "b", "c"], b'{"accepted": 1, "rejected": [{"index": 2, "reason": "bad email"}]}', 1, outcome
+    )
+    assert outcome.accepted == 0 and outcome.rejected == 3
+    reasons = {d["key"]: d["reason"] for d in outcome.dead_letters}
+    assert reasons["c"] == "bad email" and "acknowledged 1 of the 2" in reasons["a"]

@@ -1,0 +1,157 @@
+"""The PAT lease on Prefect global concurrency limits, against a real ``prefect server start``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tasks.tableau.pat_pool import PatLeaseTimeoutError, lease_pat
+
+HOLD_PAT = """
+import sys, time
+from blocks import TableauPatPool
+from tasks.tableau.pat_pool import lease_pat
+with lease_pat(TableauPatPool.load(sys.argv[1])) as lease:
+    print("HELD", lease.pat_block_name, flush=True)
+    time.sleep(600)
+"""
+
+
+def active_slots(name: str) -> int:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_global_concurrency_limit_by_name(name).active_slots
+
+
+def test_concurrent_leases_get_different_pats_and_the_pool_bounds_them(workspace):
+    pool = workspace.create_pool(["pat-1", "pat-2"], acquire_timeout_seconds=2)
+    with lease_pat(pool) as first, lease_pat(pool) as second:
+        assert {first.pat_block_name, second.pat_block_name} == set(pool.pat_block_names)
+        assert active_slots(pool.pool_limit_name) == 2
+        with pytest.raises(PatLeaseTimeoutError, match="became free within 2 s"):
+            with lease_pat(pool):
+                pass
+    assert active_slots(pool.pool_limit_name) == 0
+
+
+def test_lease_is_released_when_the_holder_fails(workspace):
+    pool = workspace.create_pool(["pat-1"])
+    with pytest.raises(RuntimeError, match="boom"):
+        with lease_pat(pool) as lease:
+            assert active_slots(lease.limit_name) == 1
+            raise RuntimeError("boom")
+    assert active_slots(lease.limit_name) == 0
+    assert active_slots(pool.pool_limit_name) == 0
+
+
+def test_killed_holder_frees_its_pat_when_the_lease_expires(workspace):
+    """The holder is SIGKILLed: no release runs; the server's lease expiry frees the PAT."""
+    pool = workspace.create_pool(["pat-1"], lease_duration_seconds=60, acquire_timeout_seconds=3)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_PAT, workspace.pool_block],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ,
+    )
+    try:
+        assert holder.stdout.readline().startswith("HELD")
+        killed_at = time.monotonic()
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+        with pytest.raises(PatLeaseTimeoutError):  # still held by the dead process's lease
+            with lease_pat(pool):
+                pass
+        patient = pool.model_copy(update={"acquire_timeout_seconds": 150})
+        with lease_pat(patient) as lease:
+            freed_after = time.monotonic() - killed_at
+    finally:
+        holder.kill()
+    assert lease.pat_block_name == workspace.pat_block("pat-1")
+    assert 30 < freed_after < 150  # at lease expiry (60 s after the last renewal), not at once
+
+
+def test_a_limit_disabled_while_a_run_waits_fails_that_run(workspace):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+    from tasks.tableau.pat_pool import PatPoolError
+
+    pool = workspace.create_pool(["pat-1"], acquire_timeout_seconds=30)
+    with lease_pat(pool):
+        waiting = {}
+
+        def wait_for_pat():
+            try:
+                with lease_pat(pool):
+                    waiting["leased"] = True
+            except Exception as exc:
+                waiting["error"] = exc
+
+        import threading
+
+        thread = threading.Thread(target=wait_for_pat)
+        thread.start()
+        time.sleep(1)  # the second run is waiting for the pool slot
+        with get_client(sync_client=True) as client:
+            client.update_global_concurrency_limit(
+                pool.pool_limit_name, GlobalConcurrencyLimitUpdate(active=False)
+            )
+        thread.join(30)
+    assert "leased" not in waiting
+    assert isinstance(waiting["error"], PatPoolError)
+    assert "is disabled" in str(waiting["error"])
+
+
+def test_only_expected_refusals_are_kept_out_of_the_error_log():
+    import concurrent.futures
+    import logging
+
+    import httpx
+
+    from tasks.tableau.pat_pool import _ExpectedRefusals
+
+    def record(max_retries: int, status: int) -> logging.LogRecord:
+        future = concurrent.futures.Future()
+        request = httpx.Request("POST", "http://prefect/api/v2/concurrency_limits/increment-with-lease")
+        response = httpx.Response(status, request=request)
+        future.set_exception(httpx.HTTPStatusError("refused", request=request, response=response))
+        item = (1, "concurrency", None, max_retries, 60.0, True, None, future)
+        return logging.LogRecord(
+            "prefect._internal.concurrency",
+            logging.ERROR,
+            __file__,
+            1,
+            "Service %r failed to process item %r",
+            ("Service", item),
+            None,
+        )
+
+    keep = _ExpectedRefusals().filter
+    assert not keep(record(max_retries=0, status=423))  # a full limit, asked not to wait: expected
+    assert keep(record(max_retries=0, status=500))
+    assert keep(record(max_retries=None, status=423))
+
+
+def test_a_refused_try_on_a_full_limit_logs_no_error(workspace, caplog):
+    """Prefect 3.9.1 still logs every refused acquisition as an ERROR ("Service ... failed to process
+    item"), even one that asked not to wait (``max_retries=0``); the lease expects those refusals, and
+    its log filter keeps them out of the run's log. Anything else Prefect logs there still passes."""
+    import logging
+    from contextlib import ExitStack
+
+    from tasks.tableau.pat_pool import _try_acquire
+
+    pool = workspace.create_pool(["pat-1"])
+    limit = pool.pat_limit_names()[workspace.pat_block("pat-1")]
+    with caplog.at_level(logging.DEBUG), lease_pat(pool), ExitStack() as stack:
+        assert not _try_acquire(stack, limit, dict(lease_duration=60, strict=True))
+        time.sleep(0.5)  # the acquisition service logs from its own thread
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
+    assert active_slots(limit) == 0
