@@ -88,7 +88,7 @@ def run_project_scheme(url: str, work: dict, pats: int, time_scale: float, tmp: 
     from blocks import TableauPatPool, TableauPersonalAccessToken, TableauSite
     from deployments.bootstrap import bootstrap_pool_limits
     from flows.tableau.refresh import refresh_domain
-    from tasks.tableau.refresh import PollPolicy
+    from tasks.tableau.refresh import DomainRefreshSummary, PollPolicy
 
     names = [f"bench-pat-{i}" for i in range(pats)]
     for i, name in enumerate(names):
@@ -120,7 +120,7 @@ def run_project_scheme(url: str, work: dict, pats: int, time_scale: float, tmp: 
         initial_interval=60 / time_scale, max_interval=300 / time_scale, rate_limit_default_wait=1
     )
 
-    summaries: dict[str, dict] = {}
+    summaries: dict[str, DomainRefreshSummary] = {}
 
     def run(domain: str) -> None:
         summaries[domain] = refresh_domain(domain, config, policy)
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         ours = run_project_scheme(standin.url, work, k, args.time_scale, tmp)
         audit = requests.get(audit_url, timeout=10).json()
         figures = job_figures(audit, b)
-        waits = [s["lease_wait_seconds"] for s in ours["summaries"].values()]
+        waits = [s.lease_wait_seconds for s in ours["summaries"].values()]
         sign_ins = sum(audit["sign_ins"].values()) / n
         print("\nThis project (PAT lease per domain run, global concurrency limits)")
         print(
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(f"  401002 served       {audit['invalidated_token_requests']:8d}  (target 0)")
         print(
-            f"  jobs                {figures['jobs']:8d}  succeeded: {sum(r['status'] == 'succeeded' for s in ours['summaries'].values() for r in s['refreshes'])}"
+            f"  jobs                {figures['jobs']:8d}  succeeded: {sum(r.status == 'succeeded' for s in ours['summaries'].values() for r in s.refreshes)}"
         )
 
         if not args.skip_baseline:

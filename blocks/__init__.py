@@ -14,9 +14,9 @@ from typing import Any
 
 #: Block type → the module defining it.
 _MODULES = {
-    "TableauSite": "blocks.tableau.pat",
-    "TableauPersonalAccessToken": "blocks.tableau.pat",
-    "TableauPatPool": "blocks.tableau.pat",
+    "TableauSite": "blocks.tableau",
+    "TableauPersonalAccessToken": "blocks.tableau",
+    "TableauPatPool": "blocks.tableau",
     "VaultKvSecret": "blocks.crm_export.vault",
     "KmsEncryptedGcsSecret": "blocks.crm_export.kms_gcs",
     "DataflowOptions": "blocks.crm_export.dataflow",

@@ -21,7 +21,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
 from prefect.exceptions import ObjectNotFound
 
-from blocks.tableau.pat import TableauPatPool
+from blocks.tableau import TableauPatPool
 from tasks.tableau.pat_pool import expected_limits, limit_drift
 
 

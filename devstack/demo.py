@@ -109,7 +109,7 @@ def _terminate(process: subprocess.Popen) -> None:
 
 
 def create_blocks_and_limits(tableau_url: str) -> None:
-    from blocks.tableau.pat import TableauPatPool, TableauPersonalAccessToken, TableauSite
+    from blocks.tableau import TableauPatPool, TableauPersonalAccessToken, TableauSite
     from deployments.bootstrap import bootstrap_pool_limits
 
     subprocess.run(
@@ -174,13 +174,14 @@ def wait_for_refresh_runs(domains: list[str], timeout: float) -> dict:
             time.sleep(2)
 
 
-def _run_summary(run) -> dict:
-    """The summary a refresh run persisted: its result, or the one its DomainRefreshError carries."""
+def _run_summary(run):
+    """The ``DomainRefreshSummary`` a refresh run persisted (its result, or the one its
+    ``DomainRefreshError`` carries), or the error text if there is none (e.g. the run crashed)."""
     try:
         result = run.state.result(raise_on_failure=False)
-    except Exception as exc:  # e.g. the run crashed before persisting anything
-        return {"error": str(exc)}
-    return result if isinstance(result, dict) else getattr(result, "summary", None) or {"error": str(result)}
+    except Exception as exc:
+        return str(exc)
+    return getattr(result, "summary", result) or str(result)
 
 
 def summarize(runs: dict, audit: dict) -> bool:
@@ -189,23 +190,21 @@ def summarize(runs: dict, audit: dict) -> bool:
     waits = []
     for domain, run in sorted(runs.items()):
         summary = _run_summary(run)
-        rows = summary.get("refreshes", [])
-        ok = [r for r in rows if r["status"] == "succeeded"]
-        durations = [r["duration_seconds"] for r in rows if r["duration_seconds"] is not None]
         elapsed = (run.end_time - run.start_time).total_seconds() if run.end_time and run.start_time else 0
-        waits.append(summary.get("lease_wait_seconds", 0.0))
+        if isinstance(summary, str):
+            print(f"{domain:<10} {run.state_name:<9} ✗ {run.state.message or summary}")
+            continue
+        rows = summary.refreshes
+        ok = [r for r in rows if r.status == "succeeded"]
+        durations = [r.duration_seconds for r in rows if r.duration_seconds is not None]
+        waits.append(summary.lease_wait_seconds)
         print(
             f"{domain:<10} {run.state_name:<9} {len(ok)}/{len(rows)} refreshed in {elapsed:.0f} s wall "
-            f"(Tableau job time {sum(durations) / 60:.0f} simulated min) via PAT {summary.get('pat', '?')}, "
-            f"{summary.get('sign_ins', '?')} sign-in(s), lease wait {summary.get('lease_wait_seconds', 0):.1f} s"
+            f"(Tableau job time {sum(durations) / 60:.0f} simulated min) via PAT {summary.pat}, "
+            f"{summary.sign_ins} sign-in(s), lease wait {summary.lease_wait_seconds:.1f} s"
         )
-        if "error" in summary:
-            print(f"           ✗ {run.state.message or summary['error']}")
-        for row in rows:
-            if row["status"] != "succeeded":
-                print(
-                    f"           ✗ {row['kind']} {row['project']}/{row['content']}: {row['status']} — {row['notes']}"
-                )
+        for row in summary.failed:
+            print(f"           ✗ {row.kind} {row.project}/{row.content}: {row.status} — {row.notes}")
     invalidated = audit["invalidated_token_requests"]
     print("\n=== PAT pool ===")
     print(f"sign-ins per PAT:            {audit['sign_ins']}")

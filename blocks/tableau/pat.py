@@ -1,4 +1,4 @@
-"""Blocks for a Tableau site and the pool of personal access tokens (PATs) that reach it.
+"""Blocks for the personal access tokens (PATs) of a Tableau site and the pool that leases them.
 
 A ``TableauPatPool`` names its PATs (``TableauPersonalAccessToken`` blocks) and the prefix of the
 Prefect global concurrency limits that guard them: ``<prefix>-pool`` (limit = number of PATs) and
@@ -12,42 +12,14 @@ import re
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from blocks.tableau.site import TableauSite
+
 # Tableau caps PATs per user and device (Tableau Server default: 10 per device).
 MAX_PATS_PER_POOL = 10
 # Prefect's server refuses leases shorter than 60 s (POST /v2/concurrency_limits/increment-with-lease).
 MIN_LEASE_DURATION_SECONDS = 60
 
 _LIMIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-class TableauSite(Block):
-    """Where a Tableau site lives: server URL, site content URL and REST API version."""
-
-    _block_type_name = "Tableau Site"
-    _description = "Connection settings of a Tableau Server or Tableau Cloud site."
-
-    server_url: str = Field(
-        description="Base URL of Tableau Server or the Tableau Cloud pod, e.g. https://10ax.online.tableau.com.",
-    )
-    site_content_url: str = Field(
-        default="",
-        description="The site's content URL (the part after /site/ in the browser); empty for the default site.",
-    )
-    api_version: str | None = Field(
-        default=None,
-        description="REST API version to use, e.g. '3.25'. Empty: ask the server (GET /serverInfo) for its highest.",
-    )
-    verify_ssl: bool = Field(default=True, description="Verify the server's TLS certificate.")
-    request_timeout_seconds: float = Field(
-        default=60, gt=0, description="Timeout of one REST request, in seconds."
-    )
-
-    @field_validator("server_url")
-    @classmethod
-    def _strip_slash(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"server_url must start with http:// or https://, got {value!r}")
-        return value.rstrip("/")
 
 
 class TableauPersonalAccessToken(Block):

@@ -1,15 +1,11 @@
-"""Refresh the Tableau content of a business domain through a PAT lease (design.md §3).
-
-``refresh_domain`` is the flow each domain's deployment runs: it leases one PAT of the pool, signs
-in once, triggers every refresh of the domain, waits for all of them with that same credential
-token, signs out, releases the PAT, publishes a table artifact, and fails (after every refresh
-has ended) if any refresh failed, naming them. ``refresh_domains`` runs several domains at once,
-for the demo and for back-fills.
-"""
+"""The Tableau refresh flows: ``refresh_domain`` (one domain through one leased PAT; each domain's
+deployment runs it) and ``refresh_domains`` (several at once, for back-fills). The protocol is in
+docs/architecture.md, "Tableau refresh"."""
 
 from __future__ import annotations
 
 import contextvars
+import datetime as dt
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,12 +13,13 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.states import State
 
-from tasks.tableau.domains import Domain, DomainConfigError, domains_file, load_domain, load_domains
+from tasks.tableau.domains import DomainConfigError, domains_file, load_domain, load_domains
 from tasks.tableau.pat_pool import lease_pat, load_pool
 from tasks.tableau.refresh import (
     DomainRefreshError,
+    DomainRefreshSummary,
     PollPolicy,
-    RefreshJob,
+    RefreshRow,
     resolve_tableau_content,
     trigger_tableau_refreshes,
     wait_for_tableau_jobs,
@@ -30,28 +27,25 @@ from tasks.tableau.refresh import (
 from tasks.tableau.session import TableauSession
 
 
-def _iso(value) -> str:
-    return value.isoformat() if value else ""
+def _time(value: dt.datetime | None) -> str:
+    return f"{value:%Y-%m-%d %H:%M:%S}" if value else ""
 
 
-def refresh_rows(refreshes: list[RefreshJob]) -> list[dict[str, object]]:
-    """The rows of the domain's table artifact: one per content, JSON-ready."""
+def artifact_rows(summary: DomainRefreshSummary) -> list[dict[str, object]]:
+    """The rows of the domain's table artifact: one per content, times in UTC to the second."""
     return [
         {
-            "content": r.content.name,
-            "kind": r.content.kind,
-            "project": r.project,
-            "job_id": r.job_id or "",
-            "adopted": r.adopted,
-            "status": r.status,
-            "finish_code": r.finish_code,
-            "queued_at": _iso(r.created_at),
-            "started_at": _iso(r.started_at),
-            "finished_at": _iso(r.completed_at),
-            "duration_seconds": r.duration_seconds,
-            "notes": r.notes,
+            "content": f"{row.kind} {row.project}/{row.content}",
+            "status": row.status,
+            "job": row.job_id + (" (adopted)" if row.adopted else ""),
+            "finish code": "" if row.finish_code is None else row.finish_code,
+            "queued (UTC)": _time(row.queued_at),
+            "started (UTC)": _time(row.started_at),
+            "finished (UTC)": _time(row.finished_at),
+            "duration (s)": "" if row.duration_seconds is None else round(row.duration_seconds),
+            "notes": row.notes,
         }
-        for r in refreshes
+        for row in summary.refreshes
     ]
 
 
@@ -60,7 +54,7 @@ def refresh_domain(
     domain: str,
     config_path: str | None = None,
     poll_policy: PollPolicy | None = None,
-) -> dict[str, object]:
+) -> DomainRefreshSummary:
     """Refresh every data source and workbook of ``domain`` through one leased PAT.
 
     Args:
@@ -69,7 +63,7 @@ def refresh_domain(
         poll_policy: polling intervals (seconds); default ``PollPolicy()``.
 
     Returns:
-        Summary: domain, PAT block name, lease wait (seconds), sign-ins, and one row per content
+        The run's summary: PAT block name, lease wait (seconds), sign-ins, one row per content
         (persisted as the run's result; on failure carried by the ``DomainRefreshError``).
 
     Raises:
@@ -104,36 +98,38 @@ def refresh_domain(
             refreshes = wait_for_tableau_jobs(session, refreshes, deadline=deadline, policy=policy)
             sign_ins = session.sign_ins
 
-    return _report(config, refreshes, pat=lease.pat_block_name, wait=lease.wait_seconds, sign_ins=sign_ins)
+    summary = DomainRefreshSummary(
+        domain=domain,
+        pat=lease.pat_block_name,
+        lease_wait_seconds=lease.wait_seconds,
+        sign_ins=sign_ins,
+        refreshes=[RefreshRow.of(r) for r in refreshes],
+    )
+    _report(summary)
+    return summary
 
 
-def _report(
-    config: Domain, refreshes: list[RefreshJob], *, pat: str, wait: float, sign_ins: int
-) -> dict[str, object]:
-    rows = refresh_rows(refreshes)
-    failed = [r for r in refreshes if not r.succeeded]
+def _report(summary: DomainRefreshSummary) -> None:
+    """Publish the table artifact; raise ``DomainRefreshError`` naming every refresh that did not succeed."""
+    failed, total = summary.failed, len(summary.refreshes)
     create_table_artifact(
-        key=f"tableau-refresh-{config.name}",
-        table=rows,
+        key=f"tableau-refresh-{summary.domain}",
+        table=artifact_rows(summary),
         description=(
-            f"Tableau refresh of domain **{config.name}**: {len(refreshes) - len(failed)}/{len(refreshes)} "
-            f"succeeded; PAT `{pat}` leased after {wait:.1f} s; {sign_ins} sign-in(s)."
+            f"Tableau refresh of domain **{summary.domain}**: {total - len(failed)}/{total} succeeded; "
+            f"PAT `{summary.pat}` leased after {summary.lease_wait_seconds:.1f} s; "
+            f"{summary.sign_ins} sign-in(s)."
         ),
     )
-    summary = {
-        "domain": config.name,
-        "pat": pat,
-        "lease_wait_seconds": wait,
-        "sign_ins": sign_ins,
-        "refreshes": rows,
-    }
     if failed:
-        reasons = "; ".join(f"{r.content}: {r.status}" + (f" ({r.notes})" if r.notes else "") for r in failed)
+        reasons = "; ".join(
+            f"{r.kind} {r.project}/{r.content}: {r.status}" + (f" ({r.notes})" if r.notes else "")
+            for r in failed
+        )
         raise DomainRefreshError(
-            f"Domain {config.name!r}: {len(failed)} of {len(refreshes)} refreshes did not succeed: {reasons}",
+            f"Domain {summary.domain!r}: {len(failed)} of {total} refreshes did not succeed: {reasons}",
             summary,
         )
-    return summary
 
 
 @flow(name="refresh-tableau-domains")

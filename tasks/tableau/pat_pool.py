@@ -1,6 +1,6 @@
 """Lease a personal access token (PAT) from a pool guarded by Prefect global concurrency limits.
 
-Protocol (design.md §3): acquire one slot of the pool limit (waiting, bounded by the pool's
+Protocol (docs/architecture.md, "PAT pool"): acquire one slot of the pool limit (waiting, bounded by the pool's
 ``acquire_timeout_seconds``), then try the limit-1 limits of the PATs without blocking
 (``max_retries=0``) in a rotating order and hold the first one granted. Every acquisition is
 ``strict`` (a missing limit fails) and leased: Prefect renews the lease in the background while
@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from uuid import UUID
 
 import httpx
-from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.client.schemas.responses import GlobalConcurrencyLimitResponse
@@ -31,16 +30,16 @@ from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import ObjectNotFound
 
-from blocks.tableau.pat import TableauPatPool, TableauPersonalAccessToken
+from blocks.tableau import TableauPatPool, TableauPersonalAccessToken
+from tasks.common import (
+    BlockNotFoundError as BlockNotFoundError,  # re-exported until callers import tasks.common
+)
+from tasks.common import load_block
 
 logger = logging.getLogger(__name__)
 
 # Back-off between tries for a full limit, in seconds: from the first value, doubling, up to the second.
 _BACKOFF_SECONDS = (0.2, 5.0)
-
-
-class BlockNotFoundError(LookupError):
-    """A block the pool needs does not exist or cannot be loaded."""
 
 
 class PatPoolError(RuntimeError):
@@ -71,22 +70,15 @@ def load_pool(
     Raises:
         BlockNotFoundError: naming the missing block, who needs it, and how to create it.
     """
-    pool = _load_block(TableauPatPool, pool_block_name, needed_by)
+    hint = "create it (README, 'Configure a real Tableau site')"
+    pool = load_block(TableauPatPool, pool_block_name, needed_by=needed_by, hint=hint)
     pats = {
-        name: _load_block(TableauPersonalAccessToken, name, f"Tableau PAT Pool {pool_block_name!r}")
+        name: load_block(
+            TableauPersonalAccessToken, name, needed_by=f"Tableau PAT Pool {pool_block_name!r}", hint=hint
+        )
         for name in pool.pat_block_names
     }
     return pool, pats
-
-
-def _load_block(block_type: type[Block], name: str, needed_by: str) -> Block:
-    try:
-        return block_type.load(name)
-    except (ValueError, ObjectNotFound) as exc:
-        raise BlockNotFoundError(
-            f"{block_type.get_block_type_name()} block {name!r} (needed by {needed_by}) could not be loaded: "
-            f"{exc}. Create it (README, 'Configure a real Tableau site') or fix the name."
-        ) from None
 
 
 def expected_limits(pool: TableauPatPool) -> dict[str, int]:

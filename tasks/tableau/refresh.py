@@ -35,7 +35,6 @@ from tasks.tableau.session import TableauAuthError, TableauSession, error_code
 logger = logging.getLogger(__name__)
 
 ContentKind = Literal["datasource", "workbook"]
-REFRESH_ALREADY_QUEUED = "409093"
 TOO_MANY_REQUESTS = "429000"
 SUCCESS_FINISH_CODES = frozenset({0, 3})  # 3: completed by Tableau Bridge
 FINISH_CODE_NAMES = {0: "succeeded", 1: "failed", 2: "cancelled", 3: "succeeded"}
@@ -55,7 +54,7 @@ class DomainRefreshError(RuntimeError):
         summary: the run's summary (as ``refresh_domain`` returns on success), or None.
     """
 
-    def __init__(self, message: str, summary: dict[str, object] | None = None):
+    def __init__(self, message: str, summary: DomainRefreshSummary | None = None):
         super().__init__(message)
         self.summary = summary
 
@@ -123,6 +122,60 @@ class RefreshJob:
         if begin and self.completed_at:
             return (self.completed_at - begin).total_seconds()
         return None
+
+
+class RefreshRow(BaseModel):
+    """One content's refresh as a domain run reports it (a row of its table artifact).
+
+    Times are Tableau's (UTC); ``duration_seconds`` runs from start (or queueing, if never started)
+    to completion. ``status``: 'succeeded', 'failed', 'cancelled', 'timed out' or 'running'.
+    """
+
+    content: str
+    kind: ContentKind
+    project: str
+    job_id: str = ""
+    adopted: bool = False
+    status: str
+    finish_code: int | None = None
+    queued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_seconds: float | None = None
+    notes: str = ""
+
+    @classmethod
+    def of(cls, refresh: RefreshJob) -> RefreshRow:
+        return cls(
+            content=refresh.content.name,
+            kind=refresh.content.kind,
+            project=refresh.project,
+            job_id=refresh.job_id or "",
+            adopted=refresh.adopted,
+            status=refresh.status,
+            finish_code=refresh.finish_code,
+            queued_at=refresh.created_at,
+            started_at=refresh.started_at,
+            finished_at=refresh.completed_at,
+            duration_seconds=refresh.duration_seconds,
+            notes=refresh.notes,
+        )
+
+
+class DomainRefreshSummary(BaseModel):
+    """What a domain run did: the PAT it held, how long it waited for it (seconds), its sign-ins, and
+    one row per content. ``refresh_domain`` returns it; a ``DomainRefreshError`` carries it."""
+
+    domain: str
+    pat: str
+    lease_wait_seconds: float
+    sign_ins: int
+    refreshes: list[RefreshRow]
+
+    @property
+    def failed(self) -> list[RefreshRow]:
+        """The rows whose refresh did not succeed."""
+        return [row for row in self.refreshes if row.status != "succeeded"]
 
 
 class PollPolicy(BaseModel):
@@ -247,16 +300,14 @@ def trigger_refresh(
         try:
             job = session.call(endpoint.refresh, content.id, incremental=incremental)
         except ServerResponseError as exc:
-            if error_code(exc) == REFRESH_ALREADY_QUEUED:
-                job = None  # tableauserverclient < 0.42 raised 409093 instead of returning None
-            elif error_code(exc) == TOO_MANY_REQUESTS:
+            if error_code(exc) == TOO_MANY_REQUESTS:
                 wait = _retry_after_seconds(exc, policy.rate_limit_default_wait)
                 logger.info("Tableau rate-limited the refresh of %s (429000); retrying in %.0f s", ref, wait)
                 _sleep_until_deadline(wait, deadline, f"refresh of {ref} still rate-limited (429000)", sleep)
                 continue
             else:
                 raise
-        if job is not None:
+        if job is not None:  # tableauserverclient (>= 0.42) returns None on 409093
             refresh.job_id = job.id
             refresh.created_at = job.created_at
             logger.info("Triggered refresh of %s: job %s", ref, job.id)

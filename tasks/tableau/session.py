@@ -21,7 +21,7 @@ from typing import TypeVar
 import tableauserverclient as TSC
 from tableauserverclient.server.endpoint.exceptions import NotSignedInError, ServerResponseError
 
-from blocks.tableau.pat import TableauPersonalAccessToken, TableauSite
+from blocks.tableau import TableauPersonalAccessToken, TableauSite
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -13,8 +13,9 @@ import pytest
 from conftest import MARKETING, SALES
 
 from flows.tableau.refresh import refresh_domain, refresh_domains
+from tasks.common import BlockNotFoundError
 from tasks.tableau.domains import DomainConfigError
-from tasks.tableau.pat_pool import BlockNotFoundError, PatPoolError
+from tasks.tableau.pat_pool import PatPoolError
 from tasks.tableau.refresh import ContentResolutionError, DomainRefreshError, PollPolicy
 from tasks.tableau.session import TableauAuthError
 
@@ -61,12 +62,12 @@ def test_refreshes_every_content_of_a_domain_with_one_sign_in(standin, workspace
 
     summary = refresh_domain("sales", config, FAST)
 
-    assert summary["sign_ins"] == 1
-    assert {(r["kind"], r["content"], r["status"]) for r in summary["refreshes"]} == {
+    assert summary.sign_ins == 1
+    assert {(r.kind, r.content, r.status) for r in summary.refreshes} == {
         *{("datasource", n, "succeeded") for n in ("Orders", "Leads", "Targets", "Regions")},
         ("workbook", "Sales Overview", "succeeded"),
     }
-    assert all(r["job_id"] and r["finished_at"] and r["duration_seconds"] > 0 for r in summary["refreshes"])
+    assert all(r.job_id and r.finished_at and r.duration_seconds > 0 for r in summary.refreshes)
     audit = standin.audit()
     assert audit["jobs_created"] == {
         **{f"datasource:Sales/{n}": 1 for n in ("Orders", "Leads", "Targets", "Regions")},
@@ -130,10 +131,8 @@ def test_rerun_while_refreshes_are_in_flight_adopts_the_jobs(make_standin, tmp_p
     first.join(60)
 
     assert "error" not in first_outcome, first_outcome.get("error")
-    assert all(r["adopted"] and r["status"] == "succeeded" for r in second["refreshes"])
-    assert {r["job_id"] for r in second["refreshes"]} == {
-        r["job_id"] for r in first_outcome["value"]["refreshes"]
-    }
+    assert all(r.adopted and r.status == "succeeded" for r in second.refreshes)
+    assert {r.job_id for r in second.refreshes} == {r.job_id for r in first_outcome["value"].refreshes}
     audit = standin.audit()
     assert audit["jobs_created"] == {f"datasource:Sales/{n['name']}": 1 for n in slow}
     assert audit["conflict_requests"] == 3
@@ -157,8 +156,8 @@ def test_token_expiry_mid_poll_signs_in_again_and_finishes(make_standin, tmp_pat
     run.join(60)
 
     assert "error" not in outcome, outcome.get("error")
-    assert outcome["value"]["sign_ins"] == 2
-    assert all(r["status"] == "succeeded" for r in outcome["value"]["refreshes"])
+    assert outcome["value"].sign_ins == 2
+    assert all(r.status == "succeeded" for r in outcome["value"].refreshes)
     audit = standin.audit()
     assert audit["expired_token_requests"] >= 1
     assert audit["invalidated_token_requests"] == 0
@@ -185,7 +184,7 @@ def test_failed_refresh_fails_the_domain_after_all_finished_and_names_it(make_st
     ) as raised:
         refresh_domain("sales", config, FAST)
 
-    statuses = {r["content"]: r["status"] for r in raised.value.summary["refreshes"]}
+    statuses = {r.content: r.status for r in raised.value.summary.refreshes}
     assert statuses == {
         "Orders": "succeeded",
         "Broken": "failed",
@@ -230,7 +229,7 @@ def test_rate_limited_incremental_refreshes_back_off_and_all_start(make_standin,
 
     summary = refresh_domain("sales", config, FAST)
 
-    assert all(r["status"] == "succeeded" for r in summary["refreshes"])
+    assert all(r.status == "succeeded" for r in summary.refreshes)
     audit = standin.audit()
     assert audit["rate_limited_requests"] >= 1
     assert sum(audit["jobs_created"].values()) == 5
@@ -306,7 +305,7 @@ def test_missing_pool_block(standin, workspace):
     config = workspace.write_domains({"sales": SALES})
     with pytest.raises(
         BlockNotFoundError,
-        match=rf"Tableau PAT Pool block '{workspace.pool_block}' \(needed by domain 'sales'\)",
+        match=rf"Tableau PAT Pool block '{workspace.pool_block}', needed by domain 'sales', does not exist",
     ):
         refresh_domain("sales", config)
     assert_nothing_started(standin)
@@ -324,7 +323,8 @@ def test_missing_pat_block(standin, workspace):
         )
     config = workspace.write_domains({"sales": SALES})
     with pytest.raises(
-        BlockNotFoundError, match=rf"Personal Access Token block '{workspace.pat_block('pat-2')}'"
+        BlockNotFoundError,
+        match=rf"Personal Access Token block '{workspace.pat_block('pat-2')}', needed by Tableau PAT Pool",
     ):
         refresh_domain("sales", config)
     assert_nothing_started(standin)
