@@ -2,8 +2,8 @@
 
 Each domain deployment runs when its upstream flow run completes: an event trigger on
 ``prefect.flow-run.Completed`` whose related resources include the upstream flow (and, if the
-domain names it, the upstream deployment). ``prefect.yaml`` spells the same triggers out; the
-tests check that it agrees with :func:`upstream_trigger_spec` for every domain.
+domain names it, the upstream deployment). ``deployments.domains`` writes them into ``prefect.yaml``;
+``devstack.serve_domains`` serves the same triggers with :func:`upstream_trigger`.
 """
 
 from __future__ import annotations

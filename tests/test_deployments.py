@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from deployments.triggers import upstream_trigger_spec
@@ -89,3 +90,48 @@ def test_prefect_deploy_all_against_a_real_server(prefect_api_url):
     )
     metadata = deployments["metadata-athena-prod"]
     assert metadata.work_pool_name == "metadata" and metadata.global_concurrency_limit.limit == 1
+
+
+def test_the_domain_deployments_of_prefect_yaml_are_generated_from_the_configuration():
+    from deployments.domains import main
+
+    assert main(["--check"]) == 0, "prefect.yaml is out of date: run `python -m deployments.domains`"
+
+
+def test_a_new_domain_is_one_configuration_entry_and_one_command(tmp_path, capsys):
+    from deployments.domains import main
+
+    config = yaml.safe_load((ROOT / "tableau_domains.yaml").read_text())
+    config["domains"]["hr"] = {
+        "upstream": {"flow": "hr-pipeline", "deployment": "nightly"},
+        "cron": "30 6 * * 1-5",
+        "datasources": [{"project": "HR", "name": "Headcount"}],
+    }
+    domains_yaml, deploy_yaml = tmp_path / "domains.yaml", tmp_path / "prefect.yaml"
+    domains_yaml.write_text(yaml.safe_dump(config))
+    deploy_yaml.write_text((ROOT / "prefect.yaml").read_text())
+    args = ["--config", str(domains_yaml), "--prefect-yaml", str(deploy_yaml)]
+
+    assert main([*args, "--check"]) == 1
+    assert "out of date" in capsys.readouterr().err
+    assert main(args) == 0
+    assert main([*args, "--check"]) == 0
+
+    deployments = {d["name"]: d for d in yaml.safe_load(deploy_yaml.read_text())["deployments"]}
+    hr = deployments["hr"]
+    assert hr["entrypoint"] == "flows/tableau/refresh.py:refresh_domain"  # from the *refresh anchor
+    assert hr["concurrency_limit"] == 1 and hr["parameters"] == {"domain": "hr"}
+    assert hr["schedules"] == [{"cron": "30 6 * * 1-5", "timezone": "UTC"}]
+    assert {"prefect.resource.role": "deployment", "prefect.resource.name": "nightly"} in hr["triggers"][0][
+        "match_related"
+    ]
+    assert {"sales", "marketing", "finance", "all-domains", "crm-export-weekly"} <= set(deployments)
+
+
+def test_prefect_yaml_without_the_generated_section_is_refused(tmp_path):
+    from deployments.domains import main
+
+    deploy_yaml = tmp_path / "prefect.yaml"
+    deploy_yaml.write_text("deployments: []\n")
+    with pytest.raises(ValueError, match="no generated section"):
+        main(["--prefect-yaml", str(deploy_yaml)])

@@ -10,7 +10,8 @@ parameter point elsewhere) holds ``defaults`` and one entry per domain under ``d
         datasources: [{project: Sales, name: Orders}]
         workbooks: [{project: Sales, name: Sales Overview}]
 
-Adding a domain adds an entry here and its deployment in ``prefect.yaml``; no code.
+Adding a domain adds an entry there; ``python -m deployments.domains`` writes its deployment into
+``prefect.yaml``. No code.
 """
 
 from __future__ import annotations
