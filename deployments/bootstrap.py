@@ -1,6 +1,6 @@
 """Create the global concurrency limits of a Tableau PAT pool, idempotently, and report drift.
 
-``prefect.yaml`` cannot declare global concurrency limits, so this command does (design.md §7)::
+``prefect.yaml`` cannot declare global concurrency limits, so this command does::
 
     python -m deployments.bootstrap --pool-block tableau-pat-pool          # create missing, report drift
     python -m deployments.bootstrap --pool-block tableau-pat-pool --check  # change nothing

@@ -1,1 +1,1 @@
-"""Local stand-ins for the outside world (design.md §6); used by `make demo` and the tests, never by flows."""
+"""Local stand-ins and launchers for the outside world; used by `make demo` and the tests, never by flows."""

@@ -2,7 +2,7 @@
 
 Azurite is installed by ``make sync`` (``npm ci --prefix devstack/azurite``) from
 ``devstack/azurite/package-lock.json``: version 3.33.0, the last line that runs on Node 20 (3.37 needs
-Node >= 22, design.md §7). It serves the single well-known development account ``devstoreaccount1``
+Node >= 22). It serves the single well-known development account ``devstoreaccount1``
 path-style: ``http://127.0.0.1:<port>/devstoreaccount1/<container>/<blob>``. ``--skipApiVersionCheck``
 lets the newer azure-storage-blob clients (whose ``x-ms-version`` Azurite 3.33 does not know yet) in;
 ``--loose`` ignores headers it does not implement.

@@ -247,7 +247,7 @@ class TableauSite:
 
     def sign_in_with_pat(self, name: str, secret: str, content_url: str) -> Session:
         """Sign in with a personal access token. Tableau keeps one session per PAT: this sign-in ends
-        the token's previous session, whose requests then get 401002 (design.md §3)."""
+        the token's previous session, whose requests then get 401002 (REST API reference, "Sign In")."""
         with self._lock:
             self._advance()
             if not any(p.name == name and p.secret == secret for p in self.config.pats):

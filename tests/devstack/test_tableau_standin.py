@@ -1,6 +1,6 @@
 """The Tableau stand-in (devstack/tableau) against what it stands in for: Tableau's official REST API
 3.29 schema, tableauserverclient (TSC) driving it for real, TSC's own response fixtures, and the
-documented failure modes (design.md §3).
+documented failure modes (docs/architecture.md, "Tableau refresh").
 
 Every XML body served during a test is validated against the schema when the test ends; the only
 tolerated deviations are the two asserted in `assert_schema_valid`.
@@ -28,9 +28,9 @@ from devstack.tableau import TableauStandIn, load_config
 from devstack.tableau.config import content_id, project_id, schedule_id, site_id, user_id, view_id
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_TABLEAU = Path(__file__).resolve().parents[3] / "shared" / "tableau"
-XSD = SHARED_TABLEAU / "ts-api_3_29.xsd"
-TSC_ASSETS = SHARED_TABLEAU / "tsc-assets"
+FIXTURES = REPO / "tests" / "fixtures" / "tableau"  # sources: tests/fixtures/README.md
+XSD = FIXTURES / "ts-api_3_29.xsd"
+TSC_ASSETS = FIXTURES / "tsc-assets"
 NS = {"t": "http://tableau.com/api"}
 XML_CONTENT_TYPE = "application/xml;charset=utf-8"
 

@@ -1,4 +1,4 @@
-"""The domain refresh flow against the Tableau stand-in and a real Prefect server (design.md §3).
+"""The domain refresh flow against the Tableau stand-in and a real Prefect server.
 
 Each test runs real flow runs; the stand-in's audit says what Tableau would have seen.
 """
