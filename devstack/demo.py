@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -74,23 +75,8 @@ def stand_in_seed(domains: dict) -> dict:
 def start_tableau(workdir: Path, seed: dict, stack: ExitStack) -> str:
     config, url_file = workdir / "tableau-seed.json", workdir / "tableau.url"
     config.write_text(json.dumps(seed, indent=2))
-    log = stack.enter_context(open(workdir / "tableau.log", "wb"))
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "devstack.tableau",
-            "--config",
-            str(config),
-            "--port",
-            "0",
-            "--url-file",
-            str(url_file),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    stack.callback(_terminate, process)
+    argv = [sys.executable, "-m", "devstack.tableau", "--config", str(config), "--port", "0"]
+    process = start_process([*argv, "--url-file", str(url_file)], workdir / "tableau.log", stack)
     deadline = time.monotonic() + 30
     while not url_file.exists() or not url_file.read_text().strip():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -99,13 +85,25 @@ def start_tableau(workdir: Path, seed: dict, stack: ExitStack) -> str:
     return url_file.read_text().strip()
 
 
-def _terminate(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+def start_process(argv: list[str], log_path: Path, stack: ExitStack) -> subprocess.Popen:
+    """Start ``argv`` in a process group of its own, its output in ``log_path``; ``stack`` stops the
+    whole group (the process and whatever it started, e.g. the flow runs ``serve`` spawns)."""
+    log = stack.enter_context(open(log_path, "wb"))
+    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    stack.callback(stop_process_group, process)
+    return process
+
+
+def stop_process_group(process: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGTERM to the process's group, SIGKILL after ``timeout`` seconds; nothing if it is gone."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        process.wait()
 
 
 def create_blocks_and_limits(tableau_url: str) -> None:
@@ -233,13 +231,11 @@ def main() -> int:
         )
         create_blocks_and_limits(tableau_url)
 
-        serve_log = stack.enter_context(open(workdir / "serve.log", "wb"))
-        serving = subprocess.Popen(
+        start_process(
             [sys.executable, "-m", "devstack.serve_domains", "--poll-policy", json.dumps(POLL_POLICY)],
-            stdout=serve_log,
-            stderr=subprocess.STDOUT,
+            workdir / "serve.log",
+            stack,
         )
-        stack.callback(_terminate, serving)
         wait_for_deployments(list(domains))
         print(f"Serving deployments {sorted(domains)}; running their upstream pipelines ...")
         started = time.monotonic()
@@ -280,5 +276,13 @@ def main() -> int:
         return 0 if clean and exported and collected and collected_tableau else 1
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds main()'s ExitStack: every server and process is stopped
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl+C: main()'s ExitStack has stopped everything on the way out
+        sys.exit(128 + signal.SIGINT)

@@ -58,6 +58,9 @@ class PrefectServer:
             "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": str(self._repossessor_loop_seconds),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_UI_ENABLED": "true",
+            # The UI asks /ui-settings where the API is; the default (http://127.0.0.1:4200/api) is not
+            # this server on its free port, and every page would say "Can't connect to Server API".
+            "PREFECT_UI_API_URL": self.api_url,
         }
         env.pop("PREFECT_API_URL", None)
         self.home.mkdir(parents=True, exist_ok=True)
