@@ -16,8 +16,10 @@ export UV_PYTHON_DOWNLOADS := never
 demo: sync
 	$(UV) run --locked python -m devstack.demo
 
+# Tests run on TEST_WORKERS pytest-xdist workers sharing one Prefect server; the slowest are listed.
+TEST_WORKERS ?= 2
 test: sync
-	$(UV) run --locked python -m pytest
+	$(UV) run --locked python -m pytest -n $(TEST_WORKERS) --durations=25
 
 lint: sync
 	$(UV) run --locked ruff check .

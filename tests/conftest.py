@@ -1,8 +1,9 @@
-"""Test harness: one real ``prefect server start`` for the whole session, and helpers.
+"""Test harness: one real ``prefect server start`` for the whole run, and helpers.
 
 Prefect reads its settings when first imported, so the server is started and ``PREFECT_API_URL``
-set in ``pytest_configure``, before any test module (and Prefect) is imported. The server runs
-its lease-expiry service every second, so crash tests see leases expire promptly.
+set in ``pytest_configure``, before any test module (and Prefect) is imported. With pytest-xdist
+the controller starts it and the workers inherit its URL: one server for the run. It runs its
+lease-expiry service every second, so crash tests see leases expire promptly.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ _server: PrefectServer | None = None
 
 def pytest_configure(config: pytest.Config) -> None:
     global _server
-    if os.environ.get("PREFECT_API_URL"):
-        return  # a server chosen by the caller
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # a pytest-xdist worker: the controller's server, inherited through the environment
     _server = PrefectServer(repossessor_loop_seconds=1).start()
     os.environ.update(_server.client_env())
     os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
