@@ -53,13 +53,14 @@ from prefect_aws import AwsCredentials
 from devstack.athena_catalog import queue_query_results, seed_large_glue_catalog
 from devstack.moto_server import DEFAULT_REGION, DUMMY_ACCESS_KEY_ID, DUMMY_SECRET_ACCESS_KEY, MotoServer
 from tasks.metadata.extract_files import WrittenFile, write_extracts
-from tasks.metadata.extractors.athena.extractor import RESULTS_PAGE_SIZE, AthenaExtractor
+from tasks.metadata.extractors.athena import AthenaExtractor
+from tasks.metadata.extractors.athena.information_schema import RESULTS_PAGE_SIZE
 from tasks.metadata.hwm import Window
 
 SOURCE = "athena-bench"
 #: AWS Glue GetTables returns at most 100 tables per call (MaxResults 1-100, Glue API reference).
 GLUE_TABLES_PER_PAGE = 100
-#: ``tables``, ``views`` and ``columns`` each page GetTables (tasks/metadata/extractors/athena/extractor.py docstring).
+#: ``tables``, ``views`` and ``columns`` each page GetTables (three passes of tasks/metadata/extractors/athena/glue_catalog.glue_tables).
 GET_TABLES_PASSES = 3
 MB = 2**20
 
@@ -72,7 +73,7 @@ class MeasuredAthenaExtractor(AthenaExtractor):
         self.calls, self.executions, self.twin = calls, executions, twin
 
     def _client(self, name: str) -> Any:
-        fresh = name not in self._clients
+        fresh = not self._aws.is_made(name)
         client = super()._client(name)
         if fresh:
             client.meta.events.register("before-call", self._count)

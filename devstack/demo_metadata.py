@@ -36,12 +36,12 @@ LANDING_BUCKET = "catalog-landing"
 
 
 def _patch_extractor_clients() -> None:
-    from tasks.metadata.extractors.athena.extractor import AthenaExtractor
+    from tasks.metadata.extractors.athena import AthenaExtractor
 
     original = AthenaExtractor._client
 
     def client(self: AthenaExtractor, name: str) -> Any:
-        made = name not in self._clients
+        made = not self._aws.is_made(name)
         result = original(self, name)
         if made and name == "athena":
             answer_batch_get_query_execution(result)

@@ -30,7 +30,7 @@ def build_extractor(source: Any) -> Extractor:
     if config.kind == "athena":
         from prefect_aws import AwsCredentials
 
-        from tasks.metadata.extractors.athena.extractor import AthenaExtractor
+        from tasks.metadata.extractors.athena import AthenaExtractor
 
         return AthenaExtractor(
             source=source.name,

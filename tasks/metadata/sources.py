@@ -38,7 +38,7 @@ class _Strict(BaseModel):
 
 
 class AthenaExtractorConfig(_Strict):
-    """Amazon Athena and the Glue Data Catalog (``tasks.metadata.extractors.athena.extractor``)."""
+    """Amazon Athena and the Glue Data Catalog (``tasks.metadata.extractors.athena``)."""
 
     kind: Literal["athena"]
     aws_credentials_block: str = Field(description="name of a prefect-aws AwsCredentials block")

@@ -1,4 +1,4 @@
-"""The Athena extractor (tasks/metadata/extractors/athena/extractor.py) against moto's real server, seeded with the TPC-DS
+"""The Athena extractor (tasks/metadata/extractors/athena/) against moto's real server, seeded with the TPC-DS
 catalog, workgroups and query history of devstack/athena_catalog.py.
 
 moto's gaps (design.md §7) and how these tests bridge them:
@@ -39,14 +39,9 @@ from devstack.athena_catalog import (
     seed_athena,
 )
 from devstack.moto_server import DUMMY_ACCESS_KEY_ID, DUMMY_SECRET_ACCESS_KEY, MotoServer
-from tasks.metadata.extractors.athena.extractor import (
-    CATALOG_SQL,
-    QUERY_HISTORY_COLUMNS,
-    STRAGGLER_MARGIN,
-    TABLES_SQL,
-    AthenaExtractionError,
-    AthenaExtractor,
-)
+from tasks.metadata.extractors.athena import AthenaExtractionError, AthenaExtractor
+from tasks.metadata.extractors.athena.information_schema import CATALOG_SQL, TABLES_SQL
+from tasks.metadata.extractors.athena.query_history import QUERY_HISTORY_COLUMNS, STRAGGLER_MARGIN
 from tasks.metadata.extracts import Extract, ExtractorConnectionError
 
 REGION = "eu-west-1"
@@ -251,7 +246,7 @@ def test_every_entity_from_the_seeded_catalog(moto, seeded, monkeypatch, caplog)
     queue_catalog_answers(moto, seeded)
     started = datetime.now(UTC) - timedelta(hours=1)
     end = datetime.now(UTC) + timedelta(minutes=1)
-    caplog.set_level(logging.WARNING, logger="tasks.metadata.extractors.athena.extractor")
+    caplog.set_level(logging.WARNING, logger="tasks.metadata.extractors.athena")
 
     extracts = by_entity(extractor.run(started, end))
 
@@ -366,7 +361,7 @@ def test_information_schema_cross_check_warns_about_differences(moto, seeded, ca
         ("tpcds_sf10", "orphan", "BASE TABLE")
     ]
     queue_query_results(moto.url, REGION, [(names, rows)])
-    caplog.set_level(logging.WARNING, logger="tasks.metadata.extractors.athena.extractor")
+    caplog.set_level(logging.WARNING, logger="tasks.metadata.extractors.athena")
 
     tables = list(
         by_entity(extractor.run(datetime.now(UTC) - timedelta(days=1), datetime.now(UTC)))["tables"].rows
@@ -387,9 +382,15 @@ def test_information_schema_query_is_awaited_with_backoff(moto, seeded):
         f"{moto.url}/moto-api/state-manager/set-transition", json=transition, timeout=10
     ).raise_for_status()
     states: list[str] = []
-    extractor._client("athena").meta.events.register(
+    started: list[str] = []
+    events = extractor._client("athena").meta.events
+    events.register(
         "after-call.athena.GetQueryExecution",
         lambda parsed, **_: states.append(parsed["QueryExecution"]["Status"]["State"]),
+    )
+    events.register(
+        "after-call.athena.StartQueryExecution",
+        lambda parsed, **_: started.append(parsed["QueryExecutionId"]),
     )
     try:
         extracts = by_entity(extractor.run(datetime.now(UTC) - timedelta(days=1), datetime.now(UTC)))
@@ -404,7 +405,7 @@ def test_information_schema_query_is_awaited_with_backoff(moto, seeded):
             json={"model_name": "athena::execution"},
             timeout=10,
         ).raise_for_status()
-    query_id = extractor._catalog_queries["crm_postgres"]
+    [query_id] = started
     status = client(moto, "athena").get_query_execution(QueryExecutionId=query_id)["QueryExecution"]["Status"]
     assert status["State"] == "SUCCEEDED"
 
@@ -503,6 +504,7 @@ def test_history_unprocessed_ids_reported_after_bounded_retries(moto, seeded):
     extractor.unprocessed_retries = 2
     now = datetime(2026, 11, 20, tzinfo=UTC)
     stuck = {"QueryExecutionId": "q-2", "ErrorCode": "InternalServerException", "ErrorMessage": "retry later"}
+    extracts = by_entity(extractor.run(now - timedelta(days=1), now))
     with Stubber(extractor._client("athena")) as stubber:
         stubber.add_response("list_query_executions", {"QueryExecutionIds": ["q-1", "q-2"]})
         stubber.add_response(
@@ -519,14 +521,10 @@ def test_history_unprocessed_ids_reported_after_bounded_retries(moto, seeded):
                 {"QueryExecutions": [], "UnprocessedQueryExecutionIds": [stuck]},
                 {"QueryExecutionIds": ["q-2"]},
             )
-        history = extractor._guarded(
-            "query_history",
-            extractor._query_history(["analysts"], extractor.history_window(now - timedelta(days=1), now)),
-        )
         with pytest.raises(
             AthenaExtractionError, match=r"1 execution\(s\) unprocessed after 2 retries: q-2 \(Internal"
         ):
-            list(history)
+            list(extracts["query_history"].rows)
         stubber.assert_no_pending_responses()
 
 
@@ -625,7 +623,7 @@ def test_history_oldest_first_over_several_pages_reads_them_all(moto, seeded):
 def test_window_older_than_45_days_is_clamped_with_a_warning(moto, seeded, caplog):
     extractor = make_extractor(moto, seeded, workgroups=["analysts"])
     end = datetime(2026, 11, 20, 4, 0, tzinfo=UTC)
-    caplog.set_level(logging.WARNING, logger="tasks.metadata.extractors.athena.extractor")
+    caplog.set_level(logging.WARNING, logger="tasks.metadata.extractors.athena")
 
     window = extractor.history_window(end - timedelta(days=60), end)
 
@@ -828,7 +826,7 @@ def test_connection_rejected_credentials(iam_moto):
 
 def test_view_sql_decodes_athena_views_and_keeps_hive_text():
     from devstack.athena_catalog import presto_view_text
-    from tasks.metadata.extractors.athena.extractor import view_sql
+    from tasks.metadata.extractors.athena.glue_catalog import view_sql
 
     encoded = presto_view_text("SELECT 1 AS one", "awsdatacatalog", "marketing", [("one", "integer")])
     assert view_sql(encoded) == ("athena", "SELECT 1 AS one")

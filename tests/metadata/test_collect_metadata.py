@@ -253,7 +253,7 @@ def athena_source(tmp_path, moto, seeded, monkeypatch):
     from prefect_aws.client_parameters import AwsClientParameters
 
     from devstack.moto_gaps import answer_batch_get_query_execution
-    from tasks.metadata.extractors.athena.extractor import AthenaExtractor
+    from tasks.metadata.extractors.athena import AthenaExtractor
 
     name = f"athena-{uuid.uuid4().hex[:6]}"
     AwsCredentials(
@@ -265,7 +265,7 @@ def athena_source(tmp_path, moto, seeded, monkeypatch):
     original = AthenaExtractor._client
 
     def client(self, service):  # moto lacks BatchGetQueryExecution (design.md §7)
-        made = service not in self._clients
+        made = not self._aws.is_made(service)
         result = original(self, service)
         if made and service == "athena":
             answer_batch_get_query_execution(result)
