@@ -18,18 +18,17 @@ directory, as ``tasks.metadata.collection`` does (without ``test_connection``'s 
   Glue is read and the files written again; query history keeps only executions completed since.
 
 Per run: wall time (``perf_counter``, from ``run`` to the last file closed), API calls by operation
-(botocore ``before-call`` hooks on the extractor's clients, through its ``_client`` seam), max RSS
+(botocore ``before-call`` hooks on the extractor's clients, ``AthenaExtractor.aws``), max RSS
 (``getrusage``: this process's high-water mark so far, seeding included), and rows and bytes of each
 entity file. tracemalloc slows Python down by more than half, so both runs are timed without it, then
 rerun over the same windows with it for the peak of Python allocations (``--no-tracemalloc`` skips
 those reruns); the reruns' own information_schema queries complete after both windows, so they write
 the same rows.
 
-moto's gaps (design.md §7), bridged as the tests do: ``BatchGetQueryExecution`` does not exist in moto,
-so the extractor's call is answered from ``GetQueryExecution`` snapshots taken after seeding (ids started
-later are fetched on an uncounted client) and counted as one call per batch, as AWS would; the
-information_schema cross-check's results are queued before each run (moto's query-results API) with the
-seeded tables, so the cross-check compares the whole catalog and warns of nothing.
+moto runs behind ``devstack.moto_gaps`` (BatchGetQueryExecution answered from moto's GetQueryExecution,
+ListQueryExecutions newest first and paged, as AWS does); the information_schema cross-check's results
+are queued before each run (moto's query-results API) with the seeded tables, so the cross-check
+compares the whole catalog and warns of nothing.
 """
 
 from __future__ import annotations
@@ -47,7 +46,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import boto3
 from prefect_aws import AwsCredentials
 
 from devstack.athena_catalog import queue_query_results, seed_large_glue_catalog
@@ -65,46 +63,15 @@ GET_TABLES_PASSES = 3
 MB = 2**20
 
 
-class MeasuredAthenaExtractor(AthenaExtractor):
-    """``AthenaExtractor`` whose clients count their API calls, with BatchGetQueryExecution bridged for moto."""
+def _count_calls(extractor: AthenaExtractor, calls: Counter) -> None:
+    """Count the API calls of ``extractor``'s clients by ``service:Operation`` in ``calls``."""
 
-    def __init__(self, *args: Any, calls: Counter, executions: dict[str, dict], twin: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.calls, self.executions, self.twin = calls, executions, twin
-
-    def _client(self, name: str) -> Any:
-        fresh = not self._aws.is_made(name)
-        client = super()._client(name)
-        if fresh:
-            client.meta.events.register("before-call", self._count)
-            if name == "athena":
-                client.batch_get_query_execution = self._batch_get_query_execution
-        return client
-
-    def _count(self, event_name: str, **_: Any) -> None:
+    def count(event_name: str, **_: Any) -> None:
         _, service, operation = event_name.split(".", 2)
-        self.calls[f"{service}:{operation}"] += 1
+        calls[f"{service}:{operation}"] += 1
 
-    def _batch_get_query_execution(self, QueryExecutionIds: list[str]) -> dict[str, Any]:  # noqa: N803
-        self.calls["athena:BatchGetQueryExecution*"] += 1
-        found = []
-        for execution_id in QueryExecutionIds:
-            if execution_id not in self.executions:
-                self.executions[execution_id] = self.twin.get_query_execution(QueryExecutionId=execution_id)[
-                    "QueryExecution"
-                ]
-            found.append(self.executions[execution_id])
-        return {"QueryExecutions": found, "UnprocessedQueryExecutionIds": []}
-
-
-def _client(moto: MotoServer, name: str) -> Any:
-    return boto3.client(
-        name,
-        endpoint_url=moto.url,
-        region_name=moto.region,
-        aws_access_key_id=DUMMY_ACCESS_KEY_ID,
-        aws_secret_access_key=DUMMY_SECRET_ACCESS_KEY,
-    )
+    for name in ("athena", "glue", "s3", "sts"):
+        extractor.aws.client(name).meta.events.register("before-call", count)
 
 
 def _max_rss_mb() -> float:
@@ -112,18 +79,13 @@ def _max_rss_mb() -> float:
 
 
 def collect(
-    moto: MotoServer,
-    seeded: dict[str, Any],
-    executions: dict[str, dict],
-    window: Window,
-    out_dir: Path,
-    trace: bool,
+    moto: MotoServer, seeded: dict[str, Any], window: Window, out_dir: Path, trace: bool
 ) -> dict[str, Any]:
     """One collector run over ``window`` into ``out_dir``; its figures."""
     names = ["table_schema", "table_name", "table_type"]
     queue_query_results(moto.url, moto.region, [(names, sorted(seeded["tables"]))])
     calls: Counter = Counter()
-    extractor = MeasuredAthenaExtractor(
+    extractor = AthenaExtractor(
         SOURCE,
         AwsCredentials(
             aws_access_key_id=DUMMY_ACCESS_KEY_ID,
@@ -134,10 +96,8 @@ def collect(
         workgroups=None,
         output_location=seeded["output_location"],
         endpoint_url=moto.url,
-        calls=calls,
-        executions=executions,
-        twin=_client(moto, "athena"),
     )
+    _count_calls(extractor, calls)
     gc.collect()
     if trace:
         tracemalloc.start()
@@ -198,11 +158,6 @@ def main(argv: list[str] | None = None) -> None:
             queries=args.queries,
             threads=args.seed_threads,
         )
-        twin = _client(moto, "athena")
-        executions = {  # what BatchGetQueryExecution would answer (moto lacks it)
-            i: twin.get_query_execution(QueryExecutionId=i)["QueryExecution"]
-            for i in seeded["query_execution_ids"]
-        }
         seconds = time.perf_counter() - started
         print(
             f"Seeded moto's server in {seconds:.1f} s ({args.seed_threads} threads; not in the figures): "
@@ -215,14 +170,14 @@ def main(argv: list[str] | None = None) -> None:
         end = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=1)
         time.sleep(max(0.0, (end - dt.datetime.now(dt.UTC)).total_seconds()) + 0.01)
         full_window = Window(end - dt.timedelta(days=1), end)
-        full = collect(moto, seeded, executions, full_window, Path(tmp) / "full", trace=False)
+        full = collect(moto, seeded, full_window, Path(tmp) / "full", trace=False)
         end2 = max(dt.datetime.now(dt.UTC).replace(microsecond=0), end + dt.timedelta(seconds=1))
         time.sleep(max(0.0, (end2 - dt.datetime.now(dt.UTC)).total_seconds()))
         incremental_window = Window(end, end2)
-        incremental = collect(moto, seeded, executions, incremental_window, Path(tmp) / "incr", trace=False)
+        incremental = collect(moto, seeded, incremental_window, Path(tmp) / "incr", trace=False)
         for run, window, where in ((full, full_window, "full"), (incremental, incremental_window, "incr")):
             if trace:
-                traced = collect(moto, seeded, executions, window, Path(tmp) / f"{where}-traced", trace=True)
+                traced = collect(moto, seeded, window, Path(tmp) / f"{where}-traced", trace=True)
                 assert [(f.entity, f.rows) for f in traced["files"]] == [
                     (f.entity, f.rows) for f in run["files"]
                 ], "the traced rerun wrote other rows"
@@ -253,7 +208,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{a.entity:15}{a.rows:11,}{a.bytes:12,}{b.rows:12,}{b.bytes:12,}")
 
     calls = full["calls"]
-    batches = calls["athena:BatchGetQueryExecution*"]
     aws = aws_estimate(args.tables, args.databases)
     print(
         "\nIncremental run: data_catalogs, databases, tables, views, columns and users are full snapshots, "
@@ -264,11 +218,10 @@ def main(argv: list[str] | None = None) -> None:
         "Limits: moto answers from memory on loopback, one process behind the GIL, without AWS's latency "
         "(tens of ms a call) or throttling (Glue and Athena limit calls per second per account), and "
         f"unpaged: a whole database per GetTables call where AWS returns at most {GLUE_TABLES_PER_PAGE} "
-        "tables, GetQueryResults and ListQueryExecutions in one page. The full run on AWS would make about "
+        "tables, GetQueryResults in one page. The full run on AWS would make about "
         f"GetTables {aws['GetTables']:,} (here {calls['glue:GetTables']:,}), GetQueryResults "
-        f"{aws['GetQueryResults']:,} (here {calls['athena:GetQueryResults']:,}), ListQueryExecutions "
-        f"{batches:,} (here {calls['athena:ListQueryExecutions']:,}), BatchGetQueryExecution {batches:,} as "
-        "here (* answered in this process: moto lacks it). Peak MB: Python allocations of this process "
+        f"{aws['GetQueryResults']:,} (here {calls['athena:GetQueryResults']:,}); ListQueryExecutions and "
+        "BatchGetQueryExecution as here (pages of 50, as AWS). Peak MB: Python allocations of this process "
         "only (moto's whole-database GetTables page is parsed at once); max RSS: the process's high-water "
         "mark, seeding included. Files are written to a local disk, not uploaded."
     )

@@ -11,18 +11,15 @@
 - a federated data catalog ``crm_postgres`` (type LAMBDA) with a database ``public``;
 - query history: ``QUERIES_PER_WORKGROUP`` ``start_query_execution`` calls per workgroup.
 
-moto's behaviour (5.2, design.md §7), which the tests and the demo work with:
+moto's behaviour (5.2) that the tests and the demo work with (``devstack.moto_gaps`` answers
+``ListQueryExecutions``, ``BatchGetQueryExecution``, ``ListDataCatalogs`` and ``GetWorkGroup`` as AWS does):
 
 - Athena "runs" nothing: a started query is SUCCEEDED (by default) at its first ``get_query_execution``;
   its ``SubmissionDateTime`` and ``CompletionDateTime`` are both the instant it was started. Its results
   are empty unless queued beforehand with ``queue_query_results`` (moto's
   ``/moto-api/static/athena/query-results``), which hands each queued result to the next query started.
-- ``list_query_executions`` lists a workgroup's executions oldest first, all in one page; executions
-  started without ``WorkGroup`` belong to no workgroup (AWS puts them in ``primary``): the seed always
-  passes one.
-- ``batch_get_query_execution`` and ``list_table_metadata`` do not exist (HTTP 500); ``list_data_catalogs``
-  does not list ``AwsDataCatalog``; ``get_work_group`` of an unknown name answers without a ``WorkGroup``
-  instead of AWS's ``InvalidRequestException``.
+- Executions started without ``WorkGroup`` belong to no workgroup (AWS puts them in ``primary``): the seed
+  always passes one. ``list_table_metadata`` does not exist.
 - Databases of a non-Glue catalog exist only in Athena's own model: the seed creates ``crm_postgres.public``
   with a ``CREATE DATABASE`` query (moto parses that DDL; on AWS a federated catalog's databases are the
   source's schemas and cannot be created through Athena).

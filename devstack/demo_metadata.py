@@ -10,8 +10,8 @@ moto's endpoint, ``S3Bucket``), writes a sources file for an ``athena-demo`` sou
 ``collect-metadata`` flow twice: the first run extracts the initial look-back, the second only
 what is new since the HWM the first published.
 
-moto lacks ``BatchGetQueryExecution``; the demo answers it from ``GetQueryExecution`` at the boto3
-boundary (``devstack.moto_gaps``). Imports Prefect only inside functions.
+moto runs behind ``devstack.moto_gaps``, which answers the Athena calls moto lacks as AWS does. Imports
+Prefect only inside functions.
 """
 
 from __future__ import annotations
@@ -27,27 +27,11 @@ import yaml
 
 from devstack.athena_catalog import information_schema_tables, queue_query_results, seed_athena
 from devstack.azurite_server import Azurite
-from devstack.moto_gaps import answer_batch_get_query_execution
 from devstack.moto_server import DUMMY_ACCESS_KEY_ID, DUMMY_SECRET_ACCESS_KEY, MotoServer
 
 SOURCE = "athena-demo"
 REGION = "us-east-1"
 LANDING_BUCKET = "catalog-landing"
-
-
-def _patch_extractor_clients() -> None:
-    from tasks.metadata.extractors.athena import AthenaExtractor
-
-    original = AthenaExtractor._client
-
-    def client(self: AthenaExtractor, name: str) -> Any:
-        made = not self._aws.is_made(name)
-        result = original(self, name)
-        if made and name == "athena":
-            answer_batch_get_query_execution(result)
-        return result
-
-    AthenaExtractor._client = client
 
 
 def _sources_file(workdir: Path, moto_url: str, seeded: dict[str, Any]) -> Path:
@@ -91,7 +75,6 @@ def run_athena_collector(workdir: Path, stack: ExitStack) -> bool:
     )
     credentials.save("demo-aws", overwrite=True)
     S3Bucket(bucket_name=LANDING_BUCKET, credentials=credentials).save("demo-catalog-landing", overwrite=True)
-    _patch_extractor_clients()
     file = _sources_file(workdir, moto.url, seeded)
     print(
         f"\nmoto server {moto.url}: Glue catalog {', '.join(seeded['databases'])}, workgroups "

@@ -1,18 +1,13 @@
 """The Athena extractor (tasks/metadata/extractors/athena/) against moto's real server, seeded with the TPC-DS
 catalog, workgroups and query history of devstack/athena_catalog.py.
 
-moto's gaps (design.md §7) and how these tests bridge them:
-
-- ``batch_get_query_execution`` does not exist in moto: that one call is stubbed with botocore's
-  ``Stubber`` at the boto3 boundary. The stubbed client's method replaces the extractor's (reached through
-  its ``_client`` seam); every other call still goes to moto. Responses are shaped as the
-  BatchGetQueryExecution API reference documents, built from moto's own ``get_query_execution``, with
-  completion times set by the test where windowing needs them.
-- moto lists executions oldest first in one page; AWS newest first, 50 per page. Both orders are tested:
-  moto's for real, AWS's with ``list_query_executions`` stubbed too.
-- information_schema queries return nothing in moto unless results are queued (moto's
-  ``/moto-api/static/athena/query-results``): tests queue what Athena would answer, in query order.
-- IAM: a second moto server enforces IAM after its setup requests (``initial_no_auth_action_count``).
+moto runs behind ``devstack.moto_gaps``, which answers as AWS does where moto does not (errors of JSON
+APIs, ListQueryExecutions newest first and paged, BatchGetQueryExecution, AwsDataCatalog, GetWorkGroup).
+Where a test needs executions with given times, or checks the exact calls, the extractor's Athena
+client is wrapped in botocore's ``Stubber`` (or only its ``batch_get_query_execution``), with responses
+shaped as the API reference documents. information_schema queries return nothing in moto unless
+results are queued (moto's ``/moto-api/static/athena/query-results``): tests queue what Athena would
+answer, in query order. IAM: a second moto server enforces IAM after its setup requests.
 """
 
 from __future__ import annotations
@@ -126,9 +121,10 @@ def dicts(extract: Extract) -> list[dict[str, Any]]:
 
 
 def moto_executions(moto: MotoServer, workgroup: str) -> list[dict[str, Any]]:
-    """moto's listing of ``workgroup`` (oldest first, one page), each as moto's get_query_execution has it."""
+    """The listing of ``workgroup`` (newest first, every page), each as GetQueryExecution has it."""
     athena = client(moto, "athena")
-    ids = athena.list_query_executions(WorkGroup=workgroup)["QueryExecutionIds"]
+    pages = athena.get_paginator("list_query_executions").paginate(WorkGroup=workgroup)
+    ids = [i for page in pages for i in page["QueryExecutionIds"]]
     return [athena.get_query_execution(QueryExecutionId=i)["QueryExecution"] for i in ids]
 
 
@@ -174,13 +170,13 @@ def aws_execution(
 
 
 def stub_batch_get(extractor: AthenaExtractor, moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Stubber:
-    """Route the extractor's ``batch_get_query_execution`` (absent in moto) to a Stubber'd twin client;
-    every other Athena call of the extractor still reaches moto."""
+    """Route the extractor's ``batch_get_query_execution`` to a Stubber'd twin client (answers set by the
+    test); every other Athena call of the extractor still reaches moto."""
     twin = client(moto, "athena")
     stubber = Stubber(twin)
     stubber.activate()
     monkeypatch.setattr(
-        extractor._client("athena"), "batch_get_query_execution", twin.batch_get_query_execution
+        extractor.aws.client("athena"), "batch_get_query_execution", twin.batch_get_query_execution
     )
     return stubber
 
@@ -260,7 +256,7 @@ def test_every_entity_from_the_seeded_catalog(moto, seeded, monkeypatch, caplog)
         "query_history",
     ]
     assert sorted(extracts["data_catalogs"].rows) == [
-        ("AwsDataCatalog", "GLUE", "glue"),  # added: moto does not list it
+        ("AwsDataCatalog", "GLUE", "glue"),  # listed as AWS lists it
         ("crm_postgres", "LAMBDA", "information_schema"),
     ]
     assert sorted((r["catalog_name"], r["database_name"]) for r in dicts(extracts["databases"])) == [
@@ -383,7 +379,7 @@ def test_information_schema_query_is_awaited_with_backoff(moto, seeded):
     ).raise_for_status()
     states: list[str] = []
     started: list[str] = []
-    events = extractor._client("athena").meta.events
+    events = extractor.aws.client("athena").meta.events
     events.register(
         "after-call.athena.GetQueryExecution",
         lambda parsed, **_: states.append(parsed["QueryExecution"]["Status"]["State"]),
@@ -412,7 +408,7 @@ def test_information_schema_query_is_awaited_with_backoff(moto, seeded):
 
 def test_failed_information_schema_query_is_an_error(moto, seeded):
     extractor = make_extractor(moto, seeded, catalogs=["crm_postgres"])
-    athena = extractor._client("athena")
+    athena = extractor.aws.client("athena")
     extracts = by_entity(extractor.run(datetime.now(UTC) - timedelta(days=1), datetime.now(UTC)))
     with Stubber(athena) as stubber:
         stubber.add_response("start_query_execution", {"QueryExecutionId": "q-failed"})
@@ -438,11 +434,9 @@ def test_failed_information_schema_query_is_an_error(moto, seeded):
 # --- query history ---------------------------------------------------------------------------------
 
 
-def test_history_window_on_moto_order_keeps_completions_in_start_inclusive_end_exclusive(
-    moto, seeded, monkeypatch
-):
-    """moto's listing (oldest first, one page) of the analysts workgroup; completion times set around
-    the window's edges."""
+def test_history_window_keeps_completions_in_start_inclusive_end_exclusive(moto, seeded, monkeypatch):
+    """The listing of the analysts workgroup (one page of 16, newest first); completion times set around
+    the window's edges, latest first."""
     start = datetime(2026, 11, 1, 4, 0, tzinfo=UTC)
     end = start + timedelta(hours=10)
     tiny = timedelta(microseconds=1)
@@ -456,7 +450,7 @@ def test_history_window_on_moto_order_keeps_completions_in_start_inclusive_end_e
         end - tiny,
         end,  # exactly end: out (it belongs to the next window)
         end + timedelta(hours=1),
-    ]
+    ][::-1]
     listed = moto_executions(moto, "analysts")
     assert len(listed) == len(completions) == 16
     executions = [
@@ -474,12 +468,12 @@ def test_history_window_on_moto_order_keeps_completions_in_start_inclusive_end_e
     ]
     assert [h["query_id"] for h in history] == expected
     assert len(expected) == 11
-    assert history[0]["completion_time"] == start
+    assert history[-1]["completion_time"] == start
     assert max(h["completion_time"] for h in history) == end - tiny
 
 
 def test_history_batches_of_at_most_50_and_unprocessed_ids_retried(moto, seeded, monkeypatch):
-    """primary holds > 50 executions in moto's single page: chunks of 50 + the rest; the first answer
+    """primary lists > 50 executions: a page of 50 and the rest, one batch each; the first answer
     leaves 2 ids unprocessed, which are asked for again on their own."""
     listed = moto_executions(moto, "primary")
     assert len(listed) > 50
@@ -505,7 +499,7 @@ def test_history_unprocessed_ids_reported_after_bounded_retries(moto, seeded):
     now = datetime(2026, 11, 20, tzinfo=UTC)
     stuck = {"QueryExecutionId": "q-2", "ErrorCode": "InternalServerException", "ErrorMessage": "retry later"}
     extracts = by_entity(extractor.run(now - timedelta(days=1), now))
-    with Stubber(extractor._client("athena")) as stubber:
+    with Stubber(extractor.aws.client("athena")) as stubber:
         stubber.add_response("list_query_executions", {"QueryExecutionIds": ["q-1", "q-2"]})
         stubber.add_response(
             "batch_get_query_execution",
@@ -556,7 +550,7 @@ def test_history_aws_order_newest_first_stops_paging_early(moto, seeded):
     pages = _newest_first_pages(start)
     extractor = make_extractor(moto, seeded, workgroups=["primary"])
     extracts = by_entity(extractor.run(start, end))  # lists catalogs and workgroups (moto) now
-    with Stubber(extractor._client("athena")) as stubber:
+    with Stubber(extractor.aws.client("athena")) as stubber:
         for number, page in enumerate(pages, start=1):
             ids = [e["QueryExecutionId"] for e in page]
             params: dict[str, Any] = {"WorkGroup": "primary", "MaxResults": 50}
@@ -588,38 +582,6 @@ def test_history_aws_order_newest_first_stops_paging_early(moto, seeded):
     assert len([i for i in ids if i.startswith("p1-")]) == 50 and not [i for i in ids if i.startswith("p3-")]
 
 
-def test_history_oldest_first_over_several_pages_reads_them_all(moto, seeded):
-    """Were AWS to list oldest first, an old first page must not stop the paging."""
-    start = datetime(2026, 11, 20, 4, 0, tzinfo=UTC)
-    end = start + timedelta(hours=6)
-    old = start - STRAGGLER_MARGIN - timedelta(days=1)
-    page1 = [
-        aws_execution(f"old-{i}", "primary", old + timedelta(minutes=i), old + timedelta(minutes=i + 1))
-        for i in range(3)
-    ]
-    page2 = [
-        aws_execution(f"new-{i}", "primary", start + timedelta(minutes=i), start + timedelta(minutes=i + 1))
-        for i in range(3)
-    ]
-    extractor = make_extractor(moto, seeded, workgroups=["primary"])
-    extracts = by_entity(extractor.run(start, end))
-    with Stubber(extractor._client("athena")) as stubber:
-        for token, page, next_token in ((None, page1, "t2"), ("t2", page2, None)):
-            ids = [e["QueryExecutionId"] for e in page]
-            response: dict[str, Any] = {
-                "QueryExecutionIds": ids,
-                **({"NextToken": next_token} if next_token else {}),
-            }
-            params = {"WorkGroup": "primary", "MaxResults": 50, **({"NextToken": token} if token else {})}
-            stubber.add_response("list_query_executions", response, params)
-            stubber.add_response(
-                "batch_get_query_execution", {"QueryExecutions": page}, {"QueryExecutionIds": ids}
-            )
-        ids = history_ids(extracts["query_history"])
-        stubber.assert_no_pending_responses()
-    assert ids == ["new-0", "new-1", "new-2"]
-
-
 def test_window_older_than_45_days_is_clamped_with_a_warning(moto, seeded, caplog):
     extractor = make_extractor(moto, seeded, workgroups=["analysts"])
     end = datetime(2026, 11, 20, 4, 0, tzinfo=UTC)
@@ -645,7 +607,7 @@ def test_history_outside_45_days_not_extracted(moto, seeded):
     old, recent = end - timedelta(days=50), end - timedelta(days=2)
     extractor = make_extractor(moto, seeded, workgroups=["analysts"])
     extracts = by_entity(extractor.run(end - timedelta(days=60), end))
-    with Stubber(extractor._client("athena")) as stubber:
+    with Stubber(extractor.aws.client("athena")) as stubber:
         stubber.add_response("list_query_executions", {"QueryExecutionIds": ["recent", "old"]})
         stubber.add_response(
             "batch_get_query_execution",
@@ -676,9 +638,9 @@ def test_connection_names_a_missing_workgroup(moto, seeded):
 
 
 def test_connection_names_a_missing_workgroup_as_aws_reports_it(moto, seeded):
-    """AWS answers GetWorkGroup of an unknown name with InvalidRequestException (moto with no WorkGroup)."""
+    """AWS answers GetWorkGroup of an unknown name with InvalidRequestException (Athena API reference)."""
     extractor = make_extractor(moto, seeded, workgroups=["finance"])
-    with Stubber(extractor._client("athena")) as stubber:
+    with Stubber(extractor.aws.client("athena")) as stubber:
         stubber.add_client_error(
             "get_work_group",
             service_error_code="InvalidRequestException",
@@ -720,9 +682,11 @@ def test_role_is_assumed_through_sts(moto, seeded):
 
     extractor.test_connection()
 
-    identity = extractor._client("sts").get_caller_identity()["Arn"]
+    identity = extractor.aws.client("sts").get_caller_identity()["Arn"]
     assert identity == f"arn:aws:sts::{ACCOUNT}:assumed-role/AthenaCollector/analytics-flows-{SOURCE}"
-    assert extractor._client("glue").get_databases()["DatabaseList"]  # the assumed role's session reads Glue
+    assert extractor.aws.client("glue").get_databases()[
+        "DatabaseList"
+    ]  # the assumed role's session reads Glue
 
 
 # --- IAM enforced -----------------------------------------------------------------------------------

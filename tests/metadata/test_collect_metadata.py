@@ -247,13 +247,10 @@ def seeded(moto):
 
 
 @pytest.fixture
-def athena_source(tmp_path, moto, seeded, monkeypatch):
+def athena_source(tmp_path, moto, seeded):
     """An Athena source on moto (TPC-DS catalog, history), landing locally; returns (name, file, landing)."""
     from prefect_aws import AwsCredentials
     from prefect_aws.client_parameters import AwsClientParameters
-
-    from devstack.moto_gaps import answer_batch_get_query_execution
-    from tasks.metadata.extractors.athena import AthenaExtractor
 
     name = f"athena-{uuid.uuid4().hex[:6]}"
     AwsCredentials(
@@ -262,16 +259,6 @@ def athena_source(tmp_path, moto, seeded, monkeypatch):
         region_name="us-east-1",
         aws_client_parameters=AwsClientParameters(endpoint_url=moto.url),
     ).save(name)
-    original = AthenaExtractor._client
-
-    def client(self, service):  # moto lacks BatchGetQueryExecution (design.md §7)
-        made = not self._aws.is_made(service)
-        result = original(self, service)
-        if made and service == "athena":
-            answer_batch_get_query_execution(result)
-        return result
-
-    monkeypatch.setattr(AthenaExtractor, "_client", client)
     landing = tmp_path / "landing-root"
     landing.mkdir()
     file = tmp_path / "sources.yaml"

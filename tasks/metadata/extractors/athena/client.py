@@ -17,8 +17,6 @@ if TYPE_CHECKING:
     from prefect_aws import AwsCredentials
 
 _SESSION_NAME_UNSAFE = re.compile(r"[^\w+=,.@-]")
-_XML_CODE = re.compile(r"<Code>([^<]*)</Code>")
-_XML_MESSAGE = re.compile(r"<Message>([^<]*)</Message>")
 #: The IAM action of an operation is ``<service>:<operation>``, except these (and Athena's, the default).
 _IAM_ACTIONS = {
     "GetDatabases": "glue:GetDatabases",
@@ -52,15 +50,9 @@ class AthenaExtractionError(RuntimeError):
 
 
 def aws_error(exc: ClientError) -> tuple[str, str]:
-    """(code, message) of an AWS error. moto answers IAM denials of JSON APIs with an XML body that botocore
-    cannot parse (code "403", the XML as message): its Code and Message are read from the XML."""
+    """(code, message) of an AWS error as botocore parsed it (``Error.Code``, ``Error.Message``)."""
     error = exc.response.get("Error", {})
-    code, message = str(error.get("Code", "")), str(error.get("Message", ""))
-    if message.lstrip().startswith("<"):
-        xml_code, xml_message = _XML_CODE.search(message), _XML_MESSAGE.search(message)
-        code = xml_code[1] if xml_code else code
-        message = xml_message[1] if xml_message else message
-    return code, message
+    return str(error.get("Code", "")), str(error.get("Message", ""))
 
 
 def translate(exc: ClientError | BotoCoreError, source: str, doing: str) -> Exception:
@@ -180,10 +172,6 @@ class AwsClients:
         if name not in self._clients:
             self._clients[name] = self.session().client(name, **self._client_kwargs())
         return self._clients[name]
-
-    def is_made(self, name: str) -> bool:
-        """True once ``client(name)`` made the client."""
-        return name in self._clients
 
     def unreachable(self, service: str, exc: BaseException) -> ExtractorConnectionError:
         where = self.endpoint_url or f"the {self.region} endpoint"

@@ -120,6 +120,9 @@ class AthenaExtractor:
         endpoint_url: one endpoint for every AWS service; overrides the block's.
         history_days: how far back query history may reach from the window end (days, 1-45; Athena keeps 45).
 
+    Attributes:
+        aws: the source's boto3 clients (``AwsClients``): ``aws.client("athena")``, ``"glue"``, ``"s3"``, ``"sts"``.
+
     Raises:
         ValueError: on an ``output_location`` that is not ``s3://bucket/...``, empty lists, bad ``history_days``.
     """
@@ -168,16 +171,11 @@ class AthenaExtractor:
         self.catalogs = list(catalogs) if catalogs is not None else None
         self.history_days = history_days
         self.query_workgroup = self.workgroups[0] if self.workgroups else "primary"
-        self._aws = AwsClients(source, credentials, region, role_arn, endpoint_url)
+        self.aws = AwsClients(source, credentials, region, role_arn, endpoint_url)
         self._identity: str | None = None
 
     def __repr__(self) -> str:
         return f"AthenaExtractor(source={self.source!r}, region={self.region!r})"
-
-    def _client(self, name: str) -> Any:
-        """The boto3 client of service ``name`` (``athena``, ``glue``, ``s3``, ``sts``), made once; the seam
-        tests use to stub calls moto lacks (``botocore.stub.Stubber``)."""
-        return self._aws.client(name)
 
     # --- test_connection ---------------------------------------------------------------------------
 
@@ -188,10 +186,10 @@ class AthenaExtractor:
         stop at the first failure; then every other problem is collected into one
         ``ExtractorConnectionError`` naming the workgroup/bucket and the IAM action needed.
         """
-        self._identity = self._aws.check_credentials()
+        self._identity = self.aws.check_credentials()
         if self.role_arn:
-            self._aws.session()  # raises if the role cannot be assumed
-            self._identity = self._client("sts").get_caller_identity()["Arn"]
+            self.aws.session()  # raises if the role cannot be assumed
+            self._identity = self.aws.client("sts").get_caller_identity()["Arn"]
         with aws_errors(self.source, "checking the connection"):
             problems = [*self._check_workgroups(), *self._check_results_bucket(), *self._check_glue()]
         if problems:
@@ -207,7 +205,7 @@ class AthenaExtractor:
         return f"{action} on {thing} failed ({code}: {message})"
 
     def _check_workgroups(self) -> list[str]:
-        athena = self._client("athena")
+        athena = self.aws.client("athena")
         if self.workgroups is None:
             try:
                 athena.list_work_groups(MaxResults=1)
@@ -226,7 +224,7 @@ class AthenaExtractor:
     def _check_results_bucket(self) -> list[str]:
         bucket = self.results_bucket
         try:
-            self._client("s3").head_bucket(Bucket=bucket)
+            self.aws.client("s3").head_bucket(Bucket=bucket)
         except ClientError as exc:
             code, message = aws_error(exc)
             if code in NO_BUCKET_CODES:
@@ -244,7 +242,7 @@ class AthenaExtractor:
 
     def _check_glue(self) -> list[str]:
         try:
-            self._client("glue").get_databases(MaxResults=1)
+            self.aws.client("glue").get_databases(MaxResults=1)
         except ClientError as exc:
             return [self._denied(*aws_error(exc), "glue:GetDatabases", "the Glue Data Catalog")]
         return []
@@ -266,7 +264,7 @@ class AthenaExtractor:
         """
         window = self.history_window(start_hwm, end_hwm)
         with aws_errors(self.source, "listing data catalogs and workgroups"):
-            athena = self._client("athena")
+            athena = self.aws.client("athena")
             catalogs = glue_catalog.list_catalogs(athena, self.source, self.region, self.catalogs)
             workgroups = query_history.list_workgroups(athena, self.source, self.region, self.workgroups)
         schema = InformationSchema(
@@ -317,15 +315,15 @@ class AthenaExtractor:
     def _databases(self, catalogs: list[Catalog]) -> Iterator[tuple[Any, ...]]:
         for catalog in catalogs:
             if catalog.is_glue:
-                yield from glue_catalog.database_rows(self._client("glue"), catalog)
+                yield from glue_catalog.database_rows(self.aws.client("glue"), catalog)
             else:
-                yield from information_schema.database_rows(self._client("athena"), catalog)
+                yield from information_schema.database_rows(self.aws.client("athena"), catalog)
 
     def _tables(self, catalogs: list[Catalog], schema: InformationSchema) -> Iterator[tuple[Any, ...]]:
         for catalog in catalogs:
             if catalog.is_glue:
                 seen: set[tuple[str, str]] = set()
-                yield from glue_catalog.table_rows(self._client("glue"), catalog, seen)
+                yield from glue_catalog.table_rows(self.aws.client("glue"), catalog, seen)
                 schema.cross_check(catalog, seen)
             else:
                 yield from schema.table_rows(catalog)
@@ -333,13 +331,13 @@ class AthenaExtractor:
     def _views(self, catalogs: list[Catalog], schema: InformationSchema) -> Iterator[tuple[Any, ...]]:
         for catalog in catalogs:
             if catalog.is_glue:
-                yield from glue_catalog.view_rows(self._client("glue"), catalog)
+                yield from glue_catalog.view_rows(self.aws.client("glue"), catalog)
             else:
                 yield from schema.view_rows(catalog)
 
     def _columns(self, catalogs: list[Catalog], schema: InformationSchema) -> Iterator[tuple[Any, ...]]:
         for catalog in catalogs:
             if catalog.is_glue:
-                yield from glue_catalog.column_rows(self._client("glue"), catalog)
+                yield from glue_catalog.column_rows(self.aws.client("glue"), catalog)
             else:
                 yield from schema.column_rows(catalog)

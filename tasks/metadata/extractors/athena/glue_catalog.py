@@ -98,17 +98,15 @@ def view_sql(original_text: str | None) -> tuple[str, str | None]:
 
 
 def list_catalogs(athena: Any, source: str, region: str, wanted: list[str] | None) -> list[Catalog]:
-    """The catalogs to extract: ``ListDataCatalogs`` (failed and deleting ones skipped with a WARNING),
-    only ``wanted`` (case-insensitive) unless None; a Glue catalog of another account gets its
-    ``catalog-id`` from ``GetDataCatalog``. ``AthenaExtractionError`` names a wanted catalog not listed."""
+    """The catalogs to extract: ``ListDataCatalogs`` (``AwsDataCatalog`` among them; failed and deleting
+    ones skipped with a WARNING), only ``wanted`` (case-insensitive) unless None; a Glue catalog of another
+    account gets its ``catalog-id`` from ``GetDataCatalog``. ``AthenaExtractionError`` names a wanted
+    catalog that is not listed."""
     summaries = [
         summary
         for page in athena.get_paginator("list_data_catalogs").paginate()
         for summary in page.get("DataCatalogsSummary", [])
     ]
-    if not any(s["CatalogName"] == AWS_DATA_CATALOG for s in summaries):
-        # AWS always lists it; moto does not (design.md §7).
-        summaries.insert(0, {"CatalogName": AWS_DATA_CATALOG, "Type": "GLUE"})
     usable = []
     for summary in summaries:
         status = summary.get("Status")

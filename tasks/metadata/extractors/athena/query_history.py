@@ -62,9 +62,9 @@ def missing_workgroup(name: str, region: str) -> str:
 
 def get_workgroup(athena: Any, name: str) -> dict[str, Any] | None:
     """GetWorkGroup's ``WorkGroup``, None if there is no such workgroup (AWS answers
-    InvalidRequestException "WorkGroup <name> is not found"; moto an empty response)."""
+    ``InvalidRequestException`` "WorkGroup <name> is not found.")."""
     try:
-        return athena.get_work_group(WorkGroup=name).get("WorkGroup")
+        return athena.get_work_group(WorkGroup=name)["WorkGroup"]
     except ClientError as exc:
         code, message = aws_error(exc)
         if code == "InvalidRequestException" and "not found" in message.lower():
@@ -158,14 +158,11 @@ class QueryHistory:
     def _workgroup_rows(self, workgroup: str, window: Window) -> Iterator[tuple[Any, ...]]:
         """Executions of ``workgroup`` completed in ``window``.
 
-        AWS lists executions newest first (by submission), 50 per page: once the listing has been in
-        that order so far and a whole page was submitted before ``window.start - STRAGGLER_MARGIN``, no
-        later page can hold an execution completed in the window, and paging stops. A listing seen out of
-        that order (moto: oldest first, one page — design.md §7) is read to its end.
+        Athena lists executions newest first (by submission), at most 50 per page: once a whole page was
+        submitted before ``window.start - STRAGGLER_MARGIN``, no later page can hold an execution
+        completed in the window, and paging stops.
         """
         cutoff = window.start - STRAGGLER_MARGIN
-        newest_first = True
-        previous: datetime | None = None
         kept = listed = pages_read = 0
         pages = self.athena.get_paginator("list_query_executions").paginate(
             WorkGroup=workgroup, PaginationConfig={"PageSize": LIST_PAGE_SIZE}
@@ -181,15 +178,12 @@ class QueryHistory:
                 status = execution.get("Status") or {}
                 submitted = to_utc(status.get("SubmissionDateTime"))
                 if submitted is not None:
-                    if previous is not None and submitted > previous:
-                        newest_first = False
-                    previous = submitted
                     submitted_times.append(submitted)
                 completed = to_utc(status.get("CompletionDateTime"))
                 if completed is not None and window.contains(completed):
                     kept += 1
                     yield history_row(execution, workgroup)
-            if newest_first and submitted_times and max(submitted_times) < cutoff:
+            if submitted_times and max(submitted_times) < cutoff:
                 logger.debug(
                     "Athena workgroup %r: page %d is older than %s: stop paging",
                     workgroup,
