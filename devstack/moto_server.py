@@ -32,6 +32,7 @@ class MotoServer(ServerProcess):
             requests (moto's ``INITIAL_NO_AUTH_ACTION_COUNT``): the first requests set up users and
             policies unchecked, later ones need an IAM user's keys and are denied what its policies do
             not allow (``AccessDenied``). ``None`` (the default): everything is allowed.
+            ``enforce_iam()`` sets it on a running server.
         startup_timeout_seconds: how long ``start()`` waits for the server to answer.
 
     Attributes:
@@ -82,6 +83,14 @@ class MotoServer(ServerProcess):
         # not count towards initial_no_auth_action_count.
         return httpx.get(f"{self.url}/moto-api/data.json", timeout=2).status_code == 200
 
+    def enforce_iam(self, after_requests: int | None) -> None:
+        """Enforce IAM authorization after ``after_requests`` more AWS API requests (None: never), as
+        ``initial_no_auth_action_count`` does at start (``POST /moto-api/reset-auth``)."""
+        count = "inf" if after_requests is None else str(after_requests)
+        httpx.post(f"{self.url}/moto-api/reset-auth", content=count, timeout=10).raise_for_status()
+
     def reset(self) -> None:
-        """Forget every resource of every service (``POST /moto-api/reset``)."""
+        """Forget every resource of every service (``POST /moto-api/reset``) and enforce IAM as configured
+        at start again (``initial_no_auth_action_count``, counted from now)."""
         httpx.post(f"{self.url}/moto-api/reset", timeout=10).raise_for_status()
+        self.enforce_iam(self.initial_no_auth_action_count)

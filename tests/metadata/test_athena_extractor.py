@@ -7,13 +7,14 @@ Where a test needs executions with given times, or checks the exact calls, the e
 client is wrapped in botocore's ``Stubber`` (or only its ``batch_get_query_execution``), with responses
 shaped as the API reference documents. information_schema queries return nothing in moto unless
 results are queued (moto's ``/moto-api/static/athena/query-results``): tests queue what Athena would
-answer, in query order. IAM: a second moto server enforces IAM after its setup requests.
+answer, in query order. IAM tests turn moto's enforcement on around themselves (``MotoServer.enforce_iam``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -69,12 +70,6 @@ CRM_ROWS = [
 
 
 # --- fixtures and helpers ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with MotoServer(region=REGION) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -691,28 +686,25 @@ def test_role_is_assumed_through_sts(moto, seeded):
 
 # --- IAM enforced -----------------------------------------------------------------------------------
 
-SETUP_REQUESTS = 5  # the iam_moto fixture's setup, made before moto starts enforcing IAM
+SETUP_REQUESTS = 4  # the iam_user fixture's setup, made before moto starts enforcing IAM
 
 
-@pytest.fixture(scope="module")
-def iam_moto() -> Iterator[tuple[MotoServer, dict[str, str]]]:
-    """A moto server that enforces IAM once set up: a user who may list workgroups and use S3, nothing else."""
-    with MotoServer(region=REGION, initial_no_auth_action_count=SETUP_REQUESTS) as server:
-        iam = client(server, "iam")
-        iam.create_user(UserName="collector")  # 1
+@pytest.fixture
+def iam_user(moto, seeded) -> Iterator[dict[str, str]]:
+    """While moto enforces IAM: a user who may list workgroups and use S3, nothing else, and a role."""
+    name = f"collector-{uuid.uuid4().hex[:6]}"
+    moto.enforce_iam(after_requests=SETUP_REQUESTS)
+    try:
+        iam = client(moto, "iam")
+        iam.create_user(UserName=name)  # 1
         policy = {
             "Version": "2012-10-17",
             "Statement": [
                 {"Effect": "Allow", "Action": ["s3:*", "athena:ListWorkGroups"], "Resource": "*"},
             ],
         }
-        iam.put_user_policy(
-            UserName="collector", PolicyName="partial", PolicyDocument=json.dumps(policy)
-        )  # 2
-        key = iam.create_access_key(UserName="collector")["AccessKey"]  # 3
-        client(server, "s3").create_bucket(
-            Bucket="analytics-athena-results", CreateBucketConfiguration={"LocationConstraint": REGION}
-        )  # 4
+        iam.put_user_policy(UserName=name, PolicyName="partial", PolicyDocument=json.dumps(policy))  # 2
+        key = iam.create_access_key(UserName=name)["AccessKey"]  # 3
         trust = {
             "Version": "2012-10-17",
             "Statement": [
@@ -723,52 +715,55 @@ def iam_moto() -> Iterator[tuple[MotoServer, dict[str, str]]]:
                 }
             ],
         }
-        role = iam.create_role(RoleName="AthenaCollector", AssumeRolePolicyDocument=json.dumps(trust))  # 5
-        yield (
-            server,
-            {"key_id": key["AccessKeyId"], "secret": key["SecretAccessKey"], "role_arn": role["Role"]["Arn"]},
-        )
+        role = iam.create_role(
+            RoleName=f"AthenaCollector-{name}", AssumeRolePolicyDocument=json.dumps(trust)
+        )  # 4
+        yield {
+            "name": name,
+            "key_id": key["AccessKeyId"],
+            "secret": key["SecretAccessKey"],
+            "role_arn": role["Role"]["Arn"],
+        }
+    finally:
+        moto.enforce_iam(after_requests=None)
 
 
-def test_connection_denied_names_workgroup_glue_and_the_iam_actions(iam_moto):
-    server, user = iam_moto
+def test_connection_denied_names_workgroup_glue_and_the_iam_actions(moto, iam_user):
     extractor = make_extractor(
-        server,
+        moto,
         {"output_location": "s3://analytics-athena-results/collector/"},
         workgroups=["primary"],
-        key_id=user["key_id"],
-        secret=user["secret"],
+        key_id=iam_user["key_id"],
+        secret=iam_user["secret"],
     )
     with pytest.raises(ExtractorConnectionError) as error:
         extractor.test_connection()
     message = str(error.value)
     assert "permission denied on workgroup 'primary': grant athena:GetWorkGroup" in message
     assert "permission denied on the Glue Data Catalog: grant glue:GetDatabases" in message
-    assert f"arn:aws:iam::{ACCOUNT}:user/collector" in message
+    assert f"arn:aws:iam::{ACCOUNT}:user/{iam_user['name']}" in message
     assert "results bucket" not in message  # S3 is allowed
-    assert user["secret"] not in message
+    assert iam_user["secret"] not in message
 
 
-def test_denied_during_run_is_a_connection_error(iam_moto):
-    server, user = iam_moto
+def test_denied_during_run_is_a_connection_error(moto, iam_user):
     extractor = make_extractor(
-        server,
+        moto,
         {"output_location": "s3://analytics-athena-results/collector/"},
-        key_id=user["key_id"],
-        secret=user["secret"],
+        key_id=iam_user["key_id"],
+        secret=iam_user["secret"],
     )
     with pytest.raises(ExtractorConnectionError, match="ListDataCatalogs was refused"):
         extractor.run(datetime.now(UTC) - timedelta(days=1), datetime.now(UTC))
 
 
-def test_connection_denied_role_assumption(iam_moto):
-    server, user = iam_moto
+def test_connection_denied_role_assumption(moto, iam_user):
     extractor = make_extractor(
-        server,
+        moto,
         {"output_location": "s3://analytics-athena-results/collector/"},
-        role_arn=user["role_arn"],
-        key_id=user["key_id"],
-        secret=user["secret"],
+        role_arn=iam_user["role_arn"],
+        key_id=iam_user["key_id"],
+        secret=iam_user["secret"],
     )
     with pytest.raises(
         ExtractorConnectionError, match="cannot assume role .*AthenaCollector.*needs sts:AssumeRole"
@@ -776,10 +771,9 @@ def test_connection_denied_role_assumption(iam_moto):
         extractor.test_connection()
 
 
-def test_connection_rejected_credentials(iam_moto):
-    server, _ = iam_moto
+def test_connection_rejected_credentials(moto, iam_user):
     extractor = make_extractor(
-        server,
+        moto,
         {"output_location": "s3://analytics-athena-results/collector/"},
         key_id="AKIAUNKNOWNKEY000000",
         secret="wrong",

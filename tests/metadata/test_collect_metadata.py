@@ -18,7 +18,7 @@ import yaml
 from prefect.variables import Variable
 
 import tasks.metadata.collection as collection
-from devstack.moto_server import MotoServer
+from devstack.prefect_server import free_port
 from flows.metadata.collect import collect_metadata
 from tasks.metadata.extracts import Extract
 from tasks.metadata.hwm import HWM_FORMAT
@@ -48,12 +48,6 @@ class HistoryExtractor:
             Extract("databases", ("name",), [("sales",)]),
             Extract("query_history", ("query_id", "completed_at", "query"), queries, sql_columns=("query",)),
         ]
-
-
-@pytest.fixture(scope="module")
-def moto():
-    with MotoServer() as server:
-        yield server
 
 
 @pytest.fixture
@@ -176,15 +170,7 @@ def test_a_stopped_landing_server_is_a_landing_error_and_the_hwm_stays(tmp_path,
     from prefect_aws import AwsCredentials, S3Bucket
     from prefect_aws.client_parameters import AwsClientParameters
 
-    with MotoServer() as short_lived:
-        url = short_lived.url
-        boto3.client(
-            "s3",
-            endpoint_url=url,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        ).create_bucket(Bucket="gone")
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there: the landing server is down
     name = f"gone-{uuid.uuid4().hex[:6]}"
     S3Bucket(
         bucket_name="gone",

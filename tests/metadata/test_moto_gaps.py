@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -13,12 +12,6 @@ from botocore.exceptions import ClientError
 from devstack.moto_server import DUMMY_ACCESS_KEY_ID, DUMMY_SECRET_ACCESS_KEY, MotoServer
 
 REGION = "eu-west-1"
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with MotoServer(region=REGION) as server:
-        yield server
 
 
 def client(
@@ -99,17 +92,18 @@ def test_an_unknown_workgroup_is_an_invalid_request(moto):
     }
 
 
-def test_refusals_of_json_apis_are_json_errors_with_aws_codes():
+def test_refusals_of_json_apis_are_json_errors_with_aws_codes(moto):
     """moto's IAM refusals are XML; Athena and Glue answer JSON with their own codes."""
-    with MotoServer(region=REGION, initial_no_auth_action_count=3) as moto:
+    moto.enforce_iam(after_requests=3)
+    try:
         iam = client(moto, "iam")
-        iam.create_user(UserName="reader")
+        iam.create_user(UserName="gaps-reader")
         policy = {
             "Version": "2012-10-17",
             "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
         }
-        iam.put_user_policy(UserName="reader", PolicyName="s3", PolicyDocument=json.dumps(policy))
-        key = iam.create_access_key(UserName="reader")["AccessKey"]
+        iam.put_user_policy(UserName="gaps-reader", PolicyName="s3", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName="gaps-reader")["AccessKey"]
         reader = {"key_id": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
 
         errors = {}
@@ -121,6 +115,8 @@ def test_refusals_of_json_apis_are_json_errors_with_aws_codes():
             with pytest.raises(ClientError) as raised:
                 call()
             errors[name] = raised.value.response["Error"]
+    finally:
+        moto.enforce_iam(after_requests=None)
 
     assert errors["athena"]["Code"] == "AccessDeniedException"
     assert errors["athena"]["Message"].endswith("is not authorized to perform: athena:ListWorkGroups")
