@@ -32,6 +32,8 @@ from typing import Protocol
 from prefect.types import MAX_VARIABLE_NAME_LENGTH
 from prefect.variables import Variable
 
+from tasks.common import to_utc
+
 logger = logging.getLogger(__name__)
 
 HWM_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -73,7 +75,7 @@ def _require_aware(value: datetime, what: str) -> datetime:
         raise TypeError(f"{what} must be a datetime, got {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{what} must be timezone-aware (UTC), got naive {value.isoformat()}")
-    return value.astimezone(UTC)
+    return to_utc(value)
 
 
 def format_hwm(value: datetime) -> str:

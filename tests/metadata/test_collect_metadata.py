@@ -20,6 +20,7 @@ from prefect.variables import Variable
 import tasks.metadata.collection as collection
 from devstack.prefect_server import free_port
 from flows.metadata.collect import collect_metadata
+from tasks.common import BlockNotFoundError
 from tasks.metadata.extracts import Extract
 from tasks.metadata.hwm import HWM_FORMAT
 from tasks.metadata.landing import LandingError
@@ -332,5 +333,8 @@ def test_a_missing_landing_block_names_the_source_and_the_field(tmp_path):
             }
         )
     )
-    with pytest.raises(ValueError, match="source 'lost': landing.s3_bucket_block names the S3Bucket block"):
+    with pytest.raises(
+        BlockNotFoundError,
+        match=r"S3 Bucket block 'no-such-bucket-block', needed by source 'lost' \(field landing\.s3_bucket_block\)",
+    ):
         collect_metadata("lost", sources_file=str(file))

@@ -595,7 +595,21 @@ def test_azure_missing_container_and_missing_secret(azurite: Azurite, tmp_path: 
     with pytest.raises(LandingError) as raised:
         landing.read_text(HWM_KEY)
     assert raised.value.reason == "credentials"
-    assert f"no Secret block {landing.sas_token_secret!r}" in str(raised.value)
+    assert f"Secret block {landing.sas_token_secret!r}, needed by" in str(raised.value)
+    assert "does not exist in this Prefect workspace" in str(raised.value)
+
+
+@pytest.mark.parametrize(("stored", "problem"), [("  ", "holds an empty string"), (123, "holds a int")])
+def test_azure_secret_without_a_sas_token_string_is_a_credentials_error(stored: Any, problem: str) -> None:
+    from prefect.blocks.system import Secret
+
+    name = f"landing-sas-{tag()}"
+    Secret(value=stored).save(name)
+    landing = AzureBlobLanding("http://127.0.0.1:10000/devstoreaccount1", "landing", name, LANDING_DIR)
+    with pytest.raises(LandingError) as raised:
+        landing.read_text(HWM_KEY)
+    assert raised.value.reason == "credentials"
+    assert f"Secret block {name!r} {problem}" in str(raised.value)
 
 
 def test_azure_account_url_with_a_sas_is_refused_without_echoing_it(azurite: Azurite) -> None:

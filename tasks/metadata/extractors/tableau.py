@@ -61,6 +61,7 @@ import requests
 import tableauserverclient as TSC
 from tableauserverclient.server.endpoint.exceptions import TableauError
 
+from tasks.common import to_utc
 from tasks.metadata.extracts import Extract, ExtractorConnectionError
 from tasks.tableau.pat_pool import (
     BlockNotFoundError,
@@ -158,11 +159,6 @@ TASK_COLUMNS = (
     "schedule_start_time",
     "schedule_next_run_at",
 )
-
-
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    """tableauserverclient's aware datetimes (its own UTC tzinfo) as ``datetime.UTC`` datetimes."""
-    return value.astimezone(dt.UTC) if value is not None else None
 
 
 def _port(value: str | None) -> int | None:
@@ -313,8 +309,8 @@ def _workbook_row(w: TSC.WorkbookItem) -> tuple[Any, ...]:
         w.default_view_id,
         w.show_tabs,
         sorted(w.tags),
-        _utc(w.created_at),
-        _utc(w.updated_at),
+        to_utc(w.created_at),
+        to_utc(w.updated_at),
     )
 
 
@@ -334,8 +330,8 @@ def _view_row(
         project_names.get(project_id),
         v.owner_id,
         sorted(v.tags),
-        _utc(v.created_at),
-        _utc(v.updated_at),
+        to_utc(v.created_at),
+        to_utc(v.updated_at),
     )
 
 
@@ -354,8 +350,8 @@ def _datasource_row(d: TSC.DatasourceItem) -> tuple[Any, ...]:
         d.certified,
         d.certification_note,
         sorted(d.tags),
-        _utc(d.created_at),
-        _utc(d.updated_at),
+        to_utc(d.created_at),
+        to_utc(d.updated_at),
     )
 
 
@@ -373,7 +369,7 @@ def _connection_row(d: TSC.DatasourceItem, c: TSC.ConnectionItem) -> tuple[Any, 
 
 
 def _user_row(u: TSC.UserItem) -> tuple[Any, ...]:
-    return (u.id, u.name, u.fullname, u.email, u.site_role, u.auth_setting, _utc(u.last_login))
+    return (u.id, u.name, u.fullname, u.email, u.site_role, u.auth_setting, to_utc(u.last_login))
 
 
 def _task_row(t: TSC.TaskItem, targets: dict[tuple[str, str], str]) -> tuple[Any, ...]:
@@ -393,5 +389,5 @@ def _task_row(t: TSC.TaskItem, targets: dict[tuple[str, str], str]) -> tuple[Any
         getattr(interval, "_frequency", None),  # the interval class's frequency (Daily, Weekly, ...)
         list(getattr(interval, "interval", ()) or ()) if interval else None,
         interval.start_time.isoformat() if interval else None,
-        _utc(schedule.next_run_at) if schedule else None,
+        to_utc(schedule.next_run_at) if schedule else None,
     )
