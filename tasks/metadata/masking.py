@@ -47,7 +47,7 @@ ignored (the check of the result covers what they would report), and errors are 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 
 from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect
@@ -91,6 +91,21 @@ class _Unmaskable(Exception):
     """The text cannot be masked safely; the caller redacts it whole."""
 
 
+_masking: ContextVar[bool] = ContextVar("masking", default=False)
+
+
+class _QuietWhileMasking(logging.Filter):
+    """Drops what sqlglot logs while ``mask_sql`` runs in this thread or task: its warning on a statement
+    it keeps as raw text ("... contains unsupported syntax. Falling back to parsing as a 'Command'")
+    would reach the user's log for every such query; ``mask_sql`` redacts those statements anyway."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _masking.get()
+
+
+logging.getLogger("sqlglot").addFilter(_QuietWhileMasking())
+
+
 def mask_sql(text: str, dialect: str = "athena") -> str:
     """Return ``text`` with every literal replaced by ``?`` and comments dropped (see the module rule).
 
@@ -112,18 +127,15 @@ def mask_sql(text: str, dialect: str = "athena") -> str:
     reader = Dialect.get_or_raise(dialect)  # ValueError: Unknown dialect '...'
     if not text.strip():
         return ""
+    quiet = _masking.set(True)
     try:
         masked = [_mask_statement(statement, reader) for statement in _split(text, reader)]
     except Exception as error:  # fail closed on anything sqlglot raises
         logger.debug("SQL text redacted: %s", type(error).__name__)  # the message may quote the text
         return REDACTED
+    finally:
+        _masking.reset(quiet)
     return ";\n".join(sql for sql in masked if sql)
-
-
-def mask_queries(texts: Iterable[str], dialect: str = "athena") -> Iterator[str]:
-    """Yield :func:`mask_sql` of each text, in order (same errors)."""
-    for text in texts:
-        yield mask_sql(text, dialect)
 
 
 def _split(text: str, reader: Dialect) -> list[str]:
@@ -136,6 +148,8 @@ def _split(text: str, reader: Dialect) -> list[str]:
 
 def _mask_statement(statement: str, reader: Dialect) -> str:
     """Mask one statement's literals and check the result; ``""`` for a statement with no SQL in it."""
+    if not statement.strip():
+        return ""  # e.g. after the last ';': nothing to parse
     parsed = _parse(statement, reader)
     if parsed is None:
         return ""  # blank, or comments only
