@@ -32,18 +32,26 @@ from tasks.metadata.sources import load_source
 
 @flow(name="collect-metadata", persist_result=True)
 def collect_metadata(
-    source: str, dry_run: bool = False, sources_file: str | None = None, out_dir: str | None = None
+    source: str,
+    dry_run: bool = False,
+    sources_file: str | None = None,
+    out_dir: str | None = None,
+    now: dt.datetime | None = None,
 ) -> dict[str, Any]:
     """Collect one source of ``metadata_sources.yaml``; returns the summary the artifact shows.
 
     ``dry_run``: write the files (to ``out_dir``, default a new temporary directory that is kept and
-    reported) and upload nothing; the HWM does not move. Raises ``SourceConfigError`` (unknown source), ``ExtractorConnectionError``,
-    ``LandingError`` or ``HwmError``; the HWM is unchanged after any of them.
+    reported) and upload nothing; the HWM does not move. ``now``: the instant the run takes as the
+    present (timezone-aware; default: the current time): the window ends at ``now`` − lag. An earlier
+    ``now`` collects up to then; a later one would publish an HWM in the future, which the next runs
+    refuse (``HwmInFutureError``) until the clock passes it. Raises ``SourceConfigError`` (unknown
+    source), ``BlockNotFoundError``, ``ExtractorConnectionError``, ``LandingError`` or ``HwmError``;
+    the HWM is unchanged after any of them.
     """
     config = load_source(source, sources_file)
     target = build_landing(config)
     store = build_hwm_store(config, target)
-    window = plan_collection_window(config, store, dt.datetime.now(dt.UTC))
+    window = plan_collection_window(config, store, now or dt.datetime.now(dt.UTC))
     with tempfile.TemporaryDirectory(prefix=f"collect-{config.name}-") as tmp:
         # A dry run keeps its files (to look at); a real run's files live only until they landed.
         directory = (

@@ -2,13 +2,14 @@
 
 The extractor here is a stand-in that reports query history by completion time (the real Athena
 extractor has its own tests against moto); landing is real: moto's S3 server and a local directory.
+Runs take their ``now`` from the test (``collect_metadata(now=...)``): consecutive runs are seconds
+apart without waiting for the clock.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import gzip
-import time
 import uuid
 from pathlib import Path
 
@@ -26,11 +27,15 @@ from tasks.metadata.hwm import HWM_FORMAT
 from tasks.metadata.landing import LandingError
 from tasks.metadata.sources import SourceConfigError
 
+#: The ``now`` of a test's first run (later runs: a second apart each); an hour ago, in whole seconds.
+T0 = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=1)
+SECOND = dt.timedelta(seconds=1)
+
 
 class HistoryExtractor:
     """Queries completed once per 0.2 s from ``origin``; ``run`` returns those in ``[start, end)``."""
 
-    origin = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=5)
+    origin = T0 - dt.timedelta(minutes=5)
 
     def __init__(self, source: str):
         self.source = source
@@ -102,10 +107,7 @@ def landed_query_ids(s3, bucket: str) -> list[str]:
 
 def test_three_runs_give_contiguous_windows_and_no_query_twice(source):
     name, file, s3 = source
-    summaries = []
-    for _ in range(3):
-        summaries.append(collect_metadata(name, sources_file=file))
-        time.sleep(1.1)
+    summaries = [collect_metadata(name, sources_file=file, now=T0 + i * SECOND) for i in range(3)]
     for earlier, later in zip(summaries, summaries[1:], strict=False):
         assert later["window_start"] == earlier["window_end"]  # no gap, no overlap
     hwm = s3.get_object(Bucket=name, Key=f"catalog/{name}_hwm.txt")["Body"].read()
@@ -118,7 +120,7 @@ def test_three_runs_give_contiguous_windows_and_no_query_twice(source):
 
 def test_sql_literals_are_masked_in_the_landed_file(source):
     name, file, s3 = source
-    collect_metadata(name, sources_file=file)
+    collect_metadata(name, sources_file=file, now=T0)
     key = next(i["Key"] for i in s3.list_objects_v2(Bucket=name)["Contents"] if "_query_history_" in i["Key"])
     body = gzip.decompress(s3.get_object(Bucket=name, Key=key)["Body"].read()).decode()
     assert "WHERE id = ?" in body and "WHERE id = 1" not in body
@@ -126,8 +128,7 @@ def test_sql_literals_are_masked_in_the_landed_file(source):
 
 def test_an_unreachable_landing_is_retried_with_the_same_window_and_files(source, monkeypatch):
     name, file, s3 = source
-    collect_metadata(name, sources_file=file)
-    time.sleep(1.1)
+    collect_metadata(name, sources_file=file, now=T0)
     real_upload = __import__("tasks.metadata.landing", fromlist=["S3Landing"]).S3Landing.upload
     attempts: list[str] = []
 
@@ -141,7 +142,7 @@ def test_an_unreachable_landing_is_retried_with_the_same_window_and_files(source
     monkeypatch.setattr(
         "flows.metadata.collect.land_files", collection.land_files.with_options(retry_delay_seconds=0)
     )
-    summary = collect_metadata(name, sources_file=file)
+    summary = collect_metadata(name, sources_file=file, now=T0 + SECOND)
     first_try, *retried = attempts
     assert first_try in retried  # the retry wrote the same file names: the same window
     assert {f["file"] for f in summary["files"]} == set(retried)
@@ -149,8 +150,7 @@ def test_an_unreachable_landing_is_retried_with_the_same_window_and_files(source
 
 def test_a_failed_upload_leaves_the_hwm_and_the_rerun_extracts_the_same_window(source, monkeypatch):
     name, file, s3 = source
-    first = collect_metadata(name, sources_file=file)
-    time.sleep(1.1)
+    first = collect_metadata(name, sources_file=file, now=T0)
 
     def refuse(self, local_path: Path, key: str):
         raise LandingError("upload refused", target=self.describe(), file=key, reason="permission")
@@ -158,12 +158,12 @@ def test_a_failed_upload_leaves_the_hwm_and_the_rerun_extracts_the_same_window(s
     with monkeypatch.context() as patch:
         patch.setattr("tasks.metadata.landing.S3Landing.upload", refuse)
         with pytest.raises(LandingError):
-            collect_metadata(name, sources_file=file)
+            collect_metadata(name, sources_file=file, now=T0 + SECOND)
     hwm_key = f"catalog/{name}_hwm.txt"
     assert s3.get_object(Bucket=name, Key=hwm_key)["Body"].read().decode() == dt.datetime.fromisoformat(
         first["window_end"]
     ).strftime(HWM_FORMAT)
-    rerun = collect_metadata(name, sources_file=file)
+    rerun = collect_metadata(name, sources_file=file, now=T0 + SECOND)
     assert rerun["window_start"] == first["window_end"]  # the failed run's window is extracted now
 
 
@@ -202,14 +202,14 @@ def test_a_stopped_landing_server_is_a_landing_error_and_the_hwm_stays(tmp_path,
         "flows.metadata.collect.land_files", collection.land_files.with_options(retry_delay_seconds=0)
     )
     with pytest.raises(LandingError) as failure:
-        collect_metadata(name, sources_file=str(file))
+        collect_metadata(name, sources_file=str(file), now=T0)
     assert failure.value.reason == "connection"  # retried twice (the task's retries), then failed
     assert Variable.get(f"hwm_{name}") is None  # the Variable store was never written
 
 
 def test_a_dry_run_writes_files_and_uploads_nothing(source, tmp_path):
     name, file, s3 = source
-    summary = collect_metadata(name, sources_file=file, dry_run=True, out_dir=str(tmp_path / "out"))
+    summary = collect_metadata(name, sources_file=file, dry_run=True, out_dir=str(tmp_path / "out"), now=T0)
     assert summary["hwm"] is None and all(f["landed"] is None for f in summary["files"])
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f["file"] for f in summary["files"])
     assert "Contents" not in s3.list_objects_v2(Bucket=name)
@@ -271,10 +271,9 @@ def athena_source(tmp_path, moto, seeded):
 
 def test_three_athena_runs_land_every_query_once(athena_source):
     name, file, landing, _ = athena_source
-    runs = []
-    for _ in range(3):
-        runs.append(collect_metadata(name, sources_file=file))
-        time.sleep(1.1)
+    # The first window ends after every seeded execution completed (moto: when it was started).
+    first = dt.datetime.now(dt.UTC).replace(microsecond=0) + SECOND
+    runs = [collect_metadata(name, sources_file=file, now=first + i * SECOND) for i in range(3)]
     assert [r["window_start"] for r in runs[1:]] == [r["window_end"] for r in runs[:-1]]
     ids = []
     for path in sorted((landing / "athena" / "landing").glob(f"{name}_query_history_*.csv.gz")):
