@@ -43,12 +43,13 @@ import tempfile
 import time
 import tracemalloc
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefect_aws import AwsCredentials
 
-from devstack.athena_catalog import queue_query_results, seed_large_glue_catalog
+from devstack.athena_catalog import SeededGlueCatalog, queue_query_results, seed_large_glue_catalog
 from devstack.moto_server import DEFAULT_REGION, DUMMY_ACCESS_KEY_ID, DUMMY_SECRET_ACCESS_KEY, MotoServer
 from tasks.metadata.extract_files import WrittenFile, write_extracts
 from tasks.metadata.extractors.athena import AthenaExtractor
@@ -78,12 +79,25 @@ def _max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+@dataclass
+class RunFigures:
+    """One collector run: ``wall`` seconds, API ``calls`` by ``service:Operation``, ``peak`` MB of Python
+    allocations (None untraced) and the ``traced_wall`` seconds of that traced run, max ``rss`` MB, files."""
+
+    wall: float
+    calls: Counter
+    peak: float | None
+    rss: float
+    files: list[WrittenFile]
+    traced_wall: float | None = None
+
+
 def collect(
-    moto: MotoServer, seeded: dict[str, Any], window: Window, out_dir: Path, trace: bool
-) -> dict[str, Any]:
+    moto: MotoServer, seeded: SeededGlueCatalog, window: Window, out_dir: Path, trace: bool
+) -> RunFigures:
     """One collector run over ``window`` into ``out_dir``; its figures."""
     names = ["table_schema", "table_name", "table_type"]
-    queue_query_results(moto.url, moto.region, [(names, sorted(seeded["tables"]))])
+    queue_query_results(moto.url, moto.region, [(names, sorted(seeded.tables))])
     calls: Counter = Counter()
     extractor = AthenaExtractor(
         SOURCE,
@@ -94,7 +108,7 @@ def collect(
         ),
         moto.region,
         workgroups=None,
-        output_location=seeded["output_location"],
+        output_location=seeded.output_location,
         endpoint_url=moto.url,
     )
     _count_calls(extractor, calls)
@@ -106,14 +120,7 @@ def collect(
     wall = time.perf_counter() - started
     peak = tracemalloc.get_traced_memory()[1] / MB if trace else None
     tracemalloc.stop()
-    return {
-        "wall": wall,
-        "calls": calls,
-        "peak": peak,
-        "rss": _max_rss_mb(),
-        "files": files,
-        "traced_wall": None,
-    }
+    return RunFigures(wall, calls, peak, _max_rss_mb(), files)
 
 
 def aws_estimate(tables: int, databases: int) -> dict[str, int]:
@@ -161,9 +168,9 @@ def main(argv: list[str] | None = None) -> None:
         seconds = time.perf_counter() - started
         print(
             f"Seeded moto's server in {seconds:.1f} s ({args.seed_threads} threads; not in the figures): "
-            f"{args.tables:,} Glue tables ({seeded['views']:,} views) in {args.databases} databases, "
-            f"{seeded['columns']:,} columns, {args.queries:,} query executions in workgroups "
-            f"{', '.join(seeded['workgroups'])}; max RSS after seeding {_max_rss_mb():.0f} MB"
+            f"{args.tables:,} Glue tables ({seeded.views:,} views) in {args.databases} databases, "
+            f"{seeded.columns:,} columns, {args.queries:,} query executions in workgroups "
+            f"{', '.join(seeded.workgroups)}; max RSS after seeding {_max_rss_mb():.0f} MB"
         )
 
         # The window ends at a whole second after every seeded execution completed.
@@ -178,10 +185,10 @@ def main(argv: list[str] | None = None) -> None:
         for run, window, where in ((full, full_window, "full"), (incremental, incremental_window, "incr")):
             if trace:
                 traced = collect(moto, seeded, window, Path(tmp) / f"{where}-traced", trace=True)
-                assert [(f.entity, f.rows) for f in traced["files"]] == [
-                    (f.entity, f.rows) for f in run["files"]
+                assert [(f.entity, f.rows) for f in traced.files] == [
+                    (f.entity, f.rows) for f in run.files
                 ], "the traced rerun wrote other rows"
-                run["peak"], run["traced_wall"] = traced["peak"], traced["wall"]
+                run.peak, run.traced_wall = traced.peak, traced.wall
 
     runs = {"full": full, "incremental (nothing new)": incremental}
     print(
@@ -193,21 +200,21 @@ def main(argv: list[str] | None = None) -> None:
         "  files / rows / bytes (gzip)"
     )
     for label, run in runs.items():
-        traced = run["peak"] is not None
-        peak = f"{run['peak']:9.1f}{run['traced_wall']:11.1f}" if traced else f"{'-':>9}{'-':>11}"
+        traced = run.peak is not None
+        peak = f"{run.peak:9.1f}{run.traced_wall:11.1f}" if traced else f"{'-':>9}{'-':>11}"
         print(
-            f"{label:27}{run['wall']:8.1f}{sum(run['calls'].values()):11,}{peak}{run['rss']:12.0f}  "
-            f"{_files_summary(run['files'])}"
+            f"{label:27}{run.wall:8.1f}{sum(run.calls.values()):11,}{peak}{run.rss:12.0f}  "
+            f"{_files_summary(run.files)}"
         )
     for label, run in runs.items():
-        top = ", ".join(f"{op} {n:,}" for op, n in run["calls"].most_common(8))
+        top = ", ".join(f"{op} {n:,}" for op, n in run.calls.most_common(8))
         print(f"  calls, {label}: {top}")
 
     print(f"\n{'entity':15}{'full rows':>11}{'bytes':>12}{'incr. rows':>12}{'bytes':>12}")
-    for a, b in zip(full["files"], incremental["files"], strict=True):
+    for a, b in zip(full.files, incremental.files, strict=True):
         print(f"{a.entity:15}{a.rows:11,}{a.bytes:12,}{b.rows:12,}{b.bytes:12,}")
 
-    calls = full["calls"]
+    calls = full.calls
     aws = aws_estimate(args.tables, args.databases)
     print(
         "\nIncremental run: data_catalogs, databases, tables, views, columns and users are full snapshots, "
@@ -225,8 +232,8 @@ def main(argv: list[str] | None = None) -> None:
         "only (moto's whole-database GetTables page is parsed at once); max RSS: the process's high-water "
         "mark, seeding included. Files are written to a local disk, not uploaded."
     )
-    if full["wall"] > 180:
-        print(f"Note: the full run took {full['wall']:.0f} s, more than 3 minutes, on this machine.")
+    if full.wall > 180:
+        print(f"Note: the full run took {full.wall:.0f} s, more than 3 minutes, on this machine.")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import boto3
@@ -50,6 +51,64 @@ FEDERATED_DATABASE = "public"
 WORKGROUPS = ("primary", "analysts")
 QUERIES_PER_WORKGROUP = {"primary": 56, "analysts": 16}
 MOTO_ACCOUNT_ID = "123456789012"  # moto's default account
+
+Columns = list[tuple[str, str]]  # (name, type) pairs, in order
+
+
+@dataclass(frozen=True)
+class SeededTable:
+    """A seeded Glue table: ``type`` (``EXTERNAL_TABLE``), its columns and partition keys."""
+
+    type: str
+    columns: Columns
+    partition_keys: Columns
+
+
+@dataclass(frozen=True)
+class SeededView:
+    """A seeded Glue view: the SQL it was created with, its ``dialect`` (``athena`` or ``hive``), columns."""
+
+    sql: str
+    dialect: str
+    columns: Columns
+
+
+@dataclass(frozen=True)
+class SeededAthena:
+    """What ``seed_athena`` created.
+
+    ``output_location``: the ``s3://`` prefix for query results. ``tables``/``views``: ``"db.name"`` →
+    its definition (views are not in ``tables``). ``column_count``: columns and partition keys of tables
+    and views. ``query_execution_ids``: workgroup → ids in start order (``primary`` starts with the
+    ``CREATE DATABASE`` of the federated catalog). ``federated_catalog``/``federated_databases``: the
+    LAMBDA catalog and its database.
+    """
+
+    region: str
+    results_bucket: str
+    output_location: str
+    databases: list[str]
+    tables: dict[str, SeededTable]
+    views: dict[str, SeededView]
+    column_count: int
+    workgroups: list[str]
+    query_execution_ids: dict[str, list[str]]
+    federated_catalog: str
+    federated_databases: list[str]
+
+
+@dataclass(frozen=True)
+class SeededGlueCatalog:
+    """What ``seed_large_glue_catalog`` created: ``tables`` as ``(database, table, information_schema
+    table_type)``, the number of ``columns`` and ``views``, and the ``query_execution_ids`` started."""
+
+    output_location: str
+    workgroups: list[str]
+    tables: list[tuple[str, str, str]]
+    columns: int
+    views: int
+    query_execution_ids: list[str]
+
 
 # "name:type" tokens, whitespace-separated, in the specification's column order.
 TPCDS_TABLES: dict[str, str] = {
@@ -305,8 +364,8 @@ def _storage(location: str, columns: list[tuple[str, str]]) -> dict[str, Any]:
     return {"Columns": [{"Name": n, "Type": t} for n, t in columns], "Location": location, **_PARQUET}
 
 
-def _create_tables(glue: Any) -> dict[str, dict[str, Any]]:
-    tables: dict[str, dict[str, Any]] = {}
+def _create_tables(glue: Any) -> dict[str, SeededTable]:
+    tables: dict[str, SeededTable] = {}
     for database in TPCDS_DATABASES:
         scale = database.removeprefix("tpcds_")
         glue.create_database(
@@ -329,11 +388,7 @@ def _create_tables(glue: Any) -> dict[str, dict[str, Any]]:
                     "PartitionKeys": [{"Name": n, "Type": t} for n, t in keys],
                 },
             )
-            tables[f"{database}.{name}"] = {
-                "type": "EXTERNAL_TABLE",
-                "columns": columns,
-                "partition_keys": keys,
-            }
+            tables[f"{database}.{name}"] = SeededTable("EXTERNAL_TABLE", columns, keys)
 
     glue.create_database(
         DatabaseInput={
@@ -362,15 +417,11 @@ def _create_tables(glue: Any) -> dict[str, dict[str, Any]]:
                 "PartitionKeys": [{"Name": n, "Type": t} for n, t in keys],
             },
         )
-        tables[f"{MARKETING_DATABASE}.{name}"] = {
-            "type": "EXTERNAL_TABLE",
-            "columns": columns,
-            "partition_keys": keys,
-        }
+        tables[f"{MARKETING_DATABASE}.{name}"] = SeededTable("EXTERNAL_TABLE", columns, keys)
     return tables
 
 
-def _create_views(glue: Any) -> dict[str, dict[str, Any]]:
+def _create_views(glue: Any) -> dict[str, SeededView]:
     views = {
         # Athena's own view (CREATE VIEW in Athena): the SQL is inside the base64 blob.
         "monthly_store_revenue": (
@@ -390,7 +441,7 @@ def _create_views(glue: Any) -> dict[str, dict[str, Any]]:
             "hive",
         ),
     }
-    created: dict[str, dict[str, Any]] = {}
+    created: dict[str, SeededView] = {}
     for name, (sql, columns, dialect) in views.items():
         if dialect == "athena":
             original = presto_view_text(sql, "awsdatacatalog", MARKETING_DATABASE, columns)
@@ -411,7 +462,7 @@ def _create_views(glue: Any) -> dict[str, dict[str, Any]]:
                 "PartitionKeys": [],
             },
         )
-        created[f"{MARKETING_DATABASE}.{name}"] = {"sql": sql, "dialect": dialect, "columns": columns}
+        created[f"{MARKETING_DATABASE}.{name}"] = SeededView(sql, dialect, columns)
     return created
 
 
@@ -440,19 +491,10 @@ def _run_history(athena: Any) -> dict[str, list[str]]:
     return ids
 
 
-def seed_athena(endpoint_url: str, region: str) -> dict[str, Any]:
+def seed_athena(endpoint_url: str, region: str) -> SeededAthena:
     """Create the estate described in the module docstring on the moto server at ``endpoint_url``.
 
     Call once per (fresh or reset) server: a second call fails on the existing bucket and databases.
-
-    Returns:
-        ``region``, ``results_bucket``, ``output_location`` (``s3://`` prefix for query results);
-        ``databases`` (Glue database names); ``tables`` (``"db.table"`` → ``{"type", "columns",
-        "partition_keys"}`` with ``(name, type)`` pairs; views not included); ``views`` (``"db.view"`` →
-        ``{"sql", "dialect", "columns"}``); ``column_count`` (columns + partition keys of tables and
-        views); ``workgroups``; ``query_execution_ids`` (workgroup → ids, in start order: ``primary`` starts with
-        the ``CREATE DATABASE`` of the federated catalog, then ``QUERIES_PER_WORKGROUP``);
-        ``federated_catalog`` and ``federated_databases`` (the LAMBDA catalog and its database).
     """
     clients = _clients(endpoint_url, region)
     s3, glue, athena = clients["s3"], clients["glue"], clients["athena"]
@@ -488,22 +530,22 @@ def seed_athena(endpoint_url: str, region: str) -> dict[str, Any]:
     views = _create_views(glue)
     history = _run_history(athena)
     history["primary"].insert(0, create_database)
-    column_count = sum(len(t["columns"]) + len(t["partition_keys"]) for t in tables.values()) + sum(
-        len(v["columns"]) for v in views.values()
+    column_count = sum(len(t.columns) + len(t.partition_keys) for t in tables.values()) + sum(
+        len(v.columns) for v in views.values()
     )
-    return {
-        "region": region,
-        "results_bucket": RESULTS_BUCKET,
-        "output_location": OUTPUT_LOCATION,
-        "databases": [*TPCDS_DATABASES, MARKETING_DATABASE],
-        "tables": tables,
-        "views": views,
-        "column_count": column_count,
-        "workgroups": list(WORKGROUPS),
-        "query_execution_ids": history,
-        "federated_catalog": FEDERATED_CATALOG,
-        "federated_databases": [FEDERATED_DATABASE],
-    }
+    return SeededAthena(
+        region=region,
+        results_bucket=RESULTS_BUCKET,
+        output_location=OUTPUT_LOCATION,
+        databases=[*TPCDS_DATABASES, MARKETING_DATABASE],
+        tables=tables,
+        views=views,
+        column_count=column_count,
+        workgroups=list(WORKGROUPS),
+        query_execution_ids=history,
+        federated_catalog=FEDERATED_CATALOG,
+        federated_databases=[FEDERATED_DATABASE],
+    )
 
 
 # --- query results for moto ----------------------------------------------------------------------
@@ -550,11 +592,11 @@ def queue_query_results(
     response.raise_for_status()
 
 
-def information_schema_tables(seeded: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
+def information_schema_tables(seeded: SeededAthena) -> tuple[list[str], list[tuple[Any, ...]]]:
     """What ``SELECT table_schema, table_name, table_type FROM information_schema.tables`` returns on AWS
     for the seeded Glue catalog (Athena reports Glue tables as ``BASE TABLE`` and views as ``VIEW``)."""
-    rows = [(*name.split("."), "BASE TABLE") for name in seeded["tables"]]
-    rows += [(*name.split("."), "VIEW") for name in seeded["views"]]
+    rows = [(*name.split("."), "BASE TABLE") for name in seeded.tables]
+    rows += [(*name.split("."), "VIEW") for name in seeded.views]
     return ["table_schema", "table_name", "table_type"], sorted(rows)
 
 
@@ -570,13 +612,12 @@ def seed_large_glue_catalog(
     columns_per_table: int,
     queries: int,
     threads: int = 4,
-) -> dict[str, Any]:
+) -> SeededGlueCatalog:
     """Seed a fresh moto server with ``tables`` Glue tables of ``columns_per_table`` columns each (partition
     keys included), spread round-robin over ``databases`` databases ``bench_00``…; every 50th table is an
     Athena view, every 4th other table is partitioned by ``dt``. Also the results and warehouse buckets, the
     workgroup ``analysts`` and ``queries`` executions alternating between ``primary`` and ``analysts``.
-    Calls run on ``threads`` threads. Returns ``output_location``, ``workgroups``, ``tables`` (``(database,
-    table, information_schema table_type)``), ``columns``, ``views`` and ``query_execution_ids``."""
+    Calls run on ``threads`` threads."""
     from concurrent.futures import ThreadPoolExecutor
 
     from botocore.config import Config
@@ -652,11 +693,11 @@ def seed_large_glue_catalog(
     with ThreadPoolExecutor(threads) as pool:
         created = list(pool.map(create, range(tables)))
         ids = list(pool.map(start, range(queries)))
-    return {
-        "output_location": OUTPUT_LOCATION,
-        "workgroups": list(WORKGROUPS),
-        "tables": created,
-        "columns": tables * columns_per_table,
-        "views": sum(kind == "VIEW" for *_, kind in created),
-        "query_execution_ids": ids,
-    }
+    return SeededGlueCatalog(
+        output_location=OUTPUT_LOCATION,
+        workgroups=list(WORKGROUPS),
+        tables=created,
+        columns=tables * columns_per_table,
+        views=sum(kind == "VIEW" for *_, kind in created),
+        query_execution_ids=ids,
+    )

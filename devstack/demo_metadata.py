@@ -20,12 +20,11 @@ import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import boto3
 import yaml
 
-from devstack.athena_catalog import information_schema_tables, queue_query_results, seed_athena
+from devstack.athena_catalog import SeededAthena, information_schema_tables, queue_query_results, seed_athena
 from devstack.azurite_server import Azurite
 from devstack.moto_server import DUMMY_ACCESS_KEY_ID, DUMMY_SECRET_ACCESS_KEY, MotoServer
 
@@ -34,14 +33,14 @@ REGION = "us-east-1"
 LANDING_BUCKET = "catalog-landing"
 
 
-def _sources_file(workdir: Path, moto_url: str, seeded: dict[str, Any]) -> Path:
+def _sources_file(workdir: Path, moto_url: str, seeded: SeededAthena) -> Path:
     file = workdir / "metadata_sources.yaml"
     source = {
         "extractor": {
             "kind": "athena",
             "aws_credentials_block": "demo-aws",
             "region": REGION,
-            "output_location": seeded["output_location"],
+            "output_location": seeded.output_location,
             "endpoint_url": moto_url,
         },
         "landing": {"kind": "s3", "s3_bucket_block": "demo-catalog-landing", "landing_dir": "athena/landing"},
@@ -77,8 +76,8 @@ def run_athena_collector(workdir: Path, stack: ExitStack) -> bool:
     S3Bucket(bucket_name=LANDING_BUCKET, credentials=credentials).save("demo-catalog-landing", overwrite=True)
     file = _sources_file(workdir, moto.url, seeded)
     print(
-        f"\nmoto server {moto.url}: Glue catalog {', '.join(seeded['databases'])}, workgroups "
-        f"{', '.join(seeded['workgroups'])}; running collect-metadata for {SOURCE} ..."
+        f"\nmoto server {moto.url}: Glue catalog {', '.join(seeded.databases)}, workgroups "
+        f"{', '.join(seeded.workgroups)}; running collect-metadata for {SOURCE} ..."
     )
     runs = []
     for attempt in range(2):
@@ -89,12 +88,10 @@ def run_athena_collector(workdir: Path, stack: ExitStack) -> bool:
             time.sleep(1.1)  # the second run's window is the second since the first run's HWM
     print("\n=== Metadata: Athena → s3://catalog-landing/athena/landing ===")
     for label, run in zip(("first run", "second run"), runs, strict=True):
-        print(f"{label}: window {run['window_start']} → {run['window_end']}, HWM now {run['hwm']}")
-        for f in run["files"]:
-            print(f"   {f['file']:<72} {f['rows']:>7,} rows {f['bytes']:>9,} bytes")
-    return (
-        all(f["landed"] for run in runs for f in run["files"]) and runs[1]["window_start"] == runs[0]["hwm"]
-    )
+        print(f"{label}: window {run.window_start} → {run.window_end}, HWM now {run.hwm}")
+        for f in run.files:
+            print(f"   {f.file:<72} {f.rows:>7,} rows {f.bytes:>9,} bytes")
+    return all(f.landed for run in runs for f in run.files) and runs[1].window_start == runs[0].hwm
 
 
 TABLEAU_SOURCE = "tableau-demo"
@@ -143,17 +140,17 @@ def start_tableau_collector(workdir: Path, stack: ExitStack, pool_block: str) ->
 
 def print_tableau_collection(thread: threading.Thread, timeout: float) -> bool:
     """Wait for the Tableau collector and print its files; True if every file landed."""
+    from flows.metadata.collect import CollectionSummary
+
     thread.join(timeout)
     result = thread.result
     print(
         f"\n=== Metadata: Tableau → Azure Blob {TABLEAU_CONTAINER}/tableau/landing (during the refreshes) ==="
     )
-    if not isinstance(result, dict):
+    if not isinstance(result, CollectionSummary):
         print(f"✗ the Tableau collector did not finish: {result!r}")
         return False
-    print(
-        f"window {result['window_start']} → {result['window_end']}, HWM now {result['hwm']} ({result['hwm_store']})"
-    )
-    for f in result["files"]:
-        print(f"   {f['file']:<80} {f['rows']:>5,} rows {f['bytes']:>7,} bytes")
-    return all(f["landed"] for f in result["files"])
+    print(f"window {result.window_start} → {result.window_end}, HWM now {result.hwm} ({result.hwm_store})")
+    for f in result.files:
+        print(f"   {f.file:<80} {f.rows:>5,} rows {f.bytes:>7,} bytes")
+    return all(f.landed for f in result.files)

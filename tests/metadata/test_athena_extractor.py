@@ -30,6 +30,7 @@ from devstack.athena_catalog import (
     MONTHLY_REVENUE_SQL,
     TPCDS_PARTITION_KEYS,
     TPCDS_TABLES,
+    SeededAthena,
     information_schema_tables,
     queue_query_results,
     seed_athena,
@@ -73,7 +74,7 @@ CRM_ROWS = [
 
 
 @pytest.fixture(scope="module")
-def seeded(moto: MotoServer) -> dict[str, Any]:
+def seeded(moto: MotoServer) -> SeededAthena:
     return seed_athena(moto.url, REGION)
 
 
@@ -87,7 +88,7 @@ def client(moto: MotoServer, name: str, **keys: str) -> Any:
     )
 
 
-def make_extractor(moto: MotoServer, seeded: dict[str, Any], **overrides: Any) -> AthenaExtractor:
+def make_extractor(moto: MotoServer, seeded: SeededAthena, **overrides: Any) -> AthenaExtractor:
     key_id = overrides.pop("key_id", DUMMY_ACCESS_KEY_ID)
     secret = overrides.pop("secret", DUMMY_SECRET_ACCESS_KEY)
     kwargs: dict[str, Any] = {
@@ -97,7 +98,7 @@ def make_extractor(moto: MotoServer, seeded: dict[str, Any], **overrides: Any) -
         ),
         "region": REGION,
         "workgroups": None,
-        "output_location": seeded["output_location"],
+        "output_location": seeded.output_location,
         "endpoint_url": moto.url,
         **overrides,
     }
@@ -215,7 +216,7 @@ def expect_batches(
     return calls
 
 
-def queue_catalog_answers(moto: MotoServer, seeded: dict[str, Any], glue_tables: Any = None) -> None:
+def queue_catalog_answers(moto: MotoServer, seeded: SeededAthena, glue_tables: Any = None) -> None:
     """Queue what Athena answers to the extractor's two information_schema queries, in its order:
     AwsDataCatalog's cross-check (TABLES_SQL), then crm_postgres (CATALOG_SQL)."""
     queue_query_results(
@@ -295,7 +296,7 @@ def test_every_entity_from_the_seeded_catalog(moto, seeded, monkeypatch, caplog)
 
     columns = dicts(extracts["columns"])
     glue_columns = [c for c in columns if c["catalog_name"] == "AwsDataCatalog"]
-    assert len(glue_columns) == seeded["column_count"] == 2 * 425 + 15 + 7
+    assert len(glue_columns) == seeded.column_count == 2 * 425 + 15 + 7
     store_sales = [
         c for c in glue_columns if (c["database_name"], c["table_name"]) == ("tpcds_sf1", "store_sales")
     ]
@@ -331,13 +332,13 @@ def test_every_entity_from_the_seeded_catalog(moto, seeded, monkeypatch, caplog)
 
     assert extracts["query_history"].columns == QUERY_HISTORY_COLUMNS
     got = {h["query_id"]: h for h in history}
-    for wg, ids in seeded["query_execution_ids"].items():
+    for wg, ids in seeded.query_execution_ids.items():
         assert set(ids) <= set(got)
         assert {got[i]["user_name"] for i in ids} == {f"athena_workgroup_{wg}"}
     own = [h for h in history if h["query_text"] in (TABLES_SQL, CATALOG_SQL)]
     assert sorted(h["catalog_name"] for h in own) == ["AwsDataCatalog", "crm_postgres"]
-    assert len(history) == sum(len(v) for v in seeded["query_execution_ids"].values()) + 2
-    sample = got[seeded["query_execution_ids"]["analysts"][0]]
+    assert len(history) == sum(len(v) for v in seeded.query_execution_ids.values()) + 2
+    sample = got[seeded.query_execution_ids["analysts"][0]]
     assert sample["state"] == "SUCCEEDED" and sample["database_name"] == "tpcds_sf1"
     assert "i_manufact_id = 1 AND" in sample["query_text"]  # raw: masking is the writer's job
     assert sample["completion_time"].tzinfo is not None
@@ -728,10 +729,10 @@ def iam_user(moto, seeded) -> Iterator[dict[str, str]]:
         moto.enforce_iam(after_requests=None)
 
 
-def test_connection_denied_names_workgroup_glue_and_the_iam_actions(moto, iam_user):
+def test_connection_denied_names_workgroup_glue_and_the_iam_actions(moto, seeded, iam_user):
     extractor = make_extractor(
         moto,
-        {"output_location": "s3://analytics-athena-results/collector/"},
+        seeded,
         workgroups=["primary"],
         key_id=iam_user["key_id"],
         secret=iam_user["secret"],
@@ -746,10 +747,10 @@ def test_connection_denied_names_workgroup_glue_and_the_iam_actions(moto, iam_us
     assert iam_user["secret"] not in message
 
 
-def test_denied_during_run_is_a_connection_error(moto, iam_user):
+def test_denied_during_run_is_a_connection_error(moto, seeded, iam_user):
     extractor = make_extractor(
         moto,
-        {"output_location": "s3://analytics-athena-results/collector/"},
+        seeded,
         key_id=iam_user["key_id"],
         secret=iam_user["secret"],
     )
@@ -757,10 +758,10 @@ def test_denied_during_run_is_a_connection_error(moto, iam_user):
         extractor.run(datetime.now(UTC) - timedelta(days=1), datetime.now(UTC))
 
 
-def test_connection_denied_role_assumption(moto, iam_user):
+def test_connection_denied_role_assumption(moto, seeded, iam_user):
     extractor = make_extractor(
         moto,
-        {"output_location": "s3://analytics-athena-results/collector/"},
+        seeded,
         role_arn=iam_user["role_arn"],
         key_id=iam_user["key_id"],
         secret=iam_user["secret"],
@@ -771,10 +772,10 @@ def test_connection_denied_role_assumption(moto, iam_user):
         extractor.test_connection()
 
 
-def test_connection_rejected_credentials(moto, iam_user):
+def test_connection_rejected_credentials(moto, seeded, iam_user):
     extractor = make_extractor(
         moto,
-        {"output_location": "s3://analytics-athena-results/collector/"},
+        seeded,
         key_id="AKIAUNKNOWNKEY000000",
         secret="wrong",
     )

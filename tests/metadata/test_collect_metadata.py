@@ -109,13 +109,13 @@ def test_three_runs_give_contiguous_windows_and_no_query_twice(source):
     name, file, s3 = source
     summaries = [collect_metadata(name, sources_file=file, now=T0 + i * SECOND) for i in range(3)]
     for earlier, later in zip(summaries, summaries[1:], strict=False):
-        assert later["window_start"] == earlier["window_end"]  # no gap, no overlap
+        assert later.window_start == earlier.window_end  # no gap, no overlap
     hwm = s3.get_object(Bucket=name, Key=f"catalog/{name}_hwm.txt")["Body"].read()
-    assert hwm.decode() == dt.datetime.fromisoformat(summaries[-1]["window_end"]).strftime(HWM_FORMAT)
+    assert hwm.decode() == summaries[-1].window_end.strftime(HWM_FORMAT)
     ids = landed_query_ids(s3, name)
     assert len(ids) == len(set(ids)) > 0
-    rows = {f["entity"]: f["rows"] for f in summaries[0]["files"]}
-    assert rows["databases"] == 1 and summaries[0]["files"][0]["landed"].startswith("s3://")
+    rows = {f.entity: f.rows for f in summaries[0].files}
+    assert rows["databases"] == 1 and summaries[0].files[0].landed.startswith("s3://")
 
 
 def test_sql_literals_are_masked_in_the_landed_file(source):
@@ -145,7 +145,7 @@ def test_an_unreachable_landing_is_retried_with_the_same_window_and_files(source
     summary = collect_metadata(name, sources_file=file, now=T0 + SECOND)
     first_try, *retried = attempts
     assert first_try in retried  # the retry wrote the same file names: the same window
-    assert {f["file"] for f in summary["files"]} == set(retried)
+    assert {f.file for f in summary.files} == set(retried)
 
 
 def test_a_failed_upload_leaves_the_hwm_and_the_rerun_extracts_the_same_window(source, monkeypatch):
@@ -160,11 +160,11 @@ def test_a_failed_upload_leaves_the_hwm_and_the_rerun_extracts_the_same_window(s
         with pytest.raises(LandingError):
             collect_metadata(name, sources_file=file, now=T0 + SECOND)
     hwm_key = f"catalog/{name}_hwm.txt"
-    assert s3.get_object(Bucket=name, Key=hwm_key)["Body"].read().decode() == dt.datetime.fromisoformat(
-        first["window_end"]
-    ).strftime(HWM_FORMAT)
+    assert s3.get_object(Bucket=name, Key=hwm_key)["Body"].read().decode() == first.window_end.strftime(
+        HWM_FORMAT
+    )
     rerun = collect_metadata(name, sources_file=file, now=T0 + SECOND)
-    assert rerun["window_start"] == first["window_end"]  # the failed run's window is extracted now
+    assert rerun.window_start == first.window_end  # the failed run's window is extracted now
 
 
 def test_a_stopped_landing_server_is_a_landing_error_and_the_hwm_stays(tmp_path, monkeypatch):
@@ -210,8 +210,8 @@ def test_a_stopped_landing_server_is_a_landing_error_and_the_hwm_stays(tmp_path,
 def test_a_dry_run_writes_files_and_uploads_nothing(source, tmp_path):
     name, file, s3 = source
     summary = collect_metadata(name, sources_file=file, dry_run=True, out_dir=str(tmp_path / "out"), now=T0)
-    assert summary["hwm"] is None and all(f["landed"] is None for f in summary["files"])
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f["file"] for f in summary["files"])
+    assert summary.hwm is None and all(f.landed is None for f in summary.files)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f.file for f in summary.files)
     assert "Contents" not in s3.list_objects_v2(Bucket=name)
 
 
@@ -256,7 +256,7 @@ def athena_source(tmp_path, moto, seeded):
                 "kind": "athena",
                 "aws_credentials_block": name,
                 "region": "us-east-1",
-                "output_location": seeded["output_location"],
+                "output_location": seeded.output_location,
                 "endpoint_url": moto.url,
                 **extractor,
             },
@@ -274,14 +274,12 @@ def test_three_athena_runs_land_every_query_once(athena_source):
     # The first window ends after every seeded execution completed (moto: when it was started).
     first = dt.datetime.now(dt.UTC).replace(microsecond=0) + SECOND
     runs = [collect_metadata(name, sources_file=file, now=first + i * SECOND) for i in range(3)]
-    assert [r["window_start"] for r in runs[1:]] == [r["window_end"] for r in runs[:-1]]
+    assert [r.window_start for r in runs[1:]] == [r.window_end for r in runs[:-1]]
     ids = []
     for path in sorted((landing / "athena" / "landing").glob(f"{name}_query_history_*.csv.gz")):
         ids += [line.split(",")[0] for line in gzip.decompress(path.read_bytes()).decode().splitlines()[1:]]
     assert len(ids) == len(set(ids)) >= 73  # the seeded history, then only the collector's own queries
-    assert (landing / "athena" / f"{name}_hwm.txt").read_text() == dt.datetime.fromisoformat(
-        runs[-1]["window_end"]
-    ).strftime(HWM_FORMAT)
+    assert (landing / "athena" / f"{name}_hwm.txt").read_text() == runs[-1].window_end.strftime(HWM_FORMAT)
 
 
 def test_a_missing_workgroup_is_named_and_the_hwm_stays(athena_source):

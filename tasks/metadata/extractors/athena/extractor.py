@@ -128,7 +128,7 @@ class AthenaExtractor:
     """
 
     #: Waiting for an information_schema query: first poll interval, the cap it doubles to, the give-up time
-    #: (seconds). Class attributes so that tests can shorten them on an instance.
+    #: (seconds). Class attributes: an instance may set its own.
     query_poll_seconds = 0.25
     query_poll_max_seconds = 5.0
     query_timeout_seconds = 900.0
