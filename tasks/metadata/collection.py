@@ -1,4 +1,4 @@
-"""Prefect tasks of the metadata collectors, and the builders behind them (design.md §5).
+"""Prefect tasks of the metadata collectors, and the builders behind them (docs/metadata-collectors.md).
 
 A run: plan the window (the HWM store, read only) → test the connection → extract → mask SQL →
 write one file per entity → upload and verify every file → publish the HWM. Any failure before

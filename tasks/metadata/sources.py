@@ -1,4 +1,4 @@
-"""Configuration of the metadata collectors: one entry per source (design.md §5).
+"""Configuration of the metadata collectors: one entry per source.
 
 The file (default ``metadata_sources.yaml`` at the project root; ``METADATA_SOURCES_FILE`` or the
 flow's ``sources_file`` parameter point elsewhere) holds one entry per source under ``sources``::
@@ -48,7 +48,9 @@ class AthenaExtractorConfig(_Strict):
     )
     workgroups: list[str] | None = Field(default=None, description="workgroups to read; empty: all")
     role_arn: str | None = Field(default=None, description="role to assume for the extraction")
-    endpoint_url: str | None = Field(default=None, description="AWS endpoint override (moto, VPC endpoint)")
+    endpoint_url: str | None = Field(
+        default=None, description="AWS endpoint override (a VPC endpoint, a local emulator)"
+    )
     history_days: int = Field(default=45, ge=1, le=45, description="Athena keeps 45 days of query history")
 
 

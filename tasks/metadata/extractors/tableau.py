@@ -1,53 +1,7 @@
-"""Tableau metadata extractor: the signed-in site, its projects, workbooks, views, data sources with
-their connections, users and extract-refresh tasks.
+"""``TableauExtractor``: the metadata of the site a Tableau PAT pool signs in to, as ``Extract``s.
 
-``TableauExtractor`` follows ``tasks.metadata.extracts.Extractor`` (design.md §5, issue 4 §1). It reaches Tableau
-through the same PAT pool as the refresh flows (design.md §3): ``run`` leases ONE PAT for the whole run,
-signs in once (``TableauSession``, which signs in again once if the credential token expires, 401002),
-pages every entity with ``tableauserverclient.Pager``, signs out and releases the PAT. A PAT held by a
-domain refresh is never used: with every PAT leased, the extractor waits for one (at most the pool's
-``acquire_timeout_seconds``, then ``PatLeaseTimeoutError``).
-
-Entities (``run`` returns them in this order, columns as listed; times are aware UTC ``datetime``;
-``tags`` and ``schedule_interval`` are lists, written as JSON):
-
-==========================  ====================================================================
-``sites``                   ``SITE_COLUMNS``: the signed-in site only (a PAT signs in to one site)
-``projects``                ``PROJECT_COLUMNS``; no times: tableauserverclient 0.42 does not read a
-                            project's createdAt/updatedAt
-``workbooks``               ``WORKBOOK_COLUMNS``
-``views``                   ``VIEW_COLUMNS``; ``workbook_name``/``project_name`` joined from the
-                            workbooks and projects of this run (empty if not visible)
-``datasources``             ``DATASOURCE_COLUMNS``; ``datasource_type`` e.g. ``hyper``, ``sqlserver``
-``datasource_connections``  ``CONNECTION_COLUMNS``: one row per connection of each published data
-                            source; ``server_port`` an int (None if empty); never a password (the REST
-                            API does not return one)
-``users``                   ``USER_COLUMNS``
-``extract_refresh_tasks``   ``TASK_COLUMNS``; ``target_type`` ``datasource`` or ``workbook``,
-                            ``target_name`` joined from this run's data sources/workbooks;
-                            ``schedule_frequency`` ``Hourly``/``Daily``/``Weekly``/``Monthly`` when the
-                            response has frequencyDetails (Tableau Cloud), else None;
-                            ``schedule_start_time`` ``HH:MM:SS``
-==========================  ====================================================================
-
-Every entity is a full snapshot taken during the run, not windowed: ``start_hwm``/``end_hwm`` are not
-used. Projects, workbooks, views, data sources and users could be windowed server-side with the REST
-API filter ``updatedAt:gte:<start>`` (users: ``lastLogin``), but a snapshot also carries deletions and
-moves, which a window cannot; they are not windowed, for now. Rows are read into memory inside the
-lease (the session ends when ``run`` returns): sizes are those of a site's content lists, not of a
-query history.
-
-Tableau facts (Tableau REST API reference, 3.29: "Query Site", "Query Projects", "Query Workbooks for
-Site", "Query Views for Site", "Query Data Sources", "Query Data Source Connections", "Get Users on
-Site", "List Extract Refresh Tasks in Site", "Paginating Results"):
-
-- Paginated methods take ``pageSize`` 1 to 1000 (default 100) and ``pageNumber``; Query Data Source
-  Connections and List Extract Refresh Tasks in Site answer everything in one response.
-- Get Users on Site and Query Site need a site (or server) administrator; List Extract Refresh Tasks
-  shows other users' tasks only to administrators: the pool's PATs should belong to a site
-  administrator (Site Administrator Explorer is enough to read).
-- A connection's password is write-only: Query Data Source Connections returns type, server address,
-  port, user name, embedPassword, never the password.
+It leases one PAT of the refresh pool for the whole run. What it extracts and the REST API facts it
+relies on: docs/metadata-collectors.md ("Tableau"); the columns: docs/metadata-extracts.md.
 """
 
 from __future__ import annotations

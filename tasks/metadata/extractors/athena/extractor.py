@@ -1,63 +1,7 @@
-"""Athena metadata extractor: catalogs, databases, tables, views, columns, workgroups and query history.
+"""``AthenaExtractor``: the metadata of one Athena source (account + region), as ``Extract``s.
 
-``AthenaExtractor`` follows ``tasks.metadata.extracts.Extractor`` (design.md §5, issue 4 §1). It reaches AWS with
-boto3 through a prefect-aws ``AwsCredentials`` block, optionally assuming a role first (STS AssumeRole,
-session name ``analytics-flows-<source>``).
-
-Where the catalog comes from (one rule, kept simple):
-
-- **Glue catalogs** (type ``GLUE``: ``AwsDataCatalog`` and Glue catalogs registered from other accounts):
-  the Glue Data Catalog APIs are the source of truth — ``GetDatabases`` and ``GetTables`` through their
-  boto3 paginators. Then one Athena query of ``information_schema.tables`` per catalog cross-checks
-  them: tables Glue lists that Athena does not show (e.g. hidden by Lake Formation, unreadable formats)
-  and tables Athena shows that Glue did not list are logged as a WARNING. The cross-check never changes
-  the rows, and its failure (e.g. no ``athena:StartQueryExecution``) is a WARNING, not an error.
-- **Other catalogs** (``LAMBDA`` federated sources, ``HIVE``): Glue cannot see them, so
-  ``information_schema`` is their only source: one Athena query per catalog joins
-  ``information_schema.columns``, ``.tables`` and ``.views``; databases come from Athena's
-  ``ListDatabases``. Their tables carry no owner, location or formats.
-
-Queries run in the first configured workgroup (``primary`` when all workgroups are harvested), with
-``ResultConfiguration.OutputLocation = output_location`` (a workgroup that enforces its own location
-overrides it). They show up in that workgroup's query history, like any other query.
-
-Entities (``run`` returns them in this order; columns as listed; times are aware UTC ``datetime``):
-
-- ``data_catalogs``: ``DATA_CATALOG_COLUMNS``; ``metadata_source`` is ``glue`` or ``information_schema``.
-- ``databases``: ``DATABASE_COLUMNS``.
-- ``tables``: ``TABLE_COLUMNS``, views included (``table_type`` as the source says: Glue
-  ``EXTERNAL_TABLE``/``MANAGED_TABLE``/``VIRTUAL_VIEW``, information_schema ``BASE TABLE``/``VIEW``);
-  ``partition_keys`` comma-separated; ``classification`` is Glue's ``Parameters.classification``
-  (``parquet``, ``csv``, ...) or, for Iceberg, ``Parameters.table_type``.
-- ``views``: ``VIEW_COLUMNS``; ``view_sql`` is the SQL the view was created with: for Athena views
-  (``ViewOriginalText`` = ``/* Presto View: <base64 JSON> */``) the decoded ``originalSql``
-  (``view_dialect`` ``athena``), for Hive/Spark views the text itself (``hive``).
-- ``columns``: ``COLUMN_COLUMNS``; ``ordinal_position`` counts from 1, partition keys after the
-  columns (as Athena's ``information_schema.columns`` does).
-- ``users``: ``USER_COLUMNS``: Athena records no user per query, so each workgroup is published as the
-  user ``athena_workgroup_<name>`` (KADA's convention, ../shared/seeds/001_0f91690c1ed31a77.txt).
-- ``query_history``: ``QUERY_HISTORY_COLUMNS``: executions of each workgroup whose
-  ``Status.CompletionDateTime`` lies in the window ``[start, end)``; ``query_text`` is raw (the writer
-  stage masks literals). Running and queued queries have no completion time yet: they belong to the
-  window in which they complete.
-
-Large entities (``databases`` … ``columns``, ``query_history``) are generators: the API calls happen
-while the writer consumes them, one page in memory at a time; ``tables``, ``views`` and ``columns`` each
-page Glue once (three passes over ``GetTables``). Failures raise ``ExtractorConnectionError`` (credentials
-or permission: the message names the IAM action AWS refused) or ``AthenaExtractionError``.
-
-IAM actions used: ``sts:GetCallerIdentity``, ``sts:AssumeRole`` (with ``role_arn``);
-``athena:GetWorkGroup``/``athena:ListWorkGroups``, ``athena:ListDataCatalogs``, ``athena:GetDataCatalog``,
-``athena:ListDatabases``, ``athena:StartQueryExecution``, ``athena:GetQueryExecution``,
-``athena:GetQueryResults``, ``athena:StopQueryExecution``, ``athena:ListQueryExecutions``,
-``athena:BatchGetQueryExecution``; ``glue:GetDatabases``, ``glue:GetTables``; ``s3:ListBucket`` (HeadBucket),
-``s3:GetBucketLocation``, ``s3:GetObject``, ``s3:PutObject`` on the results bucket (KADA's policy, same file).
-
-API references: https://docs.aws.amazon.com/athena/latest/APIReference/ (ListQueryExecutions,
-BatchGetQueryExecution, GetQueryResults, StartQueryExecution, ListDataCatalogs, GetWorkGroup),
-https://docs.aws.amazon.com/glue/latest/webapi/ (GetDatabases, GetTables),
-https://docs.aws.amazon.com/AmazonS3/latest/API/API_HeadBucket.html,
-https://docs.aws.amazon.com/STS/latest/APIReference/API_AssumeRole.html.
+What it extracts, from where, and the IAM actions it needs: docs/metadata-collectors.md ("Athena");
+the columns of each entity: docs/metadata-extracts.md.
 """
 
 from __future__ import annotations
