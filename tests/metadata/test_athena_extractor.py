@@ -267,12 +267,12 @@ def test_every_entity_from_the_seeded_catalog(moto, seeded, monkeypatch, caplog)
         in_db = {t["table_name"]: t for t in tables if t["database_name"] == database}
         assert sorted(in_db) == sorted(TPCDS_TABLES) and len(in_db) == 24
         for name, key in TPCDS_PARTITION_KEYS.items():
-            assert in_db[name]["partition_keys"] == key
+            assert in_db[name]["partition_keys"] == [key]
         assert in_db["store_sales"]["classification"] == "parquet"
         assert (
             in_db["store_sales"]["location"] == f"s3://analytics-warehouse/tpcds/{database[6:]}/store_sales/"
         )
-        assert in_db["date_dim"]["partition_keys"] is None
+        assert in_db["date_dim"]["partition_keys"] == []
     marketing = {t["table_name"]: t["table_type"] for t in tables if t["database_name"] == "marketing"}
     assert marketing == {
         "campaigns": "EXTERNAL_TABLE",
@@ -793,3 +793,37 @@ def test_view_sql_decodes_athena_views_and_keeps_hive_text():
     assert view_sql("/* Presto View: not-base64! */") == ("hive", "/* Presto View: not-base64! */")
     assert view_sql("/* Presto View: bm90IGpzb24= */") == ("athena", "/* Presto View: bm90IGpzb24= */")
     assert view_sql(None) == ("hive", None)
+
+
+def test_partition_keys_are_written_as_a_json_list_that_splits_back(tmp_path):
+    """docs/metadata-extracts.md: partition_keys is a JSON list, unambiguous even for a name with a comma."""
+    import csv
+    import gzip
+
+    from tasks.metadata.extract_files import write_extracts
+    from tasks.metadata.extractors.athena.glue_catalog import TABLE_COLUMNS, Catalog, table_rows
+    from tasks.metadata.hwm import Window
+
+    glue = boto3.client("glue", region_name=REGION, aws_access_key_id="k", aws_secret_access_key="s")
+    table = {"Name": "events", "DatabaseName": "raw", "TableType": "EXTERNAL_TABLE"}
+    with Stubber(glue) as stubber:
+        stubber.add_response("get_databases", {"DatabaseList": [{"Name": "raw"}]})
+        stubber.add_response(
+            "get_tables",
+            {
+                "TableList": [
+                    {**table, "PartitionKeys": [{"Name": "dt"}, {"Name": "region,zone"}]},
+                    {**table, "Name": "lookup"},
+                ]
+            },
+            {"DatabaseName": "raw"},
+        )
+        rows = list(table_rows(glue, Catalog("AwsDataCatalog", "GLUE"), set()))
+    window = Window(datetime(2026, 11, 21, tzinfo=UTC), datetime(2026, 11, 22, tzinfo=UTC))
+
+    [written] = write_extracts([Extract("tables", TABLE_COLUMNS, rows)], tmp_path, SOURCE, window, True)
+
+    with gzip.open(written.path, "rt", newline="") as file:
+        cells = [row["partition_keys"] for row in csv.DictReader(file)]
+    assert cells == ['["dt","region,zone"]', "[]"]
+    assert [json.loads(cell) for cell in cells] == [["dt", "region,zone"], []]

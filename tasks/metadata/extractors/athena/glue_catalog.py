@@ -164,13 +164,13 @@ def database_rows(glue: Any, catalog: Catalog) -> Iterator[tuple[Any, ...]]:
 
 
 def table_rows(glue: Any, catalog: Catalog, seen: set[tuple[str, str]]) -> Iterator[tuple[Any, ...]]:
-    """``TABLE_COLUMNS`` rows of a Glue catalog (views included); adds each ``(database, table)``, lower
-    case, to ``seen`` (for the information_schema cross-check)."""
+    """``TABLE_COLUMNS`` rows of a Glue catalog (views included; ``partition_keys`` a list of names,
+    written as JSON); adds each ``(database, table)``, lower case, to ``seen`` (for the
+    information_schema cross-check)."""
     for table in glue_tables(glue, catalog):
         seen.add((table["DatabaseName"].lower(), table["Name"].lower()))
         storage = table.get("StorageDescriptor") or {}
         parameters = table.get("Parameters") or {}
-        keys = [key["Name"] for key in table.get("PartitionKeys") or []]
         yield (
             catalog.name,
             table["DatabaseName"],
@@ -182,7 +182,7 @@ def table_rows(glue: Any, catalog: Catalog, seen: set[tuple[str, str]]) -> Itera
             blank(storage.get("InputFormat")),
             blank((storage.get("SerdeInfo") or {}).get("SerializationLibrary")),
             parameters.get("classification") or parameters.get("table_type"),
-            ",".join(keys) or None,
+            [key["Name"] for key in table.get("PartitionKeys") or []],
             to_utc(table.get("CreateTime")),
             to_utc(table.get("UpdateTime")),
         )

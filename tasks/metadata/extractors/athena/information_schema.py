@@ -189,17 +189,17 @@ class InformationSchema:
             yield list(rows)
 
     def table_rows(self, catalog: Catalog) -> Iterator[tuple[Any, ...]]:
-        """``TABLE_COLUMNS`` rows of a non-Glue catalog (views included): no owner, location or formats."""
+        """``TABLE_COLUMNS`` rows of a non-Glue catalog (views included): no owner, location or formats;
+        ``partition_keys`` a list of names."""
         for rows in self._table_groups(catalog):
             first = rows[0]
-            keys = [r["column_name"] for r in rows if r["extra_info"] == "partition key"]
             yield (
                 catalog.name,
                 first["table_schema"],
                 first["table_name"],
                 first["table_type"],
                 *(None,) * 6,
-                ",".join(k for k in keys if k) or None,
+                [r["column_name"] for r in rows if r["extra_info"] == "partition key" and r["column_name"]],
                 None,
                 None,
             )
