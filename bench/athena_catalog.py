@@ -3,32 +3,7 @@
     python -m bench.athena_catalog [--tables 10000] [--columns-per-table 20] [--databases 10]
                                    [--queries 1000] [--seed-threads 4] [--no-tracemalloc]
 
-Starts moto's server (``devstack.moto_server.MotoServer``, its own process) and seeds it through the AWS
-APIs (``devstack.athena_catalog.seed_large_glue_catalog``, on a few threads): ``tables`` Glue tables of
-``columns-per-table`` columns over ``databases`` databases (2 % views, a quarter of the rest partitioned),
-the workgroup ``analysts`` next to ``primary``, ``queries`` query executions, the results bucket. Seeding
-time is printed on its own and is not part of the figures.
-
-Then two collector runs, each a fresh ``AthenaExtractor`` (every workgroup, every catalog) whose
-``run(start, end)`` extracts are all written by ``write_extracts(..., compress=True)`` into a temporary
-directory, as ``tasks.metadata.collection`` does (without ``test_connection``'s few calls):
-
-- full: window ``[end - 1 day, end)``: the whole catalog and every seeded execution;
-- incremental, nothing new: window ``[first run's end, now)``. Catalog entities are full snapshots, so
-  Glue is read and the files written again; query history keeps only executions completed since.
-
-Per run: wall time (``perf_counter``, from ``run`` to the last file closed), API calls by operation
-(botocore ``before-call`` hooks on the extractor's clients, ``AthenaExtractor.aws``), max RSS
-(``getrusage``: this process's high-water mark so far, seeding included), and rows and bytes of each
-entity file. tracemalloc slows Python down by more than half, so both runs are timed without it, then
-rerun over the same windows with it for the peak of Python allocations (``--no-tracemalloc`` skips
-those reruns); the reruns' own information_schema queries complete after both windows, so they write
-the same rows.
-
-moto runs behind ``devstack.moto_gaps`` (BatchGetQueryExecution answered from moto's GetQueryExecution,
-ListQueryExecutions newest first and paged, as AWS does); the information_schema cross-check's results
-are queued before each run (moto's query-results API) with the seeded tables, so the cross-check
-compares the whole catalog and warns of nothing.
+What it seeds, runs and measures: docs/metadata-collectors.md ("Benchmark").
 """
 
 from __future__ import annotations

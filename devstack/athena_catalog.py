@@ -1,32 +1,8 @@
 """Seed moto's server with a realistic Athena estate: the TPC-DS schema in Glue, views, workgroups, history.
 
-``seed_athena(endpoint_url, region)`` creates, through the ordinary AWS APIs (boto3 against
-``devstack.moto_server.MotoServer``):
-
-- Glue databases ``tpcds_sf1`` and ``tpcds_sf10``, each with the 24 tables of TPC-DS (425 columns; the
-  seven fact tables partitioned by their date key, as the usual Spark/Hive TPC-DS layout does), and
-  ``marketing`` with two tables of its own (one partitioned by ``dt``) and two views: one created the
-  way Athena stores views (``/* Presto View: <base64 JSON> */``), one a Hive/Spark view (plain SQL);
-- the workgroups ``primary`` (moto creates it) and ``analysts``, and the query-results bucket;
-- a federated data catalog ``crm_postgres`` (type LAMBDA) with a database ``public``;
-- query history: ``QUERIES_PER_WORKGROUP`` ``start_query_execution`` calls per workgroup.
-
-moto's behaviour (5.2) that the tests and the demo work with (``devstack.moto_gaps`` answers
-``ListQueryExecutions``, ``BatchGetQueryExecution``, ``ListDataCatalogs`` and ``GetWorkGroup`` as AWS does):
-
-- Athena "runs" nothing: a started query is SUCCEEDED (by default) at its first ``get_query_execution``;
-  its ``SubmissionDateTime`` and ``CompletionDateTime`` are both the instant it was started. Its results
-  are empty unless queued beforehand with ``queue_query_results`` (moto's
-  ``/moto-api/static/athena/query-results``), which hands each queued result to the next query started.
-- Executions started without ``WorkGroup`` belong to no workgroup (AWS puts them in ``primary``): the seed
-  always passes one. ``list_table_metadata`` does not exist.
-- Databases of a non-Glue catalog exist only in Athena's own model: the seed creates ``crm_postgres.public``
-  with a ``CREATE DATABASE`` query (moto parses that DDL; on AWS a federated catalog's databases are the
-  source's schemas and cannot be created through Athena).
-
-TPC-DS: table and column definitions of the TPC Benchmark DS specification (tpc.org, "TPC-DS", v3,
-section 2 "Logical Database Design"), with its types mapped to Hive/Athena types (identifier and integer
-→ ``int``, order/ticket numbers → ``bigint``, ``decimal(p,s)``, ``char(n)``, ``varchar(n)``, ``date``).
+``seed_athena`` for the tests and the demo, ``seed_large_glue_catalog`` for bench/athena_catalog.py;
+``queue_query_results`` answers the next information_schema queries. Both seeds go through the ordinary
+AWS APIs (boto3 against ``devstack.moto_server.MotoServer``).
 """
 
 from __future__ import annotations
@@ -110,7 +86,10 @@ class SeededGlueCatalog:
     query_execution_ids: list[str]
 
 
-# "name:type" tokens, whitespace-separated, in the specification's column order.
+# TPC-DS: table and column definitions of the TPC Benchmark DS specification (tpc.org, "TPC-DS", v3,
+# section 2 "Logical Database Design"), with its types mapped to Hive/Athena types (identifier and integer
+# → int, order/ticket numbers → bigint, decimal(p,s), char(n), varchar(n), date). "name:type" tokens,
+# whitespace-separated, in the specification's column order.
 TPCDS_TABLES: dict[str, str] = {
     "call_center": """cc_call_center_sk:int cc_call_center_id:char(16) cc_rec_start_date:date
         cc_rec_end_date:date cc_closed_date_sk:int cc_open_date_sk:int cc_name:varchar(50)
@@ -492,7 +471,29 @@ def _run_history(athena: Any) -> dict[str, list[str]]:
 
 
 def seed_athena(endpoint_url: str, region: str) -> SeededAthena:
-    """Create the estate described in the module docstring on the moto server at ``endpoint_url``.
+    """Create this estate on the moto server at ``endpoint_url``:
+
+    - Glue databases ``tpcds_sf1`` and ``tpcds_sf10``, each with the 24 tables of TPC-DS (425 columns;
+      the seven fact tables partitioned by their date key, as the usual Spark/Hive TPC-DS layout does),
+      and ``marketing`` with two tables of its own (one partitioned by ``dt``) and two views: one created
+      the way Athena stores views (``/* Presto View: <base64 JSON> */``), one a Hive/Spark view (SQL);
+    - the workgroups ``primary`` (moto creates it) and ``analysts``, and the query-results bucket;
+    - a federated data catalog ``crm_postgres`` (type LAMBDA) with a database ``public``;
+    - query history: ``QUERIES_PER_WORKGROUP`` ``start_query_execution`` calls per workgroup.
+
+    moto's behaviour (5.2) that the tests and the demo work with (``devstack.moto_gaps`` answers
+    ``ListQueryExecutions``, ``BatchGetQueryExecution``, ``ListDataCatalogs`` and ``GetWorkGroup`` as AWS
+    does):
+
+    - Athena "runs" nothing: a started query is SUCCEEDED (by default) at its first
+      ``get_query_execution``; its ``SubmissionDateTime`` and ``CompletionDateTime`` are both the instant
+      it was started. Its results are empty unless queued beforehand with ``queue_query_results`` (moto's
+      ``/moto-api/static/athena/query-results``), which hands each queued result to the next query.
+    - Executions started without ``WorkGroup`` belong to no workgroup (AWS puts them in ``primary``): the
+      seed always passes one. ``list_table_metadata`` does not exist.
+    - Databases of a non-Glue catalog exist only in Athena's own model: the seed creates
+      ``crm_postgres.public`` with a ``CREATE DATABASE`` query (moto parses that DDL; on AWS a federated
+      catalog's databases are the source's schemas and cannot be created through Athena).
 
     Call once per (fresh or reset) server: a second call fails on the existing bucket and databases.
     """

@@ -1,17 +1,9 @@
 """The metadata part of ``make demo``: the Tableau collector into Azurite, the Athena collector into moto.
 
-``start_tableau_collector`` runs ``collect-metadata`` for a ``tableau-demo`` source in a thread while
-the domain refreshes run: it leases a PAT from the same pool, so it waits for one if the domains
-hold them all, and lands its files in Azurite (Azure Blob, with a SAS token from a Secret block).
-
-Starts moto's server, seeds it with a TPC-DS catalog in Glue, two workgroups and query history
-(``devstack.athena_catalog``), creates the landing bucket and the blocks (``AwsCredentials`` with
-moto's endpoint, ``S3Bucket``), writes a sources file for an ``athena-demo`` source and runs the
-``collect-metadata`` flow twice: the first run extracts the initial look-back, the second only
-what is new since the HWM the first published.
-
-moto runs behind ``devstack.moto_gaps``, which answers the Athena calls moto lacks as AWS does. Imports
-Prefect only inside functions.
+``start_tableau_collector`` collects a ``tableau-demo`` source in a thread while the domain refreshes run
+(on a PAT of the same pool); ``run_athena_collector`` seeds moto (``devstack.athena_catalog``) and
+collects an ``athena-demo`` source twice: the initial look-back, then what is new since the first
+run's HWM. Imports Prefect only inside functions.
 """
 
 from __future__ import annotations

@@ -1,27 +1,7 @@
-"""moto's server, made to answer the Athena and Glue calls of the metadata collector as AWS does.
+"""moto's server answering the Athena calls of the metadata collector as AWS does (``MotoGaps``).
 
-``python -m devstack.moto_gaps -H HOST -p PORT`` serves moto's own WSGI application (as ``python -m
-moto.server`` does) behind ``MotoGaps``, a WSGI middleware that changes only what moto 5.2 answers
-differently from AWS, so that clients (the Athena extractor included) are written for AWS alone:
-
-- JSON-protocol errors (Athena, Glue: requests with ``X-Amz-Target``): moto answers IAM refusals with
-  an XML body (``<ErrorResponse>``, HTTP 403) that botocore cannot parse; AWS answers HTTP 400 with
-  ``{"__type": ..., "Message": ...}`` and the codes ``AccessDeniedException`` and
-  ``UnrecognizedClientException`` (Athena API reference, "Common Errors").
-- ``ListQueryExecutions``: moto lists a workgroup's executions oldest first, all at once; AWS lists
-  them newest first, ``MaxResults`` (at most 50, the default) per page with a ``NextToken``.
-- ``BatchGetQueryExecution``: moto 5.2 lacks it (HTTP 500). It is answered from moto's
-  ``GetQueryExecution`` of each id, in the documented response shape
-  (https://docs.aws.amazon.com/athena/latest/APIReference/API_BatchGetQueryExecution.html); ids moto
-  does not know come back in ``UnprocessedQueryExecutionIds``. Those ``GetQueryExecution`` requests
-  carry the caller's headers with another body, so while moto enforces IAM
-  (``INITIAL_NO_AUTH_ACTION_COUNT``) their signature does not match and the call is refused.
-- ``ListDataCatalogs``: moto does not list ``AwsDataCatalog``; AWS always does (AWS CLI reference,
-  ``athena list-data-catalogs``, example output).
-- ``GetWorkGroup`` of an unknown name: moto answers ``{"WorkGroup": null}``; AWS answers
-  ``InvalidRequestException`` "WorkGroup <name> is not found."
-
-Every other request reaches moto unchanged.
+``python -m devstack.moto_gaps -H HOST -p PORT`` serves moto's own WSGI application, as ``python -m
+moto.server`` does, behind ``MotoGaps``; ``devstack.moto_server.MotoServer`` runs it.
 """
 
 from __future__ import annotations
@@ -63,7 +43,7 @@ class _Answer:
 
     @classmethod
     def error(cls, code: str, message: str) -> _Answer:
-        """AWS's JSON-protocol error: HTTP 400 (the status AWS gives these codes), ``__type`` and ``Message``."""
+        """AWS's JSON-protocol error: HTTP 400, ``__type`` and ``Message``."""
         return cls.json(400, {"__type": code, "Message": message})
 
     def send(self, start_response: StartResponse) -> list[bytes]:
@@ -76,7 +56,28 @@ class _Answer:
 
 
 class MotoGaps:
-    """WSGI middleware in front of moto's application; see the module docstring for what it changes."""
+    """WSGI middleware in front of moto's application. It changes only what moto 5.2 answers differently
+    from AWS, so that clients (the Athena extractor included) are written for AWS alone:
+
+    - JSON-protocol errors (Athena, Glue: requests with ``X-Amz-Target``): moto answers IAM refusals with
+      an XML body (``<ErrorResponse>``, HTTP 403) that botocore cannot parse; AWS answers HTTP 400 with
+      ``{"__type": ..., "Message": ...}`` and the codes ``AccessDeniedException`` and
+      ``UnrecognizedClientException`` (Athena API reference, "Common Errors").
+    - ``ListQueryExecutions``: moto lists a workgroup's executions oldest first, all at once; AWS lists
+      them newest first, ``MaxResults`` (at most 50, the default) per page with a ``NextToken``.
+    - ``BatchGetQueryExecution``: moto 5.2 lacks it (HTTP 500). It is answered from moto's
+      ``GetQueryExecution`` of each id, in the documented response shape
+      (https://docs.aws.amazon.com/athena/latest/APIReference/API_BatchGetQueryExecution.html); ids moto
+      does not know come back in ``UnprocessedQueryExecutionIds``. Those ``GetQueryExecution`` requests
+      carry the caller's headers with another body, so while moto enforces IAM
+      (``INITIAL_NO_AUTH_ACTION_COUNT``) their signature does not match and the call is refused.
+    - ``ListDataCatalogs``: moto does not list ``AwsDataCatalog``; AWS always does (AWS CLI reference,
+      ``athena list-data-catalogs``, example output).
+    - ``GetWorkGroup`` of an unknown name: moto answers ``{"WorkGroup": null}``; AWS answers
+      ``InvalidRequestException`` "WorkGroup <name> is not found."
+
+    Every other request reaches moto unchanged.
+    """
 
     def __init__(self, app: WsgiApp):
         self.app = app

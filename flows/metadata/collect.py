@@ -1,12 +1,8 @@
 """Metadata collection for one configured source: extract what is new, land it, then move the HWM.
 
-    plan [start, end) → extract → mask SQL → write files → upload + verify → publish HWM → artifact
+    plan [start, end) → extract → mask SQL → write files → upload + verify → publish HWM
 
-``end`` is fixed once per run (now − lag); ``start`` is the last published HWM. The HWM moves only
-after every file landed and was verified, so a failed upload never loses a window: the upload
-task retries a connection failure (landing outages are often brief) with the same files, a retry
-of the run from the UI re-extracts the same window, and a later run starts from the same HWM. ``dry_run`` writes the files
-locally and uploads nothing.
+The HWM moves only after every file landed and was verified; the protocol: docs/metadata-collectors.md.
 """
 
 from __future__ import annotations
