@@ -3,33 +3,7 @@
     python -m bench.athena_catalog [--tables 10000] [--columns-per-table 20] [--databases 10]
                                    [--queries 1000] [--seed-threads 4] [--no-tracemalloc]
 
-Starts moto's server (``devstack.moto_server.MotoServer``, its own process) and seeds it through the AWS
-APIs (``devstack.athena_catalog.seed_large_glue_catalog``, on a few threads): ``tables`` Glue tables of
-``columns-per-table`` columns over ``databases`` databases (2 % views, a quarter of the rest partitioned),
-the workgroup ``analysts`` next to ``primary``, ``queries`` query executions, the results bucket. Seeding
-time is printed on its own and is not part of the figures.
-
-Then two collector runs, each a fresh ``AthenaExtractor`` (every workgroup, every catalog) whose
-``run(start, end)`` extracts are all written by ``write_extracts(..., compress=True)`` into a temporary
-directory, as ``tasks.metadata.collection`` does (without ``test_connection``'s few calls):
-
-- full: window ``[end - 1 day, end)``: the whole catalog and every seeded execution;
-- incremental, nothing new: window ``[first run's end, now)``. Catalog entities are full snapshots, so
-  Glue is read and the files written again; query history keeps only executions completed since.
-
-Per run: wall time (``perf_counter``, from ``run`` to the last file closed), API calls by operation
-(botocore ``before-call`` hooks on the extractor's clients, through its ``_client`` seam), max RSS
-(``getrusage``: this process's high-water mark so far, seeding included), and rows and bytes of each
-entity file. tracemalloc slows Python down by more than half, so both runs are timed without it, then
-rerun over the same windows with it for the peak of Python allocations (``--no-tracemalloc`` skips
-those reruns); the reruns' own information_schema queries complete after both windows, so they write
-the same rows.
-
-moto's gaps (design.md §7), bridged as the tests do: ``BatchGetQueryExecution`` does not exist in moto,
-so the extractor's call is answered from ``GetQueryExecution`` snapshots taken after seeding (ids started
-later are fetched on an uncounted client) and counted as one call per batch, as AWS would; the
-information_schema cross-check's results are queued before each run (moto's query-results API) with the
-seeded tables, so the cross-check compares the whole catalog and warns of nothing.
+What it seeds, runs and measures: docs/metadata-collectors.md ("Benchmark").
 """
 
 from __future__ import annotations
@@ -44,85 +18,63 @@ import tempfile
 import time
 import tracemalloc
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 from prefect_aws import AwsCredentials
 
-from devstack.athena_catalog import queue_query_results, seed_large_glue_catalog
+from devstack.athena_catalog import SeededGlueCatalog, queue_query_results, seed_large_glue_catalog
 from devstack.moto_server import DEFAULT_REGION, DUMMY_ACCESS_KEY_ID, DUMMY_SECRET_ACCESS_KEY, MotoServer
 from tasks.metadata.extract_files import WrittenFile, write_extracts
-from tasks.metadata.extractors.athena.extractor import RESULTS_PAGE_SIZE, AthenaExtractor
+from tasks.metadata.extractors.athena import AthenaExtractor
+from tasks.metadata.extractors.athena.information_schema import RESULTS_PAGE_SIZE
 from tasks.metadata.hwm import Window
 
 SOURCE = "athena-bench"
 #: AWS Glue GetTables returns at most 100 tables per call (MaxResults 1-100, Glue API reference).
 GLUE_TABLES_PER_PAGE = 100
-#: ``tables``, ``views`` and ``columns`` each page GetTables (tasks/metadata/extractors/athena/extractor.py docstring).
+#: ``tables``, ``views`` and ``columns`` each page GetTables (three passes of tasks/metadata/extractors/athena/glue_catalog.glue_tables).
 GET_TABLES_PASSES = 3
 MB = 2**20
 
 
-class MeasuredAthenaExtractor(AthenaExtractor):
-    """``AthenaExtractor`` whose clients count their API calls, with BatchGetQueryExecution bridged for moto."""
+def _count_calls(extractor: AthenaExtractor, calls: Counter) -> None:
+    """Count the API calls of ``extractor``'s clients by ``service:Operation`` in ``calls``."""
 
-    def __init__(self, *args: Any, calls: Counter, executions: dict[str, dict], twin: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.calls, self.executions, self.twin = calls, executions, twin
-
-    def _client(self, name: str) -> Any:
-        fresh = name not in self._clients
-        client = super()._client(name)
-        if fresh:
-            client.meta.events.register("before-call", self._count)
-            if name == "athena":
-                client.batch_get_query_execution = self._batch_get_query_execution
-        return client
-
-    def _count(self, event_name: str, **_: Any) -> None:
+    def count(event_name: str, **_: Any) -> None:
         _, service, operation = event_name.split(".", 2)
-        self.calls[f"{service}:{operation}"] += 1
+        calls[f"{service}:{operation}"] += 1
 
-    def _batch_get_query_execution(self, QueryExecutionIds: list[str]) -> dict[str, Any]:  # noqa: N803
-        self.calls["athena:BatchGetQueryExecution*"] += 1
-        found = []
-        for execution_id in QueryExecutionIds:
-            if execution_id not in self.executions:
-                self.executions[execution_id] = self.twin.get_query_execution(QueryExecutionId=execution_id)[
-                    "QueryExecution"
-                ]
-            found.append(self.executions[execution_id])
-        return {"QueryExecutions": found, "UnprocessedQueryExecutionIds": []}
-
-
-def _client(moto: MotoServer, name: str) -> Any:
-    return boto3.client(
-        name,
-        endpoint_url=moto.url,
-        region_name=moto.region,
-        aws_access_key_id=DUMMY_ACCESS_KEY_ID,
-        aws_secret_access_key=DUMMY_SECRET_ACCESS_KEY,
-    )
+    for name in ("athena", "glue", "s3", "sts"):
+        extractor.aws.client(name).meta.events.register("before-call", count)
 
 
 def _max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+@dataclass
+class RunFigures:
+    """One collector run: ``wall`` seconds, API ``calls`` by ``service:Operation``, ``peak`` MB of Python
+    allocations (None untraced) and the ``traced_wall`` seconds of that traced run, max ``rss`` MB, files."""
+
+    wall: float
+    calls: Counter
+    peak: float | None
+    rss: float
+    files: list[WrittenFile]
+    traced_wall: float | None = None
+
+
 def collect(
-    moto: MotoServer,
-    seeded: dict[str, Any],
-    executions: dict[str, dict],
-    window: Window,
-    out_dir: Path,
-    trace: bool,
-) -> dict[str, Any]:
+    moto: MotoServer, seeded: SeededGlueCatalog, window: Window, out_dir: Path, trace: bool
+) -> RunFigures:
     """One collector run over ``window`` into ``out_dir``; its figures."""
     names = ["table_schema", "table_name", "table_type"]
-    queue_query_results(moto.url, moto.region, [(names, sorted(seeded["tables"]))])
+    queue_query_results(moto.url, moto.region, [(names, sorted(seeded.tables))])
     calls: Counter = Counter()
-    extractor = MeasuredAthenaExtractor(
+    extractor = AthenaExtractor(
         SOURCE,
         AwsCredentials(
             aws_access_key_id=DUMMY_ACCESS_KEY_ID,
@@ -131,12 +83,10 @@ def collect(
         ),
         moto.region,
         workgroups=None,
-        output_location=seeded["output_location"],
+        output_location=seeded.output_location,
         endpoint_url=moto.url,
-        calls=calls,
-        executions=executions,
-        twin=_client(moto, "athena"),
     )
+    _count_calls(extractor, calls)
     gc.collect()
     if trace:
         tracemalloc.start()
@@ -145,14 +95,7 @@ def collect(
     wall = time.perf_counter() - started
     peak = tracemalloc.get_traced_memory()[1] / MB if trace else None
     tracemalloc.stop()
-    return {
-        "wall": wall,
-        "calls": calls,
-        "peak": peak,
-        "rss": _max_rss_mb(),
-        "files": files,
-        "traced_wall": None,
-    }
+    return RunFigures(wall, calls, peak, _max_rss_mb(), files)
 
 
 def aws_estimate(tables: int, databases: int) -> dict[str, int]:
@@ -197,35 +140,30 @@ def main(argv: list[str] | None = None) -> None:
             queries=args.queries,
             threads=args.seed_threads,
         )
-        twin = _client(moto, "athena")
-        executions = {  # what BatchGetQueryExecution would answer (moto lacks it)
-            i: twin.get_query_execution(QueryExecutionId=i)["QueryExecution"]
-            for i in seeded["query_execution_ids"]
-        }
         seconds = time.perf_counter() - started
         print(
             f"Seeded moto's server in {seconds:.1f} s ({args.seed_threads} threads; not in the figures): "
-            f"{args.tables:,} Glue tables ({seeded['views']:,} views) in {args.databases} databases, "
-            f"{seeded['columns']:,} columns, {args.queries:,} query executions in workgroups "
-            f"{', '.join(seeded['workgroups'])}; max RSS after seeding {_max_rss_mb():.0f} MB"
+            f"{args.tables:,} Glue tables ({seeded.views:,} views) in {args.databases} databases, "
+            f"{seeded.columns:,} columns, {args.queries:,} query executions in workgroups "
+            f"{', '.join(seeded.workgroups)}; max RSS after seeding {_max_rss_mb():.0f} MB"
         )
 
         # The window ends at a whole second after every seeded execution completed.
         end = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=1)
         time.sleep(max(0.0, (end - dt.datetime.now(dt.UTC)).total_seconds()) + 0.01)
         full_window = Window(end - dt.timedelta(days=1), end)
-        full = collect(moto, seeded, executions, full_window, Path(tmp) / "full", trace=False)
+        full = collect(moto, seeded, full_window, Path(tmp) / "full", trace=False)
         end2 = max(dt.datetime.now(dt.UTC).replace(microsecond=0), end + dt.timedelta(seconds=1))
         time.sleep(max(0.0, (end2 - dt.datetime.now(dt.UTC)).total_seconds()))
         incremental_window = Window(end, end2)
-        incremental = collect(moto, seeded, executions, incremental_window, Path(tmp) / "incr", trace=False)
+        incremental = collect(moto, seeded, incremental_window, Path(tmp) / "incr", trace=False)
         for run, window, where in ((full, full_window, "full"), (incremental, incremental_window, "incr")):
             if trace:
-                traced = collect(moto, seeded, executions, window, Path(tmp) / f"{where}-traced", trace=True)
-                assert [(f.entity, f.rows) for f in traced["files"]] == [
-                    (f.entity, f.rows) for f in run["files"]
+                traced = collect(moto, seeded, window, Path(tmp) / f"{where}-traced", trace=True)
+                assert [(f.entity, f.rows) for f in traced.files] == [
+                    (f.entity, f.rows) for f in run.files
                 ], "the traced rerun wrote other rows"
-                run["peak"], run["traced_wall"] = traced["peak"], traced["wall"]
+                run.peak, run.traced_wall = traced.peak, traced.wall
 
     runs = {"full": full, "incremental (nothing new)": incremental}
     print(
@@ -237,22 +175,21 @@ def main(argv: list[str] | None = None) -> None:
         "  files / rows / bytes (gzip)"
     )
     for label, run in runs.items():
-        traced = run["peak"] is not None
-        peak = f"{run['peak']:9.1f}{run['traced_wall']:11.1f}" if traced else f"{'-':>9}{'-':>11}"
+        traced = run.peak is not None
+        peak = f"{run.peak:9.1f}{run.traced_wall:11.1f}" if traced else f"{'-':>9}{'-':>11}"
         print(
-            f"{label:27}{run['wall']:8.1f}{sum(run['calls'].values()):11,}{peak}{run['rss']:12.0f}  "
-            f"{_files_summary(run['files'])}"
+            f"{label:27}{run.wall:8.1f}{sum(run.calls.values()):11,}{peak}{run.rss:12.0f}  "
+            f"{_files_summary(run.files)}"
         )
     for label, run in runs.items():
-        top = ", ".join(f"{op} {n:,}" for op, n in run["calls"].most_common(8))
+        top = ", ".join(f"{op} {n:,}" for op, n in run.calls.most_common(8))
         print(f"  calls, {label}: {top}")
 
     print(f"\n{'entity':15}{'full rows':>11}{'bytes':>12}{'incr. rows':>12}{'bytes':>12}")
-    for a, b in zip(full["files"], incremental["files"], strict=True):
+    for a, b in zip(full.files, incremental.files, strict=True):
         print(f"{a.entity:15}{a.rows:11,}{a.bytes:12,}{b.rows:12,}{b.bytes:12,}")
 
-    calls = full["calls"]
-    batches = calls["athena:BatchGetQueryExecution*"]
+    calls = full.calls
     aws = aws_estimate(args.tables, args.databases)
     print(
         "\nIncremental run: data_catalogs, databases, tables, views, columns and users are full snapshots, "
@@ -263,16 +200,15 @@ def main(argv: list[str] | None = None) -> None:
         "Limits: moto answers from memory on loopback, one process behind the GIL, without AWS's latency "
         "(tens of ms a call) or throttling (Glue and Athena limit calls per second per account), and "
         f"unpaged: a whole database per GetTables call where AWS returns at most {GLUE_TABLES_PER_PAGE} "
-        "tables, GetQueryResults and ListQueryExecutions in one page. The full run on AWS would make about "
+        "tables, GetQueryResults in one page. The full run on AWS would make about "
         f"GetTables {aws['GetTables']:,} (here {calls['glue:GetTables']:,}), GetQueryResults "
-        f"{aws['GetQueryResults']:,} (here {calls['athena:GetQueryResults']:,}), ListQueryExecutions "
-        f"{batches:,} (here {calls['athena:ListQueryExecutions']:,}), BatchGetQueryExecution {batches:,} as "
-        "here (* answered in this process: moto lacks it). Peak MB: Python allocations of this process "
+        f"{aws['GetQueryResults']:,} (here {calls['athena:GetQueryResults']:,}); ListQueryExecutions and "
+        "BatchGetQueryExecution as here (pages of 50, as AWS). Peak MB: Python allocations of this process "
         "only (moto's whole-database GetTables page is parsed at once); max RSS: the process's high-water "
         "mark, seeding included. Files are written to a local disk, not uploaded."
     )
-    if full["wall"] > 180:
-        print(f"Note: the full run took {full['wall']:.0f} s, more than 3 minutes, on this machine.")
+    if full.wall > 180:
+        print(f"Note: the full run took {full.wall:.0f} s, more than 3 minutes, on this machine.")
 
 
 if __name__ == "__main__":

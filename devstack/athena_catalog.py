@@ -1,41 +1,15 @@
 """Seed moto's server with a realistic Athena estate: the TPC-DS schema in Glue, views, workgroups, history.
 
-``seed_athena(endpoint_url, region)`` creates, through the ordinary AWS APIs (boto3 against
-``devstack.moto_server.MotoServer``):
-
-- Glue databases ``tpcds_sf1`` and ``tpcds_sf10``, each with the 24 tables of TPC-DS (425 columns; the
-  seven fact tables partitioned by their date key, as the usual Spark/Hive TPC-DS layout does), and
-  ``marketing`` with two tables of its own (one partitioned by ``dt``) and two views: one created the
-  way Athena stores views (``/* Presto View: <base64 JSON> */``), one a Hive/Spark view (plain SQL);
-- the workgroups ``primary`` (moto creates it) and ``analysts``, and the query-results bucket;
-- a federated data catalog ``crm_postgres`` (type LAMBDA) with a database ``public``;
-- query history: ``QUERIES_PER_WORKGROUP`` ``start_query_execution`` calls per workgroup.
-
-moto's behaviour (5.2, design.md §7), which the tests and the demo work with:
-
-- Athena "runs" nothing: a started query is SUCCEEDED (by default) at its first ``get_query_execution``;
-  its ``SubmissionDateTime`` and ``CompletionDateTime`` are both the instant it was started. Its results
-  are empty unless queued beforehand with ``queue_query_results`` (moto's
-  ``/moto-api/static/athena/query-results``), which hands each queued result to the next query started.
-- ``list_query_executions`` lists a workgroup's executions oldest first, all in one page; executions
-  started without ``WorkGroup`` belong to no workgroup (AWS puts them in ``primary``): the seed always
-  passes one.
-- ``batch_get_query_execution`` and ``list_table_metadata`` do not exist (HTTP 500); ``list_data_catalogs``
-  does not list ``AwsDataCatalog``; ``get_work_group`` of an unknown name answers without a ``WorkGroup``
-  instead of AWS's ``InvalidRequestException``.
-- Databases of a non-Glue catalog exist only in Athena's own model: the seed creates ``crm_postgres.public``
-  with a ``CREATE DATABASE`` query (moto parses that DDL; on AWS a federated catalog's databases are the
-  source's schemas and cannot be created through Athena).
-
-TPC-DS: table and column definitions of the TPC Benchmark DS specification (tpc.org, "TPC-DS", v3,
-section 2 "Logical Database Design"), with its types mapped to Hive/Athena types (identifier and integer
-→ ``int``, order/ticket numbers → ``bigint``, ``decimal(p,s)``, ``char(n)``, ``varchar(n)``, ``date``).
+``seed_athena`` for the tests and the demo, ``seed_large_glue_catalog`` for bench/athena_catalog.py;
+``queue_query_results`` answers the next information_schema queries. Both seeds go through the ordinary
+AWS APIs (boto3 against ``devstack.moto_server.MotoServer``).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import boto3
@@ -54,7 +28,68 @@ WORKGROUPS = ("primary", "analysts")
 QUERIES_PER_WORKGROUP = {"primary": 56, "analysts": 16}
 MOTO_ACCOUNT_ID = "123456789012"  # moto's default account
 
-# "name:type" tokens, whitespace-separated, in the specification's column order.
+Columns = list[tuple[str, str]]  # (name, type) pairs, in order
+
+
+@dataclass(frozen=True)
+class SeededTable:
+    """A seeded Glue table: ``type`` (``EXTERNAL_TABLE``), its columns and partition keys."""
+
+    type: str
+    columns: Columns
+    partition_keys: Columns
+
+
+@dataclass(frozen=True)
+class SeededView:
+    """A seeded Glue view: the SQL it was created with, its ``dialect`` (``athena`` or ``hive``), columns."""
+
+    sql: str
+    dialect: str
+    columns: Columns
+
+
+@dataclass(frozen=True)
+class SeededAthena:
+    """What ``seed_athena`` created.
+
+    ``output_location``: the ``s3://`` prefix for query results. ``tables``/``views``: ``"db.name"`` →
+    its definition (views are not in ``tables``). ``column_count``: columns and partition keys of tables
+    and views. ``query_execution_ids``: workgroup → ids in start order (``primary`` starts with the
+    ``CREATE DATABASE`` of the federated catalog). ``federated_catalog``/``federated_databases``: the
+    LAMBDA catalog and its database.
+    """
+
+    region: str
+    results_bucket: str
+    output_location: str
+    databases: list[str]
+    tables: dict[str, SeededTable]
+    views: dict[str, SeededView]
+    column_count: int
+    workgroups: list[str]
+    query_execution_ids: dict[str, list[str]]
+    federated_catalog: str
+    federated_databases: list[str]
+
+
+@dataclass(frozen=True)
+class SeededGlueCatalog:
+    """What ``seed_large_glue_catalog`` created: ``tables`` as ``(database, table, information_schema
+    table_type)``, the number of ``columns`` and ``views``, and the ``query_execution_ids`` started."""
+
+    output_location: str
+    workgroups: list[str]
+    tables: list[tuple[str, str, str]]
+    columns: int
+    views: int
+    query_execution_ids: list[str]
+
+
+# TPC-DS: table and column definitions of the TPC Benchmark DS specification (tpc.org, "TPC-DS", v3,
+# section 2 "Logical Database Design"), with its types mapped to Hive/Athena types (identifier and integer
+# → int, order/ticket numbers → bigint, decimal(p,s), char(n), varchar(n), date). "name:type" tokens,
+# whitespace-separated, in the specification's column order.
 TPCDS_TABLES: dict[str, str] = {
     "call_center": """cc_call_center_sk:int cc_call_center_id:char(16) cc_rec_start_date:date
         cc_rec_end_date:date cc_closed_date_sk:int cc_open_date_sk:int cc_name:varchar(50)
@@ -308,8 +343,8 @@ def _storage(location: str, columns: list[tuple[str, str]]) -> dict[str, Any]:
     return {"Columns": [{"Name": n, "Type": t} for n, t in columns], "Location": location, **_PARQUET}
 
 
-def _create_tables(glue: Any) -> dict[str, dict[str, Any]]:
-    tables: dict[str, dict[str, Any]] = {}
+def _create_tables(glue: Any) -> dict[str, SeededTable]:
+    tables: dict[str, SeededTable] = {}
     for database in TPCDS_DATABASES:
         scale = database.removeprefix("tpcds_")
         glue.create_database(
@@ -332,11 +367,7 @@ def _create_tables(glue: Any) -> dict[str, dict[str, Any]]:
                     "PartitionKeys": [{"Name": n, "Type": t} for n, t in keys],
                 },
             )
-            tables[f"{database}.{name}"] = {
-                "type": "EXTERNAL_TABLE",
-                "columns": columns,
-                "partition_keys": keys,
-            }
+            tables[f"{database}.{name}"] = SeededTable("EXTERNAL_TABLE", columns, keys)
 
     glue.create_database(
         DatabaseInput={
@@ -365,15 +396,11 @@ def _create_tables(glue: Any) -> dict[str, dict[str, Any]]:
                 "PartitionKeys": [{"Name": n, "Type": t} for n, t in keys],
             },
         )
-        tables[f"{MARKETING_DATABASE}.{name}"] = {
-            "type": "EXTERNAL_TABLE",
-            "columns": columns,
-            "partition_keys": keys,
-        }
+        tables[f"{MARKETING_DATABASE}.{name}"] = SeededTable("EXTERNAL_TABLE", columns, keys)
     return tables
 
 
-def _create_views(glue: Any) -> dict[str, dict[str, Any]]:
+def _create_views(glue: Any) -> dict[str, SeededView]:
     views = {
         # Athena's own view (CREATE VIEW in Athena): the SQL is inside the base64 blob.
         "monthly_store_revenue": (
@@ -393,7 +420,7 @@ def _create_views(glue: Any) -> dict[str, dict[str, Any]]:
             "hive",
         ),
     }
-    created: dict[str, dict[str, Any]] = {}
+    created: dict[str, SeededView] = {}
     for name, (sql, columns, dialect) in views.items():
         if dialect == "athena":
             original = presto_view_text(sql, "awsdatacatalog", MARKETING_DATABASE, columns)
@@ -414,7 +441,7 @@ def _create_views(glue: Any) -> dict[str, dict[str, Any]]:
                 "PartitionKeys": [],
             },
         )
-        created[f"{MARKETING_DATABASE}.{name}"] = {"sql": sql, "dialect": dialect, "columns": columns}
+        created[f"{MARKETING_DATABASE}.{name}"] = SeededView(sql, dialect, columns)
     return created
 
 
@@ -443,19 +470,32 @@ def _run_history(athena: Any) -> dict[str, list[str]]:
     return ids
 
 
-def seed_athena(endpoint_url: str, region: str) -> dict[str, Any]:
-    """Create the estate described in the module docstring on the moto server at ``endpoint_url``.
+def seed_athena(endpoint_url: str, region: str) -> SeededAthena:
+    """Create this estate on the moto server at ``endpoint_url``:
+
+    - Glue databases ``tpcds_sf1`` and ``tpcds_sf10``, each with the 24 tables of TPC-DS (425 columns;
+      the seven fact tables partitioned by their date key, as the usual Spark/Hive TPC-DS layout does),
+      and ``marketing`` with two tables of its own (one partitioned by ``dt``) and two views: one created
+      the way Athena stores views (``/* Presto View: <base64 JSON> */``), one a Hive/Spark view (SQL);
+    - the workgroups ``primary`` (moto creates it) and ``analysts``, and the query-results bucket;
+    - a federated data catalog ``crm_postgres`` (type LAMBDA) with a database ``public``;
+    - query history: ``QUERIES_PER_WORKGROUP`` ``start_query_execution`` calls per workgroup.
+
+    moto's behaviour (5.2) that the tests and the demo work with (``devstack.moto_gaps`` answers
+    ``ListQueryExecutions``, ``BatchGetQueryExecution``, ``ListDataCatalogs`` and ``GetWorkGroup`` as AWS
+    does):
+
+    - Athena "runs" nothing: a started query is SUCCEEDED (by default) at its first
+      ``get_query_execution``; its ``SubmissionDateTime`` and ``CompletionDateTime`` are both the instant
+      it was started. Its results are empty unless queued beforehand with ``queue_query_results`` (moto's
+      ``/moto-api/static/athena/query-results``), which hands each queued result to the next query.
+    - Executions started without ``WorkGroup`` belong to no workgroup (AWS puts them in ``primary``): the
+      seed always passes one. ``list_table_metadata`` does not exist.
+    - Databases of a non-Glue catalog exist only in Athena's own model: the seed creates
+      ``crm_postgres.public`` with a ``CREATE DATABASE`` query (moto parses that DDL; on AWS a federated
+      catalog's databases are the source's schemas and cannot be created through Athena).
 
     Call once per (fresh or reset) server: a second call fails on the existing bucket and databases.
-
-    Returns:
-        ``region``, ``results_bucket``, ``output_location`` (``s3://`` prefix for query results);
-        ``databases`` (Glue database names); ``tables`` (``"db.table"`` → ``{"type", "columns",
-        "partition_keys"}`` with ``(name, type)`` pairs; views not included); ``views`` (``"db.view"`` →
-        ``{"sql", "dialect", "columns"}``); ``column_count`` (columns + partition keys of tables and
-        views); ``workgroups``; ``query_execution_ids`` (workgroup → ids, in start order: ``primary`` starts with
-        the ``CREATE DATABASE`` of the federated catalog, then ``QUERIES_PER_WORKGROUP``);
-        ``federated_catalog`` and ``federated_databases`` (the LAMBDA catalog and its database).
     """
     clients = _clients(endpoint_url, region)
     s3, glue, athena = clients["s3"], clients["glue"], clients["athena"]
@@ -491,22 +531,22 @@ def seed_athena(endpoint_url: str, region: str) -> dict[str, Any]:
     views = _create_views(glue)
     history = _run_history(athena)
     history["primary"].insert(0, create_database)
-    column_count = sum(len(t["columns"]) + len(t["partition_keys"]) for t in tables.values()) + sum(
-        len(v["columns"]) for v in views.values()
+    column_count = sum(len(t.columns) + len(t.partition_keys) for t in tables.values()) + sum(
+        len(v.columns) for v in views.values()
     )
-    return {
-        "region": region,
-        "results_bucket": RESULTS_BUCKET,
-        "output_location": OUTPUT_LOCATION,
-        "databases": [*TPCDS_DATABASES, MARKETING_DATABASE],
-        "tables": tables,
-        "views": views,
-        "column_count": column_count,
-        "workgroups": list(WORKGROUPS),
-        "query_execution_ids": history,
-        "federated_catalog": FEDERATED_CATALOG,
-        "federated_databases": [FEDERATED_DATABASE],
-    }
+    return SeededAthena(
+        region=region,
+        results_bucket=RESULTS_BUCKET,
+        output_location=OUTPUT_LOCATION,
+        databases=[*TPCDS_DATABASES, MARKETING_DATABASE],
+        tables=tables,
+        views=views,
+        column_count=column_count,
+        workgroups=list(WORKGROUPS),
+        query_execution_ids=history,
+        federated_catalog=FEDERATED_CATALOG,
+        federated_databases=[FEDERATED_DATABASE],
+    )
 
 
 # --- query results for moto ----------------------------------------------------------------------
@@ -553,11 +593,11 @@ def queue_query_results(
     response.raise_for_status()
 
 
-def information_schema_tables(seeded: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
+def information_schema_tables(seeded: SeededAthena) -> tuple[list[str], list[tuple[Any, ...]]]:
     """What ``SELECT table_schema, table_name, table_type FROM information_schema.tables`` returns on AWS
     for the seeded Glue catalog (Athena reports Glue tables as ``BASE TABLE`` and views as ``VIEW``)."""
-    rows = [(*name.split("."), "BASE TABLE") for name in seeded["tables"]]
-    rows += [(*name.split("."), "VIEW") for name in seeded["views"]]
+    rows = [(*name.split("."), "BASE TABLE") for name in seeded.tables]
+    rows += [(*name.split("."), "VIEW") for name in seeded.views]
     return ["table_schema", "table_name", "table_type"], sorted(rows)
 
 
@@ -573,13 +613,12 @@ def seed_large_glue_catalog(
     columns_per_table: int,
     queries: int,
     threads: int = 4,
-) -> dict[str, Any]:
+) -> SeededGlueCatalog:
     """Seed a fresh moto server with ``tables`` Glue tables of ``columns_per_table`` columns each (partition
     keys included), spread round-robin over ``databases`` databases ``bench_00``…; every 50th table is an
     Athena view, every 4th other table is partitioned by ``dt``. Also the results and warehouse buckets, the
     workgroup ``analysts`` and ``queries`` executions alternating between ``primary`` and ``analysts``.
-    Calls run on ``threads`` threads. Returns ``output_location``, ``workgroups``, ``tables`` (``(database,
-    table, information_schema table_type)``), ``columns``, ``views`` and ``query_execution_ids``."""
+    Calls run on ``threads`` threads."""
     from concurrent.futures import ThreadPoolExecutor
 
     from botocore.config import Config
@@ -655,11 +694,11 @@ def seed_large_glue_catalog(
     with ThreadPoolExecutor(threads) as pool:
         created = list(pool.map(create, range(tables)))
         ids = list(pool.map(start, range(queries)))
-    return {
-        "output_location": OUTPUT_LOCATION,
-        "workgroups": list(WORKGROUPS),
-        "tables": created,
-        "columns": tables * columns_per_table,
-        "views": sum(kind == "VIEW" for *_, kind in created),
-        "query_execution_ids": ids,
-    }
+    return SeededGlueCatalog(
+        output_location=OUTPUT_LOCATION,
+        workgroups=list(WORKGROUPS),
+        tables=created,
+        columns=tables * columns_per_table,
+        views=sum(kind == "VIEW" for *_, kind in created),
+        query_execution_ids=ids,
+    )

@@ -1,17 +1,9 @@
 """The metadata part of ``make demo``: the Tableau collector into Azurite, the Athena collector into moto.
 
-``start_tableau_collector`` runs ``collect-metadata`` for a ``tableau-demo`` source in a thread while
-the domain refreshes run: it leases a PAT from the same pool, so it waits for one if the domains
-hold them all, and lands its files in Azurite (Azure Blob, with a SAS token from a Secret block).
-
-Starts moto's server, seeds it with a TPC-DS catalog in Glue, two workgroups and query history
-(``devstack.athena_catalog``), creates the landing bucket and the blocks (``AwsCredentials`` with
-moto's endpoint, ``S3Bucket``), writes a sources file for an ``athena-demo`` source and runs the
-``collect-metadata`` flow twice: the first run extracts the initial look-back, the second only
-what is new since the HWM the first published.
-
-moto lacks ``BatchGetQueryExecution``; the demo answers it from ``GetQueryExecution`` at the boto3
-boundary (``devstack.moto_gaps``). Imports Prefect only inside functions.
+``start_tableau_collector`` collects a ``tableau-demo`` source in a thread while the domain refreshes run
+(on a PAT of the same pool); ``run_athena_collector`` seeds moto (``devstack.athena_catalog``) and
+collects an ``athena-demo`` source twice: the initial look-back, then what is new since the first
+run's HWM. Imports Prefect only inside functions.
 """
 
 from __future__ import annotations
@@ -20,14 +12,12 @@ import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import boto3
 import yaml
 
-from devstack.athena_catalog import information_schema_tables, queue_query_results, seed_athena
+from devstack.athena_catalog import SeededAthena, information_schema_tables, queue_query_results, seed_athena
 from devstack.azurite_server import Azurite
-from devstack.moto_gaps import answer_batch_get_query_execution
 from devstack.moto_server import DUMMY_ACCESS_KEY_ID, DUMMY_SECRET_ACCESS_KEY, MotoServer
 
 SOURCE = "athena-demo"
@@ -35,29 +25,14 @@ REGION = "us-east-1"
 LANDING_BUCKET = "catalog-landing"
 
 
-def _patch_extractor_clients() -> None:
-    from tasks.metadata.extractors.athena.extractor import AthenaExtractor
-
-    original = AthenaExtractor._client
-
-    def client(self: AthenaExtractor, name: str) -> Any:
-        made = name not in self._clients
-        result = original(self, name)
-        if made and name == "athena":
-            answer_batch_get_query_execution(result)
-        return result
-
-    AthenaExtractor._client = client
-
-
-def _sources_file(workdir: Path, moto_url: str, seeded: dict[str, Any]) -> Path:
+def _sources_file(workdir: Path, moto_url: str, seeded: SeededAthena) -> Path:
     file = workdir / "metadata_sources.yaml"
     source = {
         "extractor": {
             "kind": "athena",
             "aws_credentials_block": "demo-aws",
             "region": REGION,
-            "output_location": seeded["output_location"],
+            "output_location": seeded.output_location,
             "endpoint_url": moto_url,
         },
         "landing": {"kind": "s3", "s3_bucket_block": "demo-catalog-landing", "landing_dir": "athena/landing"},
@@ -91,11 +66,10 @@ def run_athena_collector(workdir: Path, stack: ExitStack) -> bool:
     )
     credentials.save("demo-aws", overwrite=True)
     S3Bucket(bucket_name=LANDING_BUCKET, credentials=credentials).save("demo-catalog-landing", overwrite=True)
-    _patch_extractor_clients()
     file = _sources_file(workdir, moto.url, seeded)
     print(
-        f"\nmoto server {moto.url}: Glue catalog {', '.join(seeded['databases'])}, workgroups "
-        f"{', '.join(seeded['workgroups'])}; running collect-metadata for {SOURCE} ..."
+        f"\nmoto server {moto.url}: Glue catalog {', '.join(seeded.databases)}, workgroups "
+        f"{', '.join(seeded.workgroups)}; running collect-metadata for {SOURCE} ..."
     )
     runs = []
     for attempt in range(2):
@@ -106,12 +80,10 @@ def run_athena_collector(workdir: Path, stack: ExitStack) -> bool:
             time.sleep(1.1)  # the second run's window is the second since the first run's HWM
     print("\n=== Metadata: Athena → s3://catalog-landing/athena/landing ===")
     for label, run in zip(("first run", "second run"), runs, strict=True):
-        print(f"{label}: window {run['window_start']} → {run['window_end']}, HWM now {run['hwm']}")
-        for f in run["files"]:
-            print(f"   {f['file']:<72} {f['rows']:>7,} rows {f['bytes']:>9,} bytes")
-    return (
-        all(f["landed"] for run in runs for f in run["files"]) and runs[1]["window_start"] == runs[0]["hwm"]
-    )
+        print(f"{label}: window {run.window_start} → {run.window_end}, HWM now {run.hwm}")
+        for f in run.files:
+            print(f"   {f.file:<72} {f.rows:>7,} rows {f.bytes:>9,} bytes")
+    return all(f.landed for run in runs for f in run.files) and runs[1].window_start == runs[0].hwm
 
 
 TABLEAU_SOURCE = "tableau-demo"
@@ -160,17 +132,17 @@ def start_tableau_collector(workdir: Path, stack: ExitStack, pool_block: str) ->
 
 def print_tableau_collection(thread: threading.Thread, timeout: float) -> bool:
     """Wait for the Tableau collector and print its files; True if every file landed."""
+    from flows.metadata.collect import CollectionSummary
+
     thread.join(timeout)
     result = thread.result
     print(
         f"\n=== Metadata: Tableau → Azure Blob {TABLEAU_CONTAINER}/tableau/landing (during the refreshes) ==="
     )
-    if not isinstance(result, dict):
+    if not isinstance(result, CollectionSummary):
         print(f"✗ the Tableau collector did not finish: {result!r}")
         return False
-    print(
-        f"window {result['window_start']} → {result['window_end']}, HWM now {result['hwm']} ({result['hwm_store']})"
-    )
-    for f in result["files"]:
-        print(f"   {f['file']:<80} {f['rows']:>5,} rows {f['bytes']:>7,} bytes")
-    return all(f["landed"] for f in result["files"])
+    print(f"window {result.window_start} → {result.window_end}, HWM now {result.hwm} ({result.hwm_store})")
+    for f in result.files:
+        print(f"   {f.file:<80} {f.rows:>5,} rows {f.bytes:>7,} bytes")
+    return all(f.landed for f in result.files)

@@ -1,17 +1,16 @@
-"""Run moto's real server (``python -m moto.server``) on a free loopback port, for the demo and the tests.
+"""Run moto's real server on a free loopback port, for the demo, the benchmark and the tests.
 
 One server emulates every AWS service moto implements (S3, Glue, Athena, STS, IAM, ...) on one endpoint;
-clients reach it through ``AWS_ENDPOINT_URL`` (``client_env()``) or an explicit ``endpoint_url``. Its state
-lives in memory: it is gone when the server stops (``reset()`` empties it while running).
-
-Known gaps of moto 5.2 (design.md §7): no ``batch_get_query_execution``, no ``list_table_metadata``,
-``list_query_executions`` oldest first and unpaged, no default ``AwsDataCatalog``.
+clients reach it through ``AWS_ENDPOINT_URL`` (``client_env()``) or an explicit ``endpoint_url``. It runs
+behind ``devstack.moto_gaps``, which answers the Athena calls moto lacks or answers differently as AWS
+does. Its state lives in memory: it is gone when the server stops (``reset()`` empties it while running).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import httpx
 
@@ -21,10 +20,11 @@ from devstack.server_process import ServerProcess
 DUMMY_ACCESS_KEY_ID = "testing"
 DUMMY_SECRET_ACCESS_KEY = "testing"
 DEFAULT_REGION = "us-east-1"
+_PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 class MotoServer(ServerProcess):
-    """``python -m moto.server -H 127.0.0.1 -p PORT`` in a subprocess; a context manager that stops it on exit.
+    """``python -m devstack.moto_gaps -H 127.0.0.1 -p PORT`` in a subprocess; a context manager that stops it.
 
     Args:
         region: the region ``client_env()`` hands to clients.
@@ -32,6 +32,7 @@ class MotoServer(ServerProcess):
             requests (moto's ``INITIAL_NO_AUTH_ACTION_COUNT``): the first requests set up users and
             policies unchecked, later ones need an IAM user's keys and are denied what its policies do
             not allow (``AccessDenied``). ``None`` (the default): everything is allowed.
+            ``enforce_iam()`` sets it on a running server.
         startup_timeout_seconds: how long ``start()`` waits for the server to answer.
 
     Attributes:
@@ -71,7 +72,10 @@ class MotoServer(ServerProcess):
             env.pop(name, None)
         if self.initial_no_auth_action_count is not None:
             env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(self.initial_no_auth_action_count)
-        self._launch([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)], env)
+        # devstack.moto_gaps is imported from this checkout, wherever the caller runs from.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PROJECT_ROOT), env.get("PYTHONPATH")]))
+        argv = [sys.executable, "-m", "devstack.moto_gaps", "-H", "127.0.0.1", "-p", str(self.port)]
+        self._launch(argv, env)
         return self
 
     def _answers(self) -> bool:
@@ -79,6 +83,14 @@ class MotoServer(ServerProcess):
         # not count towards initial_no_auth_action_count.
         return httpx.get(f"{self.url}/moto-api/data.json", timeout=2).status_code == 200
 
+    def enforce_iam(self, after_requests: int | None) -> None:
+        """Enforce IAM authorization after ``after_requests`` more AWS API requests (None: never), as
+        ``initial_no_auth_action_count`` does at start (``POST /moto-api/reset-auth``)."""
+        count = "inf" if after_requests is None else str(after_requests)
+        httpx.post(f"{self.url}/moto-api/reset-auth", content=count, timeout=10).raise_for_status()
+
     def reset(self) -> None:
-        """Forget every resource of every service (``POST /moto-api/reset``)."""
+        """Forget every resource of every service (``POST /moto-api/reset``) and enforce IAM as configured
+        at start again (``initial_no_auth_action_count``, counted from now)."""
         httpx.post(f"{self.url}/moto-api/reset", timeout=10).raise_for_status()
+        self.enforce_iam(self.initial_no_auth_action_count)

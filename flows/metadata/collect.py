@@ -1,20 +1,16 @@
 """Metadata collection for one configured source: extract what is new, land it, then move the HWM.
 
-    plan [start, end) → extract → mask SQL → write files → upload + verify → publish HWM → artifact
+    plan [start, end) → extract → mask SQL → write files → upload + verify → publish HWM
 
-``end`` is fixed once per run (now − lag); ``start`` is the last published HWM. The HWM moves only
-after every file landed and was verified, so a failed upload never loses a window: the upload
-task retries a connection failure (landing outages are often brief) with the same files, a retry
-of the run from the UI re-extracts the same window, and a later run starts from the same HWM. ``dry_run`` writes the files
-locally and uploads nothing.
+The HWM moves only after every file landed and was verified; the protocol: docs/metadata-collectors.md.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_table_artifact
@@ -30,20 +26,60 @@ from tasks.metadata.collection import (
 from tasks.metadata.sources import load_source
 
 
+@dataclass(frozen=True)
+class CollectedFile:
+    """One extract file of a run: ``rows`` data rows, ``bytes`` on disk (gzipped size for ``.csv.gz``),
+    ``landed`` the URI it was uploaded and verified at (None in a dry run)."""
+
+    entity: str
+    file: str
+    rows: int
+    bytes: int
+    landed: str | None
+
+
+@dataclass(frozen=True)
+class CollectionSummary:
+    """What a ``collect-metadata`` run did; ``files`` is also its table artifact ``metadata-<source>``.
+
+    ``window_start``/``window_end``: the window ``[start, end)`` extracted (aware UTC). ``hwm``: the HWM
+    published (``window_end``), None in a dry run. ``hwm_store`` and ``landing``: where the HWM and the
+    files are (``describe()`` of each). ``out_dir``: where a dry run left its files (None otherwise).
+    """
+
+    source: str
+    window_start: dt.datetime
+    window_end: dt.datetime
+    dry_run: bool
+    hwm: dt.datetime | None
+    hwm_store: str
+    landing: str
+    out_dir: str | None
+    files: list[CollectedFile]
+
+
 @flow(name="collect-metadata", persist_result=True)
 def collect_metadata(
-    source: str, dry_run: bool = False, sources_file: str | None = None, out_dir: str | None = None
-) -> dict[str, Any]:
-    """Collect one source of ``metadata_sources.yaml``; returns the summary the artifact shows.
+    source: str,
+    dry_run: bool = False,
+    sources_file: str | None = None,
+    out_dir: str | None = None,
+    now: dt.datetime | None = None,
+) -> CollectionSummary:
+    """Collect one source of ``metadata_sources.yaml``; returns what the run did.
 
     ``dry_run``: write the files (to ``out_dir``, default a new temporary directory that is kept and
-    reported) and upload nothing; the HWM does not move. Raises ``SourceConfigError`` (unknown source), ``ExtractorConnectionError``,
-    ``LandingError`` or ``HwmError``; the HWM is unchanged after any of them.
+    reported) and upload nothing; the HWM does not move. ``now``: the instant the run takes as the
+    present (timezone-aware; default: the current time): the window ends at ``now`` − lag. An earlier
+    ``now`` collects up to then; a later one would publish an HWM in the future, which the next runs
+    refuse (``HwmInFutureError``) until the clock passes it. Raises ``SourceConfigError`` (unknown
+    source), ``BlockNotFoundError``, ``ExtractorConnectionError``, ``LandingError`` or ``HwmError``;
+    the HWM is unchanged after any of them.
     """
     config = load_source(source, sources_file)
     target = build_landing(config)
     store = build_hwm_store(config, target)
-    window = plan_collection_window(config, store, dt.datetime.now(dt.UTC))
+    window = plan_collection_window(config, store, now or dt.datetime.now(dt.UTC))
     with tempfile.TemporaryDirectory(prefix=f"collect-{config.name}-") as tmp:
         # A dry run keeps its files (to look at); a real run's files live only until they landed.
         directory = (
@@ -57,29 +93,23 @@ def collect_metadata(
         landed = [] if dry_run else land_files(target, files)
     if not dry_run:
         publish_collection_hwm(store, window)
-    summary = {
-        "source": config.name,
-        "window_start": window.start.isoformat(),
-        "window_end": window.end.isoformat(),
-        "dry_run": dry_run,
-        "hwm": None if dry_run else window.end.isoformat(),
-        "hwm_store": store.describe(),
-        "landing": target.describe(),
-        "out_dir": str(directory) if dry_run else None,
-        "files": [
-            {
-                "entity": f.entity,
-                "file": f.path.name,
-                "rows": f.rows,
-                "bytes": f.bytes,
-                "landed": landed[i].uri if landed else None,
-            }
+    summary = CollectionSummary(
+        source=config.name,
+        window_start=window.start,
+        window_end=window.end,
+        dry_run=dry_run,
+        hwm=None if dry_run else window.end,
+        hwm_store=store.describe(),
+        landing=target.describe(),
+        out_dir=str(directory) if dry_run else None,
+        files=[
+            CollectedFile(f.entity, f.path.name, f.rows, f.bytes, landed[i].uri if landed else None)
             for i, f in enumerate(files)
         ],
-    }
+    )
     create_table_artifact(
         key=f"metadata-{config.name.replace('_', '-')}",
-        table=summary["files"],
+        table=[asdict(f) for f in summary.files],
         description=(
             f"{config.name}: window {window} → {'dry run, nothing uploaded' if dry_run else target.describe()}; "
             f"HWM {'unchanged' if dry_run else 'now ' + str(window.end)}"

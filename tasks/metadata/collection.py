@@ -1,4 +1,4 @@
-"""Prefect tasks of the metadata collectors, and the builders behind them (design.md §5).
+"""Prefect tasks of the metadata collectors, and the builders behind them (docs/metadata-collectors.md).
 
 A run: plan the window (the HWM store, read only) → test the connection → extract → mask SQL →
 write one file per entity → upload and verify every file → publish the HWM. Any failure before
@@ -17,6 +17,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.common import ONCE_PER_FLOW_RUN, load_block
 from tasks.metadata.extract_files import WrittenFile, write_extracts
 from tasks.metadata.extracts import Extract, Extractor
 from tasks.metadata.hwm import FileHwmStore, HwmStore, VariableHwmStore, Window, plan_window, publish_hwm
@@ -30,12 +31,14 @@ def build_extractor(source: Any) -> Extractor:
     if config.kind == "athena":
         from prefect_aws import AwsCredentials
 
-        from tasks.metadata.extractors.athena.extractor import AthenaExtractor
+        from tasks.metadata.extractors.athena import AthenaExtractor
 
         return AthenaExtractor(
             source=source.name,
-            credentials=_load_block(
-                AwsCredentials, config.aws_credentials_block, source.name, "aws_credentials_block"
+            credentials=load_block(
+                AwsCredentials,
+                config.aws_credentials_block,
+                needed_by=_needed_by(source, "extractor.aws_credentials_block"),
             ),
             region=config.region,
             workgroups=config.workgroups,
@@ -57,7 +60,9 @@ def build_landing(source: Any) -> LandingTarget:
 
         from tasks.metadata.landing import S3Landing
 
-        bucket = _load_block(S3Bucket, config.s3_bucket_block, source.name, "landing.s3_bucket_block")
+        bucket = load_block(
+            S3Bucket, config.s3_bucket_block, needed_by=_needed_by(source, "landing.s3_bucket_block")
+        )
         return S3Landing(bucket, config.landing_dir)
     if config.kind == "azure_blob":
         from tasks.metadata.landing import AzureBlobLanding
@@ -70,7 +75,9 @@ def build_landing(source: Any) -> LandingTarget:
 
         from tasks.metadata.landing import GcsLanding
 
-        bucket = _load_block(GcsBucket, config.gcs_bucket_block, source.name, "landing.gcs_bucket_block")
+        bucket = load_block(
+            GcsBucket, config.gcs_bucket_block, needed_by=_needed_by(source, "landing.gcs_bucket_block")
+        )
         return GcsLanding(bucket, config.landing_dir)
     from tasks.metadata.landing import LocalLanding
 
@@ -104,17 +111,9 @@ def masked(extract: Extract, dialect: str = "athena") -> Extract:
     return Extract(extract.entity, extract.columns, rows(), extract.sql_columns, extract.sql_dialect_column)
 
 
-def _load_block(block_type: Any, name: str, source: str, field: str) -> Any:
-    """``block_type.load(name)``, or a ``SourceConfigError``-style ``ValueError`` naming the source's field."""
-    try:
-        return block_type.load(name)
-    except ValueError as exc:
-        if "Unable to find block document" not in str(exc):
-            raise
-        raise ValueError(
-            f"source {source!r}: {field} names the {block_type.__name__} block {name!r}, which does not "
-            f"exist in this workspace; create it (UI or {block_type.__name__}(...).save({name!r}))"
-        ) from None
+def _needed_by(source: Any, field: str) -> str:
+    """Who needs a block, for ``load_block``'s message: the source and its configuration field."""
+    return f"source {source.name!r} (field {field})"
 
 
 def history_start(source: Any, now: dt.datetime) -> dt.datetime | None:
@@ -124,11 +123,7 @@ def history_start(source: Any, now: dt.datetime) -> dt.datetime | None:
     return None
 
 
-def _once_per_flow_run(context: Any, parameters: dict[str, Any]) -> str:
-    return f"collect-window-{context.task_run.flow_run_id}"
-
-
-@task(cache_key_fn=_once_per_flow_run, persist_result=True)
+@task(cache_policy=ONCE_PER_FLOW_RUN, persist_result=True)
 def plan_collection_window(source: Any, store: HwmStore, now: dt.datetime) -> Window:
     """The window ``[start, end)`` of this run (reads the HWM; writes nothing).
 

@@ -1,62 +1,6 @@
-"""Write a collector run's extracts as files: one CSV per entity, optionally gzipped (design.md §5).
+"""Write a collector run's extracts as files: one CSV per entity, optionally gzipped, atomically.
 
-Issue 4 §2: "One file per entity ..., CSV with header, UTF-8, gzipped when ``compress``; deterministic
-names carrying source, entity and window". KADA's collector writes a set of extract files into its
-``output_path`` and, with ``compress``, their ``.csv.gz`` form is what is pushed to the landing
-directory (/work/shared/seeds/001_0f91690c1ed31a77.txt: "Change '.csv' to '.csv.gz' if you set
-compress = true").
-
-File name (``extract_file_name``)::
-
-    <source>_<entity>_<start>_<end>.csv[.gz]      e.g. athena-prod_query_history_20261121T000000_20261122T000000.csv.gz
-
-``start``/``end`` are the run's window ``[start, end)`` in UTC, ISO 8601 basic format with second
-precision (``%Y%m%dT%H%M%S``: no ``:``, which Windows file names and URLs handle badly). Source and entity
-must match ``[a-z0-9][a-z0-9_-]*``, so a name holds only ``[a-z0-9_.T-]``: characters that S3 lists
-as safe in object keys (AWS S3 user guide, "Object key naming guidelines": alphanumerics and
-``! - _ . * ' ( )``), that Azure Blob and GCS object names accept unescaped, and that no file system
-treats specially. Names are at most ``MAX_FILE_NAME_LENGTH`` characters (= bytes, ASCII), leaving room
-for the temporary name below within Linux's ``NAME_MAX`` of 255 bytes per path component. The same
-source, entity and window always give the same name, so a rerun of a window replaces its files.
-Both source and entity may contain ``_``, so a name does not split back unambiguously: sources whose
-files share one directory must not be ``_``-prefixes of each other (``a`` + ``b_c`` = ``a_b`` + ``c``).
-
-File content (``write_extracts``): UTF-8 (no BOM), a header row with the extract's columns, then one
-record per row, written by the ``csv`` module (``QUOTE_MINIMAL``, ``"`` doubled inside quoted fields,
-records ending in ``\\n``). Values:
-
-=====================  ===============================================================================
-``None``               empty (so is ``""``: CSV cannot tell them apart)
-``str``                as is; a field with ``,``, ``"``, ``\\n`` or ``\\r`` is quoted
-``bool``               ``true`` / ``false``
-``int``, ``Decimal``   decimal text, e.g. ``42``, ``1.50``
-``float``              Python's shortest round-trip ``repr``, e.g. ``0.1``, ``1e+20``, ``nan``
-``datetime`` (aware)   ISO 8601 in UTC with ``Z``: ``2026-11-21T10:00:00Z``; ``.ffffff`` only when the
-                       microseconds are not zero. Naive datetimes are refused (their zone is a guess)
-``date``               ``2026-11-21``
-``list/tuple/dict``    compact JSON (``{"a":[1,2]}``, non-ASCII kept, key order kept); inside it
-                       datetimes/dates as above, ``Decimal`` as a string; NaN/infinity refused
-anything else          refused (``TypeError``): e.g. a ``set`` has no deterministic order
-=====================  ===============================================================================
-
-Python 3.11's ``csv`` writer quotes a field only for the characters of its line terminator, so with
-``lineterminator="\\n"`` it would write a ``\\r`` (Windows line ends in SQL text) unquoted and readers
-would split the record there; rows holding a ``\\r`` are therefore written with a ``\\r\\n`` writer
-(which quotes those fields) and re-terminated with ``\\n``.
-
-Gzip: ``GzipFile(mtime=0, filename="")`` level 6 (gzip's own default), so the header carries neither
-a time nor the (temporary) file name and the same rows give byte-identical files with the same zlib.
-(``gzip.open`` takes no ``mtime`` and would store the temporary name in the header.)
-
-Atomicity: each file is written to a temporary name in the same directory
-(``.<name>.<16 hex>.tmp``), flushed to disk (``fsync``), then renamed (``os.replace``) to its final
-name, replacing the file of an earlier run of the same window. If writing fails (bad row, a row
-generator raising, disk full, interrupt) the temporary file is removed and nothing exists under the
-final name that was not there before. A killed process (SIGKILL, power loss) can leave a
-``.*.tmp`` file behind, never a partial file under a final name.
-
-Rows are streamed: each row is converted and written as it comes from the (possibly generator)
-``Extract.rows``; memory stays at a few buffers (tens of KB) whatever the number of rows.
+Names, value formats, gzip and atomicity: docs/metadata-extracts.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What a metadata extractor produces, and the errors every extractor raises (design.md §5).
+"""What a metadata extractor produces, and the errors every extractor raises.
 
 An extractor (Athena, Tableau) has ``test_connection()`` and ``run(start_hwm, end_hwm)``; ``run``
 returns one ``Extract`` per entity (databases, tables, columns, query history, ...), which

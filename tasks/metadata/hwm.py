@@ -1,23 +1,7 @@
 """High-water marks (HWM) of the metadata collectors: plan the run's window, publish its end.
 
-Protocol (design.md §5, issue 4 §3): a run extracts the half-open window ``[start, end)`` where
-``end = now - lag`` is fixed once per run (truncated to whole seconds) and ``start`` is the published
-HWM, or ``end - initial_lookback`` when none was ever published. Only after every file of the run was
-uploaded and verified does the run publish ``end`` as the new HWM; a run that fails before that leaves
-the HWM where it was, so the rerun extracts the same window again (same ``start``).
-
-Stored values are UTC instants with second precision, written as ``HWM_FORMAT``
-(``%Y-%m-%d %H:%M:%S``, e.g. ``2026-11-22 04:00:00``) — the format of KADA's collector HWM file
-``<name>_hwm.txt``. Sources: design.md §5 and issue 4 §3 (the format and placement); KADA's Athena
-collector page (/work/shared/seeds/001_0f91690c1ed31a77.txt: "A high water mark file is created called
-athena_hwm.txt"; its Airflow example passes ``'YYYY-MM-DD HH:mm:SS'`` strings as ``start_hwm``/``end_hwm``).
-Two stores:
-
-- ``VariableHwmStore``: a Prefect Variable ``hwm_<source>`` holding that string (the default);
-- ``FileHwmStore``: the file ``<source>_hwm.txt`` next to the landing directory of a landing target.
-
-A stored value that cannot be read as ``HWM_FORMAT`` is an error, never "no HWM": silently restarting
-from the look-back would re-extract (or, after a clamp, lose) history.
+The protocol and the two stores (a Prefect Variable ``hwm_<source>``, a file ``<source>_hwm.txt`` next
+to the landing directory): docs/metadata-collectors.md ("A run", "High-water marks").
 """
 
 from __future__ import annotations
@@ -31,6 +15,8 @@ from typing import Protocol
 
 from prefect.types import MAX_VARIABLE_NAME_LENGTH
 from prefect.variables import Variable
+
+from tasks.common import to_utc
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +59,7 @@ def _require_aware(value: datetime, what: str) -> datetime:
         raise TypeError(f"{what} must be a datetime, got {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{what} must be timezone-aware (UTC), got naive {value.isoformat()}")
-    return value.astimezone(UTC)
+    return to_utc(value)
 
 
 def format_hwm(value: datetime) -> str:

@@ -1,17 +1,7 @@
-"""Configuration of the metadata collectors: one entry per source (design.md §5).
+"""Configuration of the metadata collectors: one entry per source in ``metadata_sources.yaml``.
 
-The file (default ``metadata_sources.yaml`` at the project root; ``METADATA_SOURCES_FILE`` or the
-flow's ``sources_file`` parameter point elsewhere) holds one entry per source under ``sources``::
-
-    sources:
-      athena-prod:
-        extractor: {kind: athena, aws_credentials_block: aws-analytics, region: eu-west-1,
-                    output_location: "s3://athena-results/catalog/", workgroups: [primary]}
-        landing: {kind: s3, s3_bucket_block: catalog-landing, landing_dir: athena/landing}
-        hwm: {store: variable, lag_minutes: 60, initial_lookback_days: 7}
-
-Adding a source adds an entry here and its deployment in ``prefect.yaml``; no code. Secrets are
-never here: blocks are named instead.
+The file's shape and an example: docs/metadata-collectors.md ("Configuration"). Secrets are never in
+it: blocks are named instead.
 """
 
 from __future__ import annotations
@@ -38,7 +28,7 @@ class _Strict(BaseModel):
 
 
 class AthenaExtractorConfig(_Strict):
-    """Amazon Athena and the Glue Data Catalog (``tasks.metadata.extractors.athena.extractor``)."""
+    """Amazon Athena and the Glue Data Catalog (``tasks.metadata.extractors.athena``)."""
 
     kind: Literal["athena"]
     aws_credentials_block: str = Field(description="name of a prefect-aws AwsCredentials block")
@@ -48,7 +38,9 @@ class AthenaExtractorConfig(_Strict):
     )
     workgroups: list[str] | None = Field(default=None, description="workgroups to read; empty: all")
     role_arn: str | None = Field(default=None, description="role to assume for the extraction")
-    endpoint_url: str | None = Field(default=None, description="AWS endpoint override (moto, VPC endpoint)")
+    endpoint_url: str | None = Field(
+        default=None, description="AWS endpoint override (a VPC endpoint, a local emulator)"
+    )
     history_days: int = Field(default=45, ge=1, le=45, description="Athena keeps 45 days of query history")
 
 

@@ -1,24 +1,20 @@
-"""The Athena extractor (tasks/metadata/extractors/athena/extractor.py) against moto's real server, seeded with the TPC-DS
+"""The Athena extractor (tasks/metadata/extractors/athena/) against moto's real server, seeded with the TPC-DS
 catalog, workgroups and query history of devstack/athena_catalog.py.
 
-moto's gaps (design.md §7) and how these tests bridge them:
-
-- ``batch_get_query_execution`` does not exist in moto: that one call is stubbed with botocore's
-  ``Stubber`` at the boto3 boundary. The stubbed client's method replaces the extractor's (reached through
-  its ``_client`` seam); every other call still goes to moto. Responses are shaped as the
-  BatchGetQueryExecution API reference documents, built from moto's own ``get_query_execution``, with
-  completion times set by the test where windowing needs them.
-- moto lists executions oldest first in one page; AWS newest first, 50 per page. Both orders are tested:
-  moto's for real, AWS's with ``list_query_executions`` stubbed too.
-- information_schema queries return nothing in moto unless results are queued (moto's
-  ``/moto-api/static/athena/query-results``): tests queue what Athena would answer, in query order.
-- IAM: a second moto server enforces IAM after its setup requests (``initial_no_auth_action_count``).
+moto runs behind ``devstack.moto_gaps``, which answers as AWS does where moto does not (errors of JSON
+APIs, ListQueryExecutions newest first and paged, BatchGetQueryExecution, AwsDataCatalog, GetWorkGroup).
+Where a test needs executions with given times, or checks the exact calls, the extractor's Athena
+client is wrapped in botocore's ``Stubber`` (or only its ``batch_get_query_execution``), with responses
+shaped as the API reference documents. information_schema queries return nothing in moto unless
+results are queued (moto's ``/moto-api/static/athena/query-results``): tests queue what Athena would
+answer, in query order. IAM tests turn moto's enforcement on around themselves (``MotoServer.enforce_iam``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,19 +30,15 @@ from devstack.athena_catalog import (
     MONTHLY_REVENUE_SQL,
     TPCDS_PARTITION_KEYS,
     TPCDS_TABLES,
+    SeededAthena,
     information_schema_tables,
     queue_query_results,
     seed_athena,
 )
 from devstack.moto_server import DUMMY_ACCESS_KEY_ID, DUMMY_SECRET_ACCESS_KEY, MotoServer
-from tasks.metadata.extractors.athena.extractor import (
-    CATALOG_SQL,
-    QUERY_HISTORY_COLUMNS,
-    STRAGGLER_MARGIN,
-    TABLES_SQL,
-    AthenaExtractionError,
-    AthenaExtractor,
-)
+from tasks.metadata.extractors.athena import AthenaExtractionError, AthenaExtractor
+from tasks.metadata.extractors.athena.information_schema import CATALOG_SQL, TABLES_SQL
+from tasks.metadata.extractors.athena.query_history import QUERY_HISTORY_COLUMNS, STRAGGLER_MARGIN
 from tasks.metadata.extracts import Extract, ExtractorConnectionError
 
 REGION = "eu-west-1"
@@ -82,13 +74,7 @@ CRM_ROWS = [
 
 
 @pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with MotoServer(region=REGION) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def seeded(moto: MotoServer) -> dict[str, Any]:
+def seeded(moto: MotoServer) -> SeededAthena:
     return seed_athena(moto.url, REGION)
 
 
@@ -102,7 +88,7 @@ def client(moto: MotoServer, name: str, **keys: str) -> Any:
     )
 
 
-def make_extractor(moto: MotoServer, seeded: dict[str, Any], **overrides: Any) -> AthenaExtractor:
+def make_extractor(moto: MotoServer, seeded: SeededAthena, **overrides: Any) -> AthenaExtractor:
     key_id = overrides.pop("key_id", DUMMY_ACCESS_KEY_ID)
     secret = overrides.pop("secret", DUMMY_SECRET_ACCESS_KEY)
     kwargs: dict[str, Any] = {
@@ -112,7 +98,7 @@ def make_extractor(moto: MotoServer, seeded: dict[str, Any], **overrides: Any) -
         ),
         "region": REGION,
         "workgroups": None,
-        "output_location": seeded["output_location"],
+        "output_location": seeded.output_location,
         "endpoint_url": moto.url,
         **overrides,
     }
@@ -131,9 +117,10 @@ def dicts(extract: Extract) -> list[dict[str, Any]]:
 
 
 def moto_executions(moto: MotoServer, workgroup: str) -> list[dict[str, Any]]:
-    """moto's listing of ``workgroup`` (oldest first, one page), each as moto's get_query_execution has it."""
+    """The listing of ``workgroup`` (newest first, every page), each as GetQueryExecution has it."""
     athena = client(moto, "athena")
-    ids = athena.list_query_executions(WorkGroup=workgroup)["QueryExecutionIds"]
+    pages = athena.get_paginator("list_query_executions").paginate(WorkGroup=workgroup)
+    ids = [i for page in pages for i in page["QueryExecutionIds"]]
     return [athena.get_query_execution(QueryExecutionId=i)["QueryExecution"] for i in ids]
 
 
@@ -179,13 +166,13 @@ def aws_execution(
 
 
 def stub_batch_get(extractor: AthenaExtractor, moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Stubber:
-    """Route the extractor's ``batch_get_query_execution`` (absent in moto) to a Stubber'd twin client;
-    every other Athena call of the extractor still reaches moto."""
+    """Route the extractor's ``batch_get_query_execution`` to a Stubber'd twin client (answers set by the
+    test); every other Athena call of the extractor still reaches moto."""
     twin = client(moto, "athena")
     stubber = Stubber(twin)
     stubber.activate()
     monkeypatch.setattr(
-        extractor._client("athena"), "batch_get_query_execution", twin.batch_get_query_execution
+        extractor.aws.client("athena"), "batch_get_query_execution", twin.batch_get_query_execution
     )
     return stubber
 
@@ -229,7 +216,7 @@ def expect_batches(
     return calls
 
 
-def queue_catalog_answers(moto: MotoServer, seeded: dict[str, Any], glue_tables: Any = None) -> None:
+def queue_catalog_answers(moto: MotoServer, seeded: SeededAthena, glue_tables: Any = None) -> None:
     """Queue what Athena answers to the extractor's two information_schema queries, in its order:
     AwsDataCatalog's cross-check (TABLES_SQL), then crm_postgres (CATALOG_SQL)."""
     queue_query_results(
@@ -251,7 +238,7 @@ def test_every_entity_from_the_seeded_catalog(moto, seeded, monkeypatch, caplog)
     queue_catalog_answers(moto, seeded)
     started = datetime.now(UTC) - timedelta(hours=1)
     end = datetime.now(UTC) + timedelta(minutes=1)
-    caplog.set_level(logging.WARNING, logger="tasks.metadata.extractors.athena.extractor")
+    caplog.set_level(logging.WARNING, logger="tasks.metadata.extractors.athena")
 
     extracts = by_entity(extractor.run(started, end))
 
@@ -265,7 +252,7 @@ def test_every_entity_from_the_seeded_catalog(moto, seeded, monkeypatch, caplog)
         "query_history",
     ]
     assert sorted(extracts["data_catalogs"].rows) == [
-        ("AwsDataCatalog", "GLUE", "glue"),  # added: moto does not list it
+        ("AwsDataCatalog", "GLUE", "glue"),  # listed as AWS lists it
         ("crm_postgres", "LAMBDA", "information_schema"),
     ]
     assert sorted((r["catalog_name"], r["database_name"]) for r in dicts(extracts["databases"])) == [
@@ -280,12 +267,12 @@ def test_every_entity_from_the_seeded_catalog(moto, seeded, monkeypatch, caplog)
         in_db = {t["table_name"]: t for t in tables if t["database_name"] == database}
         assert sorted(in_db) == sorted(TPCDS_TABLES) and len(in_db) == 24
         for name, key in TPCDS_PARTITION_KEYS.items():
-            assert in_db[name]["partition_keys"] == key
+            assert in_db[name]["partition_keys"] == [key]
         assert in_db["store_sales"]["classification"] == "parquet"
         assert (
             in_db["store_sales"]["location"] == f"s3://analytics-warehouse/tpcds/{database[6:]}/store_sales/"
         )
-        assert in_db["date_dim"]["partition_keys"] is None
+        assert in_db["date_dim"]["partition_keys"] == []
     marketing = {t["table_name"]: t["table_type"] for t in tables if t["database_name"] == "marketing"}
     assert marketing == {
         "campaigns": "EXTERNAL_TABLE",
@@ -309,7 +296,7 @@ def test_every_entity_from_the_seeded_catalog(moto, seeded, monkeypatch, caplog)
 
     columns = dicts(extracts["columns"])
     glue_columns = [c for c in columns if c["catalog_name"] == "AwsDataCatalog"]
-    assert len(glue_columns) == seeded["column_count"] == 2 * 425 + 15 + 7
+    assert len(glue_columns) == seeded.column_count == 2 * 425 + 15 + 7
     store_sales = [
         c for c in glue_columns if (c["database_name"], c["table_name"]) == ("tpcds_sf1", "store_sales")
     ]
@@ -345,13 +332,13 @@ def test_every_entity_from_the_seeded_catalog(moto, seeded, monkeypatch, caplog)
 
     assert extracts["query_history"].columns == QUERY_HISTORY_COLUMNS
     got = {h["query_id"]: h for h in history}
-    for wg, ids in seeded["query_execution_ids"].items():
+    for wg, ids in seeded.query_execution_ids.items():
         assert set(ids) <= set(got)
         assert {got[i]["user_name"] for i in ids} == {f"athena_workgroup_{wg}"}
     own = [h for h in history if h["query_text"] in (TABLES_SQL, CATALOG_SQL)]
     assert sorted(h["catalog_name"] for h in own) == ["AwsDataCatalog", "crm_postgres"]
-    assert len(history) == sum(len(v) for v in seeded["query_execution_ids"].values()) + 2
-    sample = got[seeded["query_execution_ids"]["analysts"][0]]
+    assert len(history) == sum(len(v) for v in seeded.query_execution_ids.values()) + 2
+    sample = got[seeded.query_execution_ids["analysts"][0]]
     assert sample["state"] == "SUCCEEDED" and sample["database_name"] == "tpcds_sf1"
     assert "i_manufact_id = 1 AND" in sample["query_text"]  # raw: masking is the writer's job
     assert sample["completion_time"].tzinfo is not None
@@ -366,7 +353,7 @@ def test_information_schema_cross_check_warns_about_differences(moto, seeded, ca
         ("tpcds_sf10", "orphan", "BASE TABLE")
     ]
     queue_query_results(moto.url, REGION, [(names, rows)])
-    caplog.set_level(logging.WARNING, logger="tasks.metadata.extractors.athena.extractor")
+    caplog.set_level(logging.WARNING, logger="tasks.metadata.extractors.athena")
 
     tables = list(
         by_entity(extractor.run(datetime.now(UTC) - timedelta(days=1), datetime.now(UTC)))["tables"].rows
@@ -387,9 +374,15 @@ def test_information_schema_query_is_awaited_with_backoff(moto, seeded):
         f"{moto.url}/moto-api/state-manager/set-transition", json=transition, timeout=10
     ).raise_for_status()
     states: list[str] = []
-    extractor._client("athena").meta.events.register(
+    started: list[str] = []
+    events = extractor.aws.client("athena").meta.events
+    events.register(
         "after-call.athena.GetQueryExecution",
         lambda parsed, **_: states.append(parsed["QueryExecution"]["Status"]["State"]),
+    )
+    events.register(
+        "after-call.athena.StartQueryExecution",
+        lambda parsed, **_: started.append(parsed["QueryExecutionId"]),
     )
     try:
         extracts = by_entity(extractor.run(datetime.now(UTC) - timedelta(days=1), datetime.now(UTC)))
@@ -404,14 +397,14 @@ def test_information_schema_query_is_awaited_with_backoff(moto, seeded):
             json={"model_name": "athena::execution"},
             timeout=10,
         ).raise_for_status()
-    query_id = extractor._catalog_queries["crm_postgres"]
+    [query_id] = started
     status = client(moto, "athena").get_query_execution(QueryExecutionId=query_id)["QueryExecution"]["Status"]
     assert status["State"] == "SUCCEEDED"
 
 
 def test_failed_information_schema_query_is_an_error(moto, seeded):
     extractor = make_extractor(moto, seeded, catalogs=["crm_postgres"])
-    athena = extractor._client("athena")
+    athena = extractor.aws.client("athena")
     extracts = by_entity(extractor.run(datetime.now(UTC) - timedelta(days=1), datetime.now(UTC)))
     with Stubber(athena) as stubber:
         stubber.add_response("start_query_execution", {"QueryExecutionId": "q-failed"})
@@ -437,11 +430,9 @@ def test_failed_information_schema_query_is_an_error(moto, seeded):
 # --- query history ---------------------------------------------------------------------------------
 
 
-def test_history_window_on_moto_order_keeps_completions_in_start_inclusive_end_exclusive(
-    moto, seeded, monkeypatch
-):
-    """moto's listing (oldest first, one page) of the analysts workgroup; completion times set around
-    the window's edges."""
+def test_history_window_keeps_completions_in_start_inclusive_end_exclusive(moto, seeded, monkeypatch):
+    """The listing of the analysts workgroup (one page of 16, newest first); completion times set around
+    the window's edges, latest first."""
     start = datetime(2026, 11, 1, 4, 0, tzinfo=UTC)
     end = start + timedelta(hours=10)
     tiny = timedelta(microseconds=1)
@@ -455,7 +446,7 @@ def test_history_window_on_moto_order_keeps_completions_in_start_inclusive_end_e
         end - tiny,
         end,  # exactly end: out (it belongs to the next window)
         end + timedelta(hours=1),
-    ]
+    ][::-1]
     listed = moto_executions(moto, "analysts")
     assert len(listed) == len(completions) == 16
     executions = [
@@ -473,12 +464,12 @@ def test_history_window_on_moto_order_keeps_completions_in_start_inclusive_end_e
     ]
     assert [h["query_id"] for h in history] == expected
     assert len(expected) == 11
-    assert history[0]["completion_time"] == start
+    assert history[-1]["completion_time"] == start
     assert max(h["completion_time"] for h in history) == end - tiny
 
 
 def test_history_batches_of_at_most_50_and_unprocessed_ids_retried(moto, seeded, monkeypatch):
-    """primary holds > 50 executions in moto's single page: chunks of 50 + the rest; the first answer
+    """primary lists > 50 executions: a page of 50 and the rest, one batch each; the first answer
     leaves 2 ids unprocessed, which are asked for again on their own."""
     listed = moto_executions(moto, "primary")
     assert len(listed) > 50
@@ -503,7 +494,8 @@ def test_history_unprocessed_ids_reported_after_bounded_retries(moto, seeded):
     extractor.unprocessed_retries = 2
     now = datetime(2026, 11, 20, tzinfo=UTC)
     stuck = {"QueryExecutionId": "q-2", "ErrorCode": "InternalServerException", "ErrorMessage": "retry later"}
-    with Stubber(extractor._client("athena")) as stubber:
+    extracts = by_entity(extractor.run(now - timedelta(days=1), now))
+    with Stubber(extractor.aws.client("athena")) as stubber:
         stubber.add_response("list_query_executions", {"QueryExecutionIds": ["q-1", "q-2"]})
         stubber.add_response(
             "batch_get_query_execution",
@@ -519,14 +511,10 @@ def test_history_unprocessed_ids_reported_after_bounded_retries(moto, seeded):
                 {"QueryExecutions": [], "UnprocessedQueryExecutionIds": [stuck]},
                 {"QueryExecutionIds": ["q-2"]},
             )
-        history = extractor._guarded(
-            "query_history",
-            extractor._query_history(["analysts"], extractor.history_window(now - timedelta(days=1), now)),
-        )
         with pytest.raises(
             AthenaExtractionError, match=r"1 execution\(s\) unprocessed after 2 retries: q-2 \(Internal"
         ):
-            list(history)
+            list(extracts["query_history"].rows)
         stubber.assert_no_pending_responses()
 
 
@@ -558,7 +546,7 @@ def test_history_aws_order_newest_first_stops_paging_early(moto, seeded):
     pages = _newest_first_pages(start)
     extractor = make_extractor(moto, seeded, workgroups=["primary"])
     extracts = by_entity(extractor.run(start, end))  # lists catalogs and workgroups (moto) now
-    with Stubber(extractor._client("athena")) as stubber:
+    with Stubber(extractor.aws.client("athena")) as stubber:
         for number, page in enumerate(pages, start=1):
             ids = [e["QueryExecutionId"] for e in page]
             params: dict[str, Any] = {"WorkGroup": "primary", "MaxResults": 50}
@@ -590,42 +578,10 @@ def test_history_aws_order_newest_first_stops_paging_early(moto, seeded):
     assert len([i for i in ids if i.startswith("p1-")]) == 50 and not [i for i in ids if i.startswith("p3-")]
 
 
-def test_history_oldest_first_over_several_pages_reads_them_all(moto, seeded):
-    """Were AWS to list oldest first, an old first page must not stop the paging."""
-    start = datetime(2026, 11, 20, 4, 0, tzinfo=UTC)
-    end = start + timedelta(hours=6)
-    old = start - STRAGGLER_MARGIN - timedelta(days=1)
-    page1 = [
-        aws_execution(f"old-{i}", "primary", old + timedelta(minutes=i), old + timedelta(minutes=i + 1))
-        for i in range(3)
-    ]
-    page2 = [
-        aws_execution(f"new-{i}", "primary", start + timedelta(minutes=i), start + timedelta(minutes=i + 1))
-        for i in range(3)
-    ]
-    extractor = make_extractor(moto, seeded, workgroups=["primary"])
-    extracts = by_entity(extractor.run(start, end))
-    with Stubber(extractor._client("athena")) as stubber:
-        for token, page, next_token in ((None, page1, "t2"), ("t2", page2, None)):
-            ids = [e["QueryExecutionId"] for e in page]
-            response: dict[str, Any] = {
-                "QueryExecutionIds": ids,
-                **({"NextToken": next_token} if next_token else {}),
-            }
-            params = {"WorkGroup": "primary", "MaxResults": 50, **({"NextToken": token} if token else {})}
-            stubber.add_response("list_query_executions", response, params)
-            stubber.add_response(
-                "batch_get_query_execution", {"QueryExecutions": page}, {"QueryExecutionIds": ids}
-            )
-        ids = history_ids(extracts["query_history"])
-        stubber.assert_no_pending_responses()
-    assert ids == ["new-0", "new-1", "new-2"]
-
-
 def test_window_older_than_45_days_is_clamped_with_a_warning(moto, seeded, caplog):
     extractor = make_extractor(moto, seeded, workgroups=["analysts"])
     end = datetime(2026, 11, 20, 4, 0, tzinfo=UTC)
-    caplog.set_level(logging.WARNING, logger="tasks.metadata.extractors.athena.extractor")
+    caplog.set_level(logging.WARNING, logger="tasks.metadata.extractors.athena")
 
     window = extractor.history_window(end - timedelta(days=60), end)
 
@@ -647,7 +603,7 @@ def test_history_outside_45_days_not_extracted(moto, seeded):
     old, recent = end - timedelta(days=50), end - timedelta(days=2)
     extractor = make_extractor(moto, seeded, workgroups=["analysts"])
     extracts = by_entity(extractor.run(end - timedelta(days=60), end))
-    with Stubber(extractor._client("athena")) as stubber:
+    with Stubber(extractor.aws.client("athena")) as stubber:
         stubber.add_response("list_query_executions", {"QueryExecutionIds": ["recent", "old"]})
         stubber.add_response(
             "batch_get_query_execution",
@@ -678,9 +634,9 @@ def test_connection_names_a_missing_workgroup(moto, seeded):
 
 
 def test_connection_names_a_missing_workgroup_as_aws_reports_it(moto, seeded):
-    """AWS answers GetWorkGroup of an unknown name with InvalidRequestException (moto with no WorkGroup)."""
+    """AWS answers GetWorkGroup of an unknown name with InvalidRequestException (Athena API reference)."""
     extractor = make_extractor(moto, seeded, workgroups=["finance"])
-    with Stubber(extractor._client("athena")) as stubber:
+    with Stubber(extractor.aws.client("athena")) as stubber:
         stubber.add_client_error(
             "get_work_group",
             service_error_code="InvalidRequestException",
@@ -722,35 +678,34 @@ def test_role_is_assumed_through_sts(moto, seeded):
 
     extractor.test_connection()
 
-    identity = extractor._client("sts").get_caller_identity()["Arn"]
+    identity = extractor.aws.client("sts").get_caller_identity()["Arn"]
     assert identity == f"arn:aws:sts::{ACCOUNT}:assumed-role/AthenaCollector/analytics-flows-{SOURCE}"
-    assert extractor._client("glue").get_databases()["DatabaseList"]  # the assumed role's session reads Glue
+    assert extractor.aws.client("glue").get_databases()[
+        "DatabaseList"
+    ]  # the assumed role's session reads Glue
 
 
 # --- IAM enforced -----------------------------------------------------------------------------------
 
-SETUP_REQUESTS = 5  # the iam_moto fixture's setup, made before moto starts enforcing IAM
+SETUP_REQUESTS = 4  # the iam_user fixture's setup, made before moto starts enforcing IAM
 
 
-@pytest.fixture(scope="module")
-def iam_moto() -> Iterator[tuple[MotoServer, dict[str, str]]]:
-    """A moto server that enforces IAM once set up: a user who may list workgroups and use S3, nothing else."""
-    with MotoServer(region=REGION, initial_no_auth_action_count=SETUP_REQUESTS) as server:
-        iam = client(server, "iam")
-        iam.create_user(UserName="collector")  # 1
+@pytest.fixture
+def iam_user(moto, seeded) -> Iterator[dict[str, str]]:
+    """While moto enforces IAM: a user who may list workgroups and use S3, nothing else, and a role."""
+    name = f"collector-{uuid.uuid4().hex[:6]}"
+    moto.enforce_iam(after_requests=SETUP_REQUESTS)
+    try:
+        iam = client(moto, "iam")
+        iam.create_user(UserName=name)  # 1
         policy = {
             "Version": "2012-10-17",
             "Statement": [
                 {"Effect": "Allow", "Action": ["s3:*", "athena:ListWorkGroups"], "Resource": "*"},
             ],
         }
-        iam.put_user_policy(
-            UserName="collector", PolicyName="partial", PolicyDocument=json.dumps(policy)
-        )  # 2
-        key = iam.create_access_key(UserName="collector")["AccessKey"]  # 3
-        client(server, "s3").create_bucket(
-            Bucket="analytics-athena-results", CreateBucketConfiguration={"LocationConstraint": REGION}
-        )  # 4
+        iam.put_user_policy(UserName=name, PolicyName="partial", PolicyDocument=json.dumps(policy))  # 2
+        key = iam.create_access_key(UserName=name)["AccessKey"]  # 3
         trust = {
             "Version": "2012-10-17",
             "Statement": [
@@ -761,52 +716,55 @@ def iam_moto() -> Iterator[tuple[MotoServer, dict[str, str]]]:
                 }
             ],
         }
-        role = iam.create_role(RoleName="AthenaCollector", AssumeRolePolicyDocument=json.dumps(trust))  # 5
-        yield (
-            server,
-            {"key_id": key["AccessKeyId"], "secret": key["SecretAccessKey"], "role_arn": role["Role"]["Arn"]},
-        )
+        role = iam.create_role(
+            RoleName=f"AthenaCollector-{name}", AssumeRolePolicyDocument=json.dumps(trust)
+        )  # 4
+        yield {
+            "name": name,
+            "key_id": key["AccessKeyId"],
+            "secret": key["SecretAccessKey"],
+            "role_arn": role["Role"]["Arn"],
+        }
+    finally:
+        moto.enforce_iam(after_requests=None)
 
 
-def test_connection_denied_names_workgroup_glue_and_the_iam_actions(iam_moto):
-    server, user = iam_moto
+def test_connection_denied_names_workgroup_glue_and_the_iam_actions(moto, seeded, iam_user):
     extractor = make_extractor(
-        server,
-        {"output_location": "s3://analytics-athena-results/collector/"},
+        moto,
+        seeded,
         workgroups=["primary"],
-        key_id=user["key_id"],
-        secret=user["secret"],
+        key_id=iam_user["key_id"],
+        secret=iam_user["secret"],
     )
     with pytest.raises(ExtractorConnectionError) as error:
         extractor.test_connection()
     message = str(error.value)
     assert "permission denied on workgroup 'primary': grant athena:GetWorkGroup" in message
     assert "permission denied on the Glue Data Catalog: grant glue:GetDatabases" in message
-    assert f"arn:aws:iam::{ACCOUNT}:user/collector" in message
+    assert f"arn:aws:iam::{ACCOUNT}:user/{iam_user['name']}" in message
     assert "results bucket" not in message  # S3 is allowed
-    assert user["secret"] not in message
+    assert iam_user["secret"] not in message
 
 
-def test_denied_during_run_is_a_connection_error(iam_moto):
-    server, user = iam_moto
+def test_denied_during_run_is_a_connection_error(moto, seeded, iam_user):
     extractor = make_extractor(
-        server,
-        {"output_location": "s3://analytics-athena-results/collector/"},
-        key_id=user["key_id"],
-        secret=user["secret"],
+        moto,
+        seeded,
+        key_id=iam_user["key_id"],
+        secret=iam_user["secret"],
     )
     with pytest.raises(ExtractorConnectionError, match="ListDataCatalogs was refused"):
         extractor.run(datetime.now(UTC) - timedelta(days=1), datetime.now(UTC))
 
 
-def test_connection_denied_role_assumption(iam_moto):
-    server, user = iam_moto
+def test_connection_denied_role_assumption(moto, seeded, iam_user):
     extractor = make_extractor(
-        server,
-        {"output_location": "s3://analytics-athena-results/collector/"},
-        role_arn=user["role_arn"],
-        key_id=user["key_id"],
-        secret=user["secret"],
+        moto,
+        seeded,
+        role_arn=iam_user["role_arn"],
+        key_id=iam_user["key_id"],
+        secret=iam_user["secret"],
     )
     with pytest.raises(
         ExtractorConnectionError, match="cannot assume role .*AthenaCollector.*needs sts:AssumeRole"
@@ -814,11 +772,10 @@ def test_connection_denied_role_assumption(iam_moto):
         extractor.test_connection()
 
 
-def test_connection_rejected_credentials(iam_moto):
-    server, _ = iam_moto
+def test_connection_rejected_credentials(moto, seeded, iam_user):
     extractor = make_extractor(
-        server,
-        {"output_location": "s3://analytics-athena-results/collector/"},
+        moto,
+        seeded,
         key_id="AKIAUNKNOWNKEY000000",
         secret="wrong",
     )
@@ -828,7 +785,7 @@ def test_connection_rejected_credentials(iam_moto):
 
 def test_view_sql_decodes_athena_views_and_keeps_hive_text():
     from devstack.athena_catalog import presto_view_text
-    from tasks.metadata.extractors.athena.extractor import view_sql
+    from tasks.metadata.extractors.athena.glue_catalog import view_sql
 
     encoded = presto_view_text("SELECT 1 AS one", "awsdatacatalog", "marketing", [("one", "integer")])
     assert view_sql(encoded) == ("athena", "SELECT 1 AS one")
@@ -836,3 +793,37 @@ def test_view_sql_decodes_athena_views_and_keeps_hive_text():
     assert view_sql("/* Presto View: not-base64! */") == ("hive", "/* Presto View: not-base64! */")
     assert view_sql("/* Presto View: bm90IGpzb24= */") == ("athena", "/* Presto View: bm90IGpzb24= */")
     assert view_sql(None) == ("hive", None)
+
+
+def test_partition_keys_are_written_as_a_json_list_that_splits_back(tmp_path):
+    """docs/metadata-extracts.md: partition_keys is a JSON list, unambiguous even for a name with a comma."""
+    import csv
+    import gzip
+
+    from tasks.metadata.extract_files import write_extracts
+    from tasks.metadata.extractors.athena.glue_catalog import TABLE_COLUMNS, Catalog, table_rows
+    from tasks.metadata.hwm import Window
+
+    glue = boto3.client("glue", region_name=REGION, aws_access_key_id="k", aws_secret_access_key="s")
+    table = {"Name": "events", "DatabaseName": "raw", "TableType": "EXTERNAL_TABLE"}
+    with Stubber(glue) as stubber:
+        stubber.add_response("get_databases", {"DatabaseList": [{"Name": "raw"}]})
+        stubber.add_response(
+            "get_tables",
+            {
+                "TableList": [
+                    {**table, "PartitionKeys": [{"Name": "dt"}, {"Name": "region,zone"}]},
+                    {**table, "Name": "lookup"},
+                ]
+            },
+            {"DatabaseName": "raw"},
+        )
+        rows = list(table_rows(glue, Catalog("AwsDataCatalog", "GLUE"), set()))
+    window = Window(datetime(2026, 11, 21, tzinfo=UTC), datetime(2026, 11, 22, tzinfo=UTC))
+
+    [written] = write_extracts([Extract("tables", TABLE_COLUMNS, rows)], tmp_path, SOURCE, window, True)
+
+    with gzip.open(written.path, "rt", newline="") as file:
+        cells = [row["partition_keys"] for row in csv.DictReader(file)]
+    assert cells == ['["dt","region,zone"]', "[]"]
+    assert [json.loads(cell) for cell in cells] == [["dt", "region,zone"], []]

@@ -2,13 +2,14 @@
 
 The extractor here is a stand-in that reports query history by completion time (the real Athena
 extractor has its own tests against moto); landing is real: moto's S3 server and a local directory.
+Runs take their ``now`` from the test (``collect_metadata(now=...)``): consecutive runs are seconds
+apart without waiting for the clock.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import gzip
-import time
 import uuid
 from pathlib import Path
 
@@ -18,18 +19,23 @@ import yaml
 from prefect.variables import Variable
 
 import tasks.metadata.collection as collection
-from devstack.moto_server import MotoServer
+from devstack.prefect_server import free_port
 from flows.metadata.collect import collect_metadata
+from tasks.common import BlockNotFoundError
 from tasks.metadata.extracts import Extract
 from tasks.metadata.hwm import HWM_FORMAT
 from tasks.metadata.landing import LandingError
 from tasks.metadata.sources import SourceConfigError
 
+#: The ``now`` of a test's first run (later runs: a second apart each); an hour ago, in whole seconds.
+T0 = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=1)
+SECOND = dt.timedelta(seconds=1)
+
 
 class HistoryExtractor:
     """Queries completed once per 0.2 s from ``origin``; ``run`` returns those in ``[start, end)``."""
 
-    origin = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=5)
+    origin = T0 - dt.timedelta(minutes=5)
 
     def __init__(self, source: str):
         self.source = source
@@ -48,12 +54,6 @@ class HistoryExtractor:
             Extract("databases", ("name",), [("sales",)]),
             Extract("query_history", ("query_id", "completed_at", "query"), queries, sql_columns=("query",)),
         ]
-
-
-@pytest.fixture(scope="module")
-def moto():
-    with MotoServer() as server:
-        yield server
 
 
 @pytest.fixture
@@ -107,23 +107,20 @@ def landed_query_ids(s3, bucket: str) -> list[str]:
 
 def test_three_runs_give_contiguous_windows_and_no_query_twice(source):
     name, file, s3 = source
-    summaries = []
-    for _ in range(3):
-        summaries.append(collect_metadata(name, sources_file=file))
-        time.sleep(1.1)
+    summaries = [collect_metadata(name, sources_file=file, now=T0 + i * SECOND) for i in range(3)]
     for earlier, later in zip(summaries, summaries[1:], strict=False):
-        assert later["window_start"] == earlier["window_end"]  # no gap, no overlap
+        assert later.window_start == earlier.window_end  # no gap, no overlap
     hwm = s3.get_object(Bucket=name, Key=f"catalog/{name}_hwm.txt")["Body"].read()
-    assert hwm.decode() == dt.datetime.fromisoformat(summaries[-1]["window_end"]).strftime(HWM_FORMAT)
+    assert hwm.decode() == summaries[-1].window_end.strftime(HWM_FORMAT)
     ids = landed_query_ids(s3, name)
     assert len(ids) == len(set(ids)) > 0
-    rows = {f["entity"]: f["rows"] for f in summaries[0]["files"]}
-    assert rows["databases"] == 1 and summaries[0]["files"][0]["landed"].startswith("s3://")
+    rows = {f.entity: f.rows for f in summaries[0].files}
+    assert rows["databases"] == 1 and summaries[0].files[0].landed.startswith("s3://")
 
 
 def test_sql_literals_are_masked_in_the_landed_file(source):
     name, file, s3 = source
-    collect_metadata(name, sources_file=file)
+    collect_metadata(name, sources_file=file, now=T0)
     key = next(i["Key"] for i in s3.list_objects_v2(Bucket=name)["Contents"] if "_query_history_" in i["Key"])
     body = gzip.decompress(s3.get_object(Bucket=name, Key=key)["Body"].read()).decode()
     assert "WHERE id = ?" in body and "WHERE id = 1" not in body
@@ -131,8 +128,7 @@ def test_sql_literals_are_masked_in_the_landed_file(source):
 
 def test_an_unreachable_landing_is_retried_with_the_same_window_and_files(source, monkeypatch):
     name, file, s3 = source
-    collect_metadata(name, sources_file=file)
-    time.sleep(1.1)
+    collect_metadata(name, sources_file=file, now=T0)
     real_upload = __import__("tasks.metadata.landing", fromlist=["S3Landing"]).S3Landing.upload
     attempts: list[str] = []
 
@@ -146,16 +142,15 @@ def test_an_unreachable_landing_is_retried_with_the_same_window_and_files(source
     monkeypatch.setattr(
         "flows.metadata.collect.land_files", collection.land_files.with_options(retry_delay_seconds=0)
     )
-    summary = collect_metadata(name, sources_file=file)
+    summary = collect_metadata(name, sources_file=file, now=T0 + SECOND)
     first_try, *retried = attempts
     assert first_try in retried  # the retry wrote the same file names: the same window
-    assert {f["file"] for f in summary["files"]} == set(retried)
+    assert {f.file for f in summary.files} == set(retried)
 
 
 def test_a_failed_upload_leaves_the_hwm_and_the_rerun_extracts_the_same_window(source, monkeypatch):
     name, file, s3 = source
-    first = collect_metadata(name, sources_file=file)
-    time.sleep(1.1)
+    first = collect_metadata(name, sources_file=file, now=T0)
 
     def refuse(self, local_path: Path, key: str):
         raise LandingError("upload refused", target=self.describe(), file=key, reason="permission")
@@ -163,28 +158,20 @@ def test_a_failed_upload_leaves_the_hwm_and_the_rerun_extracts_the_same_window(s
     with monkeypatch.context() as patch:
         patch.setattr("tasks.metadata.landing.S3Landing.upload", refuse)
         with pytest.raises(LandingError):
-            collect_metadata(name, sources_file=file)
+            collect_metadata(name, sources_file=file, now=T0 + SECOND)
     hwm_key = f"catalog/{name}_hwm.txt"
-    assert s3.get_object(Bucket=name, Key=hwm_key)["Body"].read().decode() == dt.datetime.fromisoformat(
-        first["window_end"]
-    ).strftime(HWM_FORMAT)
-    rerun = collect_metadata(name, sources_file=file)
-    assert rerun["window_start"] == first["window_end"]  # the failed run's window is extracted now
+    assert s3.get_object(Bucket=name, Key=hwm_key)["Body"].read().decode() == first.window_end.strftime(
+        HWM_FORMAT
+    )
+    rerun = collect_metadata(name, sources_file=file, now=T0 + SECOND)
+    assert rerun.window_start == first.window_end  # the failed run's window is extracted now
 
 
 def test_a_stopped_landing_server_is_a_landing_error_and_the_hwm_stays(tmp_path, monkeypatch):
     from prefect_aws import AwsCredentials, S3Bucket
     from prefect_aws.client_parameters import AwsClientParameters
 
-    with MotoServer() as short_lived:
-        url = short_lived.url
-        boto3.client(
-            "s3",
-            endpoint_url=url,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        ).create_bucket(Bucket="gone")
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there: the landing server is down
     name = f"gone-{uuid.uuid4().hex[:6]}"
     S3Bucket(
         bucket_name="gone",
@@ -215,16 +202,16 @@ def test_a_stopped_landing_server_is_a_landing_error_and_the_hwm_stays(tmp_path,
         "flows.metadata.collect.land_files", collection.land_files.with_options(retry_delay_seconds=0)
     )
     with pytest.raises(LandingError) as failure:
-        collect_metadata(name, sources_file=str(file))
+        collect_metadata(name, sources_file=str(file), now=T0)
     assert failure.value.reason == "connection"  # retried twice (the task's retries), then failed
     assert Variable.get(f"hwm_{name}") is None  # the Variable store was never written
 
 
 def test_a_dry_run_writes_files_and_uploads_nothing(source, tmp_path):
     name, file, s3 = source
-    summary = collect_metadata(name, sources_file=file, dry_run=True, out_dir=str(tmp_path / "out"))
-    assert summary["hwm"] is None and all(f["landed"] is None for f in summary["files"])
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f["file"] for f in summary["files"])
+    summary = collect_metadata(name, sources_file=file, dry_run=True, out_dir=str(tmp_path / "out"), now=T0)
+    assert summary.hwm is None and all(f.landed is None for f in summary.files)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f.file for f in summary.files)
     assert "Contents" not in s3.list_objects_v2(Bucket=name)
 
 
@@ -247,13 +234,10 @@ def seeded(moto):
 
 
 @pytest.fixture
-def athena_source(tmp_path, moto, seeded, monkeypatch):
+def athena_source(tmp_path, moto, seeded):
     """An Athena source on moto (TPC-DS catalog, history), landing locally; returns (name, file, landing)."""
     from prefect_aws import AwsCredentials
     from prefect_aws.client_parameters import AwsClientParameters
-
-    from devstack.moto_gaps import answer_batch_get_query_execution
-    from tasks.metadata.extractors.athena.extractor import AthenaExtractor
 
     name = f"athena-{uuid.uuid4().hex[:6]}"
     AwsCredentials(
@@ -262,16 +246,6 @@ def athena_source(tmp_path, moto, seeded, monkeypatch):
         region_name="us-east-1",
         aws_client_parameters=AwsClientParameters(endpoint_url=moto.url),
     ).save(name)
-    original = AthenaExtractor._client
-
-    def client(self, service):  # moto lacks BatchGetQueryExecution (design.md §7)
-        made = service not in self._clients
-        result = original(self, service)
-        if made and service == "athena":
-            answer_batch_get_query_execution(result)
-        return result
-
-    monkeypatch.setattr(AthenaExtractor, "_client", client)
     landing = tmp_path / "landing-root"
     landing.mkdir()
     file = tmp_path / "sources.yaml"
@@ -282,7 +256,7 @@ def athena_source(tmp_path, moto, seeded, monkeypatch):
                 "kind": "athena",
                 "aws_credentials_block": name,
                 "region": "us-east-1",
-                "output_location": seeded["output_location"],
+                "output_location": seeded.output_location,
                 "endpoint_url": moto.url,
                 **extractor,
             },
@@ -297,18 +271,15 @@ def athena_source(tmp_path, moto, seeded, monkeypatch):
 
 def test_three_athena_runs_land_every_query_once(athena_source):
     name, file, landing, _ = athena_source
-    runs = []
-    for _ in range(3):
-        runs.append(collect_metadata(name, sources_file=file))
-        time.sleep(1.1)
-    assert [r["window_start"] for r in runs[1:]] == [r["window_end"] for r in runs[:-1]]
+    # The first window ends after every seeded execution completed (moto: when it was started).
+    first = dt.datetime.now(dt.UTC).replace(microsecond=0) + SECOND
+    runs = [collect_metadata(name, sources_file=file, now=first + i * SECOND) for i in range(3)]
+    assert [r.window_start for r in runs[1:]] == [r.window_end for r in runs[:-1]]
     ids = []
     for path in sorted((landing / "athena" / "landing").glob(f"{name}_query_history_*.csv.gz")):
         ids += [line.split(",")[0] for line in gzip.decompress(path.read_bytes()).decode().splitlines()[1:]]
     assert len(ids) == len(set(ids)) >= 73  # the seeded history, then only the collector's own queries
-    assert (landing / "athena" / f"{name}_hwm.txt").read_text() == dt.datetime.fromisoformat(
-        runs[-1]["window_end"]
-    ).strftime(HWM_FORMAT)
+    assert (landing / "athena" / f"{name}_hwm.txt").read_text() == runs[-1].window_end.strftime(HWM_FORMAT)
 
 
 def test_a_missing_workgroup_is_named_and_the_hwm_stays(athena_source):
@@ -359,5 +330,8 @@ def test_a_missing_landing_block_names_the_source_and_the_field(tmp_path):
             }
         )
     )
-    with pytest.raises(ValueError, match="source 'lost': landing.s3_bucket_block names the S3Bucket block"):
+    with pytest.raises(
+        BlockNotFoundError,
+        match=r"S3 Bucket block 'no-such-bucket-block', needed by source 'lost' \(field landing\.s3_bucket_block\)",
+    ):
         collect_metadata("lost", sources_file=str(file))

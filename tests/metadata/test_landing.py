@@ -1,4 +1,4 @@
-"""Landing targets (tasks/landing.py) against real servers: moto's S3 server, Azurite with SAS tokens,
+"""Landing targets (tasks/metadata/landing/) against real servers: moto's S3 server, Azurite with SAS tokens,
 a local directory, and GCS through the real google-cloud-storage client talking to a fake of the GCS JSON
 API (the only part faked: nothing real runs GCS here).
 
@@ -55,12 +55,6 @@ def formatted(exc: BaseException) -> str:
 
 
 # --- servers ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with MotoServer() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -465,34 +459,34 @@ def test_s3_upload_fails_clearly_when_the_server_is_down(tmp_path: Path) -> None
         landing.read_text(HWM_KEY)
 
 
-def test_s3_access_denied_names_the_permission_and_hides_the_keys(tmp_path: Path) -> None:
-    """moto enforces IAM after the first 4 requests (the setup): a user who may only read gets AccessDenied."""
-    with MotoServer(initial_no_auth_action_count=4) as server:
-        raw = raw_s3(server.url)
+def test_s3_access_denied_names_the_permission_and_hides_the_keys(moto: MotoServer, tmp_path: Path) -> None:
+    """moto enforces IAM after the next 4 requests (the setup): a user who may only read gets AccessDenied."""
+    bucket, user = f"landing-{tag()}", f"reader-{tag()}"
+    moto.enforce_iam(after_requests=4)
+    try:
+        raw = raw_s3(moto.url)
         iam = boto3.client(
             "iam",
-            endpoint_url=server.url,
+            endpoint_url=moto.url,
             region_name="us-east-1",
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
         )
-        raw.create_bucket(Bucket="landing-bucket")
-        iam.create_user(UserName="reader")
+        raw.create_bucket(Bucket=bucket)
+        iam.create_user(UserName=user)
         policy = {
             "Version": "2012-10-17",
             "Statement": [
                 {
                     "Effect": "Allow",
                     "Action": ["s3:GetObject", "s3:ListBucket"],
-                    "Resource": ["arn:aws:s3:::landing-bucket", "arn:aws:s3:::landing-bucket/*"],
+                    "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
                 }
             ],
         }
-        iam.put_user_policy(UserName="reader", PolicyName="read-only", PolicyDocument=json.dumps(policy))
-        key = iam.create_access_key(UserName="reader")["AccessKey"]
-        block = s3_bucket_block(
-            server.url, "landing-bucket", key_id=key["AccessKeyId"], secret=key["SecretAccessKey"]
-        )
+        iam.put_user_policy(UserName=user, PolicyName="read-only", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName=user)["AccessKey"]
+        block = s3_bucket_block(moto.url, bucket, key_id=key["AccessKeyId"], secret=key["SecretAccessKey"])
         landing = S3Landing(block, LANDING_DIR)
         write_file(tmp_path / "a.csv", 100)
 
@@ -501,11 +495,13 @@ def test_s3_access_denied_names_the_permission_and_hides_the_keys(tmp_path: Path
             landing.upload(tmp_path / "a.csv", "a.csv")
         with pytest.raises(LandingError) as raised_text:
             landing.write_text(HWM_KEY, "2026-11-22 00:00:00")
+    finally:
+        moto.enforce_iam(after_requests=None)
 
     for error in (raised.value, raised_text.value):
         assert error.reason == "permission"
         assert "AccessDenied" in str(error)
-        assert "s3:PutObject" in str(error) and "arn:aws:s3:::landing-bucket/*" in str(error)
+        assert "s3:PutObject" in str(error) and f"arn:aws:s3:::{bucket}/*" in str(error)
         assert key["SecretAccessKey"] not in formatted(error)
 
 
@@ -599,7 +595,21 @@ def test_azure_missing_container_and_missing_secret(azurite: Azurite, tmp_path: 
     with pytest.raises(LandingError) as raised:
         landing.read_text(HWM_KEY)
     assert raised.value.reason == "credentials"
-    assert f"no Secret block {landing.sas_token_secret!r}" in str(raised.value)
+    assert f"Secret block {landing.sas_token_secret!r}, needed by" in str(raised.value)
+    assert "does not exist in this Prefect workspace" in str(raised.value)
+
+
+@pytest.mark.parametrize(("stored", "problem"), [("  ", "holds an empty string"), (123, "holds a int")])
+def test_azure_secret_without_a_sas_token_string_is_a_credentials_error(stored: Any, problem: str) -> None:
+    from prefect.blocks.system import Secret
+
+    name = f"landing-sas-{tag()}"
+    Secret(value=stored).save(name)
+    landing = AzureBlobLanding("http://127.0.0.1:10000/devstoreaccount1", "landing", name, LANDING_DIR)
+    with pytest.raises(LandingError) as raised:
+        landing.read_text(HWM_KEY)
+    assert raised.value.reason == "credentials"
+    assert f"Secret block {name!r} {problem}" in str(raised.value)
 
 
 def test_azure_account_url_with_a_sas_is_refused_without_echoing_it(azurite: Azurite) -> None:

@@ -1,5 +1,5 @@
-"""The Tableau metadata extractor against the Tableau stand-in and a real Prefect server (design.md §5,
-§6; issue 4 §1 and §6 "Tableau collector while domain refreshes hold other PATs").
+"""The Tableau metadata extractor against the Tableau stand-in and a real Prefect server, including a
+collection while domain refreshes hold the other PATs.
 
 The stand-in's audit says what Tableau saw: sign-ins per PAT, sessions and every 401002.
 """

@@ -1,53 +1,7 @@
-"""Tableau metadata extractor: the signed-in site, its projects, workbooks, views, data sources with
-their connections, users and extract-refresh tasks.
+"""``TableauExtractor``: the metadata of the site a Tableau PAT pool signs in to, as ``Extract``s.
 
-``TableauExtractor`` follows ``tasks.metadata.extracts.Extractor`` (design.md §5, issue 4 §1). It reaches Tableau
-through the same PAT pool as the refresh flows (design.md §3): ``run`` leases ONE PAT for the whole run,
-signs in once (``TableauSession``, which signs in again once if the credential token expires, 401002),
-pages every entity with ``tableauserverclient.Pager``, signs out and releases the PAT. A PAT held by a
-domain refresh is never used: with every PAT leased, the extractor waits for one (at most the pool's
-``acquire_timeout_seconds``, then ``PatLeaseTimeoutError``).
-
-Entities (``run`` returns them in this order, columns as listed; times are aware UTC ``datetime``;
-``tags`` and ``schedule_interval`` are lists, written as JSON):
-
-==========================  ====================================================================
-``sites``                   ``SITE_COLUMNS``: the signed-in site only (a PAT signs in to one site)
-``projects``                ``PROJECT_COLUMNS``; no times: tableauserverclient 0.42 does not read a
-                            project's createdAt/updatedAt
-``workbooks``               ``WORKBOOK_COLUMNS``
-``views``                   ``VIEW_COLUMNS``; ``workbook_name``/``project_name`` joined from the
-                            workbooks and projects of this run (empty if not visible)
-``datasources``             ``DATASOURCE_COLUMNS``; ``datasource_type`` e.g. ``hyper``, ``sqlserver``
-``datasource_connections``  ``CONNECTION_COLUMNS``: one row per connection of each published data
-                            source; ``server_port`` an int (None if empty); never a password (the REST
-                            API does not return one)
-``users``                   ``USER_COLUMNS``
-``extract_refresh_tasks``   ``TASK_COLUMNS``; ``target_type`` ``datasource`` or ``workbook``,
-                            ``target_name`` joined from this run's data sources/workbooks;
-                            ``schedule_frequency`` ``Hourly``/``Daily``/``Weekly``/``Monthly`` when the
-                            response has frequencyDetails (Tableau Cloud), else None;
-                            ``schedule_start_time`` ``HH:MM:SS``
-==========================  ====================================================================
-
-Every entity is a full snapshot taken during the run, not windowed: ``start_hwm``/``end_hwm`` are not
-used. Projects, workbooks, views, data sources and users could be windowed server-side with the REST
-API filter ``updatedAt:gte:<start>`` (users: ``lastLogin``), but a snapshot also carries deletions and
-moves, which a window cannot; they are not windowed, for now. Rows are read into memory inside the
-lease (the session ends when ``run`` returns): sizes are those of a site's content lists, not of a
-query history.
-
-Tableau facts (Tableau REST API reference, 3.29: "Query Site", "Query Projects", "Query Workbooks for
-Site", "Query Views for Site", "Query Data Sources", "Query Data Source Connections", "Get Users on
-Site", "List Extract Refresh Tasks in Site", "Paginating Results"):
-
-- Paginated methods take ``pageSize`` 1 to 1000 (default 100) and ``pageNumber``; Query Data Source
-  Connections and List Extract Refresh Tasks in Site answer everything in one response.
-- Get Users on Site and Query Site need a site (or server) administrator; List Extract Refresh Tasks
-  shows other users' tasks only to administrators: the pool's PATs should belong to a site
-  administrator (Site Administrator Explorer is enough to read).
-- A connection's password is write-only: Query Data Source Connections returns type, server address,
-  port, user name, embedPassword, never the password.
+It leases one PAT of the refresh pool for the whole run. What it extracts and the REST API facts it
+relies on: docs/metadata-collectors.md ("Tableau"); the columns: docs/metadata-extracts.md.
 """
 
 from __future__ import annotations
@@ -61,6 +15,7 @@ import requests
 import tableauserverclient as TSC
 from tableauserverclient.server.endpoint.exceptions import TableauError
 
+from tasks.common import to_utc
 from tasks.metadata.extracts import Extract, ExtractorConnectionError
 from tasks.tableau.pat_pool import (
     BlockNotFoundError,
@@ -158,11 +113,6 @@ TASK_COLUMNS = (
     "schedule_start_time",
     "schedule_next_run_at",
 )
-
-
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    """tableauserverclient's aware datetimes (its own UTC tzinfo) as ``datetime.UTC`` datetimes."""
-    return value.astimezone(dt.UTC) if value is not None else None
 
 
 def _port(value: str | None) -> int | None:
@@ -313,8 +263,8 @@ def _workbook_row(w: TSC.WorkbookItem) -> tuple[Any, ...]:
         w.default_view_id,
         w.show_tabs,
         sorted(w.tags),
-        _utc(w.created_at),
-        _utc(w.updated_at),
+        to_utc(w.created_at),
+        to_utc(w.updated_at),
     )
 
 
@@ -334,8 +284,8 @@ def _view_row(
         project_names.get(project_id),
         v.owner_id,
         sorted(v.tags),
-        _utc(v.created_at),
-        _utc(v.updated_at),
+        to_utc(v.created_at),
+        to_utc(v.updated_at),
     )
 
 
@@ -354,8 +304,8 @@ def _datasource_row(d: TSC.DatasourceItem) -> tuple[Any, ...]:
         d.certified,
         d.certification_note,
         sorted(d.tags),
-        _utc(d.created_at),
-        _utc(d.updated_at),
+        to_utc(d.created_at),
+        to_utc(d.updated_at),
     )
 
 
@@ -373,7 +323,7 @@ def _connection_row(d: TSC.DatasourceItem, c: TSC.ConnectionItem) -> tuple[Any, 
 
 
 def _user_row(u: TSC.UserItem) -> tuple[Any, ...]:
-    return (u.id, u.name, u.fullname, u.email, u.site_role, u.auth_setting, _utc(u.last_login))
+    return (u.id, u.name, u.fullname, u.email, u.site_role, u.auth_setting, to_utc(u.last_login))
 
 
 def _task_row(t: TSC.TaskItem, targets: dict[tuple[str, str], str]) -> tuple[Any, ...]:
@@ -393,5 +343,5 @@ def _task_row(t: TSC.TaskItem, targets: dict[tuple[str, str], str]) -> tuple[Any
         getattr(interval, "_frequency", None),  # the interval class's frequency (Daily, Weekly, ...)
         list(getattr(interval, "interval", ()) or ()) if interval else None,
         interval.start_time.isoformat() if interval else None,
-        _utc(schedule.next_run_at) if schedule else None,
+        to_utc(schedule.next_run_at) if schedule else None,
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from tasks.common import BlockNotFoundError, load_block, secret_string
 from tasks.metadata.landing.base import _TEXT_CONTENT_TYPE, LandingError, Reason, _Target
 
 if TYPE_CHECKING:
@@ -87,26 +88,30 @@ class AzureBlobLanding(_Target):
     def _load_sas(self) -> str:
         from prefect.blocks.system import Secret
 
+        name = self.sas_token_secret
+        save = f"Secret(value='<token>').save({name!r})"
+
         def fail(problem: str) -> LandingError:
             return LandingError(
-                f"Could not read the SAS token for {self.describe()}: {problem}. Save a container SAS token with "
-                f"permissions rcw (read, create, write) as Secret(value='<token>').save({self.sas_token_secret!r}).",
+                f"Could not read the SAS token for {self.describe()}: {problem} The token needs the "
+                "permissions rcw (read, create, write) on the container.",
                 target=self.describe(),
-                file=self.sas_token_secret,
+                file=name,
                 reason="credentials",
             )
 
         try:
-            block = Secret.load(self.sas_token_secret, _sync=True)
-        except ValueError as exc:
-            if "Unable to find block document" not in str(exc):
-                raise
-            raise fail(
-                f"there is no Secret block {self.sas_token_secret!r} in this Prefect workspace"
-            ) from None
-        value = block.value.get_secret_value()  # the stored string; Secret.get() would parse JSON
-        if not isinstance(value, str) or not value.strip():
-            raise fail(f"the Secret block {self.sas_token_secret!r} holds no SAS token string")
+            block = load_block(
+                Secret,
+                name,
+                needed_by=f"the landing target {self.describe()} (field sas_token_secret)",
+                hint=f"save a container SAS token as {save}",
+            )
+            value = secret_string(block, name)
+        except (BlockNotFoundError, TypeError) as exc:
+            raise fail(str(exc)) from None
+        if not value.strip():
+            raise fail(f"Secret block {name!r} holds an empty string: save the SAS token as {save}.")
         return value.strip().lstrip("?")
 
     def _uri(self, key: str) -> str:
