@@ -31,9 +31,6 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import ObjectNotFound
 
 from blocks.tableau import TableauPatPool, TableauPersonalAccessToken
-from tasks.common import (
-    BlockNotFoundError as BlockNotFoundError,  # re-exported until callers import tasks.common
-)
 from tasks.common import load_block
 
 logger = logging.getLogger(__name__)

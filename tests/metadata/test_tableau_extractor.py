@@ -18,6 +18,7 @@ from conftest import SITE, Workspace
 
 from devstack.tableau.config import content_id, project_id, schedule_id, site_id, user_id, view_id
 from flows.tableau.refresh import refresh_domain
+from tasks.common import BlockNotFoundError
 from tasks.metadata.extract_files import write_extracts
 from tasks.metadata.extractors.tableau import (
     CONNECTION_COLUMNS,
@@ -32,7 +33,7 @@ from tasks.metadata.extractors.tableau import (
 )
 from tasks.metadata.extracts import ExtractorConnectionError
 from tasks.metadata.hwm import Window
-from tasks.tableau.pat_pool import BlockNotFoundError, PatLeaseTimeoutError, lease_pat, load_pool
+from tasks.tableau.pat_pool import PatLeaseTimeoutError, lease_pat, load_pool
 from tasks.tableau.refresh import DomainRefreshError, PollPolicy
 from tasks.tableau.session import TableauSession
 

@@ -15,10 +15,9 @@ import requests
 import tableauserverclient as TSC
 from tableauserverclient.server.endpoint.exceptions import TableauError
 
-from tasks.common import to_utc
+from tasks.common import BlockNotFoundError, to_utc
 from tasks.metadata.extracts import Extract, ExtractorConnectionError
 from tasks.tableau.pat_pool import (
-    BlockNotFoundError,
     PatLeaseTimeoutError,
     PatPoolError,
     lease_pat,
@@ -178,7 +177,7 @@ class TableauExtractor:
             One ``Extract`` per entity, in the module docstring's order, rows as lists.
 
         Raises:
-            BlockNotFoundError, PatPoolError, PatLeaseTimeoutError: from the PAT pool (``tasks.tableau.pat_pool``).
+            BlockNotFoundError, PatPoolError, PatLeaseTimeoutError: from loading and leasing the PAT pool.
             TableauAuthError: the PAT was refused (401001) or is used outside the pool.
             tableauserverclient errors (``TableauError``), requests.RequestException: any other failure.
         """
