@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import flow
@@ -82,13 +82,12 @@ def collect_metadata(
     window = plan_collection_window(config, store, now or dt.datetime.now(dt.UTC))
     with tempfile.TemporaryDirectory(prefix=f"collect-{config.name}-") as tmp:
         # A dry run keeps its files (to look at); a real run's files live only until they landed.
-        directory = (
-            Path(out_dir)
-            if out_dir
-            else Path(tempfile.mkdtemp(prefix=f"dry-run-{config.name}-"))
-            if dry_run
-            else Path(tmp)
-        )
+        if out_dir:
+            directory = Path(out_dir)
+        elif dry_run:
+            directory = Path(tempfile.mkdtemp(prefix=f"dry-run-{config.name}-"))
+        else:
+            directory = Path(tmp)
         files = extract_to_files(config, window, directory)
         landed = [] if dry_run else land_files(target, files)
     if not dry_run:
@@ -109,7 +108,11 @@ def collect_metadata(
     )
     create_table_artifact(
         key=f"metadata-{config.name.replace('_', '-')}",
-        table=[asdict(f) for f in summary.files],
+        # One row per file, narrow enough to read: every file landed in the directory the description names.
+        table=[
+            {"entity": f.entity, "rows": f"{f.rows:,}", "bytes": f"{f.bytes:,}", "file": f.file}
+            for f in summary.files
+        ],
         description=(
             f"{config.name}: window {window} → {'dry run, nothing uploaded' if dry_run else target.describe()}; "
             f"HWM {'unchanged' if dry_run else 'now ' + str(window.end)}"

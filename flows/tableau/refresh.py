@@ -27,23 +27,24 @@ from tasks.tableau.refresh import (
 from tasks.tableau.session import TableauSession
 
 
-def _time(value: dt.datetime | None) -> str:
-    return f"{value:%Y-%m-%d %H:%M:%S}" if value else ""
+def _clock(value: dt.datetime | None) -> str:
+    return f"{value:%H:%M:%S}" if value else ""
 
 
 def artifact_rows(summary: DomainRefreshSummary) -> list[dict[str, object]]:
-    """The rows of the domain's table artifact: one per content, times in UTC to the second."""
+    """The rows of the domain's table artifact, one per content: what and how it ended first, then
+    times of day (UTC; the date is in the description), notes, finish code and Tableau job id."""
     return [
         {
             "content": f"{row.kind} {row.project}/{row.content}",
             "status": row.status,
-            "job": row.job_id + (" (adopted)" if row.adopted else ""),
-            "finish code": "" if row.finish_code is None else row.finish_code,
-            "queued (UTC)": _time(row.queued_at),
-            "started (UTC)": _time(row.started_at),
-            "finished (UTC)": _time(row.finished_at),
+            "queued": _clock(row.queued_at),
+            "started": _clock(row.started_at),
+            "finished": _clock(row.finished_at),
             "duration (s)": "" if row.duration_seconds is None else round(row.duration_seconds),
             "notes": row.notes,
+            "finish code": "" if row.finish_code is None else row.finish_code,
+            "job": row.job_id + (" (adopted)" if row.adopted else ""),
         }
         for row in summary.refreshes
     ]
@@ -109,6 +110,11 @@ def refresh_domain(
     return summary
 
 
+def _day(summary: DomainRefreshSummary) -> str:
+    queued = [row.queued_at for row in summary.refreshes if row.queued_at]
+    return f" on {min(queued):%Y-%m-%d}" if queued else ""
+
+
 def _report(summary: DomainRefreshSummary) -> None:
     """Publish the table artifact; raise ``DomainRefreshError`` naming every refresh that did not succeed."""
     failed, total = summary.failed, len(summary.refreshes)
@@ -118,7 +124,7 @@ def _report(summary: DomainRefreshSummary) -> None:
         description=(
             f"Tableau refresh of domain **{summary.domain}**: {total - len(failed)}/{total} succeeded; "
             f"PAT `{summary.pat}` leased after {summary.lease_wait_seconds:.1f} s; "
-            f"{summary.sign_ins} sign-in(s)."
+            f"{summary.sign_ins} sign-in(s). Times UTC{_day(summary)}."
         ),
     )
     if failed:

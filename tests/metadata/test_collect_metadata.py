@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import json
 import uuid
 from pathlib import Path
 
@@ -116,6 +117,23 @@ def test_three_runs_give_contiguous_windows_and_no_query_twice(source):
     assert len(ids) == len(set(ids)) > 0
     rows = {f.entity: f.rows for f in summaries[0].files}
     assert rows["databases"] == 1 and summaries[0].files[0].landed.startswith("s3://")
+
+
+def test_the_artifact_lists_each_file_and_names_the_window_and_landing_directory(source):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    name, file, _ = source
+    summary = collect_metadata(name, sources_file=file, now=T0)
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"metadata-{name}"])), limit=1
+        )
+    table = json.loads(artifact.data)  # a table artifact stores its rows as JSON text
+    assert [row["file"] for row in table] == [f.file for f in summary.files]
+    history = next(row for row in table if row["entity"] == "query_history")
+    assert history["rows"] == f"{summary.files[-1].rows:,}" and history["bytes"].replace(",", "").isdigit()
+    assert summary.landing in artifact.description and str(summary.window_end) in artifact.description
 
 
 def test_sql_literals_are_masked_in_the_landed_file(source):

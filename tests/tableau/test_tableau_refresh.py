@@ -5,6 +5,7 @@ Each test runs real flow runs; the stand-in's audit says what Tableau would have
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import defaultdict
@@ -60,7 +61,8 @@ def test_refreshes_every_content_of_a_domain_with_one_sign_in(standin, workspace
     workspace.create_pool(["pat-1"])
     config = workspace.write_domains({"sales": SALES})
 
-    summary = refresh_domain("sales", config, FAST)
+    state = refresh_domain("sales", config, FAST, return_state=True)
+    summary = state.result()
 
     assert summary.sign_ins == 1
     assert {(r.kind, r.content, r.status) for r in summary.refreshes} == {
@@ -75,6 +77,30 @@ def test_refreshes_every_content_of_a_domain_with_one_sign_in(standin, workspace
     }
     assert audit["sign_ins"] == {"pat-1": 1}
     assert_no_pat_shared(audit)
+
+    artifact = run_artifact(state.state_details.flow_run_id, "tableau-refresh-sales")
+    rows = json.loads(artifact.data)
+    assert [row["content"] for row in rows] == [f"{r.kind} Sales/{r.content}" for r in summary.refreshes]
+    assert all(
+        row["status"] == "succeeded" and row["job"] == r.job_id for row, r in zip(rows, summary.refreshes)
+    )
+    assert all(len(row["started"]) == len("06:43:32") for row in rows)  # times of day; the date is described
+    assert f"5/5 succeeded; PAT `{workspace.pat_block('pat-1')}`" in artifact.description
+    assert "1 sign-in(s). Times UTC on " in artifact.description
+
+
+def run_artifact(flow_run_id, key: str):
+    """The artifact ``key`` that the flow run ``flow_run_id`` published."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
+            )
+        )
+    return artifact
 
 
 def test_contention_more_domain_runs_than_pats(make_standin, tmp_path):
