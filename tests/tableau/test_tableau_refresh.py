@@ -82,7 +82,8 @@ def test_refreshes_every_content_of_a_domain_with_one_sign_in(standin, workspace
     rows = json.loads(artifact.data)
     assert [row["content"] for row in rows] == [f"{r.kind} Sales/{r.content}" for r in summary.refreshes]
     assert all(
-        row["status"] == "succeeded" and row["job"] == r.job_id for row, r in zip(rows, summary.refreshes)
+        row["status"] == "succeeded" and row["job"] == r.job_id
+        for row, r in zip(rows, summary.refreshes, strict=True)
     )
     assert all(len(row["started"]) == len("06:43:32") for row in rows)  # times of day; the date is described
     assert f"5/5 succeeded; PAT `{workspace.pat_block('pat-1')}`" in artifact.description
