@@ -27,14 +27,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from devstack.crm import CrmStandIn
 from devstack.user_rows import write_user_rows
-from pipelines.crm_export.pipeline import (
-    CrmExportOptions,
-    build_pipeline,
-    check_accounting,
-    job_counters,
-    read_rows,
-)
-from pipelines.crm_export.sink import ApiKey
+from pipelines.crm_export.accounting import check_accounting
+from pipelines.crm_export.api_key import ApiKey
+from pipelines.crm_export.pipeline import CrmExportOptions, build_pipeline, job_counters, read_rows
 from tasks.crm_export.cost import DataflowPrices, estimate_cost
 
 API_KEY = "bench-key"

@@ -19,7 +19,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
-from pipelines.crm_export.pipeline import check_accounting
+from pipelines.crm_export.accounting import check_accounting
 from tasks.crm_export.cost import DataflowPrices, estimate_cost
 from tasks.crm_export.jobs import RUN_LABEL, job_name
 from tasks.crm_export.tasks import (

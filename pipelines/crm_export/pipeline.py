@@ -3,7 +3,7 @@
     read rows (BigQuery shard, or a newline-delimited JSON file locally; bad lines to the dead letter)
       → BatchElements(min_batch_size=N, max_batch_size=N)   # no shuffle; never more than N
       → ShapeBatch (unflatten, merge unions, drop nulls; malformed rows to the dead letter)
-      → CrmSink (POST, retries, per-record rejections to the dead letter)
+      → PostBatchesFn (POST, retries, per-record rejections to the dead letter)
     dead letters → JSON lines under --dead_letter_prefix
 
 Every record read is either accepted by the CRM or dead-lettered; ``check_accounting`` verifies
@@ -26,7 +26,9 @@ import orjson
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.crm_export.sink import DEAD_LETTER, NAMESPACE, ApiKey, CrmSink, KmsEncryptedApiKey, dead_letter
+from pipelines.crm_export.accounting import COUNTERS, DEAD_LETTER, NAMESPACE, dead_letter
+from pipelines.crm_export.api_key import ApiKey, KmsEncryptedApiKey
+from pipelines.crm_export.post_batches import PostBatchesFn
 from pipelines.crm_export.users import UNION_FIELDS, MalformedRowError, UserShaper
 
 DEFAULT_BATCH_SIZE = 5000
@@ -186,7 +188,7 @@ def build_pipeline(pipeline: beam.Pipeline, api_key: ApiKey | KmsEncryptedApiKey
         ).with_outputs(DEAD_LETTER, main="batches")
     )
     sent = shaped.batches | "PostToCrm" >> beam.ParDo(
-        CrmSink(
+        PostBatchesFn(
             url=options.crm_url,
             api_key=api_key,
             namespace=options.idempotency_namespace,
@@ -204,34 +206,6 @@ def build_pipeline(pipeline: beam.Pipeline, api_key: ApiKey | KmsEncryptedApiKey
         | "WriteDeadLetters"
         >> beam.io.WriteToText(options.dead_letter_prefix, file_name_suffix=".jsonl", num_shards=0)
     )
-
-
-class AccountingError(RuntimeError):
-    """``records_read != records_accepted + records_dead_lettered``: records were lost or counted twice."""
-
-
-COUNTERS = (
-    "records_read",
-    "records_malformed",
-    "records_sent",
-    "records_accepted",
-    "records_rejected",
-    "records_dead_lettered",
-    "batches",
-    "retries",
-)
-
-
-def check_accounting(counters: Mapping[str, int]) -> None:
-    """Raise ``AccountingError`` unless every record read was accepted or dead-lettered."""
-    read = counters.get("records_read", 0)
-    accepted = counters.get("records_accepted", 0)
-    dead = counters.get("records_dead_lettered", 0)
-    if read != accepted + dead:
-        raise AccountingError(
-            f"records read ({read}) != accepted ({accepted}) + dead-lettered ({dead}): "
-            f"{read - accepted - dead} records are unaccounted for"
-        )
 
 
 def job_counters(result: Any) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from pipelines.crm_export.sink import ApiKey
+from pipelines.crm_export.api_key import ApiKey
 
 logger = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from pydantic import BaseModel, Field
 
+from pipelines.crm_export.api_key import ApiKey
 from pipelines.crm_export.pipeline import DEFAULT_BATCH_SIZE
-from pipelines.crm_export.sink import ApiKey
 from pipelines.crm_export.users import UNION_FIELDS
 from tasks.crm_export.jobs import (
     JobInfo,
@@ -128,7 +128,7 @@ class LocalSource(BaseModel):
 
 
 class CrmSettings(BaseModel):
-    """Where records go and how they are sent (see ``pipelines.crm_export.sink``)."""
+    """Where records go and how they are sent (see ``pipelines.crm_export.post_batches``)."""
 
     url: str = Field(description="the CRM's batch import endpoint")
     api_key_block: str = Field(

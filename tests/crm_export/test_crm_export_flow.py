@@ -130,7 +130,7 @@ def test_a_killed_flow_run_is_adopted_by_the_next_run_one_job_in_total(export, c
 def test_a_job_whose_process_died_is_failed_and_the_next_run_submits_again(export, crm):
     crm.configure(slow_rate=1.0, slow_seconds=2.0)
     launcher = LocalLauncher(export["runner"].registry_dir)
-    from pipelines.crm_export.sink import ApiKey
+    from pipelines.crm_export.api_key import ApiKey
     from tasks.crm_export.jobs import JobSpec
 
     job_id = launcher.submit(

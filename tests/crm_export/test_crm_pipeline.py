@@ -16,16 +16,10 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from devstack.crm import CrmStandIn, FaultConfig
 from devstack.user_rows import user_row, write_user_rows
-from pipelines.crm_export.pipeline import (
-    DEAD_LETTER,
-    AccountingError,
-    ParseRows,
-    ShapeBatch,
-    build_pipeline,
-    check_accounting,
-    job_counters,
-)
-from pipelines.crm_export.sink import ApiKey, CrmRejectedCredentialsError, CrmSink, retry_after_seconds
+from pipelines.crm_export.accounting import DEAD_LETTER, AccountingError, check_accounting
+from pipelines.crm_export.api_key import ApiKey
+from pipelines.crm_export.pipeline import ParseRows, ShapeBatch, build_pipeline, job_counters
+from pipelines.crm_export.post_batches import CrmRejectedCredentialsError, PostBatchesFn, retry_after_seconds
 from pipelines.crm_export.users import MalformedRowError, UserShaper, drop_nulls, merge_unions, unflatten
 
 API_KEY = "sk-test-crm-7f3a"
@@ -218,10 +212,10 @@ def test_429_storms_5xx_and_slow_responses_lose_nothing_and_send_nothing_twice(t
 
 def test_a_429_waits_as_long_as_retry_after_says(fresh_crm, monkeypatch):
     fresh_crm.configure(rate_limit_rps=1, retry_after_seconds=2)
-    sink = CrmSink(fresh_crm.batch_url, ApiKey(API_KEY), "ns", max_backoff_seconds=0.1)
+    sink = PostBatchesFn(fresh_crm.batch_url, ApiKey(API_KEY), "ns", max_backoff_seconds=0.1)
     sink.setup()
     slept = []
-    import pipelines.crm_export.sink as crm_sink
+    import pipelines.crm_export.post_batches as crm_sink
 
     real_sleep = time.sleep
     monkeypatch.setattr(crm_sink.time, "sleep", lambda s: (slept.append(s), real_sleep(s)))
@@ -289,7 +283,7 @@ def test_the_api_key_is_hidden_from_repr_and_never_quoted_when_refused():
 def test_bigquery_numeric_and_bytes_are_sent_and_other_values_dead_lettered(fresh_crm):
     import decimal
 
-    sink = CrmSink(fresh_crm.batch_url, ApiKey(API_KEY), "ns")
+    sink = PostBatchesFn(fresh_crm.batch_url, ApiKey(API_KEY), "ns")
     sink.setup()
     sink.start_bundle()
     batch = [
@@ -312,8 +306,8 @@ def test_bigquery_numeric_and_bytes_are_sent_and_other_values_dead_lettered(fres
 
 
 def test_a_crm_that_acknowledges_fewer_records_than_it_took_dead_letters_them():
-    sink = CrmSink("http://crm.invalid", ApiKey(API_KEY), "ns")
-    from pipelines.crm_export.sink import BatchOutcome
+    sink = PostBatchesFn("http://crm.invalid", ApiKey(API_KEY), "ns")
+    from pipelines.crm_export.post_batches import BatchOutcome
 
     outcome = BatchOutcome(size=3)
     sink._rejections(

@@ -41,8 +41,8 @@ from prefect_gcp.credentials import GcpCredentials
 from pydantic import ValidationError
 
 from blocks.crm_export.dataflow import DEFAULT_SETUP_FILE, DataflowOptions
-from pipelines.crm_export.pipeline import COUNTERS
-from pipelines.crm_export.sink import ApiKey, KmsEncryptedApiKey
+from pipelines.crm_export.accounting import COUNTERS
+from pipelines.crm_export.api_key import ApiKey, KmsEncryptedApiKey
 from tasks.crm_export.cost import DataflowPrices, estimate_cost
 from tasks.crm_export.jobs import (
     JobFailedError,
@@ -1052,7 +1052,12 @@ def test_dry_run_builds_the_real_job_offline(
     # The workers' package is the sdist of pipelines/setup.py.
     with tarfile.open(fileobj=io.BytesIO(staged["workflow.tar.gz"])) as sdist:
         names = {Path(*Path(member).parts[1:]).as_posix() for member in sdist.getnames()}
-    assert {"crm_export/pipeline.py", "crm_export/sink.py", "crm_export/users.py", "setup.py"} <= names
+    assert {
+        "crm_export/pipeline.py",
+        "crm_export/post_batches.py",
+        "crm_export/users.py",
+        "setup.py",
+    } <= names
 
     # The API key is nowhere in the job request, the options, the labels or the staged files (the job
     # graph holds the pickled sink: only the KMS ciphertext is in it).
@@ -1111,12 +1116,17 @@ def test_workers_package_builds_and_installs(tmp_path: Path, no_egg_info_left: N
             "setup.py",
             "crm_export/__init__.py",
             "crm_export/pipeline.py",
-            "crm_export/sink.py",
+            "crm_export/post_batches.py",
             "crm_export/users.py",
         )
     } <= names
 
     target = tmp_path / "site"
     subprocess.run(_install_command(sdist, target), check=True, capture_output=True)
-    for module in ("__init__.py", "crm_export/__init__.py", "crm_export/pipeline.py", "crm_export/sink.py"):
+    for module in (
+        "__init__.py",
+        "crm_export/__init__.py",
+        "crm_export/pipeline.py",
+        "crm_export/post_batches.py",
+    ):
         assert (target / "pipelines" / module).is_file()

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from pipelines.crm_export.sink import ApiKey
+from pipelines.crm_export.api_key import ApiKey
 from tasks.crm_export.jobs import JobAlreadyExistsError, JobSpec, JobState
 from tasks.crm_export.launchers.local import LocalLauncher
 

@@ -38,8 +38,9 @@ from google.api_core import retry as retries
 from google.cloud import dataflow_v1beta3 as dataflow
 
 from blocks.crm_export.dataflow import DataflowOptions
-from pipelines.crm_export.pipeline import COUNTERS, build_pipeline
-from pipelines.crm_export.sink import NAMESPACE, ApiKey, KmsEncryptedApiKey
+from pipelines.crm_export.accounting import COUNTERS, NAMESPACE
+from pipelines.crm_export.api_key import ApiKey, KmsEncryptedApiKey
+from pipelines.crm_export.pipeline import build_pipeline
 from tasks.crm_export import cost
 from tasks.crm_export.jobs import JobAlreadyExistsError, JobInfo, JobSpec, JobState
 
@@ -233,8 +234,8 @@ class DataflowLauncher:
 
         Returns ``{"counters": {name: int}, "batch_size": {"count", "sum", "min", "max", "mean"} | None,
         "resources": {metric name: float}}``. Counters are the committed values of the user metrics in
-        namespace ``pipelines.crm_export.sink.NAMESPACE`` summed over steps (every name of
-        ``pipelines.crm_export.pipeline.COUNTERS`` is present, 0 if unreported); ``resources`` holds the service
+        namespace ``pipelines.crm_export.accounting.NAMESPACE`` summed over steps (every name of
+        ``pipelines.crm_export.accounting.COUNTERS`` is present, 0 if unreported); ``resources`` holds the service
         metrics of ``RESOURCE_METRICS`` the job reported (units: ``tasks.crm_export.cost``).
         Raises ``google.api_core.exceptions.GoogleAPICallError`` if the service keeps failing.
         """

@@ -274,8 +274,9 @@ def run_job(registry_dir: Path, job_id: str, pipeline_args: list[str], api_key: 
         import apache_beam as beam
         from apache_beam.options.pipeline_options import PipelineOptions
 
-        from pipelines.crm_export.pipeline import build_pipeline, check_accounting, job_counters
-        from pipelines.crm_export.sink import ApiKey
+        from pipelines.crm_export.accounting import check_accounting
+        from pipelines.crm_export.api_key import ApiKey
+        from pipelines.crm_export.pipeline import build_pipeline, job_counters
     except KeyboardInterrupt:
         launcher.update(job_id, state=JobState.CANCELLED.value, end_time=_now(), errors=["cancelled"])
         return 1
