@@ -24,6 +24,8 @@ from prefect.blocks.core import Block
 from prefect_gcp.credentials import GcpCredentials
 from pydantic import Field, field_validator, model_validator
 
+from pipelines.crm_export.settings import validate_job_name, validate_labels
+
 #: The workers' package (``--setup_file``): ``pipelines/setup.py`` of this repository.
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SETUP_FILE = REPOSITORY_ROOT / "pipelines" / "setup.py"
@@ -41,34 +43,6 @@ _SUBNETWORK = re.compile(
 )
 _NETWORK = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 _SERVICE_ACCOUNT = re.compile(r"[^@\s]+@[^@\s]+\.gserviceaccount\.com")
-# https://cloud.google.com/compute/docs/labeling-resources#requirements (as tasks.crm_export.jobs.JobSpec checks them)
-_LABEL_KEY = re.compile(r"[a-z][-_a-z0-9]{0,62}")
-_LABEL_VALUE = re.compile(r"[-_a-z0-9]{0,63}")
-MAX_LABELS = 64
-_JOB_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
-
-
-def validate_labels(labels: Mapping[str, str]) -> dict[str, str]:
-    """Return ``labels`` as a dict if they are valid Dataflow (GCP resource) labels, else raise ``ValueError``.
-
-    Keys: 1-63 characters, lowercase letter first, then lowercase letters, digits, ``-`` and ``_``.
-    Values: 0-63 of the same characters. At most 64 labels.
-    """
-    bad = [
-        f"{key}={value!r}"
-        for key, value in labels.items()
-        if not _LABEL_KEY.fullmatch(str(key))
-        or not isinstance(value, str)
-        or not _LABEL_VALUE.fullmatch(value)
-    ]
-    if bad:
-        raise ValueError(
-            f"invalid Dataflow labels {', '.join(bad)}: keys start with a lowercase letter; keys and values use "
-            "lowercase letters, digits, '-' and '_' and are at most 63 characters"
-        )
-    if len(labels) > MAX_LABELS:
-        raise ValueError(f"a Dataflow job takes at most {MAX_LABELS} labels, got {len(labels)}")
-    return dict(labels)
 
 
 class DataflowOptions(Block):
@@ -299,8 +273,7 @@ class DataflowOptions(Block):
 
         Raises ``ValueError`` for an invalid job name or labels, ``FileNotFoundError`` for a missing setup file.
         """
-        if not _JOB_NAME.fullmatch(job_name):
-            raise ValueError(f"{job_name!r} is not a valid Dataflow job name ([a-z]([-a-z0-9]*[a-z0-9])?)")
+        validate_job_name(job_name)
         merged = validate_labels({**self.labels, **labels})
         args = [
             "--runner=DataflowRunner",

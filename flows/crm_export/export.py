@@ -20,8 +20,9 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
 from pipelines.crm_export.accounting import check_accounting
+from pipelines.crm_export.settings import job_name
 from tasks.crm_export.cost import DataflowPrices, estimate_cost
-from tasks.crm_export.jobs import RUN_LABEL, job_name
+from tasks.crm_export.jobs import RUN_LABEL
 from tasks.crm_export.tasks import (
     CrmSettings,
     RunnerSettings,

@@ -29,9 +29,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.crm_export.accounting import COUNTERS, DEAD_LETTER, NAMESPACE, dead_letter
 from pipelines.crm_export.api_key import ApiKey, KmsEncryptedApiKey
 from pipelines.crm_export.post_batches import PostBatchesFn
-from pipelines.crm_export.users import UNION_FIELDS, MalformedRowError, UserShaper
-
-DEFAULT_BATCH_SIZE = 5000
+from pipelines.crm_export.settings import add_setting_flags, settings_from_options
+from pipelines.crm_export.users import MalformedRowError, UserShaper
 
 
 class CrmExportOptions(PipelineOptions):
@@ -42,27 +41,11 @@ class CrmExportOptions(PipelineOptions):
         source = parser.add_argument_group("source (one of)")
         source.add_argument("--input_table", help="BigQuery shard, PROJECT:DATASET.TABLE_YYYYMMDD")
         source.add_argument("--input_file", help="newline-delimited JSON file (or glob) of the same rows")
-        parser.add_argument("--crm_url", required=False, help="the CRM's batch import endpoint")
         parser.add_argument("--dead_letter_prefix", help="path prefix of the dead-letter JSON lines files")
-        parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="records per request")
-        parser.add_argument("--key_field", default="external_id", help="the CRM's record key")
-        parser.add_argument("--flat_separator", default=".", help="separator of flattened column names")
-        parser.add_argument(
-            "--union_fields", default=",".join(UNION_FIELDS), help="typed value columns of a union"
-        )
-        parser.add_argument(
-            "--keep_null", default="", help="comma-separated dotted fields sent as null to clear them"
-        )
-        parser.add_argument(
-            "--send_nulls", action="store_true", help="send every null (overwrites values in the CRM)"
-        )
-        parser.add_argument("--crm_read_timeout_seconds", type=float, default=60.0)
-        parser.add_argument("--crm_max_attempts", type=int, default=8)
-        parser.add_argument("--crm_max_backoff_seconds", type=float, default=60.0)
-        parser.add_argument("--crm_max_in_flight", type=int, default=4, help="concurrent requests per worker")
         parser.add_argument(
             "--idempotency_namespace", default="", help="part of every idempotency key (the job name)"
         )
+        add_setting_flags(parser)
 
 
 class ParseRows(beam.DoFn):
@@ -73,8 +56,7 @@ class ParseRows(beam.DoFn):
     none of it, as Beam's committed metrics do.
     """
 
-    def __init__(self, key_field: str):
-        self.key_field = key_field
+    def __init__(self):
         self.records_read = Metrics.counter(NAMESPACE, "records_read")
         self.records_malformed = Metrics.counter(NAMESPACE, "records_malformed")
         self.records_dead_lettered = Metrics.counter(NAMESPACE, "records_dead_lettered")
@@ -153,7 +135,7 @@ def _read(pipeline: beam.Pipeline, options: CrmExportOptions) -> beam.PCollectio
 
 def read_rows(pipeline: beam.Pipeline, options: CrmExportOptions) -> beam.pvalue.DoOutputsTuple:
     """The source as rows: ``.rows`` (dicts) and ``[DEAD_LETTER]`` (lines that are not JSON)."""
-    return _read(pipeline, options) | "ParseRows" >> beam.ParDo(ParseRows(options.key_field)).with_outputs(
+    return _read(pipeline, options) | "ParseRows" >> beam.ParDo(ParseRows()).with_outputs(
         DEAD_LETTER, main="rows"
     )
 
@@ -161,43 +143,23 @@ def read_rows(pipeline: beam.Pipeline, options: CrmExportOptions) -> beam.pvalue
 def build_pipeline(pipeline: beam.Pipeline, api_key: ApiKey | KmsEncryptedApiKey) -> None:
     """Add the export's transforms to ``pipeline``, whose options carry ``CrmExportOptions``.
 
-    Raises ``ValueError`` for a missing source, CRM URL or dead-letter prefix, or a batch size < 1.
+    Raises ``ValueError`` for a missing source or dead-letter prefix, or a missing or invalid setting
+    (``pipelines.crm_export.settings.settings_from_options``).
     """
     options = pipeline.options.view_as(CrmExportOptions)
-    if not options.crm_url:
-        raise ValueError("--crm_url is required (the CRM's batch import endpoint)")
+    settings = settings_from_options(options)
     if not options.dead_letter_prefix:
         raise ValueError("--dead_letter_prefix is required: records the CRM does not take are written there")
-    if options.batch_size < 1:
-        raise ValueError(f"--batch_size must be at least 1, got {options.batch_size}")
     read = read_rows(pipeline, options)
     shaped = (
         read.rows
-        | "Batch" >> beam.BatchElements(min_batch_size=options.batch_size, max_batch_size=options.batch_size)
+        | "Batch"
+        >> beam.BatchElements(min_batch_size=settings.batch_size, max_batch_size=settings.batch_size)
         | "ShapeBatch"
-        >> beam.ParDo(
-            ShapeBatch(
-                UserShaper(
-                    key_field=options.key_field,
-                    separator=options.flat_separator,
-                    union_fields=[f for f in options.union_fields.split(",") if f],
-                    drop_null_values=not options.send_nulls,
-                    keep_null=[f for f in options.keep_null.split(",") if f],
-                )
-            )
-        ).with_outputs(DEAD_LETTER, main="batches")
+        >> beam.ParDo(ShapeBatch(UserShaper(settings))).with_outputs(DEAD_LETTER, main="batches")
     )
     sent = shaped.batches | "PostToCrm" >> beam.ParDo(
-        PostBatchesFn(
-            url=options.crm_url,
-            api_key=api_key,
-            namespace=options.idempotency_namespace,
-            key_field=options.key_field,
-            read_timeout_seconds=options.crm_read_timeout_seconds,
-            max_attempts=options.crm_max_attempts,
-            max_backoff_seconds=options.crm_max_backoff_seconds,
-            max_in_flight=options.crm_max_in_flight,
-        )
+        PostBatchesFn(settings, api_key, options.idempotency_namespace)
     ).with_outputs(DEAD_LETTER, main="accepted")
     (
         (read[DEAD_LETTER], shaped[DEAD_LETTER], sent[DEAD_LETTER])

@@ -41,6 +41,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from pipelines.crm_export.accounting import DEAD_LETTER, NAMESPACE, dead_letter
 from pipelines.crm_export.api_key import ApiKey, KmsEncryptedApiKey
+from pipelines.crm_export.settings import PipelineSettings
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 #: The longest Retry-After honoured (seconds); a longer hint is treated as this.
@@ -97,42 +98,37 @@ class BatchOutcome:
 
 
 class PostBatchesFn(beam.DoFn):
-    """POST each batch (a list of CRM records) to the CRM's batch import endpoint.
+    """POST each batch (a list of CRM records) to the CRM's batch import endpoint ``settings.url``.
 
-    ``url``: the batch endpoint. ``api_key``: an ``ApiKey`` (local runner) or a
-    ``KmsEncryptedApiKey`` (Dataflow), read once per DoFn instance in ``setup``. ``namespace``: the export's job name,
-    part of every idempotency key. ``connect_timeout_seconds``/``read_timeout_seconds``: per request.
-    ``max_attempts``: requests per batch before it is dead-lettered. ``backoff_base_seconds`` and
-    ``max_backoff_seconds``: the exponential backoff (base · 2^attempt, full jitter, capped).
-    ``max_in_flight``: batches posted concurrently per DoFn instance, so a worker keeps shaping the
-    next batch while the CRM ingests the last; all are finished before the bundle commits.
-    Raises ``CrmRejectedCredentialsError`` on 401/403. Batch pipelines only (global window).
+    ``settings``: the endpoint, record key, read timeout, attempts, backoff cap and requests in
+    flight (``PipelineSettings``). ``api_key``: an ``ApiKey`` (local runner) or a ``KmsEncryptedApiKey``
+    (Dataflow), read once per DoFn instance in ``setup``. ``namespace``: the export's job name, part of
+    every idempotency key. ``connect_timeout_seconds``: per request. ``backoff_base_seconds``: the
+    exponential backoff's base (base · 2^attempt seconds, full jitter, capped at
+    ``settings.max_backoff_seconds``). Up to ``settings.max_in_flight`` batches are posted at once per
+    DoFn instance, so a worker keeps shaping the next batch while the CRM ingests the last; all are
+    finished before the bundle commits. Raises ``CrmRejectedCredentialsError`` on 401/403. Batch
+    pipelines only (global window).
     """
 
     def __init__(
         self,
-        url: str,
+        settings: PipelineSettings,
         api_key: ApiKey | KmsEncryptedApiKey,
         namespace: str,
-        key_field: str = "external_id",
+        *,
         connect_timeout_seconds: float = 10.0,
-        read_timeout_seconds: float = 60.0,
-        max_attempts: int = 8,
         backoff_base_seconds: float = 1.0,
-        max_backoff_seconds: float = 60.0,
-        max_in_flight: int = 4,
     ):
-        if max_attempts < 1 or max_in_flight < 1:
-            raise ValueError("max_attempts and max_in_flight must be at least 1")
-        self.url = url
+        self.url = settings.url
         self.api_key = api_key
         self.namespace = namespace
-        self.key_field = key_field
-        self.timeout = (connect_timeout_seconds, read_timeout_seconds)
-        self.max_attempts = max_attempts
+        self.key_field = settings.key_field
+        self.timeout = (connect_timeout_seconds, settings.read_timeout_seconds)
+        self.max_attempts = settings.max_attempts
         self.backoff_base_seconds = backoff_base_seconds
-        self.max_backoff_seconds = max_backoff_seconds
-        self.max_in_flight = max_in_flight
+        self.max_backoff_seconds = settings.max_backoff_seconds
+        self.max_in_flight = settings.max_in_flight
         self.batches = Metrics.counter(NAMESPACE, "batches")
         self.records_sent = Metrics.counter(NAMESPACE, "records_sent")
         self.records_accepted = Metrics.counter(NAMESPACE, "records_accepted")

@@ -17,13 +17,13 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from pipelines.crm_export.api_key import ApiKey
+from pipelines.crm_export.settings import validate_job_name, validate_labels
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +52,6 @@ class JobState(enum.StrEnum):
 TERMINAL_STATES = frozenset(
     {JobState.DONE, JobState.FAILED, JobState.CANCELLED, JobState.UPDATED, JobState.DRAINED}
 )
-
-#: Dataflow job names: https://cloud.google.com/dataflow/docs/reference/rest/v1b3/projects.jobs#Job.FIELDS.name
-JOB_NAME_PATTERN = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
-_LABEL_PATTERN = re.compile(r"[a-z][-_a-z0-9]{0,62}")
 
 
 @dataclass(frozen=True)
@@ -90,12 +86,7 @@ class JobSpec:
 
     def __post_init__(self) -> None:
         validate_job_name(self.name)
-        for key, value in self.labels.items():
-            if not _LABEL_PATTERN.fullmatch(key) or not re.fullmatch(r"[-_a-z0-9]{0,63}", value):
-                raise ValueError(
-                    f"job label {key}={value!r} is not a valid Dataflow label (lowercase letters, digits, "
-                    "'-' and '_', at most 63 characters)"
-                )
+        validate_labels(self.labels)
 
 
 class JobAlreadyExistsError(RuntimeError):
@@ -136,25 +127,6 @@ class JobLauncher(Protocol):
 
     def job_metrics(self, job_id: str) -> dict[str, Any]:
         """``{"counters": {name: int}, "batch_size": {...} | None, "resources": {name: float}}``."""
-
-
-def validate_job_name(name: str) -> str:
-    """Return ``name`` if Dataflow accepts it as a job name, else raise ``ValueError`` saying why."""
-    if not JOB_NAME_PATTERN.fullmatch(name) or len(name) > 1024:
-        raise ValueError(
-            f"{name!r} is not a valid Dataflow job name: lowercase letters, digits and '-', starting with "
-            "a letter and not ending with '-'"
-        )
-    return name
-
-
-def job_name(pipeline: str, shard_date: dt.date) -> str:
-    """The deterministic job name of one export: ``<pipeline>-<YYYYMMDD>`` (e.g. ``crm-export-20261116``).
-
-    The same shard always gets the same name, which is what lets a retried launch find its job.
-    """
-    slug = re.sub(r"[^a-z0-9]+", "-", pipeline.lower()).strip("-")
-    return validate_job_name(f"{slug}-{shard_date:%Y%m%d}")
 
 
 @dataclass(frozen=True)

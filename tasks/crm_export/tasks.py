@@ -3,7 +3,7 @@
 Settings (flow parameters; never secrets — a secret is named by its block):
 - source: ``BigQuerySource`` (date-sharded ``{project}.{dataset}.{prefix}_{YYYYMMDD}``) or
   ``LocalSource`` (``{directory}/{prefix}_{YYYYMMDD}.jsonl``, same rows);
-- ``CrmSettings``: the CRM's batch endpoint, the API key's block, batch size, null handling;
+- ``CrmSettings``: the pipeline's settings (``pipelines.crm_export.settings``) and the API key's block;
 - runner: ``DataflowRunnerSettings`` (a ``DataflowOptions`` block) or ``LocalRunnerSettings``.
 
 Tasks: ``resolve_export_shard``, ``read_crm_api_key``, ``launch_export_job``, ``poll_export_job``,
@@ -26,8 +26,7 @@ from prefect.context import TaskRunContext
 from pydantic import BaseModel, Field
 
 from pipelines.crm_export.api_key import ApiKey
-from pipelines.crm_export.pipeline import DEFAULT_BATCH_SIZE
-from pipelines.crm_export.users import UNION_FIELDS
+from pipelines.crm_export.settings import PipelineSettings
 from tasks.crm_export.jobs import (
     JobInfo,
     JobLauncher,
@@ -127,46 +126,13 @@ class LocalSource(BaseModel):
         return f"directory {self.directory} (files {self.table_prefix}_YYYYMMDD.jsonl)"
 
 
-class CrmSettings(BaseModel):
-    """Where records go and how they are sent (see ``pipelines.crm_export.post_batches``)."""
+class CrmSettings(PipelineSettings):
+    """Where records go and how they are shaped and sent (``PipelineSettings``), and the block holding the API key."""
 
-    url: str = Field(description="the CRM's batch import endpoint")
     api_key_block: str = Field(
         description="block holding the API key, '<block-type-slug>/<name>': secret/..., vault-kv-secret/..., "
         "kms-encrypted-gcs-secret/..."
     )
-    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1, description="records per request (at most)")
-    key_field: str = Field(default="external_id", description="the CRM's record key")
-    keep_null: list[str] = Field(
-        default_factory=list, description="dotted fields sent as null to clear them; other nulls are dropped"
-    )
-    read_timeout_seconds: float = Field(default=60.0, gt=0)
-    max_attempts: int = Field(default=8, ge=1, description="requests per batch before it is dead-lettered")
-    max_backoff_seconds: float = Field(default=60.0, gt=0)
-    max_in_flight: int = Field(default=4, ge=1, description="concurrent requests per worker")
-    send_nulls: bool = Field(default=False, description="send every null (overwrites values in the CRM)")
-    union_fields: list[str] = Field(
-        default_factory=lambda: list(UNION_FIELDS), description="typed value columns of a union, in order"
-    )
-    flat_separator: str = Field(default=".", min_length=1, description="separator of flattened column names")
-
-    def pipeline_args(self) -> list[str]:
-        args = [
-            f"--crm_url={self.url}",
-            f"--union_fields={','.join(self.union_fields)}",
-            f"--flat_separator={self.flat_separator}",
-            f"--batch_size={self.batch_size}",
-            f"--key_field={self.key_field}",
-            f"--crm_read_timeout_seconds={self.read_timeout_seconds}",
-            f"--crm_max_attempts={self.max_attempts}",
-            f"--crm_max_backoff_seconds={self.max_backoff_seconds}",
-            f"--crm_max_in_flight={self.max_in_flight}",
-        ]
-        if self.keep_null:
-            args.append(f"--keep_null={','.join(self.keep_null)}")
-        if self.send_nulls:
-            args.append("--send_nulls")
-        return args
 
 
 class DataflowRunnerSettings(BaseModel):

@@ -20,10 +20,16 @@ from pipelines.crm_export.accounting import DEAD_LETTER, AccountingError, check_
 from pipelines.crm_export.api_key import ApiKey
 from pipelines.crm_export.pipeline import ParseRows, ShapeBatch, build_pipeline, job_counters
 from pipelines.crm_export.post_batches import CrmRejectedCredentialsError, PostBatchesFn, retry_after_seconds
+from pipelines.crm_export.settings import PipelineSettings
 from pipelines.crm_export.users import MalformedRowError, UserShaper, drop_nulls, merge_unions, unflatten
 
 API_KEY = "sk-test-crm-7f3a"
-LOCAL = ["--runner=FnApiRunner"]  # never Prism (design.md §7)
+LOCAL = ["--runner=FnApiRunner"]  # never Prism: it downloads a binary at run time
+
+
+def settings(url: str = "http://crm.invalid", **changes) -> PipelineSettings:
+    """The pipeline's settings: the defaults, with ``changes``."""
+    return PipelineSettings(url=url, **changes)
 
 
 # --- shaping ----------------------------------------------------------------------------------
@@ -40,13 +46,13 @@ def test_rows_become_nested_records_with_unions_merged_and_nulls_dropped():
         "properties.ltv.float_value": None,
         "properties.ltv.string_value": None,
     }
-    assert UserShaper()(row) == {
+    assert UserShaper(settings())(row) == {
         "external_id": "u1",
         "email": "a@example.com",
         "identity": {"country": "DE"},
         "properties": {"plan": 3},
     }
-    keep = UserShaper(keep_null=["identity.phone", "properties.ltv"])(row)
+    keep = UserShaper(settings(keep_null=["identity.phone", "properties.ltv"]))(row)
     assert keep["identity"] == {"country": "DE", "phone": None}
     assert keep["properties"] == {"plan": 3, "ltv": None}
 
@@ -55,10 +61,11 @@ def test_the_one_pass_shaper_equals_the_general_steps():
     rng = random.Random(3)
     rows = [user_row(i, rng) for i in range(300)]
     for drop in (True, False):
-        shaper = UserShaper(drop_null_values=drop)
+        given = settings(send_nulls=not drop)
+        shaper = UserShaper(given)
         for row in rows:
-            general = merge_unions(unflatten(row))
-            assert shaper(row) == (drop_nulls(general) if drop else general)
+            general = merge_unions(unflatten(row, given.flat_separator), given.union_fields)
+            assert shaper(row) == (drop_nulls(general, given.keep_null) if drop else general)
 
 
 def test_rows_holding_nested_objects_take_the_general_path():
@@ -67,7 +74,10 @@ def test_rows_holding_nested_objects_take_the_general_path():
         "identity": {"email": "x@example.com", "phone": None},
         "identity.country": "FR",
     }
-    assert UserShaper()(row) == {"external_id": "u2", "identity": {"email": "x@example.com", "country": "FR"}}
+    assert UserShaper(settings())(row) == {
+        "external_id": "u2",
+        "identity": {"email": "x@example.com", "country": "FR"},
+    }
 
 
 @pytest.mark.parametrize(
@@ -82,7 +92,7 @@ def test_rows_holding_nested_objects_take_the_general_path():
 )
 def test_malformed_rows_are_named(row, message):
     with pytest.raises(MalformedRowError, match=message):
-        UserShaper()(row)
+        UserShaper(settings())(row)
 
 
 def test_retry_after_takes_seconds_or_an_http_date():
@@ -97,15 +107,11 @@ def test_batches_never_exceed_n_and_bad_rows_go_to_the_dead_letter():
     lines[5] = '{"external_id": "u5", "email": '  # not JSON
     lines[9] = '{"email": "nokey@example.com"}'  # no record key
     with BeamTestPipeline(options=PipelineOptions(LOCAL)) as p:
-        rows = (
-            p
-            | beam.Create(lines)
-            | beam.ParDo(ParseRows("external_id")).with_outputs(DEAD_LETTER, main="rows")
-        )
+        rows = p | beam.Create(lines) | beam.ParDo(ParseRows()).with_outputs(DEAD_LETTER, main="rows")
         shaped = (
             rows.rows
             | beam.BatchElements(min_batch_size=4, max_batch_size=4)
-            | beam.ParDo(ShapeBatch(UserShaper())).with_outputs(DEAD_LETTER, main="batches")
+            | beam.ParDo(ShapeBatch(UserShaper(settings()))).with_outputs(DEAD_LETTER, main="batches")
         )
         sizes = shaped.batches | "sizes" >> beam.Map(len)
         assert_that(sizes | "over" >> beam.Filter(lambda n: n > 4), equal_to([]), label="none over N")
@@ -212,7 +218,7 @@ def test_429_storms_5xx_and_slow_responses_lose_nothing_and_send_nothing_twice(t
 
 def test_a_429_waits_as_long_as_retry_after_says(fresh_crm, monkeypatch):
     fresh_crm.configure(rate_limit_rps=1, retry_after_seconds=2)
-    sink = PostBatchesFn(fresh_crm.batch_url, ApiKey(API_KEY), "ns", max_backoff_seconds=0.1)
+    sink = PostBatchesFn(settings(fresh_crm.batch_url, max_backoff_seconds=0.1), ApiKey(API_KEY), "ns")
     sink.setup()
     slept = []
     import pipelines.crm_export.post_batches as crm_sink
@@ -283,7 +289,7 @@ def test_the_api_key_is_hidden_from_repr_and_never_quoted_when_refused():
 def test_bigquery_numeric_and_bytes_are_sent_and_other_values_dead_lettered(fresh_crm):
     import decimal
 
-    sink = PostBatchesFn(fresh_crm.batch_url, ApiKey(API_KEY), "ns")
+    sink = PostBatchesFn(settings(fresh_crm.batch_url), ApiKey(API_KEY), "ns")
     sink.setup()
     sink.start_bundle()
     batch = [
@@ -306,7 +312,7 @@ def test_bigquery_numeric_and_bytes_are_sent_and_other_values_dead_lettered(fres
 
 
 def test_a_crm_that_acknowledges_fewer_records_than_it_took_dead_letters_them():
-    sink = PostBatchesFn("http://crm.invalid", ApiKey(API_KEY), "ns")
+    sink = PostBatchesFn(settings(), ApiKey(API_KEY), "ns")
     from pipelines.crm_export.post_batches import BatchOutcome
 
     outcome = BatchOutcome(size=3)
