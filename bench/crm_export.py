@@ -29,7 +29,7 @@ from devstack.crm import CrmStandIn
 from devstack.user_rows import write_user_rows
 from pipelines.crm_export.accounting import check_accounting
 from pipelines.crm_export.api_key import ApiKey
-from pipelines.crm_export.pipeline import CrmExportOptions, build_pipeline, job_counters, read_rows
+from pipelines.crm_export.pipeline import ReadRows, build_pipeline, job_counters
 from tasks.crm_export.cost import DataflowPrices, estimate_cost
 
 API_KEY = "bench-key"
@@ -66,10 +66,9 @@ CONFIGURATIONS = {
 
 
 def bare(source: Path, batch_size: int, runner_args: list[str]) -> tuple[float, float]:
-    options = PipelineOptions(["--runner=FnApiRunner", *runner_args, f"--input_file={source}"])
-    pipeline = beam.Pipeline(options=options)
+    pipeline = beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner", *runner_args]))
     (
-        read_rows(pipeline, options.view_as(CrmExportOptions)).rows
+        (pipeline | ReadRows(input_file=str(source))).rows
         | beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
         | beam.Map(len)
         | beam.CombineGlobally(sum)

@@ -29,7 +29,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.crm_export.accounting import COUNTERS, DEAD_LETTER, NAMESPACE, dead_letter
 from pipelines.crm_export.api_key import ApiKey, KmsEncryptedApiKey
 from pipelines.crm_export.post_batches import PostBatchesFn
-from pipelines.crm_export.settings import add_setting_flags, settings_from_options
+from pipelines.crm_export.settings import PipelineSettings, add_setting_flags, settings_from_options
 from pipelines.crm_export.users import MalformedRowError, UserShaper
 
 
@@ -123,25 +123,80 @@ class ShapeBatch(beam.DoFn):
             yield records
 
 
-def _read(pipeline: beam.Pipeline, options: CrmExportOptions) -> beam.PCollection:
-    if bool(options.input_table) == bool(options.input_file):
-        raise ValueError("give exactly one of --input_table (BigQuery) and --input_file (local JSON lines)")
-    if options.input_file:
-        return pipeline | "ReadJsonLines" >> beam.io.ReadFromText(options.input_file)
-    return pipeline | "ReadFromBigQuery" >> beam.io.ReadFromBigQuery(
-        table=options.input_table, method=beam.io.ReadFromBigQuery.Method.DIRECT_READ
-    )
+class ReadRows(beam.PTransform):
+    """The rows of one shard: main output ``rows`` (dicts), tagged output ``DEAD_LETTER`` (lines that are not JSON).
+
+    Exactly one of ``input_table`` (a BigQuery table ``PROJECT:DATASET.TABLE``, read with the Storage
+    Read API) and ``input_file`` (a newline-delimited JSON file or glob holding the same rows); else
+    ``ValueError``. Counts ``records_read`` and, for lines that are not JSON, ``records_malformed``.
+    """
+
+    def __init__(self, input_table: str | None = None, input_file: str | None = None):
+        super().__init__()
+        if bool(input_table) == bool(input_file):
+            raise ValueError(
+                "give exactly one of --input_table (BigQuery) and --input_file (local JSON lines)"
+            )
+        self.input_table = input_table
+        self.input_file = input_file
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
+        if self.input_file:
+            lines = pbegin | "ReadJsonLines" >> beam.io.ReadFromText(self.input_file)
+        else:
+            lines = pbegin | "ReadFromBigQuery" >> beam.io.ReadFromBigQuery(
+                table=self.input_table, method=beam.io.ReadFromBigQuery.Method.DIRECT_READ
+            )
+        return lines | "ParseRows" >> beam.ParDo(ParseRows()).with_outputs(DEAD_LETTER, main="rows")
 
 
-def read_rows(pipeline: beam.Pipeline, options: CrmExportOptions) -> beam.pvalue.DoOutputsTuple:
-    """The source as rows: ``.rows`` (dicts) and ``[DEAD_LETTER]`` (lines that are not JSON)."""
-    return _read(pipeline, options) | "ParseRows" >> beam.ParDo(ParseRows()).with_outputs(
-        DEAD_LETTER, main="rows"
-    )
+class WriteToCrm(beam.PTransform):
+    """Rows → CRM records in batches of at most ``settings.batch_size`` → POSTed to ``settings.url``.
+
+    ``BatchElements`` (no shuffle: batches form within a bundle) → ``ShapeBatch`` → ``PostBatchesFn``.
+    Output: the dead letters, rows the shaper rejects and records the CRM does not take; accepted
+    records are counted (``records_accepted``), not output. ``namespace``: part of every idempotency key.
+    """
+
+    def __init__(self, settings: PipelineSettings, api_key: ApiKey | KmsEncryptedApiKey, namespace: str):
+        super().__init__()
+        self.settings = settings
+        self.api_key = api_key
+        self.namespace = namespace
+
+    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+        size = self.settings.batch_size
+        shaped = (
+            rows
+            | "Batch" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
+            | "ShapeBatch"
+            >> beam.ParDo(ShapeBatch(UserShaper(self.settings))).with_outputs(DEAD_LETTER, main="batches")
+        )
+        posted = shaped.batches | "PostBatches" >> beam.ParDo(
+            PostBatchesFn(self.settings, self.api_key, self.namespace)
+        ).with_outputs(DEAD_LETTER, main="accepted")
+        return (shaped[DEAD_LETTER], posted[DEAD_LETTER]) | "DeadLetters" >> beam.Flatten()
+
+
+class WriteDeadLetters(beam.PTransform):
+    """Dead-letter entries (a tuple of PCollections) → JSON lines files ``<prefix>-SSSSS-of-NNNNN.jsonl``."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def expand(self, dead_letters: tuple[beam.PCollection, ...]) -> beam.pvalue.PDone:
+        return (
+            dead_letters
+            | "Flatten" >> beam.Flatten()
+            | "ToJson" >> beam.Map(lambda entry: orjson.dumps(entry).decode())
+            | "Write" >> beam.io.WriteToText(self.prefix, file_name_suffix=".jsonl", num_shards=0)
+        )
 
 
 def build_pipeline(pipeline: beam.Pipeline, api_key: ApiKey | KmsEncryptedApiKey) -> None:
-    """Add the export's transforms to ``pipeline``, whose options carry ``CrmExportOptions``.
+    """Add the export to ``pipeline``, whose options carry ``CrmExportOptions``: read rows, write them to
+    the CRM, write what the CRM did not take to the dead letters.
 
     Raises ``ValueError`` for a missing source or dead-letter prefix, or a missing or invalid setting
     (``pipelines.crm_export.settings.settings_from_options``).
@@ -150,24 +205,10 @@ def build_pipeline(pipeline: beam.Pipeline, api_key: ApiKey | KmsEncryptedApiKey
     settings = settings_from_options(options)
     if not options.dead_letter_prefix:
         raise ValueError("--dead_letter_prefix is required: records the CRM does not take are written there")
-    read = read_rows(pipeline, options)
-    shaped = (
-        read.rows
-        | "Batch"
-        >> beam.BatchElements(min_batch_size=settings.batch_size, max_batch_size=settings.batch_size)
-        | "ShapeBatch"
-        >> beam.ParDo(ShapeBatch(UserShaper(settings))).with_outputs(DEAD_LETTER, main="batches")
-    )
-    sent = shaped.batches | "PostToCrm" >> beam.ParDo(
-        PostBatchesFn(settings, api_key, options.idempotency_namespace)
-    ).with_outputs(DEAD_LETTER, main="accepted")
-    (
-        (read[DEAD_LETTER], shaped[DEAD_LETTER], sent[DEAD_LETTER])
-        | "AllDeadLetters" >> beam.Flatten()
-        | "DeadLetterJson" >> beam.Map(lambda entry: orjson.dumps(entry).decode())
-        | "WriteDeadLetters"
-        >> beam.io.WriteToText(options.dead_letter_prefix, file_name_suffix=".jsonl", num_shards=0)
-    )
+
+    read = pipeline | "ReadRows" >> ReadRows(options.input_table, options.input_file)
+    not_taken = read.rows | "WriteToCrm" >> WriteToCrm(settings, api_key, options.idempotency_namespace)
+    (read[DEAD_LETTER], not_taken) | "WriteDeadLetters" >> WriteDeadLetters(options.dead_letter_prefix)
 
 
 def job_counters(result: Any) -> dict[str, Any]:

@@ -1115,8 +1115,11 @@ def test_workers_package_builds_and_installs(tmp_path: Path, no_egg_info_left: N
             "__init__.py",
             "setup.py",
             "crm_export/__init__.py",
+            "crm_export/accounting.py",
+            "crm_export/api_key.py",
             "crm_export/pipeline.py",
             "crm_export/post_batches.py",
+            "crm_export/settings.py",
             "crm_export/users.py",
         )
     } <= names
