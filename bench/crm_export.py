@@ -29,7 +29,7 @@ from devstack.crm import CrmStandIn
 from devstack.user_rows import write_user_rows
 from pipelines.crm_export.accounting import check_accounting
 from pipelines.crm_export.api_key import ApiKey
-from pipelines.crm_export.pipeline import ReadRows, build_pipeline, job_counters
+from pipelines.crm_export.pipeline import ReadRows, build_pipeline, pipeline_metrics
 from tasks.crm_export.cost import DataflowPrices, estimate_cost
 
 API_KEY = "bench-key"
@@ -94,7 +94,7 @@ def end_to_end(
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, ApiKey(API_KEY))
     seconds, cpu, result = _run(pipeline)
-    return seconds, cpu, job_counters(result)
+    return seconds, cpu, pipeline_metrics(result)
 
 
 def cost_model(records: float, cpu_seconds_per_record: float) -> None:
@@ -122,7 +122,7 @@ def cost_model(records: float, cpu_seconds_per_record: float) -> None:
                 "BillableShuffleDataProcessed": figures["shuffle_gb"],  # the service reports GB
             },
             prices,
-        )["usd"]
+        ).usd
         print(
             f"{label:34}{figures['vcpu_hours']:9.2f}{figures['memory_gb_hours']:9.1f}"
             f"{figures['pd_gb_hours']:9.1f}{figures['shuffle_gb']:12.2f}{usd:8.2f}"
@@ -152,9 +152,9 @@ def main() -> None:
         for label, runner_args in CONFIGURATIONS.items():
             crm.reset()
             bare_s, bare_cpu = bare(source, args.batch_size, runner_args)
-            e2e_s, e2e_cpu, counters = end_to_end(source, crm, args.batch_size, runner_args)
+            e2e_s, e2e_cpu, metrics = end_to_end(source, crm, args.batch_size, runner_args)
             stats = crm.stats()
-            check_accounting(counters)
+            check_accounting(metrics.counters)
             in_process = not runner_args  # worker processes' CPU is not this process's
             cpu = (lambda c: f"{c / n * 1e6:15.1f}") if in_process else (lambda c: f"{'-':>15}")
             bare_rate, e2e_rate = n / bare_s, n / e2e_s
@@ -162,9 +162,9 @@ def main() -> None:
             print(f"{'':26}{'end to end into the CRM':26}{e2e_s:9.1f}{e2e_rate:12,.0f}{cpu(e2e_cpu)}")
             print(
                 f"{'':26}ratio {e2e_rate / bare_rate:.2f} (target ≥ 0.5), end to end {e2e_rate:,.0f} records/s "
-                f"(target ≥ 40,000); accepted {counters['records_accepted']:,}, dead-lettered "
-                f"{counters['records_dead_lettered']:,}, duplicate deliveries {stats['duplicate_deliveries']}, "
-                f"max batch {counters['batch_size']['max']:,}"
+                f"(target ≥ 40,000); accepted {metrics.counters.records_accepted:,}, dead-lettered "
+                f"{metrics.counters.records_dead_lettered:,}, duplicate deliveries {stats['duplicate_deliveries']}, "
+                f"max batch {metrics.batch_size.max:,}"
             )
             if in_process:
                 cpu_per_record = e2e_cpu / n

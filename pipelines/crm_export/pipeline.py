@@ -26,7 +26,14 @@ import orjson
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.crm_export.accounting import COUNTERS, DEAD_LETTER, NAMESPACE, dead_letter
+from pipelines.crm_export.accounting import (
+    DEAD_LETTER,
+    NAMESPACE,
+    Counters,
+    Distribution,
+    ExportMetrics,
+    dead_letter,
+)
 from pipelines.crm_export.api_key import ApiKey, KmsEncryptedApiKey
 from pipelines.crm_export.post_batches import PostBatchesFn
 from pipelines.crm_export.settings import PipelineSettings, add_setting_flags, settings_from_options
@@ -211,26 +218,20 @@ def build_pipeline(pipeline: beam.Pipeline, api_key: ApiKey | KmsEncryptedApiKey
     (read[DEAD_LETTER], not_taken) | "WriteDeadLetters" >> WriteDeadLetters(options.dead_letter_prefix)
 
 
-def job_counters(result: Any) -> dict[str, Any]:
-    """The export's counters (committed values) and ``batch_size`` distribution from a PipelineResult.
-
-    Shape: ``{"records_read": int, ..., "http_429": int, "batch_size": {"count", "sum", "min", "max", "mean"}}``.
-    """
+def pipeline_metrics(result: Any) -> ExportMetrics:
+    """The export's counters and ``batch_size`` distribution (committed values) from a finished
+    ``PipelineResult``; no resources (the runner reports those, if any)."""
     from apache_beam.metrics.metric import MetricsFilter
 
     metrics = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
-    out: dict[str, Any] = dict.fromkeys(COUNTERS, 0)
+    counts: dict[str, int] = {}
     for counter in metrics["counters"]:
-        name = counter.key.metric.name  # one entry per step: records_dead_lettered comes from two
-        out[name] = out.get(name, 0) + (counter.committed or 0)
-    for dist in metrics["distributions"]:
-        value = dist.committed
-        if value is not None and value.count:
-            out[dist.key.metric.name] = {
-                "count": value.count,
-                "sum": value.sum,
-                "min": value.min,
-                "max": value.max,
-                "mean": value.sum / value.count,
-            }
-    return out
+        name = counter.key.metric.name  # one entry per step: records_dead_lettered comes from three
+        counts[name] = counts.get(name, 0) + (counter.committed or 0)
+    batch_size = None
+    for distribution in metrics["distributions"]:
+        value = distribution.committed
+        if distribution.key.metric.name == "batch_size" and value is not None and value.count:
+            part = Distribution(value.count, value.sum, value.min, value.max)
+            batch_size = part if batch_size is None else batch_size.merged(part)
+    return ExportMetrics(Counters.from_names(counts), batch_size)

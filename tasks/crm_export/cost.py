@@ -28,7 +28,7 @@ the bill is the authority. Pricing: https://cloud.google.com/dataflow/pricing
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -68,12 +68,23 @@ class DataflowPrices(BaseModel):
     )
 
 
-def estimate_cost(resources: Mapping[str, float], prices: DataflowPrices) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class CostEstimate:
+    """A job's usage as ``DataflowPrices`` prices it (vCPU hours, GB hours, GB) and its estimated cost in USD."""
+
+    vcpu_hours: float
+    memory_gb_hours: float
+    pd_gb_hours: float
+    ssd_gb_hours: float
+    shuffle_gb: float
+    usd: float
+
+
+def estimate_cost(resources: Mapping[str, float], prices: DataflowPrices) -> CostEstimate | None:
     """The usage and estimated USD cost of a job from its resource metrics (see the module doc for units).
 
-    Returns ``{"vcpu_hours", "memory_gb_hours", "pd_gb_hours", "ssd_gb_hours", "shuffle_gb", "usd"}``
-    (floats; hours and GB as priced), or ``None`` when ``resources`` holds none of the resource metrics
-    (the job has not reported any yet, or ran elsewhere).
+    ``None`` when ``resources`` holds none of the resource metrics (the job has not reported any yet,
+    or ran elsewhere).
     """
     if not any(name in resources for name in RESOURCE_METRICS):
         return None
@@ -96,11 +107,4 @@ def estimate_cost(resources: Mapping[str, float], prices: DataflowPrices) -> dic
         + ssd_gb_hours * prices.ssd_gb_hour
         + shuffle_gb * prices.shuffle_gb
     )
-    return {
-        "vcpu_hours": vcpu_hours,
-        "memory_gb_hours": memory_gb_hours,
-        "pd_gb_hours": pd_gb_hours,
-        "ssd_gb_hours": ssd_gb_hours,
-        "shuffle_gb": shuffle_gb,
-        "usd": usd,
-    }
+    return CostEstimate(vcpu_hours, memory_gb_hours, pd_gb_hours, ssd_gb_hours, shuffle_gb, usd)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from pipelines.crm_export.accounting import ExportMetrics
 from pipelines.crm_export.api_key import ApiKey
 from pipelines.crm_export.settings import validate_job_name, validate_labels
 
@@ -125,8 +126,8 @@ class JobLauncher(Protocol):
     def job_errors(self, job_id: str) -> list[str]:
         """The job's error messages, oldest first (empty if none or unavailable)."""
 
-    def job_metrics(self, job_id: str) -> dict[str, Any]:
-        """``{"counters": {name: int}, "batch_size": {...} | None, "resources": {name: float}}``."""
+    def job_metrics(self, job_id: str) -> ExportMetrics:
+        """The job's counters, ``batch_size`` distribution and resource metrics, as reported so far."""
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from pydantic import BaseModel, Field
 
+from pipelines.crm_export.accounting import ExportMetrics
 from pipelines.crm_export.api_key import ApiKey
 from pipelines.crm_export.settings import PipelineSettings
 from tasks.crm_export.jobs import (
@@ -246,6 +247,6 @@ def poll_export_job(
 
 
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=30, retry_condition_fn=retry_if_transient)
-def export_metrics(runner: DataflowRunnerSettings | LocalRunnerSettings, job_id: str) -> dict[str, Any]:
+def export_metrics(runner: DataflowRunnerSettings | LocalRunnerSettings, job_id: str) -> ExportMetrics:
     """The job's counters, ``batch_size`` distribution and resource metrics (``JobLauncher.job_metrics``)."""
     return make_launcher(runner).job_metrics(job_id)

@@ -16,9 +16,9 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from devstack.crm import CrmStandIn, FaultConfig
 from devstack.user_rows import user_row, write_user_rows
-from pipelines.crm_export.accounting import DEAD_LETTER, AccountingError, check_accounting
+from pipelines.crm_export.accounting import DEAD_LETTER, AccountingError, Counters, check_accounting
 from pipelines.crm_export.api_key import ApiKey
-from pipelines.crm_export.pipeline import ParseRows, ShapeBatch, build_pipeline, job_counters
+from pipelines.crm_export.pipeline import ParseRows, ShapeBatch, build_pipeline, pipeline_metrics
 from pipelines.crm_export.post_batches import CrmRejectedCredentialsError, PostBatchesFn, retry_after_seconds
 from pipelines.crm_export.settings import PipelineSettings
 from pipelines.crm_export.users import MalformedRowError, UserShaper, drop_nulls, merge_unions, unflatten
@@ -147,7 +147,7 @@ def fresh_crm(crm):
 
 
 def run_export(tmp_path: Path, crm_url: str, rows: int, *extra: str, api_key: str = API_KEY, **rows_kw):
-    """Run the whole pipeline on a generated file; returns (counters, dead letters, file stats)."""
+    """Run the whole pipeline on a generated file; returns (metrics, dead letters, file stats)."""
     source = tmp_path / "users_20261116.jsonl"
     made = write_user_rows(source, rows, **rows_kw)
     options = PipelineOptions(
@@ -169,19 +169,19 @@ def run_export(tmp_path: Path, crm_url: str, rows: int, *extra: str, api_key: st
         for f in sorted((tmp_path / "dl").glob("*.jsonl"))
         for line in f.read_text().splitlines()
     ]
-    return job_counters(result), dead, made
+    return pipeline_metrics(result), dead, made
 
 
 def test_every_record_is_accepted_or_dead_lettered_with_its_reason(tmp_path, fresh_crm):
-    counters, dead, made = run_export(
+    metrics, dead, made = run_export(
         tmp_path, fresh_crm.batch_url, 2_000, "--batch_size=300", invalid_every=100, malformed_every=501
     )
-    check_accounting(counters)
+    check_accounting(metrics.counters)
     stats = fresh_crm.stats()
     assert made["invalid"] == 20 and made["malformed"] == 3
-    assert counters["records_read"] == 2_000
-    assert counters["records_accepted"] == stats["distinct_users"] == 2_000 - 20 - 3
-    assert counters["batch_size"]["max"] <= 300
+    assert metrics.counters.records_read == 2_000
+    assert metrics.counters.records_accepted == stats["distinct_users"] == 2_000 - 20 - 3
+    assert metrics.batch_size.max <= 300
     assert stats["duplicate_deliveries"] == 0
     by_stage = {}
     for entry in dead:
@@ -195,7 +195,7 @@ def test_every_record_is_accepted_or_dead_lettered_with_its_reason(tmp_path, fre
 def test_429_storms_5xx_and_slow_responses_lose_nothing_and_send_nothing_twice(tmp_path, fresh_crm):
     # burst of 3 against 4 requests in flight: the first wave already meets a 429
     fresh_crm.configure(rate_limit_rps=3, error_rate=0.25, slow_rate=0.2, slow_seconds=1.5, seed=11)
-    counters, dead, _ = run_export(
+    metrics, dead, _ = run_export(
         tmp_path,
         fresh_crm.batch_url,
         3_000,
@@ -206,14 +206,14 @@ def test_429_storms_5xx_and_slow_responses_lose_nothing_and_send_nothing_twice(t
         "--crm_max_in_flight=4",
     )
     stats = fresh_crm.stats()
-    check_accounting(counters)
+    check_accounting(metrics.counters)
     assert dead == []
-    assert counters["records_accepted"] == stats["distinct_users"] == 3_000
+    assert metrics.counters.records_accepted == stats["distinct_users"] == 3_000
     assert stats["duplicate_deliveries"] == 0  # timed-out requests were replayed by idempotency key
-    assert stats["status_counts"].get("429", 0) > 0 and counters.get("http_429", 0) > 0
+    assert stats["status_counts"].get("429", 0) > 0 and metrics.counters.http_status.get(429, 0) > 0
     assert any(stats["status_counts"].get(s, 0) for s in ("500", "502", "503"))
     assert stats["replays"] > 0 and stats["slow_responses"] > 0
-    assert counters["retries"] > 0
+    assert metrics.counters.retries > 0
 
 
 def test_a_429_waits_as_long_as_retry_after_says(fresh_crm, monkeypatch):
@@ -236,7 +236,7 @@ def test_a_429_waits_as_long_as_retry_after_says(fresh_crm, monkeypatch):
 
 
 def test_an_unreachable_crm_dead_letters_its_batches_after_the_retries(tmp_path, unused_port):
-    counters, dead, _ = run_export(
+    metrics, dead, _ = run_export(
         tmp_path,
         f"http://127.0.0.1:{unused_port}/v1/users/batch",
         50,
@@ -244,17 +244,17 @@ def test_an_unreachable_crm_dead_letters_its_batches_after_the_retries(tmp_path,
         "--crm_max_attempts=3",
         "--crm_max_backoff_seconds=0.05",
     )
-    check_accounting(counters)
-    assert counters["records_accepted"] == 0 and len(dead) == 50
+    check_accounting(metrics.counters)
+    assert metrics.counters.records_accepted == 0 and len(dead) == 50
     assert {d["attempts"] for d in dead} == {3}
     assert all("retries exhausted" in d["reason"] and "ConnectionError" in d["reason"] for d in dead)
 
 
 def test_a_batch_the_crm_refuses_is_dead_lettered_with_the_status(tmp_path):
     with CrmStandIn(api_key=API_KEY, max_batch_size=10) as small:
-        counters, dead, _ = run_export(tmp_path, small.batch_url, 40, "--batch_size=20")
+        metrics, dead, _ = run_export(tmp_path, small.batch_url, 40, "--batch_size=20")
         assert small.stats()["distinct_users"] == 0
-    check_accounting(counters)
+    check_accounting(metrics.counters)
     assert len(dead) == 40 and {d["status"] for d in dead} == {413}
     assert {d["attempts"] for d in dead} == {1}  # a 4xx other than 429 is not retried
 
@@ -270,9 +270,9 @@ def test_a_wrong_api_key_fails_the_job_and_names_the_secret_block(tmp_path, fres
 
 
 def test_accounting_names_the_unaccounted_records():
-    check_accounting({"records_read": 10, "records_accepted": 7, "records_dead_lettered": 3})
+    check_accounting(Counters(records_read=10, records_accepted=7, records_dead_lettered=3))
     with pytest.raises(AccountingError, match="2 records are unaccounted for"):
-        check_accounting({"records_read": 10, "records_accepted": 7, "records_dead_lettered": 1})
+        check_accounting(Counters(records_read=10, records_accepted=7, records_dead_lettered=1))
 
 
 def test_the_api_key_is_hidden_from_repr_and_never_quoted_when_refused():

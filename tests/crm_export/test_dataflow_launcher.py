@@ -3,7 +3,7 @@
 - A fake Dataflow service that behaves as the documented API does (server-side name filter, ``filter=ALL``
   ordering, small pages through the client library's own pagers, FlexRS jobs queued for several polls,
   one *active* job per name while a finished job's name can be reused) drives ``launch_job``/``poll_job``.
-- ``job_metrics`` parses a ``JobMetrics`` response shaped as the API's; ``estimate_cost`` is checked
+- ``job_metrics`` parses a ``ExportMetrics`` response shaped as the API's; ``estimate_cost`` is checked
   against the reference article's bill.
 - The real export is built with ``DataflowRunner --dry_run=True`` and its ``Job`` request is completed
   by Beam's own ``create_job_description`` with staging captured in memory: no network, no credentials.
@@ -41,7 +41,7 @@ from prefect_gcp.credentials import GcpCredentials
 from pydantic import ValidationError
 
 from blocks.crm_export.dataflow import DEFAULT_SETUP_FILE, DataflowOptions
-from pipelines.crm_export.accounting import COUNTERS
+from pipelines.crm_export.accounting import Counters, Distribution, ExportMetrics
 from pipelines.crm_export.api_key import ApiKey, KmsEncryptedApiKey
 from tasks.crm_export.cost import DataflowPrices, estimate_cost
 from tasks.crm_export.jobs import (
@@ -888,64 +888,53 @@ def test_job_metrics_from_the_api_response(launcher: OfflineLauncher, service: F
     service.metrics[job_id] = dataflow.JobMetrics(metrics=metrics)
 
     result = launcher.job_metrics(job_id)
-    assert result["counters"] == {
-        **dict.fromkeys(COUNTERS, 0),
-        "records_read": 87_000_000,
-        "records_malformed": 12,
-        "records_dead_lettered": 24,
-        "records_sent": 86_999_988,
-        "records_accepted": 86_999_976,
-        "records_rejected": 12,
-        "batches": 17_400,
-        "retries": 41,
-        "http_200": 17_400,
-        "http_429": 41,
-    }
-    assert result["batch_size"] == {
-        "count": 17_400,
-        "sum": 86_999_988,
-        "min": 4_988,
-        "max": 5_000,
-        "mean": pytest.approx(86_999_988 / 17_400),
-    }
-    assert result["resources"] == {
+    assert result.counters == Counters(
+        records_read=87_000_000,
+        records_malformed=12,
+        records_sent=86_999_988,
+        records_accepted=86_999_976,
+        records_rejected=12,
+        records_dead_lettered=24,
+        batches=17_400,
+        retries=41,
+        http_status={200: 17_400, 429: 41},
+    )
+    assert result.batch_size == Distribution(count=17_400, sum=86_999_988, min=4_988, max=5_000)
+    assert result.batch_size.mean == pytest.approx(86_999_988 / 17_400)
+    assert result.resources == {
         **{name: pytest.approx(value) for name, value in ARTICLE_RESOURCES.items()},
         "BillableShuffleDataProcessed": pytest.approx(6.165),
         "TotalStreamingDataProcessed": 0.0,
     }
-    counters = result["counters"]
-    assert counters["records_read"] == counters["records_accepted"] + counters["records_dead_lettered"]
+    counters = result.counters
+    assert counters.records_read == counters.records_accepted + counters.records_dead_lettered
 
-    cost = estimate_cost(result["resources"], DataflowPrices())
-    assert cost is not None and cost["shuffle_gb"] == pytest.approx(6.165)  # billed on the billable volume
+    cost = estimate_cost(result.resources, DataflowPrices())
+    assert cost is not None and cost.shuffle_gb == pytest.approx(6.165)  # billed on the billable volume
 
 
 def test_job_metrics_of_a_job_that_reported_nothing(launcher: OfflineLauncher, service: FakeDataflow) -> None:
     job_id = service.add_job(JOB_NAME, S.JOB_STATE_QUEUED)
-    assert launcher.job_metrics(job_id) == {
-        "counters": dict.fromkeys(COUNTERS, 0),
-        "batch_size": None,
-        "resources": {},
-    }
+    assert launcher.job_metrics(job_id) == ExportMetrics(Counters(), None, {})
     assert estimate_cost({}, DataflowPrices()) is None
 
 
 def test_cost_of_the_articles_job() -> None:
     cost = estimate_cost(ARTICLE_RESOURCES, DataflowPrices())
     assert cost is not None
-    assert cost["vcpu_hours"] == pytest.approx(8.019)
-    assert cost["memory_gb_hours"] == pytest.approx(30.073)
-    assert cost["pd_gb_hours"] == pytest.approx(100.242)
-    assert cost["ssd_gb_hours"] == 0
-    assert cost["shuffle_gb"] == pytest.approx(12.33)
+    assert cost.vcpu_hours == pytest.approx(8.019)
+    assert cost.memory_gb_hours == pytest.approx(30.073)
+    assert cost.pd_gb_hours == pytest.approx(100.242)
+    assert cost.ssd_gb_hours == 0
+    assert cost.shuffle_gb == pytest.approx(12.33)
     prices = DataflowPrices()
     # The article's lines: $0.284 + $0.075 + $0.005 + $0.136 = $0.50
-    assert cost["vcpu_hours"] * prices.vcpu_hour == pytest.approx(0.284, abs=5e-4)
-    assert cost["memory_gb_hours"] * prices.memory_gb_hour == pytest.approx(0.075, abs=5e-4)
-    assert cost["pd_gb_hours"] * prices.pd_gb_hour == pytest.approx(0.005, abs=5e-4)
-    assert cost["shuffle_gb"] * prices.shuffle_gb == pytest.approx(0.136, abs=5e-4)
-    assert cost["usd"] == pytest.approx(0.50, abs=0.005)
-    assert estimate_cost(ARTICLE_RESOURCES, DataflowPrices(vcpu_hour=0.056))["usd"] > cost["usd"]
+    assert cost.vcpu_hours * prices.vcpu_hour == pytest.approx(0.284, abs=5e-4)
+    assert cost.memory_gb_hours * prices.memory_gb_hour == pytest.approx(0.075, abs=5e-4)
+    assert cost.pd_gb_hours * prices.pd_gb_hour == pytest.approx(0.005, abs=5e-4)
+    assert cost.shuffle_gb * prices.shuffle_gb == pytest.approx(0.136, abs=5e-4)
+    assert cost.usd == pytest.approx(0.50, abs=0.005)
+    assert estimate_cost(ARTICLE_RESOURCES, DataflowPrices(vcpu_hour=0.056)).usd > cost.usd
 
 
 # --- the real job, built offline ------------------------------------------------------------------

@@ -38,7 +38,7 @@ from google.api_core import retry as retries
 from google.cloud import dataflow_v1beta3 as dataflow
 
 from blocks.crm_export.dataflow import DataflowOptions
-from pipelines.crm_export.accounting import COUNTERS, NAMESPACE
+from pipelines.crm_export.accounting import NAMESPACE, Counters, Distribution, ExportMetrics
 from pipelines.crm_export.api_key import ApiKey, KmsEncryptedApiKey
 from pipelines.crm_export.pipeline import build_pipeline
 from tasks.crm_export import cost
@@ -229,13 +229,11 @@ class DataflowLauncher:
         messages.sort(key=lambda message: (message.time or epoch, message.id))
         return [message.message_text for message in messages]
 
-    def job_metrics(self, job_id: str) -> dict[str, Any]:
+    def job_metrics(self, job_id: str) -> ExportMetrics:
         """The export's counters, its ``batch_size`` distribution and the job's resource usage.
 
-        Returns ``{"counters": {name: int}, "batch_size": {"count", "sum", "min", "max", "mean"} | None,
-        "resources": {metric name: float}}``. Counters are the committed values of the user metrics in
-        namespace ``pipelines.crm_export.accounting.NAMESPACE`` summed over steps (every name of
-        ``pipelines.crm_export.accounting.COUNTERS`` is present, 0 if unreported); ``resources`` holds the service
+        Counters are the committed values of the user metrics in namespace
+        ``pipelines.crm_export.accounting.NAMESPACE``, summed over steps; ``resources`` holds the service
         metrics of ``RESOURCE_METRICS`` the job reported (units: ``tasks.crm_export.cost``).
         Raises ``google.api_core.exceptions.GoogleAPICallError`` if the service keeps failing.
         """
@@ -279,17 +277,17 @@ def _utc(when: dt.datetime | None) -> dt.datetime | None:
     return when
 
 
-def parse_job_metrics(metrics: Iterable[dataflow.MetricUpdate]) -> dict[str, Any]:
-    """``JobMetrics.metrics`` → ``{"counters", "batch_size", "resources"}`` (see ``DataflowLauncher.job_metrics``).
+def parse_job_metrics(metrics: Iterable[dataflow.MetricUpdate]) -> ExportMetrics:
+    """The API's ``JobMetrics.metrics`` → ``ExportMetrics`` (see ``DataflowLauncher.job_metrics``).
 
     User metrics have ``name.origin == "user"`` and ``name.context`` ``namespace`` and ``step``; each comes
     twice, committed and ``tentative == "true"`` (attempted): only committed values count, as in
-    ``pipelines.crm_export.pipeline.job_counters``. Counters are scalars; a distribution is a struct with
-    ``count``/``sum``/``min``/``max`` (and ``mean``). This follows Beam's own reader of this API,
+    ``pipelines.crm_export.pipeline.pipeline_metrics``. Counters are scalars; a distribution is a struct
+    with ``count``/``sum``/``min``/``max`` (and ``mean``). This follows Beam's own reader of this API,
     ``apache_beam.runners.dataflow.dataflow_metrics.DataflowMetrics``.
     """
-    counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
-    batch_size: dict[str, int] | None = None
+    counts: dict[str, int] = {}
+    batch_size: Distribution | None = None
     resources: dict[str, float] = {}
     for metric in metrics:
         name = metric.name
@@ -300,31 +298,13 @@ def parse_job_metrics(metrics: Iterable[dataflow.MetricUpdate]) -> dict[str, Any
             if context.get("namespace") != NAMESPACE or name.name.endswith(_DISTRIBUTION_PART_SUFFIXES):
                 continue
             if metric.distribution is not None:
-                if name.name == "batch_size":
-                    batch_size = _merge_distribution(batch_size, metric.distribution)
+                value = metric.distribution
+                if name.name == "batch_size" and int(value["count"]):
+                    part = Distribution(*(int(value[key]) for key in ("count", "sum", "min", "max")))
+                    batch_size = part if batch_size is None else batch_size.merged(part)
             elif metric.scalar is not None:
-                counters[name.name] = counters.get(name.name, 0) + int(metric.scalar)
+                counts[name.name] = counts.get(name.name, 0) + int(metric.scalar)
         elif name.origin == SERVICE_ORIGIN and name.name in RESOURCE_METRICS and metric.scalar is not None:
             # Job-level totals: one per job; should the service repeat one, the largest is the latest.
             resources[name.name] = max(float(metric.scalar), resources.get(name.name, 0.0))
-    return {"counters": counters, "batch_size": _with_mean(batch_size), "resources": resources}
-
-
-def _merge_distribution(into: dict[str, int] | None, value: Any) -> dict[str, int] | None:
-    part = {key: int(value[key]) for key in ("count", "sum", "min", "max")}
-    if not part["count"]:
-        return into
-    if into is None:
-        return part
-    return {
-        "count": into["count"] + part["count"],
-        "sum": into["sum"] + part["sum"],
-        "min": min(into["min"], part["min"]),
-        "max": max(into["max"], part["max"]),
-    }
-
-
-def _with_mean(distribution: dict[str, int] | None) -> dict[str, Any] | None:
-    if not distribution:
-        return None
-    return {**distribution, "mean": distribution["sum"] / distribution["count"]}
+    return ExportMetrics(Counters.from_names(counts), batch_size, resources)
