@@ -22,12 +22,12 @@ from typing import Annotated, Any, Literal
 from google.api_core import exceptions as google_exceptions
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.context import TaskRunContext
 from pydantic import BaseModel, Field
 
 from pipelines.crm_export.accounting import ExportMetrics
 from pipelines.crm_export.api_key import ApiKey
 from pipelines.crm_export.settings import PipelineSettings
+from tasks.common import ONCE_PER_FLOW_RUN, load_block
 from tasks.crm_export.jobs import (
     JobInfo,
     JobLauncher,
@@ -84,8 +84,9 @@ class BigQuerySource(BaseModel):
         if self.gcp_credentials_block:
             from prefect_gcp import GcpCredentials
 
-            credentials = GcpCredentials.load(
-                self.gcp_credentials_block
+            needed_by = f"BigQuery source {self.project}.{self.dataset} (source.gcp_credentials_block)"
+            credentials = load_block(
+                GcpCredentials, self.gcp_credentials_block, needed_by=needed_by
             ).get_credentials_from_service_account()
         return bigquery.Client(project=self.project, credentials=credentials)
 
@@ -158,7 +159,10 @@ RunnerSettings = Annotated[DataflowRunnerSettings | LocalRunnerSettings, Field(d
 
 
 def make_launcher(runner: DataflowRunnerSettings | LocalRunnerSettings) -> JobLauncher:
-    """The ``JobLauncher`` for the runner settings. Raises ``ValueError`` for an unknown block name."""
+    """The ``JobLauncher`` for the runner settings.
+
+    Raises ``tasks.common.BlockNotFoundError`` (a ``LookupError``) naming a missing ``DataflowOptions`` block.
+    """
     if isinstance(runner, LocalRunnerSettings):
         from tasks.crm_export.launchers.local import LocalLauncher
 
@@ -166,13 +170,9 @@ def make_launcher(runner: DataflowRunnerSettings | LocalRunnerSettings) -> JobLa
     from blocks.crm_export.dataflow import DataflowOptions
     from tasks.crm_export.launchers.dataflow import DataflowLauncher
 
-    try:
-        options = DataflowOptions.load(runner.options_block)
-    except ValueError as exc:
-        raise ValueError(
-            f"no DataflowOptions block named {runner.options_block!r}: create it in the UI or with "
-            "DataflowOptions(...).save(name)"
-        ) from exc
+    options = load_block(
+        DataflowOptions, runner.options_block, needed_by="the CRM export (runner.options_block)"
+    )
     return DataflowLauncher(options)
 
 
@@ -205,11 +205,7 @@ def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-def _once_per_flow_run(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    return f"crm-export-shard-{context.task_run.flow_run_id}"
-
-
-@task(cache_key_fn=_once_per_flow_run, persist_result=True, retries=3, retry_condition_fn=retry_if_transient)
+@task(cache_policy=ONCE_PER_FLOW_RUN, persist_result=True, retries=3, retry_condition_fn=retry_if_transient)
 def resolve_export_shard(source: BigQuerySource | LocalSource, shard_date: dt.date | None) -> dt.date:
     """Prefect task over ``resolve_shard``, cached per flow run: a retried run keeps its shard."""
     return resolve_shard(source, shard_date)

@@ -217,3 +217,39 @@ def test_the_api_key_reaches_no_parameter_label_log_artifact_result_or_file(expo
     assert [where for where, text in places.items() if API_KEY in text] == []
     assert any("task run" in where for where in places) and any(str(storage) in where for where in places)
     assert any(p.suffix == ".log" for p in files) and any(p.name.endswith(".json") for p in files)
+
+
+def test_the_shard_is_resolved_once_per_flow_run(tmp_path):
+    from prefect import flow
+
+    from tasks.crm_export.tasks import resolve_export_shard
+
+    source = LocalSource(directory=tmp_path, table_prefix="users")
+    write_user_rows(tmp_path / "users_20261109.jsonl", 1)
+
+    @flow
+    def resolve_twice() -> tuple:
+        first = resolve_export_shard(source, None)
+        write_user_rows(tmp_path / "users_20261116.jsonl", 1)  # a newer shard lands meanwhile
+        return first, resolve_export_shard(source, None)
+
+    dates = resolve_twice()
+    assert [f"{d:%Y%m%d}" for d in dates] == ["20261109", "20261109"]  # as a retried run sees it
+    assert [f"{d:%Y%m%d}" for d in resolve_twice()] == ["20261116", "20261116"]  # the next run
+
+
+def test_a_missing_dataflow_options_or_gcp_credentials_block_is_named():
+    from tasks.common import BlockNotFoundError
+    from tasks.crm_export.tasks import BigQuerySource, DataflowRunnerSettings, make_launcher
+
+    with pytest.raises(
+        BlockNotFoundError, match=r"Dataflow Options block 'no-such-options'.*runner.options_block"
+    ):
+        make_launcher(DataflowRunnerSettings(options_block="no-such-options"))
+    source = BigQuerySource(
+        project="p", dataset="crm", table_prefix="users", gcp_credentials_block="no-such-gcp"
+    )
+    with pytest.raises(
+        BlockNotFoundError, match=r"GCP Credentials block 'no-such-gcp'.*BigQuery source p\.crm"
+    ):
+        source.shards()

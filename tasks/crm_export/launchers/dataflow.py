@@ -41,6 +41,7 @@ from blocks.crm_export.dataflow import DataflowOptions
 from pipelines.crm_export.accounting import NAMESPACE, Counters, Distribution, ExportMetrics
 from pipelines.crm_export.api_key import ApiKey, KmsEncryptedApiKey
 from pipelines.crm_export.pipeline import build_pipeline
+from tasks.common import to_utc
 from tasks.crm_export import cost
 from tasks.crm_export.jobs import JobAlreadyExistsError, JobInfo, JobSpec, JobState
 
@@ -265,16 +266,10 @@ def _job_info(job: dataflow.Job) -> JobInfo:
         id=job.id,
         name=job.name,
         state=state,
-        create_time=_utc(job.create_time),
+        create_time=to_utc(job.create_time),
         labels=dict(job.labels),
-        state_time=_utc(job.current_state_time),
+        state_time=to_utc(job.current_state_time),
     )
-
-
-def _utc(when: dt.datetime | None) -> dt.datetime | None:
-    if when is not None and when.tzinfo is None:
-        return when.replace(tzinfo=dt.UTC)
-    return when
 
 
 def parse_job_metrics(metrics: Iterable[dataflow.MetricUpdate]) -> ExportMetrics:
