@@ -218,10 +218,6 @@ class PostBatchesFn(beam.DoFn):
         for entry in outcome.dead_letters:
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, entry)
 
-    def post_batch(self, batch: Sequence[dict[str, Any]]) -> BatchOutcome:
-        """POST one batch (CRM records) until it is answered 200 or the attempts run out."""
-        return self.post_body(orjson.dumps({"users": list(batch)}), [r.get(self.key_field) for r in batch])
-
     def post_body(self, body: bytes, keys: Sequence[Any]) -> BatchOutcome:
         """POST one serialised batch (``{"users": [...]}``, records keyed ``keys``) until it is answered
         200 or the attempts run out; never loses a record: each one not accepted is dead-lettered.

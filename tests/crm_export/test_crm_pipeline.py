@@ -227,7 +227,7 @@ def test_a_429_waits_as_long_as_retry_after_says(fresh_crm, monkeypatch):
     monkeypatch.setattr(crm_sink.time, "sleep", lambda s: (slept.append(s), real_sleep(s)))
     try:
         for i in range(3):
-            outcome = sink.post_batch([{"external_id": f"r{i}"}])
+            outcome = sink.post_body(orjson.dumps({"users": [{"external_id": f"r{i}"}]}), [f"r{i}"])
             assert outcome.accepted == 1
     finally:
         sink.teardown()

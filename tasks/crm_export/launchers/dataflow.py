@@ -244,10 +244,6 @@ class DataflowLauncher:
         )
         return parse_job_metrics(response.metrics)
 
-    def console_url(self, job_id: str) -> str:
-        """The job's page in the Google Cloud console."""
-        return f"https://console.cloud.google.com/dataflow/jobs/{self.region}/{job_id}?project={self.project}"
-
 
 def _job_info(job: dataflow.Job) -> JobInfo:
     """A ``JobInfo`` from the API's ``Job``; a state this code does not know (e.g. a newer one) is UNKNOWN."""

@@ -235,16 +235,6 @@ class LocalLauncher:
             record.get("resources", {}),
         )
 
-    def cancel(self, job_id: str) -> None:
-        """Stop a running job (SIGTERM to its process group); it ends CANCELLED."""
-        record = self.read(job_id)
-        if JobState(record["state"]) in TERMINAL_STATES:
-            return
-        self.update(job_id, state=JobState.CANCELLING.value)
-        if self._alive(record):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(record["pid"], signal.SIGTERM)
-
 
 def _info(record: dict[str, Any]) -> JobInfo:
     state_time = record.get("end_time") or record.get("start_time") or record["create_time"]
