@@ -1,16 +1,7 @@
 """The ``Dataflow Options`` block: where and how a Beam job runs on Dataflow (``DataflowRunner`` flags).
 
-``DataflowOptions.pipeline_args(job_name, labels)`` turns the block into Beam's command-line flags; the
-pipeline's own flags (``CrmExportOptions``) come after them. Flag names are those of Beam's
-``apache_beam/options/pipeline_options.py`` (``GoogleCloudOptions``, ``WorkerOptions``, ``SetupOptions``,
-``DebugOptions``). Nothing secret belongs here: every flag becomes job metadata that anyone with
-``dataflow.jobs.get`` can read in the console.
-
-Identity: ``gcp_credentials`` is what ``tasks.crm_export.launchers.dataflow.DataflowLauncher`` lists, reads and
-polls jobs with. Beam's submission itself (``pipeline.run()``: staging to GCS and
-``projects.locations.jobs.create``) authenticates with Application Default Credentials of the process
-(``google.auth.default()``), which Beam looks up on its own; give the worker that runs the flow the same
-identity (e.g. ``GOOGLE_APPLICATION_CREDENTIALS`` or the VM/pod service account).
+Nothing secret belongs here: every flag becomes job metadata. ``gcp_credentials`` is the identity the
+launcher lists and polls jobs with; Beam submits with the process's Application Default Credentials.
 """
 
 from __future__ import annotations

@@ -2,11 +2,9 @@
 
     resolve the shard → read the API key → launch (adopt / skip / submit) → poll → summary artifact
 
-A rerun (or a retry of the run from the UI) launches again, which adopts the job of the same name,
-so a shard is never paid for twice; ``force=True`` exports a shard again after a DONE job. The flow
-itself does not retry: its tasks retry transient errors, and a FAILED job or bad input should be
-looked at, not resubmitted automatically. Every record read is either accepted by the CRM or in the
-dead-letter files; the run fails if the counts disagree.
+A rerun launches again, which adopts the job of the same name, so a shard is never paid for twice.
+The flow does not retry (its tasks retry transient errors); it fails unless every record read was
+accepted or dead-lettered.
 """
 
 from __future__ import annotations

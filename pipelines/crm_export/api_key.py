@@ -40,7 +40,7 @@ class ApiKey:
 
 
 class KmsEncryptedApiKey:
-    """The CRM API key as a Cloud KMS ciphertext, decrypted on the worker (in the sink's ``setup``).
+    """The CRM API key as a Cloud KMS ciphertext, decrypted on the worker (in ``PostBatchesFn.setup``).
 
     A DoFn and its arguments are pickled into the job graph that Dataflow stages to GCS, so a job on
     Dataflow gets the key only in this form: the launcher encrypts it with ``kms_key_name``

@@ -1,17 +1,7 @@
-"""The weekly CRM export pipeline: user rows → CRM records → batches of ≤ N → the CRM's batch API.
+"""The weekly CRM export pipeline: ``ReadRows`` → ``WriteToCrm`` → ``WriteDeadLetters`` (``build_pipeline``).
 
-    read rows (BigQuery shard, or a newline-delimited JSON file locally; bad lines to the dead letter)
-      → BatchElements(min_batch_size=N, max_batch_size=N)   # no shuffle; never more than N
-      → ShapeBatch (unflatten, merge unions, drop nulls; malformed rows to the dead letter)
-      → PostBatchesFn (POST, retries, per-record rejections to the dead letter)
-    dead letters → JSON lines under --dead_letter_prefix
-
-Every record read is either accepted by the CRM or dead-lettered; ``check_accounting`` verifies
-``records_read == records_accepted + records_dead_lettered`` from the job's counters.
-
-The API key is not a pipeline option (options are visible in the Dataflow console and job
-metadata): ``build_pipeline`` takes it as an argument and hands it to the sink, which is pickled
-into the job graph — so a Dataflow job gets it only as a ``KmsEncryptedApiKey``.
+Its options are ``CrmExportOptions`` (no secrets: options are job metadata; the API key is an
+argument of ``build_pipeline``). Diagram and dead letters: docs/crm-export.md, "The pipeline".
 """
 
 from __future__ import annotations

@@ -1,22 +1,6 @@
-"""``PostBatchesFn``: a DoFn that POSTs batches of user records and accounts for every one of them.
-
-Request: ``POST <url>`` with JSON ``{"users": [record, ...]}``, header ``Authorization: Bearer <key>``
-and an ``Idempotency-Key`` derived from the idempotency namespace (the job name) and the batch's
-body: a request retried after a timeout, or a batch re-sent because Beam retried its bundle with
-the same elements, is applied once by the CRM. (A new job may batch the records differently, so
-its keys differ: the CRM's upsert by record key is what makes a re-export harmless.)
-Response 200: ``{"accepted": n, "rejected": [{"index": i, "reason": "..."}]}``.
-
-Retried with exponential backoff and full jitter: 429, 500, 502, 503, 504, timeouts, connection
-errors and broken responses; a ``Retry-After`` header (seconds or an HTTP date, RFC 9110 §10.2.3)
-is honoured in full (plus up to 10 % jitter, so in-flight requests do not return in step). Not
-retried: 401/403 (the API key is wrong: the bundle fails, and with it the job, rather than
-dead-lettering every record) and other 4xx (the batch is dead-lettered with the status and the
-CRM's reason). When the attempts run out the batch is dead-lettered.
-
-Up to ``max_in_flight`` batches are in flight at once; a bundle waits for all of its batches before
-it commits. Main output: nothing (accepted records are counted). Tagged output ``dead_letter``:
-one dict per record the CRM did not take: ``{"key", "reason", "status", "attempts", "stage"}``.
+"""``PostBatchesFn``: the DoFn that POSTs batches of CRM records to the CRM's batch API and accounts for
+every record: accepted (counted) or dead-lettered. The API, retries and idempotency keys:
+docs/crm-export.md, "The CRM batch API".
 """
 
 from __future__ import annotations
@@ -152,7 +136,7 @@ class PostBatchesFn(beam.DoFn):
             }
         )
         self._random = random.Random()
-        self._executor = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="crm-sink")
+        self._executor = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="post-batches")
 
     def teardown(self) -> None:
         executor = getattr(self, "_executor", None)

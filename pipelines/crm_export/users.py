@@ -1,16 +1,6 @@
-"""Shaping BigQuery's flattened user rows into the nested records a CRM takes.
-
-BigQuery exports a nested record as flattened columns with dotted names (``identity.email``), and a
-property whose type varies as a union of typed value columns, only one of them set::
-
-    {"external_id": "u1", "identity.email": "a@example.com", "identity.phone": null,
-     "properties.plan.string_value": "pro", "properties.plan.int_value": null}
-
-becomes ``{"external_id": "u1", "identity": {"email": "a@example.com"}, "properties": {"plan": "pro"}}``
-(nulls dropped so the CRM does not overwrite a known value with nothing; see ``keep_null``).
-``UserShaper`` does it all in one pass; ``unflatten``, ``merge_unions`` and ``drop_nulls`` are the
-general steps it falls back on for rows that hold nested objects. The DoFn in ``pipelines.crm_export.pipeline``
-applies it and dead-letters what it rejects.
+"""Shaping BigQuery's flattened user rows into the nested records a CRM takes (docs/crm-export.md,
+"Rows → records"): ``UserShaper`` in one pass, and the general steps ``unflatten``, ``merge_unions``
+and ``drop_nulls`` it falls back on for rows holding nested objects.
 """
 
 from __future__ import annotations

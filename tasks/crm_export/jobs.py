@@ -1,15 +1,7 @@
 """The launch/poll split for Beam jobs: launch adopts or skips before it submits; poll only waits.
 
-One ``JobLauncher`` interface, two implementations: ``tasks.crm_export.launchers.dataflow.DataflowLauncher``
-(the Dataflow service) and ``tasks.crm_export.launchers.local.LocalLauncher`` (a detached local process with
-a job registry on disk). States are Dataflow's ``JobState`` names for both.
-
-Why the split (design.md §4): a FlexRS job can sit in ``JOB_STATE_QUEUED`` for up to 6 hours; an
-operator that launches and waits in one step launches a second, paid job when it is retried. Here
-the job name is deterministic (pipeline + shard date), ``launch_job`` lists the jobs of that name
-first, and ``poll_job`` only ever looks at the job id that launch returned.
-
-Plain functions, no Prefect: the Prefect tasks over them are in ``tasks.crm_export.tasks``.
+One ``JobLauncher`` interface (``launchers.dataflow.DataflowLauncher``, ``launchers.local.LocalLauncher``),
+plain functions without Prefect; why the split: docs/crm-export.md, "Launch and poll".
 """
 
 from __future__ import annotations
@@ -77,7 +69,7 @@ class JobSpec:
     """What to submit: the job name, the pipeline's own arguments, labels, and the CRM API key.
 
     ``pipeline_args`` are ``CrmExportOptions`` flags (no secret: options are job metadata); the key
-    reaches the pipeline's sink as an argument, never as an option or a label.
+    reaches the pipeline's ``PostBatchesFn`` as an argument, never as an option or a label.
     """
 
     name: str

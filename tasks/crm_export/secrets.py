@@ -1,13 +1,8 @@
 """Where the CRM API key comes from: a Prefect ``Secret`` block, Vault KV v2, or a KMS ciphertext in GCS.
 
-The CRM export flow calls :func:`read_api_key` once, on the Prefect worker that launches the
-pipeline, and hands the key to the pipeline as a Python argument (``build_pipeline(..., api_key)``).
-The key is never put in pipeline options, Dataflow job labels, flow or deployment parameters, logs
-or artifacts: the flow takes only the block's slug as a parameter.
-
-``read_api_key`` is a plain function; the flow calls it through the task
-``tasks.crm_export.tasks.read_crm_api_key``, which neither persists nor caches its result and returns
-the key wrapped in an ``ApiKey`` (masked in ``repr``).
+``read_api_key`` runs once per flow run, on the worker that launches the pipeline (through the task
+``tasks.crm_export.tasks.read_crm_api_key``); only the block's slug is a parameter, and the key never
+reaches pipeline options, job labels, logs or artifacts.
 """
 
 from __future__ import annotations

@@ -1,16 +1,8 @@
-"""Prefect tasks of the CRM export, and the settings models the flow takes as parameters.
+"""Prefect tasks of the CRM export, and the models of the flow's parameters (never secrets: a secret is
+named by its block): the source, ``CrmSettings``, the runner.
 
-Settings (flow parameters; never secrets — a secret is named by its block):
-- source: ``BigQuerySource`` (date-sharded ``{project}.{dataset}.{prefix}_{YYYYMMDD}``) or
-  ``LocalSource`` (``{directory}/{prefix}_{YYYYMMDD}.jsonl``, same rows);
-- ``CrmSettings``: the pipeline's settings (``pipelines.crm_export.settings``) and the API key's block;
-- runner: ``DataflowRunnerSettings`` (a ``DataflowOptions`` block) or ``LocalRunnerSettings``.
-
-Tasks: ``resolve_export_shard``, ``read_crm_api_key``, ``launch_export_job``, ``poll_export_job``,
-``export_metrics``. Launch and poll are separate so that a rerun adopts its job (see
-``tasks.crm_export.jobs``). The shard is resolved once per flow run (a retried run exports the shard it
-started with, not a newer one); launch and poll never cache, so a retry really looks again. Tasks
-retry transient errors only (connection, API unavailable); a failed job or bad input is final.
+The shard is resolved once per flow run; launch and poll are separate tasks that never cache, so a
+retry really looks again (docs/crm-export.md, "Launch and poll"). Tasks retry transient errors only.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The CRM export pipeline: shaping, batching, and the sink against the real local CRM endpoint."""
+"""The CRM export pipeline: shaping, batching, and PostBatchesFn against the real local CRM endpoint."""
 
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def test_batches_never_exceed_n_and_bad_rows_go_to_the_dead_letter():
         )
 
 
-# --- the sink against the local CRM endpoint ----------------------------------------------------
+# --- PostBatchesFn against the local CRM endpoint -----------------------------------------------
 
 
 @pytest.fixture(scope="module")

@@ -1,26 +1,6 @@
 """A ``JobLauncher`` on the Dataflow service: list/get jobs, submit with Beam, read errors and metrics.
 
-Dataflow REST methods used (through ``google-cloud-dataflow-client``'s ``dataflow_v1beta3``):
-
-- ``projects.locations.jobs.list`` with the server-side ``name`` filter and ``filter=ALL``: every job of
-  that name, active ones first, then terminated ones, over as many pages as the service returns
-  (https://cloud.google.com/dataflow/docs/reference/rest/v1b3/projects.locations.jobs/list);
-- ``projects.locations.jobs.get`` with ``JOB_VIEW_SUMMARY``
-  (https://cloud.google.com/dataflow/docs/reference/rest/v1b3/projects.locations.jobs/get);
-- ``projects.locations.jobs.messages.list`` with ``minimumImportance=JOB_MESSAGE_ERROR``
-  (https://cloud.google.com/dataflow/docs/reference/rest/v1b3/projects.locations.jobs.messages/list);
-- ``projects.locations.jobs.getMetrics``
-  (https://cloud.google.com/dataflow/docs/reference/rest/v1b3/projects.locations.jobs/getMetrics).
-
-Submission is Beam's: ``DataflowRunner`` stages the workers' package (``--setup_file``) and the
-pipeline to GCS and calls ``projects.locations.jobs.create``. "Only one active job with a given name
-can exist in a project within one region"; creating another returns the existing job, which Beam
-reports as ``DataflowJobAlreadyExistsError`` (its ``clientRequestId`` differs from ours); a finished
-job's name can be reused (https://cloud.google.com/dataflow/docs/reference/rest/v1b3/projects.locations.jobs#Job.FIELDS.name).
-
-Reads are retried on transient errors (UNAVAILABLE, INTERNAL, RESOURCE_EXHAUSTED/429, DEADLINE_EXCEEDED)
-for up to 5 minutes, each call with a 60 s timeout: a poll that lasts hours must not fail on one
-dropped request.
+The REST methods it calls, and its retries: docs/crm-export.md, "Dataflow".
 """
 
 from __future__ import annotations
@@ -158,7 +138,7 @@ class DataflowLauncher:
     def encrypt_for_workers(self, api_key: ApiKey) -> KmsEncryptedApiKey:
         """Encrypt the API key with ``options.api_key_kms_key`` (KMS ``encrypt``, CRC32C-checked).
 
-        The sink is pickled into the job graph that Beam stages to GCS; only this ciphertext goes
+        ``PostBatchesFn`` is pickled into the job graph that Beam stages to GCS; only this ciphertext goes
         there, and the workers decrypt it (https://cloud.google.com/kms/docs/encrypt-decrypt).
         Raises ``PermissionError`` naming the key and the role when KMS refuses.
         """

@@ -1,15 +1,6 @@
-"""A ``JobLauncher`` that runs the pipeline on Beam's local Python runner, in a detached process.
-
-It behaves as Dataflow does where the launch/poll split depends on it: a job outlives the process
-that submitted it (its own session, so a killed flow does not take it down), a second *active* job
-of one name is refused, a finished job's name can be reused, and states are Dataflow's.
-
-The registry is a directory: ``jobs/<job id>.json`` per job (name, id, state, pid, labels,
-timestamps, counters, errors) and ``jobs/<job id>.log`` (the job's output), updated atomically
-(write + rename) under an ``fcntl`` lock. A job whose process died without writing a final state is
-reported FAILED. The CRM API key goes to the job on its stdin, never in argv or the environment.
-
-The job process is ``python -m tasks.crm_export.launchers.local --registry DIR --job-id ID -- <pipeline args>``.
+"""A ``JobLauncher`` that runs the pipeline on Beam's local Python runner, in a detached process, with a
+job registry on disk (docs/crm-export.md, "Local"). The job process is
+``python -m tasks.crm_export.launchers.local --registry DIR --job-id ID -- <pipeline args>``.
 """
 
 from __future__ import annotations
@@ -34,7 +25,7 @@ from typing import Any
 from pipelines.crm_export.accounting import Counters, Distribution, ExportMetrics, check_accounting
 from tasks.crm_export.jobs import TERMINAL_STATES, JobAlreadyExistsError, JobInfo, JobSpec, JobState
 
-#: Never Prism (it downloads a binary at run time, design.md §7): Beam's in-process Python runner.
+#: Never Prism (it downloads a binary at run time): Beam's in-process Python runner.
 LOCAL_RUNNER = "FnApiRunner"
 
 
