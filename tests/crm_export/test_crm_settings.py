@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -123,3 +125,18 @@ def test_job_names_and_labels_follow_dataflows_rules() -> None:
             validate_job_name(bad)
     with pytest.raises(ValueError, match="invalid Dataflow labels shard-date='2026/11/16'"):
         JobSpec("crm-export-20261116", (), {"shard-date": "2026/11/16"}, ApiKey("k"))
+
+
+def imported(statement: str) -> set[str]:
+    """The top-level packages among apache_beam and prefect that ``statement`` imports, in a fresh interpreter."""
+    code = f"import sys; {statement}; print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    return set(out.stdout.split()) & {"apache_beam", "prefect"}
+
+
+def test_the_contract_imports_neither_beam_nor_prefect_and_the_flow_no_beam() -> None:
+    contract = (
+        "import pipelines.crm_export.settings, pipelines.crm_export.accounting, pipelines.crm_export.api_key"
+    )
+    assert imported(contract + ", pipelines.crm_export.users") == set()  # what workers and blocks import
+    assert imported("import flows.crm_export.export") == {"prefect"}  # Beam only where a job is built
