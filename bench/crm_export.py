@@ -2,17 +2,9 @@
 
     python -m bench.crm_export [--users 1000000]
 
-Generates the users once (``.bench/crm/``), starts the local CRM endpoint (its own process), then
-on the same runner (``FnApiRunner``, in this process) and the same file:
-- bare: read rows (the pipeline's own source transform: lines → row dicts) → BatchElements → count;
-- end to end: the export pipeline (read rows → BatchElements → shape → CRM sink) into the endpoint.
-Both run in two configurations of that runner: in this process, and with 2 worker processes (both
-cores). Prints records/s of both, their ratio, the CPU time per record (in-process only), and checks
-that every record was accepted or dead-lettered and none was delivered twice. Targets (issue 3): ≥ 40,000 records/s
-end to end on the 2-core reference machine and ≥ 0.5 of the bare pipeline.
-
-Then prints the Dataflow cost model for 100 M records that the README quotes: the articles'
-measured GroupByKey job scaled to 100 M, and this pipeline (no shuffle) from the CPU measured here.
+Prints records/s of both (in process, and with 2 worker processes), their ratio and the CPU time per
+record, checks that every record was accepted or dead-lettered once, then prints the Dataflow cost
+model for 100 M records: this pipeline (no shuffle) next to a measured GroupByKey job, scaled.
 """
 
 from __future__ import annotations
@@ -27,20 +19,16 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from devstack.crm import CrmStandIn
 from devstack.user_rows import write_user_rows
-from pipelines.crm_export.pipeline import (
-    CrmExportOptions,
-    build_pipeline,
-    check_accounting,
-    job_counters,
-    read_rows,
-)
-from pipelines.crm_export.sink import ApiKey
+from pipelines.crm_export.accounting import check_accounting
+from pipelines.crm_export.api_key import ApiKey
+from pipelines.crm_export.pipeline import ReadRows, build_pipeline, pipeline_metrics
 from tasks.crm_export.cost import DataflowPrices, estimate_cost
 
 API_KEY = "bench-key"
 WORKDIR = Path(".bench/crm")
-#: The articles' Dataflow job (seeds/002): 87 M records, GroupByKey batching, n1-standard workers.
-ARTICLE = {
+#: The resources of a measured Dataflow job that batched with GroupByKey (the README's cost comparison):
+#: 87 M records, n1-standard workers.
+GROUPBYKEY_JOB = {
     "records": 87e6,
     "vcpu_hours": 8.019,
     "memory_gb_hours": 30.073,
@@ -71,10 +59,9 @@ CONFIGURATIONS = {
 
 
 def bare(source: Path, batch_size: int, runner_args: list[str]) -> tuple[float, float]:
-    options = PipelineOptions(["--runner=FnApiRunner", *runner_args, f"--input_file={source}"])
-    pipeline = beam.Pipeline(options=options)
+    pipeline = beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner", *runner_args]))
     (
-        read_rows(pipeline, options.view_as(CrmExportOptions)).rows
+        (pipeline | ReadRows(input_file=str(source))).rows
         | beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
         | beam.Map(len)
         | beam.CombineGlobally(sum)
@@ -100,13 +87,13 @@ def end_to_end(
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, ApiKey(API_KEY))
     seconds, cpu, result = _run(pipeline)
-    return seconds, cpu, job_counters(result)
+    return seconds, cpu, pipeline_metrics(result)
 
 
 def cost_model(records: float, cpu_seconds_per_record: float) -> None:
     prices = DataflowPrices()
-    scale = records / ARTICLE["records"]
-    article = {k: v * scale for k, v in ARTICLE.items() if k != "records"}
+    scale = records / GROUPBYKEY_JOB["records"]
+    groupbykey = {k: v * scale for k, v in GROUPBYKEY_JOB.items() if k != "records"}
     vcpu_hours = records * cpu_seconds_per_record / 3600
     ours = {
         "vcpu_hours": vcpu_hours,
@@ -117,7 +104,7 @@ def cost_model(records: float, cpu_seconds_per_record: float) -> None:
     print(f"\nDataflow cost model for {records / 1e6:,.0f} M records (prices: {prices.model_dump()})")
     print(f"{'':34}{'vCPU-h':>9}{'GB-h':>9}{'PD GB-h':>9}{'shuffle GB':>12}{'USD':>8}")
     for label, figures in (
-        ("articles' job (GroupByKey), scaled", article),
+        ("GroupByKey job (87 M), scaled", groupbykey),
         ("this pipeline (no shuffle)", ours),
     ):
         usd = estimate_cost(
@@ -128,7 +115,7 @@ def cost_model(records: float, cpu_seconds_per_record: float) -> None:
                 "BillableShuffleDataProcessed": figures["shuffle_gb"],  # the service reports GB
             },
             prices,
-        )["usd"]
+        ).usd
         print(
             f"{label:34}{figures['vcpu_hours']:9.2f}{figures['memory_gb_hours']:9.1f}"
             f"{figures['pd_gb_hours']:9.1f}{figures['shuffle_gb']:12.2f}{usd:8.2f}"
@@ -158,9 +145,9 @@ def main() -> None:
         for label, runner_args in CONFIGURATIONS.items():
             crm.reset()
             bare_s, bare_cpu = bare(source, args.batch_size, runner_args)
-            e2e_s, e2e_cpu, counters = end_to_end(source, crm, args.batch_size, runner_args)
+            e2e_s, e2e_cpu, metrics = end_to_end(source, crm, args.batch_size, runner_args)
             stats = crm.stats()
-            check_accounting(counters)
+            check_accounting(metrics.counters)
             in_process = not runner_args  # worker processes' CPU is not this process's
             cpu = (lambda c: f"{c / n * 1e6:15.1f}") if in_process else (lambda c: f"{'-':>15}")
             bare_rate, e2e_rate = n / bare_s, n / e2e_s
@@ -168,9 +155,9 @@ def main() -> None:
             print(f"{'':26}{'end to end into the CRM':26}{e2e_s:9.1f}{e2e_rate:12,.0f}{cpu(e2e_cpu)}")
             print(
                 f"{'':26}ratio {e2e_rate / bare_rate:.2f} (target ≥ 0.5), end to end {e2e_rate:,.0f} records/s "
-                f"(target ≥ 40,000); accepted {counters['records_accepted']:,}, dead-lettered "
-                f"{counters['records_dead_lettered']:,}, duplicate deliveries {stats['duplicate_deliveries']}, "
-                f"max batch {counters['batch_size']['max']:,}"
+                f"(target ≥ 40,000); accepted {metrics.counters.records_accepted:,}, dead-lettered "
+                f"{metrics.counters.records_dead_lettered:,}, duplicate deliveries {stats['duplicate_deliveries']}, "
+                f"max batch {metrics.batch_size.max:,}"
             )
             if in_process:
                 cpu_per_record = e2e_cpu / n

@@ -58,27 +58,23 @@ def run_crm_export(workdir: Path, stack: ExitStack) -> bool:
     again = crm_export(**params)
     stats = crm.stats()
     print("\n=== CRM export ===")
-    print(f"job:                  {summary['job_name']} ({summary['job_id']}), {summary['state']}")
-    print(f"records read:         {summary['records_read']:,}")
+    print(f"job:                  {summary.job_name} ({summary.job_id}), {summary.state.value}")
+    print(f"records read:         {summary.records_read:,}")
     print(
-        f"accepted by the CRM:  {summary['records_accepted']:,}  (CRM holds {stats['distinct_users']:,} users)"
+        f"accepted by the CRM:  {summary.records_accepted:,}  (CRM holds {stats['distinct_users']:,} users)"
     )
     print(
-        f"dead-lettered:        {summary['records_dead_lettered']:,}  (rejected {summary['records_rejected']:,}, "
-        f"malformed {summary['records_malformed']:,}) → {summary['dead_letter_prefix']}-*.jsonl"
+        f"dead-lettered:        {summary.records_dead_lettered:,}  (rejected {summary.records_rejected:,}, "
+        f"malformed {summary.records_malformed:,}) → {summary.dead_letter_prefix}-*.jsonl"
     )
-    batch = summary["batch_size"]
-    print(f"batches:              {summary['batches']:,} (size min {batch['min']:,}, max {batch['max']:,})")
-    print(f"retries:              {summary['retries']:,}  (HTTP {summary['http_status']})")
+    batch = summary.batch_size
+    print(f"batches:              {summary.batches:,} (size min {batch.min:,}, max {batch.max:,})")
+    print(f"retries:              {summary.retries:,}  (HTTP {summary.http_status})")
     print(f"duplicate deliveries: {stats['duplicate_deliveries']}")
-    print(
-        f"throughput:           {summary['records_per_second']:,} records/s over {summary['duration_seconds']} s"
-    )
-    print(
-        f"second run:           {again['launch']} (job {again['job_id']}): a DONE shard is not exported twice"
-    )
+    print(f"throughput:           {summary.records_per_second:,} records/s over {summary.duration_seconds} s")
+    print(f"second run:           {again.launch} (job {again.job_id}): a DONE shard is not exported twice")
     return (
-        summary["records_read"] == summary["records_accepted"] + summary["records_dead_lettered"]
+        summary.records_read == summary.records_accepted + summary.records_dead_lettered
         and stats["duplicate_deliveries"] == 0
-        and again["launch"] == "skipped"
+        and again.launch == "skipped"
     )

@@ -1,7 +1,8 @@
 """The package Dataflow workers install: ``pipelines`` only (``--setup_file=pipelines/setup.py``).
 
 Beam builds it with ``python -m build --sdist`` when it stages a job; workers already have Beam
-with its GCP extras (``requests``, ``google-cloud-kms``), so the only extra is orjson.
+with its GCP extras (``requests``, ``google-cloud-kms``). The extras: orjson (the records' JSON) and
+pydantic (the settings contract, ``crm_export/settings.py``).
 """
 
 import setuptools
@@ -12,6 +13,6 @@ setuptools.setup(
     description="Apache Beam pipelines of analytics-flows (CRM export)",
     package_dir={"pipelines": "."},
     packages=["pipelines", "pipelines.crm_export"],
-    install_requires=["orjson", "requests"],
+    install_requires=["orjson", "pydantic>=2,<3", "requests"],
     python_requires=">=3.11",
 )

@@ -1,16 +1,7 @@
 """The ``Dataflow Options`` block: where and how a Beam job runs on Dataflow (``DataflowRunner`` flags).
 
-``DataflowOptions.pipeline_args(job_name, labels)`` turns the block into Beam's command-line flags; the
-pipeline's own flags (``CrmExportOptions``) come after them. Flag names are those of Beam's
-``apache_beam/options/pipeline_options.py`` (``GoogleCloudOptions``, ``WorkerOptions``, ``SetupOptions``,
-``DebugOptions``). Nothing secret belongs here: every flag becomes job metadata that anyone with
-``dataflow.jobs.get`` can read in the console.
-
-Identity: ``gcp_credentials`` is what ``tasks.crm_export.launchers.dataflow.DataflowLauncher`` lists, reads and
-polls jobs with. Beam's submission itself (``pipeline.run()``: staging to GCS and
-``projects.locations.jobs.create``) authenticates with Application Default Credentials of the process
-(``google.auth.default()``), which Beam looks up on its own; give the worker that runs the flow the same
-identity (e.g. ``GOOGLE_APPLICATION_CREDENTIALS`` or the VM/pod service account).
+Nothing secret belongs here: every flag becomes job metadata. ``gcp_credentials`` is the identity the
+launcher lists and polls jobs with; Beam submits with the process's Application Default Credentials.
 """
 
 from __future__ import annotations
@@ -23,6 +14,8 @@ from typing import Literal
 from prefect.blocks.core import Block
 from prefect_gcp.credentials import GcpCredentials
 from pydantic import Field, field_validator, model_validator
+
+from pipelines.crm_export.settings import validate_job_name, validate_labels
 
 #: The workers' package (``--setup_file``): ``pipelines/setup.py`` of this repository.
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
@@ -41,34 +34,6 @@ _SUBNETWORK = re.compile(
 )
 _NETWORK = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 _SERVICE_ACCOUNT = re.compile(r"[^@\s]+@[^@\s]+\.gserviceaccount\.com")
-# https://cloud.google.com/compute/docs/labeling-resources#requirements (as tasks.crm_export.jobs.JobSpec checks them)
-_LABEL_KEY = re.compile(r"[a-z][-_a-z0-9]{0,62}")
-_LABEL_VALUE = re.compile(r"[-_a-z0-9]{0,63}")
-MAX_LABELS = 64
-_JOB_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
-
-
-def validate_labels(labels: Mapping[str, str]) -> dict[str, str]:
-    """Return ``labels`` as a dict if they are valid Dataflow (GCP resource) labels, else raise ``ValueError``.
-
-    Keys: 1-63 characters, lowercase letter first, then lowercase letters, digits, ``-`` and ``_``.
-    Values: 0-63 of the same characters. At most 64 labels.
-    """
-    bad = [
-        f"{key}={value!r}"
-        for key, value in labels.items()
-        if not _LABEL_KEY.fullmatch(str(key))
-        or not isinstance(value, str)
-        or not _LABEL_VALUE.fullmatch(value)
-    ]
-    if bad:
-        raise ValueError(
-            f"invalid Dataflow labels {', '.join(bad)}: keys start with a lowercase letter; keys and values use "
-            "lowercase letters, digits, '-' and '_' and are at most 63 characters"
-        )
-    if len(labels) > MAX_LABELS:
-        raise ValueError(f"a Dataflow job takes at most {MAX_LABELS} labels, got {len(labels)}")
-    return dict(labels)
 
 
 class DataflowOptions(Block):
@@ -299,8 +264,7 @@ class DataflowOptions(Block):
 
         Raises ``ValueError`` for an invalid job name or labels, ``FileNotFoundError`` for a missing setup file.
         """
-        if not _JOB_NAME.fullmatch(job_name):
-            raise ValueError(f"{job_name!r} is not a valid Dataflow job name ([a-z]([-a-z0-9]*[a-z0-9])?)")
+        validate_job_name(job_name)
         merged = validate_labels({**self.labels, **labels})
         args = [
             "--runner=DataflowRunner",

@@ -1,7 +1,7 @@
 """The stand-in's HTTP server: `Api` (the endpoints), the request handler, `CrmHttpServer` and
 `make_server`, which `python -m devstack.crm` runs; `CrmStandIn` (`standin`) launches that subprocess.
 
-The API itself is described in the package docstring (`devstack/crm/__init__.py`).
+The API itself is described in docs/crm-export.md, "The CRM stand-in".
 """
 
 from __future__ import annotations

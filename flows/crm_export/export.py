@@ -2,26 +2,25 @@
 
     resolve the shard → read the API key → launch (adopt / skip / submit) → poll → summary artifact
 
-A rerun (or a retry of the run from the UI) launches again, which adopts the job of the same name,
-so a shard is never paid for twice; ``force=True`` exports a shard again after a DONE job. The flow
-itself does not retry: its tasks retry transient errors, and a FAILED job or bad input should be
-looked at, not resubmitted automatically. Every record read is either accepted by the CRM or in the
-dead-letter files; the run fails if the counts disagree.
+A rerun launches again, which adopts the job of the same name, so a shard is never paid for twice.
+The flow does not retry (its tasks retry transient errors); it fails unless every record read was
+accepted or dead-lettered.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.crm_export.pipeline import check_accounting
-from tasks.crm_export.cost import DataflowPrices, estimate_cost
-from tasks.crm_export.jobs import RUN_LABEL, job_name
+from pipelines.crm_export.accounting import Distribution, ExportMetrics, check_accounting
+from pipelines.crm_export.settings import job_name
+from tasks.crm_export.cost import CostEstimate, DataflowPrices, estimate_cost
+from tasks.crm_export.jobs import RUN_LABEL, JobInfo, JobState
 from tasks.crm_export.tasks import (
     CrmSettings,
     RunnerSettings,
@@ -43,6 +42,39 @@ class PollSettings(BaseModel):
     timeout_seconds: float = Field(default=8 * 3600.0, gt=0)
 
 
+class ExportSummary(BaseModel):
+    """What one run of the export did: the flow's result, shown as its ``crm-export`` artifact.
+
+    ``launch``: what the launch did (``tasks.crm_export.jobs.LaunchResult``). ``records_*``, ``batches``,
+    ``retries``, ``http_status`` (responses by HTTP status): the job's counters
+    (``pipelines.crm_export.accounting.Counters``). ``batch_size``: records per batch posted.
+    ``duration_seconds``: from the job's creation to its final state. ``dead_letter_prefix``: the
+    dead-letter files are ``<prefix>-*.jsonl``. ``estimated_cost``: None unless the runner reported
+    resource metrics (Dataflow).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    shard_date: dt.date
+    job_name: str
+    job_id: str
+    launch: Literal["submitted", "adopted", "skipped"]
+    state: JobState
+    records_read: int
+    records_accepted: int
+    records_rejected: int
+    records_malformed: int
+    records_dead_lettered: int
+    batches: int
+    batch_size: Distribution | None
+    retries: int
+    http_status: dict[int, int]
+    duration_seconds: float
+    records_per_second: int | None
+    dead_letter_prefix: str
+    estimated_cost: CostEstimate | None
+
+
 @flow(name="crm-export", persist_result=True)
 def crm_export(
     source: Source,
@@ -54,7 +86,7 @@ def crm_export(
     poll: PollSettings | None = None,
     prices: DataflowPrices | None = None,
     pipeline_name: str = PIPELINE,
-) -> dict[str, Any]:
+) -> ExportSummary:
     """Export one shard of the user table to the CRM; returns the summary the artifact shows.
 
     ``shard_date``: the shard to export (default: the latest existing). ``force``: export again even
@@ -97,82 +129,74 @@ def crm_export(
     metrics = export_metrics(runner, job.id)
     summary = _summary(shard, launched.action, job, metrics, dead_letter_prefix, prices, started)
     create_markdown_artifact(key="crm-export", markdown=_markdown(summary), description=f"CRM export {name}")
-    check_accounting(metrics["counters"])
+    check_accounting(metrics.counters)
     return summary
 
 
 def _summary(
     shard: dt.date,
-    action: str,
-    job: Any,
-    metrics: dict[str, Any],
+    action: Literal["submitted", "adopted", "skipped"],
+    job: JobInfo,
+    metrics: ExportMetrics,
     dead_letter_prefix: str,
     prices: DataflowPrices,
     started: dt.datetime,
-) -> dict[str, Any]:
-    counters = metrics.get("counters", {})
-    resources = metrics.get("resources", {})
+) -> ExportSummary:
+    counters = metrics.counters
     if job.create_time and job.state_time:
         duration = (job.state_time - job.create_time).total_seconds()
     else:
-        duration = resources.get("wall_seconds") or (dt.datetime.now(dt.UTC) - started).total_seconds()
-    read = counters.get("records_read", 0)
-    return {
-        "shard_date": f"{shard:%Y-%m-%d}",
-        "job_name": job.name,
-        "job_id": job.id,
-        "launch": action,
-        "state": job.state.value,
-        "records_read": read,
-        "records_accepted": counters.get("records_accepted", 0),
-        "records_rejected": counters.get("records_rejected", 0),
-        "records_malformed": counters.get("records_malformed", 0),
-        "records_dead_lettered": counters.get("records_dead_lettered", 0),
-        "batches": counters.get("batches", 0),
-        "batch_size": metrics.get("batch_size"),
-        "retries": counters.get("retries", 0),
-        "http_status": {k[5:]: v for k, v in sorted(counters.items()) if k.startswith("http_")},
-        "duration_seconds": round(duration, 1),
-        "records_per_second": round(read / duration) if duration else None,
-        "dead_letter_prefix": dead_letter_prefix,
-        "estimated_cost": estimate_cost(resources, prices),
-    }
+        duration = (
+            metrics.resources.get("wall_seconds") or (dt.datetime.now(dt.UTC) - started).total_seconds()
+        )
+    return ExportSummary(
+        shard_date=shard,
+        job_name=job.name,
+        job_id=job.id,
+        launch=action,
+        state=job.state,
+        records_read=counters.records_read,
+        records_accepted=counters.records_accepted,
+        records_rejected=counters.records_rejected,
+        records_malformed=counters.records_malformed,
+        records_dead_lettered=counters.records_dead_lettered,
+        batches=counters.batches,
+        batch_size=metrics.batch_size,
+        retries=counters.retries,
+        http_status=dict(sorted(counters.http_status.items())),
+        duration_seconds=round(duration, 1),
+        records_per_second=round(counters.records_read / duration) if duration else None,
+        dead_letter_prefix=dead_letter_prefix,
+        estimated_cost=estimate_cost(metrics.resources, prices),
+    )
 
 
-def _markdown(summary: dict[str, Any]) -> str:
-    batch = summary["batch_size"] or {}
-    cost = summary["estimated_cost"]
+def _markdown(summary: ExportSummary) -> str:
+    batch = summary.batch_size
+    cost = summary.estimated_cost
     rows = [
-        ("Shard", summary["shard_date"]),
-        ("Job", f"`{summary['job_name']}` ({summary['job_id']}), {summary['launch']}, {summary['state']}"),
-        ("Records read", f"{summary['records_read']:,}"),
-        ("Accepted by the CRM", f"{summary['records_accepted']:,}"),
+        ("Shard", f"{summary.shard_date:%Y-%m-%d}"),
+        ("Job", f"`{summary.job_name}` ({summary.job_id}), {summary.launch}, {summary.state.value}"),
+        ("Records read", f"{summary.records_read:,}"),
+        ("Accepted by the CRM", f"{summary.records_accepted:,}"),
         (
             "Dead-lettered",
-            f"{summary['records_dead_lettered']:,} (rejected by the CRM {summary['records_rejected']:,}, "
-            f"malformed {summary['records_malformed']:,})",
+            f"{summary.records_dead_lettered:,} (rejected by the CRM {summary.records_rejected:,}, "
+            f"malformed {summary.records_malformed:,})",
         ),
-        ("Batches", f"{summary['batches']:,}"),
-        (
-            "Batch size",
-            f"min {batch.get('min', '-')}, mean {batch.get('mean', 0):,.1f}, max {batch.get('max', '-')}"
-            if batch
-            else "-",
-        ),
-        ("Retries", f"{summary['retries']:,}"),
-        ("HTTP statuses", ", ".join(f"{k}: {v:,}" for k, v in summary["http_status"].items()) or "-"),
-        (
-            "Duration",
-            f"{summary['duration_seconds']:,.1f} s ({summary['records_per_second'] or 0:,} records/s)",
-        ),
-        ("Dead letters", f"`{summary['dead_letter_prefix']}-*.jsonl`"),
+        ("Batches", f"{summary.batches:,}"),
+        ("Batch size", f"min {batch.min}, mean {batch.mean:,.1f}, max {batch.max}" if batch else "-"),
+        ("Retries", f"{summary.retries:,}"),
+        ("HTTP statuses", ", ".join(f"{k}: {v:,}" for k, v in summary.http_status.items()) or "-"),
+        ("Duration", f"{summary.duration_seconds:,.1f} s ({summary.records_per_second or 0:,} records/s)"),
+        ("Dead letters", f"`{summary.dead_letter_prefix}-*.jsonl`"),
         (
             "Estimated Dataflow cost",
-            f"${cost['usd']:.2f} ({cost['vcpu_hours']:.2f} vCPU-h, {cost['memory_gb_hours']:.1f} GB-h memory, "
-            f"{cost['shuffle_gb']:.2f} GB shuffle)"
+            f"${cost.usd:.2f} ({cost.vcpu_hours:.2f} vCPU-h, {cost.memory_gb_hours:.1f} GB-h memory, "
+            f"{cost.shuffle_gb:.2f} GB shuffle)"
             if cost
             else "not reported (local runner)",
         ),
     ]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
-    return f"# CRM export {summary['shard_date']}\n\n| | |\n|---|---|\n{table}\n"
+    return f"# CRM export {summary.shard_date:%Y-%m-%d}\n\n| | |\n|---|---|\n{table}\n"

@@ -1,17 +1,7 @@
-"""The weekly CRM export pipeline: user rows → CRM records → batches of ≤ N → the CRM's batch API.
+"""The weekly CRM export pipeline: ``ReadRows`` → ``WriteToCrm`` → ``WriteDeadLetters`` (``build_pipeline``).
 
-    read rows (BigQuery shard, or a newline-delimited JSON file locally; bad lines to the dead letter)
-      → BatchElements(min_batch_size=N, max_batch_size=N)   # no shuffle; never more than N
-      → ShapeBatch (unflatten, merge unions, drop nulls; malformed rows to the dead letter)
-      → CrmSink (POST, retries, per-record rejections to the dead letter)
-    dead letters → JSON lines under --dead_letter_prefix
-
-Every record read is either accepted by the CRM or dead-lettered; ``check_accounting`` verifies
-``records_read == records_accepted + records_dead_lettered`` from the job's counters.
-
-The API key is not a pipeline option (options are visible in the Dataflow console and job
-metadata): ``build_pipeline`` takes it as an argument and hands it to the sink, which is pickled
-into the job graph — so a Dataflow job gets it only as a ``KmsEncryptedApiKey``.
+Its options are ``CrmExportOptions`` (no secrets: options are job metadata; the API key is an
+argument of ``build_pipeline``). Diagram and dead letters: docs/crm-export.md, "The pipeline".
 """
 
 from __future__ import annotations
@@ -26,10 +16,18 @@ import orjson
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.crm_export.sink import DEAD_LETTER, NAMESPACE, ApiKey, CrmSink, KmsEncryptedApiKey, dead_letter
-from pipelines.crm_export.users import UNION_FIELDS, MalformedRowError, UserShaper
-
-DEFAULT_BATCH_SIZE = 5000
+from pipelines.crm_export.accounting import (
+    DEAD_LETTER,
+    NAMESPACE,
+    Counters,
+    Distribution,
+    ExportMetrics,
+    dead_letter,
+)
+from pipelines.crm_export.api_key import ApiKey, KmsEncryptedApiKey
+from pipelines.crm_export.post_batches import PostBatchesFn
+from pipelines.crm_export.settings import PipelineSettings, add_setting_flags, settings_from_options
+from pipelines.crm_export.users import MalformedRowError, UserShaper
 
 
 class CrmExportOptions(PipelineOptions):
@@ -40,27 +38,11 @@ class CrmExportOptions(PipelineOptions):
         source = parser.add_argument_group("source (one of)")
         source.add_argument("--input_table", help="BigQuery shard, PROJECT:DATASET.TABLE_YYYYMMDD")
         source.add_argument("--input_file", help="newline-delimited JSON file (or glob) of the same rows")
-        parser.add_argument("--crm_url", required=False, help="the CRM's batch import endpoint")
         parser.add_argument("--dead_letter_prefix", help="path prefix of the dead-letter JSON lines files")
-        parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="records per request")
-        parser.add_argument("--key_field", default="external_id", help="the CRM's record key")
-        parser.add_argument("--flat_separator", default=".", help="separator of flattened column names")
-        parser.add_argument(
-            "--union_fields", default=",".join(UNION_FIELDS), help="typed value columns of a union"
-        )
-        parser.add_argument(
-            "--keep_null", default="", help="comma-separated dotted fields sent as null to clear them"
-        )
-        parser.add_argument(
-            "--send_nulls", action="store_true", help="send every null (overwrites values in the CRM)"
-        )
-        parser.add_argument("--crm_read_timeout_seconds", type=float, default=60.0)
-        parser.add_argument("--crm_max_attempts", type=int, default=8)
-        parser.add_argument("--crm_max_backoff_seconds", type=float, default=60.0)
-        parser.add_argument("--crm_max_in_flight", type=int, default=4, help="concurrent requests per worker")
         parser.add_argument(
             "--idempotency_namespace", default="", help="part of every idempotency key (the job name)"
         )
+        add_setting_flags(parser)
 
 
 class ParseRows(beam.DoFn):
@@ -71,8 +53,7 @@ class ParseRows(beam.DoFn):
     none of it, as Beam's committed metrics do.
     """
 
-    def __init__(self, key_field: str):
-        self.key_field = key_field
+    def __init__(self):
         self.records_read = Metrics.counter(NAMESPACE, "records_read")
         self.records_malformed = Metrics.counter(NAMESPACE, "records_malformed")
         self.records_dead_lettered = Metrics.counter(NAMESPACE, "records_dead_lettered")
@@ -139,121 +120,108 @@ class ShapeBatch(beam.DoFn):
             yield records
 
 
-def _read(pipeline: beam.Pipeline, options: CrmExportOptions) -> beam.PCollection:
-    if bool(options.input_table) == bool(options.input_file):
-        raise ValueError("give exactly one of --input_table (BigQuery) and --input_file (local JSON lines)")
-    if options.input_file:
-        return pipeline | "ReadJsonLines" >> beam.io.ReadFromText(options.input_file)
-    return pipeline | "ReadFromBigQuery" >> beam.io.ReadFromBigQuery(
-        table=options.input_table, method=beam.io.ReadFromBigQuery.Method.DIRECT_READ
-    )
+class ReadRows(beam.PTransform):
+    """The rows of one shard: main output ``rows`` (dicts), tagged output ``DEAD_LETTER`` (lines that are not JSON).
+
+    Exactly one of ``input_table`` (a BigQuery table ``PROJECT:DATASET.TABLE``, read with the Storage
+    Read API) and ``input_file`` (a newline-delimited JSON file or glob holding the same rows); else
+    ``ValueError``. Counts ``records_read`` and, for lines that are not JSON, ``records_malformed``.
+    """
+
+    def __init__(self, input_table: str | None = None, input_file: str | None = None):
+        super().__init__()
+        if bool(input_table) == bool(input_file):
+            raise ValueError(
+                "give exactly one of --input_table (BigQuery) and --input_file (local JSON lines)"
+            )
+        self.input_table = input_table
+        self.input_file = input_file
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
+        if self.input_file:
+            lines = pbegin | "ReadJsonLines" >> beam.io.ReadFromText(self.input_file)
+        else:
+            lines = pbegin | "ReadFromBigQuery" >> beam.io.ReadFromBigQuery(
+                table=self.input_table, method=beam.io.ReadFromBigQuery.Method.DIRECT_READ
+            )
+        return lines | "ParseRows" >> beam.ParDo(ParseRows()).with_outputs(DEAD_LETTER, main="rows")
 
 
-def read_rows(pipeline: beam.Pipeline, options: CrmExportOptions) -> beam.pvalue.DoOutputsTuple:
-    """The source as rows: ``.rows`` (dicts) and ``[DEAD_LETTER]`` (lines that are not JSON)."""
-    return _read(pipeline, options) | "ParseRows" >> beam.ParDo(ParseRows(options.key_field)).with_outputs(
-        DEAD_LETTER, main="rows"
-    )
+class WriteToCrm(beam.PTransform):
+    """Rows → CRM records in batches of at most ``settings.batch_size`` → POSTed to ``settings.url``.
+
+    ``BatchElements`` (no shuffle: batches form within a bundle) → ``ShapeBatch`` → ``PostBatchesFn``.
+    Output: the dead letters, rows the shaper rejects and records the CRM does not take; accepted
+    records are counted (``records_accepted``), not output. ``namespace``: part of every idempotency key.
+    """
+
+    def __init__(self, settings: PipelineSettings, api_key: ApiKey | KmsEncryptedApiKey, namespace: str):
+        super().__init__()
+        self.settings = settings
+        self.api_key = api_key
+        self.namespace = namespace
+
+    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+        size = self.settings.batch_size
+        shaped = (
+            rows
+            | "Batch" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
+            | "ShapeBatch"
+            >> beam.ParDo(ShapeBatch(UserShaper(self.settings))).with_outputs(DEAD_LETTER, main="batches")
+        )
+        posted = shaped.batches | "PostBatches" >> beam.ParDo(
+            PostBatchesFn(self.settings, self.api_key, self.namespace)
+        ).with_outputs(DEAD_LETTER, main="accepted")
+        return (shaped[DEAD_LETTER], posted[DEAD_LETTER]) | "DeadLetters" >> beam.Flatten()
+
+
+class WriteDeadLetters(beam.PTransform):
+    """Dead-letter entries (a tuple of PCollections) → JSON lines files ``<prefix>-SSSSS-of-NNNNN.jsonl``."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def expand(self, dead_letters: tuple[beam.PCollection, ...]) -> beam.pvalue.PDone:
+        return (
+            dead_letters
+            | "Flatten" >> beam.Flatten()
+            | "ToJson" >> beam.Map(lambda entry: orjson.dumps(entry).decode())
+            | "Write" >> beam.io.WriteToText(self.prefix, file_name_suffix=".jsonl", num_shards=0)
+        )
 
 
 def build_pipeline(pipeline: beam.Pipeline, api_key: ApiKey | KmsEncryptedApiKey) -> None:
-    """Add the export's transforms to ``pipeline``, whose options carry ``CrmExportOptions``.
+    """Add the export to ``pipeline``, whose options carry ``CrmExportOptions``: read rows, write them to
+    the CRM, write what the CRM did not take to the dead letters.
 
-    Raises ``ValueError`` for a missing source, CRM URL or dead-letter prefix, or a batch size < 1.
+    Raises ``ValueError`` for a missing source or dead-letter prefix, or a missing or invalid setting
+    (``pipelines.crm_export.settings.settings_from_options``).
     """
     options = pipeline.options.view_as(CrmExportOptions)
-    if not options.crm_url:
-        raise ValueError("--crm_url is required (the CRM's batch import endpoint)")
+    settings = settings_from_options(options)
     if not options.dead_letter_prefix:
         raise ValueError("--dead_letter_prefix is required: records the CRM does not take are written there")
-    if options.batch_size < 1:
-        raise ValueError(f"--batch_size must be at least 1, got {options.batch_size}")
-    read = read_rows(pipeline, options)
-    shaped = (
-        read.rows
-        | "Batch" >> beam.BatchElements(min_batch_size=options.batch_size, max_batch_size=options.batch_size)
-        | "ShapeBatch"
-        >> beam.ParDo(
-            ShapeBatch(
-                UserShaper(
-                    key_field=options.key_field,
-                    separator=options.flat_separator,
-                    union_fields=[f for f in options.union_fields.split(",") if f],
-                    drop_null_values=not options.send_nulls,
-                    keep_null=[f for f in options.keep_null.split(",") if f],
-                )
-            )
-        ).with_outputs(DEAD_LETTER, main="batches")
-    )
-    sent = shaped.batches | "PostToCrm" >> beam.ParDo(
-        CrmSink(
-            url=options.crm_url,
-            api_key=api_key,
-            namespace=options.idempotency_namespace,
-            key_field=options.key_field,
-            read_timeout_seconds=options.crm_read_timeout_seconds,
-            max_attempts=options.crm_max_attempts,
-            max_backoff_seconds=options.crm_max_backoff_seconds,
-            max_in_flight=options.crm_max_in_flight,
-        )
-    ).with_outputs(DEAD_LETTER, main="accepted")
-    (
-        (read[DEAD_LETTER], shaped[DEAD_LETTER], sent[DEAD_LETTER])
-        | "AllDeadLetters" >> beam.Flatten()
-        | "DeadLetterJson" >> beam.Map(lambda entry: orjson.dumps(entry).decode())
-        | "WriteDeadLetters"
-        >> beam.io.WriteToText(options.dead_letter_prefix, file_name_suffix=".jsonl", num_shards=0)
-    )
+
+    read = pipeline | "ReadRows" >> ReadRows(options.input_table, options.input_file)
+    not_taken = read.rows | "WriteToCrm" >> WriteToCrm(settings, api_key, options.idempotency_namespace)
+    (read[DEAD_LETTER], not_taken) | "WriteDeadLetters" >> WriteDeadLetters(options.dead_letter_prefix)
 
 
-class AccountingError(RuntimeError):
-    """``records_read != records_accepted + records_dead_lettered``: records were lost or counted twice."""
-
-
-COUNTERS = (
-    "records_read",
-    "records_malformed",
-    "records_sent",
-    "records_accepted",
-    "records_rejected",
-    "records_dead_lettered",
-    "batches",
-    "retries",
-)
-
-
-def check_accounting(counters: Mapping[str, int]) -> None:
-    """Raise ``AccountingError`` unless every record read was accepted or dead-lettered."""
-    read = counters.get("records_read", 0)
-    accepted = counters.get("records_accepted", 0)
-    dead = counters.get("records_dead_lettered", 0)
-    if read != accepted + dead:
-        raise AccountingError(
-            f"records read ({read}) != accepted ({accepted}) + dead-lettered ({dead}): "
-            f"{read - accepted - dead} records are unaccounted for"
-        )
-
-
-def job_counters(result: Any) -> dict[str, Any]:
-    """The export's counters (committed values) and ``batch_size`` distribution from a PipelineResult.
-
-    Shape: ``{"records_read": int, ..., "http_429": int, "batch_size": {"count", "sum", "min", "max", "mean"}}``.
-    """
+def pipeline_metrics(result: Any) -> ExportMetrics:
+    """The export's counters and ``batch_size`` distribution (committed values) from a finished
+    ``PipelineResult``; no resources (the runner reports those, if any)."""
     from apache_beam.metrics.metric import MetricsFilter
 
     metrics = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
-    out: dict[str, Any] = dict.fromkeys(COUNTERS, 0)
+    counts: dict[str, int] = {}
     for counter in metrics["counters"]:
-        name = counter.key.metric.name  # one entry per step: records_dead_lettered comes from two
-        out[name] = out.get(name, 0) + (counter.committed or 0)
-    for dist in metrics["distributions"]:
-        value = dist.committed
-        if value is not None and value.count:
-            out[dist.key.metric.name] = {
-                "count": value.count,
-                "sum": value.sum,
-                "min": value.min,
-                "max": value.max,
-                "mean": value.sum / value.count,
-            }
-    return out
+        name = counter.key.metric.name  # one entry per step: records_dead_lettered comes from three
+        counts[name] = counts.get(name, 0) + (counter.committed or 0)
+    batch_size = None
+    for distribution in metrics["distributions"]:
+        value = distribution.committed
+        if distribution.key.metric.name == "batch_size" and value is not None and value.count:
+            part = Distribution(value.count, value.sum, value.min, value.max)
+            batch_size = part if batch_size is None else batch_size.merged(part)
+    return ExportMetrics(Counters.from_names(counts), batch_size)

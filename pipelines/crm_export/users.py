@@ -1,16 +1,6 @@
-"""Shaping BigQuery's flattened user rows into the nested records a CRM takes.
-
-BigQuery exports a nested record as flattened columns with dotted names (``identity.email``), and a
-property whose type varies as a union of typed value columns, only one of them set::
-
-    {"external_id": "u1", "identity.email": "a@example.com", "identity.phone": null,
-     "properties.plan.string_value": "pro", "properties.plan.int_value": null}
-
-becomes ``{"external_id": "u1", "identity": {"email": "a@example.com"}, "properties": {"plan": "pro"}}``
-(nulls dropped so the CRM does not overwrite a known value with nothing; see ``keep_null``).
-``UserShaper`` does it all in one pass; ``unflatten``, ``merge_unions`` and ``drop_nulls`` are the
-general steps it falls back on for rows that hold nested objects. The DoFn in ``pipelines.crm_export.pipeline``
-applies it and dead-letters what it rejects.
+"""Shaping BigQuery's flattened user rows into the nested records a CRM takes (docs/crm-export.md,
+"Rows → records"): ``UserShaper`` in one pass, and the general steps ``unflatten``, ``merge_unions``
+and ``drop_nulls`` it falls back on for rows holding nested objects.
 """
 
 from __future__ import annotations
@@ -18,15 +8,14 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
-#: The typed value columns of a union, in the order their value is taken (GA4/BigQuery naming).
-UNION_FIELDS = ("string_value", "int_value", "float_value", "double_value", "bool_value")
+from pipelines.crm_export.settings import PipelineSettings
 
 
 class MalformedRowError(ValueError):
     """A row that cannot become a CRM record; its message is the dead-letter reason."""
 
 
-def unflatten(row: Mapping[str, Any], separator: str = ".") -> dict[str, Any]:
+def unflatten(row: Mapping[str, Any], separator: str) -> dict[str, Any]:
     """Rebuild nested objects from flattened names: ``{"a.b": 1}`` → ``{"a": {"b": 1}}``.
 
     Values that are already objects (BigQuery's ``RECORD`` columns read as dicts) are merged in.
@@ -56,7 +45,7 @@ def unflatten(row: Mapping[str, Any], separator: str = ".") -> dict[str, Any]:
     return out
 
 
-def merge_unions(obj: dict[str, Any], union_fields: Collection[str] = UNION_FIELDS, path: str = "") -> Any:
+def merge_unions(obj: dict[str, Any], union_fields: Collection[str], path: str = "") -> Any:
     """Collapse every object whose keys are all union value columns into its one non-null value.
 
     ``{"plan": {"string_value": "pro", "int_value": None}}`` → ``{"plan": "pro"}``; all null → ``None``.
@@ -76,7 +65,7 @@ def merge_unions(obj: dict[str, Any], union_fields: Collection[str] = UNION_FIEL
     return obj
 
 
-def drop_nulls(obj: dict[str, Any], keep_null: Collection[str] = (), path: str = "") -> dict[str, Any]:
+def drop_nulls(obj: dict[str, Any], keep_null: Collection[str], path: str = "") -> dict[str, Any]:
     """Remove null values (and objects left empty), except at the dotted paths in ``keep_null``.
 
     A CRM upsert overwrites a field with whatever it is sent: a null would erase a known value, so
@@ -107,19 +96,12 @@ class UserShaper:
     ``key_field``, has two typed values in one union, or names a field both as value and object.
     """
 
-    def __init__(
-        self,
-        key_field: str = "external_id",
-        separator: str = ".",
-        union_fields: Collection[str] = UNION_FIELDS,
-        drop_null_values: bool = True,
-        keep_null: Collection[str] = (),
-    ):
-        self.key_field = key_field
-        self.separator = separator
-        self.union_fields = frozenset(union_fields)
-        self.drop_null_values = drop_null_values
-        self.keep_null = frozenset(keep_null)
+    def __init__(self, settings: PipelineSettings):
+        self.key_field = settings.key_field
+        self.separator = settings.flat_separator
+        self.union_fields = frozenset(settings.union_fields)
+        self.drop_null_values = not settings.send_nulls
+        self.keep_null = frozenset(settings.keep_null)
         self._columns: dict[str, tuple[tuple[str, ...], str, bool, bool]] = {}
 
     def _column(self, name: str) -> tuple[tuple[str, ...], str, bool, bool]:

@@ -1,34 +1,12 @@
 """An estimate of what a finished Dataflow batch job cost, from its resource metrics and list prices.
 
-The resource metrics are the job-level service metrics (origin ``dataflow/v1b3``) that
-``DataflowLauncher.job_metrics`` returns under ``"resources"``. Their units, per the ``original_name``
-the service reports with each of them:
-
-======================================  ==============================  ================
-metric                                  service name                    unit
-======================================  ==============================  ================
-``TotalVcpuTime``                       ``Service-cpu_num_seconds``     vCPU-seconds
-``TotalMemoryUsage``                    ``Service-mem_mb_seconds``      MB-seconds
-``TotalPdUsage``                        ``Service-pd_gb_seconds``       GB-seconds (HDD)
-``TotalSsdUsage``                       ``Service-pd_ssd_gb_seconds``   GB-seconds (SSD)
-``TotalShuffleDataProcessed``           ``Service-shuffle_service_actual_gb``      GB
-``BillableShuffleDataProcessed``        ``Service-shuffle_service_chargeable_gb``  GB
-``TotalStreamingDataProcessed``         ``Service-streaming_service_gb``           GB
-======================================  ==============================  ================
-
-Memory is converted with 1 GB = 1024 MB (an n1-standard worker's 3.75 GB is reported as 3840 MB).
-Shuffle is billed on ``BillableShuffleDataProcessed`` (the volume after Dataflow Shuffle's volume
-discounts); when a job reports only ``TotalShuffleDataProcessed``, that (undiscounted) figure is used.
-Streaming Engine data (streaming jobs) is not priced here.
-
-It is an estimate: list prices differ per region, FlexRS and committed-use discounts change them, and
-the bill is the authority. Pricing: https://cloud.google.com/dataflow/pricing
+The metrics' units and what is priced: docs/crm-export.md, "Cost estimate".
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,10 +27,9 @@ RESOURCE_METRICS = (
 class DataflowPrices(BaseModel):
     """Dataflow batch list prices in USD. Check them for your region at https://cloud.google.com/dataflow/pricing.
 
-    Defaults: the figures of the reference article (``shared/seeds/002_…``, "Cost") for a FlexRS batch job:
-    vCPU $0.0354/h, memory $0.0025032/GB-h, standard persistent disk $0.000054/GB-h, shuffle data
-    processed $0.011/GB. ``ssd_gb_hour`` is not in the article: $0.000298/GB-h is Dataflow's long-standing
-    SSD PD list price in US regions — check it too.
+    Defaults: the prices of a FlexRS batch job that the README's cost comparison uses: vCPU $0.0354/h,
+    memory $0.0025032/GB-h, standard persistent disk $0.000054/GB-h, shuffle data processed $0.011/GB;
+    SSD persistent disk $0.000298/GB-h, Dataflow's long-standing SSD list price in US regions.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -68,12 +45,23 @@ class DataflowPrices(BaseModel):
     )
 
 
-def estimate_cost(resources: Mapping[str, float], prices: DataflowPrices) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class CostEstimate:
+    """A job's usage as ``DataflowPrices`` prices it (vCPU hours, GB hours, GB) and its estimated cost in USD."""
+
+    vcpu_hours: float
+    memory_gb_hours: float
+    pd_gb_hours: float
+    ssd_gb_hours: float
+    shuffle_gb: float
+    usd: float
+
+
+def estimate_cost(resources: Mapping[str, float], prices: DataflowPrices) -> CostEstimate | None:
     """The usage and estimated USD cost of a job from its resource metrics (see the module doc for units).
 
-    Returns ``{"vcpu_hours", "memory_gb_hours", "pd_gb_hours", "ssd_gb_hours", "shuffle_gb", "usd"}``
-    (floats; hours and GB as priced), or ``None`` when ``resources`` holds none of the resource metrics
-    (the job has not reported any yet, or ran elsewhere).
+    ``None`` when ``resources`` holds none of the resource metrics (the job has not reported any yet,
+    or ran elsewhere).
     """
     if not any(name in resources for name in RESOURCE_METRICS):
         return None
@@ -96,11 +84,4 @@ def estimate_cost(resources: Mapping[str, float], prices: DataflowPrices) -> dic
         + ssd_gb_hours * prices.ssd_gb_hour
         + shuffle_gb * prices.shuffle_gb
     )
-    return {
-        "vcpu_hours": vcpu_hours,
-        "memory_gb_hours": memory_gb_hours,
-        "pd_gb_hours": pd_gb_hours,
-        "ssd_gb_hours": ssd_gb_hours,
-        "shuffle_gb": shuffle_gb,
-        "usd": usd,
-    }
+    return CostEstimate(vcpu_hours, memory_gb_hours, pd_gb_hours, ssd_gb_hours, shuffle_gb, usd)

@@ -1,15 +1,7 @@
 """The launch/poll split for Beam jobs: launch adopts or skips before it submits; poll only waits.
 
-One ``JobLauncher`` interface, two implementations: ``tasks.crm_export.launchers.dataflow.DataflowLauncher``
-(the Dataflow service) and ``tasks.crm_export.launchers.local.LocalLauncher`` (a detached local process with
-a job registry on disk). States are Dataflow's ``JobState`` names for both.
-
-Why the split (design.md §4): a FlexRS job can sit in ``JOB_STATE_QUEUED`` for up to 6 hours; an
-operator that launches and waits in one step launches a second, paid job when it is retried. Here
-the job name is deterministic (pipeline + shard date), ``launch_job`` lists the jobs of that name
-first, and ``poll_job`` only ever looks at the job id that launch returned.
-
-Plain functions, no Prefect: the Prefect tasks over them are in ``tasks.crm_export.tasks``.
+One ``JobLauncher`` interface (``launchers.dataflow.DataflowLauncher``, ``launchers.local.LocalLauncher``),
+plain functions without Prefect; why the split: docs/crm-export.md, "Launch and poll".
 """
 
 from __future__ import annotations
@@ -17,13 +9,14 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from pipelines.crm_export.sink import ApiKey
+from pipelines.crm_export.accounting import ExportMetrics
+from pipelines.crm_export.api_key import ApiKey
+from pipelines.crm_export.settings import validate_job_name, validate_labels
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +46,6 @@ TERMINAL_STATES = frozenset(
     {JobState.DONE, JobState.FAILED, JobState.CANCELLED, JobState.UPDATED, JobState.DRAINED}
 )
 
-#: Dataflow job names: https://cloud.google.com/dataflow/docs/reference/rest/v1b3/projects.jobs#Job.FIELDS.name
-JOB_NAME_PATTERN = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
-_LABEL_PATTERN = re.compile(r"[a-z][-_a-z0-9]{0,62}")
-
 
 @dataclass(frozen=True)
 class JobInfo:
@@ -80,7 +69,7 @@ class JobSpec:
     """What to submit: the job name, the pipeline's own arguments, labels, and the CRM API key.
 
     ``pipeline_args`` are ``CrmExportOptions`` flags (no secret: options are job metadata); the key
-    reaches the pipeline's sink as an argument, never as an option or a label.
+    reaches the pipeline's ``PostBatchesFn`` as an argument, never as an option or a label.
     """
 
     name: str
@@ -90,12 +79,7 @@ class JobSpec:
 
     def __post_init__(self) -> None:
         validate_job_name(self.name)
-        for key, value in self.labels.items():
-            if not _LABEL_PATTERN.fullmatch(key) or not re.fullmatch(r"[-_a-z0-9]{0,63}", value):
-                raise ValueError(
-                    f"job label {key}={value!r} is not a valid Dataflow label (lowercase letters, digits, "
-                    "'-' and '_', at most 63 characters)"
-                )
+        validate_labels(self.labels)
 
 
 class JobAlreadyExistsError(RuntimeError):
@@ -134,27 +118,8 @@ class JobLauncher(Protocol):
     def job_errors(self, job_id: str) -> list[str]:
         """The job's error messages, oldest first (empty if none or unavailable)."""
 
-    def job_metrics(self, job_id: str) -> dict[str, Any]:
-        """``{"counters": {name: int}, "batch_size": {...} | None, "resources": {name: float}}``."""
-
-
-def validate_job_name(name: str) -> str:
-    """Return ``name`` if Dataflow accepts it as a job name, else raise ``ValueError`` saying why."""
-    if not JOB_NAME_PATTERN.fullmatch(name) or len(name) > 1024:
-        raise ValueError(
-            f"{name!r} is not a valid Dataflow job name: lowercase letters, digits and '-', starting with "
-            "a letter and not ending with '-'"
-        )
-    return name
-
-
-def job_name(pipeline: str, shard_date: dt.date) -> str:
-    """The deterministic job name of one export: ``<pipeline>-<YYYYMMDD>`` (e.g. ``crm-export-20261116``).
-
-    The same shard always gets the same name, which is what lets a retried launch find its job.
-    """
-    slug = re.sub(r"[^a-z0-9]+", "-", pipeline.lower()).strip("-")
-    return validate_job_name(f"{slug}-{shard_date:%Y%m%d}")
+    def job_metrics(self, job_id: str) -> ExportMetrics:
+        """The job's counters, ``batch_size`` distribution and resource metrics, as reported so far."""
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,8 @@
 """Where the CRM API key comes from: a Prefect ``Secret`` block, Vault KV v2, or a KMS ciphertext in GCS.
 
-The CRM export flow calls :func:`read_api_key` once, on the Prefect worker that launches the
-pipeline, and hands the key to the pipeline as a Python argument (``build_pipeline(..., api_key)``).
-The key is never put in pipeline options, Dataflow job labels, flow or deployment parameters, logs
-or artifacts: the flow takes only the block's slug as a parameter.
-
-``read_api_key`` is a plain function; the flow calls it through the task
-``tasks.crm_export.tasks.read_crm_api_key``, which neither persists nor caches its result and returns
-the key wrapped in an ``ApiKey`` (masked in ``repr``).
+``read_api_key`` runs once per flow run, on the worker that launches the pipeline (through the task
+``tasks.crm_export.tasks.read_crm_api_key``); only the block's slug is a parameter, and the key never
+reaches pipeline options, job labels, logs or artifacts.
 """
 
 from __future__ import annotations
@@ -15,11 +10,10 @@ from __future__ import annotations
 import importlib
 import logging
 
-import prefect.exceptions
-from prefect.blocks.core import Block
 from prefect.blocks.system import Secret
 
 from blocks.crm_export.secret_errors import SecretSourceError
+from tasks.common import BlockNotFoundError, load_block_by_slug, secret_string
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +32,8 @@ _CREATE_HINTS = {
 }
 
 
-class SecretBlockNotFoundError(SecretSourceError, LookupError):
-    """No block document with the given slug exists in the Prefect workspace."""
+class SecretBlockNotFoundError(SecretSourceError, BlockNotFoundError):
+    """No block document with the given slug exists in the Prefect workspace (a ``LookupError``)."""
 
 
 def read_api_key(block: str) -> str:
@@ -51,9 +45,9 @@ def read_api_key(block: str) -> str:
 
     Returns:
         The secret, unchanged. For Prefect's ``Secret`` block that is the raw stored string
-        (``block.value.get_secret_value()``), not ``Secret.get()``, which parses JSON and would turn a
-        key "123" into the integer 123 (design.md §7). For ``VaultKvSecret`` and
-        ``KmsEncryptedGcsSecret`` it is what their ``get()`` returns.
+        (``tasks.common.secret_string``), not ``Secret.get()``, which parses JSON and would turn a key
+        "123" into the integer 123. For ``VaultKvSecret`` and ``KmsEncryptedGcsSecret`` it is what their
+        ``get()`` returns.
 
     Raises:
         ValueError: ``block`` is not of the form ``<block-type-slug>/<block-name>``, or the secret is empty.
@@ -63,34 +57,21 @@ def read_api_key(block: str) -> str:
         SecretSourceError: from the block's ``get()`` (see ``blocks.crm_export.secret_errors``).
     """
     block_type, _, name = block.partition("/")
-    if not block_type or not name:
-        raise ValueError(
-            f"block must be a block document slug '<block-type-slug>/<block-name>', e.g. 'secret/crm-api-key', "
-            f"'vault-kv-secret/crm-api-key' or 'kms-encrypted-gcs-secret/crm-api-key'; got {block!r}"
-        )
     if block_type in _SECRET_BLOCK_MODULES:
         importlib.import_module(_SECRET_BLOCK_MODULES[block_type])
+    needed_by = f"the CRM export (crm.api_key_block; a block of type {', '.join(SUPPORTED_BLOCK_TYPES)})"
+    create = _CREATE_HINTS.get(block_type, _CREATE_HINTS["secret"])
+    hint = (
+        f"create it in the UI (`prefect block create {block_type}`; our types need `prefect block register -m "
+        f"blocks` first) or in Python, e.g. {create}.save({name!r})`"
+    )
     try:
-        loaded = Block.load(block, _sync=True)
-    except ValueError as exc:
-        if not (
-            isinstance(exc.__cause__, prefect.exceptions.ObjectNotFound)
-            or str(exc).startswith("Unable to find block document")
-        ):
-            raise
-        raise SecretBlockNotFoundError(
-            f"No block {block!r} (type {block_type!r}, name {name!r}) in this Prefect workspace. Create it in "
-            f"the UI (`prefect block create {block_type}`; our types need `prefect block register -m blocks` "
-            f"first) or in Python, e.g. {_CREATE_HINTS.get(block_type, _CREATE_HINTS['secret'])}.save({name!r})`."
-        ) from None
+        loaded = load_block_by_slug(block, needed_by=needed_by, hint=hint)
+    except BlockNotFoundError as exc:
+        raise SecretBlockNotFoundError(str(exc)) from None
 
     if isinstance(loaded, Secret):
-        value = loaded.value.get_secret_value()
-        if not isinstance(value, str):
-            raise TypeError(
-                f"Secret block {block!r} holds a {type(value).__name__}, not a string; an API key is a string: "
-                "save it as Secret(value='<key>')."
-            )
+        value = secret_string(loaded, name)
     elif type(loaded).get_block_type_slug() in _SECRET_BLOCK_MODULES:
         value = loaded.get()
     else:

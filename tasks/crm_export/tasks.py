@@ -1,16 +1,8 @@
-"""Prefect tasks of the CRM export, and the settings models the flow takes as parameters.
+"""Prefect tasks of the CRM export, and the models of the flow's parameters (never secrets: a secret is
+named by its block): the source, ``CrmSettings``, the runner.
 
-Settings (flow parameters; never secrets — a secret is named by its block):
-- source: ``BigQuerySource`` (date-sharded ``{project}.{dataset}.{prefix}_{YYYYMMDD}``) or
-  ``LocalSource`` (``{directory}/{prefix}_{YYYYMMDD}.jsonl``, same rows);
-- ``CrmSettings``: the CRM's batch endpoint, the API key's block, batch size, null handling;
-- runner: ``DataflowRunnerSettings`` (a ``DataflowOptions`` block) or ``LocalRunnerSettings``.
-
-Tasks: ``resolve_export_shard``, ``read_crm_api_key``, ``launch_export_job``, ``poll_export_job``,
-``export_metrics``. Launch and poll are separate so that a rerun adopts its job (see
-``tasks.crm_export.jobs``). The shard is resolved once per flow run (a retried run exports the shard it
-started with, not a newer one); launch and poll never cache, so a retry really looks again. Tasks
-retry transient errors only (connection, API unavailable); a failed job or bad input is final.
+The shard is resolved once per flow run; launch and poll are separate tasks that never cache, so a
+retry really looks again (docs/crm-export.md, "Launch and poll"). Tasks retry transient errors only.
 """
 
 from __future__ import annotations
@@ -22,12 +14,12 @@ from typing import Annotated, Any, Literal
 from google.api_core import exceptions as google_exceptions
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.context import TaskRunContext
 from pydantic import BaseModel, Field
 
-from pipelines.crm_export.pipeline import DEFAULT_BATCH_SIZE
-from pipelines.crm_export.sink import ApiKey
-from pipelines.crm_export.users import UNION_FIELDS
+from pipelines.crm_export.accounting import ExportMetrics
+from pipelines.crm_export.api_key import ApiKey
+from pipelines.crm_export.settings import PipelineSettings
+from tasks.common import ONCE_PER_FLOW_RUN, load_block
 from tasks.crm_export.jobs import (
     JobInfo,
     JobLauncher,
@@ -84,8 +76,9 @@ class BigQuerySource(BaseModel):
         if self.gcp_credentials_block:
             from prefect_gcp import GcpCredentials
 
-            credentials = GcpCredentials.load(
-                self.gcp_credentials_block
+            needed_by = f"BigQuery source {self.project}.{self.dataset} (source.gcp_credentials_block)"
+            credentials = load_block(
+                GcpCredentials, self.gcp_credentials_block, needed_by=needed_by
             ).get_credentials_from_service_account()
         return bigquery.Client(project=self.project, credentials=credentials)
 
@@ -127,46 +120,13 @@ class LocalSource(BaseModel):
         return f"directory {self.directory} (files {self.table_prefix}_YYYYMMDD.jsonl)"
 
 
-class CrmSettings(BaseModel):
-    """Where records go and how they are sent (see ``pipelines.crm_export.sink``)."""
+class CrmSettings(PipelineSettings):
+    """Where records go and how they are shaped and sent (``PipelineSettings``), and the block holding the API key."""
 
-    url: str = Field(description="the CRM's batch import endpoint")
     api_key_block: str = Field(
         description="block holding the API key, '<block-type-slug>/<name>': secret/..., vault-kv-secret/..., "
         "kms-encrypted-gcs-secret/..."
     )
-    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1, description="records per request (at most)")
-    key_field: str = Field(default="external_id", description="the CRM's record key")
-    keep_null: list[str] = Field(
-        default_factory=list, description="dotted fields sent as null to clear them; other nulls are dropped"
-    )
-    read_timeout_seconds: float = Field(default=60.0, gt=0)
-    max_attempts: int = Field(default=8, ge=1, description="requests per batch before it is dead-lettered")
-    max_backoff_seconds: float = Field(default=60.0, gt=0)
-    max_in_flight: int = Field(default=4, ge=1, description="concurrent requests per worker")
-    send_nulls: bool = Field(default=False, description="send every null (overwrites values in the CRM)")
-    union_fields: list[str] = Field(
-        default_factory=lambda: list(UNION_FIELDS), description="typed value columns of a union, in order"
-    )
-    flat_separator: str = Field(default=".", min_length=1, description="separator of flattened column names")
-
-    def pipeline_args(self) -> list[str]:
-        args = [
-            f"--crm_url={self.url}",
-            f"--union_fields={','.join(self.union_fields)}",
-            f"--flat_separator={self.flat_separator}",
-            f"--batch_size={self.batch_size}",
-            f"--key_field={self.key_field}",
-            f"--crm_read_timeout_seconds={self.read_timeout_seconds}",
-            f"--crm_max_attempts={self.max_attempts}",
-            f"--crm_max_backoff_seconds={self.max_backoff_seconds}",
-            f"--crm_max_in_flight={self.max_in_flight}",
-        ]
-        if self.keep_null:
-            args.append(f"--keep_null={','.join(self.keep_null)}")
-        if self.send_nulls:
-            args.append("--send_nulls")
-        return args
 
 
 class DataflowRunnerSettings(BaseModel):
@@ -191,7 +151,10 @@ RunnerSettings = Annotated[DataflowRunnerSettings | LocalRunnerSettings, Field(d
 
 
 def make_launcher(runner: DataflowRunnerSettings | LocalRunnerSettings) -> JobLauncher:
-    """The ``JobLauncher`` for the runner settings. Raises ``ValueError`` for an unknown block name."""
+    """The ``JobLauncher`` for the runner settings.
+
+    Raises ``tasks.common.BlockNotFoundError`` (a ``LookupError``) naming a missing ``DataflowOptions`` block.
+    """
     if isinstance(runner, LocalRunnerSettings):
         from tasks.crm_export.launchers.local import LocalLauncher
 
@@ -199,13 +162,9 @@ def make_launcher(runner: DataflowRunnerSettings | LocalRunnerSettings) -> JobLa
     from blocks.crm_export.dataflow import DataflowOptions
     from tasks.crm_export.launchers.dataflow import DataflowLauncher
 
-    try:
-        options = DataflowOptions.load(runner.options_block)
-    except ValueError as exc:
-        raise ValueError(
-            f"no DataflowOptions block named {runner.options_block!r}: create it in the UI or with "
-            "DataflowOptions(...).save(name)"
-        ) from exc
+    options = load_block(
+        DataflowOptions, runner.options_block, needed_by="the CRM export (runner.options_block)"
+    )
     return DataflowLauncher(options)
 
 
@@ -238,11 +197,7 @@ def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-def _once_per_flow_run(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    return f"crm-export-shard-{context.task_run.flow_run_id}"
-
-
-@task(cache_key_fn=_once_per_flow_run, persist_result=True, retries=3, retry_condition_fn=retry_if_transient)
+@task(cache_policy=ONCE_PER_FLOW_RUN, persist_result=True, retries=3, retry_condition_fn=retry_if_transient)
 def resolve_export_shard(source: BigQuerySource | LocalSource, shard_date: dt.date | None) -> dt.date:
     """Prefect task over ``resolve_shard``, cached per flow run: a retried run keeps its shard."""
     return resolve_shard(source, shard_date)
@@ -280,6 +235,6 @@ def poll_export_job(
 
 
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=30, retry_condition_fn=retry_if_transient)
-def export_metrics(runner: DataflowRunnerSettings | LocalRunnerSettings, job_id: str) -> dict[str, Any]:
+def export_metrics(runner: DataflowRunnerSettings | LocalRunnerSettings, job_id: str) -> ExportMetrics:
     """The job's counters, ``batch_size`` distribution and resource metrics (``JobLauncher.job_metrics``)."""
     return make_launcher(runner).job_metrics(job_id)

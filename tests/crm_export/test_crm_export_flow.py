@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -65,29 +66,35 @@ def jobs(params) -> list:
 
 def test_exports_the_latest_shard_and_publishes_the_summary(export, crm):
     write_user_rows(export["source"].directory / "users_20261109.jsonl", 10)  # an older shard
-    summary = crm_export(**export)
-    assert summary["shard_date"] == "2026-11-16" and summary["job_name"] == "crm-export-20261116"
-    assert summary["launch"] == "submitted" and summary["state"] == "JOB_STATE_DONE"
-    assert summary["records_read"] == 3_000
-    assert summary["records_accepted"] == crm.stats()["distinct_users"] == 2_994
-    assert summary["records_dead_lettered"] == summary["records_rejected"] == 6
-    assert summary["batch_size"]["max"] <= 500 and summary["batches"] == 6
-    dead = list(Path(summary["dead_letter_prefix"]).parent.glob("*.jsonl"))
+    state = crm_export(**export, return_state=True)
+    summary = state.result()
+    assert summary.shard_date == dt.date(2026, 11, 16) and summary.job_name == "crm-export-20261116"
+    assert summary.launch == "submitted" and summary.state == "JOB_STATE_DONE"
+    assert summary.records_read == 3_000
+    assert summary.records_accepted == crm.stats()["distinct_users"] == 2_994
+    assert summary.records_dead_lettered == summary.records_rejected == 6
+    assert summary.batch_size.max <= 500 and summary.batches == 6
+    assert summary.http_status == {200: 6} and summary.estimated_cost is None  # no faults; local runner
+    dead = list(Path(summary.dead_letter_prefix).parent.glob("*.jsonl"))
     assert sum(len(f.read_text().splitlines()) for f in dead) == 6
     (job,) = jobs(export)
     assert job["labels"]["shard-date"] == "2026-11-16" and job["labels"]["prefect-flow-run-id"]
     with get_client(sync_client=True) as client:
         artifacts = [a for a in client.read_artifacts() if a.key == "crm-export"]
+        persisted = client.read_flow_run(state.state_details.flow_run_id).state.result()
+    assert persisted == summary  # the flow's result, read back from result storage
     assert artifacts and "2,994" in artifacts[-1].data and "Dead-lettered" in artifacts[-1].data
+    assert "| Batch size | min 500, mean 500.0, max 500 |" in artifacts[-1].data
+    assert "| HTTP statuses | 200: 6 |" in artifacts[-1].data
 
 
 def test_a_done_shard_is_skipped_unless_forced(export, crm):
     crm_export(**export)
     again = crm_export(**export)
-    assert again["launch"] == "skipped" and len(jobs(export)) == 1
-    assert again["records_accepted"] == 2_994  # the summary of the job that did the export
+    assert again.launch == "skipped" and len(jobs(export)) == 1
+    assert again.records_accepted == 2_994  # the summary of the job that did the export
     forced = crm_export(**export, force=True)
-    assert forced["launch"] == "submitted" and len(jobs(export)) == 2
+    assert forced.launch == "submitted" and len(jobs(export)) == 2
     assert crm.stats()["replays"] == 0  # a forced export is sent again, not dropped as a replay
 
 
@@ -121,7 +128,7 @@ def test_a_killed_flow_run_is_adopted_by_the_next_run_one_job_in_total(export, c
     (job,) = jobs(export)
     assert job["state"] == JobState.RUNNING.value  # the job outlived the flow run that launched it
     summary = crm_export(**export)
-    assert summary["launch"] == "adopted" and summary["job_id"] == job["id"]
+    assert summary.launch == "adopted" and summary.job_id == job["id"]
     assert len(jobs(export)) == 1
     stats = crm.stats()
     assert stats["distinct_users"] == 2_994 and stats["duplicate_deliveries"] == 0
@@ -130,7 +137,7 @@ def test_a_killed_flow_run_is_adopted_by_the_next_run_one_job_in_total(export, c
 def test_a_job_whose_process_died_is_failed_and_the_next_run_submits_again(export, crm):
     crm.configure(slow_rate=1.0, slow_seconds=2.0)
     launcher = LocalLauncher(export["runner"].registry_dir)
-    from pipelines.crm_export.sink import ApiKey
+    from pipelines.crm_export.api_key import ApiKey
     from tasks.crm_export.jobs import JobSpec
 
     job_id = launcher.submit(
@@ -149,7 +156,7 @@ def test_a_job_whose_process_died_is_failed_and_the_next_run_submits_again(expor
     assert "exited without a final state" in launcher.job_errors(job_id)[-1]
     crm.configure(slow_rate=0.0)
     summary = crm_export(**export)
-    assert summary["launch"] == "submitted" and summary["job_id"] != job_id
+    assert summary.launch == "submitted" and summary.job_id != job_id
 
 
 def test_a_missing_shard_is_named_with_the_newest_ones(export):
@@ -182,7 +189,7 @@ def test_the_api_key_reaches_no_parameter_label_log_artifact_result_or_file(expo
     caplog.set_level("DEBUG")
     started = time.time()
     summary = crm_export(**export)
-    assert summary["records_accepted"] == 2_994  # it really was used
+    assert summary.records_accepted == 2_994  # it really was used
     # An error path too: a key with a trailing newline is refused without being quoted.
     pasted = f"crm-api-key-pasted-{uuid.uuid4().hex[:8]}"
     Secret(value=API_KEY + "\n").save(pasted)
@@ -190,7 +197,7 @@ def test_the_api_key_reaches_no_parameter_label_log_artifact_result_or_file(expo
         crm_export(
             **{**export, "crm": export["crm"].model_copy(update={"api_key_block": f"secret/{pasted}"})}
         )
-    places = {"log": caplog.text, "summary": json.dumps(summary), "error": str(refused.value)}
+    places = {"log": caplog.text, "summary": summary.model_dump_json(), "error": str(refused.value)}
     with get_client(sync_client=True) as client:
         for run in client.read_flow_runs():
             places[f"flow run {run.id}"] = json.dumps(run.parameters, default=str) + str(run.state.message)
@@ -210,3 +217,39 @@ def test_the_api_key_reaches_no_parameter_label_log_artifact_result_or_file(expo
     assert [where for where, text in places.items() if API_KEY in text] == []
     assert any("task run" in where for where in places) and any(str(storage) in where for where in places)
     assert any(p.suffix == ".log" for p in files) and any(p.name.endswith(".json") for p in files)
+
+
+def test_the_shard_is_resolved_once_per_flow_run(tmp_path):
+    from prefect import flow
+
+    from tasks.crm_export.tasks import resolve_export_shard
+
+    source = LocalSource(directory=tmp_path, table_prefix="users")
+    write_user_rows(tmp_path / "users_20261109.jsonl", 1)
+
+    @flow
+    def resolve_twice() -> tuple:
+        first = resolve_export_shard(source, None)
+        write_user_rows(tmp_path / "users_20261116.jsonl", 1)  # a newer shard lands meanwhile
+        return first, resolve_export_shard(source, None)
+
+    dates = resolve_twice()
+    assert [f"{d:%Y%m%d}" for d in dates] == ["20261109", "20261109"]  # as a retried run sees it
+    assert [f"{d:%Y%m%d}" for d in resolve_twice()] == ["20261116", "20261116"]  # the next run
+
+
+def test_a_missing_dataflow_options_or_gcp_credentials_block_is_named():
+    from tasks.common import BlockNotFoundError
+    from tasks.crm_export.tasks import BigQuerySource, DataflowRunnerSettings, make_launcher
+
+    with pytest.raises(
+        BlockNotFoundError, match=r"Dataflow Options block 'no-such-options'.*runner.options_block"
+    ):
+        make_launcher(DataflowRunnerSettings(options_block="no-such-options"))
+    source = BigQuerySource(
+        project="p", dataset="crm", table_prefix="users", gcp_credentials_block="no-such-gcp"
+    )
+    with pytest.raises(
+        BlockNotFoundError, match=r"GCP Credentials block 'no-such-gcp'.*BigQuery source p\.crm"
+    ):
+        source.shards()

@@ -1,4 +1,4 @@
-"""The CRM export pipeline: shaping, batching, and the sink against the real local CRM endpoint."""
+"""The CRM export pipeline: shaping, batching, and PostBatchesFn against the real local CRM endpoint."""
 
 from __future__ import annotations
 
@@ -16,20 +16,20 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from devstack.crm import CrmStandIn, FaultConfig
 from devstack.user_rows import user_row, write_user_rows
-from pipelines.crm_export.pipeline import (
-    DEAD_LETTER,
-    AccountingError,
-    ParseRows,
-    ShapeBatch,
-    build_pipeline,
-    check_accounting,
-    job_counters,
-)
-from pipelines.crm_export.sink import ApiKey, CrmRejectedCredentialsError, CrmSink, retry_after_seconds
+from pipelines.crm_export.accounting import DEAD_LETTER, AccountingError, Counters, check_accounting
+from pipelines.crm_export.api_key import ApiKey
+from pipelines.crm_export.pipeline import ParseRows, ShapeBatch, build_pipeline, pipeline_metrics
+from pipelines.crm_export.post_batches import CrmRejectedCredentialsError, PostBatchesFn, retry_after_seconds
+from pipelines.crm_export.settings import PipelineSettings
 from pipelines.crm_export.users import MalformedRowError, UserShaper, drop_nulls, merge_unions, unflatten
 
 API_KEY = "sk-test-crm-7f3a"
-LOCAL = ["--runner=FnApiRunner"]  # never Prism (design.md §7)
+LOCAL = ["--runner=FnApiRunner"]  # never Prism: it downloads a binary at run time
+
+
+def settings(url: str = "http://crm.invalid", **changes) -> PipelineSettings:
+    """The pipeline's settings: the defaults, with ``changes``."""
+    return PipelineSettings(url=url, **changes)
 
 
 # --- shaping ----------------------------------------------------------------------------------
@@ -46,13 +46,13 @@ def test_rows_become_nested_records_with_unions_merged_and_nulls_dropped():
         "properties.ltv.float_value": None,
         "properties.ltv.string_value": None,
     }
-    assert UserShaper()(row) == {
+    assert UserShaper(settings())(row) == {
         "external_id": "u1",
         "email": "a@example.com",
         "identity": {"country": "DE"},
         "properties": {"plan": 3},
     }
-    keep = UserShaper(keep_null=["identity.phone", "properties.ltv"])(row)
+    keep = UserShaper(settings(keep_null=["identity.phone", "properties.ltv"]))(row)
     assert keep["identity"] == {"country": "DE", "phone": None}
     assert keep["properties"] == {"plan": 3, "ltv": None}
 
@@ -61,10 +61,11 @@ def test_the_one_pass_shaper_equals_the_general_steps():
     rng = random.Random(3)
     rows = [user_row(i, rng) for i in range(300)]
     for drop in (True, False):
-        shaper = UserShaper(drop_null_values=drop)
+        given = settings(send_nulls=not drop)
+        shaper = UserShaper(given)
         for row in rows:
-            general = merge_unions(unflatten(row))
-            assert shaper(row) == (drop_nulls(general) if drop else general)
+            general = merge_unions(unflatten(row, given.flat_separator), given.union_fields)
+            assert shaper(row) == (drop_nulls(general, given.keep_null) if drop else general)
 
 
 def test_rows_holding_nested_objects_take_the_general_path():
@@ -73,7 +74,10 @@ def test_rows_holding_nested_objects_take_the_general_path():
         "identity": {"email": "x@example.com", "phone": None},
         "identity.country": "FR",
     }
-    assert UserShaper()(row) == {"external_id": "u2", "identity": {"email": "x@example.com", "country": "FR"}}
+    assert UserShaper(settings())(row) == {
+        "external_id": "u2",
+        "identity": {"email": "x@example.com", "country": "FR"},
+    }
 
 
 @pytest.mark.parametrize(
@@ -88,7 +92,7 @@ def test_rows_holding_nested_objects_take_the_general_path():
 )
 def test_malformed_rows_are_named(row, message):
     with pytest.raises(MalformedRowError, match=message):
-        UserShaper()(row)
+        UserShaper(settings())(row)
 
 
 def test_retry_after_takes_seconds_or_an_http_date():
@@ -103,15 +107,11 @@ def test_batches_never_exceed_n_and_bad_rows_go_to_the_dead_letter():
     lines[5] = '{"external_id": "u5", "email": '  # not JSON
     lines[9] = '{"email": "nokey@example.com"}'  # no record key
     with BeamTestPipeline(options=PipelineOptions(LOCAL)) as p:
-        rows = (
-            p
-            | beam.Create(lines)
-            | beam.ParDo(ParseRows("external_id")).with_outputs(DEAD_LETTER, main="rows")
-        )
+        rows = p | beam.Create(lines) | beam.ParDo(ParseRows()).with_outputs(DEAD_LETTER, main="rows")
         shaped = (
             rows.rows
             | beam.BatchElements(min_batch_size=4, max_batch_size=4)
-            | beam.ParDo(ShapeBatch(UserShaper())).with_outputs(DEAD_LETTER, main="batches")
+            | beam.ParDo(ShapeBatch(UserShaper(settings()))).with_outputs(DEAD_LETTER, main="batches")
         )
         sizes = shaped.batches | "sizes" >> beam.Map(len)
         assert_that(sizes | "over" >> beam.Filter(lambda n: n > 4), equal_to([]), label="none over N")
@@ -130,7 +130,7 @@ def test_batches_never_exceed_n_and_bad_rows_go_to_the_dead_letter():
         )
 
 
-# --- the sink against the local CRM endpoint ----------------------------------------------------
+# --- PostBatchesFn against the local CRM endpoint -----------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +147,7 @@ def fresh_crm(crm):
 
 
 def run_export(tmp_path: Path, crm_url: str, rows: int, *extra: str, api_key: str = API_KEY, **rows_kw):
-    """Run the whole pipeline on a generated file; returns (counters, dead letters, file stats)."""
+    """Run the whole pipeline on a generated file; returns (metrics, dead letters, file stats)."""
     source = tmp_path / "users_20261116.jsonl"
     made = write_user_rows(source, rows, **rows_kw)
     options = PipelineOptions(
@@ -169,19 +169,19 @@ def run_export(tmp_path: Path, crm_url: str, rows: int, *extra: str, api_key: st
         for f in sorted((tmp_path / "dl").glob("*.jsonl"))
         for line in f.read_text().splitlines()
     ]
-    return job_counters(result), dead, made
+    return pipeline_metrics(result), dead, made
 
 
 def test_every_record_is_accepted_or_dead_lettered_with_its_reason(tmp_path, fresh_crm):
-    counters, dead, made = run_export(
+    metrics, dead, made = run_export(
         tmp_path, fresh_crm.batch_url, 2_000, "--batch_size=300", invalid_every=100, malformed_every=501
     )
-    check_accounting(counters)
+    check_accounting(metrics.counters)
     stats = fresh_crm.stats()
     assert made["invalid"] == 20 and made["malformed"] == 3
-    assert counters["records_read"] == 2_000
-    assert counters["records_accepted"] == stats["distinct_users"] == 2_000 - 20 - 3
-    assert counters["batch_size"]["max"] <= 300
+    assert metrics.counters.records_read == 2_000
+    assert metrics.counters.records_accepted == stats["distinct_users"] == 2_000 - 20 - 3
+    assert metrics.batch_size.max <= 300
     assert stats["duplicate_deliveries"] == 0
     by_stage = {}
     for entry in dead:
@@ -195,7 +195,7 @@ def test_every_record_is_accepted_or_dead_lettered_with_its_reason(tmp_path, fre
 def test_429_storms_5xx_and_slow_responses_lose_nothing_and_send_nothing_twice(tmp_path, fresh_crm):
     # burst of 3 against 4 requests in flight: the first wave already meets a 429
     fresh_crm.configure(rate_limit_rps=3, error_rate=0.25, slow_rate=0.2, slow_seconds=1.5, seed=11)
-    counters, dead, _ = run_export(
+    metrics, dead, _ = run_export(
         tmp_path,
         fresh_crm.batch_url,
         3_000,
@@ -206,28 +206,28 @@ def test_429_storms_5xx_and_slow_responses_lose_nothing_and_send_nothing_twice(t
         "--crm_max_in_flight=4",
     )
     stats = fresh_crm.stats()
-    check_accounting(counters)
+    check_accounting(metrics.counters)
     assert dead == []
-    assert counters["records_accepted"] == stats["distinct_users"] == 3_000
+    assert metrics.counters.records_accepted == stats["distinct_users"] == 3_000
     assert stats["duplicate_deliveries"] == 0  # timed-out requests were replayed by idempotency key
-    assert stats["status_counts"].get("429", 0) > 0 and counters.get("http_429", 0) > 0
+    assert stats["status_counts"].get("429", 0) > 0 and metrics.counters.http_status.get(429, 0) > 0
     assert any(stats["status_counts"].get(s, 0) for s in ("500", "502", "503"))
     assert stats["replays"] > 0 and stats["slow_responses"] > 0
-    assert counters["retries"] > 0
+    assert metrics.counters.retries > 0
 
 
 def test_a_429_waits_as_long_as_retry_after_says(fresh_crm, monkeypatch):
     fresh_crm.configure(rate_limit_rps=1, retry_after_seconds=2)
-    sink = CrmSink(fresh_crm.batch_url, ApiKey(API_KEY), "ns", max_backoff_seconds=0.1)
+    sink = PostBatchesFn(settings(fresh_crm.batch_url, max_backoff_seconds=0.1), ApiKey(API_KEY), "ns")
     sink.setup()
     slept = []
-    import pipelines.crm_export.sink as crm_sink
+    import pipelines.crm_export.post_batches as crm_sink
 
     real_sleep = time.sleep
     monkeypatch.setattr(crm_sink.time, "sleep", lambda s: (slept.append(s), real_sleep(s)))
     try:
         for i in range(3):
-            outcome = sink.post_batch([{"external_id": f"r{i}"}])
+            outcome = sink.post_body(orjson.dumps({"users": [{"external_id": f"r{i}"}]}), [f"r{i}"])
             assert outcome.accepted == 1
     finally:
         sink.teardown()
@@ -236,7 +236,7 @@ def test_a_429_waits_as_long_as_retry_after_says(fresh_crm, monkeypatch):
 
 
 def test_an_unreachable_crm_dead_letters_its_batches_after_the_retries(tmp_path, unused_port):
-    counters, dead, _ = run_export(
+    metrics, dead, _ = run_export(
         tmp_path,
         f"http://127.0.0.1:{unused_port}/v1/users/batch",
         50,
@@ -244,17 +244,17 @@ def test_an_unreachable_crm_dead_letters_its_batches_after_the_retries(tmp_path,
         "--crm_max_attempts=3",
         "--crm_max_backoff_seconds=0.05",
     )
-    check_accounting(counters)
-    assert counters["records_accepted"] == 0 and len(dead) == 50
+    check_accounting(metrics.counters)
+    assert metrics.counters.records_accepted == 0 and len(dead) == 50
     assert {d["attempts"] for d in dead} == {3}
     assert all("retries exhausted" in d["reason"] and "ConnectionError" in d["reason"] for d in dead)
 
 
 def test_a_batch_the_crm_refuses_is_dead_lettered_with_the_status(tmp_path):
     with CrmStandIn(api_key=API_KEY, max_batch_size=10) as small:
-        counters, dead, _ = run_export(tmp_path, small.batch_url, 40, "--batch_size=20")
+        metrics, dead, _ = run_export(tmp_path, small.batch_url, 40, "--batch_size=20")
         assert small.stats()["distinct_users"] == 0
-    check_accounting(counters)
+    check_accounting(metrics.counters)
     assert len(dead) == 40 and {d["status"] for d in dead} == {413}
     assert {d["attempts"] for d in dead} == {1}  # a 4xx other than 429 is not retried
 
@@ -270,9 +270,9 @@ def test_a_wrong_api_key_fails_the_job_and_names_the_secret_block(tmp_path, fres
 
 
 def test_accounting_names_the_unaccounted_records():
-    check_accounting({"records_read": 10, "records_accepted": 7, "records_dead_lettered": 3})
+    check_accounting(Counters(records_read=10, records_accepted=7, records_dead_lettered=3))
     with pytest.raises(AccountingError, match="2 records are unaccounted for"):
-        check_accounting({"records_read": 10, "records_accepted": 7, "records_dead_lettered": 1})
+        check_accounting(Counters(records_read=10, records_accepted=7, records_dead_lettered=1))
 
 
 def test_the_api_key_is_hidden_from_repr_and_never_quoted_when_refused():
@@ -289,7 +289,7 @@ def test_the_api_key_is_hidden_from_repr_and_never_quoted_when_refused():
 def test_bigquery_numeric_and_bytes_are_sent_and_other_values_dead_lettered(fresh_crm):
     import decimal
 
-    sink = CrmSink(fresh_crm.batch_url, ApiKey(API_KEY), "ns")
+    sink = PostBatchesFn(settings(fresh_crm.batch_url), ApiKey(API_KEY), "ns")
     sink.setup()
     sink.start_bundle()
     batch = [
@@ -312,8 +312,8 @@ def test_bigquery_numeric_and_bytes_are_sent_and_other_values_dead_lettered(fres
 
 
 def test_a_crm_that_acknowledges_fewer_records_than_it_took_dead_letters_them():
-    sink = CrmSink("http://crm.invalid", ApiKey(API_KEY), "ns")
-    from pipelines.crm_export.sink import BatchOutcome
+    sink = PostBatchesFn(settings(), ApiKey(API_KEY), "ns")
+    from pipelines.crm_export.post_batches import BatchOutcome
 
     outcome = BatchOutcome(size=3)
     sink._rejections(

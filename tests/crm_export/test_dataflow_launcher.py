@@ -4,7 +4,7 @@
   ordering, small pages through the client library's own pagers, FlexRS jobs queued for several polls,
   one *active* job per name while a finished job's name can be reused) drives ``launch_job``/``poll_job``.
 - ``job_metrics`` parses a ``JobMetrics`` response shaped as the API's; ``estimate_cost`` is checked
-  against the reference article's bill.
+  against the bill of a measured GroupByKey job (the README's cost comparison).
 - The real export is built with ``DataflowRunner --dry_run=True`` and its ``Job`` request is completed
   by Beam's own ``create_job_description`` with staging captured in memory: no network, no credentials.
 - The workers' package (``--setup_file``) is built and installed as Beam and the workers do.
@@ -41,8 +41,8 @@ from prefect_gcp.credentials import GcpCredentials
 from pydantic import ValidationError
 
 from blocks.crm_export.dataflow import DEFAULT_SETUP_FILE, DataflowOptions
-from pipelines.crm_export.pipeline import COUNTERS
-from pipelines.crm_export.sink import ApiKey, KmsEncryptedApiKey
+from pipelines.crm_export.accounting import Counters, Distribution, ExportMetrics
+from pipelines.crm_export.api_key import ApiKey, KmsEncryptedApiKey
 from tasks.crm_export.cost import DataflowPrices, estimate_cost
 from tasks.crm_export.jobs import (
     JobFailedError,
@@ -583,7 +583,7 @@ def test_the_job_gets_the_api_key_only_as_a_kms_ciphertext(launcher: OfflineLaun
     (worker_key,) = launcher.worker_keys
     assert isinstance(worker_key, KmsEncryptedApiKey) and worker_key.kms_key_name == KMS_KEY
     assert launcher.kms.requests[0]["name"] == KMS_KEY
-    pickled = pickle.dumps(worker_key)  # what Beam stages with the sink
+    pickled = pickle.dumps(worker_key)  # what Beam stages with PostBatchesFn
     assert SECRET.encode() not in pickled and SECRET not in repr(worker_key)
     on_worker = pickle.loads(pickled)
     on_worker._client = lambda: launcher.kms  # the worker's KMS client (its service account)
@@ -829,7 +829,7 @@ def service_metric(name: str, value: float, original_name: str, *, tentative: bo
     )
 
 
-ARTICLE_RESOURCES = {  # the reference article's job: 87 M records, 15 minutes
+GROUPBYKEY_JOB_RESOURCES = {  # a measured GroupByKey job: 87 M records, 15 minutes
     "TotalVcpuTime": 8.019 * 3600,  # vCPU-seconds
     "TotalMemoryUsage": 30.073 * 1024 * 3600,  # MB-seconds
     "TotalPdUsage": 100.242 * 3600,  # GB-seconds
@@ -869,9 +869,11 @@ def test_job_metrics_from_the_api_response(launcher: OfflineLauncher, service: F
         ),
         user_metric("batch_size_MAX", "PostToCrm", scalar=5_000),  # the service's UI copy of the distribution
         user_metric("records_read", "ReadFromBigQuery", namespace="BigQuerySource", scalar=87_000_000),
-        service_metric("TotalVcpuTime", ARTICLE_RESOURCES["TotalVcpuTime"], "Service-cpu_num_seconds"),
-        service_metric("TotalMemoryUsage", ARTICLE_RESOURCES["TotalMemoryUsage"], "Service-mem_mb_seconds"),
-        service_metric("TotalPdUsage", ARTICLE_RESOURCES["TotalPdUsage"], "Service-pd_gb_seconds"),
+        service_metric("TotalVcpuTime", GROUPBYKEY_JOB_RESOURCES["TotalVcpuTime"], "Service-cpu_num_seconds"),
+        service_metric(
+            "TotalMemoryUsage", GROUPBYKEY_JOB_RESOURCES["TotalMemoryUsage"], "Service-mem_mb_seconds"
+        ),
+        service_metric("TotalPdUsage", GROUPBYKEY_JOB_RESOURCES["TotalPdUsage"], "Service-pd_gb_seconds"),
         service_metric("TotalPdUsage", 1.0, "Service-pd_gb_seconds", tentative=True),
         service_metric("TotalSsdUsage", 0, "Service-pd_ssd_gb_seconds"),
         service_metric("TotalShuffleDataProcessed", 12.33, "Service-shuffle_service_actual_gb"),
@@ -888,64 +890,53 @@ def test_job_metrics_from_the_api_response(launcher: OfflineLauncher, service: F
     service.metrics[job_id] = dataflow.JobMetrics(metrics=metrics)
 
     result = launcher.job_metrics(job_id)
-    assert result["counters"] == {
-        **dict.fromkeys(COUNTERS, 0),
-        "records_read": 87_000_000,
-        "records_malformed": 12,
-        "records_dead_lettered": 24,
-        "records_sent": 86_999_988,
-        "records_accepted": 86_999_976,
-        "records_rejected": 12,
-        "batches": 17_400,
-        "retries": 41,
-        "http_200": 17_400,
-        "http_429": 41,
-    }
-    assert result["batch_size"] == {
-        "count": 17_400,
-        "sum": 86_999_988,
-        "min": 4_988,
-        "max": 5_000,
-        "mean": pytest.approx(86_999_988 / 17_400),
-    }
-    assert result["resources"] == {
-        **{name: pytest.approx(value) for name, value in ARTICLE_RESOURCES.items()},
+    assert result.counters == Counters(
+        records_read=87_000_000,
+        records_malformed=12,
+        records_sent=86_999_988,
+        records_accepted=86_999_976,
+        records_rejected=12,
+        records_dead_lettered=24,
+        batches=17_400,
+        retries=41,
+        http_status={200: 17_400, 429: 41},
+    )
+    assert result.batch_size == Distribution(count=17_400, sum=86_999_988, min=4_988, max=5_000)
+    assert result.batch_size.mean == pytest.approx(86_999_988 / 17_400)
+    assert result.resources == {
+        **{name: pytest.approx(value) for name, value in GROUPBYKEY_JOB_RESOURCES.items()},
         "BillableShuffleDataProcessed": pytest.approx(6.165),
         "TotalStreamingDataProcessed": 0.0,
     }
-    counters = result["counters"]
-    assert counters["records_read"] == counters["records_accepted"] + counters["records_dead_lettered"]
+    counters = result.counters
+    assert counters.records_read == counters.records_accepted + counters.records_dead_lettered
 
-    cost = estimate_cost(result["resources"], DataflowPrices())
-    assert cost is not None and cost["shuffle_gb"] == pytest.approx(6.165)  # billed on the billable volume
+    cost = estimate_cost(result.resources, DataflowPrices())
+    assert cost is not None and cost.shuffle_gb == pytest.approx(6.165)  # billed on the billable volume
 
 
 def test_job_metrics_of_a_job_that_reported_nothing(launcher: OfflineLauncher, service: FakeDataflow) -> None:
     job_id = service.add_job(JOB_NAME, S.JOB_STATE_QUEUED)
-    assert launcher.job_metrics(job_id) == {
-        "counters": dict.fromkeys(COUNTERS, 0),
-        "batch_size": None,
-        "resources": {},
-    }
+    assert launcher.job_metrics(job_id) == ExportMetrics(Counters(), None, {})
     assert estimate_cost({}, DataflowPrices()) is None
 
 
-def test_cost_of_the_articles_job() -> None:
-    cost = estimate_cost(ARTICLE_RESOURCES, DataflowPrices())
+def test_cost_of_the_measured_groupbykey_job() -> None:
+    cost = estimate_cost(GROUPBYKEY_JOB_RESOURCES, DataflowPrices())
     assert cost is not None
-    assert cost["vcpu_hours"] == pytest.approx(8.019)
-    assert cost["memory_gb_hours"] == pytest.approx(30.073)
-    assert cost["pd_gb_hours"] == pytest.approx(100.242)
-    assert cost["ssd_gb_hours"] == 0
-    assert cost["shuffle_gb"] == pytest.approx(12.33)
+    assert cost.vcpu_hours == pytest.approx(8.019)
+    assert cost.memory_gb_hours == pytest.approx(30.073)
+    assert cost.pd_gb_hours == pytest.approx(100.242)
+    assert cost.ssd_gb_hours == 0
+    assert cost.shuffle_gb == pytest.approx(12.33)
     prices = DataflowPrices()
-    # The article's lines: $0.284 + $0.075 + $0.005 + $0.136 = $0.50
-    assert cost["vcpu_hours"] * prices.vcpu_hour == pytest.approx(0.284, abs=5e-4)
-    assert cost["memory_gb_hours"] * prices.memory_gb_hour == pytest.approx(0.075, abs=5e-4)
-    assert cost["pd_gb_hours"] * prices.pd_gb_hour == pytest.approx(0.005, abs=5e-4)
-    assert cost["shuffle_gb"] * prices.shuffle_gb == pytest.approx(0.136, abs=5e-4)
-    assert cost["usd"] == pytest.approx(0.50, abs=0.005)
-    assert estimate_cost(ARTICLE_RESOURCES, DataflowPrices(vcpu_hour=0.056))["usd"] > cost["usd"]
+    # Its bill's lines: $0.284 + $0.075 + $0.005 + $0.136 = $0.50
+    assert cost.vcpu_hours * prices.vcpu_hour == pytest.approx(0.284, abs=5e-4)
+    assert cost.memory_gb_hours * prices.memory_gb_hour == pytest.approx(0.075, abs=5e-4)
+    assert cost.pd_gb_hours * prices.pd_gb_hour == pytest.approx(0.005, abs=5e-4)
+    assert cost.shuffle_gb * prices.shuffle_gb == pytest.approx(0.136, abs=5e-4)
+    assert cost.usd == pytest.approx(0.50, abs=0.005)
+    assert estimate_cost(GROUPBYKEY_JOB_RESOURCES, DataflowPrices(vcpu_hour=0.056)).usd > cost.usd
 
 
 # --- the real job, built offline ------------------------------------------------------------------
@@ -1052,10 +1043,15 @@ def test_dry_run_builds_the_real_job_offline(
     # The workers' package is the sdist of pipelines/setup.py.
     with tarfile.open(fileobj=io.BytesIO(staged["workflow.tar.gz"])) as sdist:
         names = {Path(*Path(member).parts[1:]).as_posix() for member in sdist.getnames()}
-    assert {"crm_export/pipeline.py", "crm_export/sink.py", "crm_export/users.py", "setup.py"} <= names
+    assert {
+        "crm_export/pipeline.py",
+        "crm_export/post_batches.py",
+        "crm_export/users.py",
+        "setup.py",
+    } <= names
 
     # The API key is nowhere in the job request, the options, the labels or the staged files (the job
-    # graph holds the pickled sink: only the KMS ciphertext is in it).
+    # graph holds the pickled PostBatchesFn: only the KMS ciphertext is in it).
     assert "pipeline.pb" in staged or any(name.endswith(".pb") for name in staged)
     assert all(SECRET.encode() not in blob for blob in staged.values())
     assert SECRET not in str(environment)
@@ -1110,13 +1106,21 @@ def test_workers_package_builds_and_installs(tmp_path: Path, no_egg_info_left: N
             "__init__.py",
             "setup.py",
             "crm_export/__init__.py",
+            "crm_export/accounting.py",
+            "crm_export/api_key.py",
             "crm_export/pipeline.py",
-            "crm_export/sink.py",
+            "crm_export/post_batches.py",
+            "crm_export/settings.py",
             "crm_export/users.py",
         )
     } <= names
 
     target = tmp_path / "site"
     subprocess.run(_install_command(sdist, target), check=True, capture_output=True)
-    for module in ("__init__.py", "crm_export/__init__.py", "crm_export/pipeline.py", "crm_export/sink.py"):
+    for module in (
+        "__init__.py",
+        "crm_export/__init__.py",
+        "crm_export/pipeline.py",
+        "crm_export/post_batches.py",
+    ):
         assert (target / "pipelines" / module).is_file()

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from pipelines.crm_export.sink import ApiKey
+from pipelines.crm_export.api_key import ApiKey
 from tasks.crm_export.jobs import JobAlreadyExistsError, JobSpec, JobState
 from tasks.crm_export.launchers.local import LocalLauncher
 
@@ -54,10 +54,17 @@ def test_a_final_state_is_never_overwritten(tmp_path):
     assert record["state"] == JobState.FAILED.value and record["counters"] == {"records_read": 1}
 
 
+def cancel(launcher: LocalLauncher, job_id: str) -> None:
+    """Cancel a job as the registry expects: mark it CANCELLING, then SIGTERM its process group."""
+    pid = launcher.read(job_id)["pid"]
+    launcher.update(job_id, state=JobState.CANCELLING.value)
+    os.killpg(pid, signal.SIGTERM)
+
+
 def test_cancel_ends_the_job_cancelled(tmp_path):
     launcher = LocalLauncher(tmp_path)
     job_id = launcher.submit(spec())
-    launcher.cancel(job_id)
+    cancel(launcher, job_id)
     assert wait_for(launcher, job_id, {JobState.CANCELLED, JobState.FAILED}) is JobState.CANCELLED
     launcher.update(job_id, state=JobState.RUNNING.value)  # a late report from the job changes nothing
     assert launcher.get_job(job_id).state is JobState.CANCELLED

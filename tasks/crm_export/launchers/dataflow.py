@@ -1,26 +1,6 @@
 """A ``JobLauncher`` on the Dataflow service: list/get jobs, submit with Beam, read errors and metrics.
 
-Dataflow REST methods used (through ``google-cloud-dataflow-client``'s ``dataflow_v1beta3``):
-
-- ``projects.locations.jobs.list`` with the server-side ``name`` filter and ``filter=ALL``: every job of
-  that name, active ones first, then terminated ones, over as many pages as the service returns
-  (https://cloud.google.com/dataflow/docs/reference/rest/v1b3/projects.locations.jobs/list);
-- ``projects.locations.jobs.get`` with ``JOB_VIEW_SUMMARY``
-  (https://cloud.google.com/dataflow/docs/reference/rest/v1b3/projects.locations.jobs/get);
-- ``projects.locations.jobs.messages.list`` with ``minimumImportance=JOB_MESSAGE_ERROR``
-  (https://cloud.google.com/dataflow/docs/reference/rest/v1b3/projects.locations.jobs.messages/list);
-- ``projects.locations.jobs.getMetrics``
-  (https://cloud.google.com/dataflow/docs/reference/rest/v1b3/projects.locations.jobs/getMetrics).
-
-Submission is Beam's: ``DataflowRunner`` stages the workers' package (``--setup_file``) and the
-pipeline to GCS and calls ``projects.locations.jobs.create``. "Only one active job with a given name
-can exist in a project within one region"; creating another returns the existing job, which Beam
-reports as ``DataflowJobAlreadyExistsError`` (its ``clientRequestId`` differs from ours); a finished
-job's name can be reused (https://cloud.google.com/dataflow/docs/reference/rest/v1b3/projects.locations.jobs#Job.FIELDS.name).
-
-Reads are retried on transient errors (UNAVAILABLE, INTERNAL, RESOURCE_EXHAUSTED/429, DEADLINE_EXCEEDED)
-for up to 5 minutes, each call with a 60 s timeout: a poll that lasts hours must not fail on one
-dropped request.
+The REST methods it calls, and its retries: docs/crm-export.md, "Dataflow".
 """
 
 from __future__ import annotations
@@ -38,8 +18,10 @@ from google.api_core import retry as retries
 from google.cloud import dataflow_v1beta3 as dataflow
 
 from blocks.crm_export.dataflow import DataflowOptions
-from pipelines.crm_export.pipeline import COUNTERS, build_pipeline
-from pipelines.crm_export.sink import NAMESPACE, ApiKey, KmsEncryptedApiKey
+from pipelines.crm_export.accounting import NAMESPACE, Counters, Distribution, ExportMetrics
+from pipelines.crm_export.api_key import ApiKey, KmsEncryptedApiKey
+from pipelines.crm_export.pipeline import build_pipeline
+from tasks.common import to_utc
 from tasks.crm_export import cost
 from tasks.crm_export.jobs import JobAlreadyExistsError, JobInfo, JobSpec, JobState
 
@@ -156,7 +138,7 @@ class DataflowLauncher:
     def encrypt_for_workers(self, api_key: ApiKey) -> KmsEncryptedApiKey:
         """Encrypt the API key with ``options.api_key_kms_key`` (KMS ``encrypt``, CRC32C-checked).
 
-        The sink is pickled into the job graph that Beam stages to GCS; only this ciphertext goes
+        ``PostBatchesFn`` is pickled into the job graph that Beam stages to GCS; only this ciphertext goes
         there, and the workers decrypt it (https://cloud.google.com/kms/docs/encrypt-decrypt).
         Raises ``PermissionError`` naming the key and the role when KMS refuses.
         """
@@ -228,13 +210,11 @@ class DataflowLauncher:
         messages.sort(key=lambda message: (message.time or epoch, message.id))
         return [message.message_text for message in messages]
 
-    def job_metrics(self, job_id: str) -> dict[str, Any]:
+    def job_metrics(self, job_id: str) -> ExportMetrics:
         """The export's counters, its ``batch_size`` distribution and the job's resource usage.
 
-        Returns ``{"counters": {name: int}, "batch_size": {"count", "sum", "min", "max", "mean"} | None,
-        "resources": {metric name: float}}``. Counters are the committed values of the user metrics in
-        namespace ``pipelines.crm_export.sink.NAMESPACE`` summed over steps (every name of
-        ``pipelines.crm_export.pipeline.COUNTERS`` is present, 0 if unreported); ``resources`` holds the service
+        Counters are the committed values of the user metrics in namespace
+        ``pipelines.crm_export.accounting.NAMESPACE``, summed over steps; ``resources`` holds the service
         metrics of ``RESOURCE_METRICS`` the job reported (units: ``tasks.crm_export.cost``).
         Raises ``google.api_core.exceptions.GoogleAPICallError`` if the service keeps failing.
         """
@@ -243,10 +223,6 @@ class DataflowLauncher:
             request=request, retry=_READ_RETRY, timeout=_CALL_TIMEOUT
         )
         return parse_job_metrics(response.metrics)
-
-    def console_url(self, job_id: str) -> str:
-        """The job's page in the Google Cloud console."""
-        return f"https://console.cloud.google.com/dataflow/jobs/{self.region}/{job_id}?project={self.project}"
 
 
 def _job_info(job: dataflow.Job) -> JobInfo:
@@ -266,29 +242,23 @@ def _job_info(job: dataflow.Job) -> JobInfo:
         id=job.id,
         name=job.name,
         state=state,
-        create_time=_utc(job.create_time),
+        create_time=to_utc(job.create_time),
         labels=dict(job.labels),
-        state_time=_utc(job.current_state_time),
+        state_time=to_utc(job.current_state_time),
     )
 
 
-def _utc(when: dt.datetime | None) -> dt.datetime | None:
-    if when is not None and when.tzinfo is None:
-        return when.replace(tzinfo=dt.UTC)
-    return when
-
-
-def parse_job_metrics(metrics: Iterable[dataflow.MetricUpdate]) -> dict[str, Any]:
-    """``JobMetrics.metrics`` → ``{"counters", "batch_size", "resources"}`` (see ``DataflowLauncher.job_metrics``).
+def parse_job_metrics(metrics: Iterable[dataflow.MetricUpdate]) -> ExportMetrics:
+    """The API's ``JobMetrics.metrics`` → ``ExportMetrics`` (see ``DataflowLauncher.job_metrics``).
 
     User metrics have ``name.origin == "user"`` and ``name.context`` ``namespace`` and ``step``; each comes
     twice, committed and ``tentative == "true"`` (attempted): only committed values count, as in
-    ``pipelines.crm_export.pipeline.job_counters``. Counters are scalars; a distribution is a struct with
-    ``count``/``sum``/``min``/``max`` (and ``mean``). This follows Beam's own reader of this API,
+    ``pipelines.crm_export.pipeline.pipeline_metrics``. Counters are scalars; a distribution is a struct
+    with ``count``/``sum``/``min``/``max`` (and ``mean``). This follows Beam's own reader of this API,
     ``apache_beam.runners.dataflow.dataflow_metrics.DataflowMetrics``.
     """
-    counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
-    batch_size: dict[str, int] | None = None
+    counts: dict[str, int] = {}
+    batch_size: Distribution | None = None
     resources: dict[str, float] = {}
     for metric in metrics:
         name = metric.name
@@ -299,31 +269,13 @@ def parse_job_metrics(metrics: Iterable[dataflow.MetricUpdate]) -> dict[str, Any
             if context.get("namespace") != NAMESPACE or name.name.endswith(_DISTRIBUTION_PART_SUFFIXES):
                 continue
             if metric.distribution is not None:
-                if name.name == "batch_size":
-                    batch_size = _merge_distribution(batch_size, metric.distribution)
+                value = metric.distribution
+                if name.name == "batch_size" and int(value["count"]):
+                    part = Distribution(*(int(value[key]) for key in ("count", "sum", "min", "max")))
+                    batch_size = part if batch_size is None else batch_size.merged(part)
             elif metric.scalar is not None:
-                counters[name.name] = counters.get(name.name, 0) + int(metric.scalar)
+                counts[name.name] = counts.get(name.name, 0) + int(metric.scalar)
         elif name.origin == SERVICE_ORIGIN and name.name in RESOURCE_METRICS and metric.scalar is not None:
             # Job-level totals: one per job; should the service repeat one, the largest is the latest.
             resources[name.name] = max(float(metric.scalar), resources.get(name.name, 0.0))
-    return {"counters": counters, "batch_size": _with_mean(batch_size), "resources": resources}
-
-
-def _merge_distribution(into: dict[str, int] | None, value: Any) -> dict[str, int] | None:
-    part = {key: int(value[key]) for key in ("count", "sum", "min", "max")}
-    if not part["count"]:
-        return into
-    if into is None:
-        return part
-    return {
-        "count": into["count"] + part["count"],
-        "sum": into["sum"] + part["sum"],
-        "min": min(into["min"], part["min"]),
-        "max": max(into["max"], part["max"]),
-    }
-
-
-def _with_mean(distribution: dict[str, int] | None) -> dict[str, Any] | None:
-    if not distribution:
-        return None
-    return {**distribution, "mean": distribution["sum"] / distribution["count"]}
+    return ExportMetrics(Counters.from_names(counts), batch_size, resources)

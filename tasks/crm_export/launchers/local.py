@@ -1,21 +1,13 @@
-"""A ``JobLauncher`` that runs the pipeline on Beam's local Python runner, in a detached process.
-
-It behaves as Dataflow does where the launch/poll split depends on it: a job outlives the process
-that submitted it (its own session, so a killed flow does not take it down), a second *active* job
-of one name is refused, a finished job's name can be reused, and states are Dataflow's.
-
-The registry is a directory: ``jobs/<job id>.json`` per job (name, id, state, pid, labels,
-timestamps, counters, errors) and ``jobs/<job id>.log`` (the job's output), updated atomically
-(write + rename) under an ``fcntl`` lock. A job whose process died without writing a final state is
-reported FAILED. The CRM API key goes to the job on its stdin, never in argv or the environment.
-
-The job process is ``python -m tasks.crm_export.launchers.local --registry DIR --job-id ID -- <pipeline args>``.
+"""A ``JobLauncher`` that runs the pipeline on Beam's local Python runner, in a detached process, with a
+job registry on disk (docs/crm-export.md, "Local"). The job process is
+``python -m tasks.crm_export.launchers.local --registry DIR --job-id ID -- <pipeline args>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import fcntl
 import json
@@ -30,9 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pipelines.crm_export.accounting import Counters, Distribution, ExportMetrics, check_accounting
 from tasks.crm_export.jobs import TERMINAL_STATES, JobAlreadyExistsError, JobInfo, JobSpec, JobState
 
-#: Never Prism (it downloads a binary at run time, design.md §7): Beam's in-process Python runner.
+#: Never Prism (it downloads a binary at run time): Beam's in-process Python runner.
 LOCAL_RUNNER = "FnApiRunner"
 
 
@@ -222,23 +215,16 @@ class LocalLauncher:
     def job_errors(self, job_id: str) -> list[str]:
         return list(self.read(job_id).get("errors", []))
 
-    def job_metrics(self, job_id: str) -> dict[str, Any]:
+    def job_metrics(self, job_id: str) -> ExportMetrics:
         record = self.read(job_id)
-        return {
-            "counters": record.get("counters", {}),
-            "batch_size": record.get("batch_size"),
-            "resources": record.get("resources", {}),
-        }
-
-    def cancel(self, job_id: str) -> None:
-        """Stop a running job (SIGTERM to its process group); it ends CANCELLED."""
-        record = self.read(job_id)
-        if JobState(record["state"]) in TERMINAL_STATES:
-            return
-        self.update(job_id, state=JobState.CANCELLING.value)
-        if self._alive(record):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(record["pid"], signal.SIGTERM)
+        batch_size = record.get("batch_size")
+        return ExportMetrics(
+            Counters.from_names(record.get("counters", {})),
+            Distribution(*(batch_size[key] for key in ("count", "sum", "min", "max")))
+            if batch_size
+            else None,
+            record.get("resources", {}),
+        )
 
 
 def _info(record: dict[str, Any]) -> JobInfo:
@@ -274,8 +260,8 @@ def run_job(registry_dir: Path, job_id: str, pipeline_args: list[str], api_key: 
         import apache_beam as beam
         from apache_beam.options.pipeline_options import PipelineOptions
 
-        from pipelines.crm_export.pipeline import build_pipeline, check_accounting, job_counters
-        from pipelines.crm_export.sink import ApiKey
+        from pipelines.crm_export.api_key import ApiKey
+        from pipelines.crm_export.pipeline import build_pipeline, pipeline_metrics
     except KeyboardInterrupt:
         launcher.update(job_id, state=JobState.CANCELLED.value, end_time=_now(), errors=["cancelled"])
         return 1
@@ -290,16 +276,20 @@ def run_job(registry_dir: Path, job_id: str, pipeline_args: list[str], api_key: 
         build_pipeline(pipeline, ApiKey(api_key))
         result = pipeline.run()
         result.wait_until_finish()
-        metrics = job_counters(result)
-        batch_size = metrics.pop("batch_size", None)
+        metrics = pipeline_metrics(result)
         usage = resource.getrusage(resource.RUSAGE_SELF)
         resources = {
             "wall_seconds": round(time.monotonic() - started, 3),
             "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
             "max_rss_bytes": usage.ru_maxrss * 1024,
         }
-        launcher.update(job_id, counters=metrics, batch_size=batch_size, resources=resources)
-        check_accounting(metrics)
+        launcher.update(
+            job_id,
+            counters=metrics.counters.to_names(),
+            batch_size=dataclasses.asdict(metrics.batch_size) if metrics.batch_size else None,
+            resources=resources,
+        )
+        check_accounting(metrics.counters)
     except BaseException as exc:  # noqa: BLE001 - every way out must leave a final state
         state = JobState.CANCELLED if cancelled else JobState.FAILED
         message = "cancelled" if cancelled else f"{type(exc).__name__}: {exc}"

@@ -1,22 +1,6 @@
-"""The CRM sink: a DoFn that POSTs batches of user records and accounts for every one of them.
-
-Request: ``POST <url>`` with JSON ``{"users": [record, ...]}``, header ``Authorization: Bearer <key>``
-and an ``Idempotency-Key`` derived from the idempotency namespace (the job name) and the batch's
-body: a request retried after a timeout, or a batch re-sent because Beam retried its bundle with
-the same elements, is applied once by the CRM. (A new job may batch the records differently, so
-its keys differ: the CRM's upsert by record key is what makes a re-export harmless.)
-Response 200: ``{"accepted": n, "rejected": [{"index": i, "reason": "..."}]}``.
-
-Retried with exponential backoff and full jitter: 429, 500, 502, 503, 504, timeouts, connection
-errors and broken responses; a ``Retry-After`` header (seconds or an HTTP date, RFC 9110 §10.2.3)
-is honoured in full (plus up to 10 % jitter, so in-flight requests do not return in step). Not
-retried: 401/403 (the API key is wrong: the bundle fails, and with it the job, rather than
-dead-lettering every record) and other 4xx (the batch is dead-lettered with the status and the
-CRM's reason). When the attempts run out the batch is dead-lettered.
-
-Up to ``max_in_flight`` batches are in flight at once; a bundle waits for all of its batches before
-it commits. Main output: nothing (accepted records are counted). Tagged output ``dead_letter``:
-one dict per record the CRM did not take: ``{"key", "reason", "status", "attempts", "stage"}``.
+"""``PostBatchesFn``: the DoFn that POSTs batches of CRM records to the CRM's batch API and accounts for
+every record: accepted (counted) or dead-lettered. The API, retries and idempotency keys:
+docs/crm-export.md, "The CRM batch API".
 """
 
 from __future__ import annotations
@@ -27,7 +11,6 @@ import decimal
 import email.utils
 import hashlib
 import random
-import re
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -40,86 +23,13 @@ import orjson
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
-NAMESPACE = "crm_export"
-DEAD_LETTER = "dead_letter"
+from pipelines.crm_export.accounting import DEAD_LETTER, NAMESPACE, dead_letter
+from pipelines.crm_export.api_key import ApiKey, KmsEncryptedApiKey
+from pipelines.crm_export.settings import PipelineSettings
+
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 #: The longest Retry-After honoured (seconds); a longer hint is treated as this.
 MAX_RETRY_AFTER_SECONDS = 900.0
-# RFC 6750 b64token: what a bearer credential may hold. Anything else (a trailing newline from a
-# file, a space) would make ``requests`` refuse the header with the key in its message.
-_BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
-
-
-class ApiKey:
-    """The CRM API key, kept out of ``repr``/``str`` so it never lands in a log or a pipeline graph dump.
-
-    Raises ``ValueError`` (without the value) if it is empty or holds characters a bearer token
-    cannot (RFC 6750 §2.1), e.g. a trailing newline.
-    """
-
-    def __init__(self, value: str):
-        if not value:
-            raise ValueError("the CRM API key is empty")
-        if not _BEARER_TOKEN.fullmatch(value):
-            raise ValueError(
-                f"the CRM API key ({len(value)} characters) holds whitespace or characters a bearer token "
-                "cannot (RFC 6750): check the secret for a trailing newline or spaces"
-            )
-        self._value = value
-
-    def get_secret_value(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "ApiKey('**********')"
-
-    __str__ = __repr__
-
-
-class KmsEncryptedApiKey:
-    """The CRM API key as a Cloud KMS ciphertext, decrypted on the worker (in the sink's ``setup``).
-
-    A DoFn and its arguments are pickled into the job graph that Dataflow stages to GCS, so a job on
-    Dataflow gets the key only in this form: the launcher encrypts it with ``kms_key_name``
-    (``DataflowOptions.api_key_kms_key``) and the workers' service account, which needs
-    ``roles/cloudkms.cryptoKeyDecrypter`` on that key, decrypts it. Checksums are verified as
-    Google's data integrity guidelines say (https://cloud.google.com/kms/docs/data-integrity-guidelines).
-    Raises ``ValueError`` if the response fails its checksum.
-    """
-
-    def __init__(self, ciphertext: bytes, kms_key_name: str):
-        self.ciphertext = ciphertext
-        self.kms_key_name = kms_key_name
-        self._value: str | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"ciphertext": self.ciphertext, "kms_key_name": self.kms_key_name, "_value": None}
-
-    def _client(self) -> Any:
-        from google.cloud import kms
-
-        return kms.KeyManagementServiceClient()
-
-    def get_secret_value(self) -> str:
-        if self._value is None:
-            import google_crc32c
-
-            response = self._client().decrypt(
-                request={
-                    "name": self.kms_key_name,
-                    "ciphertext": self.ciphertext,
-                    "ciphertext_crc32c": google_crc32c.value(self.ciphertext),
-                }
-            )
-            if google_crc32c.value(response.plaintext) != response.plaintext_crc32c:
-                raise ValueError(f"the plaintext from KMS key {self.kms_key_name} failed its CRC32C check")
-            self._value = response.plaintext.decode()
-        return self._value
-
-    def __repr__(self) -> str:
-        return f"KmsEncryptedApiKey(kms_key_name={self.kms_key_name!r})"
-
-    __str__ = __repr__
 
 
 class CrmRejectedCredentialsError(RuntimeError):
@@ -138,11 +48,6 @@ def json_default(value: Any) -> Any:
     if isinstance(value, dt.time):
         return value.isoformat()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def dead_letter(key: Any, reason: str, status: int | None, attempts: int, stage: str) -> dict[str, Any]:
-    """A dead-letter entry: the record key, why it was not accepted, the last HTTP status, attempts made."""
-    return {"key": key, "reason": reason, "status": status, "attempts": attempts, "stage": stage}
 
 
 def idempotency_key(namespace: str, body: bytes) -> str:
@@ -176,43 +81,38 @@ class BatchOutcome:
     statuses: list[int] = field(default_factory=list)
 
 
-class CrmSink(beam.DoFn):
-    """POST each batch (a list of CRM records) to the CRM's batch import endpoint.
+class PostBatchesFn(beam.DoFn):
+    """POST each batch (a list of CRM records) to the CRM's batch import endpoint ``settings.url``.
 
-    ``url``: the batch endpoint. ``api_key``: an ``ApiKey`` (local runner) or a
-    ``KmsEncryptedApiKey`` (Dataflow), read once per DoFn instance in ``setup``. ``namespace``: the export's job name,
-    part of every idempotency key. ``connect_timeout_seconds``/``read_timeout_seconds``: per request.
-    ``max_attempts``: requests per batch before it is dead-lettered. ``backoff_base_seconds`` and
-    ``max_backoff_seconds``: the exponential backoff (base · 2^attempt, full jitter, capped).
-    ``max_in_flight``: batches posted concurrently per DoFn instance, so a worker keeps shaping the
-    next batch while the CRM ingests the last; all are finished before the bundle commits.
-    Raises ``CrmRejectedCredentialsError`` on 401/403. Batch pipelines only (global window).
+    ``settings``: the endpoint, record key, read timeout, attempts, backoff cap and requests in
+    flight (``PipelineSettings``). ``api_key``: an ``ApiKey`` (local runner) or a ``KmsEncryptedApiKey``
+    (Dataflow), read once per DoFn instance in ``setup``. ``namespace``: the export's job name, part of
+    every idempotency key. ``connect_timeout_seconds``: per request. ``backoff_base_seconds``: the
+    exponential backoff's base (base · 2^attempt seconds, full jitter, capped at
+    ``settings.max_backoff_seconds``). Up to ``settings.max_in_flight`` batches are posted at once per
+    DoFn instance, so a worker keeps shaping the next batch while the CRM ingests the last; all are
+    finished before the bundle commits. Raises ``CrmRejectedCredentialsError`` on 401/403. Batch
+    pipelines only (global window).
     """
 
     def __init__(
         self,
-        url: str,
+        settings: PipelineSettings,
         api_key: ApiKey | KmsEncryptedApiKey,
         namespace: str,
-        key_field: str = "external_id",
+        *,
         connect_timeout_seconds: float = 10.0,
-        read_timeout_seconds: float = 60.0,
-        max_attempts: int = 8,
         backoff_base_seconds: float = 1.0,
-        max_backoff_seconds: float = 60.0,
-        max_in_flight: int = 4,
     ):
-        if max_attempts < 1 or max_in_flight < 1:
-            raise ValueError("max_attempts and max_in_flight must be at least 1")
-        self.url = url
+        self.url = settings.url
         self.api_key = api_key
         self.namespace = namespace
-        self.key_field = key_field
-        self.timeout = (connect_timeout_seconds, read_timeout_seconds)
-        self.max_attempts = max_attempts
+        self.key_field = settings.key_field
+        self.timeout = (connect_timeout_seconds, settings.read_timeout_seconds)
+        self.max_attempts = settings.max_attempts
         self.backoff_base_seconds = backoff_base_seconds
-        self.max_backoff_seconds = max_backoff_seconds
-        self.max_in_flight = max_in_flight
+        self.max_backoff_seconds = settings.max_backoff_seconds
+        self.max_in_flight = settings.max_in_flight
         self.batches = Metrics.counter(NAMESPACE, "batches")
         self.records_sent = Metrics.counter(NAMESPACE, "records_sent")
         self.records_accepted = Metrics.counter(NAMESPACE, "records_accepted")
@@ -236,7 +136,7 @@ class CrmSink(beam.DoFn):
             }
         )
         self._random = random.Random()
-        self._executor = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="crm-sink")
+        self._executor = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="post-batches")
 
     def teardown(self) -> None:
         executor = getattr(self, "_executor", None)
@@ -301,10 +201,6 @@ class CrmSink(beam.DoFn):
             Metrics.counter(NAMESPACE, f"http_{status}").inc()
         for entry in outcome.dead_letters:
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, entry)
-
-    def post_batch(self, batch: Sequence[dict[str, Any]]) -> BatchOutcome:
-        """POST one batch (CRM records) until it is answered 200 or the attempts run out."""
-        return self.post_body(orjson.dumps({"users": list(batch)}), [r.get(self.key_field) for r in batch])
 
     def post_body(self, body: bytes, keys: Sequence[Any]) -> BatchOutcome:
         """POST one serialised batch (``{"users": [...]}``, records keyed ``keys``) until it is answered

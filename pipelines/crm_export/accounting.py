@@ -1,0 +1,104 @@
+"""Every record read is accepted by the CRM or dead-lettered: the counters that show it, the dead-letter entry, the check.
+
+Beam-free: the pipeline counts and dead-letters, the launchers read the counters, the flow checks them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+#: Namespace of the export's Beam metrics.
+NAMESPACE = "crm_export"
+#: Tag of the dead-letter outputs.
+DEAD_LETTER = "dead_letter"
+
+
+def dead_letter(key: Any, reason: str, status: int | None, attempts: int, stage: str) -> dict[str, Any]:
+    """A dead-letter entry: the record key, why it was not accepted, the last HTTP status, attempts made."""
+    return {"key": key, "reason": reason, "status": status, "attempts": attempts, "stage": stage}
+
+
+@dataclass(frozen=True)
+class Counters:
+    """The export's counters (Beam metrics of namespace ``NAMESPACE``), committed values summed over steps.
+
+    Records: ``records_read`` (every row read), ``records_malformed`` (not JSON, or not a record),
+    ``records_sent`` (put in a request), ``records_accepted`` and ``records_rejected`` (by the CRM),
+    ``records_dead_lettered``. ``batches``: batches posted. ``retries``: requests repeated.
+    ``http_status``: the CRM's responses by HTTP status (the counters ``http_<status>``).
+    """
+
+    records_read: int = 0
+    records_malformed: int = 0
+    records_sent: int = 0
+    records_accepted: int = 0
+    records_rejected: int = 0
+    records_dead_lettered: int = 0
+    batches: int = 0
+    retries: int = 0
+    http_status: dict[int, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_names(cls, values: Mapping[str, int]) -> Counters:
+        """From counter name → value (``records_read``, ``http_429``, …); other names are ignored."""
+        named = {f.name for f in fields(cls)} - {"http_status"}
+        return cls(
+            **{name: int(value) for name, value in values.items() if name in named},
+            http_status={
+                int(name[5:]): int(value)
+                for name, value in values.items()
+                if name.startswith("http_") and name[5:].isdigit()
+            },
+        )
+
+    def to_names(self) -> dict[str, int]:
+        """Counter name → value, as ``from_names`` takes it."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "http_status"}
+        return values | {f"http_{status}": count for status, count in sorted(self.http_status.items())}
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """A Beam distribution's committed value: ``count`` values (≥ 1), their ``sum``, ``min`` and ``max``."""
+
+    count: int
+    sum: int
+    min: int
+    max: int
+
+    @property
+    def mean(self) -> float:
+        return self.sum / self.count
+
+    def merged(self, other: Distribution) -> Distribution:
+        """The distribution of both (e.g. of two steps, or two reports of one)."""
+        return Distribution(
+            self.count + other.count, self.sum + other.sum, min(self.min, other.min), max(self.max, other.max)
+        )
+
+
+@dataclass(frozen=True)
+class ExportMetrics:
+    """What an export job reports: its ``counters``, the ``batch_size`` distribution (records per batch
+    posted; None before the first batch) and the runner's ``resources`` by metric name (Dataflow: the
+    units of ``tasks.crm_export.cost``; local runner: ``wall_seconds``, ``cpu_seconds``, ``max_rss_bytes``)."""
+
+    counters: Counters = field(default_factory=Counters)
+    batch_size: Distribution | None = None
+    resources: dict[str, float] = field(default_factory=dict)
+
+
+class AccountingError(RuntimeError):
+    """``records_read != records_accepted + records_dead_lettered``: records were lost or counted twice."""
+
+
+def check_accounting(counters: Counters) -> None:
+    """Raise ``AccountingError`` unless every record read was accepted or dead-lettered."""
+    read, accepted, dead = counters.records_read, counters.records_accepted, counters.records_dead_lettered
+    if read != accepted + dead:
+        raise AccountingError(
+            f"records read ({read}) != accepted ({accepted}) + dead-lettered ({dead}): "
+            f"{read - accepted - dead} records are unaccounted for"
+        )

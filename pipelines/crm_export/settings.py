@@ -1,0 +1,214 @@
+"""The CRM export's settings contract and Dataflow's name rules; imports neither Beam nor Prefect.
+
+The flow takes ``PipelineSettings`` (through ``tasks.crm_export.tasks.CrmSettings``), hands them to the
+pipeline as flags (``pipeline_args``), and the pipeline reads them back (``settings_from_options``).
+Each setting is defined once, as a field here; docs/crm-export.md, "Settings", lists them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+
+#: The typed value columns of a union, in the order their value is taken (GA4/BigQuery naming).
+UNION_FIELDS = ("string_value", "int_value", "float_value", "double_value", "bool_value")
+
+
+@dataclass(frozen=True)
+class Flag:
+    """Marks a setting the pipeline takes as the flag ``--<name>``; a field without it is never a flag."""
+
+    name: str
+
+
+class PipelineSettings(BaseModel):
+    """Where the records go and how they are shaped and sent: every field is a pipeline flag.
+
+    A field is ``str``, ``int``, ``float``, ``bool`` (a flag that turns it on, so it defaults to False)
+    or ``list[str]`` (a comma-separated flag). Adding one here adds its flag, its parameter in the flow's
+    ``crm`` settings and its conversions both ways. Raises ``pydantic.ValidationError`` (a ``ValueError``)
+    naming the field of an invalid value.
+    """
+
+    url: Annotated[str, Flag("crm_url")] = Field(description="the CRM's batch import endpoint")
+    batch_size: Annotated[int, Flag("batch_size")] = Field(
+        default=5000, ge=1, description="records per request (at most)"
+    )
+    key_field: Annotated[str, Flag("key_field")] = Field(
+        default="external_id", description="the CRM's record key"
+    )
+    keep_null: Annotated[list[str], Flag("keep_null")] = Field(
+        default_factory=list, description="dotted fields sent as null to clear them; other nulls are dropped"
+    )
+    read_timeout_seconds: Annotated[float, Flag("crm_read_timeout_seconds")] = Field(
+        default=60.0, gt=0, description="seconds to wait for the CRM's answer to one request"
+    )
+    max_attempts: Annotated[int, Flag("crm_max_attempts")] = Field(
+        default=8, ge=1, description="requests per batch before it is dead-lettered"
+    )
+    max_backoff_seconds: Annotated[float, Flag("crm_max_backoff_seconds")] = Field(
+        default=60.0, gt=0, description="longest backoff between two requests of a batch, in seconds"
+    )
+    max_in_flight: Annotated[int, Flag("crm_max_in_flight")] = Field(
+        default=4, ge=1, description="concurrent requests per worker"
+    )
+    send_nulls: Annotated[bool, Flag("send_nulls")] = Field(
+        default=False, description="send every null (overwrites values in the CRM)"
+    )
+    union_fields: Annotated[list[str], Flag("union_fields")] = Field(
+        default_factory=lambda: list(UNION_FIELDS), description="typed value columns of a union, in order"
+    )
+    flat_separator: Annotated[str, Flag("flat_separator")] = Field(
+        default=".", min_length=1, description="separator of flattened column names"
+    )
+
+    @model_validator(mode="after")
+    def _one_name_per_entry(self) -> PipelineSettings:
+        for name, (flag, field) in _flags(type(self)).items():
+            if field.annotation == list[str]:
+                bad = [entry for entry in getattr(self, name) if not entry or "," in entry]
+                if bad:
+                    raise ValueError(
+                        f"{name}: {bad} — one non-empty name per entry, without commas (--{flag} is comma-separated)"
+                    )
+        return self
+
+    def pipeline_args(self) -> list[str]:
+        """The settings as pipeline flags, e.g. ``["--crm_url=https://…", "--batch_size=5000", …]``.
+
+        A ``list[str]`` is comma-joined; a ``bool`` gives its bare flag when True and nothing when False.
+        """
+        args = []
+        for name, (flag, _) in _flags(type(self)).items():
+            value = getattr(self, name)
+            if isinstance(value, bool):
+                args += [f"--{flag}"] if value else []
+            elif isinstance(value, list):
+                args.append(f"--{flag}={','.join(value)}")
+            else:
+                args.append(f"--{flag}={value}")
+        return args
+
+
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """Add a flag per ``PipelineSettings`` field to ``parser`` (Beam's ``_add_argparse_args``), with its default.
+
+    The required ``url`` defaults to None here; ``settings_from_options`` rejects it then.
+    """
+    for name, (flag, field) in _flags(PipelineSettings).items():
+        default = None if field.is_required() else field.get_default(call_default_factory=True)
+        if field.annotation is bool:
+            if default:
+                raise TypeError(f"setting {name}: a bool setting defaults to False (its flag turns it on)")
+            parser.add_argument(f"--{flag}", action="store_true", help=field.description)
+        elif field.annotation == list[str]:
+            parser.add_argument(
+                f"--{flag}", default=",".join(default), help=f"{field.description}; comma-separated"
+            )
+        elif field.annotation in (str, int, float):
+            parser.add_argument(f"--{flag}", type=field.annotation, default=default, help=field.description)
+        else:
+            raise TypeError(f"setting {name}: a {field.annotation} cannot be a pipeline flag")
+
+
+def settings_from_options(options: Any) -> PipelineSettings:
+    """The settings from parsed flags: an object with an attribute per flag (Beam's
+    ``options.view_as(CrmExportOptions)``, or an ``argparse.Namespace``).
+
+    Raises ``ValueError`` naming the flag of each missing or invalid setting, e.g.
+    ``--crm_url is required (the CRM's batch import endpoint)``.
+    """
+    flags = _flags(PipelineSettings)
+    values = {}
+    for name, (flag, field) in flags.items():
+        value = getattr(options, flag)
+        if value is not None:
+            values[name] = (
+                [entry for entry in value.split(",") if entry] if field.annotation == list[str] else value
+            )
+    try:
+        return PipelineSettings(**values)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = error["loc"][0] if error["loc"] else None
+            if name not in flags:
+                problems.append(error["msg"])
+            elif error["type"] == "missing":
+                problems.append(f"--{flags[name][0]} is required ({flags[name][1].description})")
+            else:
+                problems.append(f"--{flags[name][0]}={values[name]!r}: {error['msg']}")
+        raise ValueError("; ".join(problems)) from None
+
+
+def _flags(model: type[BaseModel]) -> dict[str, tuple[str, FieldInfo]]:
+    """Field name → (flag name, field) of every field of ``model`` marked with ``Flag``."""
+    return {
+        name: (marker.name, field)
+        for name, field in model.model_fields.items()
+        for marker in field.metadata
+        if isinstance(marker, Flag)
+    }
+
+
+# -- Dataflow's name rules ----------------------------------------------------------------------
+
+#: A Dataflow job name, at most 1024 characters
+#: (https://cloud.google.com/dataflow/docs/reference/rest/v1b3/projects.jobs#Job.FIELDS.name).
+JOB_NAME_PATTERN = re.compile(r"[a-z]([-a-z0-9]{0,1022}[a-z0-9])?")
+#: GCP resource labels, which Dataflow jobs carry: key and value patterns, and at most 64 labels
+#: (https://cloud.google.com/compute/docs/labeling-resources#requirements).
+LABEL_KEY_PATTERN = re.compile(r"[a-z][-_a-z0-9]{0,62}")
+LABEL_VALUE_PATTERN = re.compile(r"[-_a-z0-9]{0,63}")
+MAX_LABELS = 64
+
+
+def validate_job_name(name: str) -> str:
+    """Return ``name`` if Dataflow accepts it as a job name, else raise ``ValueError`` saying why."""
+    if not JOB_NAME_PATTERN.fullmatch(name):
+        raise ValueError(
+            f"{name!r} is not a valid Dataflow job name: lowercase letters, digits and '-', starting with "
+            "a letter, not ending with '-', at most 1024 characters"
+        )
+    return name
+
+
+def validate_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """Return ``labels`` as a dict if they are valid Dataflow (GCP resource) labels, else raise ``ValueError``.
+
+    Keys: 1-63 characters, lowercase letter first, then lowercase letters, digits, ``-`` and ``_``.
+    Values: 0-63 of the same characters. At most 64 labels.
+    """
+    bad = [
+        f"{key}={value!r}"
+        for key, value in labels.items()
+        if not LABEL_KEY_PATTERN.fullmatch(str(key))
+        or not isinstance(value, str)
+        or not LABEL_VALUE_PATTERN.fullmatch(value)
+    ]
+    if bad:
+        raise ValueError(
+            f"invalid Dataflow labels {', '.join(bad)}: keys start with a lowercase letter; keys and values use "
+            "lowercase letters, digits, '-' and '_' and are at most 63 characters"
+        )
+    if len(labels) > MAX_LABELS:
+        raise ValueError(f"a Dataflow job takes at most {MAX_LABELS} labels, got {len(labels)}")
+    return dict(labels)
+
+
+def job_name(pipeline: str, shard_date: dt.date) -> str:
+    """The deterministic job name of one export: ``<pipeline>-<YYYYMMDD>`` (e.g. ``crm-export-20261116``).
+
+    ``pipeline`` is lowercased and every run of other characters than letters and digits becomes one
+    ``-``. The same shard always gets the same name, which is what lets a retried launch find its job.
+    Raises ``ValueError`` if the result is no valid job name (e.g. ``pipeline`` starts with a digit).
+    """
+    slug = re.sub(r"[^a-z0-9]+", "-", pipeline.lower()).strip("-")
+    return validate_job_name(f"{slug}-{shard_date:%Y%m%d}")
