@@ -185,7 +185,7 @@ def _markdown(summary: ExportSummary) -> str:
             f"malformed {summary.records_malformed:,})",
         ),
         ("Batches", f"{summary.batches:,}"),
-        ("Batch size", f"min {batch.min}, mean {batch.mean:,.1f}, max {batch.max}" if batch else "-"),
+        ("Batch size", f"min {batch.min:,}, mean {batch.mean:,.1f}, max {batch.max:,}" if batch else "-"),
         ("Retries", f"{summary.retries:,}"),
         ("HTTP statuses", ", ".join(f"{k}: {v:,}" for k, v in summary.http_status.items()) or "-"),
         ("Duration", f"{summary.duration_seconds:,.1f} s ({summary.records_per_second or 0:,} records/s)"),

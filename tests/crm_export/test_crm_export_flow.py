@@ -253,3 +253,35 @@ def test_a_missing_dataflow_options_or_gcp_credentials_block_is_named():
         BlockNotFoundError, match=r"GCP Credentials block 'no-such-gcp'.*BigQuery source p\.crm"
     ):
         source.shards()
+
+
+def test_the_artifact_writes_every_number_with_thousands_separators():
+    import datetime as dt
+
+    from flows.crm_export.export import ExportSummary, _markdown
+    from pipelines.crm_export.accounting import Distribution
+    from tasks.crm_export.jobs import JobState
+
+    summary = ExportSummary(
+        shard_date=dt.date(2026, 11, 16),
+        job_name="crm-export-20261116",
+        job_id="2026-11-30_06_49_05-9ca481e50c5e",
+        launch="submitted",
+        state=JobState.DONE,
+        records_read=200_000,
+        records_accepted=199_800,
+        records_rejected=196,
+        records_malformed=4,
+        records_dead_lettered=200,
+        batches=40,
+        batch_size=Distribution(count=40, sum=199_996, min=4_996, max=5_000),
+        retries=2,
+        http_status={200: 40, 502: 2},
+        duration_seconds=7.0,
+        records_per_second=28_571,
+        dead_letter_prefix="/tmp/dead-letter",
+        estimated_cost=None,
+    )
+    markdown = _markdown(summary)
+    assert "| Batch size | min 4,996, mean 4,999.9, max 5,000 |" in markdown
+    assert "| Records read | 200,000 |" in markdown and "(28,571 records/s)" in markdown
