@@ -8,7 +8,7 @@ clamped to 2..60) and fixed per data source, so both schemes refresh the same wo
 same Tableau stand-in; the stand-in's clock runs ``time-scale`` simulated seconds per real second.
 
 It prints, for this project's scheme (``refresh_domains`` on a real ``prefect server start``, one
-PAT lease per domain run) and for the reference articles' scheme (one PAT per data-source refresh
+PAT lease per domain run) and for the free/busy scheme teams run on Airflow (one PAT per data-source refresh
 from a free/busy map, a 10-minute wait when none is free):
 makespan (first job queued to last job ended, Tableau's own timestamps) and its ratio to the lower
 bound max(longest job, sum of durations / B); sign-ins per domain run; lease-acquire latency
@@ -134,10 +134,10 @@ def run_project_scheme(url: str, work: dict, pats: int, time_scale: float, tmp: 
     return {"wall": time.monotonic() - started, "summaries": summaries}
 
 
-def run_articles_scheme(url: str, work: dict, pats: int, time_scale: float) -> dict:
-    """The articles' scheme: each data-source refresh takes a PAT from a free/busy map (atomically,
+def run_free_busy_scheme(url: str, work: dict, pats: int, time_scale: float) -> dict:
+    """The free/busy scheme: each data-source refresh takes a PAT from a free/busy map (atomically,
     as in their staggered fix), signs in, refreshes, polls, signs out, frees it; when no PAT is free
-    it waits 10 (simulated) minutes and tries again. The articles give up after 10 waits; here every
+    it waits 10 (simulated) minutes and tries again. That scheme gives up after 10 waits; here every
     refresh waits as long as it takes (so the makespans compare), and those past 10 waits are counted."""
     import tableauserverclient as TSC
 
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
 
         if not args.skip_baseline:
             requests.post(f"{standin.url}/devstack/reset", timeout=10)
-            base = run_articles_scheme(standin.url, work, k, args.time_scale)
+            base = run_free_busy_scheme(standin.url, work, k, args.time_scale)
             base_audit = requests.get(audit_url, timeout=10).json()
             base_figures = job_figures(base_audit, b)
             print("\nArticles' scheme (one PAT per data-source refresh, 10-min wait when none is free)")
@@ -260,11 +260,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  10-min waits        {base['waits']:8d}")
             print(
                 f"  refreshes           {base['succeeded']} succeeded, {base['failed']} failed; "
-                f"{base['past_cap']} waited more than 10 times (the articles' DAG fails those)"
+                f"{base['past_cap']} waited more than 10 times (the free/busy DAG fails those)"
             )
             print(f"  401002 served       {base_audit['invalidated_token_requests']:8d}")
             print(
-                f"\nSpeed-up of this project over the articles' scheme: "
+                f"\nSpeed-up of this project over the free/busy scheme: "
                 f"{base_figures['makespan'] / figures['makespan']:.2f}x makespan"
             )
 

@@ -16,6 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_demo_refreshes_every_domain_through_the_pool_without_invalidated_tokens():
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}  # the demo runs its own stack
     demo = subprocess.run(
@@ -73,6 +74,7 @@ def _alive(pid: int, start_ticks: str) -> bool:
     return fields[0] != "Z" and fields[19] == start_ticks  # not a zombie, and not a recycled pid
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("signum", "ready", "processes"),
     [

@@ -46,6 +46,7 @@ def test_every_metadata_source_has_a_daily_deployment_with_concurrency_one():
         assert deployment["concurrency_limit"] == 1 and deployment["schedules"][0]["cron"]
 
 
+@pytest.mark.slow
 def test_prefect_deploy_all_against_a_real_server(prefect_api_url):
     def prefect(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -57,6 +58,10 @@ def test_prefect_deploy_all_against_a_real_server(prefect_api_url):
             timeout=300,
         )
 
+    registered = prefect("block", "register", "-m", "blocks")
+    assert registered.returncode == 0, registered.stdout + registered.stderr
+    for block_type in ("Tableau PAT Pool", "Dataflow Options", "Vault KV Secret", "KMS Encrypted GCS Secret"):
+        assert block_type in registered.stdout, registered.stdout
     for pool in ("tableau-refresh", "crm-export", "metadata"):
         created = prefect("work-pool", "create", pool, "--type", "process", "--overwrite")
         assert created.returncode == 0, created.stdout + created.stderr

@@ -104,6 +104,7 @@ def run_artifact(flow_run_id, key: str):
     return artifact
 
 
+@pytest.mark.slow
 def test_contention_more_domain_runs_than_pats(make_standin, tmp_path):
     from conftest import Workspace
 
