@@ -1,1 +1,1 @@
-"""Prefect flows of analytics-flows, one module per job."""
+"""Prefect flows of analytics-flows, one subpackage per job."""

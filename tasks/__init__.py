@@ -1,1 +1,1 @@
-"""Shared Prefect tasks and the plain functions behind them."""
+"""Prefect tasks and the plain functions behind them, one subpackage per job; `common` for all jobs."""

@@ -1,1 +1,1 @@
-"""pipelines/crm_export"""
+"""The CRM export pipeline (Apache Beam) and its Beam-free settings contract."""

@@ -1,1 +1,1 @@
-"""tasks/crm_export"""
+"""Tasks of the CRM export: shard, API key, launch/poll of the job on its launcher, cost."""

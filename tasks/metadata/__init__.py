@@ -1,1 +1,1 @@
-"""tasks/metadata"""
+"""Tasks of the metadata collectors: window and HWM, extractors, masking, extract files, landing."""

@@ -1,1 +1,1 @@
-"""tasks/tableau"""
+"""Tasks of the Tableau refresh: domain configuration, PAT lease, Tableau session, refresh protocol."""

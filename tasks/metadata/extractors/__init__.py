@@ -1,1 +1,1 @@
-"""tasks/metadata/extractors"""
+"""Metadata extractors (the contract: tasks.metadata.extracts.Extractor): Athena and Tableau."""
