@@ -62,13 +62,18 @@ def test_prefect_deploy_all_against_a_real_server(prefect_api_url):
     assert registered.returncode == 0, registered.stdout + registered.stderr
     for block_type in ("Tableau PAT Pool", "Dataflow Options", "Vault KV Secret", "KMS Encrypted GCS Secret"):
         assert block_type in registered.stdout, registered.stdout
-    for pool in ("tableau-refresh", "crm-export", "metadata"):
-        created = prefect("work-pool", "create", pool, "--type", "process", "--overwrite")
-        assert created.returncode == 0, created.stdout + created.stderr
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with get_client(sync_client=True) as client:  # as `prefect work-pool create <pool> --type process`
+        for pool in ("tableau-refresh", "crm-export", "metadata"):
+            try:
+                client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+            except ObjectAlreadyExists:
+                pass
     deployed = prefect("--no-prompt", "deploy", "--all")
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-
-    from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
         deployments = {d.name: d for d in client.read_deployments()}
