@@ -21,7 +21,7 @@ from sqlglot.dialects.dialect import Dialect
 
 from tasks.common import ONCE_PER_FLOW_RUN, load_block
 from tasks.metadata.extract_files import WrittenFile, write_extracts
-from tasks.metadata.extracts import Extract, Extractor
+from tasks.metadata.extracts import Extract, Extractor, PartialExtractionError
 from tasks.metadata.hwm import FileHwmStore, HwmStore, VariableHwmStore, Window, plan_window, publish_hwm
 from tasks.metadata.landing import LandedFile, LandingError, LandingTarget
 from tasks.metadata.masking import mask_sql
@@ -51,7 +51,7 @@ def build_extractor(source: Any) -> Extractor:
         )
     from tasks.metadata.extractors.tableau import TableauExtractor
 
-    return TableauExtractor(source=source.name, pool_block=config.pat_pool_block)
+    return TableauExtractor(source=source.name, pool_block=config.pat_pool_block, lineage=config.lineage)
 
 
 def build_landing(source: Any) -> LandingTarget:
@@ -167,13 +167,21 @@ def plan_collection_window(source: Any, store: HwmStore, now: dt.datetime) -> Wi
 
 @task(cache_policy=NO_CACHE)
 def extract_to_files(source: Any, window: Window, out_dir: Path) -> list[WrittenFile]:
-    """Test the connection, extract, mask SQL (if configured), write one file per entity."""
+    """Test the connection, extract, mask SQL (if configured), write one file per entity.
+
+    Raises ``PartialExtractionError`` (after writing the files) when the extractor reports problems:
+    part of the source could not be read, so nothing may land.
+    """
     extractor = build_extractor(source)
     extractor.test_connection()
     extracts = extractor.run(window.start, window.end)
     if source.mask:
         extracts = [masked(e) for e in extracts]
-    return write_extracts(extracts, out_dir, source.name, window, source.compress)
+    files = write_extracts(extracts, out_dir, source.name, window, source.compress)
+    problems = list(getattr(extractor, "problems", []))
+    if problems:
+        raise PartialExtractionError(source.name, problems, [f.path.name for f in files])
+    return files
 
 
 def retry_if_unreachable(task: Any, task_run: Any, state: Any) -> bool:

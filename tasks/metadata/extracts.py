@@ -45,14 +45,28 @@ class ExtractorConnectionError(RuntimeError):
 
 class PartialExtractionError(RuntimeError):
     """A source answered only part of what was asked (e.g. the Tableau Metadata API after its retries):
-    ``problems`` names each part missing. The run lands nothing and leaves the HWM where it was."""
+    ``problems`` names each part missing, ``files`` the names of the files written (not landed). The run
+    lands nothing and leaves the HWM where it was."""
 
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = list(problems)
-        super().__init__(
-            f"source {source!r} returned a partial result, so nothing was landed and the HWM did not move "
-            f"(rerun the same window): " + "; ".join(self.problems)
+    def __init__(self, source: str, problems: list[str], files: list[str] | None = None) -> None:
+        super().__init__(source, list(problems), list(files or []))
+
+    @property
+    def source(self) -> str:
+        return self.args[0]
+
+    @property
+    def problems(self) -> list[str]:
+        return self.args[1]
+
+    @property
+    def files(self) -> list[str]:
+        return self.args[2]
+
+    def __str__(self) -> str:
+        return (
+            f"source {self.source!r} returned a partial result, so nothing was landed and the HWM did not "
+            f"move (rerun the same window): " + "; ".join(self.problems)
         )
 
 

@@ -430,10 +430,22 @@ def _output_names(scope: Scope) -> list[str]:
     return []
 
 
+def _indirect(node: exp.Expr) -> bool:
+    """A part of an expression whose columns the value does not flow from: nested queries (scopes of
+    their own), a window's PARTITION BY and ORDER BY, a CASE's conditions (OpenLineage's INDIRECT
+    WINDOW and CONDITIONAL)."""
+    parent = node.parent
+    if isinstance(node, exp.Query):
+        return True
+    if isinstance(parent, exp.Window) and node.arg_key in ("partition_by", "order"):
+        return True
+    return isinstance(parent, exp.If) and node.arg_key == "this"
+
+
 def _own_columns(projection: exp.Expr) -> Iterable[exp.Column]:
-    """The columns of ``projection`` outside nested queries (scalar subqueries are scopes of their own)."""
-    for node in projection.walk(prune=lambda n: isinstance(n, exp.Query) and n is not projection):
-        if isinstance(node, exp.Column):
+    """The columns ``projection``'s value flows from (see ``_indirect`` for those it does not)."""
+    for node in projection.walk(prune=lambda n: n is not projection and _indirect(n)):
+        if isinstance(node, exp.Column) and not _indirect(node):
             yield node
 
 
