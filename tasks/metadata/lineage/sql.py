@@ -66,8 +66,9 @@ class StatementLineage:
     ``kind``: ``SELECT``, ``CTAS``, ``INSERT``, ``CREATE_VIEW``, ``VIEW`` (a view's query) or ``OTHER``. ``reads``/``writes``: tables,
     sorted. ``columns_read``: every catalog column the statement references (projections, filters, joins,
     grouping; ``*`` expanded), sorted. ``edges``: column-level edges into ``writes`` (none for a SELECT).
-    ``detail``: why the status is not ``resolved``, never a piece of the SQL text (names of tables and
-    columns, sqlglot's error class, a line and column).
+    ``detail``: why the status is not ``resolved``, never a piece of the SQL text but for names of
+    tables (counts of columns: a double-quoted column "name" may be a mistyped string), sqlglot's
+    error class, a line and column.
     """
 
     kind: str
@@ -315,8 +316,8 @@ class SqlLineage:
         status = Status.PARTIAL if walk.unresolved_columns else Status.RESOLVED
         detail = ""
         if walk.unresolved_columns:
-            shown = sorted(walk.unresolved_columns)
-            detail = "unresolved columns: " + ", ".join(shown[:10]) + (" …" if len(shown) > 10 else "")
+            # Counted, not named: a double-quoted "name" where a value belongs may be data (masking.py).
+            detail = f"{len(walk.unresolved_columns)} column reference(s) not in the catalog"
         return StatementLineage(
             kind,
             status,
