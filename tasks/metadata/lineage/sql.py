@@ -168,6 +168,13 @@ class SqlLineage:
     def __init__(self, schema: LineageSchema, default_catalog: str = "awsdatacatalog") -> None:
         self.schema = schema
         self.default_catalog = default_catalog.lower()
+        self._dialects: dict[str, sqlglot.Dialect] = {}
+
+    def _dialect(self, name: str) -> sqlglot.Dialect:
+        """sqlglot's dialect ``name``, made once (making one per statement costs ~0.2 ms)."""
+        if name not in self._dialects:
+            self._dialects[name] = sqlglot.Dialect.get_or_raise(name)  # ValueError: unknown dialect
+        return self._dialects[name]
 
     def analyze(
         self,
@@ -185,7 +192,7 @@ class SqlLineage:
         Never raises for bad SQL: the status says what became of it. ``ValueError`` for an unknown
         ``dialect`` (a configuration error).
         """
-        sqlglot.Dialect.get_or_raise(dialect)
+        reader = self._dialect(dialect)
         catalog = (catalog or self.default_catalog).lower()
         database = database.lower() if database else None
         with sqlglot_quiet():
@@ -208,7 +215,7 @@ class SqlLineage:
                 detail = "no statement" if not trees else f"{len(trees)} statements (Athena runs one)"
                 return StatementLineage("OTHER", Status.UNPARSED, detail)
             try:
-                return self._statement(trees[0], dialect, catalog, database, view)
+                return self._statement(trees[0], reader, catalog, database, view)
             except SqlglotError as error:
                 return StatementLineage(
                     _kind(trees[0]),
@@ -219,7 +226,12 @@ class SqlLineage:
     # --- statements --------------------------------------------------------------------------------
 
     def _statement(
-        self, tree: exp.Expr, dialect: str, catalog: str, database: str | None, view: TableName | None
+        self,
+        tree: exp.Expr,
+        dialect: sqlglot.Dialect,
+        catalog: str,
+        database: str | None,
+        view: TableName | None,
     ) -> StatementLineage:
         kind = _kind(tree)
         if view is not None:
