@@ -288,6 +288,20 @@ _QUERY_TEMPLATES = (
 )
 
 
+# Statements that move data between tables (the rest of the history only reads): lineage for the demo.
+LINEAGE_QUERIES = (
+    "CREATE TABLE marketing.campaign_customer_revenue WITH (format = 'PARQUET') AS "
+    "SELECT e.campaign_id, c.c_customer_sk, c.c_email_address, SUM(ss.ss_net_paid) AS revenue "
+    "FROM marketing.campaign_events e JOIN tpcds_sf10.customer c ON e.customer_sk = c.c_customer_sk "
+    "JOIN tpcds_sf10.store_sales ss ON ss.ss_customer_sk = c.c_customer_sk "
+    "WHERE e.event_type = 'purchase' GROUP BY 1, 2, 3",
+    "INSERT INTO marketing.campaigns SELECT campaign_id, campaign_name, 'web' AS channel, start_date, end_date, "
+    "budget_usd, owner_email FROM marketing.campaigns WHERE end_date < DATE '2026-01-01'",
+    "CREATE OR REPLACE VIEW marketing.email_campaigns AS SELECT campaign_id, campaign_name, budget_usd "
+    "FROM marketing.campaigns WHERE channel = 'email'",
+)
+
+
 def parse_columns(spec: str) -> list[tuple[str, str]]:
     """``"a:int b:decimal(7,2)"`` → ``[("a", "int"), ("b", "decimal(7,2)")]``."""
     return [tuple(token.split(":", 1)) for token in spec.split()]  # type: ignore[misc]
@@ -467,6 +481,15 @@ def _run_history(athena: Any) -> dict[str, list[str]]:
                 ),
             )
             ids[workgroup].append(response["QueryExecutionId"])
+    for sql in LINEAGE_QUERIES:
+        ids["primary"].append(
+            athena.start_query_execution(
+                QueryString=sql,
+                QueryExecutionContext={"Catalog": "AwsDataCatalog", "Database": MARKETING_DATABASE},
+                WorkGroup="primary",
+                ResultConfiguration={"OutputLocation": OUTPUT_LOCATION},
+            )["QueryExecutionId"]
+        )
     return ids
 
 
@@ -479,7 +502,8 @@ def seed_athena(endpoint_url: str, region: str) -> SeededAthena:
       the way Athena stores views (``/* Presto View: <base64 JSON> */``), one a Hive/Spark view (SQL);
     - the workgroups ``primary`` (moto creates it) and ``analysts``, and the query-results bucket;
     - a federated data catalog ``crm_postgres`` (type LAMBDA) with a database ``public``;
-    - query history: ``QUERIES_PER_WORKGROUP`` ``start_query_execution`` calls per workgroup.
+    - query history: ``QUERIES_PER_WORKGROUP`` ``start_query_execution`` calls per workgroup, then the
+      ``LINEAGE_QUERIES`` (a CTAS, an INSERT, a CREATE VIEW) in ``primary``.
 
     moto's behaviour (5.2) that the tests and the demo work with (``devstack.moto_gaps`` answers
     ``ListQueryExecutions``, ``BatchGetQueryExecution``, ``ListDataCatalogs`` and ``GetWorkGroup`` as AWS

@@ -54,6 +54,11 @@ def test_demo_refreshes_every_domain_through_the_pool_without_invalidated_tokens
     assert re.search(r"athena-demo_columns_\S+\.csv\.gz\s+872 rows", out), out
     assert re.search(r"^401002 answers served, collector included: 0$", out, re.M), out
     assert re.search(r"tableau-demo_extract_refresh_tasks_\S+\.csv\.gz\s+25 rows", out), out
+    lineage = r"[1-9][\d,]* table edges, [1-9][\d,]* column edges, [1-9][\d,]* columns covered, \d+ unparsed statements of"
+    assert re.search(rf"^Athena lineage \(first run\): {lineage} [1-9]", out, re.M), out
+    assert re.search(rf"^Tableau lineage \(Metadata API\): {lineage} \d", out, re.M), out
+    assert re.search(r"athena-demo_openlineage_\S+\.jsonl\.gz\s+[1-9]", out), out
+    assert re.search(r"tableau-demo_openlineage_\S+\.jsonl\.gz\s+[1-9]", out), out
 
 
 def start_demo(hold: bool = False) -> subprocess.Popen:

@@ -219,6 +219,8 @@ class Config:
     projects: tuple[str, ...] = ()
     datasources: tuple[ContentSpec, ...] = ()
     workbooks: tuple[ContentSpec, ...] = ()
+    # The Metadata API's settings and seeded lineage (devstack.tableau.metadata_api.MetadataApiConfig).
+    metadata_api: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.time_scale <= 0 or self.session_ttl_seconds <= 0 or self.backgrounder_slots < 1:

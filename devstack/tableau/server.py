@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, urlsplit
 from devstack.tableau import errors, query
 from devstack.tableau import xml as bodies
 from devstack.tableau.config import Config, ContentKind
+from devstack.tableau.metadata_api import MetadataApi
 from devstack.tableau.state import Job, TableauSite
 
 logger = logging.getLogger(__name__)
@@ -99,7 +100,9 @@ class Api:
 
     def __init__(self, site: TableauSite) -> None:
         self.site = site
+        self.metadata = MetadataApi(site)
         routes: list[tuple[str, str, Callable[..., Response]]] = [
+            ("POST", r"/api/metadata/graphql", self.metadata_graphql),
             ("GET", _API + r"/serverInfo", self.server_info),
             ("POST", _API + r"/auth/signin", self.sign_in),
             ("POST", _API + r"/auth/signout", self.sign_out),
@@ -270,6 +273,11 @@ class Api:
         self.site.authenticate(request.token, site)
         self.site.cancel(job)
         return Response(200)
+
+    def metadata_graphql(self, request: Request) -> Response:
+        """The Metadata API (GraphQL; devstack.tableau.metadata_api)."""
+        status, document = self.metadata.handle(request.token, request.body)
+        return Response(status, json.dumps(document).encode("utf-8"), "application/json")
 
     # -- stand-in helpers -----------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from tasks.metadata.collection import (
     plan_collection_window,
     publish_collection_hwm,
 )
+from tasks.metadata.extracts import PartialExtractionError
 from tasks.metadata.sources import load_source
 
 
@@ -73,8 +74,9 @@ def collect_metadata(
     present (timezone-aware; default: the current time): the window ends at ``now`` − lag. An earlier
     ``now`` collects up to then; a later one would publish an HWM in the future, which the next runs
     refuse (``HwmInFutureError``) until the clock passes it. Raises ``SourceConfigError`` (unknown
-    source), ``BlockNotFoundError``, ``ExtractorConnectionError``, ``LandingError`` or ``HwmError``;
-    the HWM is unchanged after any of them.
+    source), ``BlockNotFoundError``, ``ExtractorConnectionError``, ``PartialExtractionError`` (part of the
+    source could not be read: nothing lands, the artifact names what is missing), ``LandingError`` or
+    ``HwmError``; the HWM is unchanged after any of them.
     """
     config = load_source(source, sources_file)
     target = build_landing(config)
@@ -88,7 +90,11 @@ def collect_metadata(
             directory = Path(tempfile.mkdtemp(prefix=f"dry-run-{config.name}-"))
         else:
             directory = Path(tmp)
-        files = extract_to_files(config, window, directory)
+        try:
+            files = extract_to_files(config, window, directory)
+        except PartialExtractionError as partial:
+            _report_partial(config.name, window, partial)
+            raise
         landed = [] if dry_run else land_files(target, files)
     if not dry_run:
         publish_collection_hwm(store, window)
@@ -119,3 +125,15 @@ def collect_metadata(
         ),
     )
     return summary
+
+
+def _report_partial(source: str, window: object, partial: PartialExtractionError) -> None:
+    """The artifact of a run whose source answered only in part: what is missing; nothing landed."""
+    create_table_artifact(
+        key=f"metadata-{source.replace('_', '-')}",
+        table=[{"problem": p} for p in partial.problems],
+        description=(
+            f"{source}: window {window} → PARTIAL result, nothing landed, HWM unchanged "
+            f"({len(partial.files)} files written locally); rerun the same window"
+        ),
+    )

@@ -9,6 +9,7 @@ there.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +17,11 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from sqlglot.dialects.dialect import Dialect
 
 from tasks.common import ONCE_PER_FLOW_RUN, load_block
 from tasks.metadata.extract_files import WrittenFile, write_extracts
-from tasks.metadata.extracts import Extract, Extractor
+from tasks.metadata.extracts import Extract, Extractor, PartialExtractionError
 from tasks.metadata.hwm import FileHwmStore, HwmStore, VariableHwmStore, Window, plan_window, publish_hwm
 from tasks.metadata.landing import LandedFile, LandingError, LandingTarget
 from tasks.metadata.masking import mask_sql
@@ -49,7 +51,7 @@ def build_extractor(source: Any) -> Extractor:
         )
     from tasks.metadata.extractors.tableau import TableauExtractor
 
-    return TableauExtractor(source=source.name, pool_block=config.pat_pool_block)
+    return TableauExtractor(source=source.name, pool_block=config.pat_pool_block, lineage=config.lineage)
 
 
 def build_landing(source: Any) -> LandingTarget:
@@ -93,7 +95,10 @@ def build_hwm_store(source: Any, target: LandingTarget) -> HwmStore:
 def masked(extract: Extract, dialect: str = "athena") -> Extract:
     """``extract`` with the literals of its ``sql_columns`` masked (rows stay a stream), each row in
     its own dialect when the extract names a ``sql_dialect_column`` (a Hive view's ``"x"`` is a
-    string, an Athena one's a name)."""
+    string, an Athena one's a name); in a JSON-lines extract, the ``query`` of each SQL facet at its
+    ``sql_facet_paths``, in the facet's ``dialect``."""
+    if extract.format == "jsonl":
+        return _masked_facets(extract, dialect)
     positions = [extract.columns.index(c) for c in extract.sql_columns if c in extract.columns]
     if not positions:
         return extract
@@ -108,7 +113,35 @@ def masked(extract: Extract, dialect: str = "athena") -> Extract:
                     cells[i] = mask_sql(cells[i], row_dialect)
             yield tuple(cells)
 
-    return Extract(extract.entity, extract.columns, rows(), extract.sql_columns, extract.sql_dialect_column)
+    return dataclasses.replace(extract, rows=rows())
+
+
+def _masked_facets(extract: Extract, dialect: str) -> Extract:
+    if not extract.sql_facet_paths:
+        return extract
+
+    def rows() -> Iterator[tuple[Any, ...]]:
+        for (document,) in extract.rows:
+            for path in extract.sql_facet_paths:
+                facet: Any = document
+                for key in path:
+                    facet = facet.get(key) if isinstance(facet, dict) else None
+                if isinstance(facet, dict) and isinstance(facet.get("query"), str):
+                    facet["query"] = mask_sql(facet["query"], _sqlglot_dialect(facet.get("dialect"), dialect))
+            yield (document,)
+
+    return dataclasses.replace(extract, rows=rows())
+
+
+def _sqlglot_dialect(name: Any, default: str) -> str:
+    """``name`` if sqlglot knows it, else ``default`` (a facet may name a dialect sqlglot lacks)."""
+    if isinstance(name, str) and name:
+        try:
+            Dialect.get_or_raise(name)
+            return name
+        except ValueError:
+            pass
+    return default
 
 
 def _needed_by(source: Any, field: str) -> str:
@@ -134,13 +167,21 @@ def plan_collection_window(source: Any, store: HwmStore, now: dt.datetime) -> Wi
 
 @task(cache_policy=NO_CACHE)
 def extract_to_files(source: Any, window: Window, out_dir: Path) -> list[WrittenFile]:
-    """Test the connection, extract, mask SQL (if configured), write one file per entity."""
+    """Test the connection, extract, mask SQL (if configured), write one file per entity.
+
+    Raises ``PartialExtractionError`` (after writing the files) when the extractor reports problems:
+    part of the source could not be read, so nothing may land.
+    """
     extractor = build_extractor(source)
     extractor.test_connection()
     extracts = extractor.run(window.start, window.end)
     if source.mask:
         extracts = [masked(e) for e in extracts]
-    return write_extracts(extracts, out_dir, source.name, window, source.compress)
+    files = write_extracts(extracts, out_dir, source.name, window, source.compress)
+    problems = list(getattr(extractor, "problems", []))
+    if problems:
+        raise PartialExtractionError(source.name, problems, [f.path.name for f in files])
+    return files
 
 
 def retry_if_unreachable(task: Any, task_run: Any, state: Any) -> bool:

@@ -1,4 +1,4 @@
-"""Write a collector run's extracts as files: one CSV per entity, optionally gzipped, atomically.
+"""Write a collector run's extracts as files: one CSV (or JSON lines) per entity, optionally gzipped, atomically.
 
 Names, value formats, gzip and atomicity: docs/metadata-extracts.md.
 """
@@ -83,10 +83,16 @@ def _window_instant(value: object, what: str) -> dt.datetime:
 
 
 def extract_file_name(
-    source: str, entity: str, window_start: dt.datetime, window_end: dt.datetime, compress: bool
+    source: str,
+    entity: str,
+    window_start: dt.datetime,
+    window_end: dt.datetime,
+    compress: bool,
+    file_format: str = "csv",
 ) -> str:
-    """``<source>_<entity>_<start>_<end>.csv`` (``.csv.gz`` when ``compress``), times in UTC as
-    ``%Y%m%dT%H%M%S``, e.g. ``athena-prod_query_history_20261121T000000_20261122T000000.csv.gz``.
+    """``<source>_<entity>_<start>_<end>.csv`` (``.csv.gz`` when ``compress``; ``.jsonl[.gz]`` for
+    ``file_format="jsonl"``), times in UTC as ``%Y%m%dT%H%M%S``, e.g.
+    ``athena-prod_query_history_20261121T000000_20261122T000000.csv.gz``.
 
     Deterministic: a function of its arguments only. ``ValueError`` when ``source`` or ``entity`` does
     not match ``[a-z0-9][a-z0-9_-]*``, a window bound is naive or not a whole second, ``start > end``,
@@ -94,13 +100,15 @@ def extract_file_name(
     """
     _check_name_part(source, "source")
     _check_name_part(entity, "entity")
+    if file_format not in ("csv", "jsonl"):
+        raise ValueError(f"file_format must be 'csv' or 'jsonl', got {file_format!r}")
     start = _window_instant(window_start, "window start")
     end = _window_instant(window_end, "window end")
     if start > end:
         raise ValueError(f"window start {start.isoformat()} is after its end {end.isoformat()}")
     name = (
         f"{source}_{entity}_{start.strftime(_NAME_TIME_FORMAT)}_{end.strftime(_NAME_TIME_FORMAT)}"
-        f".csv{'.gz' if compress else ''}"
+        f".{file_format}{'.gz' if compress else ''}"
     )
     if len(name) > MAX_FILE_NAME_LENGTH:
         raise ValueError(
@@ -228,6 +236,22 @@ def _write_rows(text: io.TextIOBase, entity: str, columns: Sequence[str], rows: 
     return count
 
 
+def _write_json_lines(text: io.TextIOBase, entity: str, rows: Iterable[Any]) -> int:
+    """One compact JSON object per line (each row a 1-tuple holding it); returns the number of lines."""
+    count = 0
+    for count, row in enumerate(rows, start=1):
+        if not isinstance(row, tuple | list) or len(row) != 1 or not isinstance(row[0], dict):
+            raise TypeError(f"extract {entity!r}: row {count} is not a 1-tuple holding a JSON object")
+        try:
+            line = json.dumps(
+                row[0], ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_json_default
+            )
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"extract {entity!r}: row {count}: {exc}") from exc
+        text.write(line + "\n")
+    return count
+
+
 def _write_file(path: Path, extract: Extract, columns: Sequence[str], compress: bool) -> WrittenFile:
     """Write ``extract`` to ``path`` through a temporary name; see the module doc (Atomicity)."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:16]}.tmp")
@@ -243,7 +267,10 @@ def _write_file(path: Path, extract: Extract, columns: Sequence[str], compress: 
                 # Closing the text layer closes the GzipFile (writing its trailer into ``raw``) but
                 # never the descriptor (closefd=False), which is synced below.
                 with io.TextIOWrapper(binary, encoding="utf-8", newline="") as text:
-                    rows = _write_rows(text, extract.entity, columns, extract.rows)
+                    if extract.format == "jsonl":
+                        rows = _write_json_lines(text, extract.entity, extract.rows)
+                    else:
+                        rows = _write_rows(text, extract.entity, columns, extract.rows)
             os.fsync(fd)
             size = os.fstat(fd).st_size
         finally:
@@ -292,7 +319,7 @@ def write_extracts(
     planned: list[tuple[Extract, tuple[str, ...], Path]] = []
     seen: set[str] = set()
     for extract in extracts:
-        name = extract_file_name(source, extract.entity, window.start, window.end, compress)
+        name = extract_file_name(source, extract.entity, window.start, window.end, compress, extract.format)
         if extract.entity in seen:
             raise ValueError(
                 f"duplicate entity {extract.entity!r}: each entity is written to exactly one file"

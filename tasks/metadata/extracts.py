@@ -1,8 +1,8 @@
 """What a metadata extractor produces, and the errors every extractor raises.
 
 An extractor (Athena, Tableau) has ``test_connection()`` and ``run(start_hwm, end_hwm)``; ``run``
-returns one ``Extract`` per entity (databases, tables, columns, query history, ...), which
-``tasks.metadata.extract_files`` writes as one CSV file each.
+returns one ``Extract`` per entity (databases, tables, columns, query history, lineage, usage, ...),
+which ``tasks.metadata.extract_files`` writes as one file each: CSV, or JSON lines for OpenLineage.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,11 @@ class Extract:
     are masked when the source is configured with ``mask`` (``tasks.metadata.masking``).
     ``sql_dialect_column``: a column naming each row's SQL dialect (sqlglot's names, e.g. ``hive``
     for a Hive/Spark view), when it is not the source's own.
+
+    ``format``: ``csv``, or ``jsonl`` (JSON lines: one column, each row a 1-tuple holding a JSON object,
+    e.g. an OpenLineage event). ``sql_facet_paths``: in a ``jsonl`` row, the key paths of objects shaped
+    like OpenLineage's SQLJobFacet (``{"query": <SQL>, "dialect": <name>}``) whose ``query`` is masked
+    like a ``sql_columns`` cell (in its ``dialect`` when it names a sqlglot dialect).
     """
 
     entity: str
@@ -29,6 +34,8 @@ class Extract:
     rows: Iterable[tuple[Any, ...]]
     sql_columns: tuple[str, ...] = ()
     sql_dialect_column: str | None = None
+    format: Literal["csv", "jsonl"] = "csv"
+    sql_facet_paths: tuple[tuple[str, ...], ...] = ()
 
 
 class ExtractorConnectionError(RuntimeError):
@@ -36,10 +43,41 @@ class ExtractorConnectionError(RuntimeError):
     bucket, workgroup, site) and what to do."""
 
 
+class PartialExtractionError(RuntimeError):
+    """A source answered only part of what was asked (e.g. the Tableau Metadata API after its retries):
+    ``problems`` names each part missing, ``files`` the names of the files written (not landed). The run
+    lands nothing and leaves the HWM where it was."""
+
+    def __init__(self, source: str, problems: list[str], files: list[str] | None = None) -> None:
+        super().__init__(source, list(problems), list(files or []))
+
+    @property
+    def source(self) -> str:
+        return self.args[0]
+
+    @property
+    def problems(self) -> list[str]:
+        return self.args[1]
+
+    @property
+    def files(self) -> list[str]:
+        return self.args[2]
+
+    def __str__(self) -> str:
+        return (
+            f"source {self.source!r} returned a partial result, so nothing was landed and the HWM did not "
+            f"move (rerun the same window): " + "; ".join(self.problems)
+        )
+
+
 class Extractor(Protocol):
-    """A metadata source. ``source``: its configured name (e.g. ``athena-prod``)."""
+    """A metadata source. ``source``: its configured name (e.g. ``athena-prod``).
+
+    ``problems``: filled while the extracts are produced, what the source could not answer; a run whose
+    extractor reports any lands nothing (``PartialExtractionError``)."""
 
     source: str
+    problems: list[str]
 
     def test_connection(self) -> None:
         """Check credentials and permissions; raises ``ExtractorConnectionError``."""

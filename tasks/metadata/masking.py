@@ -6,6 +6,8 @@ The rule, what is redacted whole and why: docs/metadata-extracts.md ("Masked SQL
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 
 from sqlglot import exp
@@ -50,19 +52,31 @@ class _Unmaskable(Exception):
     """The text cannot be masked safely; the caller redacts it whole."""
 
 
-_masking: ContextVar[bool] = ContextVar("masking", default=False)
+_quiet: ContextVar[bool] = ContextVar("sqlglot_quiet", default=False)
 
 
-class _QuietWhileMasking(logging.Filter):
-    """Drops what sqlglot logs while ``mask_sql`` runs in this thread or task: its warning on a statement
-    it keeps as raw text ("... contains unsupported syntax. Falling back to parsing as a 'Command'")
-    would reach the user's log for every such query; ``mask_sql`` redacts those statements anyway."""
+class _QuietWhileParsing(logging.Filter):
+    """Drops what sqlglot logs inside ``sqlglot_quiet()`` in this thread or task: its warning on a
+    statement it keeps as raw text ("'<the statement>' contains unsupported syntax. Falling back to
+    parsing as a 'Command'") quotes the SQL, literals included, and would reach the user's log for
+    every such query."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not _masking.get()
+        return not _quiet.get()
 
 
-logging.getLogger("sqlglot").addFilter(_QuietWhileMasking())
+logging.getLogger("sqlglot").addFilter(_QuietWhileParsing())
+
+
+@contextmanager
+def sqlglot_quiet() -> Iterator[None]:
+    """Nothing sqlglot logs inside reaches a log (its messages may quote SQL text). For every
+    caller that parses SQL it has not masked: masking itself, lineage."""
+    token = _quiet.set(True)
+    try:
+        yield
+    finally:
+        _quiet.reset(token)
 
 
 def mask_sql(text: str, dialect: str = "athena") -> str:
@@ -86,14 +100,12 @@ def mask_sql(text: str, dialect: str = "athena") -> str:
     reader = Dialect.get_or_raise(dialect)  # ValueError: Unknown dialect '...'
     if not text.strip():
         return ""
-    quiet = _masking.set(True)
     try:
-        masked = [_mask_statement(statement, reader) for statement in _split(text, reader)]
+        with sqlglot_quiet():
+            masked = [_mask_statement(statement, reader) for statement in _split(text, reader)]
     except Exception as error:  # fail closed on anything sqlglot raises
         logger.debug("SQL text redacted: %s", type(error).__name__)  # the message may quote the text
         return REDACTED
-    finally:
-        _masking.reset(quiet)
     return ";\n".join(sql for sql in masked if sql)
 
 

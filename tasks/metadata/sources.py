@@ -49,6 +49,10 @@ class TableauExtractorConfig(_Strict):
 
     kind: Literal["tableau"]
     pat_pool_block: str = Field(description="name of the Tableau PAT Pool block")
+    lineage: bool = Field(
+        default=True,
+        description="also read lineage through the Metadata API (on Tableau Server it must be enabled)",
+    )
 
 
 class S3LandingConfig(_Strict):

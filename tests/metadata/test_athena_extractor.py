@@ -250,6 +250,12 @@ def test_every_entity_from_the_seeded_catalog(moto, seeded, monkeypatch, caplog)
         "columns",
         "users",
         "query_history",
+        "lineage_statements",
+        "table_lineage",
+        "column_lineage",
+        "table_usage",
+        "column_usage",
+        "openlineage",
     ]
     assert sorted(extracts["data_catalogs"].rows) == [
         ("AwsDataCatalog", "GLUE", "glue"),  # listed as AWS lists it

@@ -298,6 +298,42 @@ def test_three_athena_runs_land_every_query_once(athena_source):
         ids += [line.split(",")[0] for line in gzip.decompress(path.read_bytes()).decode().splitlines()[1:]]
     assert len(ids) == len(set(ids)) >= 73  # the seeded history, then only the collector's own queries
     assert (landing / "athena" / f"{name}_hwm.txt").read_text() == runs[-1].window_end.strftime(HWM_FORMAT)
+    # Lineage, usage and OpenLineage land with the rest, before the HWM moved.
+    lineage = {
+        "lineage_statements",
+        "table_lineage",
+        "column_lineage",
+        "table_usage",
+        "column_usage",
+        "openlineage",
+    }
+    first = {f.entity: f for f in runs[0].files}
+    assert lineage <= set(first) and all(first[e].landed for e in lineage)
+    assert first["openlineage"].file.endswith(".jsonl.gz") and first["openlineage"].rows > 0
+    assert first["table_lineage"].rows >= 3  # the two views' tables, at least
+
+
+class PartialExtractor(HistoryExtractor):
+    """Answers, but reports that part of the source could not be read (as the Metadata API may)."""
+
+    def __init__(self, source: str):
+        super().__init__(source)
+        self.problems = ["workbooksConnection: NODE_LIMIT_EXCEEDED with one node per page"]
+
+
+def test_a_partial_result_lands_nothing_and_the_hwm_stays(source, monkeypatch):
+    from tasks.metadata.extracts import PartialExtractionError
+
+    name, file, s3 = source
+    monkeypatch.setattr(collection, "build_extractor", lambda config: PartialExtractor(config.name))
+    with pytest.raises(PartialExtractionError, match="NODE_LIMIT_EXCEEDED") as partial:
+        collect_metadata(name, sources_file=file, now=T0)
+    assert partial.value.files and all(f.startswith(f"{name}_") for f in partial.value.files)
+    assert s3.list_objects_v2(Bucket=name).get("KeyCount", 0) == 0  # no file, no HWM file
+    # The rerun, once the source answers whole, extracts the same window.
+    monkeypatch.setattr(collection, "build_extractor", lambda config: HistoryExtractor(config.name))
+    rerun = collect_metadata(name, sources_file=file, now=T0)
+    assert rerun.window_start == T0 - dt.timedelta(days=1) and rerun.hwm == T0
 
 
 def test_a_missing_workgroup_is_named_and_the_hwm_stays(athena_source):

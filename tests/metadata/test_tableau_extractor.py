@@ -33,6 +33,7 @@ from tasks.metadata.extractors.tableau import (
 )
 from tasks.metadata.extracts import ExtractorConnectionError
 from tasks.metadata.hwm import Window
+from tasks.metadata.lineage import tableau as lineage
 from tasks.tableau.pat_pool import PatLeaseTimeoutError, lease_pat, load_pool
 from tasks.tableau.refresh import DomainRefreshError, PollPolicy
 from tasks.tableau.session import TableauSession
@@ -154,7 +155,47 @@ def test_extracts_every_entity_with_one_sign_in(make_standin, tmp_path):
         ("datasource_connections", CONNECTION_COLUMNS),
         ("users", USER_COLUMNS),
         ("extract_refresh_tasks", TASK_COLUMNS),
+        ("lineage_assets", lineage.ASSET_COLUMNS),
+        ("table_lineage", lineage.TABLE_LINEAGE_COLUMNS),
+        ("column_lineage", lineage.COLUMN_LINEAGE_COLUMNS),
+        ("custom_sql", lineage.CUSTOM_SQL_COLUMNS),
+        ("table_usage", lineage.TABLE_USAGE_COLUMNS),
+        ("column_usage", lineage.COLUMN_USAGE_COLUMNS),
+        ("openlineage", ("event",)),
     ]
+    assert extractor.problems == []
+    # The Metadata API's lineage, with the REST content's ids: each data source's table (the stand-in's
+    # default lineage) → the data source → the embedded data source of each workbook of its project → sheets.
+    assets = {(a["asset_type"], a["name"]): a for a in rows(extracts, "lineage_assets")}
+    assert assets[("published_datasource", "Orders")]["luid"] == ds_id("Orders")
+    assert assets[("sheet", "Top")]["luid"] == view_id("Marketing", "Funnel", "Top")
+    assert (
+        assets[("database_table", "leads")]["connection_type"],
+        assets[("database_table", "leads")]["openlineage_namespace"],
+    ) == (
+        "snowflake",
+        "snowflake://acme",
+    )
+    ids = {(a["asset_type"], a["asset_id"]): a["name"] for a in rows(extracts, "lineage_assets")}
+    named_edges = {
+        (ids[(e["upstream_type"], e["upstream_id"])], ids[(e["downstream_type"], e["downstream_id"])])
+        for e in rows(extracts, "table_lineage")
+    }
+    assert {
+        ("orders", "Orders"),
+        ("Orders", "Orders"),
+        ("leads", "Leads"),
+        ("campaigns", "Campaigns"),
+    } <= named_edges
+    assert ("Campaigns", "Top") in named_edges and ("Orders", "Overview") in named_edges
+    assert {
+        u["table_name"]: (u["datasource_count"], u["workbook_count"], u["sheet_count"])
+        for u in rows(extracts, "table_usage")
+    } == {
+        "orders": (2, 1, 2),
+        "leads": (2, 1, 0),
+        "campaigns": (2, 1, 3),
+    }
     assert rows(extracts, "sites") == [
         {
             "site_id": site_id(SITE),
@@ -307,6 +348,15 @@ def test_extracts_every_entity_with_one_sign_in(make_standin, tmp_path):
         "datasource_connections": 4,
         "users": 5,
         "extract_refresh_tasks": 2,
+        # 3 tables, 3 published and 3 embedded data sources, 5 sheets
+        "lineage_assets": 14,
+        "table_lineage": 3 + 3 + 5,
+        # 4 columns → fields of each data source, published → embedded fields, 2 fields per sheet
+        "column_lineage": 12 + 12 + 5 * 2,
+        "custom_sql": 0,
+        "table_usage": 3,
+        "column_usage": 12,
+        "openlineage": 3 + 3 + 5,
     }
     with open(next(f.path for f in written if f.entity == "datasources"), encoding="utf-8") as file:
         first = next(csv.DictReader(file))

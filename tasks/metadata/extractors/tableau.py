@@ -1,7 +1,8 @@
 """``TableauExtractor``: the metadata of the site a Tableau PAT pool signs in to, as ``Extract``s.
 
-It leases one PAT of the refresh pool for the whole run. What it extracts and the REST API facts it
-relies on: docs/metadata-collectors.md ("Tableau"); the columns: docs/metadata-extracts.md.
+It leases one PAT of the refresh pool for the whole run: the REST API's content, then the lineage of
+the Metadata API with the same credential token. What it extracts and the API facts it relies on:
+docs/metadata-collectors.md ("Tableau"), docs/metadata-lineage.md; the columns: docs/metadata-extracts.md.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from tableauserverclient.server.endpoint.exceptions import TableauError
 
 from tasks.common import BlockNotFoundError, to_utc
 from tasks.metadata.extracts import Extract, ExtractorConnectionError
+from tasks.metadata.lineage import tableau as lineage
+from tasks.metadata.lineage.metadata_api import MetadataApiClient, MetadataApiError
 from tasks.tableau.pat_pool import (
     PatLeaseTimeoutError,
     PatPoolError,
@@ -125,14 +128,34 @@ class TableauExtractor:
         source: the collector's source name (e.g. ``tableau-prod``), for messages and logs.
         pool_block: name of the ``TableauPatPool`` block; its site is the site extracted.
         page_size: items per page of the paginated REST methods, 1 to 1000.
+        lineage: also read lineage through the Metadata API (``tasks.metadata.lineage.tableau``).
+        metadata_page_size: ``first`` of the Metadata API pages (halved on NODE_LIMIT_EXCEEDED).
+
+    After ``run``: ``problems`` lists what the Metadata API could not answer (a partial result: the run
+    lands nothing), ``lineage_counts`` the lineage figures.
     """
 
-    def __init__(self, source: str, pool_block: str, page_size: int = 100) -> None:
+    #: Metadata API retries of TIME_LIMIT_EXCEEDED/RATE_EXCEEDED and the first back-off (seconds).
+    metadata_retries = 5
+    metadata_backoff_seconds = 2.0
+
+    def __init__(
+        self,
+        source: str,
+        pool_block: str,
+        page_size: int = 100,
+        lineage: bool = True,
+        metadata_page_size: int = 100,
+    ) -> None:
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be 1 to {MAX_PAGE_SIZE} (Tableau's limit), got {page_size}")
         self.source = source
         self.pool_block = pool_block
         self.page_size = page_size
+        self.lineage = lineage
+        self.metadata_page_size = metadata_page_size
+        self.problems: list[str] = []
+        self.lineage_counts: dict[str, int] = {}
 
     def test_connection(self) -> None:
         """Lease a PAT, sign in, read the site and one page of its users, sign out, release.
@@ -155,6 +178,10 @@ class TableauExtractor:
                 server = session.server
                 session.call(server.sites.get_by_id, server.site_id)
                 session.call(server.users.get, TSC.RequestOptions(pagesize=1))
+                if self.lineage:
+                    self._metadata_client(session).connection("workbooksConnection", "id")
+        except MetadataApiError as exc:
+            raise ExtractorConnectionError(f"{described}, {site}: {exc}") from None
         except (PatPoolError, PatLeaseTimeoutError, TableauAuthError) as exc:
             raise ExtractorConnectionError(f"{described}, {site}: {exc}") from None
         except requests.RequestException as exc:
@@ -179,14 +206,23 @@ class TableauExtractor:
         Raises:
             BlockNotFoundError, PatPoolError, PatLeaseTimeoutError: from loading and leasing the PAT pool.
             TableauAuthError: the PAT was refused (401001) or is used outside the pool.
+            MetadataApiError: the Metadata API is disabled (the message says how to enable it) or refused.
             tableauserverclient errors (``TableauError``), requests.RequestException: any other failure.
         """
         pool, pats = load_pool(self.pool_block, needed_by=f"Tableau collector {self.source!r}")
+        self.problems = []
         with (
             lease_pat(pool, pool_block_name=self.pool_block) as lease,
             TableauSession(pool.site, pats[lease.pat_block_name], lease.pat_block_name) as session,
         ):
             extracts = self._extract(session)
+            if self.lineage:
+                found = lineage.collect(
+                    self._metadata_client(session), pool.site.server_url, pool.site.site_content_url, end_hwm
+                )
+                extracts += found.extracts
+                self.problems = found.problems
+                self.lineage_counts = found.counts
             sign_ins = session.sign_ins
         logger.info(
             "Tableau collector %r: %s with PAT %r (%d sign-in(s), lease waited %.1f s)",
@@ -197,6 +233,14 @@ class TableauExtractor:
             lease.wait_seconds,
         )
         return extracts
+
+    def _metadata_client(self, session: TableauSession) -> MetadataApiClient:
+        return MetadataApiClient(
+            session,
+            page_size=self.metadata_page_size,
+            retries=self.metadata_retries,
+            backoff_seconds=self.metadata_backoff_seconds,
+        )
 
     # -- extraction -----------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from tasks.metadata.extractors.athena.query_history import (
 )
 from tasks.metadata.extracts import Extract, ExtractorConnectionError
 from tasks.metadata.hwm import Window
+from tasks.metadata.lineage.athena import AthenaLineage
 
 if TYPE_CHECKING:
     from prefect_aws import AwsCredentials
@@ -117,6 +118,8 @@ class AthenaExtractor:
         self.query_workgroup = self.workgroups[0] if self.workgroups else "primary"
         self.aws = AwsClients(source, credentials, region, role_arn, endpoint_url)
         self._identity: str | None = None
+        self.problems: list[str] = []
+        self.lineage: AthenaLineage | None = None
 
     def __repr__(self) -> str:
         return f"AthenaExtractor(source={self.source!r}, region={self.region!r})"
@@ -199,7 +202,9 @@ class AthenaExtractor:
         return query_history.history_window(self.source, start_hwm, end_hwm, self.history_days)
 
     def run(self, start_hwm: datetime, end_hwm: datetime) -> list[Extract]:
-        """Every entity (docs/metadata-extracts.md); ``query_history`` within ``[start_hwm, end_hwm)``.
+        """Every entity (docs/metadata-extracts.md); ``query_history`` within ``[start_hwm, end_hwm)``;
+        then lineage and usage of the views and of that query history, and its OpenLineage events
+        (``tasks.metadata.lineage.athena``; ``self.lineage`` holds their figures once written).
 
         Lists catalogs and workgroups now (errors surface here); the other entities are generators: the
         API calls happen while the writer consumes them, one page in memory at a time. Raises
@@ -230,6 +235,8 @@ class AthenaExtractor:
         def entity(name: str, rows: Iterator[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
             return guarded(self.source, name, rows)
 
+        lineage = self.lineage = AthenaLineage(self.source, self.region, window.end)
+
         return [
             Extract(
                 "data_catalogs",
@@ -241,17 +248,23 @@ class AthenaExtractor:
             Extract(
                 "views",
                 VIEW_COLUMNS,
-                entity("views", self._views(catalogs, schema)),
+                lineage.views(entity("views", self._views(catalogs, schema))),
                 sql_columns=("view_sql",),
+                sql_dialect_column="view_dialect",
             ),
-            Extract("columns", COLUMN_COLUMNS, entity("columns", self._columns(catalogs, schema))),
+            Extract(
+                "columns", COLUMN_COLUMNS, lineage.columns(entity("columns", self._columns(catalogs, schema)))
+            ),
             Extract("users", USER_COLUMNS, [query_history.user_row(wg) for wg in workgroups]),
             Extract(
                 "query_history",
                 QUERY_HISTORY_COLUMNS,
-                entity("query_history", history.rows([wg["Name"] for wg in workgroups], window)),
+                lineage.query_history(
+                    entity("query_history", history.rows([wg["Name"] for wg in workgroups], window))
+                ),
                 sql_columns=("query_text",),
             ),
+            *lineage.extracts(),
         ]
 
     # Glue catalogs come from Glue (cross-checked with information_schema); others from Athena alone.

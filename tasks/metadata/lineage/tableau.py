@@ -1,0 +1,454 @@
+"""Lineage and usage of a Tableau site from its Metadata API: database tables and custom SQL → published
+and embedded data sources → sheets, at table and column (field) level, and their OpenLineage events.
+
+The files: docs/metadata-extracts.md ("Lineage and usage"); the queries and how they page:
+docs/metadata-lineage.md ("Tableau: the Metadata API").
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
+
+from tasks.metadata.extracts import Extract
+from tasks.metadata.lineage import openlineage as ol
+from tasks.metadata.lineage.metadata_api import MetadataApiClient
+from tasks.metadata.masking import sqlglot_quiet
+
+_DATABASE = "database { name connectionType ... on DatabaseServer { hostName port } }"
+_FIELDS = (
+    "fields { __typename id name upstreamColumns { id name table { id } } "
+    "... on DatasourceField { remoteField { id } } }"
+)
+#: Connection field → the fields read of each node (Metadata API type and field names).
+QUERIES = {
+    "databaseTablesConnection": f"id luid name schema fullName connectionType {_DATABASE} columns {{ id name remoteType }}",
+    "customSQLTablesConnection": (
+        f"id name query connectionType isUnsupportedCustomSql {_DATABASE} tables {{ id }} columns {{ id name }}"
+    ),
+    "publishedDatasourcesConnection": f"id luid name projectName owner {{ username }} upstreamTables {{ id }} {_FIELDS}",
+    "embeddedDatasourcesConnection": (
+        "id name workbook { id luid name projectName owner { username } } upstreamDatasources { id } "
+        f"upstreamTables {{ id }} {_FIELDS}"
+    ),
+    "workbooksConnection": (
+        "id luid name projectName owner { username } "
+        "sheets { id luid name sheetFieldInstances { id name datasource { id } } }"
+    ),
+}
+
+ASSET_COLUMNS = (
+    "asset_type",
+    "asset_id",
+    "luid",
+    "name",
+    "project_name",
+    "workbook_name",
+    "connection_type",
+    "host",
+    "port",
+    "database_name",
+    "schema_name",
+    "openlineage_namespace",
+    "openlineage_name",
+)
+TABLE_LINEAGE_COLUMNS = ("upstream_type", "upstream_id", "downstream_type", "downstream_id")
+COLUMN_LINEAGE_COLUMNS = (
+    "upstream_type",
+    "upstream_id",
+    "upstream_column",
+    "downstream_type",
+    "downstream_id",
+    "downstream_column",
+    "transformation",
+)
+CUSTOM_SQL_COLUMNS = (
+    "custom_sql_id",
+    "name",
+    "connection_type",
+    "query_dialect",
+    "query",
+    "unsupported_by_tableau",
+    "tables_by_tableau",
+    "tables_by_sqlglot",
+    "sql_status",
+    "detail",
+)
+TABLE_USAGE_COLUMNS = (
+    "table_id",
+    "database_name",
+    "schema_name",
+    "table_name",
+    "datasource_count",
+    "workbook_count",
+    "sheet_count",
+    "user_count",
+    "users",
+)
+COLUMN_USAGE_COLUMNS = (
+    "table_id",
+    "database_name",
+    "schema_name",
+    "table_name",
+    "column_name",
+    "field_count",
+    "workbook_count",
+    "sheet_count",
+    "user_count",
+    "users",
+)
+
+#: Tableau ``connectionType`` → sqlglot dialect of its custom SQL (Metadata API, "Connection Types").
+SQL_DIALECTS = {
+    "athena": "athena",
+    "bigquery": "bigquery",
+    "googlebigquery": "bigquery",
+    "databricks": "databricks",
+    "hive": "hive",
+    "hadoophive": "hive",
+    "mysql": "mysql",
+    "mariadb": "mysql",
+    "oracle": "oracle",
+    "postgres": "postgres",
+    "presto": "presto",
+    "redshift": "redshift",
+    "snowflake": "snowflake",
+    "spark": "spark",
+    "sqlserver": "tsql",
+    "azure_sql_dw": "tsql",
+    "teradata": "teradata",
+}
+
+Node = tuple[str, str]  # (asset type, id)
+ColumnNode = tuple[str, str, str]  # (asset type, id, column or field name)
+
+
+@dataclass
+class TableauLineage:
+    """What ``collect`` read and derived: the extracts, the problems (partial reads) and figures."""
+
+    extracts: list[Extract]
+    problems: list[str]
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _tables_in_sql(query: str, dialect: str | None) -> tuple[list[str], str, str]:
+    """The tables sqlglot finds in a custom SQL query: (sorted ``schema.table`` names, status, detail)."""
+    with sqlglot_quiet():
+        try:
+            trees = [t for t in sqlglot.parse(query, read=dialect or None, error_message_context=0) if t]
+        except SqlglotError as error:
+            return [], "unparsed", f"sqlglot could not parse it ({type(error).__name__})"
+    if len(trees) != 1 or isinstance(trees[0], exp.Command):
+        return [], "unparsed", "not one statement sqlglot understands"
+    ctes = {cte.alias_or_name.lower() for cte in trees[0].find_all(exp.CTE)}
+    names = {
+        ".".join(p for p in (t.catalog, t.db, t.name) if p)
+        for t in trees[0].find_all(exp.Table)
+        if t.name and not (not t.db and t.name.lower() in ctes)
+    }
+    return sorted(names), "resolved", ""
+
+
+def collect(client: MetadataApiClient, server_url: str, site: str, event_time: dt.datetime) -> TableauLineage:
+    """Read the site's lineage through ``client`` and build the lineage, usage and OpenLineage extracts.
+
+    Raises ``MetadataApiError`` when the API refuses (disabled, access denied). A connection that could
+    not be read whole is named in ``problems`` (the run then lands nothing).
+    """
+    results = {name: client.connection(name, selection) for name, selection in QUERIES.items()}
+    problems = [p for r in results.values() for p in r.problems]
+    nodes = {name: r.nodes for name, r in results.items()}
+    return _build(nodes, problems, server_url, site, event_time)
+
+
+def _build(
+    nodes: dict[str, list[dict[str, Any]]],
+    problems: list[str],
+    server_url: str,
+    site: str,
+    event_time: dt.datetime,
+) -> TableauLineage:
+    namespace = ol.tableau_namespace(server_url)
+    assets: dict[Node, tuple[Any, ...]] = {}
+    datasets: dict[Node, ol.DatasetId] = {}
+    table_edges: set[tuple[Node, Node]] = set()
+    column_edges: set[tuple[ColumnNode, ColumnNode, str]] = set()
+    owners: dict[Node, str] = {}
+    field_owner: dict[str, ColumnNode] = {}  # field id → (asset type, data source id, field name)
+    column_owner: dict[str, ColumnNode] = {}  # column id → (asset type, table id, column name)
+    table_types: dict[str, str] = {}
+
+    def database(node: dict[str, Any]) -> dict[str, Any]:
+        return node.get("database") or {}
+
+    for table in nodes["databaseTablesConnection"]:
+        db = database(table)
+        dataset = ol.database_dataset(
+            db.get("connectionType") or table.get("connectionType"),
+            db.get("hostName"),
+            db.get("port"),
+            db.get("name"),
+            table.get("schema"),
+            table["name"],
+        )
+        key = ("database_table", table["id"])
+        table_types[table["id"]] = "database_table"
+        datasets[key] = dataset
+        assets[key] = (
+            "database_table", table["id"], table.get("luid"), table["name"], None, None,
+            db.get("connectionType") or table.get("connectionType"), db.get("hostName"), db.get("port"),
+            db.get("name"), table.get("schema"), *dataset,
+        )  # fmt: skip
+        for column in table.get("columns") or []:
+            column_owner[column["id"]] = ("database_table", table["id"], column["name"])
+
+    custom_rows = []
+    sql_status: Counter[str] = Counter()
+    for custom in nodes["customSQLTablesConnection"]:
+        db = database(custom)
+        kind = db.get("connectionType") or custom.get("connectionType")
+        key = ("custom_sql_table", custom["id"])
+        table_types[custom["id"]] = "custom_sql_table"
+        assets[key] = (
+            "custom_sql_table", custom["id"], None, custom["name"], None, None, kind, db.get("hostName"),
+            db.get("port"), db.get("name"), None, None, None,
+        )  # fmt: skip
+        dialect = SQL_DIALECTS.get((kind or "").lower())
+        found, status, detail = _tables_in_sql(custom.get("query") or "", dialect)
+        sql_status[status] += 1
+        by_tableau = []
+        for upstream in custom.get("tables") or []:
+            table_edges.add((("database_table", upstream["id"]), key))
+            if ("database_table", upstream["id"]) in assets:
+                by_tableau.append(_dotted_table(assets[("database_table", upstream["id"])]))
+        custom_rows.append(
+            (
+                custom["id"], custom["name"], kind, dialect, custom.get("query"),
+                bool(custom.get("isUnsupportedCustomSql")), sorted(by_tableau), found, status, detail or None,
+            )
+        )  # fmt: skip
+        for column in custom.get("columns") or []:
+            column_owner[column["id"]] = ("custom_sql_table", custom["id"], column["name"])
+
+    def datasource_fields(ds_type: str, ds: dict[str, Any]) -> None:
+        for f in ds.get("fields") or []:
+            field_owner[f["id"]] = (ds_type, ds["id"], f["name"])
+
+    for ds in nodes["publishedDatasourcesConnection"]:
+        datasource_fields("published_datasource", ds)
+    for ds in nodes["embeddedDatasourcesConnection"]:
+        datasource_fields("embedded_datasource", ds)
+
+    def link_fields(ds_type: str, ds: dict[str, Any]) -> None:
+        for f in ds.get("fields") or []:
+            target = (ds_type, ds["id"], f["name"])
+            remote = (f.get("remoteField") or {}).get("id")
+            if remote and remote in field_owner:
+                column_edges.add((field_owner[remote], target, "IDENTITY"))
+                continue
+            how = "IDENTITY" if f.get("__typename") == "ColumnField" else "TRANSFORMATION"
+            for column in f.get("upstreamColumns") or []:
+                owner = column_owner.get(column["id"])
+                if owner is None:
+                    table_id = (column.get("table") or {}).get("id")
+                    owner = (table_types.get(table_id, "database_table"), table_id, column["name"])
+                column_edges.add((owner, target, how))
+
+    for ds in nodes["publishedDatasourcesConnection"]:
+        key = ("published_datasource", ds["id"])
+        owners[key] = (ds.get("owner") or {}).get("username")
+        datasets[key] = (namespace, f"{site}/datasources/{ds.get('projectName')}/{ds['name']}")
+        assets[key] = ("published_datasource", ds["id"], ds.get("luid"), ds["name"], ds.get("projectName"), None,
+                       None, None, None, None, None, *datasets[key])  # fmt: skip
+        for upstream in ds.get("upstreamTables") or []:
+            table_edges.add(((table_types.get(upstream["id"], "database_table"), upstream["id"]), key))
+        link_fields("published_datasource", ds)
+
+    for ds in nodes["embeddedDatasourcesConnection"]:
+        key = ("embedded_datasource", ds["id"])
+        workbook = ds.get("workbook") or {}
+        owners[key] = (workbook.get("owner") or {}).get("username")
+        datasets[key] = (
+            namespace,
+            f"{site}/workbooks/{workbook.get('projectName')}/{workbook.get('name')}/datasources/{ds['name']}",
+        )
+        assets[key] = ("embedded_datasource", ds["id"], None, ds["name"], workbook.get("projectName"),
+                       workbook.get("name"), None, None, None, None, None, *datasets[key])  # fmt: skip
+        for upstream in ds.get("upstreamDatasources") or []:
+            table_edges.add((("published_datasource", upstream["id"]), key))
+        if not ds.get("upstreamDatasources"):
+            for upstream in ds.get("upstreamTables") or []:
+                table_edges.add(((table_types.get(upstream["id"], "database_table"), upstream["id"]), key))
+        link_fields("embedded_datasource", ds)
+
+    for wb in nodes["workbooksConnection"]:
+        for sheet in wb.get("sheets") or []:
+            key = ("sheet", sheet["id"])
+            owners[key] = (wb.get("owner") or {}).get("username")
+            datasets[key] = (
+                namespace,
+                f"{site}/workbooks/{wb.get('projectName')}/{wb['name']}/sheets/{sheet['name']}",
+            )
+            assets[key] = ("sheet", sheet["id"], sheet.get("luid"), sheet["name"], wb.get("projectName"), wb["name"],
+                           None, None, None, None, None, *datasets[key])  # fmt: skip
+            for f in sheet.get("sheetFieldInstances") or []:
+                source = field_owner.get(f["id"])
+                if source is None:
+                    ds_id = (f.get("datasource") or {}).get("id")
+                    source = ("embedded_datasource", ds_id, f["name"])
+                table_edges.add((source[:2], key))
+                column_edges.add((source, (*key, f["name"]), "IDENTITY"))
+
+    usage_tables, usage_columns = _usage(assets, table_edges, column_edges, owners)
+    events = _events(assets, datasets, table_edges, column_edges, event_time)
+    covered = {c for edge in column_edges for c in edge[:2]}
+    counts = {
+        "table_edges": len(table_edges),
+        "column_edges": len(column_edges),
+        "columns_covered": len(covered),
+        "custom_sql:resolved": sql_status["resolved"],
+        "custom_sql:unparsed": sql_status["unparsed"],
+    }
+    extracts = [
+        Extract(
+            "lineage_assets", ASSET_COLUMNS, sorted(assets.values(), key=lambda r: (r[0], r[3] or "", r[1]))
+        ),
+        Extract("table_lineage", TABLE_LINEAGE_COLUMNS, sorted((*u, *d) for u, d in table_edges)),
+        Extract(
+            "column_lineage", COLUMN_LINEAGE_COLUMNS, sorted((*u, *d, how) for u, d, how in column_edges)
+        ),
+        Extract(
+            "custom_sql",
+            CUSTOM_SQL_COLUMNS,
+            sorted(custom_rows),
+            sql_columns=("query",),
+            sql_dialect_column="query_dialect",
+        ),
+        Extract("table_usage", TABLE_USAGE_COLUMNS, usage_tables),
+        Extract("column_usage", COLUMN_USAGE_COLUMNS, usage_columns),
+        Extract("openlineage", ol.OPENLINEAGE_COLUMNS, [(e,) for e in events], format="jsonl"),
+    ]
+    return TableauLineage(extracts, problems, counts)
+
+
+def _dotted_table(asset: tuple[Any, ...]) -> str:
+    return ".".join(p for p in (asset[9], asset[10], asset[3]) if p)
+
+
+def _downstream(start: Any, edges: dict[Any, set[Any]]) -> set[Any]:
+    seen, queue = set(), deque([start])
+    while queue:
+        for nxt in edges.get(queue.popleft(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                queue.append(nxt)
+    return seen
+
+
+def _usage(
+    assets: dict[Node, tuple[Any, ...]],
+    table_edges: set[tuple[Node, Node]],
+    column_edges: set[tuple[ColumnNode, ColumnNode, str]],
+    owners: dict[Node, str],
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Per database table and column: the data sources, workbooks and sheets downstream, and their
+    owners (the users who use it)."""
+    down: dict[Any, set[Any]] = {}
+    for up, dn in table_edges:
+        down.setdefault(up, set()).add(dn)
+    column_down: dict[Any, set[Any]] = {}
+    for up, dn, _ in column_edges:
+        column_down.setdefault(up, set()).add(dn)
+
+    def summary(reached: Iterable[Node]) -> tuple[int, int, int, int, list[str]]:
+        reached = set(reached)
+        sources = [n for n in reached if n[0].endswith("_datasource")]
+        sheets = [n for n in reached if n[0] == "sheet"]
+        workbooks = {
+            assets[n][5] and (assets[n][4], assets[n][5])
+            for n in reached
+            if n in assets and n[0] in ("sheet", "embedded_datasource")
+        }
+        users = sorted({owners[n] for n in reached if owners.get(n)})
+        return len(sources), len({w for w in workbooks if w}), len(sheets), len(users), users
+
+    tables, columns = [], []
+    for key, asset in sorted(assets.items(), key=lambda i: (i[1][9] or "", i[1][10] or "", i[1][3])):
+        if key[0] != "database_table":
+            continue
+        ds_count, wb_count, sheet_count, user_count, users = summary(_downstream(key, down))
+        tables.append(
+            (key[1], asset[9], asset[10], asset[3], ds_count, wb_count, sheet_count, user_count, users)
+        )
+    for column in sorted({c for c in column_down if c[0] == "database_table"}):
+        asset = assets.get(column[:2])
+        if asset is None:
+            continue
+        reached = _downstream(column, column_down)
+        fields = [c for c in reached if c[0].endswith("_datasource")]
+        _, wb_count, sheet_count, user_count, users = summary({c[:2] for c in reached})
+        columns.append(
+            (
+                column[1],
+                asset[9],
+                asset[10],
+                asset[3],
+                column[2],
+                len(fields),
+                wb_count,
+                sheet_count,
+                user_count,
+                users,
+            )
+        )
+    return tables, columns
+
+
+def _events(
+    assets: dict[Node, tuple[Any, ...]],
+    datasets: dict[Node, ol.DatasetId],
+    table_edges: set[tuple[Node, Node]],
+    column_edges: set[tuple[ColumnNode, ColumnNode, str]],
+    at: dt.datetime,
+) -> list[dict[str, Any]]:
+    """A DatasetEvent per data source and sheet: its fields (schema) and what each derives from."""
+    inputs: dict[Node, dict[str, list[tuple[ol.DatasetId, str, str]]]] = {}
+    for up, dn, how in column_edges:
+        upstream = datasets.get(up[:2])
+        if upstream is not None:
+            inputs.setdefault(dn[:2], {}).setdefault(dn[2], []).append((upstream, up[2], how))
+    # a custom SQL table is no dataset of its own: what it reads stands in for it
+    through_custom = {}
+    for up, dn in table_edges:
+        if dn[0] == "custom_sql_table" and up in datasets:
+            through_custom.setdefault(dn, set()).add(datasets[up])
+    dataset_inputs: dict[Node, set[ol.DatasetId]] = {}
+    for up, dn in table_edges:
+        if up in datasets:
+            dataset_inputs.setdefault(dn, set()).add(datasets[up])
+        dataset_inputs.setdefault(dn, set()).update(through_custom.get(up, ()))
+    fields_of: dict[Node, set[str]] = {}
+    for _, dn, _ in column_edges:
+        fields_of.setdefault(dn[:2], set()).add(dn[2])
+    events = []
+    for key in sorted(k for k in datasets if k[0] != "database_table"):
+        columns = inputs.get(key, {})
+        fields = sorted(fields_of.get(key, ()))
+        events.append(
+            ol.dataset_event(
+                datasets[key],
+                at,
+                schema=[(f, None) for f in fields],
+                columns={k: sorted(v) for k, v in columns.items()},
+                dataset_inputs=dataset_inputs.get(key, ()),
+            )
+        )
+    return events
