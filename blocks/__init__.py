@@ -17,6 +17,7 @@ _MODULES = {
     "TableauSite": "blocks.tableau",
     "TableauPersonalAccessToken": "blocks.tableau",
     "TableauPatPool": "blocks.tableau",
+    "TableauConnectedApp": "blocks.tableau",
     "VaultKvSecret": "blocks.crm_export.vault",
     "KmsEncryptedGcsSecret": "blocks.crm_export.kms_gcs",
     "DataflowOptions": "blocks.crm_export.dataflow",

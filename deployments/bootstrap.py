@@ -1,14 +1,18 @@
-"""Create the global concurrency limits of a Tableau PAT pool, idempotently, and report drift.
+"""Create the global concurrency limits of a Tableau PAT pool and of connected apps, idempotently, and
+report drift.
 
 ``prefect.yaml`` cannot declare global concurrency limits, so this command does::
 
     python -m deployments.bootstrap --pool-block tableau-pat-pool          # create missing, report drift
     python -m deployments.bootstrap --pool-block tableau-pat-pool --check  # change nothing
     python -m deployments.bootstrap --pool-block tableau-pat-pool --fix    # also repair drift
+    python -m deployments.bootstrap --connected-app-block tableau-connected-app   # a connected app's limit
 
 A pool ``P`` of ``K`` PATs needs ``<prefix>-pool`` with limit ``K`` and one ``<prefix>-<PAT block>``
-with limit 1 per PAT, all active and without slot decay. A disabled limit enforces nothing and
-a mis-sized one lets two runs share a PAT: both are drift, an error unless ``--fix`` repairs it.
+with limit 1 per PAT; a connected app needs its ``concurrency_limit_name`` with limit
+``refresh_capacity``; all active and without slot decay. A disabled limit enforces nothing and a
+mis-sized one lets two runs share a PAT (or more runs refresh than the site can take): both are drift,
+an error unless ``--fix`` repairs it. Without any block option the pool block ``tableau-pat-pool``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
 from prefect.exceptions import ObjectNotFound
 
-from blocks.tableau import TableauPatPool
+from blocks.tableau import TableauConnectedApp, TableauPatPool
+from tasks.tableau.connected_app import expected_capacity_limit
 from tasks.tableau.pat_pool import expected_limits, limit_drift
 
 
@@ -57,9 +62,23 @@ def bootstrap_pool_limits(
 
     With ``check_only`` nothing is written. Drift: disabled, wrong limit, or slot decay set.
     """
+    return bootstrap_limits(expected_limits(pool), fix=fix, check_only=check_only)
+
+
+def bootstrap_connected_app_limits(
+    app: TableauConnectedApp, *, fix: bool = False, check_only: bool = False
+) -> BootstrapReport:
+    """Create the refresh-capacity limit of ``app`` if missing; report (or, with ``fix``, repair) drift."""
+    return bootstrap_limits(expected_capacity_limit(app), fix=fix, check_only=check_only)
+
+
+def bootstrap_limits(
+    limits: dict[str, int], *, fix: bool = False, check_only: bool = False
+) -> BootstrapReport:
+    """Create the missing limits of ``limits`` (name -> slots); report (or, with ``fix``, repair) drift."""
     report = BootstrapReport()
     with get_client(sync_client=True) as client:
-        for name, slots in expected_limits(pool).items():
+        for name, slots in limits.items():
             try:
                 found = client.read_global_concurrency_limit_by_name(name)
             except ObjectNotFound:
@@ -88,23 +107,42 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m deployments.bootstrap", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--pool-block", default="tableau-pat-pool", help="name of the Tableau PAT Pool block")
+    parser.add_argument("--pool-block", help="name of the Tableau PAT Pool block (default tableau-pat-pool)")
+    parser.add_argument(
+        "--connected-app-block", action="append", default=[], help="name of a Tableau Connected App block"
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
         "--check", action="store_true", help="report only; exit 1 on anything missing or drifted"
     )
     mode.add_argument("--fix", action="store_true", help="also repair drifted limits (re-enable, resize)")
     args = parser.parse_args(argv)
+    pool_block = args.pool_block or (None if args.connected_app_block else "tableau-pat-pool")
 
-    try:
-        pool = TableauPatPool.load(args.pool_block)
-    except ValueError as exc:
-        print(f"Tableau PAT Pool block {args.pool_block!r} could not be loaded: {exc}", file=sys.stderr)
-        return 2
-    report = bootstrap_pool_limits(pool, fix=args.fix, check_only=args.check)
-    print(f"PAT pool {args.pool_block!r}: {len(pool.pat_block_names)} PAT(s)")
-    print("\n".join(f"  {line}" for line in report.lines()))
-    if not report.ok:
+    ok = True
+    for block_type, name in [
+        (TableauPatPool, pool_block),
+        *((TableauConnectedApp, a) for a in args.connected_app_block),
+    ]:
+        if name is None:
+            continue
+        try:
+            block = block_type.load(name)
+        except ValueError as exc:
+            print(
+                f"{block_type.get_block_type_name()} block {name!r} could not be loaded: {exc}",
+                file=sys.stderr,
+            )
+            return 2
+        if isinstance(block, TableauPatPool):
+            report = bootstrap_pool_limits(block, fix=args.fix, check_only=args.check)
+            print(f"PAT pool {name!r}: {len(block.pat_block_names)} PAT(s)")
+        else:
+            report = bootstrap_connected_app_limits(block, fix=args.fix, check_only=args.check)
+            print(f"Connected app {name!r}: refresh capacity {block.refresh_capacity}")
+        print("\n".join(f"  {line}" for line in report.lines()))
+        ok = ok and report.ok
+    if not ok:
         print("Limits are missing or drifted: run again with --fix to repair them.", file=sys.stderr)
         return 1
     return 0

@@ -33,6 +33,7 @@ import httpx
 
 from devstack.demo_crm import run_crm_export
 from devstack.demo_metadata import print_tableau_collection, run_athena_collector, start_tableau_collector
+from devstack.demo_tableau import connected_app_seed, create_connected_app, print_progress
 from devstack.prefect_server import PrefectServer
 
 PATS = ["tableau-pat-1", "tableau-pat-2", "tableau-pat-3"]
@@ -66,6 +67,7 @@ def stand_in_seed(domains: dict) -> dict:
         "backgrounder_slots": 4,
         "refresh_rate_limit": {"max_requests": 20, "per_seconds": 10, "retry_after_seconds": 2},
         "pats": [{"name": pat, "secret": f"demo-secret-{pat}"} for pat in PATS],
+        **connected_app_seed(),
         "projects": projects,
         "datasources": datasources,
         "workbooks": workbooks,
@@ -194,7 +196,8 @@ def summarize(runs: dict, audit: dict) -> bool:
         waits.append(summary.lease_wait_seconds)
         print(
             f"{domain:<10} {run.state_name:<9} {len(ok)}/{len(rows)} refreshed in {elapsed:.0f} s wall "
-            f"(Tableau job time {sum(durations) / 60:.0f} simulated min) via PAT {summary.pat}, "
+            f"(Tableau job time {sum(durations) / 60:.0f} simulated min) via "
+            f"{f'connected app {summary.connected_app}' if summary.connected_app else f'PAT {summary.pat}'}, "
             f"{summary.sign_ins} sign-in(s), lease wait {summary.lease_wait_seconds:.1f} s"
         )
         for row in summary.failed:
@@ -226,6 +229,7 @@ def main() -> int:
             f"Prefect API {server.api_url}; Tableau stand-in {tableau_url} (site '{SITE}', {len(PATS)} PATs)"
         )
         create_blocks_and_limits(tableau_url)
+        print(create_connected_app(tableau_url, SITE))
 
         start_process(
             [sys.executable, "-m", "devstack.serve_domains", "--poll-policy", json.dumps(POLL_POLICY)],
@@ -244,6 +248,7 @@ def main() -> int:
         print(f"All domain runs ended {time.monotonic() - started:.0f} s after the upstreams started.")
         audit = httpx.get(f"{tableau_url}/devstack/audit").json()
         clean = summarize(runs, audit)
+        print_progress(runs)
         collected_tableau = print_tableau_collection(collector, RUN_TIMEOUT_SECONDS)
         audit = httpx.get(f"{tableau_url}/devstack/audit").json()
         print(f"401002 answers served, collector included: {audit['invalidated_token_requests']}")

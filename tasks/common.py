@@ -1,16 +1,25 @@
-"""What the tasks of every job need: blocks loaded with a clear error, once-per-flow-run caching, UTC times."""
+"""What the tasks of every job need: blocks loaded with a clear error and without importing every
+installed collection, secrets read from where teams keep them, progress artifacts, once-per-flow-run
+caching, UTC times."""
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import TypeVar
+import json
+import logging
+import re
+from typing import Literal, TypeVar
+from uuid import UUID
 
 import prefect.exceptions
 from prefect.blocks.core import Block
 from prefect.blocks.system import Secret
 from prefect.cache_policies import RUN_ID, TASK_SOURCE
+from prefect.utilities.dispatch import lookup_type
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 B = TypeVar("B", bound=Block)
+logger = logging.getLogger(__name__)
 
 #: Cache policy of a task whose result must stay the same for the whole flow run, retries included
 #: (the shard a CRM export exports, the window a collection extracts): its source and the flow run id,
@@ -20,6 +29,29 @@ ONCE_PER_FLOW_RUN = TASK_SOURCE + RUN_ID
 
 class BlockNotFoundError(LookupError):
     """A block a job needs does not exist in the Prefect workspace; the message names it and who needs it."""
+
+
+# --- Block types: the imported ones first ------------------------------------------------------------
+#
+# Loading a block whose document nests another block (a pool's site, an AwsSecret's AwsCredentials)
+# makes Prefect resolve the nested block's type with ``Block.get_block_class_from_key``, which first
+# calls ``load_prefect_collections()``: it imports every installed collection (prefect-aws,
+# prefect-gcp, prefect-redis), 8 to 13 s of CPU here, mostly prefect-gcp, in every flow-run process
+# that loads such a block. Resolving the type among the block classes already imported gives the same
+# class whenever it is imported; only a type nobody imported yet still loads the collections.
+
+_prefect_get_block_class_from_key = Block.get_block_class_from_key.__func__
+
+
+def _imported_block_class_first(cls: type[Block], key: str) -> type[Block]:
+    try:
+        return lookup_type(cls, key)
+    except KeyError:  # not imported yet: Prefect's own path, which imports the installed collections
+        return _prefect_get_block_class_from_key(cls, key)
+
+
+_imported_block_class_first.__doc__ = _prefect_get_block_class_from_key.__doc__
+Block.get_block_class_from_key = classmethod(_imported_block_class_first)
 
 
 def _not_found(exc: ValueError) -> bool:
@@ -95,6 +127,183 @@ def secret_string(secret: Secret, name: str) -> str:
             f"Secret(value='<the secret>').save({name!r}, overwrite=True)."
         )
     return value
+
+
+# --- Secrets where teams keep them -------------------------------------------------------------------
+
+SecretKind = Literal["secret", "aws-secret", "ssm-parameter"]
+
+
+class SecretSourceError(LookupError):
+    """A secret could not be read from its source; the message names the source, never the value."""
+
+
+class SecretSource(BaseModel):
+    """Where a secret lives, for a block that does not hold it itself; read each time it is needed.
+
+    - ``secret``: a Prefect ``Secret`` block named ``block`` (its raw string);
+    - ``aws-secret``: a prefect-aws ``AwsSecret`` block named ``block`` (AWS Secrets Manager);
+    - ``ssm-parameter``: the AWS Systems Manager Parameter Store parameter ``parameter``, read with
+      ``WithDecryption`` (SecureString) through the prefect-aws ``AwsCredentials`` block ``block``.
+
+    ``json_key``: the secret is a JSON object and the value is under this key (Secrets Manager secrets
+    are often ``{"name": ..., "secret": ...}``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: SecretKind = Field(description="secret, aws-secret or ssm-parameter.")
+    block: str = Field(
+        min_length=1,
+        description="The Secret or AwsSecret block holding the secret; for ssm-parameter the AwsCredentials block.",
+    )
+    parameter: str | None = Field(
+        default=None,
+        min_length=1,
+        description="ssm-parameter only: the parameter's name, e.g. /tableau/pat-1.",
+    )
+    json_key: str | None = Field(
+        default=None, min_length=1, description="The key of the value if the secret is a JSON object."
+    )
+
+    @model_validator(mode="after")
+    def _parameter_for_ssm_only(self) -> SecretSource:
+        if (self.kind == "ssm-parameter") != (self.parameter is not None):
+            raise ValueError("'parameter' is required for kind ssm-parameter, and only for it")
+        return self
+
+    def __str__(self) -> str:
+        where = f" parameter {self.parameter!r}" if self.parameter else ""
+        key = f" key {self.json_key!r}" if self.json_key else ""
+        return f"{self.kind} {self.block!r}{where}{key}"
+
+
+def read_secret(source: SecretSource, *, needed_by: str) -> str:
+    """The secret string ``source`` points at, read now (a rotated secret is picked up at the next read).
+
+    prefect-aws and boto3 are imported only for the AWS kinds. Nothing here logs the value.
+
+    Raises:
+        BlockNotFoundError: the Secret, AwsSecret or AwsCredentials block does not exist.
+        SecretSourceError: the AWS secret or parameter does not exist or cannot be read (AWS's error
+            code in the message), or ``json_key`` is not in it.
+    """
+    if source.kind == "secret":
+        value = secret_string(load_block(Secret, source.block, needed_by=needed_by), source.block)
+    elif source.kind == "aws-secret":
+        from botocore.exceptions import ClientError
+        from prefect_aws.secrets_manager import AwsSecret
+
+        block = load_block(AwsSecret, source.block, needed_by=needed_by)
+        try:
+            raw = block.read_secret(_sync=True)
+        except ClientError as exc:
+            raise SecretSourceError(
+                f"{needed_by}: AWS Secrets Manager refused secret {block.secret_name!r} of AwsSecret block "
+                f"{source.block!r} ({exc.response['Error'].get('Code')}): check that it exists in that region "
+                "and that the block's credentials may read it (secretsmanager:GetSecretValue)."
+            ) from None
+        value = raw.decode() if isinstance(raw, bytes) else raw
+    else:
+        from botocore.exceptions import ClientError
+        from prefect_aws import AwsCredentials
+
+        credentials = load_block(AwsCredentials, source.block, needed_by=needed_by)
+        try:
+            answer = credentials.get_client("ssm").get_parameter(Name=source.parameter, WithDecryption=True)
+        except ClientError as exc:
+            raise SecretSourceError(
+                f"{needed_by}: SSM parameter {source.parameter!r} could not be read with AwsCredentials block "
+                f"{source.block!r} ({exc.response['Error'].get('Code')}): check its name and region, and that "
+                "the credentials may read it (ssm:GetParameter, and kms:Decrypt for a SecureString)."
+            ) from None
+        value = answer["Parameter"]["Value"]
+    if source.json_key is None:
+        return value
+    try:
+        found = json.loads(value)[source.json_key]
+    except (ValueError, TypeError, KeyError):
+        raise SecretSourceError(
+            f"{needed_by}: the secret of {source} is not a JSON object with key {source.json_key!r}."
+        ) from None
+    if not isinstance(found, str):
+        raise SecretSourceError(f"{needed_by}: {source} holds a {type(found).__name__}, not a string.")
+    return found
+
+
+# --- Progress a person can watch -------------------------------------------------------------------
+
+_ARTIFACT_KEY = re.compile(r"^[a-z0-9-]+$")
+
+
+class ProgressReport:
+    """A Prefect progress artifact (the UI shows a bar: ``done / total`` in percent) that a polling loop
+    updates as work ends, with a one-line description.
+
+    Call :meth:`update` as often as the loop polls: the artifact is written only when the figures or
+    the note change. A failure to reach the Prefect API is logged as a warning and never fails the
+    job. Outside a flow run the artifact is created all the same (not linked to a run).
+
+        progress = ProgressReport("tableau-refresh-sales-progress", total=10, unit="refreshes")
+        progress.update(3, note="7 running")        # 30 %
+        progress.update(0, total=None, note="JOB_STATE_RUNNING; 1,234 records read")  # total unknown: 0 %
+
+    Args:
+        key: the artifact's key (lowercase letters, digits and '-'); its history is the runs' progress.
+        total: how much there is to do, or None while unknown.
+        unit: what ``done`` and ``total`` count, for the description ("refreshes", "records").
+        title: the description's start, e.g. "Tableau refresh of domain **sales**".
+
+    Raises:
+        ValueError: ``key`` is not a valid artifact key.
+    """
+
+    def __init__(self, key: str, *, total: float | None, unit: str, title: str = "") -> None:
+        if not _ARTIFACT_KEY.match(key):
+            raise ValueError(f"artifact key {key!r} may hold only lowercase letters, digits and '-'")
+        self.key, self.total, self.unit, self.title = key, total, unit, title
+        self.done: float = 0
+        self.note = ""
+        self.artifact_id: UUID | None = None
+        self._written: tuple[float, str] | None = None
+        self.update(0)
+
+    @property
+    def percent(self) -> float:
+        """``done / total`` in percent (0 while the total is unknown or 0), at most 100."""
+        return min(100.0, 100.0 * self.done / self.total) if self.total else 0.0
+
+    def description(self) -> str:
+        figures = f"{self.done:,g} of {self.total:,g} {self.unit}" if self.total is not None else ""
+        parts = [part for part in (self.title, figures, self.note) if part]
+        return "; ".join(parts) or self.unit
+
+    def update(
+        self, done: float, *, total: float | None | Literal["unchanged"] = "unchanged", note: str = ""
+    ) -> None:
+        """Record ``done`` (and a new ``total`` if given) and write the artifact if anything changed."""
+        self.done = done
+        if total != "unchanged":
+            self.total = total
+        self.note = note
+        state = (round(self.percent, 1), self.description())
+        if state == self._written:
+            return
+        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+        try:
+            if self.artifact_id is None:
+                self.artifact_id = create_progress_artifact(
+                    progress=state[0], key=self.key, description=state[1], _sync=True
+                )
+            else:
+                update_progress_artifact(
+                    self.artifact_id, progress=state[0], description=state[1], _sync=True
+                )
+        except Exception as exc:  # progress is for people; the job goes on without it
+            logger.warning("Could not write progress artifact %r: %s", self.key, exc)
+            return
+        self._written = state
 
 
 def to_utc(value: dt.datetime | float | None) -> dt.datetime | None:

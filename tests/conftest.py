@@ -31,6 +31,12 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.update(_server.client_env())
     os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
     os.environ["PREFECT_LOGGING_TO_API_ENABLED"] = "false"  # nothing to ship logs to once the server stops
+    # Register the Tableau block types once: two workers saving a block of a type the server does not
+    # know yet race in Prefect's Block.save (409 "Block type ... already exists").
+    from blocks.tableau import TableauConnectedApp, TableauPatPool, TableauPersonalAccessToken
+
+    for block_type in (TableauPatPool, TableauPersonalAccessToken, TableauConnectedApp):
+        block_type.register_type_and_schema()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

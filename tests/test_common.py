@@ -1,4 +1,5 @@
-"""The helpers every job shares (``tasks.common``), against the session's real Prefect server."""
+"""The helpers every job shares (``tasks.common``), against the session's real Prefect server (and moto's
+server for the AWS secret sources)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,17 @@ import uuid
 import pytest
 from prefect import flow, task
 from prefect.blocks.system import Secret
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterId
 
 from tasks.common import (
     ONCE_PER_FLOW_RUN,
     BlockNotFoundError,
+    ProgressReport,
+    SecretSource,
+    SecretSourceError,
     load_block,
     load_block_by_slug,
+    read_secret,
     secret_string,
     to_utc,
 )
@@ -75,3 +81,163 @@ def test_once_per_flow_run_caches_across_calls_of_one_run_and_not_across_runs() 
     assert run(1, 2) == (1, 1)  # the second call gets the first result, whatever its input
     assert run(3, 4) == (3, 3)  # a new flow run computes again
     assert calls == [1, 3]
+
+
+# --- Secrets where teams keep them (against moto's server) ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def aws():
+    """moto's server and an AwsCredentials block pointing at it (saved under a fresh name)."""
+    from prefect_aws import AwsClientParameters, AwsCredentials
+
+    from devstack.moto_server import MotoServer
+
+    with MotoServer() as server:
+        credentials = AwsCredentials(
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+            aws_client_parameters=AwsClientParameters(endpoint_url=server.url),
+        )
+        name = f"aws-{uuid.uuid4().hex[:8]}"
+        credentials.save(name)
+        yield server, credentials, name
+
+
+def test_a_secret_source_reads_a_prefect_secret_and_a_key_of_a_json_secret() -> None:
+    name = f"pat-{uuid.uuid4().hex[:8]}"
+    Secret(value='{"name": "pat-1", "secret": "s3cr3t"}').save(name)
+    assert (
+        read_secret(SecretSource(kind="secret", block=name, json_key="secret"), needed_by="a test")
+        == "s3cr3t"
+    )
+    with pytest.raises(SecretSourceError, match="not a JSON object with key 'nope'") as caught:
+        read_secret(SecretSource(kind="secret", block=name, json_key="nope"), needed_by="a test")
+    assert "s3cr3t" not in str(caught.value)
+
+
+def test_a_secret_source_reads_aws_secrets_manager_through_an_aws_secret_block(aws) -> None:
+    from prefect_aws.secrets_manager import AwsSecret
+
+    server, credentials, _ = aws
+    secret_name = f"tableau/pat-{uuid.uuid4().hex[:8]}"
+    credentials.get_secrets_manager_client().create_secret(
+        Name=secret_name, SecretString="from-secrets-manager"
+    )
+    block = f"aws-secret-{uuid.uuid4().hex[:8]}"
+    AwsSecret(aws_credentials=credentials, secret_name=secret_name).save(block)
+    assert (
+        read_secret(SecretSource(kind="aws-secret", block=block), needed_by="a test")
+        == "from-secrets-manager"
+    )
+
+    AwsSecret(aws_credentials=credentials, secret_name="tableau/missing").save(block, overwrite=True)
+    with pytest.raises(
+        SecretSourceError, match=r"'tableau/missing' of AwsSecret block .*ResourceNotFoundException"
+    ):
+        read_secret(SecretSource(kind="aws-secret", block=block), needed_by="a test")
+
+
+def test_a_secret_source_reads_an_ssm_securestring_parameter_and_names_a_missing_one(aws) -> None:
+    server, credentials, block = aws
+    parameter = f"/tableau/pat-{uuid.uuid4().hex[:8]}"
+    credentials.get_client("ssm").put_parameter(Name=parameter, Value="from-ssm", Type="SecureString")
+    source = SecretSource(kind="ssm-parameter", block=block, parameter=parameter)
+    assert read_secret(source, needed_by="a test") == "from-ssm"
+
+    from blocks import TableauPersonalAccessToken
+
+    pat = TableauPersonalAccessToken(token_name="pat-1", token_secret_source=source)
+    assert pat.read_secret("tableau-pat-1") == "from-ssm"  # read when signing in, not when loaded
+    assert "from-ssm" not in repr(pat) and "from-ssm" not in pat.model_dump_json()
+
+    missing = SecretSource(kind="ssm-parameter", block=block, parameter="/tableau/none")
+    with pytest.raises(
+        SecretSourceError, match=r"PAT block 'p': SSM parameter '/tableau/none' .*\(ParameterNotFound\)"
+    ):
+        read_secret(missing, needed_by="PAT block 'p'")
+
+
+def test_a_secret_source_needs_its_parameter_for_ssm_only_and_a_pat_exactly_one_secret() -> None:
+    from pydantic import ValidationError
+
+    from blocks import TableauPersonalAccessToken
+
+    with pytest.raises(ValidationError, match="'parameter' is required for kind ssm-parameter"):
+        SecretSource(kind="ssm-parameter", block="aws")
+    with pytest.raises(ValidationError, match="'parameter' is required for kind ssm-parameter, and only"):
+        SecretSource(kind="secret", block="s", parameter="/x")
+    with pytest.raises(ValidationError, match="exactly one of token_secret and token_secret_source"):
+        TableauPersonalAccessToken(token_name="pat-1")
+    assert TableauPersonalAccessToken(token_name="pat-1", token_secret="plain").read_secret() == "plain"
+
+
+# --- Progress artifacts ----------------------------------------------------------------------------
+
+
+def read_artifact(artifact_id):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(id=ArtifactFilterId(any_=[artifact_id])))[
+            0
+        ]
+
+
+def test_a_progress_report_writes_percent_and_a_description_and_skips_unchanged_updates(monkeypatch) -> None:
+    import prefect.artifacts
+
+    key = f"progress-{uuid.uuid4().hex[:8]}"
+    writes = []
+
+    @flow
+    def poll() -> ProgressReport:
+        progress = ProgressReport(
+            key, total=8, unit="refreshes finished", title="Tableau refresh of **sales**"
+        )
+        progress.update(2, note="2 succeeded, 6 running")
+        with monkeypatch.context() as patched:
+            patched.setattr(prefect.artifacts, "update_progress_artifact", lambda *a, **k: writes.append(a))
+            progress.update(2, note="2 succeeded, 6 running")  # what a poll that saw no change reports
+        return progress
+
+    progress = poll()
+    artifact = read_artifact(progress.artifact_id)
+    assert (artifact.key, artifact.type, artifact.data) == (key, "progress", 25.0)
+    assert (
+        artifact.description
+        == "Tableau refresh of **sales**; 2 of 8 refreshes finished; 2 succeeded, 6 running"
+    )
+    assert artifact.flow_run_id is not None and writes == []
+
+    progress.update(0, total=None, note="JOB_STATE_RUNNING; 1,234 records read")  # the total unknown
+    artifact = read_artifact(progress.artifact_id)
+    assert artifact.data == 0.0
+    assert artifact.description == "Tableau refresh of **sales**; JOB_STATE_RUNNING; 1,234 records read"
+    with pytest.raises(ValueError, match="lowercase letters, digits and '-'"):
+        ProgressReport("Bad_Key", total=1, unit="x")
+
+
+# --- Fast start ------------------------------------------------------------------------------------
+
+
+def test_loading_a_block_that_nests_a_block_imports_no_other_collection(prefect_api_url) -> None:
+    """Prefect resolves a nested block's type by importing every installed collection first (prefect-gcp
+    alone takes seconds); ``tasks.common`` resolves it among the imported block classes."""
+    import subprocess
+    import sys
+
+    from blocks import TableauPatPool, TableauSite
+
+    name = f"pool-{uuid.uuid4().hex[:8]}"
+    TableauPatPool(site=TableauSite(server_url="https://tableau.example.com"), pat_block_names=["p"]).save(
+        name
+    )
+    script = (
+        "import sys; from blocks import TableauPatPool; from tasks.common import load_block; "
+        f"pool = load_block(TableauPatPool, {name!r}, needed_by='a test'); "
+        "print(pool.site.server_url, sorted(m for m in ('prefect_gcp', 'prefect_aws', 'prefect_redis') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "https://tableau.example.com []"

@@ -53,7 +53,21 @@ def test_demo_refreshes_every_domain_through_the_pool_without_invalidated_tokens
     assert re.search(r"^first run: window .* HWM now ", out, re.M), out
     assert re.search(r"athena-demo_columns_\S+\.csv\.gz\s+872 rows", out), out
     assert re.search(r"^401002 answers served, collector included: 0$", out, re.M), out
-    assert re.search(r"tableau-demo_extract_refresh_tasks_\S+\.csv\.gz\s+25 rows", out), out
+    # 25 refresh tasks of the PAT domains' data sources (and Sales Archive/Orders), 2 of operations.
+    assert re.search(r"tableau-demo_extract_refresh_tasks_\S+\.csv\.gz\s+27 rows", out), out
+    assert re.search(
+        r"^operations\s+Completed 2/2 refreshed .* via connected app tableau-connected-app, 1 sign-in",
+        out,
+        re.M,
+    ), out
+    assert re.search(
+        r"^operations\s+100 %  Tableau refresh of domain \*\*operations\*\*; 2 of 2 refreshes finished; 2 succeeded$",
+        out,
+        re.M,
+    ), out
+    assert re.search(
+        r"^sales\s+100 %  Tableau refresh of domain \*\*sales\*\*; 10 of 10 refreshes finished", out, re.M
+    ), out
     lineage = r"[1-9][\d,]* table edges, [1-9][\d,]* column edges, [1-9][\d,]* columns covered, \d+ unparsed statements of"
     assert re.search(rf"^Athena lineage \(first run\): {lineage} [1-9]", out, re.M), out
     assert re.search(rf"^Tableau lineage \(Metadata API\): {lineage} \d", out, re.M), out

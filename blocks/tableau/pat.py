@@ -3,6 +3,8 @@
 A ``TableauPatPool`` names its PATs (``TableauPersonalAccessToken`` blocks) and the prefix of the
 Prefect global concurrency limits that guard them: ``<prefix>-pool`` (limit = number of PATs) and
 ``<prefix>-<pat block name>`` (limit 1 each). ``python -m deployments.bootstrap`` creates them.
+A PAT's secret is in its block, or where the team keeps it (a Prefect Secret, AWS Secrets Manager,
+SSM Parameter Store), read at each sign-in.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from blocks.tableau.site import TableauSite
+from tasks.common import SecretSource, read_secret
 
 # Tableau caps PATs per user and device (Tableau Server default: 10 per device).
 MAX_PATS_PER_POOL = 10
@@ -32,7 +35,36 @@ class TableauPersonalAccessToken(Block):
     )
 
     token_name: str = Field(description="The PAT's name, as shown in Tableau's account settings.")
-    token_secret: SecretStr = Field(description="The PAT's secret.")
+    token_secret: SecretStr | None = Field(
+        default=None, description="The PAT's secret; leave empty to read it from token_secret_source."
+    )
+    token_secret_source: SecretSource | None = Field(
+        default=None,
+        description=(
+            "Where the PAT's secret lives instead: a Prefect Secret block (kind secret), a prefect-aws "
+            "AwsSecret block (aws-secret) or an SSM parameter read with an AwsCredentials block "
+            "(ssm-parameter). Read at each sign-in."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> TableauPersonalAccessToken:
+        if (self.token_secret is None) == (self.token_secret_source is None):
+            raise ValueError(
+                f"PAT {self.token_name!r}: set exactly one of token_secret and token_secret_source"
+            )
+        return self
+
+    def read_secret(self, block_name: str = "") -> str:
+        """The PAT's secret: the block's own, or read now from ``token_secret_source``.
+
+        Raises:
+            BlockNotFoundError, SecretSourceError: the source cannot be read (``tasks.common.read_secret``).
+        """
+        if self.token_secret is not None:
+            return self.token_secret.get_secret_value()
+        label = f"PAT block {block_name!r}" if block_name else f"PAT {self.token_name!r}"
+        return read_secret(self.token_secret_source, needed_by=f"{label} (token_secret_source)")
 
 
 class TableauPatPool(Block):

@@ -1,5 +1,6 @@
-"""Seed configuration of the Tableau stand-in: one site, its credentials, users, projects and extract
-content (data sources with their connections and extract-refresh schedule, workbooks with their views).
+"""Seed configuration of the Tableau stand-in: one site, its credentials (PATs, users, connected apps),
+projects and extract content (data sources with their connections and extract-refresh schedule,
+workbooks with their views), its refresh rate limit and daily job capacity.
 
 Loaded from a YAML or JSON file, or from a mapping; every key but the content lists has a default.
 Ids are deterministic (uuid5), so tests and demos can name content by id without asking the server.
@@ -21,6 +22,7 @@ _ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "devstack:tableau")
 
 ContentKind = Literal["datasource", "workbook"]
 RefreshFrequency = Literal["Daily", "Weekly"]
+RetryAfterUnit = Literal["seconds", "minutes", "hours"]
 
 # Site roles a user may have (schema siteRoleType, less the server-only ones).
 SITE_ROLES = (
@@ -83,12 +85,37 @@ def url_name(name: str) -> str:
 @dataclass(frozen=True)
 class RateLimit:
     """Limit on extract-refresh requests per site: at most `max_requests` per sliding window of
-    `per_seconds` real seconds (0 = no limit); a refused request is told to retry after
-    `retry_after_seconds` (Tableau REST API error 429000)."""
+    `per_seconds` real seconds (0 = no limit); a refused request (Tableau REST API error 429000) is told
+    to retry after `retry_after_seconds`, worded in `retry_after_unit` as Tableau Cloud words it
+    ("Please retry after 29 minutes.", rounded up), with a Retry-After header (seconds) if
+    `retry_after_header`."""
 
     max_requests: int = 0
     per_seconds: float = 60.0
     retry_after_seconds: int = 5
+    retry_after_unit: RetryAfterUnit = "seconds"
+    retry_after_header: bool = True
+
+    def __post_init__(self) -> None:
+        if self.retry_after_unit not in ("seconds", "minutes", "hours"):
+            raise ValueError("retry_after_unit must be seconds, minutes or hours")
+
+
+@dataclass(frozen=True)
+class ConnectedAppSecret:
+    """A secret of a connected app: its id (the JWT header's kid) and value (signs the JWT, HS256)."""
+
+    id: str
+    value: str
+
+
+@dataclass(frozen=True)
+class ConnectedApp:
+    """A connected app with direct trust: its client id (the JWT's iss), secrets, and whether enabled."""
+
+    client_id: str
+    secrets: tuple[ConnectedAppSecret, ...] = ()
+    enabled: bool = True
 
 
 @dataclass(frozen=True)
@@ -204,7 +231,10 @@ class ContentSpec:
 class Config:
     """The stand-in's site; `projects` lists Tableau's "default" project first, then the declared
     ones, then those only the content names. Times: `time_scale` simulated seconds pass per real second;
-    `session_ttl_seconds` is the idle timeout in simulated seconds (Tableau Server default: 240 min)."""
+    `session_ttl_seconds` is the idle timeout in simulated seconds (Tableau Server default: 240 min).
+    `daily_job_capacity_seconds`: Tableau Cloud's daily job capacity in simulated backgrounder seconds
+    per UTC day (None: unlimited); a job that would start once it is spent is cancelled with Tableau's
+    quota notes. `connected_apps` may sign in as any of `users` (the JWT's sub)."""
 
     site_content_url: str = "analytics"
     api_version: str = "3.29"
@@ -214,8 +244,10 @@ class Config:
     session_ttl_seconds: float = 14400.0
     backgrounder_slots: int = 4
     refresh_rate_limit: RateLimit = field(default_factory=RateLimit)
+    daily_job_capacity_seconds: float | None = None
     pats: tuple[Pat, ...] = (Pat("pat-1", "s3cret-1"),)
     users: tuple[User, ...] = (User("admin", "pw"),)
+    connected_apps: tuple[ConnectedApp, ...] = ()
     projects: tuple[str, ...] = ()
     datasources: tuple[ContentSpec, ...] = ()
     workbooks: tuple[ContentSpec, ...] = ()
@@ -262,6 +294,8 @@ class Config:
             values["pats"] = tuple(Pat(**_known(Pat, p, "pat")) for p in values["pats"])
         if "users" in values:
             values["users"] = tuple(User(**_known(User, u, "user")) for u in values["users"])
+        if "connected_apps" in values:
+            values["connected_apps"] = tuple(_connected_app(a) for a in values["connected_apps"])
         if "projects" in values:
             values["projects"] = tuple(values["projects"])
         for kind in ("datasource", "workbook"):
@@ -276,6 +310,15 @@ def _known(cls: type, data: Mapping[str, Any], what: str) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown {what} keys {sorted(unknown)}; known: {sorted(names)}")
     return dict(data)
+
+
+def _connected_app(item: Mapping[str, Any]) -> ConnectedApp:
+    values = _known(ConnectedApp, item, "connected app")
+    values["secrets"] = tuple(
+        ConnectedAppSecret(**_known(ConnectedAppSecret, x, "connected app secret"))
+        for x in values.get("secrets", ())
+    )
+    return ConnectedApp(**values)
 
 
 def _content(kind: ContentKind, item: Mapping[str, Any]) -> ContentSpec:

@@ -44,9 +44,20 @@ def sign_in_failed() -> ApiError:
     return ApiError(401, "401001", "Signin Error", "Error signing in to Tableau Server")
 
 
+def jwt_sign_in_failed(connected_app_code: int) -> ApiError:
+    """401001 for a JWT Tableau does not accept: the detail carries the connected-app error number of
+    "Troubleshoot Connected Apps" (5 SYSTEM_USER_NOT_FOUND, 16 LOGIN_FAILED, 126 CONNECTED_APP_NOT_FOUND,
+    127 CONNECTED_APP_SECRET_NOT_FOUND, 10083 BAD_JWT, 10084 JWT_PARSE_ERROR), as Tableau's sign-in
+    answer shows it: "Error signing in to Tableau Server (16)" (tableau/tableau_langchain #96)."""
+    return ApiError(
+        401, "401001", "Signin Error", f"Error signing in to Tableau Server ({connected_app_code})"
+    )
+
+
 def unauthorized() -> ApiError:
     """401002: the X-Tableau-Auth token is missing, unknown, signed out, expired, or ended because its
-    personal access token signed in again. Tableau answers all of these alike."""
+    personal access token signed in again; also a JWT session's request its scopes do not cover
+    (tableau/server-client-python #1320, #1581). Tableau answers all of these alike."""
     return ApiError(401, "401002", "Unauthorized Access", "Invalid authentication credentials were provided.")
 
 
@@ -100,14 +111,22 @@ def job_already_finished(job_id: str, finish_code: int) -> ApiError:
     )
 
 
-def too_many_refreshes(retry_after_seconds: int) -> ApiError:
-    """429000: too many extract-refresh requests; the detail and a Retry-After header say when to retry."""
+_UNIT_SECONDS = {"seconds": 1, "minutes": 60, "hours": 3600}
+
+
+def too_many_refreshes(retry_after_seconds: int, unit: str = "seconds", header: bool = True) -> ApiError:
+    """429000: too many extract-refresh requests, worded as Tableau Cloud words it: "Too many requests
+    for 'api.rest.refresh_extracts'. Please retry after 29 minutes." (tableau/server-client-python #952),
+    the wait rounded up to whole `unit`s. Whether Tableau adds a Retry-After header is not documented:
+    with `header` the stand-in adds one in seconds (RFC 9110), without it only the text says when."""
+    amount = -(-retry_after_seconds // _UNIT_SECONDS[unit])
+    worded = unit if amount != 1 else unit.rstrip("s")
     return ApiError(
         429,
         "429000",
         "Too Many Requests",
-        f"Too many extract refresh requests for this site. Retry after {retry_after_seconds} seconds.",
-        {"Retry-After": str(retry_after_seconds)},
+        f"Too many requests for 'api.rest.refresh_extracts'. Please retry after {amount} {worded}.",
+        {"Retry-After": str(retry_after_seconds)} if header else {},
     )
 
 

@@ -3,6 +3,9 @@
 `/api/{version}/...` accepts any version (tableauserverclient starts at 2.4 and switches to the
 server's restApiVersion). `/devstack/...` are the stand-in's own JSON endpoints, without auth:
 `GET /devstack/audit`, `POST /devstack/sessions/expire`, `POST /devstack/reset`.
+
+Each method names its JWT access scope (REST API reference, "JWT Access Scope" of each method; the
+sources are given with the scope constants); a connected app's session gets 401002 for a method outside its scopes.
 """
 
 from __future__ import annotations
@@ -40,6 +43,15 @@ _VIEW_FIELDS = {
     "workbookName": lambda item: item[0].name,
 }
 _USER_FIELDS = {"name": lambda user: user.name, "siteRole": lambda user: user.site_role}
+# JWT access scope of each method. Content reads: tableau:content:read ("Access Scopes for Connected
+# Apps": the content read scope enables the supported GET methods for content); Update Data Source /
+# Workbook Now: tableau:tasks:run; Query Job(s): tableau:jobs:read (REST API 3.25, tableau/
+# server-client-python #1581); Query Users on Site: tableau:users:read; List Extract Refresh Tasks:
+# tableau:tasks:read (tableau/tableau-mcp, src/server/oauth/scopes.ts). Cancel Job: tableau:jobs:update
+# and Query Site(s): tableau:content:read are stand-in choices following the scope naming.
+CONTENT_READ, TASKS_RUN, TASKS_READ = "tableau:content:read", "tableau:tasks:run", "tableau:tasks:read"
+JOBS_READ, JOBS_UPDATE, USERS_READ = "tableau:jobs:read", "tableau:jobs:update", "tableau:users:read"
+
 _JOB_FIELDS: dict[str, Callable[[Job], str]] = {
     "status": lambda job: job.status,
     "jobType": bodies.job_type,
@@ -161,7 +173,8 @@ class Api:
         return _xml(bodies.server_info(self.site.config))
 
     def sign_in(self, request: Request) -> Response:
-        """Sign In with a personal access token or a user name and password (other credentials: 401001)."""
+        """Sign In with a personal access token, a connected app's JWT (`<credentials jwt="...">`, as
+        tableauserverclient's JWTAuth sends it) or a user name and password (other credentials: 401001)."""
         credentials = _find(_parse(request.body), "credentials")
         if credentials is None:
             raise errors.bad_request("The request body has no <credentials> element.")
@@ -173,6 +186,8 @@ class Api:
                 credentials.get("personalAccessTokenSecret", ""),
                 content_url,
             )
+        elif credentials.get("jwt") is not None:
+            session = self.site.sign_in_with_jwt(credentials.get("jwt", ""), content_url)
         elif credentials.get("name") is not None:
             session = self.site.sign_in_with_password(
                 credentials.get("name", ""), credentials.get("password", ""), content_url
@@ -188,14 +203,14 @@ class Api:
 
     def sites(self, request: Request) -> Response:
         """Query Sites: the one site the stand-in hosts."""
-        self.site.authenticate(request.token)
+        self.site.authenticate(request.token, scope=CONTENT_READ)
         _, page = query.select([self.site.site_id], request.params, {})
         return _xml(bodies.sites(self.site.config, self.site.site_id, page))
 
     def site_info(self, request: Request, site: str) -> Response:
         """Query Site: by id, or by name or content URL with `key=name` / `key=contentUrl`; only the
         signed-in site (any other: 404000)."""
-        self.site.authenticate(request.token)
+        self.site.authenticate(request.token, scope=CONTENT_READ)
         config = self.site.config
         key = request.params.get("key", "id")
         mine = {"id": self.site.site_id, "name": config.site_name, "contentUrl": config.site_content_url}
@@ -207,7 +222,7 @@ class Api:
 
     def projects(self, request: Request, site: str) -> Response:
         """Query Projects (filter: name)."""
-        self.site.authenticate(request.token, site)
+        self.site.authenticate(request.token, site, CONTENT_READ)
         page_items, page = query.select(
             self.site.config.projects, request.params, {"name": lambda name: name}
         )
@@ -215,43 +230,43 @@ class Api:
 
     def views(self, request: Request, site: str) -> Response:
         """Query Views for Site (filters: name, projectName, workbookName)."""
-        self.site.authenticate(request.token, site)
+        self.site.authenticate(request.token, site, CONTENT_READ)
         page_items, page = query.select(self.site.views(), request.params, _VIEW_FIELDS)
         return _xml(bodies.views(page_items, page, self._site_view(request)))
 
     def users(self, request: Request, site: str) -> Response:
         """Query Users on Site (filters: name, siteRole)."""
-        self.site.authenticate(request.token, site)
+        self.site.authenticate(request.token, site, USERS_READ)
         page_items, page = query.select(self.site.users(), request.params, _USER_FIELDS)
         return _xml(bodies.users(page_items, page))
 
     def refresh_tasks(self, request: Request, site: str) -> Response:
         """List Extract Refresh Tasks in Site: all of them, one response (paging parameters ignored)."""
-        self.site.authenticate(request.token, site)
+        self.site.authenticate(request.token, site, TASKS_READ)
         return _xml(bodies.refresh_tasks(self.site.refresh_tasks(), self._site_view(request)))
 
     def connections(self, request: Request, site: str, item: str) -> Response:
         """Query Data Source Connections."""
-        self.site.authenticate(request.token, site)
+        self.site.authenticate(request.token, site, CONTENT_READ)
         return _xml(bodies.connections(self.site.content("datasource", item)))
 
     def contents(self, request: Request, site: str, kinds: str) -> Response:
         """Query Data Sources / Query Workbooks for Site (filters: name, projectName)."""
-        self.site.authenticate(request.token, site)
+        self.site.authenticate(request.token, site, CONTENT_READ)
         kind = _kind(kinds)
         page_items, page = query.select(self.site.contents(kind), request.params, _CONTENT_FIELDS)
         return _xml(bodies.contents(kind, page_items, page, self._site_view(request)))
 
     def content(self, request: Request, site: str, kinds: str, item: str) -> Response:
         """Query Data Source / Query Workbook."""
-        self.site.authenticate(request.token, site)
+        self.site.authenticate(request.token, site, CONTENT_READ)
         return _xml(bodies.content(self.site.content(_kind(kinds), item), self._site_view(request)))
 
     def refresh(self, request: Request, site: str, kinds: str, item: str) -> Response:
         """Update Data Source Now / Update Workbook Now: 202 with the queued job. From API 3.25 the
         body may ask for an incremental refresh: `<tsRequest><extractRefresh incremental="true"/>`
         (tableauserverclient's RequestFactory.Task.refresh_req); older clients send no body."""
-        self.site.authenticate(request.token, site)
+        self.site.authenticate(request.token, site, TASKS_RUN)
         incremental = bool(request.body.strip()) and any(
             el.get("incremental", "").lower() == "true" for el in _parse(request.body).iter()
         )
@@ -259,18 +274,18 @@ class Api:
 
     def jobs(self, request: Request, site: str) -> Response:
         """Query Jobs (filters: status, jobType, title, subtitle)."""
-        self.site.authenticate(request.token, site)
+        self.site.authenticate(request.token, site, JOBS_READ)
         page_items, page = query.select(self.site.jobs(), request.params, _JOB_FIELDS)
         return _xml(bodies.background_jobs(page_items, page))
 
     def job(self, request: Request, site: str, job: str) -> Response:
         """Query Job."""
-        self.site.authenticate(request.token, site)
+        self.site.authenticate(request.token, site, JOBS_READ)
         return _xml(bodies.job(self.site.job(job)))
 
     def cancel_job(self, request: Request, site: str, job: str) -> Response:
         """Cancel Job: 200 with an empty body."""
-        self.site.authenticate(request.token, site)
+        self.site.authenticate(request.token, site, JOBS_UPDATE)
         self.site.cancel(job)
         return Response(200)
 

@@ -21,6 +21,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import jwt
+
 from devstack.tableau import errors
 from devstack.tableau.config import Config, ContentKind, ContentSpec, site_id, user_id
 
@@ -35,6 +37,15 @@ _DAY = 86400
 PENDING, IN_PROGRESS, SUCCESS, FAILED, CANCELLED = "Pending", "InProgress", "Success", "Failed", "Cancelled"
 # Query Job `finishCode` values (Tableau REST API: Query Job): 3 = completed by Tableau Bridge.
 FINISH_SUCCESS, FINISH_FAILED, FINISH_CANCELLED, FINISH_BRIDGE = 0, 1, 2, 3
+# Notes of a job Tableau Cloud cancels once the site's daily job capacity is spent (Tableau Knowledge
+# Base: "Extract Refreshes Are Canceled ... Suspended: Extract refresh capacity at 100%").
+QUOTA_NOTES = "No more non-interactive quota remaining for your site"
+# A connected app's JWT may expire at most 10 minutes after it is checked (Troubleshoot Connected Apps, 16).
+MAX_JWT_LIFETIME_SECONDS = 600
+# Connected-app error numbers ("Troubleshoot Connected Apps - Direct Trust", help.tableau.com).
+SYSTEM_USER_NOT_FOUND, LOGIN_FAILED, CONNECTED_APP_NOT_FOUND, CONNECTED_APP_SECRET_NOT_FOUND = 5, 16, 126, 127
+BAD_JWT, JWT_PARSE_ERROR = 10083, 10084
+_REQUIRED_CLAIMS = ("iss", "sub", "aud", "exp", "jti", "scp")
 
 
 class SimClock:
@@ -85,10 +96,20 @@ class Session:
     last_used: float
     ended_at: float | None = None
     end_reason: str | None = None  # "signed_out" | "superseded" | "expired"
+    connected_app: str | None = None  # the client id, for a JWT sign-in
+    scopes: tuple[str, ...] | None = None  # a JWT session's scp; None: not limited (PAT, password)
 
     @property
     def live(self) -> bool:
         return self.end_reason is None
+
+    def allows(self, scope: str) -> bool:
+        """Whether the session's scopes cover `scope` ("tableau:<resource>:<action>"): the scope itself,
+        or its resource's wildcard "tableau:<resource>:*" ("Access Scopes for Connected Apps")."""
+        if self.scopes is None:
+            return True
+        resource = scope.rsplit(":", 1)[0]
+        return scope in self.scopes or f"{resource}:*" in self.scopes
 
 
 @dataclass
@@ -184,6 +205,10 @@ class _Audit:
     invalidated_token_requests: int = 0
     expired_token_requests: int = 0
     unauthenticated_requests: int = 0
+    jwt_sign_ins: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    refused_jwt_sign_ins: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    out_of_scope_requests: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    quota_cancelled_jobs: int = 0
     rate_limited_requests: int = 0
     conflict_requests: int = 0
     jobs_created: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
@@ -217,6 +242,8 @@ class TableauSite:
         self._queue: collections.deque[Job] = collections.deque()
         self._running: list[Job] = []
         self._last_login: dict[str, float] = {}  # user name -> simulated time of the last sign-in
+        self._used_jtis: set[str] = set()
+        self._capacity_used: dict[int, float] = collections.defaultdict(float)  # UTC day -> job seconds
 
     # -- time -----------------------------------------------------------------------------------
 
@@ -274,6 +301,74 @@ class TableauSite:
             self._audit.user_sign_ins[name] += 1
             return dataclasses.replace(session)
 
+    def sign_in_with_jwt(self, token: str, content_url: str) -> Session:
+        """Sign in with a connected app's JWT (direct trust). Checks, in Tableau's terms ("Configure
+        Connected Apps with Direct Trust", "Troubleshoot Connected Apps"): the header names the secret
+        (kid) and the app (iss) (else 10083); the app exists and is enabled (126); kid is one of its
+        secrets and signs the JWT, HS256 (127); the claims iss, sub, aud, exp, jti and scp are there,
+        aud is "tableau", exp is not past and at most 10 minutes ahead, jti was never used before (16;
+        for aud and jti the number is a stand-in choice); sub is a user of the site (5). Every refusal
+        is 401001 with the number in its detail. JWT times are real (Tableau's own clock), not simulated.
+        A connected app's sessions are independent: signing in again ends no earlier session."""
+        with self._lock:
+            self._advance()
+            code = self._check_jwt(token)
+            if code is not None:
+                self._audit.failed_sign_ins += 1
+                self._audit.refused_jwt_sign_ins[str(code)] += 1
+                raise errors.jwt_sign_in_failed(code)
+            claims = jwt.decode(token, options={"verify_signature": False})
+            self._used_jtis.add(claims["jti"])
+            self._check_site(content_url)
+            scopes = claims["scp"] if isinstance(claims["scp"], list) else str(claims["scp"]).split()
+            session = self._open(pat=None, user=claims["sub"])
+            session.connected_app, session.scopes = claims["iss"], tuple(scopes)
+            self._audit.jwt_sign_ins[claims["iss"]] += 1
+            return dataclasses.replace(session)
+
+    def _check_jwt(self, token: str) -> int | None:
+        """The connected-app error number that refuses `token`, or None if Tableau would accept it."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            return JWT_PARSE_ERROR
+        if not header.get("kid") or not header.get("iss"):
+            return BAD_JWT
+        app = next(
+            (a for a in self.config.connected_apps if a.client_id == header["iss"] and a.enabled), None
+        )
+        if app is None:
+            return CONNECTED_APP_NOT_FOUND
+        secret = next((x for x in app.secrets if x.id == header["kid"]), None)
+        if secret is None:
+            return CONNECTED_APP_SECRET_NOT_FOUND
+        try:
+            claims = jwt.decode(
+                token,
+                secret.value,
+                algorithms=["HS256"],
+                options={"verify_exp": False, "verify_aud": False, "verify_iat": False, "verify_nbf": False},
+            )
+        except jwt.InvalidSignatureError:
+            return CONNECTED_APP_SECRET_NOT_FOUND
+        except jwt.InvalidTokenError:
+            return JWT_PARSE_ERROR
+        now = time.time()
+        if (
+            any(claims.get(name) in (None, "", []) for name in _REQUIRED_CLAIMS)
+            or claims["iss"] != app.client_id
+        ):
+            return LOGIN_FAILED
+        if claims["aud"] != "tableau" or not isinstance(claims["exp"], int | float):
+            return LOGIN_FAILED
+        if claims["exp"] <= now or claims["exp"] > now + MAX_JWT_LIFETIME_SECONDS:
+            return LOGIN_FAILED
+        if claims["jti"] in self._used_jtis:
+            return LOGIN_FAILED
+        if not any(u.name == claims["sub"] for u in self.config.users):
+            return SYSTEM_USER_NOT_FOUND
+        return None
+
     def _check_site(self, content_url: str) -> None:
         if content_url != self.config.site_content_url:
             self._audit.failed_sign_ins += 1
@@ -299,10 +394,11 @@ class TableauSite:
             if session is not None and session.live:
                 self._end(session, "signed_out")
 
-    def authenticate(self, token: str | None, site: str | None = None) -> Session:
+    def authenticate(self, token: str | None, site: str | None = None, scope: str | None = None) -> Session:
         """The live session of `token`, used now (the idle timeout restarts). Raises 401002 for a
-        missing, unknown, signed-out, superseded or expired token, and 404000 if `site` (the site id
-        of the URI) is not this site."""
+        missing, unknown, signed-out, superseded or expired token, or for a JWT session whose scopes do
+        not cover `scope` (the method's JWT access scope; None: the method needs none), and 404000 if
+        `site` (the site id of the URI) is not this site."""
         with self._lock:
             now = self._advance()
             session = self._sessions.get(token or "")
@@ -314,6 +410,9 @@ class TableauSite:
                     self._audit.expired_token_requests += 1
                 else:
                     self._audit.unauthenticated_requests += 1
+                raise errors.unauthorized()
+            if scope is not None and not session.allows(scope):
+                self._audit.out_of_scope_requests[scope] += 1
                 raise errors.unauthorized()
             if site is not None and site != self.site_id:
                 raise errors.site_not_found(site)
@@ -396,7 +495,10 @@ class TableauSite:
             now = self._advance()
             if not self._limiter.admit():
                 self._audit.rate_limited_requests += 1
-                raise errors.too_many_refreshes(self.config.refresh_rate_limit.retry_after_seconds)
+                limit = self.config.refresh_rate_limit
+                raise errors.too_many_refreshes(
+                    limit.retry_after_seconds, limit.retry_after_unit, limit.retry_after_header
+                )
             if any(job.content == spec and job.finish_code is None for job in self._jobs.values()):
                 self._audit.conflict_requests += 1
                 raise errors.refresh_already_queued(spec.name)
@@ -409,11 +511,21 @@ class TableauSite:
 
     def _start_queued(self, at: float) -> None:
         """Start queued jobs, first in first out, while a backgrounder slot is free; a job's duration
-        is drawn when it starts."""
+        is drawn when it starts and counts against the day's job capacity (if set); a job that would
+        start once the capacity is spent is cancelled (finishCode 2) with Tableau's quota notes."""
+        capacity = self.config.daily_job_capacity_seconds
         while self._queue and len(self._running) < self.config.backgrounder_slots:
             job = self._queue.popleft()
+            day = int(at // _DAY)
+            if capacity is not None and self._capacity_used[day] >= capacity:
+                # Tableau Cloud checks the capacity before it runs a job, never mid-way.
+                self._finish(job, at, FINISH_CANCELLED, QUOTA_NOTES)
+                self._audit.quota_cancelled_jobs += 1
+                continue
             job.started_at = job.updated_at = at
-            job.ends_at = at + self._duration(job.content)
+            duration = self._duration(job.content)
+            self._capacity_used[day] += duration
+            job.ends_at = at + duration
             self._running.append(job)
             self._audit.max_concurrent_jobs = max(self._audit.max_concurrent_jobs, len(self._running))
 
@@ -482,6 +594,10 @@ class TableauSite:
                 "invalidated_token_requests": a.invalidated_token_requests,
                 "expired_token_requests": a.expired_token_requests,
                 "unauthenticated_requests": a.unauthenticated_requests,
+                "jwt_sign_ins": dict(a.jwt_sign_ins),
+                "refused_jwt_sign_ins": dict(a.refused_jwt_sign_ins),
+                "out_of_scope_requests": dict(a.out_of_scope_requests),
+                "quota_cancelled_jobs": a.quota_cancelled_jobs,
                 "rate_limited_requests": a.rate_limited_requests,
                 "conflict_requests": a.conflict_requests,
                 "jobs_created": dict(a.jobs_created),
@@ -490,6 +606,7 @@ class TableauSite:
                     {
                         "pat": s.pat,
                         "user": s.user,
+                        "connected_app": s.connected_app,
                         "signed_in_at": s.signed_in_at,
                         "ended_at": s.ended_at,
                         "end_reason": s.end_reason,
@@ -507,6 +624,7 @@ class TableauSite:
                         "started_at": j.started_at,
                         "completed_at": j.completed_at,
                         "finish_code": j.finish_code,
+                        "notes": j.notes,
                     }
                     for j in self._jobs.values()
                 ],

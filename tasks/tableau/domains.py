@@ -10,8 +10,9 @@ parameter point elsewhere) holds ``defaults`` and one entry per domain under ``d
         datasources: [{project: Sales, name: Orders}]
         workbooks: [{project: Sales, name: Sales Overview}]
 
-Adding a domain adds an entry there; ``python -m deployments.domains`` writes its deployment into
-``prefect.yaml``. No code.
+A domain signs in through a PAT pool (``pat_pool_block``) or a connected app
+(``connected_app_block``); what a domain's entry sets wins over ``defaults``. Adding a domain adds an
+entry there; ``python -m deployments.domains`` writes its deployment into ``prefect.yaml``. No code.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tasks.tableau.refresh import ContentRef
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_FILE = PROJECT_ROOT / "tableau_domains.yaml"
 FILE_ENV_VAR = "TABLEAU_DOMAINS_FILE"
+_AUTH_FIELDS = {"pat_pool_block", "connected_app_block"}
 
 
 class DomainConfigError(ValueError):
@@ -58,7 +60,13 @@ class Domain(_Strict):
     """One business domain: its Tableau content, its upstream, its limits."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
-    pat_pool_block: str = Field(description="Name of the Tableau PAT Pool block to lease from.")
+    pat_pool_block: str | None = Field(
+        default=None, description="Name of the Tableau PAT Pool block to lease from."
+    )
+    connected_app_block: str | None = Field(
+        default=None,
+        description="Name of the Tableau Connected App block to sign in with (instead of a PAT pool).",
+    )
     upstream: Upstream
     cron: str | None = Field(default=None, description="Fallback schedule if the upstream never completes.")
     timeout_seconds: float = Field(
@@ -72,6 +80,10 @@ class Domain(_Strict):
     def _has_content(self) -> Domain:
         if not self.datasources and not self.workbooks:
             raise ValueError(f"domain {self.name!r} lists no datasources and no workbooks")
+        if (self.pat_pool_block is None) == (self.connected_app_block is None):
+            raise ValueError(
+                f"domain {self.name!r} must name exactly one of pat_pool_block and connected_app_block"
+            )
         return self
 
     def content(self) -> list[ContentRef]:
@@ -104,8 +116,13 @@ def load_domains(path: str | os.PathLike[str] | None = None) -> dict[str, Domain
     defaults = raw.get("defaults") or {}
     domains = {}
     for name, entry in (raw.get("domains") or {}).items():
+        entry = entry or {}
+        # The sign-in a domain names replaces the default's other kind.
+        inherited = {
+            k: v for k, v in defaults.items() if not (k in _AUTH_FIELDS and _AUTH_FIELDS & set(entry))
+        }
         try:
-            domains[name] = Domain.model_validate({**defaults, **(entry or {}), "name": name})
+            domains[name] = Domain.model_validate({**inherited, **entry, "name": name})
         except ValidationError as exc:
             raise DomainConfigError(f"Domain {name!r} in {file} is not valid:\n{exc}") from None
     return domains

@@ -5,13 +5,20 @@ Tableau facts (REST API reference, "Update Data Source Now" / "Update Workbook N
 - ``POST .../datasources/{id}/refresh`` (or ``workbooks``) answers 202 with a job; an incremental
   refresh can be requested from API 3.25.
 - 409093: a refresh of that content is already queued or running (tableauserverclient logs it and
-  returns ``None``). 429000: too many refresh requests; the message carries a retry-after hint.
+  returns ``None``). 429000: too many refresh requests; Tableau Cloud words the wait in the unit it
+  chooses, e.g. "Too many requests for 'api.rest.refresh_extracts'. Please retry after 29 minutes."
+  (tableau/server-client-python #952); a ``Retry-After`` header (seconds or an HTTP date), when
+  present, is preferred.
 - ``GET .../jobs/{id}``: ``finishCode`` absent while running; 0 success, 1 failed (reason in
   notes), 2 cancelled, 3 completed (Tableau Bridge). ``PUT .../jobs/{id}`` cancels.
+- Tableau Cloud cancels the jobs it cannot run once the site's daily job capacity is spent, with the
+  notes "No more non-interactive quota remaining for your site" (Tableau Knowledge Base, "Extract
+  Refreshes Are Canceled ... Extract refresh capacity at 100%"); the capacity resets at 24:00 UTC.
 """
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import random
 import re
@@ -44,7 +51,14 @@ _IN_FLIGHT = ["Pending", "InProgress"]
 _REFRESH_JOB_TYPES = ["refresh_extracts", "increment_extracts"]
 # Characters a REST API filter value cannot carry (tableauserverclient quotes none of them).
 _UNFILTERABLE = re.compile(r"[,&:\[\]]")
-_RETRY_AFTER = re.compile(r"retry after (\d+(?:\.\d+)?)\s*s", re.IGNORECASE)
+_RETRY_AFTER = re.compile(
+    r"retry after (\d+(?:\.\d+)?)\s*(seconds?|secs?|s|minutes?|mins?|m|hours?|hrs?|h)\b", re.IGNORECASE
+)
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
+# Notes of a job Tableau Cloud cancelled because the site's daily job capacity is spent.
+_QUOTA_NOTES = re.compile(r"no more non-interactive quota", re.IGNORECASE)
+QUOTA_EXHAUSTED = "quota exhausted"
+THROTTLED = "throttled"
 
 
 class DomainRefreshError(RuntimeError):
@@ -64,6 +78,10 @@ class DomainRefreshError(RuntimeError):
 
 class ContentResolutionError(LookupError):
     """Configured content is missing or ambiguous on the Tableau site."""
+
+
+class ThrottledError(RuntimeError):
+    """Tableau answered 429000 with a wait that would pass the domain's deadline."""
 
 
 @dataclass(frozen=True)
@@ -92,8 +110,10 @@ class ContentRef:
 class RefreshJob:
     """One extract refresh this run triggered or adopted, and what became of it.
 
-    ``status`` is 'running' until the job ends, then 'succeeded', 'failed', 'cancelled' or
-    'timed out' (cancelled by this run at the domain's timeout). Times are as Tableau reports them.
+    ``status`` is 'running' until the job ends, then 'succeeded', 'failed', 'cancelled',
+    'quota exhausted' (cancelled by Tableau Cloud: the site's daily job capacity is spent), 'timed out'
+    (cancelled by this run at the domain's timeout) or 'throttled' (never started: Tableau's 429000
+    wait would have passed the deadline). Times are as Tableau reports them.
     """
 
     content: ContentRef
@@ -128,7 +148,8 @@ class RefreshRow(BaseModel):
     """One content's refresh as a domain run reports it (a row of its table artifact).
 
     Times are Tableau's (UTC); ``duration_seconds`` runs from start (or queueing, if never started)
-    to completion. ``status``: 'succeeded', 'failed', 'cancelled', 'timed out' or 'running'.
+    to completion. ``status``: 'succeeded', 'failed', 'cancelled', 'quota exhausted', 'timed out',
+    'throttled' or 'running'.
     """
 
     content: str
@@ -163,11 +184,13 @@ class RefreshRow(BaseModel):
 
 
 class DomainRefreshSummary(BaseModel):
-    """What a domain run did: the PAT it held, how long it waited for it (seconds), its sign-ins, and
-    one row per content. ``refresh_domain`` returns it; a ``DomainRefreshError`` carries it."""
+    """What a domain run did: the PAT it held (or the connected app it signed in with), how long it
+    waited for the PAT or the refresh-capacity slot (seconds), its sign-ins, and one row per content.
+    ``refresh_domain`` returns it; a ``DomainRefreshError`` carries it."""
 
     domain: str
-    pat: str
+    pat: str = ""
+    connected_app: str = ""
     lease_wait_seconds: float
     sign_ins: int
     refreshes: list[RefreshRow]
@@ -193,7 +216,7 @@ class PollPolicy(BaseModel):
     rate_limit_default_wait: float = Field(
         default=30.0,
         gt=0,
-        description="Wait after a 429000 whose message has no retry-after hint, in seconds.",
+        description="Wait after a 429000 with neither a Retry-After header nor a hint in its message, in seconds.",
     )
     max_poll_errors: int = Field(
         default=5, ge=1, description="Consecutive failed polls after which a job counts as failed."
@@ -245,9 +268,34 @@ def _list_named(endpoint, name: str) -> list:
     return [item for item in items if item.name == name]
 
 
-def _retry_after_seconds(exc: ServerResponseError, default: float) -> float:
-    match = _RETRY_AFTER.search(f"{exc.summary} {exc.detail}")
-    return float(match.group(1)) if match else default
+def retry_after_seconds(
+    message: str, header: str | None, default: float, *, now: float | None = None
+) -> float:
+    """How long Tableau asks to wait after a 429000, in seconds.
+
+    A ``Retry-After`` header wins (delay-seconds, or an HTTP date, RFC 9110 section 10.2.3); else the
+    message's "retry after N <unit>" in seconds, minutes or hours (Tableau Cloud: "Please retry after
+    29 minutes."); else ``default``.
+
+    Args:
+        message: the error's summary and detail.
+        header: the response's Retry-After header, if any.
+        now: epoch seconds, for an HTTP-date header (default: the current time).
+    """
+    if header:
+        header = header.strip()
+        if header.isdigit():
+            return float(header)
+        try:
+            when = email.utils.parsedate_to_datetime(header)
+        except (TypeError, ValueError):
+            when = None
+        if when is not None and when.tzinfo is not None:
+            return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    match = _RETRY_AFTER.search(message)
+    if match:
+        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)[0].lower()]
+    return default
 
 
 def _in_flight_jobs(session: TableauSession, ref: ContentRef) -> list[TSC.BackgroundJobItem]:
@@ -287,10 +335,13 @@ def trigger_refresh(
 
     On 409093 the in-flight job is adopted when it can be identified (the site has one content of
     that kind and name, and one in-flight job titled with it); otherwise this waits until the
-    content's in-flight jobs end and triggers again. On 429000 it waits the hinted time.
+    content's in-flight jobs end and triggers again. On 429000 it waits the time Tableau asks for, if
+    that ends before the deadline.
 
     Raises:
-        TimeoutError: still rate-limited or blocked at ``deadline`` (``time.monotonic()`` value).
+        ThrottledError: 429000 with a wait (Retry-After header, else the message's "retry after N
+            seconds/minutes/hours") that would pass ``deadline`` (``time.monotonic()`` value): no sleep.
+        TimeoutError: still blocked by a refresh in flight (409093) at ``deadline``.
         PermissionError: 409093, and Tableau refused Query Jobs to find the job in flight.
         tableauserverclient errors: anything else Tableau refused.
     """
@@ -300,13 +351,19 @@ def trigger_refresh(
         try:
             job = session.call(endpoint.refresh, content.id, incremental=incremental)
         except ServerResponseError as exc:
-            if error_code(exc) == TOO_MANY_REQUESTS:
-                wait = _retry_after_seconds(exc, policy.rate_limit_default_wait)
-                logger.info("Tableau rate-limited the refresh of %s (429000); retrying in %.0f s", ref, wait)
-                _sleep_until_deadline(wait, deadline, f"refresh of {ref} still rate-limited (429000)", sleep)
-                continue
-            else:
+            if error_code(exc) != TOO_MANY_REQUESTS:
                 raise
+            said = " ".join(part for part in (exc.summary, exc.detail) if part)
+            wait = retry_after_seconds(said, session.last_retry_after(), policy.rate_limit_default_wait)
+            left = deadline - time.monotonic()
+            if wait > left:
+                raise ThrottledError(
+                    f"Tableau throttled refresh requests (429000: {said!r}); waiting {wait:.0f} s would pass the "
+                    f"domain's deadline ({max(left, 0):.0f} s left), so the refresh was not started"
+                ) from None
+            logger.info("Tableau rate-limited the refresh of %s (429000); retrying in %.0f s", ref, wait)
+            sleep(wait)
+            continue
         if job is not None:  # tableauserverclient (>= 0.42) returns None on 409093
             refresh.job_id = job.id
             refresh.created_at = job.created_at
@@ -344,6 +401,8 @@ def _apply_job(refresh: RefreshJob, job: TSC.JobItem) -> None:
         refresh.finish_code = job.finish_code
         refresh.status = FINISH_CODE_NAMES.get(job.finish_code, f"finish code {job.finish_code}")
         refresh.notes = "; ".join(note for note in (job.notes or []) if note)
+        if job.finish_code == 2 and _QUOTA_NOTES.search(refresh.notes):
+            refresh.status = QUOTA_EXHAUSTED
 
 
 def wait_for_jobs(
@@ -354,6 +413,7 @@ def wait_for_jobs(
     policy: PollPolicy,
     max_workers: int = 8,
     rng: random.Random | None = None,
+    on_progress: Callable[[list[RefreshJob]], None] | None = None,
 ) -> list[RefreshJob]:
     """Poll every running job until it ends or ``deadline`` passes; cancel what is left then.
 
@@ -361,6 +421,7 @@ def wait_for_jobs(
     growing from ``policy.initial_interval`` by ``policy.backoff`` up to ``policy.max_interval``
     (with jitter). Jobs still running at the deadline, or when this is interrupted (flow run
     cancelled, process terminated), are cancelled on Tableau (``PUT .../jobs/{id}``).
+    ``on_progress(refreshes)`` is called after every round of polls (e.g. to update a progress artifact).
 
     Returns:
         ``refreshes``, each with its final status.
@@ -392,6 +453,8 @@ def wait_for_jobs(
                     refresh.poll_interval = min(refresh.poll_interval * policy.backoff, policy.max_interval)
                     refresh.next_poll = now + refresh.poll_interval * rng.uniform(0.8, 1.0)
                 running = [r for r in running if r.status == "running"]
+                if on_progress is not None:
+                    on_progress(refreshes)
                 if running:
                     time.sleep(max(0.0, min(min(r.next_poll for r in running), deadline) - time.monotonic()))
     except BaseException:
@@ -440,17 +503,31 @@ def trigger_refreshes(
     """Trigger (or adopt) the refresh of every resolved content, in order.
 
     A content Tableau refuses (other than 409093/429000) is recorded as failed with Tableau's
-    message, and the others go on; so is one still blocked at ``deadline`` ('timed out'). If this
-    is interrupted (flow run cancelled, process terminated), the jobs started so far are cancelled.
+    message, and the others go on; so is one still blocked at ``deadline`` ('timed out'). Once Tableau
+    throttles with a wait past the deadline, that content and every one not started yet are recorded
+    'throttled' without asking again. If this is interrupted (flow run cancelled, process
+    terminated), the jobs started so far are cancelled.
     """
-    refreshes = []
+    refreshes: list[RefreshJob] = []
+    throttled = ""
     try:
         for ref, content in resolved.items():
+            if throttled:
+                refreshes.append(
+                    RefreshJob(ref, content.id, project=content.project, status=THROTTLED, notes=throttled)
+                )
+                continue
             try:
                 refreshes.append(
                     trigger_refresh(
                         session, ref, content, incremental=incremental, deadline=deadline, policy=policy
                     )
+                )
+            except ThrottledError as exc:
+                logger.error("Refresh of %s not started: %s", ref, exc)
+                throttled = str(exc)
+                refreshes.append(
+                    RefreshJob(ref, content.id, project=content.project, status=THROTTLED, notes=throttled)
                 )
             except (TableauError, RequestException, PermissionError, TimeoutError) as exc:
                 status = "timed out" if isinstance(exc, TimeoutError) else "failed"
@@ -491,7 +568,12 @@ def trigger_tableau_refreshes(
 
 @task(name="wait-for-tableau-jobs", cache_policy=NO_CACHE)
 def wait_for_tableau_jobs(
-    session: TableauSession, refreshes: list[RefreshJob], *, deadline: float, policy: PollPolicy
+    session: TableauSession,
+    refreshes: list[RefreshJob],
+    *,
+    deadline: float,
+    policy: PollPolicy,
+    on_progress: Callable[[list[RefreshJob]], None] | None = None,
 ) -> list[RefreshJob]:
     """Task form of :func:`wait_for_jobs`."""
-    return wait_for_jobs(session, refreshes, deadline=deadline, policy=policy)
+    return wait_for_jobs(session, refreshes, deadline=deadline, policy=policy, on_progress=on_progress)

@@ -13,11 +13,13 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import jwt
 import pytest
 import requests
 import tableauserverclient as TSC
@@ -36,6 +38,9 @@ XML_CONTENT_TYPE = "application/xml;charset=utf-8"
 
 SITE = "analytics"
 PAT, SECRET = "pat-1", "s3cret-1"
+CLIENT_ID, SECRET_ID = "ca-client", "ca-secret-1"
+SECRET_VALUE = "ca-secret-value-1-at-least-32-bytes-long"  # HS256 keys of 32 bytes or more (RFC 7518)
+OTHER_SECRET = "another-secret-value-at-least-32-bytes-long"
 
 
 def make_config(**overrides: Any) -> dict[str, Any]:
@@ -44,6 +49,10 @@ def make_config(**overrides: Any) -> dict[str, Any]:
         "time_scale": 1000,  # a 600 s refresh takes 0.6 s
         "pats": [{"name": PAT, "secret": SECRET}, {"name": "pat-2", "secret": "s3cret-2"}],
         "users": [{"name": "admin", "password": "pw"}],
+        "connected_apps": [
+            {"client_id": CLIENT_ID, "secrets": [{"id": SECRET_ID, "value": SECRET_VALUE}]},
+            {"client_id": "ca-disabled", "secrets": [{"id": "s", "value": OTHER_SECRET}], "enabled": False},
+        ],
         "projects": ["Sales", "Marketing"],
         "datasources": [
             {"project": "Sales", "name": "Orders", "duration_seconds": 600},
@@ -267,6 +276,144 @@ def test_wrong_credentials_fail_with_401001(start, new_session, http, credential
         server.auth.sign_in(credentials)
     assert raised.value.code == "401001"
     assert audit(http, standin)["failed_sign_ins"] == 1
+
+
+# -- connected apps (direct trust) -------------------------------------------------------------------
+
+ALL_SCOPES = ["tableau:content:read", "tableau:tasks:run", "tableau:jobs:read", "tableau:jobs:update"]
+
+
+def make_jwt(
+    *, claims: dict[str, Any] | None = None, headers: dict[str, Any] | None = None, key: str = SECRET_VALUE
+) -> str:
+    """A JWT as a connected app signs it ("Configure Connected Apps with Direct Trust"), with overrides
+    (a value of None drops the claim or header)."""
+    body = {
+        "iss": CLIENT_ID,
+        "sub": "admin",
+        "aud": "tableau",
+        "jti": str(uuid.uuid4()),
+        "exp": int(time.time()) + 300,
+        "scp": ALL_SCOPES,
+        **(claims or {}),
+    }
+    head = {"kid": SECRET_ID, "iss": CLIENT_ID, **(headers or {})}
+    return jwt.encode(
+        {k: v for k, v in body.items() if v is not None},
+        key,
+        algorithm="HS256",
+        headers={k: v for k, v in head.items() if v is not None},
+    )
+
+
+@pytest.fixture
+def jwt_sign_in(new_session: Callable[[], requests.Session]) -> Callable[..., TSC.Server]:
+    def sign_in(standin: TableauStandIn, token: str) -> TSC.Server:
+        server = TSC.Server(standin.url, use_server_version=True, session_factory=new_session)
+        server.auth.sign_in(TSC.JWTAuth(token, site_id=SITE))
+        return server
+
+    return sign_in
+
+
+def test_jwt_sign_ins_are_independent_sessions_of_the_user(start, jwt_sign_in, http) -> None:
+    standin = start()
+    first, second = jwt_sign_in(standin, make_jwt()), jwt_sign_in(standin, make_jwt())
+    assert first.user_id == user_id("admin") and first.site_id == site_id(SITE)
+    assert first.datasources.get()[1].total_available == 5  # a second sign-in ends no session
+    assert second.datasources.get()[1].total_available == 5
+    report = audit(http, standin)
+    assert report["jwt_sign_ins"] == {CLIENT_ID: 2}
+    assert [(s["user"], s["connected_app"], s["end_reason"]) for s in report["sessions"]] == [
+        ("admin", CLIENT_ID, None),
+        ("admin", CLIENT_ID, None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("token", "number"),
+    [
+        (lambda: make_jwt(key=OTHER_SECRET), 127),  # signature: not the app's secret
+        (lambda: make_jwt(headers={"kid": "unknown-secret"}), 127),
+        (lambda: make_jwt(headers={"iss": "unknown-app"}, claims={"iss": "unknown-app"}), 126),
+        (
+            lambda: make_jwt(
+                headers={"iss": "ca-disabled", "kid": "s"}, claims={"iss": "ca-disabled"}, key=OTHER_SECRET
+            ),
+            126,
+        ),
+        (lambda: make_jwt(headers={"kid": None}), 10083),
+        (lambda: "not-a-jwt", 10084),
+        (lambda: make_jwt(claims={"aud": "someone-else"}), 16),
+        (lambda: make_jwt(claims={"exp": int(time.time()) - 5}), 16),
+        (lambda: make_jwt(claims={"exp": int(time.time()) + 660}), 16),  # more than 10 minutes ahead
+        (lambda: make_jwt(claims={"jti": None}), 16),
+        (lambda: make_jwt(claims={"scp": None}), 16),
+        (lambda: make_jwt(claims={"sub": "nobody"}), 5),
+    ],
+    ids=[
+        "wrong-secret-value",
+        "unknown-secret-id",
+        "unknown-client-id",
+        "disabled-app",
+        "no-kid-header",
+        "not-a-jwt",
+        "wrong-aud",
+        "expired",
+        "exp-over-10-min",
+        "no-jti",
+        "no-scp",
+        "unknown-user",
+    ],
+)
+def test_jwt_refusals_are_401001_with_the_connected_app_error_number(
+    start, new_session, http, token, number
+) -> None:
+    standin = start()
+    server = TSC.Server(standin.url, session_factory=new_session)
+    with pytest.raises(TSC.FailedSignInError) as raised:
+        server.auth.sign_in(TSC.JWTAuth(token(), site_id=SITE))
+    assert (raised.value.code, raised.value.summary) == ("401001", "Signin Error")
+    assert raised.value.detail == f"Error signing in to Tableau Server ({number})"
+    report = audit(http, standin)
+    assert report["refused_jwt_sign_ins"] == {str(number): 1} and report["jwt_sign_ins"] == {}
+
+
+def test_a_reused_jti_is_refused(start, jwt_sign_in, new_session, http) -> None:
+    standin = start()
+    token = make_jwt()
+    jwt_sign_in(standin, token)
+    with pytest.raises(TSC.FailedSignInError) as raised:
+        TSC.Server(standin.url, session_factory=new_session).auth.sign_in(TSC.JWTAuth(token, site_id=SITE))
+    assert raised.value.detail == "Error signing in to Tableau Server (16)"
+
+
+def test_requests_outside_the_jwt_scopes_get_401002_per_method(start, jwt_sign_in, http) -> None:
+    standin = start()
+    reader = jwt_sign_in(standin, make_jwt(claims={"scp": ["tableau:content:read"]}))
+    assert reader.datasources.get()[1].total_available == 5
+    with pytest.raises(TSC.FailedSignInError) as refused:
+        reader.datasources.refresh(ds_id("Orders"))  # Update Data Source Now: tableau:tasks:run
+    assert refused.value.code == "401002"
+
+    runner = jwt_sign_in(standin, make_jwt(claims={"scp": ["tableau:content:read", "tableau:tasks:*"]}))
+    job = runner.datasources.refresh(ds_id("Orders"))  # the wildcard covers tableau:tasks:run
+    for call in (lambda: runner.jobs.get_by_id(job.id), lambda: runner.jobs.cancel(job.id)):
+        with pytest.raises(TSC.FailedSignInError) as refused:
+            call()
+        assert refused.value.code == "401002"
+    users = http.get(site_url(runner, "users"), headers=auth(runner))
+    assert (users.status_code, error_code(users)) == (401, "401002")
+
+    everything = jwt_sign_in(standin, make_jwt(claims={"scp": ALL_SCOPES}))
+    assert everything.jobs.get_by_id(job.id).id == job.id
+    everything.jobs.cancel(job.id)
+    assert audit(http, standin)["out_of_scope_requests"] == {
+        "tableau:tasks:run": 1,
+        "tableau:jobs:read": 1,
+        "tableau:jobs:update": 1,
+        "tableau:users:read": 1,
+    }
 
 
 def test_requests_without_a_valid_token_or_for_another_site_are_refused(start, sign_in, http) -> None:
@@ -600,7 +747,10 @@ def test_refresh_rate_limit_answers_429000_with_retry_after(start, sign_in, http
     with pytest.raises(ServerResponseError) as raised:
         server.datasources.refresh(ds_id("Broken"))
     assert raised.value.code == "429000"
-    assert "Retry after 5 seconds." in raised.value.detail
+    assert (
+        raised.value.detail
+        == "Too many requests for 'api.rest.refresh_extracts'. Please retry after 5 seconds."
+    )
 
     raw = http.post(site_url(server, f"workbooks/{wb_id('Sales Overview')}/refresh"), headers=auth(server))
     assert (raw.status_code, error_code(raw), raw.headers["Retry-After"]) == (429, "429000", "5")
@@ -610,6 +760,41 @@ def test_refresh_rate_limit_answers_429000_with_retry_after(start, sign_in, http
 
     time.sleep(1.05)  # the sliding window (real seconds) has passed
     assert server.datasources.refresh(ds_id("Broken")) is not None
+
+
+@pytest.mark.parametrize(
+    ("seconds", "unit", "worded"),
+    [
+        (1740, "minutes", "29 minutes"),
+        (60, "minutes", "1 minute"),
+        (7200, "hours", "2 hours"),
+        (90, "minutes", "2 minutes"),
+    ],
+)
+def test_rate_limit_words_the_wait_in_the_configured_unit_as_tableau_cloud_does(
+    start, sign_in, http, seconds, unit, worded
+) -> None:
+    limit = {"max_requests": 1, "per_seconds": 60, "retry_after_seconds": seconds}
+    standin = start(refresh_rate_limit={**limit, "retry_after_unit": unit, "retry_after_header": False})
+    server = sign_in(standin)
+    server.datasources.refresh(ds_id("Orders"))
+    raw = http.post(site_url(server, f"datasources/{ds_id('Leads')}/refresh"), headers=auth(server))
+    detail = etree.fromstring(raw.content).find("t:error/t:detail", NS).text
+    assert (raw.status_code, error_code(raw)) == (429, "429000")
+    assert detail == f"Too many requests for 'api.rest.refresh_extracts'. Please retry after {worded}."
+    assert "Retry-After" not in raw.headers
+
+
+def test_spent_daily_job_capacity_cancels_jobs_with_tableaus_quota_notes(start, sign_in, http) -> None:
+    standin = start(daily_job_capacity_seconds=600, backgrounder_slots=1)
+    server = sign_in(standin)
+    first = server.datasources.refresh(ds_id("Orders"))  # 600 s: the whole day's capacity
+    queued = server.datasources.refresh(ds_id("Leads"))  # starts when Orders ends: capacity spent
+    done = wait_until(lambda: (j := server.jobs.get_by_id(queued.id)).finish_code in (0, 1, 2) and j)
+    assert done.finish_code == 2
+    assert done.notes == ["No more non-interactive quota remaining for your site"]
+    assert server.jobs.get_by_id(first.id).finish_code == 0
+    assert audit(http, standin)["quota_cancelled_jobs"] == 1
 
 
 def test_backgrounder_runs_at_most_its_slots_and_starts_queued_jobs_fifo_as_slots_free(

@@ -19,7 +19,9 @@ from tasks.tableau.refresh import (
     PollPolicy,
     RefreshJob,
     ResolvedContent,
+    ThrottledError,
     resolve_content,
+    retry_after_seconds,
     trigger_refresh,
     trigger_refreshes,
     wait_for_jobs,
@@ -31,13 +33,17 @@ POLICY = PollPolicy(initial_interval=0.01, max_interval=0.02, rate_limit_default
 
 
 class FakeSession:
-    """What the protocol functions use of a TableauSession: ``server`` and ``call``."""
+    """What the protocol functions use of a TableauSession: ``server``, ``call`` and ``last_retry_after``."""
 
-    def __init__(self, **endpoints):
+    def __init__(self, retry_after=None, **endpoints):
         self.server = SimpleNamespace(**endpoints)
+        self.retry_after = retry_after
 
     def call(self, fn, *args, **kwargs):
         return fn(*args, **kwargs)
+
+    def last_retry_after(self):
+        return self.retry_after
 
 
 def job(job_id: str = "job-1", title: str = "Orders", subtitle: str = "Data Source"):
@@ -91,13 +97,57 @@ def test_rate_limited_refresh_waits_the_hinted_seconds_then_starts():
     assert slept == [7.0, 0.5]
 
 
-def test_rate_limit_past_the_deadline_is_a_timeout():
+@pytest.mark.parametrize(
+    ("message", "header", "seconds"),
+    [
+        ("Too many requests for 'api.rest.refresh_extracts'. Please retry after 29 minutes.", None, 1740),
+        ("Please retry after 1 minute.", None, 60),
+        ("Please retry after 2 hours.", None, 7200),
+        ("Retry after 45 seconds.", None, 45),
+        ("Please retry after 29 minutes.", "120", 120),  # the header wins
+        ("Please retry after 29 minutes.", "Thu, 01 Jan 2026 00:10:00 GMT", 600),  # an HTTP date
+        ("Slow down.", None, 30),  # neither: the default
+    ],
+)
+def test_the_wait_after_a_429_is_read_in_seconds_minutes_or_hours(message, header, seconds):
+    now = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+    assert retry_after_seconds(message, header, 30.0, now=now) == seconds
+
+
+def test_a_job_tableau_cancelled_for_spent_quota_is_quota_exhausted_not_cancelled():
+    cancelled = SimpleNamespace(
+        created_at=NOW,
+        started_at=None,
+        completed_at=NOW,
+        finish_code=2,
+        notes=["No more non-interactive quota remaining for your site"],
+    )
+    plain = SimpleNamespace(created_at=NOW, started_at=None, completed_at=NOW, finish_code=2, notes=[])
+    session = FakeSession(
+        jobs=SimpleNamespace(get_by_id=lambda job_id: cancelled if job_id == "job-q" else plain)
+    )
+    quota, other = (RefreshJob(ContentRef("datasource", "S", n), n, job_id=f"job-{n}") for n in ("q", "c"))
+    seen = []
+    wait_for_jobs(
+        session,
+        [quota, other],
+        deadline=time.monotonic() + 5,
+        policy=POLICY,
+        on_progress=lambda r: seen.append([x.status for x in r]),
+    )
+    assert (quota.status, other.status) == ("quota exhausted", "cancelled")
+    assert seen[-1] == ["quota exhausted", "cancelled"]
+
+
+def test_rate_limit_past_the_deadline_is_throttled_without_sleeping():
     def refresh(content_id, incremental):
         raise ServerResponseError("429000", "Too Many Requests", "Retry after 600 seconds.")
 
+    slept = []
     session = FakeSession(datasources=SimpleNamespace(refresh=refresh))
-    with pytest.raises(TimeoutError, match="rate-limited"):
-        trigger_orders(session, seconds=5, sleep=lambda s: None)
+    with pytest.raises(ThrottledError, match=r"waiting 600 s would pass the domain's deadline \(\d s left\)"):
+        trigger_orders(session, seconds=5, sleep=slept.append)
+    assert slept == []
 
 
 def test_conflict_that_cannot_be_attributed_waits_then_triggers_its_own_job():

@@ -266,6 +266,60 @@ def test_rate_limited_incremental_refreshes_back_off_and_all_start(make_standin,
     )  # requested with <extractRefresh incremental="true">
 
 
+def test_a_429_whose_wait_passes_the_deadline_fails_the_rest_as_throttled_without_asking_again(
+    make_standin, tmp_path
+):
+    from conftest import Workspace
+
+    limit = {"max_requests": 2, "per_seconds": 600, "retry_after_seconds": 1800}
+    standin = make_standin(
+        refresh_rate_limit={**limit, "retry_after_unit": "minutes", "retry_after_header": False}
+    )
+    workspace = Workspace(standin, tmp_path)
+    workspace.create_pool(["pat-1"])
+    config = workspace.write_domains({"sales": SALES})  # timeout 120 s: far less than 30 minutes
+
+    started = time.monotonic()
+    with pytest.raises(
+        DomainRefreshError, match=r"3 of 5 refreshes did not succeed: .*Sales/Targets: throttled"
+    ) as raised:
+        refresh_domain("sales", config, FAST)
+
+    assert time.monotonic() - started < 60  # failed at once, never slept towards the 30 minutes
+    statuses = [r.status for r in raised.value.summary.refreshes]
+    assert statuses == ["succeeded", "succeeded", "throttled", "throttled", "throttled"]
+    assert "Please retry after 30 minutes." in raised.value.summary.refreshes[2].notes
+    assert "waiting 1800 s would pass the domain's deadline" in raised.value.summary.refreshes[2].notes
+    assert standin.audit()["rate_limited_requests"] == 1  # the contents after it were not requested
+
+
+def test_jobs_cancelled_for_spent_quota_are_quota_exhausted_and_not_retried(make_standin, tmp_path):
+    from conftest import Workspace
+
+    content = [{"project": "Sales", "name": n, "duration_seconds": 60} for n in ("Orders", "Leads")]
+    standin = make_standin(
+        datasources=content,
+        workbooks=[],
+        projects=["Sales"],
+        daily_job_capacity_seconds=60,
+        backgrounder_slots=1,
+    )
+    workspace = Workspace(standin, tmp_path)
+    workspace.create_pool(["pat-1"])
+    config = workspace.write_domains(
+        {"sales": {"datasources": [{"project": "Sales", "name": c["name"]} for c in content]}}
+    )
+
+    with pytest.raises(DomainRefreshError) as raised:
+        refresh_domain("sales", config, FAST)
+
+    message = str(raised.value)
+    assert "Sales/Leads: quota exhausted (No more non-interactive quota remaining for your site)" in message
+    assert "daily job capacity is spent; it resets at 24:00 UTC. They were not retried" in message
+    assert [r.status for r in raised.value.summary.refreshes] == ["succeeded", "quota exhausted"]
+    assert standin.audit()["jobs_created"] == {"datasource:Sales/Orders": 1, "datasource:Sales/Leads": 1}
+
+
 # --- Bad input: a clear error, and no refresh started ------------------------------------------
 
 
