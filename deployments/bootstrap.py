@@ -9,6 +9,8 @@
 A pool ``P`` of ``K`` PATs needs ``<prefix>-pool`` with limit ``K`` and one ``<prefix>-<PAT block>``
 with limit 1 per PAT, all active and without slot decay. A disabled limit enforces nothing and
 a mis-sized one lets two runs share a PAT: both are drift, an error unless ``--fix`` repairs it.
+It also creates (and checks) the automation that marks Crashed the runs of a dead host
+(``deployments/automations.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalC
 from prefect.exceptions import ObjectNotFound
 
 from blocks.tableau import TableauPatPool
+from deployments.automations import bootstrap_zombie_automation
 from tasks.tableau.pat_pool import expected_limits, limit_drift
 
 
@@ -104,8 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     report = bootstrap_pool_limits(pool, fix=args.fix, check_only=args.check)
     print(f"PAT pool {args.pool_block!r}: {len(pool.pat_block_names)} PAT(s)")
     print("\n".join(f"  {line}" for line in report.lines()))
-    if not report.ok:
-        print("Limits are missing or drifted: run again with --fix to repair them.", file=sys.stderr)
+    zombies = bootstrap_zombie_automation(fix=args.fix, check_only=args.check)
+    print("Dead hosts' flow runs:\n" + "\n".join(f"  {line}" for line in zombies.lines()))
+    if not report.ok or not zombies.ok:
+        print(
+            "Limits or automation are missing or drifted: run again with --fix to repair them.",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
