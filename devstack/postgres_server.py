@@ -13,6 +13,7 @@ import glob
 import os
 import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -87,7 +88,9 @@ class PostgresServer(ServerProcess):
     """
 
     name = "PostgreSQL"
-    stop_signal_name = "SIGINT"  # "Fast Shutdown" (SIGTERM is "Smart Shutdown": it waits for every client)
+    # "Fast Shutdown"; SIGTERM is "Smart Shutdown", which waits for every client to disconnect
+    # (PostgreSQL documentation, "Shutting Down the Server").
+    stop_signal = signal.SIGINT
 
     def __init__(self, *, database: str = "prefect", startup_timeout_seconds: float = 60.0) -> None:
         self.database = database

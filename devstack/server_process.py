@@ -16,18 +16,19 @@ from devstack.prefect_server import free_port
 
 
 class ServerProcess:
-    """Base of ``MotoServer`` and ``Azurite``: subclasses give ``name``, ``url`` and ``_answers()``.
+    """Base of ``MotoServer``, ``Azurite``, ``PostgresServer`` and ``RedisServer``: subclasses give
+    ``name``, ``url`` and ``_answers()``.
 
     ``_launch(argv)`` starts the process (as another ``user`` if given, e.g. a server that refuses
     root) with its output in a temporary log and waits until ``_answers()`` is true, raising
     ``RuntimeError`` with the log if it exits or stays silent for ``startup_timeout_seconds``.
-    ``stop()`` sends ``stop_signal_name`` (SIGTERM unless a subclass says otherwise) to the group,
+    ``stop()`` sends ``stop_signal`` (SIGTERM unless a subclass says otherwise) to the group,
     SIGKILL after 10 s; idempotent.
     """
 
     name = "server"
     url = ""
-    stop_signal_name = "SIGTERM"
+    stop_signal = signal.SIGTERM
 
     def __init__(self, startup_timeout_seconds: float):
         self.startup_timeout_seconds = startup_timeout_seconds
@@ -102,7 +103,7 @@ class ServerProcess:
         if process is not None:
             try:
                 # also after the leader exited: children it left
-                os.killpg(process.pid, getattr(signal, self.stop_signal_name))
+                os.killpg(process.pid, self.stop_signal)
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
