@@ -137,10 +137,18 @@ def bootstrap_zombie_automation(
         if not found:
             if check_only:
                 return AutomationReport("MISSING")
-            client.create_automation(expected)
+            created = client.create_automation(expected)
+            # Another bootstrap may have created it at the same moment: all keep the same one.
+            found = client.read_automations_by_name(expected.name)
+            keep = min(found, key=lambda automation: str(automation.id))
+            if keep.id != created:
+                client.delete_automation(created)
+                return AutomationReport("ok")
             return AutomationReport("created")
         first, extra = found[0], found[1:]
-        problems = automation_drift(first, expected)
+        problems = list(
+            dict.fromkeys(p for automation in found for p in automation_drift(automation, expected))
+        )
         if extra:
             problems.append(f"{len(found)} automations have this name, expected 1")
         if not problems:
