@@ -17,9 +17,10 @@ demo: sync
 	$(UV) run --locked python -m devstack.demo
 
 # Tests run on TEST_WORKERS pytest-xdist workers sharing one Prefect server; the slowest are listed.
+# Tests marked xdist_group(name) stay on one worker (tests/multihost: one stack for its scenario).
 TEST_WORKERS ?= 2
 test: sync services
-	$(UV) run --locked python -m pytest -n $(TEST_WORKERS) --durations=25
+	$(UV) run --locked python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25
 
 # PostgreSQL and Redis for the multi-host tests (a Prefect server as teams run it): Debian's packages,
 # installed when missing (apt-get needs root, as on CI). Elsewhere install a PostgreSQL >= 14.9 and a
