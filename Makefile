@@ -11,15 +11,25 @@ NPM ?= npm
 AZURITE_STAMP := devstack/azurite/node_modules/.installed
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: demo test sync lint clean
+.PHONY: demo test sync services lint clean
 
 demo: sync
 	$(UV) run --locked python -m devstack.demo
 
 # Tests run on TEST_WORKERS pytest-xdist workers sharing one Prefect server; the slowest are listed.
+# Tests marked xdist_group(name) stay on one worker (tests/multihost: one stack for its scenario).
 TEST_WORKERS ?= 2
-test: sync
-	$(UV) run --locked python -m pytest -n $(TEST_WORKERS) --durations=25
+test: sync services
+	$(UV) run --locked python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25
+
+# PostgreSQL and Redis for the multi-host tests (a Prefect server as teams run it): Debian's packages,
+# installed when missing (apt-get needs root, as on CI). Elsewhere install a PostgreSQL >= 14.9 and a
+# redis-server yourself, and set POSTGRES_BINDIR and REDIS_SERVER if they are not where Debian puts them.
+services:
+	@if ! { [ -n "$$POSTGRES_BINDIR" ] || command -v postgres >/dev/null || ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; } \
+	    || ! { [ -n "$$REDIS_SERVER" ] || command -v redis-server >/dev/null; }; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql redis-server; \
+	fi
 
 lint: sync
 	$(UV) run --locked ruff check .

@@ -13,6 +13,8 @@ with limit 1 per PAT; a connected app needs its ``concurrency_limit_name`` with 
 ``refresh_capacity``; all active and without slot decay. A disabled limit enforces nothing and a
 mis-sized one lets two runs share a PAT (or more runs refresh than the site can take): both are drift,
 an error unless ``--fix`` repairs it. Without any block option the pool block ``tableau-pat-pool``.
+It also creates (and checks) the automation that marks Crashed the runs of a dead host
+(``deployments/automations.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalC
 from prefect.exceptions import ObjectNotFound
 
 from blocks.tableau import TableauConnectedApp, TableauPatPool
+from deployments.automations import bootstrap_zombie_automation
 from tasks.tableau.connected_app import expected_capacity_limit
 from tasks.tableau.pat_pool import expected_limits, limit_drift
 
@@ -142,8 +145,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Connected app {name!r}: refresh capacity {block.refresh_capacity}")
         print("\n".join(f"  {line}" for line in report.lines()))
         ok = ok and report.ok
-    if not ok:
-        print("Limits are missing or drifted: run again with --fix to repair them.", file=sys.stderr)
+    zombies = bootstrap_zombie_automation(fix=args.fix, check_only=args.check)
+    print("Dead hosts' flow runs:\n" + "\n".join(f"  {line}" for line in zombies.lines()))
+    if not ok or not zombies.ok:
+        print(
+            "Limits or automation are missing or drifted: run again with --fix to repair them.",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

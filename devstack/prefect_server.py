@@ -1,8 +1,13 @@
-"""Run a real ``prefect server start`` (SQLite) on a free loopback port, for the demo and the tests.
+"""Run a real ``prefect server start`` on a free loopback port, for the demo and the tests: on SQLite
+(the default), or on PostgreSQL with Redis as teams run it on several hosts.
 
-The server keeps its database and concurrency leases under a private directory (filesystem lease
-storage, so a server restart does not strand held slots) and runs its lease-expiry service
-(the repossessor) every ``repossessor_loop_seconds``, which the Prefect test harness does not.
+On SQLite the server keeps its database and concurrency leases under a private directory (filesystem
+lease storage, so a server restart does not strand held slots). On PostgreSQL + Redis
+(``PostgresRedisBackend``) it is configured as Prefect's self-hosting guide says ("How to scale
+self-hosted Prefect": database URL, Redis messaging broker and cache, causal ordering, lease storage,
+Docket); several API servers (``services=False``) and one ``PrefectServices`` process can then share
+the database. Either way the lease-expiry service (the repossessor) runs every
+``repossessor_loop_seconds``, which the Prefect test harness does not.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -28,74 +35,128 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class PrefectServer:
-    """``prefect server start`` in a subprocess; a context manager that stops it on exit.
+@dataclass(frozen=True)
+class PostgresRedisBackend:
+    """A server's database on PostgreSQL and its messaging, event ordering, concurrency lease storage
+    and Docket on Redis (prefect-redis), as "How to scale self-hosted Prefect" configures them.
 
     Attributes:
-        api_url: the server's API URL (``http://127.0.0.1:<port>/api``), once started.
-        home: the directory holding its database, leases and log (``server.log``).
+        database_url: ``postgresql+asyncpg://user[:password]@host:port/database``.
+        redis_host, redis_port: the Redis server.
+        messaging_db: Redis database of the messaging broker, cache, ordering and lease storage.
+        docket_db: Redis database of Docket, which coordinates the background services (the guide
+            suggests its own database number).
     """
 
-    def __init__(self, home: str | os.PathLike[str] | None = None, *, repossessor_loop_seconds: float = 5.0):
+    database_url: str
+    redis_host: str
+    redis_port: int
+    messaging_db: int = 0
+    docket_db: int = 1
+
+    def server_env(self) -> dict[str, str]:
+        """The server settings (environment variables) of every API server and services process."""
+        return {
+            "PREFECT_API_DATABASE_CONNECTION_URL": self.database_url,
+            # Several processes share the database: migrations run once, before any starts (migrate()).
+            "PREFECT_API_DATABASE_MIGRATE_ON_START": "false",
+            "PREFECT_MESSAGING_BROKER": "prefect_redis.messaging",
+            "PREFECT_MESSAGING_CACHE": "prefect_redis.messaging",
+            "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "prefect_redis.ordering",
+            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect_redis.lease_storage",
+            "PREFECT_REDIS_MESSAGING_HOST": self.redis_host,
+            "PREFECT_REDIS_MESSAGING_PORT": str(self.redis_port),
+            "PREFECT_REDIS_MESSAGING_DB": str(self.messaging_db),
+            "PREFECT_SERVER_DOCKET_URL": f"redis://{self.redis_host}:{self.redis_port}/{self.docket_db}",
+        }
+
+
+def _server_env(
+    home: Path,
+    backend: PostgresRedisBackend | None,
+    repossessor_loop_seconds: float,
+    settings: Mapping[str, str],
+) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": str(repossessor_loop_seconds),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    if backend is None:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{home / 'prefect.db'}"
+        env["PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"] = LEASE_STORAGE
+    else:
+        env.update(backend.server_env())
+    env.update(settings)
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
+def migrate(backend: PostgresRedisBackend, timeout_seconds: float = 300) -> None:
+    """Create or upgrade Prefect's schema in the backend's database (``prefect server database
+    upgrade -y``), once, before the servers that share it start.
+
+    Raises:
+        RuntimeError: the upgrade failed, with its output.
+    """
+    with tempfile.TemporaryDirectory(prefix="prefect-migrate-") as home:
+        done = subprocess.run(
+            [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"],
+            env=_server_env(Path(home), backend, 5.0, {}),
+            capture_output=True,
+            text=True,
+            timeout=timeout_seconds,
+        )
+    if done.returncode:
+        raise RuntimeError(
+            f"prefect server database upgrade failed ({done.returncode}):\n{done.stdout}{done.stderr}"
+        )
+
+
+class _PrefectProcess:
+    """A Prefect server process in its own process group, its output in ``<home>/server.log``."""
+
+    def __init__(
+        self,
+        home: str | os.PathLike[str] | None,
+        *,
+        repossessor_loop_seconds: float,
+        backend: PostgresRedisBackend | None,
+        settings: Mapping[str, str] | None,
+    ):
         self._tmp = None if home else tempfile.TemporaryDirectory(prefix="prefect-server-")
         self.home = Path(home or self._tmp.name)
-        self.port = free_port()
-        self.api_url = f"http://127.0.0.1:{self.port}/api"
-        self.ui_url = f"http://127.0.0.1:{self.port}"
+        self.backend = backend
         self._repossessor_loop_seconds = repossessor_loop_seconds
+        self._settings = dict(settings or {})
         self._process: subprocess.Popen | None = None
 
-    def client_env(self) -> dict[str, str]:
-        """Environment variables that point a Prefect client at this server."""
-        return {"PREFECT_API_URL": self.api_url, "PREFECT_HOME": str(self.home / "client")}
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
 
-    def start(self, timeout_seconds: float = 120) -> PrefectServer:
-        env = {
-            **os.environ,
-            "PREFECT_HOME": str(self.home),
-            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{self.home / 'prefect.db'}",
-            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": LEASE_STORAGE,
-            "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": str(self._repossessor_loop_seconds),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_UI_ENABLED": "true",
-            # The UI asks /ui-settings where the API is; the default (http://127.0.0.1:4200/api) is not
-            # this server on its free port, and every page would say "Can't connect to Server API".
-            "PREFECT_UI_API_URL": self.api_url,
-        }
-        env.pop("PREFECT_API_URL", None)
+    def _spawn(self, argv: list[str], defaults: Mapping[str, str]) -> None:
+        """Start ``python -m prefect <argv>``; ``defaults`` are settings that ``settings`` may override."""
+        env = _server_env(
+            self.home, self.backend, self._repossessor_loop_seconds, {**defaults, **self._settings}
+        )
         self.home.mkdir(parents=True, exist_ok=True)
         self._log = open(self.home / "server.log", "wb")  # closed in stop()
         self._process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "prefect",
-                "server",
-                "start",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
+            [sys.executable, "-m", "prefect", *argv],
             env=env,
+            stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + timeout_seconds
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(
-                    f"prefect server exited with {self._process.returncode}; see {self.home / 'server.log'}"
-                )
-            try:
-                if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise TimeoutError(f"prefect server did not answer on {self.api_url} within {timeout_seconds} s")
+
+    def _exited(self) -> None:
+        assert self._process is not None
+        if self._process.poll() is not None:
+            log = (self.home / "server.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{self} exited with {self._process.returncode}; its log:\n{log}")
 
     def stop(self) -> None:
         if self._process and self._process.poll() is None:
@@ -110,8 +171,131 @@ class PrefectServer:
         if self._tmp:
             self._tmp.cleanup()
 
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class PrefectServer(_PrefectProcess):
+    """``prefect server start`` in a subprocess; a context manager that stops it on exit.
+
+    Args:
+        home: directory of its ``PREFECT_HOME``, log (``server.log``) and, on SQLite, database and
+            leases; None: a temporary directory removed by ``stop()``.
+        repossessor_loop_seconds: how often the server frees the slots of expired leases.
+        backend: None for SQLite with filesystem lease storage; a ``PostgresRedisBackend`` for
+            PostgreSQL + Redis (whose schema ``migrate()`` must have created first).
+        services: False runs an API server only (``--no-services``), one of several replicas whose
+            background services run in a ``PrefectServices`` process.
+        settings: further server settings (environment variables), e.g. loop intervals.
+
+    Attributes:
+        api_url: the server's API URL (``http://127.0.0.1:<port>/api``), once started.
+        home: the directory holding its log and, on SQLite, its database and leases.
+    """
+
+    def __init__(
+        self,
+        home: str | os.PathLike[str] | None = None,
+        *,
+        repossessor_loop_seconds: float = 5.0,
+        backend: PostgresRedisBackend | None = None,
+        services: bool = True,
+        settings: Mapping[str, str] | None = None,
+    ):
+        super().__init__(
+            home, repossessor_loop_seconds=repossessor_loop_seconds, backend=backend, settings=settings
+        )
+        self.services = services
+        self.port = free_port()
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self.ui_url = f"http://127.0.0.1:{self.port}"
+
+    def __str__(self) -> str:
+        return f"prefect server on {self.api_url}"
+
+    def client_env(self) -> dict[str, str]:
+        """Environment variables that point a Prefect client at this server."""
+        return {"PREFECT_API_URL": self.api_url, "PREFECT_HOME": str(self.home / "client")}
+
+    def launch(self) -> PrefectServer:
+        """Start the process without waiting for it to answer (``wait_until_ready()`` does)."""
+        argv = ["server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
+        if not self.services:
+            argv.append("--no-services")
+        # The UI asks /ui-settings where the API is; the default (http://127.0.0.1:4200/api) is not
+        # this server on its free port, and every page would say "Can't connect to Server API".
+        self._spawn(argv, {"PREFECT_UI_ENABLED": "true", "PREFECT_UI_API_URL": self.api_url})
+        return self
+
+    def wait_until_ready(self, timeout_seconds: float = 120) -> PrefectServer:
+        """Wait until ``/api/health`` answers 200.
+
+        Raises:
+            RuntimeError: the server exited (with its log).
+            TimeoutError: it did not answer within ``timeout_seconds``.
+        """
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            self._exited()
+            try:
+                if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"prefect server did not answer on {self.api_url} within {timeout_seconds} s")
+
+    def start(self, timeout_seconds: float = 120) -> PrefectServer:
+        self.launch()
+        try:
+            return self.wait_until_ready(timeout_seconds)
+        except BaseException:
+            self.stop()
+            raise
+
     def __enter__(self) -> PrefectServer:
         return self.start()
 
-    def __exit__(self, *exc_info: object) -> None:
+
+class PrefectServices(_PrefectProcess):
+    """``prefect server services start``: the background services (scheduler, triggers of automations,
+    repossessor, ...) of API servers started with ``services=False``, in one process; a context
+    manager that stops it on exit. Same arguments as ``PrefectServer`` but ``services``."""
+
+    #: What the process prints as it starts its services (prefect.cli.server, ``start_services``).
+    READY_LINE = b"Starting services"
+
+    def __str__(self) -> str:
+        return f"prefect server services ({self.home})"
+
+    def launch(self) -> PrefectServices:
+        self._spawn(["server", "services", "start"], {})
+        return self
+
+    def wait_until_ready(self, timeout_seconds: float = 120) -> PrefectServices:
+        """Wait until the process says its services started.
+
+        Raises:
+            RuntimeError: it exited (with its log).
+            TimeoutError: it did not say so within ``timeout_seconds``.
+        """
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            self._exited()
+            if self.READY_LINE in (self.home / "server.log").read_bytes():
+                return self
+            time.sleep(0.5)
         self.stop()
+        raise TimeoutError(f"{self} did not start within {timeout_seconds} s")
+
+    def start(self, timeout_seconds: float = 120) -> PrefectServices:
+        self.launch()
+        try:
+            return self.wait_until_ready(timeout_seconds)
+        except BaseException:
+            self.stop()
+            raise
+
+    def __enter__(self) -> PrefectServices:
+        return self.start()

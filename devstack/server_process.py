@@ -16,15 +16,19 @@ from devstack.prefect_server import free_port
 
 
 class ServerProcess:
-    """Base of ``MotoServer`` and ``Azurite``: subclasses give ``name``, ``url`` and ``_answers()``.
+    """Base of ``MotoServer``, ``Azurite``, ``PostgresServer`` and ``RedisServer``: subclasses give
+    ``name``, ``url`` and ``_answers()``.
 
-    ``_launch(argv)`` starts the process with its output in a temporary log and waits until
-    ``_answers()`` is true, raising ``RuntimeError`` with the log if it exits or stays silent for
-    ``startup_timeout_seconds``. ``stop()`` sends SIGTERM to the group, SIGKILL after 10 s; idempotent.
+    ``_launch(argv)`` starts the process (as another ``user`` if given, e.g. a server that refuses
+    root) with its output in a temporary log and waits until ``_answers()`` is true, raising
+    ``RuntimeError`` with the log if it exits or stays silent for ``startup_timeout_seconds``.
+    ``stop()`` sends ``stop_signal`` (SIGTERM unless a subclass says otherwise) to the group,
+    SIGKILL after 10 s; idempotent.
     """
 
     name = "server"
     url = ""
+    stop_signal = signal.SIGTERM
 
     def __init__(self, startup_timeout_seconds: float):
         self.startup_timeout_seconds = startup_timeout_seconds
@@ -50,7 +54,14 @@ class ServerProcess:
             raise RuntimeError(f"{self.name} on {self.url} is already running")
         self._tmp = tempfile.TemporaryDirectory(prefix=f"{self.name.split()[0].lower()}-")
 
-    def _launch(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+    def _launch(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        *,
+        user: str | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         log_path = self._workdir / "server.log"
         with open(log_path, "wb") as log:
             self._process = subprocess.Popen(
@@ -60,6 +71,10 @@ class ServerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: stop() signals it and any children
+                user=user,
+                group=user,
+                extra_groups=[] if user else None,
+                cwd=cwd,
             )
         try:
             self._wait_until_ready(log_path)
@@ -87,7 +102,8 @@ class ServerProcess:
         process, self._process = self._process, None
         if process is not None:
             try:
-                os.killpg(process.pid, signal.SIGTERM)  # also after the leader exited: children it left
+                # also after the leader exited: children it left
+                os.killpg(process.pid, self.stop_signal)
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)

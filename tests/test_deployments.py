@@ -100,6 +100,9 @@ def test_prefect_deploy_all_against_a_real_server(prefect_api_url):
     )
     metadata = deployments["metadata-athena-prod"]
     assert metadata.work_pool_name == "metadata" and metadata.global_concurrency_limit.limit == 1
+    # Every run beats every 30 s (the dead-host automation watches it) and keeps its output off the worker.
+    beats = {"stream_output": False, "env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}}
+    assert sales.job_variables == crm.job_variables == metadata.job_variables == beats
 
 
 def test_the_domain_deployments_of_prefect_yaml_are_generated_from_the_configuration():

@@ -1,0 +1,483 @@
+"""The PAT pool's promises on a Prefect server as teams run it on several hosts: PostgreSQL + Redis,
+two process-worker hosts, deployments as ``prefect.yaml`` defines them (heartbeats, no output piped
+through the worker, a concurrency limit of 1 per deployment).
+
+One scenario, run once for the module and all at once on the same stack (each test asserts one
+promise of it):
+
+- contention: 3 domain runs on 2 PATs, spread over both hosts;
+- a dead host: host A dies (its worker and flow-run processes SIGKILLed) while two domain runs
+  hold PATs and their Tableau jobs wait in the backgrounder's queue behind another team's long
+  refresh, and while a CRM export job launched there runs; a third domain run of that pool is on
+  host B;
+- a worker restart: host B's worker process alone is SIGKILLed meanwhile (its flow run lives on),
+  then started again;
+- the dead domains and the CRM export are rerun on host B.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from devstack.multihost import ROOT, MultiHostStack
+from multihost.conftest import LEASE_SECONDS, REPOSSESSOR_LOOP_SECONDS, WITHIN_SECONDS, host_env, wait_for
+
+# One stack and one scenario for the module: with pytest-xdist its tests stay on one worker
+# (``--dist loadgroup``, as ``make test`` runs them).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200), pytest.mark.xdist_group("multihost")]
+
+POOL = "tableau-refresh"
+POLL = {"initial_interval": 0.5, "max_interval": 2.0, "backoff": 1.5, "rate_limit_default_wait": 0.5}
+API_KEY = "sk-multihost-3f1c"
+SITE = "analytics"
+PATS = {f"pat-{i}": f"secret-{i}" for i in range(1, 6)}
+
+
+def job_variables() -> dict[str, Any]:
+    """The job variables ``prefect.yaml`` gives every deployment (heartbeats, no piped output)."""
+    return yaml.safe_load((ROOT / "prefect.yaml").read_text())["definitions"]["job_variables"]
+
+
+def standin(**config: Any):
+    from devstack.tableau import TableauStandIn, load_config
+
+    pats = [{"name": name, "secret": secret} for name, secret in PATS.items()]
+    return TableauStandIn(load_config({"site_content_url": SITE, "pats": pats, **config})).start()
+
+
+def create_pool(name: str, url: str, pats: list[str]):
+    """A PAT pool block ``name`` of ``pats`` (PAT blocks ``<name>-<pat>``) with its limits."""
+    from blocks import TableauPatPool, TableauPersonalAccessToken, TableauSite
+    from deployments.bootstrap import bootstrap_pool_limits
+
+    for pat in pats:
+        TableauPersonalAccessToken(token_name=pat, token_secret=PATS[pat]).save(
+            f"{name}-{pat}", overwrite=True
+        )
+    pool = TableauPatPool(
+        site=TableauSite(server_url=url, site_content_url=SITE, api_version="3.29"),
+        pat_block_names=[f"{name}-{pat}" for pat in pats],
+        concurrency_limit_prefix=name,
+        lease_duration_seconds=LEASE_SECONDS,
+        acquire_timeout_seconds=600,
+    )
+    pool.save(name, overwrite=True)
+    assert bootstrap_pool_limits(pool).ok
+    return pool
+
+
+def write_domains(path: Path, pool: str, contents: dict[str, list[str]]) -> str:
+    body = {
+        "defaults": {"pat_pool_block": pool, "timeout_seconds": 900},
+        "domains": {
+            domain: {
+                "upstream": {"flow": f"{domain}-pipeline"},
+                "datasources": [{"project": "Ops", "name": n} for n in names],
+            }
+            for domain, names in contents.items()
+        },
+    }
+    path.write_text(yaml.safe_dump(body))
+    return str(path)
+
+
+def state(flow_run_id):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id).state
+
+
+def run(deployment: str, work_queue_name: str | None = None):
+    from prefect.deployments import run_deployment
+
+    return run_deployment(deployment, timeout=0, work_queue_name=work_queue_name).id
+
+
+def active_slots(name: str) -> int:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_global_concurrency_limit_by_name(name).active_slots
+
+
+def logs(flow_run_id) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return [
+            log.message
+            for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        ]
+
+
+def held_pat(flow_run_id) -> str | None:
+    """The PAT block a domain run said it holds ("Domain ... holds PAT '...'")."""
+    for message in logs(flow_run_id):
+        if match := re.search(r"holds PAT '([^']+)'", message):
+            return match[1]
+    return None
+
+
+def artifact_rows(flow_run_id, key: str) -> list[dict[str, Any]]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
+            )
+        )
+    return json.loads(artifact.data) if artifact.type == "table" else [{"markdown": artifact.data}]
+
+
+def task_completed(flow_run_id, prefix: str) -> bool:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return any(t.name.startswith(prefix) and t.state and t.state.is_completed() for t in tasks)
+
+
+@dataclass
+class Outcome:
+    """What the scenario did and measured (times in seconds after host A's death)."""
+
+    contention: dict[str, Any] = field(default_factory=dict)
+    dead: dict[str, Any] = field(default_factory=dict)
+    crm: dict[str, Any] = field(default_factory=dict)
+    restart: dict[str, Any] = field(default_factory=dict)
+
+
+@pytest.fixture(scope="module")
+def outcome(stack: MultiHostStack, tmp_path_factory: pytest.TempPathFactory) -> Outcome:
+    from prefect import deploy
+    from prefect.blocks.system import Secret
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    from deployments.automations import bootstrap_zombie_automation, zombie_flow_runs_automation
+    from devstack.crm import CrmStandIn
+    from devstack.tableau.config import content_id
+    from devstack.user_rows import write_user_rows
+    from flows.crm_export.export import crm_export
+    from flows.tableau.refresh import refresh_domain
+    from tasks.crm_export.launchers.local import LocalLauncher
+    from tasks.crm_export.tasks import CrmSettings, LocalRunnerSettings, LocalSource
+
+    tmp = tmp_path_factory.mktemp("scenario")
+    result = Outcome()
+    assert bootstrap_zombie_automation(zombie_flow_runs_automation(within_seconds=WITHIN_SECONDS)).ok
+
+    # Contention: 3 domains of 2 short data sources each, on 2 PATs.
+    contention_site = standin(
+        projects=["Ops"],
+        datasources=[
+            {"project": "Ops", "name": f"c{i}-{j}", "duration_seconds": [100, 300]}
+            for i in range(3)
+            for j in range(2)
+        ],
+        workbooks=[],
+        backgrounder_slots=4,
+        time_scale=100,
+    )
+    create_pool("contention", contention_site.url, ["pat-1", "pat-2"])
+    contention_domains = write_domains(
+        tmp / "contention.yaml", "contention", {f"c{i}": [f"c{i}-0", f"c{i}-1"] for i in range(3)}
+    )
+    # The dead host: one backgrounder slot, taken by another team's long refresh (the "blocker"),
+    # so that the domains' jobs wait in its queue, in flight, until the test cancels it.
+    dead_site = standin(
+        projects=["Ops"],
+        datasources=[
+            {"project": "Ops", "name": "blocker", "duration_seconds": 10**7},
+            *({"project": "Ops", "name": f"k{i}", "duration_seconds": 200} for i in range(3)),
+        ],
+        workbooks=[],
+        backgrounder_slots=1,
+        time_scale=100,
+    )
+    dead_pool = create_pool("deadhost", dead_site.url, ["pat-3", "pat-4", "pat-5"])
+    dead_domains = write_domains(tmp / "deadhost.yaml", "deadhost", {f"k{i}": [f"k{i}"] for i in range(3)})
+    blocker = dead_site.site.refresh("datasource", content_id("datasource", "Ops", "blocker"), False)
+
+    # The CRM export: a shard, the API key block, and a job registry both hosts reach.
+    crm = CrmStandIn(api_key=API_KEY, db_path=tmp / "crm.sqlite3").start()
+    # Held until released: 60 batches, 4 in flight, 20 s each, i.e. 5 minutes unless released.
+    crm.configure(slow_rate=1.0, slow_seconds=20.0)
+    write_user_rows(tmp / "shards" / "users_20261116.jsonl", 3_000)
+    secret = f"crm-api-key-{uuid.uuid4().hex[:6]}"
+    Secret(value=API_KEY).save(secret)
+    registry = tmp / "shared" / "crm-jobs"
+
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=POOL, type="process"))
+        for queue in ("host-a", "host-b"):
+            client.create_work_queue(name=queue, work_pool_name=POOL)
+
+    refresh = refresh_domain.from_source(str(ROOT), "flows/tableau/refresh.py:refresh_domain")
+    export = crm_export.from_source(str(ROOT), "flows/crm_export/export.py:crm_export")
+    common = dict(concurrency_limit=1, job_variables=job_variables())
+    placement = {
+        "c0": "host-a",
+        "c1": "host-b",
+        "c2": "host-b",
+        "k0": "host-a",
+        "k1": "host-a",
+        "k2": "host-b",
+    }
+    deployments = [
+        refresh.to_deployment(
+            name=domain,
+            work_queue_name=queue,
+            parameters={
+                "domain": domain,
+                "config_path": contention_domains if domain.startswith("c") else dead_domains,
+                "poll_policy": POLL,
+            },
+            tags=["tableau", f"domain-{domain}"],
+            **common,
+        )
+        for domain, queue in placement.items()
+    ]
+    deployments.append(
+        export.to_deployment(
+            name="crm",
+            work_queue_name="host-a",
+            parameters={
+                "source": LocalSource(directory=tmp / "shards", table_prefix="users").model_dump(mode="json"),
+                "crm": CrmSettings(
+                    url=crm.batch_url, api_key_block=f"secret/{secret}", batch_size=100
+                ).model_dump(mode="json"),
+                "runner": LocalRunnerSettings(registry_dir=registry).model_dump(mode="json"),
+                "dead_letter_location": str(tmp / "dead-letters"),
+                "poll": {"interval_seconds": 0.5, "timeout_seconds": 900},
+            },
+            tags=["crm"],
+            **common,
+        )
+    )
+    deploy(
+        *deployments,
+        work_pool_name=POOL,
+        build=False,
+        push=False,
+        print_next_steps_message=False,
+        ignore_warnings=True,
+    )
+
+    env = host_env(stack.workdir)
+    host_a = stack.add_host("host-a", POOL, work_queue="host-a", env=env)
+    host_b = stack.add_host("host-b", POOL, work_queue="host-b", env=env)
+    try:
+        runs = {name: run(f"refresh-tableau-domain/{name}") for name in placement}
+        runs["crm"] = run("crm-export/crm")
+        launcher = LocalLauncher(registry)
+
+        def jobs_of(domains):
+            return {j["name"] for j in dead_site.site.audit()["jobs"]} >= set(domains)
+
+        wait_for(lambda: all(state(runs[f"c{i}"]).is_final() for i in range(3)), 600, "the contention runs")
+        wait_for(lambda: jobs_of(["k0", "k1", "k2"]), 600, "the dead-host domains' jobs")
+        wait_for(
+            lambda: any(
+                j.state.value == "JOB_STATE_RUNNING" for j in launcher.list_jobs("crm-export-20261116")
+            ),
+            600,
+            "the CRM job",
+        )
+        result.contention = {
+            "states": {f"c{i}": state(runs[f"c{i}"]).name for i in range(3)},
+            "audit": contention_site.site.audit(),
+            "hosts": {runs[f"c{i}"]: placement[f"c{i}"] for i in range(3)},
+        }
+        dead_pats = {held_pat(runs["k0"]), held_pat(runs["k1"])}
+        assert None not in dead_pats, "the dead host's domains hold no PAT"
+        dead_limits = [dead_pool.pat_limit_names()[pat] for pat in dead_pats]
+        (crm_job,) = launcher.list_jobs("crm-export-20261116")
+        with stack.redis.client() as redis:  # the leases of the held PATs, in Redis (prefect-redis)
+            result.dead["redis_leases"] = len(redis.keys("prefect:concurrency:lease:*"))
+
+        # Host B's worker restarts: its flow run (k2) lives on.
+        orphans = host_b.kill_worker()
+        host_b.start()
+        result.restart = {"orphans": orphans}
+
+        # Host A dies with its flow runs: k0, k1 and the CRM export's flow run.
+        killed = host_a.kill_host()
+        killed_at = time.monotonic()
+        result.dead.update(killed=killed, pats=dead_pats)
+        reruns = {name: run(f"refresh-tableau-domain/{name}", "host-b") for name in ("k0", "k1")}
+        crm_rerun = run("crm-export/crm", "host-b")
+
+        freed_at, crashed_at, started_at, released = None, {}, {}, set()
+        deadline = killed_at + 600
+        while time.monotonic() < deadline:
+            now = time.monotonic() - killed_at
+            if freed_at is None and all(active_slots(limit) == 0 for limit in dead_limits):
+                freed_at = now
+            for name in ("k0", "k1"):
+                if name not in crashed_at and state(runs[name]).is_crashed():
+                    crashed_at[name] = now
+                if name not in started_at and state(reruns[name]).is_running():
+                    started_at[name] = now
+            if "blocker" not in released and dead_site.site.audit()["conflict_requests"] >= 2:
+                dead_site.site.cancel(blocker.id)  # both reruns adopted their jobs: let the queue move
+                released.add("blocker")
+            if "crm" not in released and task_completed(crm_rerun, "launch_export_job"):
+                crm.configure(slow_rate=0.0)
+                released.add("crm")
+            finals = [state(r) for r in (runs["k2"], *reruns.values(), crm_rerun)]
+            if all(s.is_final() for s in finals) and freed_at is not None and len(crashed_at) == 2:
+                break
+            time.sleep(0.5)
+        print(f"\nDead host's PATs free again {freed_at} s after the kill (lease {LEASE_SECONDS} s)")
+        print(f"Dead runs marked Crashed after {crashed_at} s; reruns running after {started_at} s")
+
+        result.dead.update(
+            freed_after=freed_at,
+            crashed_after=crashed_at,
+            rerun_started_after=started_at,
+            crashed=[state(runs[n]) for n in ("k0", "k1")],
+            survivor=state(runs["k2"]),
+            reruns={n: state(r) for n, r in reruns.items()},
+            rerun_rows={
+                n: artifact_rows(r, f"tableau-refresh-{n}")
+                for n, r in reruns.items()
+                if state(r).is_completed()
+            },
+            rerun_pats={n: held_pat(r) for n, r in reruns.items()},
+            audit=dead_site.site.audit(),
+        )
+        result.crm = {
+            "job": crm_job,
+            "crashed": state(runs["crm"]),
+            "rerun": state(crm_rerun),
+            "artifact": artifact_rows(crm_rerun, "crm-export") if state(crm_rerun).is_completed() else [],
+            "jobs": launcher.list_jobs("crm-export-20261116"),
+            "stats": crm.stats(),
+        }
+        result.restart.update(survivor=state(runs["k2"]), log="\n".join(logs(runs["k2"])))
+    finally:
+        crm.stop()
+        contention_site.stop()
+        dead_site.stop()
+    return result
+
+
+def assert_no_session_overlap(audit: dict[str, Any]) -> None:
+    """Every session of a PAT ended before the next sign-in with it (a session whose holder died is
+    ended by the next sign-in: "superseded", never used after)."""
+    sessions = defaultdict(list)
+    for session in audit["sessions"]:
+        sessions[session["pat"]].append(session)
+    for pat, held in sessions.items():
+        held.sort(key=lambda s: s["signed_in_at"])
+        for earlier, later in zip(held, held[1:], strict=False):
+            assert earlier["ended_at"] is not None and earlier["ended_at"] <= later["signed_in_at"] + 1e-6, (
+                pat,
+                held,
+            )
+
+
+def test_more_domain_runs_than_pats_across_two_hosts_all_complete_without_sharing_a_pat(outcome):
+    contention = outcome.contention
+    audit = contention["audit"]
+    assert contention["states"] == {"c0": "Completed", "c1": "Completed", "c2": "Completed"}
+    assert set(contention["hosts"].values()) == {"host-a", "host-b"}
+    assert audit["invalidated_token_requests"] == 0
+    assert sum(audit["sign_ins"].values()) == 3 and set(audit["sign_ins"]) <= {
+        "pat-1",
+        "pat-2",
+    }  # one per run
+    assert all(s["end_reason"] == "signed_out" for s in audit["sessions"])
+    assert_no_session_overlap(audit)
+    assert len(audit["jobs_created"]) == 6 and set(audit["jobs_created"].values()) == {1}
+
+
+def test_a_dead_hosts_pats_come_back_within_the_lease_and_the_survivor_completes(outcome):
+    dead = outcome.dead
+    assert len(dead["killed"]) >= 3  # k0, k1 and the CRM export's flow run
+    assert dead["survivor"].is_completed()
+    # The slots are freed by lease expiry, not released: after the last renewal (every 3/4 of the
+    # lease) plus the lease, plus the repossessor's loop and this test's polling.
+    assert dead["freed_after"] is not None
+    assert LEASE_SECONDS / 4 - 1 < dead["freed_after"] <= LEASE_SECONDS + REPOSSESSOR_LOOP_SECONDS + 14
+    assert dead["audit"]["invalidated_token_requests"] == 0
+    assert_no_session_overlap(dead["audit"])
+
+
+def test_the_dead_runs_are_marked_crashed_by_the_heartbeat_automation(outcome):
+    dead = outcome.dead
+    for crashed in dead["crashed"]:
+        assert crashed.is_crashed() and "no heartbeat" in crashed.message, crashed
+    assert all(after <= WITHIN_SECONDS + 15 for after in dead["crashed_after"].values()), dead[
+        "crashed_after"
+    ]
+
+
+def test_reruns_of_the_dead_domains_start_once_crashed_and_adopt_their_jobs(outcome):
+    dead = outcome.dead
+    for name in ("k0", "k1"):
+        # The deployment's concurrency slot (limit 1) was held by the dead run until it was Crashed.
+        assert dead["rerun_started_after"][name] >= dead["crashed_after"][name] - 1
+        assert dead["reruns"][name].is_completed(), dead["reruns"][name]
+        (row,) = dead["rerun_rows"][name]
+        assert row["status"] == "succeeded" and row["job"].endswith("(adopted)"), row
+    assert dead["audit"]["jobs_created"] == {
+        "datasource:Ops/blocker": 1,
+        **{f"datasource:Ops/k{i}": 1 for i in range(3)},
+    }
+    assert dead["audit"]["conflict_requests"] == 2
+    assert set(dead["rerun_pats"].values()) & dead["pats"], "no rerun leased a PAT of the dead host"
+
+
+def test_a_crm_export_killed_on_one_host_is_adopted_by_the_rerun_on_the_other(outcome):
+    crm = outcome.crm
+    assert crm["crashed"].is_crashed()
+    assert crm["rerun"].is_completed(), crm["rerun"]
+    assert [job.id for job in crm["jobs"]] == [crm["job"].id]  # one job in total
+    (job_line,) = [line for line in crm["artifact"][0]["markdown"].splitlines() if line.startswith("| Job |")]
+    assert f"({crm['job'].id}), adopted, JOB_STATE_DONE" in job_line, job_line
+    assert crm["stats"]["distinct_users"] == 3_000 and crm["stats"]["duplicate_deliveries"] == 0
+
+
+def test_a_worker_restart_does_not_crash_the_runs_it_started(outcome):
+    """Prefect pipes a flow run's output through its worker unless ``stream_output`` is off; after the
+    worker died, the next log line hit the broken pipe and rich's console ended the run with
+    SystemExit ("Execution was aborted by Python system exit call"). prefect.yaml turns it off."""
+    restart = outcome.restart
+    assert restart["orphans"], "the worker had no flow run to leave behind"
+    assert restart["survivor"].is_completed(), restart["survivor"]
+    assert "Broken pipe" not in restart["log"]
+
+
+def test_the_leases_lived_in_redis_and_the_runs_in_postgres(stack, outcome):
+    # While k0, k1 and k2 held PATs: a pool slot and a PAT slot each, and the deployments' slots.
+    assert outcome.dead["redis_leases"] >= 6
+    assert (
+        stack.backend.server_env()["PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"]
+        == "prefect_redis.lease_storage"
+    )
+    flow_runs = subprocess.run(
+        [stack.postgres.bindir / "psql", "-h", "127.0.0.1", "-p", str(stack.postgres.port), "-U", "postgres"]
+        + ["-d", "prefect", "-tAc", "select count(*) from flow_run"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert int(flow_runs.stdout) >= 10  # 3 + 3 domain runs, 2 reruns, the CRM export and its rerun

@@ -1,0 +1,104 @@
+"""The automation that marks the runs of a dead host Crashed: its shape (Prefect's "detect zombie
+flows" recipe, scoped to this project's tags), and its idempotent creation and drift report by
+``python -m deployments.bootstrap``, against the session's Prefect server."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import StateType
+
+from deployments.automations import (
+    HEARTBEAT_SECONDS,
+    ZOMBIE_AUTOMATION_NAME,
+    bootstrap_zombie_automation,
+    zombie_flow_runs_automation,
+)
+from deployments.bootstrap import main
+
+
+def named(within_seconds: float = 90):
+    """The automation under a name no other test uses."""
+    automation = zombie_flow_runs_automation(within_seconds=within_seconds)
+    return automation.model_copy(update={"name": f"crash-zombies-{uuid.uuid4().hex[:8]}"})
+
+
+def test_the_automation_is_the_recipe_scoped_to_the_projects_deployments():
+    automation = zombie_flow_runs_automation()
+    trigger = automation.trigger
+    assert automation.name == ZOMBIE_AUTOMATION_NAME and automation.enabled
+    assert trigger.posture == "Proactive" and trigger.threshold == 1
+    assert trigger.after == {"prefect.flow-run.heartbeat"}
+    assert trigger.expect == {
+        "prefect.flow-run.heartbeat",
+        "prefect.flow-run.Completed",
+        "prefect.flow-run.Failed",
+        "prefect.flow-run.Cancelled",
+        "prefect.flow-run.Crashed",
+    }
+    assert trigger.for_each == {"prefect.resource.id"}
+    assert trigger.within.total_seconds() == 3 * HEARTBEAT_SECONDS
+    assert trigger.match_related.model_dump()["prefect.resource.id"] == [
+        "prefect.tag.tableau",
+        "prefect.tag.crm",
+        "prefect.tag.metadata",
+    ]
+    (action,) = automation.actions
+    assert action.type == "change-flow-run-state" and action.state == StateType.CRASHED
+
+
+def test_a_window_within_one_heartbeat_or_no_tag_is_refused():
+    with pytest.raises(ValueError, match=r"must exceed the heartbeat period \(30 s\)"):
+        zombie_flow_runs_automation(within_seconds=30)
+    with pytest.raises(ValueError, match="must name at least one tag"):
+        zombie_flow_runs_automation(tags=())
+
+
+def test_created_once_then_reported_unchanged():
+    expected = named()
+    assert bootstrap_zombie_automation(expected, check_only=True).status == "MISSING"
+    assert bootstrap_zombie_automation(expected).status == "created"
+    assert bootstrap_zombie_automation(expected).status == "ok"
+    with get_client(sync_client=True) as client:
+        assert len(client.read_automations_by_name(expected.name)) == 1
+
+
+def test_disabled_changed_or_duplicated_automations_are_drift_until_fixed():
+    expected = named()
+    bootstrap_zombie_automation(expected)
+    with get_client(sync_client=True) as client:
+        (found,) = client.read_automations_by_name(expected.name)
+        client.pause_automation(found.id)
+        client.create_automation(named(within_seconds=300).model_copy(update={"name": expected.name}))
+
+    report = bootstrap_zombie_automation(expected)
+    assert report.status == "DRIFT" and not report.ok
+    assert "disabled" in report.problems
+    assert "2 automations have this name, expected 1" in report.problems
+    # --check wins over --fix: nothing changes
+    assert bootstrap_zombie_automation(expected, fix=True, check_only=True).status == "DRIFT"
+
+    assert bootstrap_zombie_automation(expected, fix=True).status == "repaired"
+    assert bootstrap_zombie_automation(expected).status == "ok"
+    with get_client(sync_client=True) as client:
+        (found,) = client.read_automations_by_name(expected.name)
+    assert found.enabled and found.trigger.within.total_seconds() == 90
+
+
+def test_a_changed_window_is_named_in_the_drift():
+    expected = named()
+    bootstrap_zombie_automation(named(within_seconds=120).model_copy(update={"name": expected.name}))
+    (line,) = bootstrap_zombie_automation(expected).lines()
+    assert line.startswith("DRIFT") and "trigger within is 120.0, expected 90.0" in line
+
+
+def test_the_bootstrap_command_creates_and_checks_it(workspace, capsys):
+    workspace.create_pool(["pat-1"])
+    assert main(["--pool-block", workspace.pool_block]) == 0
+    assert main(["--pool-block", workspace.pool_block, "--check"]) == 0
+    out = capsys.readouterr().out
+    assert f"automation {ZOMBIE_AUTOMATION_NAME}" in out
+    with get_client(sync_client=True) as client:
+        assert len(client.read_automations_by_name(ZOMBIE_AUTOMATION_NAME)) == 1
