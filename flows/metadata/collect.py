@@ -15,6 +15,8 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
+from tasks.common import ProgressReport
+
 from tasks.metadata.collection import (
     build_hwm_store,
     build_landing,
@@ -82,6 +84,13 @@ def collect_metadata(
     target = build_landing(config)
     store = build_hwm_store(config, target)
     window = plan_collection_window(config, store, now or dt.datetime.now(dt.UTC))
+    progress = ProgressReport(
+        f"{artifact_key(config.name)}-progress",
+        total=None,
+        unit="files landed",
+        title=f"Metadata collection of source **{config.name}**",
+    )
+    progress.update(0, note=f"extracting window {window}")
     with tempfile.TemporaryDirectory(prefix=f"collect-{config.name}-") as tmp:
         # A dry run keeps its files (to look at); a real run's files live only until they landed.
         if out_dir:
@@ -95,9 +104,15 @@ def collect_metadata(
         except PartialExtractionError as partial:
             _report_partial(config.name, window, partial)
             raise
-        landed = [] if dry_run else land_files(target, files)
+        if dry_run:
+            landed = []
+            progress.update(0, total=len(files), note=f"dry run: {len(files)} files written, nothing uploaded")
+        else:
+            progress.update(0, total=len(files), note=f"landing in {target.describe()}")
+            landed = land_files(target, files, progress)
     if not dry_run:
         publish_collection_hwm(store, window)
+        progress.update(len(files), note=f"HWM now {window.end}")
     summary = CollectionSummary(
         source=config.name,
         window_start=window.start,
@@ -113,7 +128,7 @@ def collect_metadata(
         ],
     )
     create_table_artifact(
-        key=f"metadata-{config.name.replace('_', '-')}",
+        key=artifact_key(config.name),
         # One row per file, narrow enough to read: every file landed in the directory the description names.
         table=[
             {"entity": f.entity, "rows": f"{f.rows:,}", "bytes": f"{f.bytes:,}", "file": f.file}
@@ -127,10 +142,15 @@ def collect_metadata(
     return summary
 
 
+def artifact_key(source: str) -> str:
+    """The key of a source's table artifact, ``metadata-<source>`` (``_`` → ``-``: keys allow neither)."""
+    return f"metadata-{source.replace('_', '-')}"
+
+
 def _report_partial(source: str, window: object, partial: PartialExtractionError) -> None:
     """The artifact of a run whose source answered only in part: what is missing; nothing landed."""
     create_table_artifact(
-        key=f"metadata-{source.replace('_', '-')}",
+        key=artifact_key(source),
         table=[{"problem": p} for p in partial.problems],
         description=(
             f"{source}: window {window} → PARTIAL result, nothing landed, HWM unchanged "

@@ -19,7 +19,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from sqlglot.dialects.dialect import Dialect
 
-from tasks.common import ONCE_PER_FLOW_RUN, load_block
+from tasks.common import ONCE_PER_FLOW_RUN, ProgressReport, load_block
 from tasks.metadata.extract_files import WrittenFile, write_extracts
 from tasks.metadata.extracts import Extract, Extractor, PartialExtractionError
 from tasks.metadata.hwm import FileHwmStore, HwmStore, VariableHwmStore, Window, plan_window, publish_hwm
@@ -196,16 +196,21 @@ def retry_if_unreachable(task: Any, task_run: Any, state: Any) -> bool:
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=retry_if_unreachable)
-def land_files(target: LandingTarget, files: list[WrittenFile]) -> list[LandedFile]:
+def land_files(
+    target: LandingTarget, files: list[WrittenFile], progress: ProgressReport | None = None
+) -> list[LandedFile]:
     """Upload every file and verify it (exists, size); raises ``LandingError`` on the first failure.
 
     A retry (target unreachable) uploads the same files again: names are fixed by the window.
+    ``progress``, if given, counts the files landed and verified.
     """
     logger = get_run_logger()
     landed = []
     for file in files:
         landed.append(target.upload(file.path, file.path.name))
         logger.info("Landed %s (%d rows, %d bytes)", landed[-1].uri, file.rows, file.bytes)
+        if progress is not None:
+            progress.update(len(landed), note=f"landed {file.path.name}")
     return landed
 
 

@@ -136,6 +136,23 @@ def test_the_artifact_lists_each_file_and_names_the_window_and_landing_directory
     assert summary.landing in artifact.description and str(summary.window_end) in artifact.description
 
 
+def test_the_progress_artifact_counts_the_files_landed_and_ends_at_the_hwm(source):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    name, file, _ = source
+    summary = collect_metadata(name, sources_file=file, now=T0)
+    with get_client(sync_client=True) as client:
+        (progress,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"metadata-{name}-progress"])), limit=1
+        )
+    assert (progress.type, progress.data) == ("progress", 100.0)
+    n = len(summary.files)
+    assert progress.description == (
+        f"Metadata collection of source **{name}**; {n} of {n} files landed; HWM now {summary.window_end}"
+    )
+
+
 def test_sql_literals_are_masked_in_the_landed_file(source):
     name, file, s3 = source
     collect_metadata(name, sources_file=file, now=T0)

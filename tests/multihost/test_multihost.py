@@ -34,7 +34,7 @@ from devstack.multihost import ROOT, MultiHostStack
 from multihost.conftest import LEASE_SECONDS, REPOSSESSOR_LOOP_SECONDS, WITHIN_SECONDS, host_env, wait_for
 
 # One stack and one scenario for the module: with pytest-xdist its tests stay on one worker
-# (``--dist loadgroup``, as ``make test`` runs them).
+# (``--dist loadgroup``); ``make test`` runs this directory alone, after the rest.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200), pytest.mark.xdist_group("multihost")]
 
 POOL = "tableau-refresh"

@@ -209,7 +209,7 @@ def test_refresh_capacity_limit_is_bootstrapped_and_required(make_standin, tmp_p
 def test_the_refresh_capacity_bounds_concurrent_domain_runs(make_standin, tmp_path) -> None:
     from flows.tableau.refresh import refresh_domain
 
-    slow = [{"project": "Sales", "name": f"ds{i}", "duration_seconds": 150} for i in range(2)]
+    slow = [{"project": "Sales", "name": f"ds{i}", "duration_seconds": 400} for i in range(2)]  # 4 s each
     standin = app_standin(make_standin, datasources=slow, workbooks=[], projects=["Sales"])
     workspace = Workspace(standin, tmp_path)
     name, app = create_app(workspace, refresh_capacity=1)
@@ -224,11 +224,14 @@ def test_the_refresh_capacity_bounds_concurrent_domain_runs(make_standin, tmp_pa
         threading.Thread(target=lambda d=d: summaries.__setitem__(d, refresh_domain(d, config, FAST)))
         for d in ("d0", "d1")
     ]
-    for thread in threads:
-        thread.start()
-        time.sleep(0.2)
+    threads[0].start()
+    # d1 starts once d0 holds the slot and refreshes (its job exists), however long d0 took to start.
+    deadline = time.monotonic() + 60
+    while not standin.audit()["jobs"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    threads[1].start()
     for thread in threads:
         thread.join(120)
     jobs = sorted(standin.audit()["jobs"], key=lambda j: j["created_at"])
     assert len(jobs) == 2 and jobs[0]["completed_at"] <= jobs[1]["created_at"]  # one domain run at a time
-    assert max(s.lease_wait_seconds for s in summaries.values()) > 0.5
+    assert summaries["d1"].lease_wait_seconds > 0.5 and summaries["d0"].lease_wait_seconds < 0.5
