@@ -16,7 +16,6 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from tasks.common import ProgressReport
-
 from tasks.metadata.collection import (
     build_hwm_store,
     build_landing,
@@ -106,7 +105,9 @@ def collect_metadata(
             raise
         if dry_run:
             landed = []
-            progress.update(0, total=len(files), note=f"dry run: {len(files)} files written, nothing uploaded")
+            progress.update(
+                0, total=len(files), note=f"dry run: {len(files)} files written, nothing uploaded"
+            )
         else:
             progress.update(0, total=len(files), note=f"landing in {target.describe()}")
             landed = land_files(target, files, progress)
