@@ -35,6 +35,9 @@ def test_every_setting_goes_to_the_pipeline_and_back_and_the_key_block_does_not(
     crm = CrmSettings(
         url=URL,
         api_key_block="secret/crm-api-key",
+        destination="hubspot",
+        field_map={"email": "email", "properties.plan": "plan", "identity.country": "country"},
+        id_property="external_id",
         batch_size=250,
         key_field="user_id",
         keep_null=["identity.phone", "properties.ltv"],
@@ -48,6 +51,7 @@ def test_every_setting_goes_to_the_pipeline_and_back_and_the_key_block_does_not(
     )
     args = crm.pipeline_args()
     assert "--crm_url=" + URL in args and "--crm_read_timeout_seconds=12.5" in args and "--send_nulls" in args
+    assert "--crm_destination=hubspot" in args and "--hubspot_id_property=external_id" in args
     assert not any("api_key_block" in arg or "secret/" in arg for arg in args)
     assert parsed(args) == PipelineSettings(**crm.model_dump(exclude={"api_key_block"}))
 
@@ -65,6 +69,30 @@ def test_a_missing_or_invalid_flag_is_named() -> None:
     with pytest.raises(ValueError, match=r"--batch_size=0: .*greater than or equal to 1") as failure:
         parsed([f"--crm_url={URL}", "--batch_size=0", "--crm_max_in_flight=0"])
     assert "--crm_max_in_flight=0" in str(failure.value)
+
+
+def test_hubspot_and_braze_need_a_field_map_and_hubspot_its_id_property() -> None:
+    with pytest.raises(ValueError, match="field_map is required for braze"):
+        PipelineSettings(url=URL, destination="braze")
+    with pytest.raises(ValueError, match="id_property is required for hubspot"):
+        PipelineSettings(url=URL, destination="hubspot", field_map={"email": "email"})
+    with pytest.raises(ValueError, match=r"field_map: \['email'\] — every entry maps a non-empty field"):
+        PipelineSettings(url=URL, field_map={"email": ""})
+    with pytest.raises(ValueError, match=r"--field_map='\{nope': not a JSON object"):
+        parsed([f"--crm_url={URL}", "--field_map={nope"])
+    with pytest.raises(ValueError, match=r"--crm_destination='salesforce'"):
+        parsed([f"--crm_url={URL}", "--crm_destination=salesforce"])
+
+
+def test_each_destination_caps_the_batch_size_at_its_own_limit() -> None:
+    fields = {"email": "email"}
+    assert PipelineSettings(url=URL).batch_limit() == 5000
+    assert (
+        PipelineSettings(url=URL, destination="hubspot", field_map=fields, id_property="email").batch_limit()
+        == 100
+    )
+    assert PipelineSettings(url=URL, destination="braze", field_map=fields).batch_limit() == 75
+    assert PipelineSettings(url=URL, destination="braze", field_map=fields, batch_size=20).batch_limit() == 20
 
 
 def test_a_list_entry_holding_a_comma_is_refused() -> None:
@@ -88,6 +116,9 @@ def test_the_flows_parameters_keep_their_names_and_take_the_deployments_json() -
     crm = schema.definitions["CrmSettings"]
     assert set(crm["properties"]) == {
         "url",
+        "destination",
+        "field_map",
+        "id_property",
         "api_key_block",
         "batch_size",
         "key_field",
