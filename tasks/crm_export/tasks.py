@@ -20,6 +20,7 @@ from pipelines.crm_export.accounting import ExportMetrics
 from pipelines.crm_export.api_key import ApiKey
 from pipelines.crm_export.settings import PipelineSettings
 from tasks.common import ONCE_PER_FLOW_RUN, load_block
+from tasks.crm_export.diff import ExportState, check_shard_fields, plan_export, read_state, write_state
 from tasks.crm_export.jobs import (
     JobInfo,
     JobLauncher,
@@ -62,12 +63,14 @@ class BigQuerySource(BaseModel):
     gcp_credentials_block: str | None = Field(
         default=None, description="name of a prefect-gcp GcpCredentials block (default: ADC)"
     )
+    diff_dataset: str | None = Field(
+        default=None,
+        description="dataset of the diff sync's tables of rows to send, <prefix>_changed_YYYYMMDD, kept 30 days "
+        "(default: the shards' dataset)",
+    )
 
     def table(self, shard: dt.date) -> str:
         return f"{self.project}:{self.dataset}.{self.table_prefix}_{shard:%Y%m%d}"
-
-    def pipeline_args(self, shard: dt.date) -> list[str]:
-        return [f"--input_table={self.table(shard)}"]
 
     def _client(self) -> Any:
         from google.cloud import bigquery
@@ -94,6 +97,12 @@ class BigQuerySource(BaseModel):
     def where(self) -> str:
         return f"BigQuery dataset {self.project}.{self.dataset} (tables {self.table_prefix}_YYYYMMDD)"
 
+    def columns(self, shard: dt.date) -> list[str]:
+        """The shard's columns, a RECORD's fields as dotted names (``tables.get``)."""
+        from tasks.crm_export.diff import schema_columns
+
+        return schema_columns(self._client().get_table(self.table(shard).replace(":", ".")).schema)
+
 
 class LocalSource(BaseModel):
     """Newline-delimited JSON files ``{directory}/{prefix}_{YYYYMMDD}.jsonl`` shaped as the BigQuery rows."""
@@ -105,9 +114,6 @@ class LocalSource(BaseModel):
     def path(self, shard: dt.date) -> Path:
         return self.directory / f"{self.table_prefix}_{shard:%Y%m%d}.jsonl"
 
-    def pipeline_args(self, shard: dt.date) -> list[str]:
-        return [f"--input_file={self.path(shard).resolve()}"]
-
     def shards(self) -> list[dt.date]:
         prefix = f"{self.table_prefix}_"
         dates = []
@@ -118,6 +124,12 @@ class LocalSource(BaseModel):
 
     def where(self) -> str:
         return f"directory {self.directory} (files {self.table_prefix}_YYYYMMDD.jsonl)"
+
+    def columns(self, shard: dt.date) -> list[str]:
+        """The columns of the shard's first row that is a JSON object."""
+        from tasks.crm_export.diff import file_columns
+
+        return file_columns(self.path(shard))
 
 
 class CrmSettings(PipelineSettings):
@@ -209,6 +221,36 @@ def read_crm_api_key(block: str) -> ApiKey:
     return ApiKey(read_api_key(block))
 
 
+@task(cache_policy=NO_CACHE, retries=3, retry_condition_fn=retry_if_transient)
+def check_export_fields(source: BigQuerySource | LocalSource, shard: dt.date, crm: PipelineSettings) -> None:
+    """Fail, before anything is sent, if the field map or the key names a field the shard lacks
+    (``tasks.crm_export.diff.ShardFieldError``)."""
+    check_shard_fields(crm, source.columns(shard), f"shard {shard:%Y%m%d} of {source.where()}")
+
+
+@task(cache_policy=NO_CACHE, retries=3, retry_condition_fn=retry_if_transient)
+def read_export_state(pipeline_name: str) -> ExportState | None:
+    """The pipeline's last DONE export (Prefect Variable ``crm_export_<pipeline>``), None before the first."""
+    return read_state(pipeline_name)
+
+
+@task(cache_policy=NO_CACHE, retries=3, retry_condition_fn=retry_if_transient)
+def write_export_state(pipeline_name: str, state: ExportState) -> None:
+    """Record a DONE export as the base of the next diff."""
+    write_state(pipeline_name, state)
+
+
+class PlanRequest(BaseModel):
+    """What the export's plan needs (``tasks.crm_export.diff.plan_export``): made only when a job is submitted."""
+
+    source: Source
+    shard: dt.date
+    crm: PipelineSettings
+    state: ExportState | None
+    full_resync: bool
+    work_prefix: str
+
+
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=30, retry_condition_fn=retry_if_transient)
 def launch_export_job(
     runner: DataflowRunnerSettings | LocalRunnerSettings,
@@ -217,10 +259,30 @@ def launch_export_job(
     labels: dict[str, str],
     api_key: ApiKey,
     force: bool = False,
+    plan: PlanRequest | None = None,
 ) -> LaunchResult:
-    """Adopt, skip or submit the export's job (``tasks.crm_export.jobs.launch_job``); returns what it did."""
+    """Adopt, skip or submit the export's job (``tasks.crm_export.jobs.launch_job``); returns what it did.
+
+    ``plan``: planned (full or diff) just before a submit, adding the input, the plan's figures and the
+    labels ``sync``/``sync-base`` to the job; ``pipeline_args`` then hold no input.
+    """
+    logger = get_run_logger()
     spec = JobSpec(name=name, pipeline_args=tuple(pipeline_args), labels=labels, api_key=api_key)
-    return launch_job(make_launcher(runner), spec, force=force, log=get_run_logger())
+
+    def prepare() -> tuple[list[str], dict[str, str]]:
+        made = plan_export(
+            plan.source, plan.shard, plan.crm, plan.state, plan.full_resync, plan.work_prefix, labels
+        )
+        logger.info(
+            "Export plan: %s (%s); %s of %s rows to send",
+            made.mode,
+            made.reason,
+            f"{made.rows_to_send:,}",
+            f"{made.rows_in_shard:,}",
+        )
+        return made.pipeline_args(), made.job_labels()
+
+    return launch_job(make_launcher(runner), spec, force=force, log=logger, prepare=prepare if plan else None)
 
 
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=60, retry_condition_fn=retry_if_transient)

@@ -175,13 +175,16 @@ def test_a_missing_secret_block_is_named_and_nothing_runs(export):
     assert jobs(export) == []
 
 
-def test_an_unreadable_shard_fails_the_job_with_its_error(export):
+def test_an_unreadable_shard_fails_the_run_with_its_error_before_any_job(export):
+    # The flow reads the shard's columns (to check the field map) and plans the export before it
+    # submits: an unreadable shard fails there, naming the file, and no job is launched.
     shard = export["source"].path(__import__("datetime").date(2026, 11, 16))
     shard.unlink()
     shard.mkdir()  # a directory where the file should be
-    with pytest.raises(JobFailedError, match="JOB_STATE_FAILED") as failure:
+    with pytest.raises(OSError) as failure:
         crm_export(**export)
-    assert str(shard) in str(failure.value) or "No files found" in str(failure.value)
+    assert str(shard) in str(failure.value)
+    assert jobs(export) == []
 
 
 def test_the_api_key_reaches_no_parameter_label_log_artifact_result_or_file(export, crm, caplog, tmp_path):
@@ -269,6 +272,9 @@ def test_the_artifact_writes_every_number_with_thousands_separators():
         job_id="2026-11-30_06_49_05-9ca481e50c5e",
         launch="submitted",
         state=JobState.DONE,
+        sync="diff against 2026-11-09",
+        rows_in_shard=210_000,
+        records_unchanged=10_000,
         records_read=200_000,
         records_accepted=199_800,
         records_rejected=196,
@@ -276,6 +282,7 @@ def test_the_artifact_writes_every_number_with_thousands_separators():
         records_dead_lettered=200,
         batches=40,
         batch_size=Distribution(count=40, sum=199_996, min=4_996, max=5_000),
+        requests=42,
         retries=2,
         http_status={200: 40, 502: 2},
         duration_seconds=7.0,
@@ -286,3 +293,6 @@ def test_the_artifact_writes_every_number_with_thousands_separators():
     markdown = _markdown(summary)
     assert "| Batch size | min 4,996, mean 4,999.9, max 5,000 |" in markdown
     assert "| Records read | 200,000 |" in markdown and "(28,571 records/s)" in markdown
+    assert "| Rows in shard | 210,000 |" in markdown and "| Skipped unchanged | 10,000 |" in markdown
+    assert "| Accounting | 210,000 rows = 10,000 unchanged + 199,800 accepted + 200 dead-lettered |" in markdown
+    assert "| Requests sent | 42 |" in markdown and "| Sync | diff against 2026-11-09 |" in markdown

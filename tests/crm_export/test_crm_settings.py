@@ -109,6 +109,7 @@ def test_the_flows_parameters_keep_their_names_and_take_the_deployments_json() -
         "dead_letter_location",
         "shard_date",
         "force",
+        "full_resync",
         "poll",
         "prices",
         "pipeline_name",
