@@ -303,8 +303,9 @@ class HubSpotDestination(Destination):
 
 class _HubSpotConnection(Connection):
     """``hubspot.HubSpot`` with the access token, no retries of its own (the sink retries), a connection
-    pool of ``max_in_flight``; answers are read raw (``_preload_content=False``) and parsed by
-    ``HubSpotDestination.parse``, so an error status is an answer, not an exception."""
+    pool of ``max_in_flight``; answers are read raw (``_preload_content=False``: no model object per
+    result) and parsed by ``HubSpotDestination.parse``, an error status (which the client raises as
+    ``ApiException``) included."""
 
     def __init__(self, url: str, api_key: str, timeout: tuple[float, float], max_in_flight: int):
         from hubspot import HubSpot
@@ -329,10 +330,14 @@ class _HubSpotConnection(Connection):
                 _preload_content=False,
                 _request_timeout=self.timeout,
             )
-            content = response.data
-        except (urllib3.exceptions.HTTPError, ApiException, OSError) as exc:
+        except ApiException as exc:  # the client raises for every status outside 2xx; 0: no response
+            if not exc.status:
+                return Answer(None, retry=True, reason=f"ApiException: {exc.reason}")
+            body = exc.body if isinstance(exc.body, bytes) else (exc.body or "").encode()
+            return HubSpotDestination.parse(exc.status, exc.headers or {}, body, keys)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
             return Answer(None, retry=True, reason=f"{type(exc).__name__}: {exc}")
-        return HubSpotDestination.parse(response.status, response.headers, content, keys)
+        return HubSpotDestination.parse(response.status, response.headers, response.data, keys)
 
     def close(self) -> None:
         self.batch_api.api_client.rest_client.pool_manager.clear()

@@ -20,7 +20,7 @@ from prefect.client.orchestration import get_client
 from devstack.crm import CrmStandIn, FaultConfig
 from devstack.user_rows import write_user_rows
 from flows.crm_export.export import crm_export
-from tasks.crm_export.jobs import JobFailedError, JobState
+from tasks.crm_export.jobs import JobState
 from tasks.crm_export.launchers.local import LocalLauncher
 from tasks.crm_export.secrets import SecretBlockNotFoundError
 from tasks.crm_export.tasks import CrmSettings, LocalRunnerSettings, LocalSource, ShardNotFoundError
@@ -294,5 +294,7 @@ def test_the_artifact_writes_every_number_with_thousands_separators():
     assert "| Batch size | min 4,996, mean 4,999.9, max 5,000 |" in markdown
     assert "| Records read | 200,000 |" in markdown and "(28,571 records/s)" in markdown
     assert "| Rows in shard | 210,000 |" in markdown and "| Skipped unchanged | 10,000 |" in markdown
-    assert "| Accounting | 210,000 rows = 10,000 unchanged + 199,800 accepted + 200 dead-lettered |" in markdown
+    assert (
+        "| Accounting | 210,000 rows = 10,000 unchanged + 199,800 accepted + 200 dead-lettered |" in markdown
+    )
     assert "| Requests sent | 42 |" in markdown and "| Sync | diff against 2026-11-09 |" in markdown
