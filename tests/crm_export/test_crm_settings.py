@@ -146,7 +146,14 @@ def test_the_flows_parameters_keep_their_names_and_take_the_deployments_json() -
         if d["name"] == "crm-export-weekly"
     )
     parameters = crm_export.validate_parameters(deployment["parameters"])
-    assert parameters["crm"] == CrmSettings(url=URL, api_key_block="secret/crm-api-key", batch_size=5000)
+    assert parameters["crm"] == CrmSettings(
+        url="https://api.hubapi.com",
+        destination="hubspot",
+        id_property="external_id",
+        field_map={"email": "email", "identity.country": "country", "properties.plan": "plan"},
+        api_key_block="secret/crm-api-key",
+        batch_size=5000,
+    )
 
 
 def test_job_names_and_labels_follow_dataflows_rules() -> None:
