@@ -2,8 +2,8 @@
 
 Generates a week's shard in BigQuery's flattened export shape (one row in 1,000 with an email HubSpot
 rejects, a few lines that are not JSON), starts the HubSpot stand-in (rate limits tighter than
-HubSpot's, so some 429s, and some 5xx), saves the private app token in a Prefect ``Secret`` block and
-runs the ``crm-export`` flow on the local launcher; runs it again to show that a DONE shard is not
+HubSpot's, so some 429s, and some 5xx), saves it as a ``HubSpotCrm`` block (its URL, the private app
+token, idProperty and field map) and runs the ``crm-export`` flow on the local launcher; runs it again to show that a DONE shard is not
 exported twice; then writes the next week's shard with ~5 % of the users changed and some new ones,
 and exports it by diff sync. Prints, per run, rows in shard, skipped unchanged, accepted,
 dead-lettered and requests sent.
@@ -25,7 +25,7 @@ from devstack.user_rows import write_next_week, write_user_rows
 USERS = 200_000
 WEEK_1 = dt.date(2026, 11, 16)
 WEEK_2 = dt.date(2026, 11, 23)
-SECRET_BLOCK = "hubspot-private-app-token"
+CRM_BLOCK = "hubspot-demo"
 #: Looser than HubSpot's 190 requests per 10 s, so that the demo's 2,000 requests take
 #: seconds, not minutes; a burst over 150 per second still meets 429s, and 2 % of requests get a 5xx.
 LIMITS = HubSpotConfig(ten_second_limit=1_500, interval_milliseconds=10_000, error_rate=0.02, seed=3)
@@ -42,8 +42,7 @@ FIELD_MAP = {
 def run_crm_export(workdir: Path, stack: ExitStack) -> bool:
     """Run both weeks and print their figures; True when every run's accounting adds up, nothing was
     delivered twice in the first week, and the second run of week 1 was skipped."""
-    from prefect.blocks.system import Secret
-
+    from blocks import HubSpotCrm
     from flows.crm_export.export import crm_export
     from tasks.crm_export.tasks import CrmSettings, LocalRunnerSettings, LocalSource
 
@@ -53,7 +52,9 @@ def run_crm_export(workdir: Path, stack: ExitStack) -> bool:
     )
     token = "pat-na1-" + secrets.token_hex(16)
     hubspot = stack.enter_context(HubSpotServer(token, LIMITS))
-    Secret(value=token).save(SECRET_BLOCK, overwrite=True)
+    HubSpotCrm(access_token=token, id_property="external_id", field_map=FIELD_MAP, base_url=hubspot.url).save(
+        CRM_BLOCK, overwrite=True
+    )
     print(
         f"\nGenerated {made['rows']:,} users ({made['bytes'] / 2**20:.0f} MiB, {made['invalid']} with an invalid "
         f"email, {made['malformed']} malformed lines); HubSpot stand-in {hubspot.url} (429 over "
@@ -62,14 +63,7 @@ def run_crm_export(workdir: Path, stack: ExitStack) -> bool:
     )
     params = {
         "source": LocalSource(directory=shards, table_prefix="users"),
-        "crm": CrmSettings(
-            url=hubspot.url,
-            destination="hubspot",
-            id_property="external_id",
-            field_map=FIELD_MAP,
-            api_key_block=f"secret/{SECRET_BLOCK}",
-            max_backoff_seconds=2.0,
-        ),
+        "crm": CrmSettings(block=f"hubspot-crm/{CRM_BLOCK}", max_backoff_seconds=2.0),
         "runner": LocalRunnerSettings(registry_dir=workdir / "crm" / "jobs"),
         "dead_letter_location": str(workdir / "crm" / "dead-letters"),
         "poll": {"interval_seconds": 1.0, "timeout_seconds": 900},

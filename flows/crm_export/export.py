@@ -1,7 +1,7 @@
 """The weekly CRM export: one BigQuery shard of users → the CRM (HubSpot, Braze or a generic JSON batch
 endpoint), on Dataflow (or Beam locally), sending only what changed since the last DONE export.
 
-    resolve the shard → check the field map → read the last export's state and the API key
+    load the CRM's block → resolve the shard → check the field map → read the last export's state and the key
       → launch (adopt / skip / plan full or diff and submit) → poll → summary artifact → record the state
 
 A rerun launches again, which adopts the job of the same name, so a shard is never paid for twice.
@@ -20,7 +20,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.crm_export.accounting import Distribution, ExportMetrics, check_accounting
-from pipelines.crm_export.settings import PipelineSettings, job_name
+from pipelines.crm_export.settings import job_name
 from tasks.crm_export.cost import CostEstimate, DataflowPrices, estimate_cost
 from tasks.crm_export.diff import ExportState, export_fingerprint
 from tasks.crm_export.jobs import RUN_LABEL, JobFailedError, JobInfo, JobState
@@ -32,6 +32,7 @@ from tasks.crm_export.tasks import (
     check_export_fields,
     export_metrics,
     launch_export_job,
+    load_crm_destination,
     poll_export_job,
     read_crm_api_key,
     read_export_state,
@@ -45,7 +46,7 @@ FORCED_LABEL = "forced"
 
 
 class CrmCredentialsError(PermissionError):
-    """The CRM refused the API key (401/403): the job failed before it sent anything it could lose."""
+    """The CRM refused the key of its block (401/403): the job failed before it sent anything it could lose."""
 
 
 class PollSettings(BaseModel):
@@ -109,14 +110,15 @@ def crm_export(
 ) -> ExportSummary:
     """Export one shard of the user table to the CRM; returns the summary the artifact shows.
 
-    ``shard_date``: the shard to export (default: the latest existing). ``force``: export again even
+    ``crm``: the CRM's block (``crm.block``, e.g. ``hubspot-crm/hubspot``: its API, URL, field map and
+    key) and how records are sent. ``shard_date``: the shard to export (default: the latest existing). ``force``: export again even
     if a job of this shard is already DONE. ``full_resync``: send every row, not only what changed since
     the last DONE export (the first export of a pipeline is a full one anyway). ``dead_letter_location``:
     a directory or gs:// prefix; each job writes ``<location>/<job name>[-force-<flow run id>]/dead-letter-*.jsonl``.
     ``pipeline_name``: the job name's prefix and the name of the state variable ``crm_export_<pipeline>``;
-    give each export of one project and region its own. Raises ``ShardNotFoundError``,
-    ``ShardFieldError``, ``SecretBlockNotFoundError``, ``CrmCredentialsError``, ``JobFailedError``,
-    ``JobPollTimeoutError`` or ``AccountingError``.
+    give each export of one project and region its own. Raises ``BlockNotFoundError`` (a missing CRM
+    block), ``ShardNotFoundError``, ``ShardFieldError``, ``SecretBlockNotFoundError``, ``CrmCredentialsError``,
+    ``JobFailedError``, ``JobPollTimeoutError`` or ``AccountingError``.
     """
     logger = get_run_logger()
     poll = poll or PollSettings()
@@ -126,9 +128,9 @@ def crm_export(
             f"dead_letter_location {dead_letter_location!r}: a local source needs a local directory (the diff "
             "plan writes the rows to send there)"
         )
-    settings = PipelineSettings(**crm.model_dump(exclude={"api_key_block"}))
+    settings = crm.pipeline_settings(load_crm_destination(crm.block))
     shard = resolve_export_shard(source, shard_date)
-    check_export_fields(source, shard, settings)
+    check_export_fields(source, shard, settings, crm.block)
     state = read_export_state(pipeline_name)
     name = job_name(pipeline_name, shard)
     # A resubmission after a FAILED job reuses the idempotency namespace, so batches the CRM already
@@ -136,7 +138,7 @@ def crm_export(
     namespace = f"{name}-force-{flow_run.id}" if force else name
     work_prefix = f"{dead_letter_location.rstrip('/')}/{namespace}"
     pipeline_args = [
-        *crm.pipeline_args(),
+        *settings.pipeline_args(),
         f"--dead_letter_prefix={work_prefix}/dead-letter",
         f"--idempotency_namespace={namespace}",
     ]
@@ -154,7 +156,7 @@ def crm_export(
         full_resync=full_resync,
         work_prefix=f"{work_prefix}/plan",
     )
-    api_key = read_crm_api_key(crm.api_key_block)
+    api_key = read_crm_api_key(crm.block)
     launched = launch_export_job(runner, name, pipeline_args, labels, api_key, force, plan)
     if launched.action == "skipped":
         logger.info(
@@ -168,9 +170,9 @@ def crm_export(
     except JobFailedError as failed:
         if any("CrmRejectedCredentialsError" in error for error in failed.errors):
             raise CrmCredentialsError(
-                f"the CRM at {crm.url} refused the API key from block {crm.api_key_block!r} (crm.api_key_block): "
-                "check the key and its permission to import users; job "
-                f"{failed.job.name} failed before any record was accepted with it"
+                f"the CRM at {settings.url} refused the key of CRM block {crm.block!r} (crm.block): check the "
+                "key (the block's own, or the one in the secret block it names) and its permission to import "
+                f"users; job {failed.job.name} failed before any record was accepted with it"
             ) from None
         raise
     metrics = export_metrics(runner, job.id)

@@ -1,8 +1,9 @@
 """The CRM export's settings contract, the destination interface and Dataflow's name rules; imports
 neither Beam nor Prefect.
 
-The flow takes ``PipelineSettings`` (through ``tasks.crm_export.tasks.CrmSettings``), hands them to the
-pipeline as flags (``pipeline_args``), and the pipeline reads them back (``settings_from_options``).
+The flow makes ``PipelineSettings`` from the CRM's block (``DestinationSettings``) and its ``crm``
+parameter (``SendSettings``, through ``tasks.crm_export.tasks.CrmSettings``), hands them to the pipeline
+as flags (``pipeline_args``), and the pipeline reads them back (``settings_from_options``).
 Each setting is defined once, as a field here; docs/crm-export.md, "Settings", lists them. A CRM is a
 ``Destination`` (its request shape, batch limit and answers); the implementations are in
 ``pipelines.crm_export.destinations``.
@@ -36,13 +37,12 @@ class Flag:
     name: str
 
 
-class PipelineSettings(BaseModel):
-    """Where the records go and how they are shaped and sent: every field is a pipeline flag.
+class DestinationSettings(BaseModel):
+    """Which CRM the records go to and what it receives: its API, URL, field map and HubSpot's ``idProperty``.
 
-    A field is ``str``, ``int``, ``float``, ``bool`` (a flag that turns it on, so it defaults to False)
-    or ``list[str]`` (a comma-separated flag). Adding one here adds its flag, its parameter in the flow's
-    ``crm`` settings and its conversions both ways. Raises ``pydantic.ValidationError`` (a ``ValueError``)
-    naming the field of an invalid value.
+    A team sets them in the CRM's block (``blocks.crm_export.crm``: ``HubSpotCrm``, ``BrazeCrm``,
+    ``GenericCrmEndpoint``), which gives them with ``destination_settings()``; every field is a pipeline
+    flag. Raises ``pydantic.ValidationError`` (a ``ValueError``) naming the field of an invalid value.
     """
 
     url: Annotated[str, Flag("crm_url")] = Field(description="the CRM's batch import endpoint")
@@ -63,11 +63,42 @@ class PipelineSettings(BaseModel):
         description="hubspot: the unique contact property the key is upserted by (idProperty), e.g. email "
         "or a custom unique property such as external_id",
     )
+
+    @model_validator(mode="after")
+    def _destination_needs(self) -> DestinationSettings:
+        empty = sorted(k for k, v in self.field_map.items() if not k or not v)
+        if empty:
+            raise ValueError(
+                f"field_map: {empty} — every entry maps a non-empty field to a non-empty property"
+            )
+        if self.destination in ("hubspot", "braze") and not self.field_map:
+            raise ValueError(
+                f"field_map is required for {self.destination}: map each BigQuery field to its CRM property, "
+                'e.g. {"email": "email", "properties.plan": "plan"}'
+            )
+        if self.destination == "hubspot" and not self.id_property:
+            raise ValueError(
+                "id_property is required for hubspot: the unique contact property the key is upserted by "
+                "(HubSpot's idProperty), e.g. email or a custom unique property"
+            )
+        return self
+
+
+class SendSettings(BaseModel):
+    """How rows become records and how they are sent: batch size, key column, nulls, column naming,
+    timeouts, retries and requests in flight. The flow's ``crm`` parameter holds them (with the CRM's
+    block), with these defaults; every field is a pipeline flag.
+
+    A field is ``str``, ``int``, ``float``, ``bool`` (a flag that turns it on, so it defaults to False)
+    or ``list[str]`` (a comma-separated flag). Raises ``pydantic.ValidationError`` (a ``ValueError``)
+    naming the field of an invalid value.
+    """
+
     batch_size: Annotated[int, Flag("batch_size")] = Field(
         default=5000, ge=1, description="records per request (at most)"
     )
     key_field: Annotated[str, Flag("key_field")] = Field(
-        default="external_id", description="the CRM's record key"
+        default="external_id", description="the column holding the CRM's record key"
     )
     keep_null: Annotated[list[str], Flag("keep_null")] = Field(
         default_factory=list, description="dotted fields sent as null to clear them; other nulls are dropped"
@@ -95,7 +126,7 @@ class PipelineSettings(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _one_name_per_entry(self) -> PipelineSettings:
+    def _one_name_per_entry(self) -> SendSettings:
         for name, (flag, field_info) in _flags(type(self)).items():
             if field_info.annotation == list[str]:
                 bad = [entry for entry in getattr(self, name) if not entry or "," in entry]
@@ -105,24 +136,14 @@ class PipelineSettings(BaseModel):
                     )
         return self
 
-    @model_validator(mode="after")
-    def _destination_needs(self) -> PipelineSettings:
-        empty = sorted(k for k, v in self.field_map.items() if not k or not v)
-        if empty:
-            raise ValueError(
-                f"field_map: {empty} — every entry maps a non-empty field to a non-empty property"
-            )
-        if self.destination in ("hubspot", "braze") and not self.field_map:
-            raise ValueError(
-                f"field_map is required for {self.destination}: map each BigQuery field to its CRM property, "
-                'e.g. {"email": "email", "properties.plan": "plan"}'
-            )
-        if self.destination == "hubspot" and not self.id_property:
-            raise ValueError(
-                "id_property is required for hubspot: the unique contact property the key is upserted by "
-                "(HubSpot's idProperty), e.g. email or a custom unique property"
-            )
-        return self
+
+class PipelineSettings(DestinationSettings, SendSettings):
+    """Every setting of the pipeline: the CRM's (``DestinationSettings``, from its block) and how records
+    are sent (``SendSettings``, from the flow's ``crm`` parameter); each field is a pipeline flag.
+
+    Adding a field to either adds its flag and its conversions both ways (``pipeline_args``,
+    ``add_setting_flags``, ``settings_from_options``).
+    """
 
     def pipeline_args(self) -> list[str]:
         """The settings as pipeline flags, e.g. ``["--crm_url=https://…", "--batch_size=5000", …]``.

@@ -117,9 +117,10 @@ def hashed_fields(settings: PipelineSettings) -> list[str] | None:
 # -- the shard's fields ------------------------------------------------------------------------------
 
 
-def check_shard_fields(settings: PipelineSettings, columns: Iterable[str], where: str) -> None:
-    """Raise ``ShardFieldError`` naming each field of ``settings.field_map`` (and the key) that none of the
-    shard's ``columns`` (flattened names, parts joined by ``flat_separator``) is or holds."""
+def check_shard_fields(settings: PipelineSettings, columns: Iterable[str], where: str, block: str) -> None:
+    """Raise ``ShardFieldError`` naming each field of ``settings.field_map`` (the field map of the CRM block
+    ``block``) and the key that none of the shard's ``columns`` (flattened names, parts joined by
+    ``flat_separator``) is or holds."""
     columns = set(columns)
     sep = settings.flat_separator
 
@@ -131,11 +132,11 @@ def check_shard_fields(settings: PipelineSettings, columns: Iterable[str], where
         problems.append(f"the key column {settings.key_field!r} (crm.key_field) is missing")
     unknown = [name for name in settings.field_map if not known(name)]
     if unknown:
-        problems.append(f"crm.field_map names unknown fields {unknown}")
+        problems.append(f"the field_map of CRM block {block!r} names unknown fields {unknown}")
     if problems:
         raise ShardFieldError(
-            f"{'; '.join(problems)} in {where}; its columns are {sorted(columns)[:40]}: fix crm.field_map or "
-            "crm.key_field (nothing was sent)"
+            f"{'; '.join(problems)} in {where}; its columns are {sorted(columns)[:40]}: fix the block's "
+            "field_map or crm.key_field (nothing was sent)"
         )
 
 

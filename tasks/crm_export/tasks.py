@@ -1,5 +1,5 @@
-"""Prefect tasks of the CRM export, and the models of the flow's parameters (never secrets: a secret is
-named by its block): the source, ``CrmSettings``, the runner.
+"""Prefect tasks of the CRM export, and the models of the flow's parameters (never secrets: the CRM and
+its key are named by their block): the source, ``CrmSettings``, the runner.
 
 The shard is resolved once per flow run; launch and poll are separate tasks that never cache, so a
 retry really looks again (docs/crm-export.md, "Launch and poll"). Tasks retry transient errors only.
@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from pipelines.crm_export.accounting import ExportMetrics
 from pipelines.crm_export.api_key import ApiKey
-from pipelines.crm_export.settings import PipelineSettings
+from pipelines.crm_export.settings import DestinationSettings, PipelineSettings, SendSettings
 from tasks.common import ONCE_PER_FLOW_RUN, load_block
 from tasks.crm_export.diff import ExportState, check_shard_fields, plan_export, read_state, write_state
 from tasks.crm_export.jobs import (
@@ -30,7 +30,7 @@ from tasks.crm_export.jobs import (
     launch_job,
     poll_job,
 )
-from tasks.crm_export.secrets import read_api_key
+from tasks.crm_export.secrets import load_crm_block, read_api_key
 
 #: Errors worth retrying a task for: the network or an API that is briefly unavailable.
 TRANSIENT_ERRORS = (
@@ -132,13 +132,18 @@ class LocalSource(BaseModel):
         return file_columns(self.path(shard))
 
 
-class CrmSettings(PipelineSettings):
-    """Where records go and how they are shaped and sent (``PipelineSettings``), and the block holding the API key."""
+class CrmSettings(SendSettings):
+    """The CRM's block (its API, URL, field map and key) and how records are shaped and sent (``SendSettings``,
+    with the settings contract's defaults)."""
 
-    api_key_block: str = Field(
-        description="block holding the API key, '<block-type-slug>/<name>': secret/..., vault-kv-secret/..., "
-        "kms-encrypted-gcs-secret/..."
+    block: str = Field(
+        description="the CRM's block, '<block-type-slug>/<name>': hubspot-crm/..., braze-crm/... or "
+        "generic-crm-endpoint/... (README, 'Choose your CRM')"
     )
+
+    def pipeline_settings(self, destination: DestinationSettings) -> PipelineSettings:
+        """Every pipeline setting: the CRM block's ``destination`` settings and these."""
+        return PipelineSettings(**destination.model_dump(), **self.model_dump(exclude={"block"}))
 
 
 class DataflowRunnerSettings(BaseModel):
@@ -215,17 +220,26 @@ def resolve_export_shard(source: BigQuerySource | LocalSource, shard_date: dt.da
     return resolve_shard(source, shard_date)
 
 
+@task(cache_policy=NO_CACHE, retries=3, retry_condition_fn=retry_if_transient)
+def load_crm_destination(block: str) -> DestinationSettings:
+    """The CRM block's settings (``tasks.crm_export.secrets.load_crm_block``), without its key."""
+    return load_crm_block(block).destination_settings()
+
+
 @task(cache_policy=NO_CACHE, persist_result=False, retries=3, retry_condition_fn=retry_if_transient)
 def read_crm_api_key(block: str) -> ApiKey:
-    """Read the CRM API key from its block; the result is never persisted, cached or logged."""
-    return ApiKey(read_api_key(block))
+    """Read the CRM's key from its block (or the secret block it names); the result is never persisted,
+    cached or logged."""
+    return read_api_key(block)
 
 
 @task(cache_policy=NO_CACHE, retries=3, retry_condition_fn=retry_if_transient)
-def check_export_fields(source: BigQuerySource | LocalSource, shard: dt.date, crm: PipelineSettings) -> None:
-    """Fail, before anything is sent, if the field map or the key names a field the shard lacks
-    (``tasks.crm_export.diff.ShardFieldError``)."""
-    check_shard_fields(crm, source.columns(shard), f"shard {shard:%Y%m%d} of {source.where()}")
+def check_export_fields(
+    source: BigQuerySource | LocalSource, shard: dt.date, crm: PipelineSettings, block: str
+) -> None:
+    """Fail, before anything is sent, if the field map of the CRM's ``block`` or the key names a field the
+    shard lacks (``tasks.crm_export.diff.ShardFieldError``)."""
+    check_shard_fields(crm, source.columns(shard), f"shard {shard:%Y%m%d} of {source.where()}", block)
 
 
 @task(cache_policy=NO_CACHE, retries=3, retry_condition_fn=retry_if_transient)

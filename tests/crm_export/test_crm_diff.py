@@ -15,6 +15,7 @@ import sqlglot
 from prefect.blocks.system import Secret
 from sqlglot import exp
 
+from blocks import HubSpotCrm
 from devstack.crms import HubSpotServer
 from devstack.user_rows import write_next_week, write_user_rows
 from flows.crm_export.export import CrmCredentialsError, crm_export
@@ -202,15 +203,21 @@ def test_the_bigquery_plan_runs_the_diff_in_bigquery_with_the_dead_letters_as_an
 
 def test_an_unknown_field_or_a_missing_key_column_is_named():
     columns = ["external_id", "email", "properties.plan.string_value", "properties.plan.int_value"]
-    check_shard_fields(SETTINGS, columns, "shard x")
+    check_shard_fields(SETTINGS, columns, "shard x", "braze-crm/b")
     with pytest.raises(
-        ShardFieldError, match=r"crm.field_map names unknown fields \['properties.tier'\] in shard x"
+        ShardFieldError,
+        match=r"the field_map of CRM block 'braze-crm/b' names unknown fields \['properties.tier'\] in shard x",
     ):
         check_shard_fields(
-            SETTINGS.model_copy(update={"field_map": {"properties.tier": "tier"}}), columns, "shard x"
+            SETTINGS.model_copy(update={"field_map": {"properties.tier": "tier"}}),
+            columns,
+            "shard x",
+            "braze-crm/b",
         )
     with pytest.raises(ShardFieldError, match=r"the key column 'user_id' \(crm.key_field\) is missing"):
-        check_shard_fields(SETTINGS.model_copy(update={"key_field": "user_id"}), columns, "shard x")
+        check_shard_fields(
+            SETTINGS.model_copy(update={"key_field": "user_id"}), columns, "shard x", "braze-crm/b"
+        )
 
 
 # --- the flow on files, into the HubSpot stand-in ----------------------------------------------------
@@ -224,23 +231,27 @@ def hubspot():
         yield server
 
 
+FIELD_MAP = {"email": "email", "properties.plan": "plan", "identity.country": "country"}
+
+
+def hubspot_block(url: str, field_map: dict[str, str] = FIELD_MAP, **token: str) -> str:
+    """Save a ``HubSpotCrm`` block for the stand-in at ``url``; ``token``: access_token or access_token_block."""
+    name = f"hubspot-{uuid.uuid4().hex[:8]}"
+    HubSpotCrm(base_url=url, id_property="external_id", field_map=field_map, **token).save(name)
+    return f"hubspot-crm/{name}"
+
+
 @pytest.fixture
 def weekly(tmp_path, hubspot):
     hubspot.reset()
-    name = f"hubspot-token-{uuid.uuid4().hex[:8]}"
-    Secret(value=TOKEN).save(name)
+    secret = f"hubspot-token-{uuid.uuid4().hex[:8]}"
+    Secret(value=TOKEN).save(secret)  # the token in a secret block the CRM's block names
     shards = tmp_path / "shards"
     write_user_rows(shards / "users_20261109.jsonl", 2_000, invalid_every=400)
     pipeline = f"crm-diff-{uuid.uuid4().hex[:6]}"
     return {
         "source": LocalSource(directory=shards, table_prefix="users"),
-        "crm": CrmSettings(
-            url=hubspot.url,
-            destination="hubspot",
-            id_property="external_id",
-            field_map={"email": "email", "properties.plan": "plan", "identity.country": "country"},
-            api_key_block=f"secret/{name}",
-        ),
+        "crm": CrmSettings(block=hubspot_block(hubspot.url, access_token_block=f"secret/{secret}")),
         "runner": LocalRunnerSettings(registry_dir=tmp_path / "jobs"),
         "dead_letter_location": str(tmp_path / "dead-letters"),
         "poll": {"interval_seconds": 0.2, "timeout_seconds": 300},
@@ -260,11 +271,11 @@ def test_a_full_week_then_a_diff_week_then_a_failed_jobs_rows_sent_again(weekly,
     )
     hubspot.reset()
     # A wrong token: the job fails before anything is taken; the state stays at week 1.
-    wrong = f"hubspot-wrong-{uuid.uuid4().hex[:8]}"
-    Secret(value="pat-na1-wrong").save(wrong)
-    with pytest.raises(CrmCredentialsError, match=f"secret/{wrong}"):
-        crm_export(**{**weekly, "crm": weekly["crm"].model_copy(update={"api_key_block": f"secret/{wrong}"})})
-    assert hubspot.stats()["distinct_users"] == 0
+    wrong = hubspot_block(hubspot.url, access_token="pat-na1-wrong")
+    with pytest.raises(CrmCredentialsError, match=f"refused the key of CRM block '{wrong}'"):
+        crm_export(**{**weekly, "crm": weekly["crm"].model_copy(update={"block": wrong})})
+    refused = hubspot.stats()
+    assert refused["distinct_users"] == 0 and set(refused["status_counts"]) == {"401"}
     assert read_state(weekly["pipeline_name"]).shard_date == dt.date(2026, 11, 9)
     second = crm_export(**weekly)
     assert second.launch == "submitted" and second.sync == "diff against 2026-11-09"
@@ -274,13 +285,18 @@ def test_a_full_week_then_a_diff_week_then_a_failed_jobs_rows_sent_again(weekly,
     assert second.records_read == 100 + 30
     assert second.records_accepted == 125 and second.records_dead_lettered == 5
     assert second.records_unchanged == 2_030 - 130
-    assert second.requests == hubspot.stats()["requests"] == 2  # batches of at most 100 inputs
+    # batches of at most 100 inputs; the stand-in also counted the wrong token's 401s
+    assert second.requests == hubspot.stats()["requests"] - refused["requests"] == 2
     assert hubspot.stats()["distinct_users"] == 125
     assert read_state(weekly["pipeline_name"]).shard_date == dt.date(2026, 11, 16)
 
 
 def test_an_unknown_field_fails_before_anything_is_sent(weekly, hubspot):
-    weekly["crm"] = weekly["crm"].model_copy(update={"field_map": {"properties.tier": "tier"}})
-    with pytest.raises(ShardFieldError, match=r"unknown fields \['properties.tier'\]"):
+    block = hubspot_block(hubspot.url, {"email": "email", "properties.tier": "tier"}, access_token=TOKEN)
+    weekly["crm"] = weekly["crm"].model_copy(update={"block": block})
+    with pytest.raises(
+        ShardFieldError,
+        match=rf"the field_map of CRM block '{block}' names unknown fields \['properties.tier'\]",
+    ):
         crm_export(**weekly)
     assert hubspot.stats()["requests"] == 0 and not (weekly["runner"].registry_dir / "jobs").exists()
