@@ -86,11 +86,11 @@ def run_crm_export(workdir: Path, stack: ExitStack) -> bool:
 
     print("\n=== CRM export to HubSpot ===")
     print(
-        f"{'run':28}{'rows in shard':>15}{'skipped unchanged':>19}{'accepted':>10}{'dead-lettered':>15}{'requests sent':>15}"
+        f"{'run':34}{'rows in shard':>15}{'skipped unchanged':>19}{'accepted':>10}{'dead-lettered':>15}{'requests sent':>15}"
     )
     for label, summary in ((f"week 1 ({week_1.sync})", week_1), (f"week 2 ({week_2.sync})", week_2)):
         print(
-            f"{label:28}{summary.rows_in_shard:>15,}{summary.records_unchanged:>19,}{summary.records_accepted:>10,}"
+            f"{label:34}{summary.rows_in_shard:>15,}{summary.records_unchanged:>19,}{summary.records_accepted:>10,}"
             f"{summary.records_dead_lettered:>15,}{summary.requests:>15,}"
         )
     print(f"records read:         {week_1.records_read:,}")
