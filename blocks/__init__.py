@@ -21,6 +21,9 @@ _MODULES = {
     "VaultKvSecret": "blocks.crm_export.vault",
     "KmsEncryptedGcsSecret": "blocks.crm_export.kms_gcs",
     "DataflowOptions": "blocks.crm_export.dataflow",
+    "HubSpotCrm": "blocks.crm_export.crm",
+    "BrazeCrm": "blocks.crm_export.crm",
+    "GenericCrmEndpoint": "blocks.crm_export.crm",
 }
 
 __all__ = sorted(_MODULES)

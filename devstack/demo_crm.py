@@ -1,9 +1,12 @@
-"""The CRM export part of ``make demo``: 200,000 generated users → the local CRM endpoint.
+"""The CRM export part of ``make demo``: 200,000 generated users → the HubSpot stand-in, then a diff week.
 
-Generates a week's shard in BigQuery's flattened export shape (one row in 1,000 with an email the
-CRM rejects, a few lines that are not JSON), starts the CRM stand-in with some 429s and 5xx, saves
-the API key in a Prefect ``Secret`` block, and runs the ``crm-export`` flow on the local launcher.
-Then it runs the flow again to show that a DONE shard is not exported twice.
+Generates a week's shard in BigQuery's flattened export shape (one row in 1,000 with an email HubSpot
+rejects, a few lines that are not JSON), starts the HubSpot stand-in (rate limits tighter than
+HubSpot's, so some 429s, and some 5xx), saves it as a ``HubSpotCrm`` block (its URL, the private app
+token, idProperty and field map) and runs the ``crm-export`` flow on the local launcher; runs it again to show that a DONE shard is not
+exported twice; then writes the next week's shard with ~5 % of the users changed and some new ones,
+and exports it by diff sync. Prints, per run, rows in shard, skipped unchanged, accepted,
+dead-lettered and requests sent.
 
 Imports Prefect only inside functions (``devstack.demo`` sets the API URL first).
 """
@@ -15,66 +18,101 @@ import secrets
 from contextlib import ExitStack
 from pathlib import Path
 
-from devstack.crm import CrmStandIn, FaultConfig
-from devstack.user_rows import write_user_rows
+from devstack.crms import HubSpotServer
+from devstack.crms.hubspot import HubSpotConfig
+from devstack.user_rows import write_next_week, write_user_rows
 
 USERS = 200_000
-SHARD = dt.date(2026, 11, 16)
-SECRET_BLOCK = "crm-api-key"
-FAULTS = FaultConfig(rate_limit_rps=25, error_rate=0.05, seed=3, retry_after_seconds=1)
+WEEK_1 = dt.date(2026, 11, 16)
+WEEK_2 = dt.date(2026, 11, 23)
+CRM_BLOCK = "hubspot-demo"
+#: Looser than HubSpot's 190 requests per 10 s, so that the demo's 2,000 requests take
+#: seconds, not minutes; a burst over 150 per second still meets 429s, and 2 % of requests get a 5xx.
+LIMITS = HubSpotConfig(ten_second_limit=1_500, interval_milliseconds=10_000, error_rate=0.02, seed=3)
+FIELD_MAP = {
+    "email": "email",
+    "identity.country": "country",
+    "identity.phone": "phone",
+    "properties.plan": "plan",
+    "properties.lifetime_value": "lifetime_value",
+    "properties.newsletter": "newsletter",
+}
 
 
 def run_crm_export(workdir: Path, stack: ExitStack) -> bool:
-    """Run the export and print its summary; True when every record was accepted or dead-lettered."""
-    from prefect.blocks.system import Secret
-
+    """Run both weeks and print their figures; True when every run's accounting adds up, nothing was
+    delivered twice in the first week, and the second run of week 1 was skipped."""
+    from blocks import HubSpotCrm
     from flows.crm_export.export import crm_export
     from tasks.crm_export.tasks import CrmSettings, LocalRunnerSettings, LocalSource
 
     shards = workdir / "crm" / "shards"
     made = write_user_rows(
-        shards / f"users_{SHARD:%Y%m%d}.jsonl", USERS, invalid_every=1_000, malformed_every=50_000
+        shards / f"users_{WEEK_1:%Y%m%d}.jsonl", USERS, invalid_every=1_000, malformed_every=50_000
     )
-    api_key = secrets.token_urlsafe(24)
-    crm = stack.enter_context(
-        CrmStandIn(api_key=api_key, db_path=workdir / "crm" / "crm.sqlite3", faults=FAULTS)
+    token = "pat-na1-" + secrets.token_hex(16)
+    hubspot = stack.enter_context(HubSpotServer(token, LIMITS))
+    HubSpotCrm(access_token=token, id_property="external_id", field_map=FIELD_MAP, base_url=hubspot.url).save(
+        CRM_BLOCK, overwrite=True
     )
-    Secret(value=api_key).save(SECRET_BLOCK, overwrite=True)
     print(
-        f"\nGenerated {made['rows']:,} users ({made['bytes'] / 2**20:.0f} MiB, {made['invalid']} with an invalid email, "
-        f"{made['malformed']} malformed lines); CRM stand-in {crm.url} (429 over {FAULTS.rate_limit_rps:.0f} req/s, "
-        f"{FAULTS.error_rate:.0%} 5xx). Running the crm-export flow on the local launcher ..."
+        f"\nGenerated {made['rows']:,} users ({made['bytes'] / 2**20:.0f} MiB, {made['invalid']} with an invalid "
+        f"email, {made['malformed']} malformed lines); HubSpot stand-in {hubspot.url} (429 over "
+        f"{LIMITS.ten_second_limit:,} requests per 10 s, {LIMITS.error_rate:.0%} 5xx). Running the crm-export "
+        "flow on the local launcher ..."
     )
     params = {
         "source": LocalSource(directory=shards, table_prefix="users"),
-        "crm": CrmSettings(
-            url=crm.batch_url, api_key_block=f"secret/{SECRET_BLOCK}", max_backoff_seconds=2.0
-        ),
+        "crm": CrmSettings(block=f"hubspot-crm/{CRM_BLOCK}", max_backoff_seconds=2.0),
         "runner": LocalRunnerSettings(registry_dir=workdir / "crm" / "jobs"),
         "dead_letter_location": str(workdir / "crm" / "dead-letters"),
         "poll": {"interval_seconds": 1.0, "timeout_seconds": 900},
     }
-    summary = crm_export(**params)
-    again = crm_export(**params)
-    stats = crm.stats()
-    print("\n=== CRM export ===")
-    print(f"job:                  {summary.job_name} ({summary.job_id}), {summary.state.value}")
-    print(f"records read:         {summary.records_read:,}")
-    print(
-        f"accepted by the CRM:  {summary.records_accepted:,}  (CRM holds {stats['distinct_users']:,} users)"
+    week_1 = crm_export(**params, shard_date=WEEK_1)
+    week_1_stats = hubspot.stats()
+    again = crm_export(**params, shard_date=WEEK_1)
+    next_week = write_next_week(
+        shards / f"users_{WEEK_1:%Y%m%d}.jsonl",
+        shards / f"users_{WEEK_2:%Y%m%d}.jsonl",
+        change_every=20,
+        new_users=1_000,
     )
     print(
-        f"dead-lettered:        {summary.records_dead_lettered:,}  (rejected {summary.records_rejected:,}, "
-        f"malformed {summary.records_malformed:,}) → {summary.dead_letter_prefix}-*.jsonl"
+        f"Next week's shard: {next_week['changed']:,} users changed, {next_week['new']:,} new; exporting it by diff sync ..."
     )
-    batch = summary.batch_size
-    print(f"batches:              {summary.batches:,} (size min {batch.min:,}, max {batch.max:,})")
-    print(f"retries:              {summary.retries:,}  (HTTP {summary.http_status})")
-    print(f"duplicate deliveries: {stats['duplicate_deliveries']}")
-    print(f"throughput:           {summary.records_per_second:,} records/s over {summary.duration_seconds} s")
+    requests_before = hubspot.stats()["requests"]
+    week_2 = crm_export(**params, shard_date=WEEK_2)
+    week_2_requests = hubspot.stats()["requests"] - requests_before
+
+    print("\n=== CRM export to HubSpot ===")
+    print(
+        f"{'run':34}{'rows in shard':>15}{'skipped unchanged':>19}{'accepted':>10}{'dead-lettered':>15}{'requests sent':>15}"
+    )
+    for label, summary in ((f"week 1 ({week_1.sync})", week_1), (f"week 2 ({week_2.sync})", week_2)):
+        print(
+            f"{label:34}{summary.rows_in_shard:>15,}{summary.records_unchanged:>19,}{summary.records_accepted:>10,}"
+            f"{summary.records_dead_lettered:>15,}{summary.requests:>15,}"
+        )
+    print(f"records read:         {week_1.records_read:,}")
+    print(
+        f"week 1 dead letters:  {week_1.records_dead_lettered:,} (rejected by HubSpot {week_1.records_rejected:,}, "
+        f"malformed {week_1.records_malformed:,}) → {week_1.dead_letter_prefix}-*.jsonl"
+    )
+    print(f"week 1 retries:       {week_1.retries:,}  (HTTP {week_1.http_status})")
+    print(f"duplicate deliveries: {week_1_stats['duplicate_deliveries']}")
+    print(f"HubSpot holds:        {hubspot.stats()['distinct_users']:,} contacts")
+    print(
+        f"week 2 requests seen by HubSpot: {week_2_requests:,} ({week_2_requests / max(week_1.requests, 1):.1%} of week 1's)"
+    )
     print(f"second run:           {again.launch} (job {again.job_id}): a DONE shard is not exported twice")
+    adds_up = all(
+        s.rows_in_shard == s.records_unchanged + s.records_accepted + s.records_dead_lettered
+        for s in (week_1, week_2)
+    )
+    print(f"accounting:           {'adds up' if adds_up else 'DOES NOT ADD UP'} for both weeks")
     return (
-        summary.records_read == summary.records_accepted + summary.records_dead_lettered
-        and stats["duplicate_deliveries"] == 0
+        adds_up
+        and week_1_stats["duplicate_deliveries"] == 0
         and again.launch == "skipped"
+        and week_2.sync.startswith("diff")
     )

@@ -8,6 +8,7 @@ Each row: ``external_id``, ``email``, flattened ``identity.*`` columns, and
 
 ``invalid_every``: every n-th row has an email the CRM rejects (to exercise per-record rejections);
 ``malformed_every``: every n-th line is not JSON at all (to exercise the parse dead letter).
+``write_next_week`` makes the following week's shard: some users changed, some new.
 ``python -m devstack.user_rows OUT.jsonl --users 200000``.
 """
 
@@ -64,6 +65,38 @@ def write_user_rows(
             invalid += bad
             out.write(orjson.dumps(user_row(i, rng, bad)) + b"\n")
     return {"rows": users, "invalid": invalid, "malformed": malformed, "bytes": path.stat().st_size}
+
+
+def write_next_week(
+    previous: Path, path: Path, change_every: int = 20, new_users: int = 0, seed: int = 11
+) -> dict[str, int]:
+    """Next week's shard from ``previous``: every ``change_every``-th user (counting rows that are JSON)
+    changes plan, ``new_users`` are added; other rows, malformed lines included, stay as they were.
+    Returns ``{"rows", "changed", "new", "bytes"}``."""
+    rng = random.Random(seed)
+    rows = changed = 0
+    last = -1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with previous.open("rb") as before, path.open("wb") as out:
+        for line in before:
+            rows += 1
+            try:
+                row = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                out.write(line)
+                continue
+            last = max(last, int(row["external_id"][1:]))
+            if change_every and rows % change_every == 0:
+                row["properties.plan.int_value"] = None
+                row["properties.plan.string_value"] = rng.choice(
+                    [p for p in PLANS if p != row["properties.plan.string_value"]]
+                )
+                changed += 1
+                line = orjson.dumps(row) + b"\n"
+            out.write(line)
+        for i in range(last + 1, last + 1 + new_users):
+            out.write(orjson.dumps(user_row(i, rng)) + b"\n")
+    return {"rows": rows + new_users, "changed": changed, "new": new_users, "bytes": path.stat().st_size}
 
 
 def main() -> None:

@@ -94,7 +94,7 @@ def test_prefect_deploy_all_against_a_real_server(prefect_api_url):
     assert crm.work_pool_name == "crm-export" and crm.global_concurrency_limit.limit == 1
     assert [s.schedule.cron for s in crm.schedules] == ["0 3 * * 1"]
     assert crm.parameters["runner"] == {"kind": "dataflow", "options_block": "crm-export"}
-    assert crm.parameters["crm"]["api_key_block"] == "secret/crm-api-key"  # a block name, never the key
+    assert crm.parameters["crm"]["block"] == "hubspot-crm/crm-export"  # a block name, never the key
     assert {"shard_date", "force", "source", "crm", "runner"} <= set(
         crm.parameter_openapi_schema["properties"]
     )

@@ -1,4 +1,5 @@
-"""Every record read is accepted by the CRM or dead-lettered: the counters that show it, the dead-letter entry, the check.
+"""Every row of the shard is skipped unchanged, accepted by the CRM or dead-lettered: the counters that show
+it, the dead-letter entry, the check.
 
 Beam-free: the pipeline counts and dead-letters, the launchers read the counters, the flow checks them.
 """
@@ -26,8 +27,11 @@ class Counters:
 
     Records: ``records_read`` (every row read), ``records_malformed`` (not JSON, or not a record),
     ``records_sent`` (put in a request), ``records_accepted`` and ``records_rejected`` (by the CRM),
-    ``records_dead_lettered``. ``batches``: batches posted. ``retries``: requests repeated.
-    ``http_status``: the CRM's responses by HTTP status (the counters ``http_<status>``).
+    ``records_dead_lettered``. ``batches``: batches posted. ``requests``: HTTP requests sent (retries
+    included). ``retries``: requests repeated. ``http_status``: the CRM's responses by HTTP status (the
+    counters ``http_<status>``). From the export's plan (``tasks.crm_export.diff``), reported by the job:
+    ``rows_in_shard`` (None when the job ran without a plan) and ``records_unchanged`` (rows skipped
+    because the CRM already has them as they are).
     """
 
     records_read: int = 0
@@ -37,7 +41,10 @@ class Counters:
     records_rejected: int = 0
     records_dead_lettered: int = 0
     batches: int = 0
+    requests: int = 0
     retries: int = 0
+    records_unchanged: int = 0
+    rows_in_shard: int | None = None
     http_status: dict[int, int] = field(default_factory=dict)
 
     @classmethod
@@ -55,7 +62,11 @@ class Counters:
 
     def to_names(self) -> dict[str, int]:
         """Counter name → value, as ``from_names`` takes it."""
-        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "http_status"}
+        values = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name != "http_status" and getattr(self, f.name) is not None
+        }
         return values | {f"http_{status}": count for status, count in sorted(self.http_status.items())}
 
 
@@ -91,14 +102,22 @@ class ExportMetrics:
 
 
 class AccountingError(RuntimeError):
-    """``records_read != records_accepted + records_dead_lettered``: records were lost or counted twice."""
+    """Records were lost or counted twice: ``records_read != records_accepted + records_dead_lettered``, or
+    ``rows_in_shard != records_unchanged + records_accepted + records_dead_lettered``."""
 
 
 def check_accounting(counters: Counters) -> None:
-    """Raise ``AccountingError`` unless every record read was accepted or dead-lettered."""
+    """Raise ``AccountingError`` unless every record read was accepted or dead-lettered and, when the job
+    had a plan, every row of the shard was skipped unchanged, accepted or dead-lettered."""
     read, accepted, dead = counters.records_read, counters.records_accepted, counters.records_dead_lettered
     if read != accepted + dead:
         raise AccountingError(
             f"records read ({read}) != accepted ({accepted}) + dead-lettered ({dead}): "
             f"{read - accepted - dead} records are unaccounted for"
+        )
+    rows, unchanged = counters.rows_in_shard, counters.records_unchanged
+    if rows is not None and rows != unchanged + accepted + dead:
+        raise AccountingError(
+            f"rows in shard ({rows}) != unchanged ({unchanged}) + accepted ({accepted}) + dead-lettered "
+            f"({dead}): {rows - unchanged - accepted - dead} rows are unaccounted for"
         )

@@ -42,6 +42,16 @@ class CrmExportOptions(PipelineOptions):
         parser.add_argument(
             "--idempotency_namespace", default="", help="part of every idempotency key (the job name)"
         )
+        plan = parser.add_argument_group("the export's plan (set by the flow)")
+        plan.add_argument(
+            "--rows_in_shard", type=int, help="rows of the whole shard (the input may be its changes)"
+        )
+        plan.add_argument(
+            "--records_unchanged",
+            type=int,
+            default=0,
+            help="rows of the shard not read: the CRM has them as they are",
+        )
         add_setting_flags(parser)
 
 
@@ -78,6 +88,20 @@ class ParseRows(beam.DoFn):
         self.records_read.inc(self._read)
         self.records_malformed.inc(self._malformed)
         self.records_dead_lettered.inc(self._malformed)
+
+
+class ReportPlan(beam.DoFn):
+    """Report the plan's figures as counters (``rows_in_shard``, ``records_unchanged``), once per job:
+    the job's metrics then hold every figure its accounting needs, whoever reads them."""
+
+    def __init__(self, rows_in_shard: int, records_unchanged: int):
+        self.rows_in_shard = rows_in_shard
+        self.records_unchanged = records_unchanged
+
+    def process(self, element: Any) -> Iterator[Any]:
+        Metrics.counter(NAMESPACE, "rows_in_shard").inc(self.rows_in_shard)
+        Metrics.counter(NAMESPACE, "records_unchanged").inc(self.records_unchanged)
+        return iter(())
 
 
 class ShapeBatch(beam.DoFn):
@@ -148,7 +172,8 @@ class ReadRows(beam.PTransform):
 
 
 class WriteToCrm(beam.PTransform):
-    """Rows → CRM records in batches of at most ``settings.batch_size`` → POSTed to ``settings.url``.
+    """Rows → CRM records in batches of at most ``settings.batch_limit()`` (``batch_size``, capped at the
+    destination's limit) → sent to the CRM of ``settings.destination``.
 
     ``BatchElements`` (no shuffle: batches form within a bundle) → ``ShapeBatch`` → ``PostBatchesFn``.
     Output: the dead letters, rows the shaper rejects and records the CRM does not take; accepted
@@ -162,7 +187,7 @@ class WriteToCrm(beam.PTransform):
         self.namespace = namespace
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
-        size = self.settings.batch_size
+        size = self.settings.batch_limit()
         shaped = (
             rows
             | "Batch" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
@@ -203,6 +228,17 @@ def build_pipeline(pipeline: beam.Pipeline, api_key: ApiKey | KmsEncryptedApiKey
     if not options.dead_letter_prefix:
         raise ValueError("--dead_letter_prefix is required: records the CRM does not take are written there")
 
+    if options.rows_in_shard is not None:
+        if options.rows_in_shard < 0 or not 0 <= options.records_unchanged <= options.rows_in_shard:
+            raise ValueError(
+                f"--rows_in_shard={options.rows_in_shard} --records_unchanged={options.records_unchanged}: "
+                "need 0 <= unchanged <= rows in shard"
+            )
+        (
+            pipeline
+            | "Plan" >> beam.Create([None])
+            | "ReportPlan" >> beam.ParDo(ReportPlan(options.rows_in_shard, options.records_unchanged))
+        )
     read = pipeline | "ReadRows" >> ReadRows(options.input_table, options.input_file)
     not_taken = read.rows | "WriteToCrm" >> WriteToCrm(settings, api_key, options.idempotency_namespace)
     (read[DEAD_LETTER], not_taken) | "WriteDeadLetters" >> WriteDeadLetters(options.dead_letter_prefix)

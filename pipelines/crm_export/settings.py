@@ -1,24 +1,33 @@
-"""The CRM export's settings contract and Dataflow's name rules; imports neither Beam nor Prefect.
+"""The CRM export's settings contract, the destination interface and Dataflow's name rules; imports
+neither Beam nor Prefect.
 
-The flow takes ``PipelineSettings`` (through ``tasks.crm_export.tasks.CrmSettings``), hands them to the
-pipeline as flags (``pipeline_args``), and the pipeline reads them back (``settings_from_options``).
-Each setting is defined once, as a field here; docs/crm-export.md, "Settings", lists them.
+The flow makes ``PipelineSettings`` from the CRM's block (``DestinationSettings``) and its ``crm``
+parameter (``SendSettings``, through ``tasks.crm_export.tasks.CrmSettings``), hands them to the pipeline
+as flags (``pipeline_args``), and the pipeline reads them back (``settings_from_options``).
+Each setting is defined once, as a field here; docs/crm-export.md, "Settings", lists them. A CRM is a
+``Destination`` (its request shape, batch limit and answers); the implementations are in
+``pipelines.crm_export.destinations``.
 """
 
 from __future__ import annotations
 
+import abc
 import argparse
 import datetime as dt
+import json
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Annotated, Any
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 
 #: The typed value columns of a union, in the order their value is taken (GA4/BigQuery naming).
 UNION_FIELDS = ("string_value", "int_value", "float_value", "double_value", "bool_value")
+#: The CRMs the export speaks (``pipelines.crm_export.destinations``).
+DestinationName = Literal["generic", "hubspot", "braze"]
 
 
 @dataclass(frozen=True)
@@ -28,21 +37,68 @@ class Flag:
     name: str
 
 
-class PipelineSettings(BaseModel):
-    """Where the records go and how they are shaped and sent: every field is a pipeline flag.
+class DestinationSettings(BaseModel):
+    """Which CRM the records go to and what it receives: its API, URL, field map and HubSpot's ``idProperty``.
 
-    A field is ``str``, ``int``, ``float``, ``bool`` (a flag that turns it on, so it defaults to False)
-    or ``list[str]`` (a comma-separated flag). Adding one here adds its flag, its parameter in the flow's
-    ``crm`` settings and its conversions both ways. Raises ``pydantic.ValidationError`` (a ``ValueError``)
-    naming the field of an invalid value.
+    A team sets them in the CRM's block (``blocks.crm_export.crm``: ``HubSpotCrm``, ``BrazeCrm``,
+    ``GenericCrmEndpoint``), which gives them with ``destination_settings()``; every field is a pipeline
+    flag. Raises ``pydantic.ValidationError`` (a ``ValueError``) naming the field of an invalid value.
     """
 
     url: Annotated[str, Flag("crm_url")] = Field(description="the CRM's batch import endpoint")
+    destination: Annotated[DestinationName, Flag("crm_destination")] = Field(
+        default="generic",
+        description="the CRM's API: generic (a JSON batch endpoint, url is the endpoint), hubspot (url is "
+        "the API base, e.g. https://api.hubapi.com) or braze (url is the instance's REST endpoint, e.g. "
+        "https://rest.iad-01.braze.com)",
+    )
+    field_map: Annotated[dict[str, str], Flag("field_map")] = Field(
+        default_factory=dict,
+        description="BigQuery field (a column, or a union's column without its type suffix, e.g. "
+        "properties.plan) → CRM property; required for hubspot and braze; generic sends the whole record "
+        "when empty",
+    )
+    id_property: Annotated[str, Flag("hubspot_id_property")] = Field(
+        default="",
+        description="hubspot: the unique contact property the key is upserted by (idProperty), e.g. email "
+        "or a custom unique property such as external_id",
+    )
+
+    @model_validator(mode="after")
+    def _destination_needs(self) -> DestinationSettings:
+        empty = sorted(k for k, v in self.field_map.items() if not k or not v)
+        if empty:
+            raise ValueError(
+                f"field_map: {empty} — every entry maps a non-empty field to a non-empty property"
+            )
+        if self.destination in ("hubspot", "braze") and not self.field_map:
+            raise ValueError(
+                f"field_map is required for {self.destination}: map each BigQuery field to its CRM property, "
+                'e.g. {"email": "email", "properties.plan": "plan"}'
+            )
+        if self.destination == "hubspot" and not self.id_property:
+            raise ValueError(
+                "id_property is required for hubspot: the unique contact property the key is upserted by "
+                "(HubSpot's idProperty), e.g. email or a custom unique property"
+            )
+        return self
+
+
+class SendSettings(BaseModel):
+    """How rows become records and how they are sent: batch size, key column, nulls, column naming,
+    timeouts, retries and requests in flight. The flow's ``crm`` parameter holds them (with the CRM's
+    block), with these defaults; every field is a pipeline flag.
+
+    A field is ``str``, ``int``, ``float``, ``bool`` (a flag that turns it on, so it defaults to False)
+    or ``list[str]`` (a comma-separated flag). Raises ``pydantic.ValidationError`` (a ``ValueError``)
+    naming the field of an invalid value.
+    """
+
     batch_size: Annotated[int, Flag("batch_size")] = Field(
         default=5000, ge=1, description="records per request (at most)"
     )
     key_field: Annotated[str, Flag("key_field")] = Field(
-        default="external_id", description="the CRM's record key"
+        default="external_id", description="the column holding the CRM's record key"
     )
     keep_null: Annotated[list[str], Flag("keep_null")] = Field(
         default_factory=list, description="dotted fields sent as null to clear them; other nulls are dropped"
@@ -70,15 +126,24 @@ class PipelineSettings(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _one_name_per_entry(self) -> PipelineSettings:
-        for name, (flag, field) in _flags(type(self)).items():
-            if field.annotation == list[str]:
+    def _one_name_per_entry(self) -> SendSettings:
+        for name, (flag, field_info) in _flags(type(self)).items():
+            if field_info.annotation == list[str]:
                 bad = [entry for entry in getattr(self, name) if not entry or "," in entry]
                 if bad:
                     raise ValueError(
                         f"{name}: {bad} — one non-empty name per entry, without commas (--{flag} is comma-separated)"
                     )
         return self
+
+
+class PipelineSettings(DestinationSettings, SendSettings):
+    """Every setting of the pipeline: the CRM's (``DestinationSettings``, from its block) and how records
+    are sent (``SendSettings``, from the flow's ``crm`` parameter); each field is a pipeline flag.
+
+    Adding a field to either adds its flag and its conversions both ways (``pipeline_args``,
+    ``add_setting_flags``, ``settings_from_options``).
+    """
 
     def pipeline_args(self) -> list[str]:
         """The settings as pipeline flags, e.g. ``["--crm_url=https://…", "--batch_size=5000", …]``.
@@ -92,9 +157,17 @@ class PipelineSettings(BaseModel):
                 args += [f"--{flag}"] if value else []
             elif isinstance(value, list):
                 args.append(f"--{flag}={','.join(value)}")
+            elif isinstance(value, dict):
+                args.append(f"--{flag}={json.dumps(value, separators=(',', ':'))}")
             else:
                 args.append(f"--{flag}={value}")
         return args
+
+    def batch_limit(self) -> int:
+        """Records per request: ``batch_size``, capped at the destination's own limit (HubSpot 100, Braze 75)."""
+        from pipelines.crm_export.destinations import DESTINATIONS
+
+        return min(self.batch_size, DESTINATIONS[self.destination].max_batch_size)
 
 
 def add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -102,20 +175,29 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
 
     The required ``url`` defaults to None here; ``settings_from_options`` rejects it then.
     """
-    for name, (flag, field) in _flags(PipelineSettings).items():
-        default = None if field.is_required() else field.get_default(call_default_factory=True)
-        if field.annotation is bool:
+    for name, (flag, field_info) in _flags(PipelineSettings).items():
+        default = None if field_info.is_required() else field_info.get_default(call_default_factory=True)
+        annotation, description = field_info.annotation, field_info.description
+        if annotation is bool:
             if default:
                 raise TypeError(f"setting {name}: a bool setting defaults to False (its flag turns it on)")
-            parser.add_argument(f"--{flag}", action="store_true", help=field.description)
-        elif field.annotation == list[str]:
+            parser.add_argument(f"--{flag}", action="store_true", help=description)
+        elif annotation == list[str]:
             parser.add_argument(
-                f"--{flag}", default=",".join(default), help=f"{field.description}; comma-separated"
+                f"--{flag}", default=",".join(default), help=f"{description}; comma-separated"
             )
-        elif field.annotation in (str, int, float):
-            parser.add_argument(f"--{flag}", type=field.annotation, default=default, help=field.description)
+        elif annotation == dict[str, str]:
+            parser.add_argument(
+                f"--{flag}", default=json.dumps(default), help=f"{description}; a JSON object"
+            )
+        elif typing.get_origin(annotation) is Literal:
+            parser.add_argument(
+                f"--{flag}", default=default, help=f"{description}; one of {typing.get_args(annotation)}"
+            )
+        elif annotation in (str, int, float):
+            parser.add_argument(f"--{flag}", type=annotation, default=default, help=description)
         else:
-            raise TypeError(f"setting {name}: a {field.annotation} cannot be a pipeline flag")
+            raise TypeError(f"setting {name}: a {annotation} cannot be a pipeline flag")
 
 
 def settings_from_options(options: Any) -> PipelineSettings:
@@ -127,16 +209,25 @@ def settings_from_options(options: Any) -> PipelineSettings:
     """
     flags = _flags(PipelineSettings)
     values = {}
-    for name, (flag, field) in flags.items():
+    problems = []
+    for name, (flag, field_info) in flags.items():
         value = getattr(options, flag)
-        if value is not None:
-            values[name] = (
-                [entry for entry in value.split(",") if entry] if field.annotation == list[str] else value
-            )
+        if value is None:
+            continue
+        if field_info.annotation == list[str]:
+            value = [entry for entry in value.split(",") if entry]
+        elif field_info.annotation == dict[str, str] and isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                problems.append(f"--{flag}={value!r}: not a JSON object ({exc})")
+                continue
+        values[name] = value
+    if problems:
+        raise ValueError("; ".join(problems))
     try:
         return PipelineSettings(**values)
     except ValidationError as exc:
-        problems = []
         for error in exc.errors():
             name = error["loc"][0] if error["loc"] else None
             if name not in flags:
@@ -144,7 +235,7 @@ def settings_from_options(options: Any) -> PipelineSettings:
             elif error["type"] == "missing":
                 problems.append(f"--{flags[name][0]} is required ({flags[name][1].description})")
             else:
-                problems.append(f"--{flags[name][0]}={values[name]!r}: {error['msg']}")
+                problems.append(f"--{flags[name][0]}={values.get(name)!r}: {error['msg']}")
         raise ValueError("; ".join(problems)) from None
 
 
@@ -156,6 +247,72 @@ def _flags(model: type[BaseModel]) -> dict[str, tuple[str, FieldInfo]]:
         for marker in field.metadata
         if isinstance(marker, Flag)
     }
+
+
+# -- the destination interface ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one request to the CRM got, in the CRM's own terms.
+
+    ``status``: the HTTP status, None when no response came (timeout, refused or reset connection).
+    ``rejected``: position in the batch → why the CRM refused that record, its own error code and text
+    (``"INVALID_EMAIL: Email address … is invalid"``); only on a success. ``acknowledged``: how many
+    records the CRM says it took, when it says. ``retry``: worth sending again (429, 5xx, no response);
+    ``retry_after_seconds``: the CRM's hint, if it gave one. ``credentials_rejected``: 401/403, the key
+    is wrong. ``reason``: why a request that did not succeed failed (status and the CRM's error text).
+    """
+
+    status: int | None
+    rejected: Mapping[int, str] = field(default_factory=dict)
+    acknowledged: int | None = None
+    retry: bool = False
+    retry_after_seconds: float | None = None
+    credentials_rejected: bool = False
+    reason: str = ""
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300 and not self.retry
+
+
+class Connection(abc.ABC):
+    """A destination's client on one worker (made in the sink's ``setup``): sends one request at a time
+    per thread; thread-safe."""
+
+    @abc.abstractmethod
+    def send(self, payload: Any, keys: Sequence[str], idempotency_key: str | None) -> Answer:
+        """POST one batch (``payload`` from ``Destination.encode``, records keyed ``keys``); never raises
+        for an HTTP error or a broken connection: the ``Answer`` says what happened."""
+
+    def close(self) -> None:  # noqa: B027 - nothing to release by default
+        """Release the connection pool."""
+
+
+class Destination(abc.ABC):
+    """One CRM's batch API: its batch limit, request shape and answers.
+
+    ``max_batch_size``: records per request the CRM takes. ``idempotency_keys``: whether it takes an
+    ``Idempotency-Key`` (a retried request is then applied once); without one a re-sent batch stays
+    harmless because every destination upserts by the record key. ``encode(records)`` returns
+    ``(payload, keys, unserialisable)``: what ``Connection.send`` sends, the record keys in order, and
+    dead-letter entries for records it cannot send (they are left out of the payload).
+    ``connect(api_key, timeout, max_in_flight)`` opens the client (``timeout``: (connect, read) seconds).
+    """
+
+    name: ClassVar[str]
+    max_batch_size: ClassVar[int]
+    idempotency_keys: ClassVar[bool] = False
+
+    def __init__(self, settings: PipelineSettings):
+        self.settings = settings
+
+    @abc.abstractmethod
+    def encode(self, records: Sequence[dict[str, Any]]) -> tuple[Any, list[str], list[dict[str, Any]]]: ...
+
+    @abc.abstractmethod
+    def connect(self, api_key: str, timeout: tuple[float, float], max_in_flight: int) -> Connection: ...
 
 
 # -- Dataflow's name rules ----------------------------------------------------------------------

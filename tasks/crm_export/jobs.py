@@ -6,6 +6,7 @@ plain functions without Prefect; why the split: docs/crm-export.md, "Launch and 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import enum
 import logging
@@ -141,7 +142,13 @@ def _newest(jobs: list[JobInfo]) -> JobInfo:
 RUN_LABEL = "prefect-flow-run-id"
 
 
-def launch_job(launcher: JobLauncher, spec: JobSpec, force: bool = False, log: Any = logger) -> LaunchResult:
+def launch_job(
+    launcher: JobLauncher,
+    spec: JobSpec,
+    force: bool = False,
+    log: Any = logger,
+    prepare: Callable[[], tuple[list[str], dict[str, str]]] | None = None,
+) -> LaunchResult:
     """Adopt, skip or submit the job named ``spec.name``; never starts a second job of one export.
 
     - a non-terminal job of that name exists → adopt it (a retried or crashed flow finds its job);
@@ -150,7 +157,9 @@ def launch_job(launcher: JobLauncher, spec: JobSpec, force: bool = False, log: A
       a retried forced run must not export a second time;
     - otherwise (none, or only FAILED/CANCELLED/UPDATED/DRAINED, or ``force``) → submit;
     - the submit is refused because a job of that name became active meanwhile → list again, adopt.
-    ``log``: where the decision is logged (the flow run's logger in the Prefect task).
+    ``log``: where the decision is logged (the flow run's logger in the Prefect task). ``prepare``: called
+    only when a job is about to be submitted (never for an adopted or skipped one); returns pipeline
+    arguments and labels added to ``spec`` (the export's plan: what it reads, its figures).
     """
     jobs = launcher.list_jobs(spec.name)
     active = [job for job in jobs if not job.terminal]
@@ -171,6 +180,11 @@ def launch_job(launcher: JobLauncher, spec: JobSpec, force: bool = False, log: A
             " by this flow run" if force else "; pass force=True to export again",
         )
         return LaunchResult(job.id, job.name, "skipped")
+    if prepare is not None:
+        args, labels = prepare()
+        spec = dataclasses.replace(
+            spec, pipeline_args=(*spec.pipeline_args, *args), labels={**spec.labels, **labels}
+        )
     try:
         job_id = launcher.submit(spec)
     except JobAlreadyExistsError:

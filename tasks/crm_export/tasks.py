@@ -1,5 +1,5 @@
-"""Prefect tasks of the CRM export, and the models of the flow's parameters (never secrets: a secret is
-named by its block): the source, ``CrmSettings``, the runner.
+"""Prefect tasks of the CRM export, and the models of the flow's parameters (never secrets: the CRM and
+its key are named by their block): the source, ``CrmSettings``, the runner.
 
 The shard is resolved once per flow run; launch and poll are separate tasks that never cache, so a
 retry really looks again (docs/crm-export.md, "Launch and poll"). Tasks retry transient errors only.
@@ -18,8 +18,9 @@ from pydantic import BaseModel, Field
 
 from pipelines.crm_export.accounting import ExportMetrics
 from pipelines.crm_export.api_key import ApiKey
-from pipelines.crm_export.settings import PipelineSettings
+from pipelines.crm_export.settings import DestinationSettings, PipelineSettings, SendSettings
 from tasks.common import ONCE_PER_FLOW_RUN, load_block
+from tasks.crm_export.diff import ExportState, check_shard_fields, plan_export, read_state, write_state
 from tasks.crm_export.jobs import (
     JobInfo,
     JobLauncher,
@@ -29,7 +30,7 @@ from tasks.crm_export.jobs import (
     launch_job,
     poll_job,
 )
-from tasks.crm_export.secrets import read_api_key
+from tasks.crm_export.secrets import load_crm_block, read_api_key
 
 #: Errors worth retrying a task for: the network or an API that is briefly unavailable.
 TRANSIENT_ERRORS = (
@@ -62,12 +63,14 @@ class BigQuerySource(BaseModel):
     gcp_credentials_block: str | None = Field(
         default=None, description="name of a prefect-gcp GcpCredentials block (default: ADC)"
     )
+    diff_dataset: str | None = Field(
+        default=None,
+        description="dataset of the diff sync's tables of rows to send, <prefix>_changed_YYYYMMDD, kept 30 days "
+        "(default: the shards' dataset)",
+    )
 
     def table(self, shard: dt.date) -> str:
         return f"{self.project}:{self.dataset}.{self.table_prefix}_{shard:%Y%m%d}"
-
-    def pipeline_args(self, shard: dt.date) -> list[str]:
-        return [f"--input_table={self.table(shard)}"]
 
     def _client(self) -> Any:
         from google.cloud import bigquery
@@ -94,6 +97,12 @@ class BigQuerySource(BaseModel):
     def where(self) -> str:
         return f"BigQuery dataset {self.project}.{self.dataset} (tables {self.table_prefix}_YYYYMMDD)"
 
+    def columns(self, shard: dt.date) -> list[str]:
+        """The shard's columns, a RECORD's fields as dotted names (``tables.get``)."""
+        from tasks.crm_export.diff import schema_columns
+
+        return schema_columns(self._client().get_table(self.table(shard).replace(":", ".")).schema)
+
 
 class LocalSource(BaseModel):
     """Newline-delimited JSON files ``{directory}/{prefix}_{YYYYMMDD}.jsonl`` shaped as the BigQuery rows."""
@@ -104,9 +113,6 @@ class LocalSource(BaseModel):
 
     def path(self, shard: dt.date) -> Path:
         return self.directory / f"{self.table_prefix}_{shard:%Y%m%d}.jsonl"
-
-    def pipeline_args(self, shard: dt.date) -> list[str]:
-        return [f"--input_file={self.path(shard).resolve()}"]
 
     def shards(self) -> list[dt.date]:
         prefix = f"{self.table_prefix}_"
@@ -119,14 +125,25 @@ class LocalSource(BaseModel):
     def where(self) -> str:
         return f"directory {self.directory} (files {self.table_prefix}_YYYYMMDD.jsonl)"
 
+    def columns(self, shard: dt.date) -> list[str]:
+        """The columns of the shard's first row that is a JSON object."""
+        from tasks.crm_export.diff import file_columns
 
-class CrmSettings(PipelineSettings):
-    """Where records go and how they are shaped and sent (``PipelineSettings``), and the block holding the API key."""
+        return file_columns(self.path(shard))
 
-    api_key_block: str = Field(
-        description="block holding the API key, '<block-type-slug>/<name>': secret/..., vault-kv-secret/..., "
-        "kms-encrypted-gcs-secret/..."
+
+class CrmSettings(SendSettings):
+    """The CRM's block (its API, URL, field map and key) and how records are shaped and sent (``SendSettings``,
+    with the settings contract's defaults)."""
+
+    block: str = Field(
+        description="the CRM's block, '<block-type-slug>/<name>': hubspot-crm/..., braze-crm/... or "
+        "generic-crm-endpoint/... (README, 'Choose your CRM')"
     )
+
+    def pipeline_settings(self, destination: DestinationSettings) -> PipelineSettings:
+        """Every pipeline setting: the CRM block's ``destination`` settings and these."""
+        return PipelineSettings(**destination.model_dump(), **self.model_dump(exclude={"block"}))
 
 
 class DataflowRunnerSettings(BaseModel):
@@ -203,10 +220,49 @@ def resolve_export_shard(source: BigQuerySource | LocalSource, shard_date: dt.da
     return resolve_shard(source, shard_date)
 
 
+@task(cache_policy=NO_CACHE, retries=3, retry_condition_fn=retry_if_transient)
+def load_crm_destination(block: str) -> DestinationSettings:
+    """The CRM block's settings (``tasks.crm_export.secrets.load_crm_block``), without its key."""
+    return load_crm_block(block).destination_settings()
+
+
 @task(cache_policy=NO_CACHE, persist_result=False, retries=3, retry_condition_fn=retry_if_transient)
 def read_crm_api_key(block: str) -> ApiKey:
-    """Read the CRM API key from its block; the result is never persisted, cached or logged."""
-    return ApiKey(read_api_key(block))
+    """Read the CRM's key from its block (or the secret block it names); the result is never persisted,
+    cached or logged."""
+    return read_api_key(block)
+
+
+@task(cache_policy=NO_CACHE, retries=3, retry_condition_fn=retry_if_transient)
+def check_export_fields(
+    source: BigQuerySource | LocalSource, shard: dt.date, crm: PipelineSettings, block: str
+) -> None:
+    """Fail, before anything is sent, if the field map of the CRM's ``block`` or the key names a field the
+    shard lacks (``tasks.crm_export.diff.ShardFieldError``)."""
+    check_shard_fields(crm, source.columns(shard), f"shard {shard:%Y%m%d} of {source.where()}", block)
+
+
+@task(cache_policy=NO_CACHE, retries=3, retry_condition_fn=retry_if_transient)
+def read_export_state(pipeline_name: str) -> ExportState | None:
+    """The pipeline's last DONE export (Prefect Variable ``crm_export_<pipeline>``), None before the first."""
+    return read_state(pipeline_name)
+
+
+@task(cache_policy=NO_CACHE, retries=3, retry_condition_fn=retry_if_transient)
+def write_export_state(pipeline_name: str, state: ExportState) -> None:
+    """Record a DONE export as the base of the next diff."""
+    write_state(pipeline_name, state)
+
+
+class PlanRequest(BaseModel):
+    """What the export's plan needs (``tasks.crm_export.diff.plan_export``): made only when a job is submitted."""
+
+    source: Source
+    shard: dt.date
+    crm: PipelineSettings
+    state: ExportState | None
+    full_resync: bool
+    work_prefix: str
 
 
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=30, retry_condition_fn=retry_if_transient)
@@ -217,10 +273,30 @@ def launch_export_job(
     labels: dict[str, str],
     api_key: ApiKey,
     force: bool = False,
+    plan: PlanRequest | None = None,
 ) -> LaunchResult:
-    """Adopt, skip or submit the export's job (``tasks.crm_export.jobs.launch_job``); returns what it did."""
+    """Adopt, skip or submit the export's job (``tasks.crm_export.jobs.launch_job``); returns what it did.
+
+    ``plan``: planned (full or diff) just before a submit, adding the input, the plan's figures and the
+    labels ``sync``/``sync-base`` to the job; ``pipeline_args`` then hold no input.
+    """
+    logger = get_run_logger()
     spec = JobSpec(name=name, pipeline_args=tuple(pipeline_args), labels=labels, api_key=api_key)
-    return launch_job(make_launcher(runner), spec, force=force, log=get_run_logger())
+
+    def prepare() -> tuple[list[str], dict[str, str]]:
+        made = plan_export(
+            plan.source, plan.shard, plan.crm, plan.state, plan.full_resync, plan.work_prefix, labels
+        )
+        logger.info(
+            "Export plan: %s (%s); %s of %s rows to send",
+            made.mode,
+            made.reason,
+            f"{made.rows_to_send:,}",
+            f"{made.rows_in_shard:,}",
+        )
+        return made.pipeline_args(), made.job_labels()
+
+    return launch_job(make_launcher(runner), spec, force=force, log=logger, prepare=prepare if plan else None)
 
 
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=60, retry_condition_fn=retry_if_transient)

@@ -1,4 +1,5 @@
-"""The crm_export flow on the local launcher: launch/poll idempotence, crashes, bad input, no secret leaks."""
+"""The crm_export flow on the local launcher into the generic endpoint: launch/poll idempotence, crashes,
+bad input, no secret leaks (the key in the CRM's block, or in a secret block it names)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ import pytest
 from prefect.blocks.system import Secret
 from prefect.client.orchestration import get_client
 
+from blocks import GenericCrmEndpoint
 from devstack.crm import CrmStandIn, FaultConfig
 from devstack.user_rows import write_user_rows
 from flows.crm_export.export import crm_export
-from tasks.crm_export.jobs import JobFailedError, JobState
+from tasks.common import BlockNotFoundError
+from tasks.crm_export.jobs import JobState
 from tasks.crm_export.launchers.local import LocalLauncher
 from tasks.crm_export.secrets import SecretBlockNotFoundError
 from tasks.crm_export.tasks import CrmSettings, LocalRunnerSettings, LocalSource, ShardNotFoundError
@@ -35,15 +38,21 @@ def crm(tmp_path_factory):
         yield standin
 
 
+def crm_block(url: str, **key: str) -> str:
+    """Save a ``GenericCrmEndpoint`` block for ``url`` with ``key`` (``api_key`` or ``api_key_block``)."""
+    name = f"crm-{uuid.uuid4().hex[:8]}"
+    GenericCrmEndpoint(url=url, **key).save(name)
+    return f"generic-crm-endpoint/{name}"
+
+
 @pytest.fixture(scope="module")
-def secret_block():
-    name = f"crm-api-key-{uuid.uuid4().hex[:8]}"
-    Secret(value=API_KEY).save(name)
-    return f"secret/{name}"
+def inline_key_block(crm):
+    """The endpoint's block holding the key itself (a secret field)."""
+    return crm_block(crm.batch_url, api_key=API_KEY)
 
 
 @pytest.fixture
-def export(tmp_path, crm, secret_block):
+def export(tmp_path, crm, inline_key_block):
     """Parameters of a local export of a generated shard, and the paths it writes."""
     crm.configure(**FaultConfig().to_dict())
     crm.reset()
@@ -51,7 +60,7 @@ def export(tmp_path, crm, secret_block):
     write_user_rows(shards / "users_20261116.jsonl", 3_000, invalid_every=500)
     params = {
         "source": LocalSource(directory=shards, table_prefix="users"),
-        "crm": CrmSettings(url=crm.batch_url, api_key_block=secret_block, batch_size=500),
+        "crm": CrmSettings(block=inline_key_block, batch_size=500),
         "runner": LocalRunnerSettings(registry_dir=tmp_path / "jobs"),
         "dead_letter_location": str(tmp_path / "dead-letters"),
         "poll": {"interval_seconds": 0.2, "timeout_seconds": 300},
@@ -80,8 +89,9 @@ def test_exports_the_latest_shard_and_publishes_the_summary(export, crm):
     (job,) = jobs(export)
     assert job["labels"]["shard-date"] == "2026-11-16" and job["labels"]["prefect-flow-run-id"]
     with get_client(sync_client=True) as client:
-        artifacts = [a for a in client.read_artifacts() if a.key == "crm-export"]
-        persisted = client.read_flow_run(state.state_details.flow_run_id).state.result()
+        run_id = state.state_details.flow_run_id
+        artifacts = [a for a in client.read_artifacts() if a.key == "crm-export" and a.flow_run_id == run_id]
+        persisted = client.read_flow_run(run_id).state.result()
     assert persisted == summary  # the flow's result, read back from result storage
     assert artifacts and "2,994" in artifacts[-1].data and "Dead-lettered" in artifacts[-1].data
     assert "| Batch size | min 500, mean 500.0, max 500 |" in artifacts[-1].data
@@ -168,20 +178,31 @@ def test_a_missing_shard_is_named_with_the_newest_ones(export):
     assert jobs(export) == []
 
 
-def test_a_missing_secret_block_is_named_and_nothing_runs(export):
-    export["crm"] = export["crm"].model_copy(update={"api_key_block": "secret/no-such-crm-key"})
-    with pytest.raises(SecretBlockNotFoundError, match="secret/no-such-crm-key"):
+def test_a_missing_crm_block_or_secret_block_is_named_and_nothing_runs(export, crm):
+    export["crm"] = export["crm"].model_copy(update={"block": "generic-crm-endpoint/no-such-crm"})
+    with pytest.raises(
+        BlockNotFoundError, match=r"'generic-crm-endpoint/no-such-crm'.*crm\.block.*GenericCrmEndpoint\(url="
+    ):
         crm_export(**export)
-    assert jobs(export) == []
+    block = crm_block(crm.batch_url, api_key_block="secret/no-such-crm-key")
+    export["crm"] = export["crm"].model_copy(update={"block": block})
+    with pytest.raises(
+        SecretBlockNotFoundError, match=rf"'secret/no-such-crm-key'.*CRM block '{block}' \(api_key_block\)"
+    ):
+        crm_export(**export)
+    assert jobs(export) == [] and crm.stats()["requests"] == 0
 
 
-def test_an_unreadable_shard_fails_the_job_with_its_error(export):
+def test_an_unreadable_shard_fails_the_run_with_its_error_before_any_job(export):
+    # The flow reads the shard's columns (to check the field map) and plans the export before it
+    # submits: an unreadable shard fails there, naming the file, and no job is launched.
     shard = export["source"].path(__import__("datetime").date(2026, 11, 16))
     shard.unlink()
     shard.mkdir()  # a directory where the file should be
-    with pytest.raises(JobFailedError, match="JOB_STATE_FAILED") as failure:
+    with pytest.raises(OSError) as failure:
         crm_export(**export)
-    assert str(shard) in str(failure.value) or "No files found" in str(failure.value)
+    assert str(shard) in str(failure.value)
+    assert jobs(export) == []
 
 
 def test_the_api_key_reaches_no_parameter_label_log_artifact_result_or_file(export, crm, caplog, tmp_path):
@@ -191,14 +212,25 @@ def test_the_api_key_reaches_no_parameter_label_log_artifact_result_or_file(expo
     started = time.time()
     summary = crm_export(**export)
     assert summary.records_accepted == 2_994  # it really was used
+    # The key in a secret block the CRM's block names.
+    secret = f"crm-api-key-{uuid.uuid4().hex[:8]}"
+    Secret(value=API_KEY).save(secret)
+    by_reference = crm_block(crm.batch_url, api_key_block=f"secret/{secret}")
+    forced = crm_export(
+        **{**export, "crm": export["crm"].model_copy(update={"block": by_reference})}, force=True
+    )
+    assert forced.records_accepted == 2_994
     # An error path too: a key with a trailing newline is refused without being quoted.
     pasted = f"crm-api-key-pasted-{uuid.uuid4().hex[:8]}"
     Secret(value=API_KEY + "\n").save(pasted)
-    with pytest.raises(ValueError, match="trailing newline") as refused:
-        crm_export(
-            **{**export, "crm": export["crm"].model_copy(update={"api_key_block": f"secret/{pasted}"})}
-        )
-    places = {"log": caplog.text, "summary": summary.model_dump_json(), "error": str(refused.value)}
+    pasted_block = crm_block(crm.batch_url, api_key_block=f"secret/{pasted}")
+    with pytest.raises(ValueError, match=rf"secret block 'secret/{pasted}'.*trailing newline") as refused:
+        crm_export(**{**export, "crm": export["crm"].model_copy(update={"block": pasted_block})})
+    places = {
+        "log": caplog.text,
+        "summaries": summary.model_dump_json() + forced.model_dump_json(),
+        "error": str(refused.value),
+    }
     with get_client(sync_client=True) as client:
         for run in client.read_flow_runs():
             places[f"flow run {run.id}"] = json.dumps(run.parameters, default=str) + str(run.state.message)
@@ -240,7 +272,6 @@ def test_the_shard_is_resolved_once_per_flow_run(tmp_path):
 
 
 def test_a_missing_dataflow_options_or_gcp_credentials_block_is_named():
-    from tasks.common import BlockNotFoundError
     from tasks.crm_export.tasks import BigQuerySource, DataflowRunnerSettings, make_launcher
 
     with pytest.raises(
@@ -269,6 +300,9 @@ def test_the_artifact_writes_every_number_with_thousands_separators():
         job_id="2026-11-30_06_49_05-9ca481e50c5e",
         launch="submitted",
         state=JobState.DONE,
+        sync="diff against 2026-11-09",
+        rows_in_shard=210_000,
+        records_unchanged=10_000,
         records_read=200_000,
         records_accepted=199_800,
         records_rejected=196,
@@ -276,6 +310,7 @@ def test_the_artifact_writes_every_number_with_thousands_separators():
         records_dead_lettered=200,
         batches=40,
         batch_size=Distribution(count=40, sum=199_996, min=4_996, max=5_000),
+        requests=42,
         retries=2,
         http_status={200: 40, 502: 2},
         duration_seconds=7.0,
@@ -286,3 +321,8 @@ def test_the_artifact_writes_every_number_with_thousands_separators():
     markdown = _markdown(summary)
     assert "| Batch size | min 4,996, mean 4,999.9, max 5,000 |" in markdown
     assert "| Records read | 200,000 |" in markdown and "(28,571 records/s)" in markdown
+    assert "| Rows in shard | 210,000 |" in markdown and "| Skipped unchanged | 10,000 |" in markdown
+    assert (
+        "| Accounting | 210,000 rows = 10,000 unchanged + 199,800 accepted + 200 dead-lettered |" in markdown
+    )
+    assert "| Requests sent | 42 |" in markdown and "| Sync | diff against 2026-11-09 |" in markdown

@@ -313,13 +313,14 @@ def test_bigquery_numeric_and_bytes_are_sent_and_other_values_dead_lettered(fres
 
 
 def test_a_crm_that_acknowledges_fewer_records_than_it_took_dead_letters_them():
-    sink = PostBatchesFn(settings(), ApiKey(API_KEY), "ns")
+    from pipelines.crm_export.destinations import GenericDestination
     from pipelines.crm_export.post_batches import BatchOutcome
 
     outcome = BatchOutcome(size=3)
-    sink._rejections(
-        ["a", "b", "c"], b'{"accepted": 1, "rejected": [{"index": 2, "reason": "bad email"}]}', 1, outcome
+    answer = GenericDestination.parse(
+        200, {}, b'{"accepted": 1, "rejected": [{"index": 2, "reason": "bad email"}]}', 3
     )
+    PostBatchesFn.account_answer(["a", "b", "c"], answer, 1, outcome)
     assert outcome.accepted == 0 and outcome.rejected == 3
     reasons = {d["key"]: d["reason"] for d in outcome.dead_letters}
     assert reasons["c"] == "bad email" and "acknowledged 1 of the 2" in reasons["a"]

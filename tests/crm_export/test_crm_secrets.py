@@ -1,5 +1,5 @@
 """Secret sources of the CRM API key: Vault KV v2 (against a local HTTP Vault stand-in), Cloud KMS + GCS
-(faked at the client boundary) and ``read_api_key`` against the real Prefect server of the test session.
+(faked at the client boundary) and ``read_secret`` against the real Prefect server of the test session.
 
 The Vault stand-in answers as Vault's HTTP API documents:
 https://developer.hashicorp.com/vault/api-docs/secret/kv/kv-v2#read-secret-version,
@@ -40,7 +40,7 @@ from blocks.crm_export.secret_errors import (
     SecretTypeError,
     SecretUnavailableError,
 )
-from tasks.crm_export.secrets import SecretBlockNotFoundError, read_api_key
+from tasks.crm_export.secrets import SecretBlockNotFoundError, read_secret
 
 API_KEY = "sk-live-4f9c2e7a1b"
 OLD_API_KEY = "sk-live-0ld0ld0ld"
@@ -824,7 +824,7 @@ def test_kms_client_uses_the_bucket_credentials(gcs_bucket: GcsBucket) -> None:
     )
 
 
-# --- read_api_key against the real Prefect server ------------------------------------------------
+# --- read_secret (the secret block a CRM block names) against the real Prefect server -----------------
 
 
 def unique(name: str) -> str:
@@ -832,68 +832,68 @@ def unique(name: str) -> str:
 
 
 @pytest.mark.parametrize("value", ["123", "sk-live-abc", "1e3", "true", '{"a": 1}'])
-def test_read_api_key_returns_the_raw_prefect_secret_string(
+def test_read_secret_returns_the_raw_prefect_secret_string(
     value: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     name = unique("crm-api-key")
     Secret(value=value).save(name)
 
-    key = read_api_key(f"secret/{name}")
+    key = read_secret(f"secret/{name}")
 
     assert key == value and type(key) is str  # Secret.get() would give 123, 1000.0, True, a dict
     if len(value) > 5:  # short values ("123") could match unrelated log text
         assert value not in "".join(r.getMessage() for r in caplog.records)
 
 
-def test_read_api_key_rejects_non_string_and_empty_prefect_secrets() -> None:
+def test_read_secret_rejects_non_string_and_empty_prefect_secrets() -> None:
     name = unique("crm-api-key-json")
     Secret(value={"key": "sk"}).save(name)
     with pytest.raises(TypeError, match="not a string"):
-        read_api_key(f"secret/{name}")
+        read_secret(f"secret/{name}")
     name = unique("crm-api-key-empty")
     Secret(value="").save(name)
     with pytest.raises(ValueError, match="empty"):
-        read_api_key(f"secret/{name}")
+        read_secret(f"secret/{name}")
 
 
-def test_read_api_key_from_a_saved_vault_block(vault: FakeVault, caplog: pytest.LogCaptureFixture) -> None:
+def test_read_secret_from_a_saved_vault_block(vault: FakeVault, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     name = unique("crm-api-key")
     token_block(vault).save(name)
 
-    assert read_api_key(f"vault-kv-secret/{name}") == API_KEY
+    assert read_secret(f"vault-kv-secret/{name}") == API_KEY
     assert vault.requests[-1].headers["X-Vault-Token"] == ROOT_TOKEN
     assert_clean_logs(caplog)
 
 
-def test_read_api_key_from_a_saved_kms_block(
+def test_read_secret_from_a_saved_kms_block(
     gcs_bucket: GcsBucket, fake_gcs: FakeGcs, fake_kms: FakeKms
 ) -> None:
     fake_gcs.objects[("analytics-secrets", "crm/api-key.enc")] = fake_kms.encrypt(KEY_NAME, b"sk-live-abc\n")
     name = unique("crm-api-key")
     kms_block(gcs_bucket).save(name)
 
-    assert read_api_key(f"kms-encrypted-gcs-secret/{name}") == "sk-live-abc"
+    assert read_secret(f"kms-encrypted-gcs-secret/{name}") == "sk-live-abc"
 
 
-def test_read_api_key_missing_block() -> None:
+def test_read_secret_missing_block() -> None:
     slug = f"vault-kv-secret/{unique('absent')}"
     with pytest.raises(SecretBlockNotFoundError) as caught:
-        read_api_key(slug)
+        read_secret(slug)
     assert isinstance(caught.value, LookupError)
     assert slug in str(caught.value) and "prefect block create vault-kv-secret" in str(caught.value)
     assert ".save(" in str(caught.value)
 
 
 @pytest.mark.parametrize("slug", ["crm-api-key", "secret/", "/crm-api-key", ""])
-def test_read_api_key_malformed_slug(slug: str) -> None:
+def test_read_secret_malformed_slug(slug: str) -> None:
     with pytest.raises(ValueError, match="<block-type-slug>/<block-name>"):
-        read_api_key(slug)
+        read_secret(slug)
 
 
-def test_read_api_key_refuses_other_block_types() -> None:
+def test_read_secret_refuses_other_block_types() -> None:
     name = unique("not-a-secret")
     TableauSite(server_url="https://tableau.example.com").save(name)
     with pytest.raises(TypeError, match="not a secret block"):
-        read_api_key(f"tableau-site/{name}")
+        read_secret(f"tableau-site/{name}")

@@ -15,6 +15,7 @@ from flows.crm_export.export import crm_export
 from pipelines.crm_export.api_key import ApiKey
 from pipelines.crm_export.pipeline import CrmExportOptions
 from pipelines.crm_export.settings import (
+    DestinationSettings,
     PipelineSettings,
     job_name,
     settings_from_options,
@@ -31,10 +32,15 @@ def parsed(args: list[str]) -> PipelineSettings:
     return settings_from_options(PipelineOptions(args).view_as(CrmExportOptions))
 
 
-def test_every_setting_goes_to_the_pipeline_and_back_and_the_key_block_does_not() -> None:
-    crm = CrmSettings(
+def test_every_setting_goes_to_the_pipeline_and_back_and_the_crm_block_does_not() -> None:
+    destination = DestinationSettings(
         url=URL,
-        api_key_block="secret/crm-api-key",
+        destination="hubspot",
+        field_map={"email": "email", "properties.plan": "plan", "identity.country": "country"},
+        id_property="external_id",
+    )
+    crm = CrmSettings(
+        block="hubspot-crm/crm-export",
         batch_size=250,
         key_field="user_id",
         keep_null=["identity.phone", "properties.ltv"],
@@ -46,16 +52,22 @@ def test_every_setting_goes_to_the_pipeline_and_back_and_the_key_block_does_not(
         union_fields=["string_value", "int_value"],
         flat_separator="__",
     )
-    args = crm.pipeline_args()
+    settings = crm.pipeline_settings(destination)
+    args = settings.pipeline_args()
     assert "--crm_url=" + URL in args and "--crm_read_timeout_seconds=12.5" in args and "--send_nulls" in args
-    assert not any("api_key_block" in arg or "secret/" in arg for arg in args)
-    assert parsed(args) == PipelineSettings(**crm.model_dump(exclude={"api_key_block"}))
+    assert "--crm_destination=hubspot" in args and "--hubspot_id_property=external_id" in args
+    assert not any("hubspot-crm/" in arg or "block" in arg for arg in args)
+    assert (
+        parsed(args)
+        == settings
+        == PipelineSettings(**destination.model_dump(), **crm.model_dump(exclude={"block"}))
+    )
 
 
 def test_the_pipeline_flags_default_to_the_settings_defaults() -> None:
     assert parsed([f"--crm_url={URL}"]) == PipelineSettings(url=URL)
-    defaults = CrmSettings(url=URL, api_key_block="secret/k")
-    assert parsed(defaults.pipeline_args()) == PipelineSettings(url=URL)
+    defaults = CrmSettings(block="generic-crm-endpoint/k").pipeline_settings(DestinationSettings(url=URL))
+    assert parsed(defaults.pipeline_args()) == defaults == PipelineSettings(url=URL)
     assert "--send_nulls" not in defaults.pipeline_args()
 
 
@@ -65,6 +77,30 @@ def test_a_missing_or_invalid_flag_is_named() -> None:
     with pytest.raises(ValueError, match=r"--batch_size=0: .*greater than or equal to 1") as failure:
         parsed([f"--crm_url={URL}", "--batch_size=0", "--crm_max_in_flight=0"])
     assert "--crm_max_in_flight=0" in str(failure.value)
+
+
+def test_hubspot_and_braze_need_a_field_map_and_hubspot_its_id_property() -> None:
+    with pytest.raises(ValueError, match="field_map is required for braze"):
+        PipelineSettings(url=URL, destination="braze")
+    with pytest.raises(ValueError, match="id_property is required for hubspot"):
+        PipelineSettings(url=URL, destination="hubspot", field_map={"email": "email"})
+    with pytest.raises(ValueError, match=r"field_map: \['email'\] — every entry maps a non-empty field"):
+        PipelineSettings(url=URL, field_map={"email": ""})
+    with pytest.raises(ValueError, match=r"--field_map='\{nope': not a JSON object"):
+        parsed([f"--crm_url={URL}", "--field_map={nope"])
+    with pytest.raises(ValueError, match=r"--crm_destination='salesforce'"):
+        parsed([f"--crm_url={URL}", "--crm_destination=salesforce"])
+
+
+def test_each_destination_caps_the_batch_size_at_its_own_limit() -> None:
+    fields = {"email": "email"}
+    assert PipelineSettings(url=URL).batch_limit() == 5000
+    assert (
+        PipelineSettings(url=URL, destination="hubspot", field_map=fields, id_property="email").batch_limit()
+        == 100
+    )
+    assert PipelineSettings(url=URL, destination="braze", field_map=fields).batch_limit() == 75
+    assert PipelineSettings(url=URL, destination="braze", field_map=fields, batch_size=20).batch_limit() == 20
 
 
 def test_a_list_entry_holding_a_comma_is_refused() -> None:
@@ -81,14 +117,14 @@ def test_the_flows_parameters_keep_their_names_and_take_the_deployments_json() -
         "dead_letter_location",
         "shard_date",
         "force",
+        "full_resync",
         "poll",
         "prices",
         "pipeline_name",
     ]
     crm = schema.definitions["CrmSettings"]
     assert set(crm["properties"]) == {
-        "url",
-        "api_key_block",
+        "block",
         "batch_size",
         "key_field",
         "keep_null",
@@ -100,7 +136,7 @@ def test_the_flows_parameters_keep_their_names_and_take_the_deployments_json() -
         "union_fields",
         "flat_separator",
     }
-    assert set(crm["required"]) == {"url", "api_key_block"}
+    assert set(crm["required"]) == {"block"}
     assert crm["properties"]["batch_size"] == {
         "default": 5000,
         "description": "records per request (at most)",
@@ -114,7 +150,7 @@ def test_the_flows_parameters_keep_their_names_and_take_the_deployments_json() -
         if d["name"] == "crm-export-weekly"
     )
     parameters = crm_export.validate_parameters(deployment["parameters"])
-    assert parameters["crm"] == CrmSettings(url=URL, api_key_block="secret/crm-api-key", batch_size=5000)
+    assert parameters["crm"] == CrmSettings(block="hubspot-crm/crm-export", batch_size=5000)
 
 
 def test_job_names_and_labels_follow_dataflows_rules() -> None:

@@ -1,0 +1,282 @@
+"""The CRM blocks: one per CRM the export speaks (``HubSpotCrm``, ``BrazeCrm``, ``GenericCrmEndpoint``).
+
+A block holds the CRM's connection settings, the field map, and its key: the key itself (a secret field)
+or the name of a secret block holding it (a Prefect ``Secret``, a ``VaultKvSecret`` or a
+``KmsEncryptedGcsSecret``). The flow's ``crm.block`` names the block; ``destination_settings()`` gives
+the pipeline's ``DestinationSettings``. Nothing here imports Beam or prefect-gcp.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from typing import Any, ClassVar
+
+from prefect.blocks.core import Block
+from pydantic import ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from pipelines.crm_export.api_key import ApiKey
+from pipelines.crm_export.settings import DestinationName, DestinationSettings
+
+#: ``<block-type-slug>/<block-name>``, e.g. ``secret/hubspot-token`` or ``vault-kv-secret/braze-key``.
+_BLOCK_SLUG = re.compile(r"[a-z0-9][-a-z0-9]*/[^/\s][^/]*")
+_HTTP_URL = re.compile(r"https?://[^/\s?#]+(/[^\s?#]*)?")
+FIELD_MAP_DESCRIPTION = (
+    'BigQuery field → CRM property, e.g. {"email": "email", "identity.country": "country", '
+    '"properties.plan": "plan"}. A field is a column, a RECORD\'s field as a dotted name, or a union\'s '
+    "column without its type suffix (properties.plan for properties.plan.string_value, ...)."
+)
+
+
+class CrmBlock(Block, abc.ABC):
+    """What every CRM block has: a field map, and the CRM's key or the name of a secret block holding it.
+
+    Subclasses set ``destination`` (the pipeline's ``DestinationName``) and ``key_fields``: the name of the
+    secret field holding the key and of the field naming a secret block instead; exactly one is set. Each
+    defines its ``field_map`` after its connection settings (the order the UI shows).
+    ``destination_settings()`` returns the ``DestinationSettings``; ``key()`` the secret or the slug.
+    Validation errors never quote the input (``hide_input_in_errors``), so a pasted key stays out of them.
+    """
+
+    destination: ClassVar[DestinationName]
+    key_fields: ClassVar[tuple[str, str]] = ("api_key", "api_key_block")
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    @abc.abstractmethod
+    def api_url(self) -> str:
+        """The URL the pipeline sends to (``DestinationSettings.url``)."""
+
+    def destination_settings(self) -> DestinationSettings:
+        """The pipeline's settings of this CRM (its API, URL, field map and, for HubSpot, ``idProperty``).
+
+        Raises ``ValueError`` saying what is invalid (the block validates them when it is made or loaded).
+        """
+        try:
+            return DestinationSettings(
+                destination=self.destination,
+                url=self.api_url(),
+                field_map=self.field_map,
+                **self._extra_settings(),
+            )
+        except ValidationError as exc:
+            problems = "; ".join(error["msg"].removeprefix("Value error, ") for error in exc.errors())
+            raise ValueError(problems) from None
+
+    def _extra_settings(self) -> dict[str, Any]:
+        return {}
+
+    def key(self) -> SecretStr | str:
+        """The CRM's key: the secret itself (a ``SecretStr``), or the slug of the secret block holding it."""
+        secret, block = (getattr(self, name) for name in self.key_fields)
+        return secret if secret is not None else block
+
+    def label(self) -> str:
+        """``<Block type> block '<name>'`` (or ``(unsaved)``), for messages."""
+        name = getattr(self, "_block_document_name", None)
+        return f"{self.get_block_type_name()} block " + (repr(name) if name else "(unsaved)")
+
+    @field_validator("field_map", check_fields=False)
+    @classmethod
+    def _check_field_map(cls, value: dict[str, str]) -> dict[str, str]:
+        empty = sorted(k for k, v in value.items() if not k.strip() or not v.strip())
+        if empty:
+            raise ValueError(
+                f"field_map: {empty} — every entry maps a non-empty field to a non-empty property"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_key_and_settings(self) -> CrmBlock:
+        secret_field, block_field = self.key_fields
+        secret, block = getattr(self, secret_field), getattr(self, block_field)
+        if (secret is None) == (block is None):
+            raise ValueError(
+                f"set either {secret_field} (the key itself, kept as a secret) or {block_field} (the "
+                "'<block-type-slug>/<name>' of a Secret, Vault KV Secret or KMS Encrypted GCS Secret block "
+                "holding it), not both or neither"
+            )
+        if secret is not None:
+            try:
+                ApiKey(secret.get_secret_value())  # the three CRMs take the key as a bearer token
+            except ValueError as exc:
+                raise ValueError(f"{secret_field}: {exc}") from None
+        if block is not None and not _BLOCK_SLUG.fullmatch(block):
+            raise ValueError(
+                f"{block_field} {block!r} is not a block slug '<block-type-slug>/<name>', e.g. "
+                "'secret/crm-api-key' or 'vault-kv-secret/crm-api-key'"
+            )
+        self.destination_settings()
+        return self
+
+
+def _http_url(value: str, what: str) -> str:
+    value = value.strip().rstrip("/")
+    if not _HTTP_URL.fullmatch(value):
+        raise ValueError(f"{what} must be an http(s) URL, got {value!r}")
+    return value
+
+
+class HubSpotCrm(CrmBlock):
+    """HubSpot contacts, upserted in batches of up to 100 by a unique property (``idProperty``) through
+    ``POST /crm/v3/objects/contacts/batch/upsert``
+    (https://developers.hubspot.com/docs/api-reference/legacy/crm/objects/contacts/batch/upsert-contacts),
+    with a private app's access token (https://developers.hubspot.com/docs/apps/legacy-apps/private-apps/overview),
+    which needs the scope ``crm.objects.contacts.write``.
+
+    Example:
+        ```python
+        from blocks import HubSpotCrm
+
+        HubSpotCrm(
+            access_token="pat-na1-…",  # or access_token_block="vault-kv-secret/hubspot-token"
+            id_property="external_id",
+            field_map={"email": "email", "identity.country": "country", "properties.plan": "plan"},
+        ).save("hubspot")
+        ```
+    """
+
+    _block_type_name = "HubSpot CRM"
+    _description = (
+        "HubSpot contacts the CRM export upserts by a unique property: the private app's access token (or "
+        "the secret block holding it), the idProperty and the field map."
+    )
+    _documentation_url = (
+        "https://developers.hubspot.com/docs/api-reference/legacy/crm/objects/contacts/batch/upsert-contacts"
+    )
+    destination = "hubspot"
+    key_fields = ("access_token", "access_token_block")
+
+    access_token: SecretStr | None = Field(
+        default=None,
+        description="The private app's access token (scope crm.objects.contacts.write). Or set access_token_block.",
+    )
+    access_token_block: str | None = Field(
+        default=None,
+        description="Instead of access_token: the secret block holding it, '<block-type-slug>/<name>': "
+        "secret/…, vault-kv-secret/… or kms-encrypted-gcs-secret/….",
+    )
+    id_property: str = Field(
+        description="The unique contact property the key column's value is upserted by (HubSpot's idProperty): "
+        "email, or a custom property with unique values such as external_id.",
+    )
+    field_map: dict[str, str] = Field(description=FIELD_MAP_DESCRIPTION)
+    base_url: str = Field(
+        default="https://api.hubapi.com",
+        description="HubSpot's API base URL; change it only for a stand-in or a proxy.",
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        value = _http_url(value, "base_url")
+        if "/crm/" in value:
+            raise ValueError(
+                f"base_url {value!r}: give the API base only, e.g. https://api.hubapi.com (the export adds "
+                "/crm/v3/objects/contacts/batch/upsert)"
+            )
+        return value
+
+    def api_url(self) -> str:
+        return self.base_url
+
+    def _extra_settings(self) -> dict[str, Any]:
+        return {"id_property": self.id_property}
+
+
+class BrazeCrm(CrmBlock):
+    """Braze user profiles, whose attributes are set in batches of up to 75 attributes objects keyed by
+    ``external_id`` through ``POST /users/track`` (https://braze.com/docs/api/endpoints/user_data/post_user_track)
+    on the instance's REST endpoint (https://braze.com/docs/user_guide/administer/personal/sdk_endpoints/),
+    with a REST API key that has the permission ``users.track``.
+
+    Example:
+        ```python
+        from blocks import BrazeCrm
+
+        BrazeCrm(
+            rest_endpoint="https://rest.iad-01.braze.com",
+            api_key="…",  # or api_key_block="secret/braze-rest-api-key"
+            field_map={"email": "email", "identity.country": "country", "properties.plan": "plan"},
+        ).save("braze")
+        ```
+    """
+
+    _block_type_name = "Braze CRM"
+    _description = (
+        "Braze user profiles the CRM export sets attributes of, keyed by external_id: the instance's REST "
+        "endpoint, the REST API key (or the secret block holding it) and the field map."
+    )
+    _documentation_url = "https://braze.com/docs/api/endpoints/user_data/post_user_track"
+    destination = "braze"
+
+    rest_endpoint: str = Field(
+        description="The REST endpoint of your Braze instance, e.g. https://rest.iad-01.braze.com (US-01) or "
+        "https://rest.fra-01.braze.eu (EU-01); Braze's 'API and SDK endpoints' page lists them.",
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="A REST API key with the permission users.track. Or set api_key_block."
+    )
+    api_key_block: str | None = Field(
+        default=None,
+        description="Instead of api_key: the secret block holding it, '<block-type-slug>/<name>': secret/…, "
+        "vault-kv-secret/… or kms-encrypted-gcs-secret/….",
+    )
+    field_map: dict[str, str] = Field(description=FIELD_MAP_DESCRIPTION)
+
+    @field_validator("rest_endpoint")
+    @classmethod
+    def _check_rest_endpoint(cls, value: str) -> str:
+        value = _http_url(value, "rest_endpoint")
+        if value.endswith("/users/track"):
+            raise ValueError(
+                f"rest_endpoint {value!r}: give the instance's REST endpoint only, e.g. "
+                "https://rest.iad-01.braze.com (the export adds /users/track)"
+            )
+        return value
+
+    def api_url(self) -> str:
+        return self.rest_endpoint
+
+
+class GenericCrmEndpoint(CrmBlock):
+    """An in-house JSON batch endpoint: ``POST <url>`` ``{"users": [record, ...]}`` with a bearer key and an
+    ``Idempotency-Key``, up to 5,000 records per request (docs/crm-export.md, "The generic batch API").
+
+    Example:
+        ```python
+        from blocks import GenericCrmEndpoint
+
+        GenericCrmEndpoint(
+            url="https://crm.internal.example.com/v1/users/batch",
+            api_key_block="vault-kv-secret/crm-api-key",  # or api_key="…"
+        ).save("in-house-crm")
+        ```
+    """
+
+    _block_type_name = "Generic CRM Endpoint"
+    _description = (
+        'An in-house JSON batch endpoint the CRM export POSTs {"users": [...]} to: its URL, the bearer key (or '
+        "the secret block holding it) and an optional field map (the whole record is sent without one)."
+    )
+    destination = "generic"
+
+    url: str = Field(description="The batch endpoint, e.g. https://crm.internal.example.com/v1/users/batch.")
+    api_key: SecretStr | None = Field(
+        default=None, description="The bearer key the endpoint takes. Or set api_key_block."
+    )
+    api_key_block: str | None = Field(
+        default=None,
+        description="Instead of api_key: the secret block holding it, '<block-type-slug>/<name>': secret/…, "
+        "vault-kv-secret/… or kms-encrypted-gcs-secret/….",
+    )
+    field_map: dict[str, str] = Field(
+        default_factory=dict, description=FIELD_MAP_DESCRIPTION + " Empty: the whole record is sent."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        return _http_url(value, "url")
+
+    def api_url(self) -> str:
+        return self.url
