@@ -4,17 +4,21 @@ killed holder's PAT comes back.
     python -m bench.multihost_lease [--contenders 50] [--pats 10] [--hold 1.0] [--lease 60]
 
 Starts PostgreSQL, Redis, two Prefect API servers (``--no-services``) and one background-services
-process on them (``devstack.multihost``), and two contender processes standing for two worker hosts,
-each talking to its own API server, with ``contenders / 2`` threads each. Prints:
+process on them (``devstack.multihost``), and ``--contenders`` contender processes, as many flow
+runs, half of them on each API server (two worker hosts). Each has loaded the pool block before the
+clock starts, so the figures are the lease alone (``tasks.tableau.pat_pool.lease_pat``). Prints:
 
-1. free PAT: every contender leases a PAT once (``tasks.tableau.pat_pool.lease_pat``), arrivals
-   staggered so that a PAT is always free (at most ``ceil(hold / gap)`` are held at once), and holds
-   it ``--hold`` seconds; lease-acquire latency p50/p99. Targets: p50 <= 0.5 s, p99 <= 2 s.
-2. burst: all contenders at once on the same pool, holding ``--hold`` seconds; p50/p99 of the wait,
+1. free PAT: every contender leases a PAT once, arrivals staggered so that a PAT is always free (at
+   most ``ceil(hold / gap)`` are held at once), and holds it ``--hold`` seconds; lease-acquire
+   latency p50/p99. Targets: p50 <= 0.5 s, p99 <= 2 s.
+2. burst: all contenders at once on another pool, holding ``--hold`` seconds; p50/p99 of the wait,
    which includes waiting for a PAT by design (contenders > PATs).
 3. PAT return: a holder process leases the only PAT of a 1-PAT pool (lease ``--lease`` seconds) and
    is SIGKILLed while another process waits for it; the time from the kill until the waiter holds
    that PAT. Target: <= lease + 15 s.
+
+One process per contender, as one flow run per process leases a PAT in production: threads of one
+process would measure Prefect's client instead, which serialises a process's acquisitions.
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import uuid
 
@@ -42,29 +45,22 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-def contend(pool_block: str, count: int, first_offset: float, gap: float, hold: float) -> list[float]:
-    """Lease a PAT of ``pool_block`` once per thread, thread i starting at first_offset + i * gap
-    seconds; returns the lease-acquire latencies (seconds). Runs in a contender process."""
+def contend(pool_blocks: list[str], hold: float) -> None:
+    """One contender (a flow run): load the pools, say it is ready, then for each pool read from stdin
+    the instant to ask at (unix seconds), lease a PAT, hold it ``hold`` seconds, and print the
+    lease-acquire latency (seconds)."""
     from blocks import TableauPatPool
     from tasks.tableau.pat_pool import lease_pat
 
-    pool = TableauPatPool.load(pool_block)
-    latencies: list[float] = []
-    start = time.monotonic() + 2.0  # every thread is ready before the first arrival
-
-    def one(i: int) -> None:
-        time.sleep(max(0.0, start + first_offset + i * gap - time.monotonic()))
+    pools = {name: TableauPatPool.load(name) for name in pool_blocks}
+    print(json.dumps({"ready": True}), flush=True)
+    for name, pool in pools.items():
+        time.sleep(max(0.0, float(sys.stdin.readline()) - time.time()))
         asked = time.monotonic()
-        with lease_pat(pool, pool_block_name=pool_block):
-            latencies.append(time.monotonic() - asked)
+        with lease_pat(pool, pool_block_name=name):
+            latency = time.monotonic() - asked
             time.sleep(hold)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return latencies
+        print(json.dumps({"latency": latency}), flush=True)
 
 
 def hold_forever(pool_block: str) -> None:
@@ -118,41 +114,40 @@ def child(stack: MultiHostStack, replica: int, *args: str) -> subprocess.Popen[s
     return subprocess.Popen(
         [sys.executable, "-m", "bench.multihost_lease", *args],
         env=env,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         cwd=ROOT,
     )
 
 
-def phase(stack: MultiHostStack, pool: str, contenders: int, gap: float, hold: float) -> list[float]:
-    """Two contender processes, one per API server, ``contenders / 2`` threads each, interleaved."""
-    per_host = contenders // 2
+def contention(
+    stack: MultiHostStack, pools: dict[str, float], contenders: int, hold: float
+) -> dict[str, list[float]]:
+    """``contenders`` processes, alternately on API server 0 and 1, lease a PAT of each pool in turn;
+    ``pools`` maps a pool block to the gap (seconds) between two arrivals (0: all at once). Returns
+    each pool's lease-acquire latencies."""
     processes = [
-        child(
-            stack,
-            replica,
-            "--role",
-            "contend",
-            "--pool",
-            pool,
-            "--count",
-            str(per_host),
-            "--first-offset",
-            str(replica * gap),
-            "--gap",
-            str(2 * gap),
-            "--hold",
-            str(hold),
-        )
-        for replica in (0, 1)
+        child(stack, i % 2, "--role", "contend", "--pool", ",".join(pools), "--hold", str(hold))
+        for i in range(contenders)
     ]
-    latencies = []
-    for process in processes:
-        out, _ = process.communicate(timeout=900)
-        if process.returncode:
-            raise RuntimeError(f"a contender process failed ({process.returncode})")
-        latencies += json.loads(out.strip().splitlines()[-1])
-    return latencies
+    try:
+        for process in processes:  # every contender has imported Prefect and loaded the pools
+            assert json.loads(process.stdout.readline())["ready"], "a contender failed to start"
+        latencies: dict[str, list[float]] = {}
+        for pool, gap in pools.items():
+            start = time.time() + 1.0
+            for i, process in enumerate(processes):
+                process.stdin.write(f"{start + i * gap}\n")
+                process.stdin.flush()
+            latencies[pool] = [json.loads(p.stdout.readline())["latency"] for p in processes]
+        for process in processes:
+            process.wait(timeout=60)
+        return latencies
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
 
 
 def report(label: str, latencies: list[float]) -> None:
@@ -174,12 +169,9 @@ def main(argv: list[str] | None = None) -> None:
         "--role", choices=["main", "contend", "hold", "wait"], default="main", help=argparse.SUPPRESS
     )
     parser.add_argument("--pool", help=argparse.SUPPRESS)
-    parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--first-offset", type=float, default=0.0, help=argparse.SUPPRESS)
-    parser.add_argument("--gap", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.role == "contend":
-        print(json.dumps(contend(args.pool, args.count, args.first_offset, args.gap, args.hold)), flush=True)
+        contend(args.pool.split(","), args.hold)
         return
     if args.role == "hold":
         hold_forever(args.pool)
@@ -205,8 +197,9 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"Lease-acquire latency, {args.contenders} contenders on 2 hosts, {args.pats} PATs, hold {args.hold} s:"
         )
-        report("free PAT", phase(stack, "bench-free", args.contenders, gap, args.hold))
-        report("burst", phase(stack, "bench-burst", args.contenders, 0.0, args.hold))
+        latencies = contention(stack, {"bench-free": gap, "bench-burst": 0.0}, args.contenders, args.hold)
+        report("free PAT", latencies["bench-free"])
+        report("burst", latencies["bench-burst"])
 
         holder = child(stack, 0, "--role", "hold", "--pool", "bench-return")
         waiter = None
