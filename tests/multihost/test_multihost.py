@@ -170,6 +170,7 @@ def outcome(stack: MultiHostStack, tmp_path_factory: pytest.TempPathFactory) -> 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
 
+    from blocks import GenericCrmEndpoint
     from deployments.automations import bootstrap_zombie_automation, zombie_flow_runs_automation
     from devstack.crm import CrmStandIn
     from devstack.tableau.config import content_id
@@ -222,6 +223,7 @@ def outcome(stack: MultiHostStack, tmp_path_factory: pytest.TempPathFactory) -> 
     write_user_rows(tmp / "shards" / "users_20261116.jsonl", 3_000)
     secret = f"crm-api-key-{uuid.uuid4().hex[:6]}"
     Secret(value=API_KEY).save(secret)
+    GenericCrmEndpoint(url=crm.batch_url, api_key_block=f"secret/{secret}").save(secret)
     registry = tmp / "shared" / "crm-jobs"
 
     with get_client(sync_client=True) as client:
@@ -260,9 +262,9 @@ def outcome(stack: MultiHostStack, tmp_path_factory: pytest.TempPathFactory) -> 
             work_queue_name="host-a",
             parameters={
                 "source": LocalSource(directory=tmp / "shards", table_prefix="users").model_dump(mode="json"),
-                "crm": CrmSettings(
-                    url=crm.batch_url, api_key_block=f"secret/{secret}", batch_size=100
-                ).model_dump(mode="json"),
+                "crm": CrmSettings(block=f"generic-crm-endpoint/{secret}", batch_size=100).model_dump(
+                    mode="json"
+                ),
                 "runner": LocalRunnerSettings(registry_dir=registry).model_dump(mode="json"),
                 "dead_letter_location": str(tmp / "dead-letters"),
                 "poll": {"interval_seconds": 0.5, "timeout_seconds": 900},
