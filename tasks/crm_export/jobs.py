@@ -206,6 +206,7 @@ def poll_job(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
     log: Any = logger,
+    on_poll: Callable[[JobInfo], None] | None = None,
 ) -> JobInfo:
     """Wait until the job is terminal; return it if DONE.
 
@@ -213,7 +214,8 @@ def poll_job(
     default (8 h) allows FlexRS's up-to-6-h queueing plus the run. Raises ``JobFailedError`` (with
     the job's error messages) for FAILED, CANCELLED, UPDATED or DRAINED, and
     ``JobPollTimeoutError`` when the time runs out — the job is left running, and the next launch
-    adopts it. ``log``: where state changes are logged.
+    adopts it. ``log``: where state changes are logged. ``on_poll``: called with the job after each
+    ``get_job`` (progress reporting).
     """
     deadline = clock() + timeout_seconds
     last_state: JobState | None = None
@@ -222,6 +224,8 @@ def poll_job(
         if job.state != last_state:
             log.info("Job %s (%s) is %s", job.name, job.id, job.state.value)
             last_state = job.state
+        if on_poll is not None:
+            on_poll(job)
         if job.state is JobState.DONE:
             return job
         if job.terminal:

@@ -8,6 +8,7 @@ retry really looks again (docs/crm-export.md, "Launch and poll"). Tasks retry tr
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,18 +20,21 @@ from pydantic import BaseModel, Field
 from pipelines.crm_export.accounting import ExportMetrics
 from pipelines.crm_export.api_key import ApiKey
 from pipelines.crm_export.settings import DestinationSettings, PipelineSettings, SendSettings
-from tasks.common import ONCE_PER_FLOW_RUN, load_block
+from tasks.common import ONCE_PER_FLOW_RUN, ProgressReport, load_block
 from tasks.crm_export.diff import ExportState, check_shard_fields, plan_export, read_state, write_state
 from tasks.crm_export.jobs import (
     JobInfo,
     JobLauncher,
     JobPollTimeoutError,
     JobSpec,
+    JobState,
     LaunchResult,
     launch_job,
     poll_job,
 )
 from tasks.crm_export.secrets import load_crm_block, read_api_key
+
+logger = logging.getLogger(__name__)
 
 #: Errors worth retrying a task for: the network or an API that is briefly unavailable.
 TRANSIENT_ERRORS = (
@@ -306,8 +310,37 @@ def poll_export_job(
     interval_seconds: float,
     timeout_seconds: float,
 ) -> JobInfo:
-    """Wait for the job to end (``tasks.crm_export.jobs.poll_job``); fails unless it is DONE."""
-    return poll_job(make_launcher(runner), job_id, interval_seconds, timeout_seconds, log=get_run_logger())
+    """Wait for the job to end (``tasks.crm_export.jobs.poll_job``); fails unless it is DONE.
+
+    While it waits, the progress artifact ``crm-export-progress`` shows the job's state and the records
+    read so far where the job's metrics report them while it runs (Dataflow's committed counters; the
+    local runner reports them when the job ends).
+    """
+    launcher = make_launcher(runner)
+    progress = ProgressReport("crm-export-progress", total=None, unit="records read", title="CRM export job")
+
+    def report(job: JobInfo) -> None:
+        progress.title = f"CRM export job `{job.name}`"
+        read = _records_read(launcher, job)
+        if job.state is JobState.DONE:
+            progress.update(read or 0, total=read or 0, note=job.state.value)
+        else:
+            note = job.state.value + (f"; {read:,} records read so far" if read else "")
+            progress.update(read or 0, note=note)
+
+    return poll_job(launcher, job_id, interval_seconds, timeout_seconds, log=get_run_logger(), on_poll=report)
+
+
+def _records_read(launcher: Any, job: JobInfo) -> int | None:
+    """The job's ``records_read`` counter now, or None if its metrics cannot be read yet (progress only:
+    an error here never fails the poll)."""
+    if job.state in (JobState.PENDING, JobState.QUEUED):
+        return None
+    try:
+        return launcher.job_metrics(job.id).counters.records_read
+    except Exception as exc:
+        logger.debug("No metrics of job %s yet: %s", job.id, exc)
+        return None
 
 
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=30, retry_condition_fn=retry_if_transient)

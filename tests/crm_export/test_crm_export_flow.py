@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from prefect.blocks.system import Secret
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from blocks import GenericCrmEndpoint
 from devstack.crm import CrmStandIn, FaultConfig
@@ -90,12 +91,20 @@ def test_exports_the_latest_shard_and_publishes_the_summary(export, crm):
     assert job["labels"]["shard-date"] == "2026-11-16" and job["labels"]["prefect-flow-run-id"]
     with get_client(sync_client=True) as client:
         run_id = state.state_details.flow_run_id
-        artifacts = [a for a in client.read_artifacts() if a.key == "crm-export" and a.flow_run_id == run_id]
+        of_run = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+        artifacts = [a for a in client.read_artifacts(artifact_filter=of_run) if a.key == "crm-export"]
+        progress = [
+            a for a in client.read_artifacts(artifact_filter=of_run) if a.key == "crm-export-progress"
+        ]
         persisted = client.read_flow_run(run_id).state.result()
     assert persisted == summary  # the flow's result, read back from result storage
     assert artifacts and "2,994" in artifacts[-1].data and "Dead-lettered" in artifacts[-1].data
     assert "| Batch size | min 500, mean 500.0, max 500 |" in artifacts[-1].data
     assert "| HTTP statuses | 200: 6 |" in artifacts[-1].data
+    assert [(p.type, p.data) for p in progress] == [("progress", 100.0)]
+    assert progress[0].description == (
+        "CRM export job `crm-export-20261116`; 3,000 of 3,000 records read; JOB_STATE_DONE"
+    )
 
 
 def test_a_done_shard_is_skipped_unless_forced(export, crm):

@@ -730,9 +730,18 @@ def test_flexrs_job_queued_for_hours_then_done(launcher: OfflineLauncher, servic
         JOB_NAME, S.JOB_STATE_QUEUED, *[S.JOB_STATE_QUEUED] * 20, S.JOB_STATE_RUNNING, S.JOB_STATE_DONE
     )
     time = FakeClock()
-    job = poll_job(launcher, job_id, interval_seconds=600, sleep=time.sleep, clock=time.clock)
+    polled: list[JobState] = []
+    job = poll_job(
+        launcher,
+        job_id,
+        interval_seconds=600,
+        sleep=time.sleep,
+        clock=time.clock,
+        on_poll=lambda j: polled.append(j.state),
+    )
     assert job.state is JobState.DONE and job.id == job_id
     assert service.get_calls == 22 and time.sleeps == [600] * 21  # 3.5 h queued, then running
+    assert polled == [JobState.QUEUED] * 20 + [JobState.RUNNING, JobState.DONE]  # each poll, for progress
 
 
 def test_failed_job_raises_with_its_error_messages(launcher: OfflineLauncher, service: FakeDataflow) -> None:
