@@ -234,4 +234,4 @@ def test_the_refresh_capacity_bounds_concurrent_domain_runs(make_standin, tmp_pa
         thread.join(120)
     jobs = sorted(standin.audit()["jobs"], key=lambda j: j["created_at"])
     assert len(jobs) == 2 and jobs[0]["completed_at"] <= jobs[1]["created_at"]  # one domain run at a time
-    assert summaries["d1"].lease_wait_seconds > 0.5 and summaries["d0"].lease_wait_seconds < 0.5
+    assert summaries["d1"].lease_wait_seconds > 0.5  # it waited for the slot d0 held
