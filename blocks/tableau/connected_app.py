@@ -25,7 +25,8 @@ MAX_TOKEN_LIFETIME_SECONDS = 600
 #: Workbook Now -> tableau:tasks:run; Query Job / Query Jobs -> tableau:jobs:read (JWT support for
 #: jobs from REST API 3.25, tableau/server-client-python #1581); Cancel Job -> tableau:jobs:update.
 REFRESH_SCOPES = ("tableau:content:read", "tableau:tasks:run", "tableau:jobs:read", "tableau:jobs:update")
-#: Scopes of the metadata collector's reads: content (sites, projects, workbooks, views, data sources
+#: Scopes the metadata collector's reads would need through a connected app (it signs in with a PAT
+#: pool today): content (sites, projects, workbooks, views, data sources
 #: and their connections, and the Metadata API, "How to Authenticate": scp "tableau:content:read"),
 #: Query Users on Site -> tableau:users:read, List Extract Refresh Tasks -> tableau:tasks:read.
 COLLECTOR_SCOPES = ("tableau:content:read", "tableau:users:read", "tableau:tasks:read")
@@ -60,9 +61,9 @@ class TableauConnectedApp(Block):
         min_length=1,
         description="The JWT's scp: what the sessions may do. The refresh needs "
         + ", ".join(REFRESH_SCOPES)
-        + "; the metadata collector "
+        + " (the metadata collector, which signs in with a PAT pool today, would need "
         + ", ".join(COLLECTOR_SCOPES)
-        + ".",
+        + ").",
     )
     token_lifetime_seconds: float = Field(
         default=300,

@@ -1,5 +1,5 @@
 """Stand-ins for real CRMs' APIs: HubSpot (contacts batch upsert) and Braze (``/users/track``), Starlette
-apps served by uvicorn in a subprocess (``HubSpotStandIn``/``BrazeStandIn`` in ``standin``), with a
+apps (``HubSpotStandIn`` in ``hubspot``, ``BrazeStandIn`` in ``braze``) served by uvicorn in a subprocess, with a
 ``/devstack/*`` API (stats, reset, config, users). What each follows of its CRM's documentation:
 docs/crm-export.md, "The HubSpot and Braze stand-ins".
 

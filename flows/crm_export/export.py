@@ -57,7 +57,7 @@ class PollSettings(BaseModel):
 
 
 class ExportSummary(BaseModel):
-    """What one run of the export did: the flow's result, shown as its ``crm-export`` artifact.
+    """What one run of the export did: the flow's result, shown as its artifact ``<pipeline_name>`` (``crm-export``).
 
     ``launch``: what the launch did (``tasks.crm_export.jobs.LaunchResult``). ``sync``: ``full`` or
     ``diff against <shard date>`` (the job's labels). ``rows_in_shard``, ``records_unchanged`` (skipped),
@@ -166,7 +166,9 @@ def crm_export(
         )
     started = dt.datetime.now(dt.UTC)
     try:
-        job = poll_export_job(runner, launched.job_id, poll.interval_seconds, poll.timeout_seconds)
+        job = poll_export_job(
+            runner, launched.job_id, poll.interval_seconds, poll.timeout_seconds, f"{pipeline_name}-progress"
+        )
     except JobFailedError as failed:
         if any("CrmRejectedCredentialsError" in error for error in failed.errors):
             raise CrmCredentialsError(
@@ -178,7 +180,7 @@ def crm_export(
     metrics = export_metrics(runner, job.id)
     dead_letter_prefix = f"{dead_letter_location.rstrip('/')}/{_namespace(job)}/dead-letter"
     summary = _summary(shard, launched.action, job, metrics, dead_letter_prefix, prices, started)
-    create_markdown_artifact(key="crm-export", markdown=_markdown(summary), description=f"CRM export {name}")
+    create_markdown_artifact(key=pipeline_name, markdown=_markdown(summary), description=f"CRM export {name}")
     check_accounting(metrics.counters)
     if state is None or shard >= state.shard_date:
         write_export_state(

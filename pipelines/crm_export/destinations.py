@@ -52,6 +52,8 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # "-0000": an HTTP date is in UTC (RFC 9110, 5.6.7), not the worker's zone
+        when = when.replace(tzinfo=dt.UTC)
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
@@ -397,6 +399,8 @@ class BrazeDestination(Destination):
             try:
                 body = orjson.loads(content)
             except orjson.JSONDecodeError:
+                body = None
+            if not isinstance(body, dict):  # not JSON, or JSON but not the documented object
                 return Answer(status, {i: "unparseable Braze response" for i in range(size)}, 0)
             if body.get("message") == "queued":  # 202 during maintenance: received, processed later
                 return Answer(status)

@@ -1,6 +1,6 @@
 """``PostBatchesFn``: the DoFn that sends batches of CRM records to the CRM (any ``Destination``) and
 accounts for every record: accepted (counted) or dead-lettered. Retries, idempotency and dead letters:
-docs/crm-export.md, "Posting batches".
+README.md, "Posting batches"; docs/crm-export.md, "The pipeline".
 """
 
 from __future__ import annotations
@@ -20,12 +20,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from pipelines.crm_export.accounting import DEAD_LETTER, NAMESPACE, dead_letter
 from pipelines.crm_export.api_key import ApiKey, KmsEncryptedApiKey
-from pipelines.crm_export.destinations import (  # noqa: F401 - re-exported: the sink's helpers
-    RETRYABLE_STATUS,
-    destination_for,
-    json_default,
-    retry_after_seconds,
-)
+from pipelines.crm_export.destinations import destination_for
 from pipelines.crm_export.settings import Answer, PipelineSettings
 
 #: The longest Retry-After honoured (seconds); a longer hint is treated as this.

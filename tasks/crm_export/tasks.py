@@ -309,15 +309,16 @@ def poll_export_job(
     job_id: str,
     interval_seconds: float,
     timeout_seconds: float,
+    progress_key: str = "crm-export-progress",
 ) -> JobInfo:
     """Wait for the job to end (``tasks.crm_export.jobs.poll_job``); fails unless it is DONE.
 
-    While it waits, the progress artifact ``crm-export-progress`` shows the job's state and the records
+    While it waits, the progress artifact ``progress_key`` (the flow's: ``<pipeline_name>-progress``) shows the job's state and the records
     read so far where the job's metrics report them while it runs (Dataflow's committed counters; the
     local runner reports them when the job ends).
     """
     launcher = make_launcher(runner)
-    progress = ProgressReport("crm-export-progress", total=None, unit="records read", title="CRM export job")
+    progress = ProgressReport(progress_key, total=None, unit="records read", title="CRM export job")
 
     def report(job: JobInfo) -> None:
         progress.title = f"CRM export job `{job.name}`"

@@ -70,9 +70,9 @@ class PatCredentials:
     def refused(self, site: TableauSite, detail: str) -> str:
         return (
             f"Tableau refused PAT block {self.block_name or self.pat.token_name!r} (token name "
-            f"{self.pat.token_name!r}) on site {site.site_content_url!r} of {site.server_url} with 401001: the PAT "
-            "is wrong, expired (15 days unused, or past its one-year lifetime) or revoked. "
-            "Create a new PAT in Tableau and update the block."
+            f"{self.pat.token_name!r}) on site {site.site_content_url!r} of {site.server_url} with 401001"
+            f"{f' ({detail.strip()})' if detail.strip() else ''}: the PAT is wrong, expired (15 days unused, "
+            "or past its one-year lifetime) or revoked. Create a new PAT in Tableau and update the block."
         )
 
     def refused_after_fresh_sign_in(self, what: str) -> str:

@@ -206,6 +206,12 @@ def test_a_braze_429_waits_until_x_ratelimit_reset():
     assert settings.batch_limit() == 75
 
 
+@pytest.mark.parametrize("content", [b"<html>maintenance</html>", b"null", b"[]", b'"ok"'])
+def test_a_braze_2xx_whose_body_is_not_the_documented_object_dead_letters_the_batch(content):
+    answer = BrazeDestination.parse(201, {}, content, 3)
+    assert answer.rejected == {i: "unparseable Braze response" for i in range(3)}
+
+
 def test_a_braze_429_storm_is_waited_out(bz):
     bz.configure(requests_per_window=2, window_seconds=1)
     fn = sink(braze_settings(bz.url, max_attempts=20))

@@ -18,8 +18,9 @@ from devstack.crm import CrmStandIn, FaultConfig
 from devstack.user_rows import user_row, write_user_rows
 from pipelines.crm_export.accounting import DEAD_LETTER, AccountingError, Counters, check_accounting
 from pipelines.crm_export.api_key import ApiKey
+from pipelines.crm_export.destinations import retry_after_seconds
 from pipelines.crm_export.pipeline import ParseRows, ShapeBatch, build_pipeline, pipeline_metrics
-from pipelines.crm_export.post_batches import CrmRejectedCredentialsError, PostBatchesFn, retry_after_seconds
+from pipelines.crm_export.post_batches import CrmRejectedCredentialsError, PostBatchesFn
 from pipelines.crm_export.settings import PipelineSettings
 from pipelines.crm_export.users import MalformedRowError, UserShaper, drop_nulls, merge_unions, unflatten
 
@@ -98,6 +99,7 @@ def test_malformed_rows_are_named(row, message):
 def test_retry_after_takes_seconds_or_an_http_date():
     assert retry_after_seconds("7") == 7.0
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:10 -0000", now=1445412480.0) == 10.0  # UTC too
     assert retry_after_seconds("soon") is None
     assert retry_after_seconds(None) is None
 
