@@ -77,9 +77,9 @@ def load_crm_block(block: str) -> CrmBlock:
 
 def read_api_key(block: str) -> ApiKey:
     """The key of the CRM block ``block`` (``crm.block``): its secret field, or the secret block it names
-    (``read_secret``).
+    (``read_secret_block``).
 
-    Raises what ``load_crm_block`` and ``read_secret`` raise, and ``ValueError`` naming the block (never
+    Raises what ``load_crm_block`` and ``read_secret_block`` raise, and ``ValueError`` naming the block (never
     quoting the key) when the key is empty or is no bearer token (a trailing newline, a space).
     """
     crm = load_crm_block(block)
@@ -88,7 +88,7 @@ def read_api_key(block: str) -> ApiKey:
     if isinstance(key, SecretStr):
         value, source = key.get_secret_value(), f"{secret_field} of CRM block {block!r}"
     else:
-        value = read_secret(key, needed_by=f"CRM block {block!r} ({block_field})")
+        value = read_secret_block(key, needed_by=f"CRM block {block!r} ({block_field})")
         source = f"secret block {key!r} ({block_field} of CRM block {block!r})"
     try:
         return ApiKey(value)
@@ -96,7 +96,7 @@ def read_api_key(block: str) -> ApiKey:
         raise ValueError(f"{source}: {exc}") from None
 
 
-def read_secret(block: str, needed_by: str = "the CRM export") -> str:
+def read_secret_block(block: str, needed_by: str = "the CRM export") -> str:
     """Load a secret block by slug and return the secret string exactly as stored.
 
     Args:

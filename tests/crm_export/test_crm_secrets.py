@@ -1,5 +1,5 @@
 """Secret sources of the CRM API key: Vault KV v2 (against a local HTTP Vault stand-in), Cloud KMS + GCS
-(faked at the client boundary) and ``read_secret`` against the real Prefect server of the test session.
+(faked at the client boundary) and ``read_secret_block`` against the real Prefect server of the test session.
 
 The Vault stand-in answers as Vault's HTTP API documents:
 https://developer.hashicorp.com/vault/api-docs/secret/kv/kv-v2#read-secret-version,
@@ -40,7 +40,7 @@ from blocks.crm_export.secret_errors import (
     SecretTypeError,
     SecretUnavailableError,
 )
-from tasks.crm_export.secrets import SecretBlockNotFoundError, read_secret
+from tasks.crm_export.secrets import SecretBlockNotFoundError, read_secret_block
 
 API_KEY = "sk-live-4f9c2e7a1b"
 OLD_API_KEY = "sk-live-0ld0ld0ld"
@@ -824,7 +824,7 @@ def test_kms_client_uses_the_bucket_credentials(gcs_bucket: GcsBucket) -> None:
     )
 
 
-# --- read_secret (the secret block a CRM block names) against the real Prefect server -----------------
+# --- read_secret_block (the secret block a CRM block names) against the real Prefect server -----------------
 
 
 def unique(name: str) -> str:
@@ -839,7 +839,7 @@ def test_read_secret_returns_the_raw_prefect_secret_string(
     name = unique("crm-api-key")
     Secret(value=value).save(name)
 
-    key = read_secret(f"secret/{name}")
+    key = read_secret_block(f"secret/{name}")
 
     assert key == value and type(key) is str  # Secret.get() would give 123, 1000.0, True, a dict
     if len(value) > 5:  # short values ("123") could match unrelated log text
@@ -850,11 +850,11 @@ def test_read_secret_rejects_non_string_and_empty_prefect_secrets() -> None:
     name = unique("crm-api-key-json")
     Secret(value={"key": "sk"}).save(name)
     with pytest.raises(TypeError, match="not a string"):
-        read_secret(f"secret/{name}")
+        read_secret_block(f"secret/{name}")
     name = unique("crm-api-key-empty")
     Secret(value="").save(name)
     with pytest.raises(ValueError, match="empty"):
-        read_secret(f"secret/{name}")
+        read_secret_block(f"secret/{name}")
 
 
 def test_read_secret_from_a_saved_vault_block(vault: FakeVault, caplog: pytest.LogCaptureFixture) -> None:
@@ -862,7 +862,7 @@ def test_read_secret_from_a_saved_vault_block(vault: FakeVault, caplog: pytest.L
     name = unique("crm-api-key")
     token_block(vault).save(name)
 
-    assert read_secret(f"vault-kv-secret/{name}") == API_KEY
+    assert read_secret_block(f"vault-kv-secret/{name}") == API_KEY
     assert vault.requests[-1].headers["X-Vault-Token"] == ROOT_TOKEN
     assert_clean_logs(caplog)
 
@@ -874,13 +874,13 @@ def test_read_secret_from_a_saved_kms_block(
     name = unique("crm-api-key")
     kms_block(gcs_bucket).save(name)
 
-    assert read_secret(f"kms-encrypted-gcs-secret/{name}") == "sk-live-abc"
+    assert read_secret_block(f"kms-encrypted-gcs-secret/{name}") == "sk-live-abc"
 
 
 def test_read_secret_missing_block() -> None:
     slug = f"vault-kv-secret/{unique('absent')}"
     with pytest.raises(SecretBlockNotFoundError) as caught:
-        read_secret(slug)
+        read_secret_block(slug)
     assert isinstance(caught.value, LookupError)
     assert slug in str(caught.value) and "prefect block create vault-kv-secret" in str(caught.value)
     assert ".save(" in str(caught.value)
@@ -889,11 +889,11 @@ def test_read_secret_missing_block() -> None:
 @pytest.mark.parametrize("slug", ["crm-api-key", "secret/", "/crm-api-key", ""])
 def test_read_secret_malformed_slug(slug: str) -> None:
     with pytest.raises(ValueError, match="<block-type-slug>/<block-name>"):
-        read_secret(slug)
+        read_secret_block(slug)
 
 
 def test_read_secret_refuses_other_block_types() -> None:
     name = unique("not-a-secret")
     TableauSite(server_url="https://tableau.example.com").save(name)
     with pytest.raises(TypeError, match="not a secret block"):
-        read_secret(f"tableau-site/{name}")
+        read_secret_block(f"tableau-site/{name}")
