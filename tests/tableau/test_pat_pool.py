@@ -156,3 +156,41 @@ def test_a_refused_try_on_a_full_limit_logs_no_error(workspace, caplog):
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]
     assert active_slots(limit) == 0
+
+
+def test_limits_are_read_from_every_page_of_the_listing_and_missing_ones_by_name():
+    """More than two names: one listing (pages of 200), then by name what the listing did not show."""
+    from types import SimpleNamespace
+
+    from prefect.exceptions import ObjectNotFound
+
+    from tasks.tableau.pat_pool import _read_by_name
+
+    class Client:
+        def __init__(self) -> None:
+            self.limits = [SimpleNamespace(name=f"limit-{i:03}") for i in range(250)]
+            self.calls: list[tuple] = []
+
+        def read_global_concurrency_limits(self, limit: int, offset: int):
+            self.calls.append(("list", offset))
+            return self.limits[offset : offset + limit]
+
+        def read_global_concurrency_limit_by_name(self, name: str):
+            self.calls.append(("by name", name))
+            if name == "created-meanwhile":
+                return SimpleNamespace(name=name)
+            raise ObjectNotFound(http_exc=None)
+
+    client = Client()
+    found = _read_by_name(client, ["limit-001", "limit-240", "created-meanwhile", "absent"])
+    assert sorted(found) == ["created-meanwhile", "limit-001", "limit-240"]
+    assert client.calls[:2] == [("list", 0), ("list", 200)]
+    assert sorted(client.calls[2:]) == [("by name", "absent"), ("by name", "created-meanwhile")]
+
+    client.calls.clear()
+    assert sorted(_read_by_name(client, ["limit-001", "limit-002", "limit-003"])) == [
+        "limit-001",
+        "limit-002",
+        "limit-003",
+    ]
+    assert client.calls == [("list", 0)]  # all found on the first page: no second request
