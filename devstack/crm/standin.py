@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote
 
 import requests
@@ -21,32 +21,22 @@ from devstack.crm.server import _USER_PATH, API_KEY_ENV, BATCH_PATH, DEFAULT_MAX
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
-class CrmStandIn:
-    """The stand-in in a subprocess (`python -m devstack.crm`); a context manager.
+class CrmProcess:
+    """A CRM stand-in in a subprocess (``python -m devstack.crm`` or ``python -m devstack.crms``); a
+    context manager. Base of ``CrmStandIn`` (the generic endpoint) and ``devstack.crms``'s
+    ``HubSpotServer``/``BrazeServer``: a subclass gives ``label`` (for messages) and ``_argv()``.
 
-    `start()` launches it on a free port and waits up to `startup_timeout_seconds` for it to listen
-    (`RuntimeError` if it exits or stays silent; its stderr is in the message). The subprocess exits
-    when `stop()` is called or when this process dies (it watches its standard input). The SQLite
-    file is `db_path`, or one in a temporary directory removed on `stop()`.
-
-    Attributes: `url` (base URL, no trailing slash), `batch_url` (`url + "/v1/users/batch"`), `pid`.
+    ``start()`` launches it on a free port, the key in ``$CRM_STANDIN_API_KEY`` (never in argv, which
+    ``ps`` shows), and waits up to ``startup_timeout_seconds`` for it to listen (``RuntimeError`` if it
+    exits or stays silent; its stderr is in the message). The subprocess exits when ``stop()`` is
+    called or when this process dies (it watches its standard input). ``url``: its base URL, no
+    trailing slash.
     """
 
-    def __init__(
-        self,
-        api_key: str,
-        db_path: Path | None = None,
-        faults: FaultConfig | None = None,
-        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-        *,
-        startup_timeout_seconds: float = 30.0,
-    ) -> None:
-        if not api_key:
-            raise ValueError("the API key must not be empty")
+    label = "CRM"
+
+    def __init__(self, api_key: str, *, startup_timeout_seconds: float = 30.0) -> None:
         self.api_key = api_key
-        self.db_path = db_path
-        self.faults = faults or FaultConfig()
-        self.max_batch_size = max_batch_size
         self.startup_timeout_seconds = startup_timeout_seconds
         self._process: subprocess.Popen[bytes] | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -56,44 +46,43 @@ class CrmStandIn:
     @property
     def url(self) -> str:
         if self._url is None:
-            raise RuntimeError("the CRM stand-in is not running")
+            raise RuntimeError(f"the {self.label} stand-in is not running")
         return self._url
-
-    @property
-    def batch_url(self) -> str:
-        return self.url + BATCH_PATH
 
     @property
     def pid(self) -> int | None:
         return None if self._process is None else self._process.pid
 
-    def start(self) -> CrmStandIn:
+    def _argv(self, workdir: Path) -> list[str]:
+        """The stand-in's command line (``--port 0``, without ``--exit-on-stdin-eof``); ``workdir`` is
+        removed on ``stop()``."""
+        raise NotImplementedError
+
+    def start(self) -> Self:
         if self._process is not None:
-            raise RuntimeError("the CRM stand-in is already running")
-        self._tmp = tempfile.TemporaryDirectory(prefix="crm-standin-")
-        db_path = self.db_path or Path(self._tmp.name) / "crm.sqlite3"
+            raise RuntimeError(f"the {self.label} stand-in is already running")
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"{self.label.lower()}-standin-")
         stderr_path = Path(self._tmp.name) / "stderr.log"
         env = {
             **os.environ,
             API_KEY_ENV: self.api_key,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(_PACKAGE_ROOT), os.environ.get("PYTHONPATH")])),
         }
-        argv = [sys.executable, "-m", "devstack.crm", "--port", "0", "--db", str(db_path)]
-        argv += [*self.faults.cli_args(), "--max-batch-size", str(self.max_batch_size), "--exit-on-stdin-eof"]
+        argv = [*self._argv(Path(self._tmp.name)), "--exit-on-stdin-eof"]
         with open(stderr_path, "wb") as stderr:
             self._process = subprocess.Popen(
                 argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr
             )
         try:
-            self._url = self._wait_until_listening()
+            self._url = self._wait_until_listening(stderr_path)
         except BaseException:
             self.stop()
             raise
         self._http = requests.Session()
         return self
 
-    def _wait_until_listening(self) -> str:
-        assert self._process is not None and self._process.stdout is not None and self._tmp is not None
+    def _wait_until_listening(self, stderr_path: Path) -> str:
+        assert self._process is not None and self._process.stdout is not None
         deadline = time.monotonic() + self.startup_timeout_seconds
         with selectors.DefaultSelector() as selector:
             selector.register(self._process.stdout, selectors.EVENT_READ)
@@ -106,10 +95,9 @@ class CrmStandIn:
                 if line.startswith(LISTENING):
                     return line.removeprefix(LISTENING).rstrip("/")
         self._process.poll()
-        stderr = (Path(self._tmp.name) / "stderr.log").read_text(errors="replace")[-4000:]
         raise RuntimeError(
-            f"the CRM stand-in did not start within {self.startup_timeout_seconds} s "
-            f"(exit code {self._process.returncode}); stderr:\n{stderr}"
+            f"the {self.label} stand-in did not start within {self.startup_timeout_seconds} s (exit code "
+            f"{self._process.returncode}); stderr:\n{stderr_path.read_text(errors='replace')[-4000:]}"
         )
 
     def _call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
@@ -120,23 +108,13 @@ class CrmStandIn:
         return response
 
     def stats(self) -> dict[str, Any]:
-        """`GET /devstack/stats` (counters, `distinct_users`, `duplicate_deliveries`, `status_counts`)."""
+        """``GET /devstack/stats``: ``requests``, ``status_counts``, the records' counters,
+        ``distinct_users``, ``duplicate_deliveries``."""
         return self._call("GET", "/devstack/stats").json()
 
     def reset(self) -> None:
-        """`POST /devstack/reset`: forget users, idempotency keys and counters (faults stay)."""
+        """``POST /devstack/reset``: forget users and counters (the settings stay)."""
         self._call("POST", "/devstack/reset")
-
-    def configure(self, **faults: Any) -> FaultConfig:
-        """`POST /devstack/config` with FaultConfig fields; returns the configuration now in force."""
-        self.faults.updated(faults)  # checks names and values before the server does
-        self.faults = FaultConfig(**self._call("POST", "/devstack/config", json=faults).json())
-        return self.faults
-
-    def user(self, external_id: str) -> dict[str, Any] | None:
-        """`{"external_id", "attributes", "deliveries"}` of a stored user, or None if there is none."""
-        response = self._call("GET", _USER_PATH + quote(external_id, safe=""))
-        return None if response.status_code == 404 else response.json()
 
     def stop(self) -> None:
         """Terminate the subprocess and wait for it (killed after 10 s); idempotent."""
@@ -160,8 +138,52 @@ class CrmStandIn:
             self._tmp = None
         self._url = None
 
-    def __enter__(self) -> CrmStandIn:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class CrmStandIn(CrmProcess):
+    """The generic batch endpoint's stand-in (``python -m devstack.crm``, see ``CrmProcess``). Its SQLite
+    file is ``db_path``, or one in a temporary directory removed on ``stop()``.
+
+    Attributes: ``url``, ``batch_url`` (``url + "/v1/users/batch"``), ``pid``.
+    """
+
+    def __init__(
+        self,
+        api_key: str,
+        db_path: Path | None = None,
+        faults: FaultConfig | None = None,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        *,
+        startup_timeout_seconds: float = 30.0,
+    ) -> None:
+        if not api_key:
+            raise ValueError("the API key must not be empty")
+        super().__init__(api_key, startup_timeout_seconds=startup_timeout_seconds)
+        self.db_path = db_path
+        self.faults = faults or FaultConfig()
+        self.max_batch_size = max_batch_size
+
+    @property
+    def batch_url(self) -> str:
+        return self.url + BATCH_PATH
+
+    def _argv(self, workdir: Path) -> list[str]:
+        db_path = self.db_path or workdir / "crm.sqlite3"
+        argv = [sys.executable, "-m", "devstack.crm", "--port", "0", "--db", str(db_path)]
+        return [*argv, *self.faults.cli_args(), "--max-batch-size", str(self.max_batch_size)]
+
+    def configure(self, **faults: Any) -> FaultConfig:
+        """`POST /devstack/config` with FaultConfig fields; returns the configuration now in force."""
+        self.faults.updated(faults)  # checks names and values before the server does
+        self.faults = FaultConfig(**self._call("POST", "/devstack/config", json=faults).json())
+        return self.faults
+
+    def user(self, external_id: str) -> dict[str, Any] | None:
+        """`{"external_id", "attributes", "deliveries"}` of a stored user, or None if there is none."""
+        response = self._call("GET", _USER_PATH + quote(external_id, safe=""))
+        return None if response.status_code == 404 else response.json()

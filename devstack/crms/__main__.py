@@ -17,11 +17,10 @@ import threading
 import orjson
 import uvicorn
 
+from devstack.crm.server import API_KEY_ENV, LISTENING
 from devstack.crms.braze import BrazeConfig, BrazeStandIn
 from devstack.crms.hubspot import HubSpotConfig, HubSpotStandIn
 
-API_KEY_ENV = "CRM_STANDIN_API_KEY"
-LISTENING = "CRM stand-in listening on "
 KINDS = {"hubspot": (HubSpotStandIn, HubSpotConfig), "braze": (BrazeStandIn, BrazeConfig)}
 
 
