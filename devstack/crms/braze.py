@@ -19,25 +19,20 @@ without an identifier); the text for an invalid email is the stand-in's own.
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from devstack.crms.common import (
+    CrmApp,
     Faults,
     FixedWindow,
-    RequestCounters,
-    UserStore,
-    config_update,
-    devstack_routes,
     json_response,
 )
 
@@ -59,7 +54,7 @@ class BrazeConfig:
     seed: int = 0
 
 
-class BrazeStandIn:
+class BrazeStandIn(CrmApp):
     """The stand-in's state and its Starlette ``app``. ``api_key``: the REST API key it accepts;
     ``clock``: epoch seconds, for the rate-limit window (injectable in tests)."""
 
@@ -67,30 +62,12 @@ class BrazeStandIn:
         self, api_key: str, config: BrazeConfig | None = None, clock: Callable[[], float] = time.time
     ):
         self.api_key = api_key
-        self.clock = clock
-        self.store = UserStore()
-        self.counters = RequestCounters()
-        self._lock = threading.Lock()
-        self._set(config or BrazeConfig())
-        self.app = Starlette(routes=[Route(TRACK_PATH, self.track, methods=["POST"]), *devstack_routes(self)])
+        super().__init__(config or BrazeConfig(), clock, [Route(TRACK_PATH, self.track, methods=["POST"])])
 
     def _set(self, config: BrazeConfig) -> None:
         self.config = config
         self.window = FixedWindow(config.requests_per_window, config.window_seconds, self.clock)
         self.faults = Faults(config.error_rate, config.seed)
-
-    def configure(self, changes: dict[str, Any]) -> None:
-        with self._lock:
-            self._set(config_update(self.config, changes))
-
-    def reset(self) -> None:
-        with self._lock:
-            self._set(self.config)
-        self.store.clear()
-        self.counters.reset()
-
-    def stats(self) -> dict[str, Any]:
-        return {**self.counters.snapshot(), **self.store.counts()}
 
     async def track(self, request: Request) -> Response:
         response, received, accepted, rejected = await self._track(request)

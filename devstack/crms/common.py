@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -197,3 +198,34 @@ def devstack_routes(standin: Any) -> list[Route]:
         Route("/devstack/config", config, methods=["GET", "POST"]),
         Route("/devstack/users/{key:path}", user),
     ]
+
+
+class CrmApp:
+    """What the HubSpot and Braze stand-ins share: a ``UserStore``, ``RequestCounters``, a lock, the
+    Starlette ``app`` of their ``routes`` plus the ``/devstack/*`` routes, and those routes'
+    ``configure``/``reset``/``stats``. A subclass defines ``_set(config)``: its limits and faults from
+    its settings, called with the lock held (or before serving)."""
+
+    def __init__(self, config: Any, clock: Callable[[], float], routes: list[Route]):
+        self.clock = clock
+        self.store = UserStore()
+        self.counters = RequestCounters()
+        self._lock = threading.Lock()
+        self._set(config)
+        self.app = Starlette(routes=[*routes, *devstack_routes(self)])
+
+    def _set(self, config: Any) -> None:
+        raise NotImplementedError
+
+    def configure(self, changes: dict[str, Any]) -> None:
+        with self._lock:
+            self._set(config_update(self.config, changes))
+
+    def reset(self) -> None:
+        with self._lock:
+            self._set(self.config)
+        self.store.clear()
+        self.counters.reset()
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.counters.snapshot(), **self.store.counts()}

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -28,18 +27,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from devstack.crms.common import (
+    CrmApp,
     Faults,
-    RequestCounters,
     RollingWindow,
-    UserStore,
-    config_update,
-    devstack_routes,
     json_response,
 )
 
@@ -85,7 +80,7 @@ def _error(
     return json_response(status, body, headers)
 
 
-class HubSpotStandIn:
+class HubSpotStandIn(CrmApp):
     """The stand-in's state (contacts, limits, faults, counters) and its Starlette ``app``.
 
     ``token``: the private app access token it accepts. ``clock``: monotonic seconds, for the rolling
@@ -96,14 +91,9 @@ class HubSpotStandIn:
         self, token: str, config: HubSpotConfig | None = None, clock: Callable[[], float] = time.monotonic
     ):
         self.token = token
-        self.clock = clock
-        self.store = UserStore()
-        self.counters = RequestCounters()
-        self._lock = threading.Lock()
         self._next_id = 1
-        self._set(config or HubSpotConfig())
-        self.app = Starlette(
-            routes=[Route(UPSERT_PATH, self.upsert, methods=["POST"]), *devstack_routes(self)]
+        super().__init__(
+            config or HubSpotConfig(), clock, [Route(UPSERT_PATH, self.upsert, methods=["POST"])]
         )
 
     def _set(self, config: HubSpotConfig) -> None:
@@ -112,18 +102,8 @@ class HubSpotStandIn:
         self.daily_used = 0
         self.faults = Faults(config.error_rate, config.seed, (500, 502, 503, 504))
 
-    def configure(self, changes: dict[str, Any]) -> None:
-        with self._lock:
-            self._set(config_update(self.config, changes))
-
-    def reset(self) -> None:
-        with self._lock:
-            self._set(self.config)
-        self.store.clear()
-        self.counters.reset()
-
     def stats(self) -> dict[str, Any]:
-        return {**self.counters.snapshot(), **self.store.counts(), "daily_used": self.daily_used}
+        return {**super().stats(), "daily_used": self.daily_used}
 
     def _limits(self) -> tuple[Response | None, dict[str, str]]:
         """Count the request against both limits: a 429 if it exceeds one, and the rate-limit headers."""
