@@ -22,6 +22,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import httpx
 
@@ -171,6 +172,38 @@ class _PrefectProcess:
         if self._tmp:
             self._tmp.cleanup()
 
+    def _ready(self) -> bool:
+        """True once the process serves (a subclass says how to tell)."""
+        raise NotImplementedError
+
+    def wait_until_ready(self, timeout_seconds: float = 120) -> Self:
+        """Wait until the process is ready (``_ready()``), looking every 0.5 s.
+
+        Raises:
+            RuntimeError: it exited (with its log).
+            TimeoutError: it was not ready within ``timeout_seconds`` (it is stopped).
+        """
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            self._exited()
+            if self._ready():
+                return self
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"{self} was not ready within {timeout_seconds} s")
+
+    def start(self, timeout_seconds: float = 120) -> Self:
+        """``launch()``, then ``wait_until_ready()``; stopped again if that fails."""
+        self.launch()
+        try:
+            return self.wait_until_ready(timeout_seconds)
+        except BaseException:
+            self.stop()
+            raise
+
+    def __enter__(self) -> Self:
+        return self.start()
+
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
@@ -227,35 +260,12 @@ class PrefectServer(_PrefectProcess):
         self._spawn(argv, {"PREFECT_UI_ENABLED": "true", "PREFECT_UI_API_URL": self.api_url})
         return self
 
-    def wait_until_ready(self, timeout_seconds: float = 120) -> PrefectServer:
-        """Wait until ``/api/health`` answers 200.
-
-        Raises:
-            RuntimeError: the server exited (with its log).
-            TimeoutError: it did not answer within ``timeout_seconds``.
-        """
-        deadline = time.monotonic() + timeout_seconds
-        while time.monotonic() < deadline:
-            self._exited()
-            try:
-                if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise TimeoutError(f"prefect server did not answer on {self.api_url} within {timeout_seconds} s")
-
-    def start(self, timeout_seconds: float = 120) -> PrefectServer:
-        self.launch()
+    def _ready(self) -> bool:
+        """``/api/health`` answers 200."""
         try:
-            return self.wait_until_ready(timeout_seconds)
-        except BaseException:
-            self.stop()
-            raise
-
-    def __enter__(self) -> PrefectServer:
-        return self.start()
+            return httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
 
 
 class PrefectServices(_PrefectProcess):
@@ -273,29 +283,6 @@ class PrefectServices(_PrefectProcess):
         self._spawn(["server", "services", "start"], {})
         return self
 
-    def wait_until_ready(self, timeout_seconds: float = 120) -> PrefectServices:
-        """Wait until the process says its services started.
-
-        Raises:
-            RuntimeError: it exited (with its log).
-            TimeoutError: it did not say so within ``timeout_seconds``.
-        """
-        deadline = time.monotonic() + timeout_seconds
-        while time.monotonic() < deadline:
-            self._exited()
-            if self.READY_LINE in (self.home / "server.log").read_bytes():
-                return self
-            time.sleep(0.5)
-        self.stop()
-        raise TimeoutError(f"{self} did not start within {timeout_seconds} s")
-
-    def start(self, timeout_seconds: float = 120) -> PrefectServices:
-        self.launch()
-        try:
-            return self.wait_until_ready(timeout_seconds)
-        except BaseException:
-            self.stop()
-            raise
-
-    def __enter__(self) -> PrefectServices:
-        return self.start()
+    def _ready(self) -> bool:
+        """The process said its services started."""
+        return self.READY_LINE in (self.home / "server.log").read_bytes()
