@@ -85,22 +85,17 @@ def wait_for_pat(pool_block: str) -> None:
 
 
 def create_pool(name: str, pats: int, lease_seconds: float) -> None:
-    from blocks import TableauPatPool, TableauPersonalAccessToken, TableauSite
-    from deployments.bootstrap import bootstrap_pool_limits
+    from blocks import TableauSite
+    from devstack.pat_pool import save_pat_pool
 
-    for i in range(pats):
-        TableauPersonalAccessToken(token_name=f"pat-{i}", token_secret=f"secret-{i}").save(
-            f"{name}-pat-{i}", overwrite=True
-        )
-    pool = TableauPatPool(
-        site=TableauSite(server_url="http://127.0.0.1:9", site_content_url=SITE),  # never signed in to
-        pat_block_names=[f"{name}-pat-{i}" for i in range(pats)],
+    save_pat_pool(
+        name,
+        TableauSite(server_url="http://127.0.0.1:9", site_content_url=SITE),  # never signed in to
+        {f"{name}-pat-{i}": (f"pat-{i}", f"secret-{i}") for i in range(pats)},
         concurrency_limit_prefix=name,
         lease_duration_seconds=lease_seconds,
         acquire_timeout_seconds=600,
     )
-    pool.save(name, overwrite=True)
-    assert bootstrap_pool_limits(pool).ok
 
 
 def child(stack: MultiHostStack, replica: int, *args: str) -> subprocess.Popen[str]:

@@ -85,24 +85,20 @@ def run_project_scheme(url: str, work: dict, pats: int, time_scale: float, tmp: 
     """``refresh_domains`` over every domain at once, through a K-PAT pool."""
     import yaml
 
-    from blocks import TableauPatPool, TableauPersonalAccessToken, TableauSite
-    from deployments.bootstrap import bootstrap_pool_limits
+    from blocks import TableauSite
+    from devstack.pat_pool import save_pat_pool
     from flows.tableau.refresh import refresh_domain
     from tasks.tableau.refresh import DomainRefreshSummary, PollPolicy
 
     names = [f"bench-pat-{i}" for i in range(pats)]
-    for i, name in enumerate(names):
-        TableauPersonalAccessToken(token_name=f"pat-{i}", token_secret=f"secret-{i}").save(
-            name, overwrite=True
-        )
-    pool = TableauPatPool(
-        site=TableauSite(server_url=url, site_content_url=SITE, api_version="3.29"),
-        pat_block_names=names,
+    pool, _ = save_pat_pool(
+        "bench-pool",
+        TableauSite(server_url=url, site_content_url=SITE, api_version="3.29"),
+        {name: (f"pat-{i}", f"secret-{i}") for i, name in enumerate(names)},
+        fix=True,
         concurrency_limit_prefix="bench-pat",
         lease_duration_seconds=60,
     )
-    pool.save("bench-pool", overwrite=True)
-    assert bootstrap_pool_limits(pool, fix=True).ok
     config = os.path.join(tmp, "domains.yaml")
     domains = {
         d: {

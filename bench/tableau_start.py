@@ -48,22 +48,18 @@ serve(*[refresh_domain.to_deployment(name=n, parameters={"domain": n, "config_pa
 
 def setup(url: str, runs: int, tmp: Path) -> tuple[list[str], str]:
     """PAT blocks, the pool and its limits, and a domain configuration: domain -> one data source."""
-    from blocks import TableauPatPool, TableauPersonalAccessToken, TableauSite
-    from deployments.bootstrap import bootstrap_pool_limits
+    from blocks import TableauSite
+    from devstack.pat_pool import save_pat_pool
 
     names = [f"bench-pat-{i}" for i in range(runs)]
-    for i, name in enumerate(names):
-        TableauPersonalAccessToken(token_name=f"pat-{i}", token_secret=f"secret-{i}").save(
-            name, overwrite=True
-        )
-    pool = TableauPatPool(
-        site=TableauSite(server_url=url, site_content_url=SITE, api_version="3.29"),
-        pat_block_names=names,
+    pool, _ = save_pat_pool(
+        "bench-start-pool",
+        TableauSite(server_url=url, site_content_url=SITE, api_version="3.29"),
+        {name: (f"pat-{i}", f"secret-{i}") for i, name in enumerate(names)},
+        fix=True,
         concurrency_limit_prefix="bench-start",
         lease_duration_seconds=60,
     )
-    pool.save("bench-start-pool", overwrite=True)
-    assert bootstrap_pool_limits(pool, fix=True).ok
     domains = [f"start-{i}" for i in range(runs)]
     config = tmp / "domains.yaml"
     config.write_text(

@@ -109,18 +109,13 @@ def stop_process_group(process: subprocess.Popen, timeout: float = 20) -> None:
 
 
 def create_blocks_and_limits(tableau_url: str) -> None:
-    from blocks.tableau import TableauPatPool, TableauPersonalAccessToken, TableauSite
-    from deployments.bootstrap import bootstrap_pool_limits
+    from blocks.tableau import TableauSite
+    from devstack.pat_pool import save_pat_pool
 
     # Saving a block registers its type; `prefect block register -m blocks` is for the UI's forms.
-    for pat in PATS:
-        TableauPersonalAccessToken(token_name=pat, token_secret=f"demo-secret-{pat}").save(
-            pat, overwrite=True
-        )
     site = TableauSite(server_url=tableau_url, site_content_url=SITE)
-    pool = TableauPatPool(site=site, pat_block_names=PATS, lease_duration_seconds=60)
-    pool.save(POOL_BLOCK, overwrite=True)
-    report = bootstrap_pool_limits(pool)
+    pats = {pat: (pat, f"demo-secret-{pat}") for pat in PATS}
+    _, report = save_pat_pool(POOL_BLOCK, site, pats, lease_duration_seconds=60)
     print("Global concurrency limits:", ", ".join(report.created + report.unchanged))
 
 

@@ -145,23 +145,18 @@ class Workspace:
         bootstrap: bool = True,
         **pool_fields: Any,
     ):
-        from blocks import TableauPatPool, TableauPersonalAccessToken, TableauSite
-        from deployments.bootstrap import bootstrap_pool_limits
+        from blocks import TableauSite
+        from devstack.pat_pool import save_pat_pool
 
         secrets = {**PATS, **(secrets or {})}
-        for pat in pats:
-            TableauPersonalAccessToken(token_name=pat, token_secret=secrets[pat]).save(
-                self.pat_block(pat), overwrite=True
-            )
-        pool = TableauPatPool(
-            site=TableauSite(server_url=self.standin.url, site_content_url=SITE, api_version="3.29"),
-            pat_block_names=[self.pat_block(p) for p in pats],
+        pool, _ = save_pat_pool(
+            self.pool_block,
+            TableauSite(server_url=self.standin.url, site_content_url=SITE, api_version="3.29"),
+            {self.pat_block(pat): (pat, secrets[pat]) for pat in pats},
+            bootstrap=bootstrap,
             concurrency_limit_prefix=f"tableau-pat-{self.tag}",
             **pool_fields,
         )
-        pool.save(self.pool_block, overwrite=True)
-        if bootstrap:
-            assert bootstrap_pool_limits(pool).ok
         return pool
 
     def write_domains(self, domains: dict[str, dict[str, Any]], **defaults: Any) -> str:

@@ -58,22 +58,17 @@ def standin(**config: Any):
 
 def create_pool(name: str, url: str, pats: list[str]):
     """A PAT pool block ``name`` of ``pats`` (PAT blocks ``<name>-<pat>``) with its limits."""
-    from blocks import TableauPatPool, TableauPersonalAccessToken, TableauSite
-    from deployments.bootstrap import bootstrap_pool_limits
+    from blocks import TableauSite
+    from devstack.pat_pool import save_pat_pool
 
-    for pat in pats:
-        TableauPersonalAccessToken(token_name=pat, token_secret=PATS[pat]).save(
-            f"{name}-{pat}", overwrite=True
-        )
-    pool = TableauPatPool(
-        site=TableauSite(server_url=url, site_content_url=SITE, api_version="3.29"),
-        pat_block_names=[f"{name}-{pat}" for pat in pats],
+    pool, _ = save_pat_pool(
+        name,
+        TableauSite(server_url=url, site_content_url=SITE, api_version="3.29"),
+        {f"{name}-{pat}": (pat, PATS[pat]) for pat in pats},
         concurrency_limit_prefix=name,
         lease_duration_seconds=LEASE_SECONDS,
         acquire_timeout_seconds=600,
     )
-    pool.save(name, overwrite=True)
-    assert bootstrap_pool_limits(pool).ok
     return pool
 
 
