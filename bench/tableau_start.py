@@ -79,6 +79,22 @@ def setup(url: str, runs: int, tmp: Path) -> tuple[list[str], str]:
     return domains, str(config)
 
 
+def beginning_logged_at(client, run_id, log_filter, timeout_seconds: float = 60) -> float:
+    """When the run logged "Beginning flow run" (unix seconds). A run's logs reach the API in batches
+    after its state does, later still on a busy machine: wait for the line."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        logs = client.read_logs(log_filter=log_filter)
+        times = [log.timestamp.timestamp() for log in logs if log.message.startswith("Beginning flow run")]
+        if times:
+            return min(times)
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f'flow run {run_id}: no "Beginning flow run" log line within {timeout_seconds:.0f} s'
+            )
+        time.sleep(0.5)
+
+
 def run_batch(domains: list[str], audit_url: str) -> list[dict[str, float]]:
     """Start one run per domain at once; wait for all; each run's figures (seconds)."""
     from prefect.client.orchestration import get_client
@@ -103,9 +119,8 @@ def run_batch(domains: list[str], audit_url: str) -> list[dict[str, float]]:
                 raise RuntimeError(f"{run.name} ended {run.state_name}: {run.state.message}")
             summary = run.state.result()
             first_request = signed_in[f"pat-{summary.pat.rsplit('-', 1)[1]}"]
-            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
-            beginning = min(
-                log.timestamp.timestamp() for log in logs if log.message.startswith("Beginning flow run")
+            beginning = beginning_logged_at(
+                client, run.id, LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]))
             )
             states = client.read_flow_run_states(run.id)
             pending = min(s.timestamp.timestamp() for s in states if s.type.value == "PENDING")

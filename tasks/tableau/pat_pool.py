@@ -1,12 +1,12 @@
 """Lease a personal access token (PAT) from a pool guarded by Prefect global concurrency limits.
 
-Protocol (docs/architecture.md, "PAT pool"): acquire one slot of the pool limit (waiting, bounded by the pool's
-``acquire_timeout_seconds``), then try the limit-1 limits of the PATs without blocking
-(``max_retries=0``) in a rotating order and hold the first one granted. Every acquisition is
-``strict`` (a missing limit fails) and leased: Prefect renews the lease in the background while
-the holder lives, and the server frees the slots of a killed holder when the lease expires.
-Every limit read on the way is checked: a disabled limit is granted by the server without
-being enforced, so it is an error, not a free PAT.
+Protocol (docs/architecture.md, "PAT pool"): read the pool's limits and, when the pool limit and a
+PAT's limit-1 limit show a free slot, take one slot of both in one leased, ``strict`` acquisition
+that does not wait (``max_retries=0``); back off and read again otherwise, until the pool's
+``acquire_timeout_seconds``. Prefect renews the lease in the background while the holder lives, and
+the server frees both slots of a killed holder when the lease expires. Every limit read on the way
+is checked: a disabled limit is granted by the server without being enforced, so it is an error,
+not a free PAT.
 """
 
 from __future__ import annotations
@@ -188,10 +188,11 @@ def _is_free(limit: GlobalConcurrencyLimitResponse) -> bool:
     return limit.active_slots < limit.limit
 
 
-def _try_acquire(stack: ExitStack, name: str, lease_kwargs: dict) -> bool:
-    """Take one slot of ``name`` without waiting (``max_retries=0``); False if it is full (423)."""
+def _try_acquire(stack: ExitStack, names: list[str], lease_kwargs: dict) -> bool:
+    """Take one slot of each of ``names`` in one leased acquisition, without waiting
+    (``max_retries=0``); False if one of them is full (423: the server grants all or nothing)."""
     try:
-        stack.enter_context(concurrency(name, max_retries=0, **lease_kwargs))
+        stack.enter_context(concurrency(names, max_retries=0, **lease_kwargs))
     except ConcurrencySlotAcquisitionError as exc:
         cause = exc.__cause__
         if isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423:
@@ -234,65 +235,56 @@ def lease_pat(
 ) -> Iterator[PatLease]:
     """Hold one PAT of ``pool`` for the duration of the ``with`` block.
 
+    Each try reads the pool's limits (one listing request) and, if the pool limit and a PAT limit
+    show a free slot, takes one slot of both in one leased acquisition (all or nothing, without
+    waiting); otherwise it backs off (0.2 s doubling to 5 s, jittered) until
+    ``pool.acquire_timeout_seconds``. Free PATs are tried from a random one, so holders spread over
+    the pool.
+
     Yields:
         PatLease: which PAT is ours. Nobody else can sign in with it until the block exits
         (slots released on success, error and cancellation) or, if this process dies, until the
         lease (``pool.lease_duration_seconds``) expires on the server.
 
     Raises:
-        PatPoolError: a limit is missing, disabled, mis-sized or decaying (checked before and while
-            waiting, and once more after acquiring the PAT).
+        PatPoolError: a limit is missing, disabled, mis-sized or decaying (checked at every try, and
+            once more after acquiring the PAT).
         PatLeaseTimeoutError: no PAT was free within ``pool.acquire_timeout_seconds``.
     """
     rng = rng or random.Random()
     pat_limits = list(pool.pat_limit_names().items())
+    names = list(expected_limits(pool))
     lease_kwargs = dict(lease_duration=pool.lease_duration_seconds, strict=True, holder=current_holder())
     started = time.monotonic()
     deadline = started + pool.acquire_timeout_seconds
 
     with ExitStack() as stack:
         with get_client(sync_client=True) as client:  # one client for every read of the acquisition
-            check_pool_limits(pool, pool_block_name, client)
-            # Wait for a slot of the pool limit: try when it shows one free, back off otherwise. Each
-            # try is one request, so the wait is bounded by our deadline even when several runs of this
-            # process wait at once (Prefect serializes one process's acquisitions of the same limit).
+            lease = None
             for attempt in itertools.count():
-                pool_limit = read_limits(pool, [pool.pool_limit_name], pool_block_name, client)
-                if _is_free(pool_limit[pool.pool_limit_name]) and _try_acquire(
-                    stack, pool.pool_limit_name, lease_kwargs
-                ):
+                limits = read_limits(pool, names, pool_block_name, client)
+                if _is_free(limits[pool.pool_limit_name]):
+                    offset = rng.randrange(len(pat_limits))
+                    for pat_block_name, limit_name in pat_limits[offset:] + pat_limits[:offset]:
+                        if not (
+                            _is_free(limits[limit_name])
+                            and _try_acquire(stack, [pool.pool_limit_name, limit_name], lease_kwargs)
+                        ):
+                            continue
+                        # A limit disabled between the read and the acquisition would guard nothing.
+                        read_limits(pool, [pool.pool_limit_name, limit_name], pool_block_name, client)
+                        wait = time.monotonic() - started
+                        lease = PatLease(
+                            pat_block_name=pat_block_name, limit_name=limit_name, wait_seconds=wait
+                        )
+                        break
+                if lease is not None:
                     break
                 if time.monotonic() >= deadline:
                     raise PatLeaseTimeoutError(
                         f"No PAT of pool {pool_block_name or pool.pool_limit_name!r} became free within "
                         f"{pool.acquire_timeout_seconds:.0f} s: all {len(pat_limits)} are leased. Add PATs to "
                         "the pool, or raise acquire_timeout_seconds."
-                    )
-                time.sleep(_backoff(attempt))
-
-            # Then the first free PAT, starting at a random one so that holders spread over the pool.
-            offset = rng.randrange(len(pat_limits))
-            rotation = pat_limits[offset:] + pat_limits[:offset]
-            lease = None
-            for attempt in itertools.count():
-                limits = read_limits(pool, [name for _, name in rotation], pool_block_name, client)
-                for pat_block_name, limit_name in rotation:
-                    if not (_is_free(limits[limit_name]) and _try_acquire(stack, limit_name, lease_kwargs)):
-                        continue
-                    # A limit disabled between the read and the acquisition would guard nothing.
-                    read_limits(pool, [limit_name], pool_block_name, client)
-                    wait = time.monotonic() - started
-                    lease = PatLease(pat_block_name=pat_block_name, limit_name=limit_name, wait_seconds=wait)
-                    break
-                if lease is not None:
-                    break
-                # Only transient (a killed holder's PAT lease outliving its pool lease by moments) or
-                # a sign of PAT limits taken outside the pool.
-                if time.monotonic() >= deadline:
-                    raise PatLeaseTimeoutError(
-                        f"Held a slot of {pool.pool_limit_name!r} but every PAT limit stayed occupied for "
-                        f"{pool.acquire_timeout_seconds:.0f} s: are PAT limits "
-                        f"{[name for _, name in pat_limits]} acquired outside the pool?"
                     )
                 time.sleep(_backoff(attempt))
         logger.info(

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
 import tableauserverclient as TSC
@@ -290,7 +290,9 @@ def retry_after_seconds(
             when = email.utils.parsedate_to_datetime(header)
         except (TypeError, ValueError):
             when = None
-        if when is not None and when.tzinfo is not None:
+        if when is not None:
+            if when.tzinfo is None:  # "-0000": an HTTP date is in UTC (RFC 9110, 5.6.7), not our zone
+                when = when.replace(tzinfo=UTC)
             return max(0.0, when.timestamp() - (time.time() if now is None else now))
     match = _RETRY_AFTER.search(message)
     if match:

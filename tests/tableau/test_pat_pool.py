@@ -151,7 +151,7 @@ def test_a_refused_try_on_a_full_limit_logs_no_error(workspace, caplog):
     pool = workspace.create_pool(["pat-1"])
     limit = pool.pat_limit_names()[workspace.pat_block("pat-1")]
     with caplog.at_level(logging.DEBUG), lease_pat(pool), ExitStack() as stack:
-        assert not _try_acquire(stack, limit, dict(lease_duration=60, strict=True))
+        assert not _try_acquire(stack, [limit], dict(lease_duration=60, strict=True))
         time.sleep(0.5)  # the acquisition service logs from its own thread
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]

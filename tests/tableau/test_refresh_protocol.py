@@ -106,6 +106,8 @@ def test_rate_limited_refresh_waits_the_hinted_seconds_then_starts():
         ("Retry after 45 seconds.", None, 45),
         ("Please retry after 29 minutes.", "120", 120),  # the header wins
         ("Please retry after 29 minutes.", "Thu, 01 Jan 2026 00:10:00 GMT", 600),  # an HTTP date
+        ("Please retry after 29 minutes.", "Thu, 01 Jan 2026 00:05:00 -0000", 300),  # a date in UTC, no zone
+        ("Please retry after 1 minute.", "soon", 60),  # an unreadable header: the message
         ("Slow down.", None, 30),  # neither: the default
     ],
 )
