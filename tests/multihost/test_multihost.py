@@ -464,7 +464,7 @@ def test_a_worker_restart_does_not_crash_the_runs_it_started(outcome):
 
 
 def test_the_leases_lived_in_redis_and_the_runs_in_postgres(stack, outcome):
-    # While k0, k1 and k2 held PATs: a pool slot and a PAT slot each, and the deployments' slots.
+    # While k0, k1 and k2 held PATs: one lease each (its pool and PAT slots), and the 4 deployments' slots.
     assert outcome.dead["redis_leases"] >= 6
     assert (
         stack.backend.server_env()["PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"]
