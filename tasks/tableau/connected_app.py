@@ -20,13 +20,17 @@ from prefect.exceptions import ObjectNotFound
 
 from blocks.tableau import TableauConnectedApp
 from tasks.common import load_block
-from tasks.tableau.pat_pool import PatLeaseTimeoutError, PatPoolError, current_holder, limit_drift
+from tasks.tableau.pat_pool import PatPoolError, current_holder, limit_drift
 
 logger = logging.getLogger(__name__)
 
 
 class RefreshCapacityError(PatPoolError):
     """The connected app's global concurrency limit is missing, disabled, mis-sized or decaying."""
+
+
+class RefreshCapacityTimeoutError(TimeoutError):
+    """No slot of the connected app's refresh capacity became free within ``acquire_timeout_seconds``."""
 
 
 def load_connected_app(block_name: str, *, needed_by: str) -> TableauConnectedApp:
@@ -81,7 +85,7 @@ def hold_refresh_capacity(app: TableauConnectedApp, *, block_name: str = "") -> 
 
     Raises:
         RefreshCapacityError: the limit is missing, disabled, mis-sized or decaying.
-        PatLeaseTimeoutError: no slot became free within ``app.acquire_timeout_seconds``.
+        RefreshCapacityTimeoutError: no slot became free within ``app.acquire_timeout_seconds``.
     """
     check_capacity_limit(app, block_name)
     started = time.monotonic()
@@ -98,7 +102,7 @@ def hold_refresh_capacity(app: TableauConnectedApp, *, block_name: str = "") -> 
                 )
             )
         except TimeoutError:
-            raise PatLeaseTimeoutError(
+            raise RefreshCapacityTimeoutError(
                 f"No slot of {app.concurrency_limit_name!r} (refresh capacity {app.refresh_capacity}) became "
                 f"free within {app.acquire_timeout_seconds:.0f} s. Raise refresh_capacity (and run the bootstrap "
                 "with --fix) or acquire_timeout_seconds."

@@ -16,7 +16,11 @@ from pydantic import ValidationError
 from blocks import TableauConnectedApp, TableauSite
 from deployments.bootstrap import bootstrap_connected_app_limits, main
 from tasks.common import SecretSource
-from tasks.tableau.connected_app import RefreshCapacityError
+from tasks.tableau.connected_app import (
+    RefreshCapacityError,
+    RefreshCapacityTimeoutError,
+    hold_refresh_capacity,
+)
 from tasks.tableau.refresh import PollPolicy
 from tasks.tableau.session import ConnectedAppCredentials, TableauAuthError, TableauSession, connected_app_jwt
 
@@ -235,3 +239,20 @@ def test_the_refresh_capacity_bounds_concurrent_domain_runs(make_standin, tmp_pa
     jobs = sorted(standin.audit()["jobs"], key=lambda j: j["created_at"])
     assert len(jobs) == 2 and jobs[0]["completed_at"] <= jobs[1]["created_at"]  # one domain run at a time
     assert summaries["d1"].lease_wait_seconds > 0.5  # it waited for the slot d0 held
+
+
+def test_a_run_that_finds_no_free_slot_in_time_names_the_capacity_and_the_fix(make_standin, tmp_path) -> None:
+    workspace = Workspace(app_standin(make_standin), tmp_path)
+    name, app = create_app(workspace, refresh_capacity=1, acquire_timeout_seconds=1)
+    with hold_refresh_capacity(app, block_name=name):
+        with pytest.raises(
+            RefreshCapacityTimeoutError,
+            match=rf"No slot of '{app.concurrency_limit_name}' \(refresh capacity 1\) became free within 1 s.*"
+            "Raise refresh_capacity",
+        ):
+            with hold_refresh_capacity(app, block_name=name):
+                pass
+        assert (
+            active_slots(app.concurrency_limit_name) == 1
+        )  # the holder's slot, nothing taken by the refusal
+    assert active_slots(app.concurrency_limit_name) == 0
