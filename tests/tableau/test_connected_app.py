@@ -243,14 +243,15 @@ def test_the_refresh_capacity_bounds_concurrent_domain_runs(make_standin, tmp_pa
 
 def test_a_run_that_finds_no_free_slot_in_time_names_the_capacity_and_the_fix(make_standin, tmp_path) -> None:
     workspace = Workspace(app_standin(make_standin), tmp_path)
-    name, app = create_app(workspace, refresh_capacity=1, acquire_timeout_seconds=1)
-    with hold_refresh_capacity(app, block_name=name):
+    name, app = create_app(workspace, refresh_capacity=1, acquire_timeout_seconds=120)
+    impatient = app.model_copy(update={"acquire_timeout_seconds": 1})
+    with hold_refresh_capacity(app, block_name=name):  # a free slot, however slow the machine is
         with pytest.raises(
             RefreshCapacityTimeoutError,
             match=rf"No slot of '{app.concurrency_limit_name}' \(refresh capacity 1\) became free within 1 s.*"
             "Raise refresh_capacity",
         ):
-            with hold_refresh_capacity(app, block_name=name):
+            with hold_refresh_capacity(impatient, block_name=name):
                 pass
         assert (
             active_slots(app.concurrency_limit_name) == 1
