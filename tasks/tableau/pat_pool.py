@@ -162,18 +162,6 @@ def _read_by_name(client: SyncPrefectClient, names: list[str]) -> dict[str, Glob
     return found
 
 
-def check_pool_limits(
-    pool: TableauPatPool, pool_block_name: str = "", client: SyncPrefectClient | None = None
-) -> None:
-    """Check that every global concurrency limit of the pool exists, is active, correctly sized
-    and does not decay (``client`` as for ``read_limits``).
-
-    Raises:
-        PatPoolError: listing every problem and the command that fixes it.
-    """
-    read_limits(pool, list(expected_limits(pool)), pool_block_name, client)
-
-
 def current_holder() -> ConcurrencyLeaseHolder | None:
     """The lease holder shown in the Prefect UI: the current task run or flow run, if any."""
     if task_ctx := TaskRunContext.get():

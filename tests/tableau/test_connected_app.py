@@ -253,7 +253,6 @@ def test_a_run_that_finds_no_free_slot_in_time_names_the_capacity_and_the_fix(ma
         ):
             with hold_refresh_capacity(impatient, block_name=name):
                 pass
-        assert (
-            active_slots(app.concurrency_limit_name) == 1
-        )  # the holder's slot, nothing taken by the refusal
+        # The holder's slot; the refused run took none.
+        assert active_slots(app.concurrency_limit_name) == 1
     assert active_slots(app.concurrency_limit_name) == 0
