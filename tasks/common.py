@@ -134,8 +134,49 @@ def secret_string(secret: Secret, name: str) -> str:
 SecretKind = Literal["secret", "aws-secret", "ssm-parameter"]
 
 
-class SecretSourceError(LookupError):
-    """A secret could not be read from its source; the message names the source, never the value."""
+class SecretSourceError(Exception):
+    """A secret could not be read from where it is kept (a Prefect ``Secret``, an ``AwsSecret``, an SSM
+    parameter, Vault, Cloud KMS). The message names the source and what to do, never the value, a
+    Vault token, a service account JWT or an AppRole secret ID. Each subclass is also the matching
+    built-in error."""
+
+
+class SecretAccessDeniedError(SecretSourceError, PermissionError):
+    """The secret store refused the secret to this identity (AWS AccessDeniedException, Vault 403,
+    KMS/GCS PERMISSION_DENIED)."""
+
+
+class SecretAuthError(SecretSourceError, PermissionError):
+    """Authenticating to Vault failed (login refused, or no Kubernetes service account token to log in with)."""
+
+
+class SecretNotFoundError(SecretSourceError, LookupError):
+    """Nothing at the configured place: no AWS secret or SSM parameter, no Vault secret (or version) at
+    the path, no GCS object, no KMS key."""
+
+
+class SecretKeyError(SecretSourceError, KeyError):
+    """The secret exists but has no such key (a JSON secret, a Vault secret); the message lists the key
+    names it has where the store tells them (never values)."""
+
+    def __str__(self) -> str:  # KeyError would show the repr of the message
+        return str(self.args[0]) if self.args else ""
+
+
+class SecretTypeError(SecretSourceError, TypeError):
+    """The secret's value is not a string (a token or an API key is a string)."""
+
+
+class SecretUnavailableError(SecretSourceError, ConnectionError):
+    """The secret store cannot answer now (Vault sealed, not initialised, down or unreachable); retry later."""
+
+
+class SecretIntegrityError(SecretSourceError, ValueError):
+    """Cloud KMS returned a plaintext whose CRC32C does not match the checksum it sent with it."""
+
+
+class SecretDecryptionError(SecretSourceError, ValueError):
+    """The ciphertext could not be decrypted with the configured KMS key, or the plaintext is not UTF-8 text."""
 
 
 class SecretSource(BaseModel):
@@ -178,6 +219,19 @@ class SecretSource(BaseModel):
         return f"{self.kind} {self.block!r}{where}{key}"
 
 
+#: AWS error codes (Secrets Manager GetSecretValue, SSM GetParameter API references) → the error raised.
+_AWS_ERROR_CODES = {
+    "ResourceNotFoundException": SecretNotFoundError,
+    "ParameterNotFound": SecretNotFoundError,
+    "ParameterVersionNotFound": SecretNotFoundError,
+    "AccessDeniedException": SecretAccessDeniedError,
+}
+
+
+def _aws_secret_error(exc: Exception) -> type[SecretSourceError]:
+    return _AWS_ERROR_CODES.get(exc.response["Error"].get("Code"), SecretSourceError)
+
+
 def read_secret(source: SecretSource, *, needed_by: str) -> str:
     """The secret string ``source`` points at, read now (a rotated secret is picked up at the next read).
 
@@ -185,8 +239,9 @@ def read_secret(source: SecretSource, *, needed_by: str) -> str:
 
     Raises:
         BlockNotFoundError: the Secret, AwsSecret or AwsCredentials block does not exist.
-        SecretSourceError: the AWS secret or parameter does not exist or cannot be read (AWS's error
-            code in the message), or ``json_key`` is not in it.
+        SecretNotFoundError, SecretAccessDeniedError, SecretSourceError: AWS has no such secret or
+            parameter, refused it, or answered another error (AWS's error code in the message).
+        SecretKeyError: ``json_key`` is not in it. SecretTypeError: the value there is not a string.
     """
     if source.kind == "secret":
         value = secret_string(load_block(Secret, source.block, needed_by=needed_by), source.block)
@@ -198,7 +253,7 @@ def read_secret(source: SecretSource, *, needed_by: str) -> str:
         try:
             raw = block.read_secret(_sync=True)
         except ClientError as exc:
-            raise SecretSourceError(
+            raise _aws_secret_error(exc)(
                 f"{needed_by}: AWS Secrets Manager refused secret {block.secret_name!r} of AwsSecret block "
                 f"{source.block!r} ({exc.response['Error'].get('Code')}): check that it exists in that region "
                 "and that the block's credentials may read it (secretsmanager:GetSecretValue)."
@@ -212,7 +267,7 @@ def read_secret(source: SecretSource, *, needed_by: str) -> str:
         try:
             answer = credentials.get_client("ssm").get_parameter(Name=source.parameter, WithDecryption=True)
         except ClientError as exc:
-            raise SecretSourceError(
+            raise _aws_secret_error(exc)(
                 f"{needed_by}: SSM parameter {source.parameter!r} could not be read with AwsCredentials block "
                 f"{source.block!r} ({exc.response['Error'].get('Code')}): check its name and region, and that "
                 "the credentials may read it (ssm:GetParameter, and kms:Decrypt for a SecureString)."
@@ -223,11 +278,11 @@ def read_secret(source: SecretSource, *, needed_by: str) -> str:
     try:
         found = json.loads(value)[source.json_key]
     except (ValueError, TypeError, KeyError):
-        raise SecretSourceError(
+        raise SecretKeyError(
             f"{needed_by}: the secret of {source} is not a JSON object with key {source.json_key!r}."
         ) from None
     if not isinstance(found, str):
-        raise SecretSourceError(f"{needed_by}: {source} holds a {type(found).__name__}, not a string.")
+        raise SecretTypeError(f"{needed_by}: {source} holds a {type(found).__name__}, not a string.")
     return found
 
 

@@ -15,8 +15,9 @@ from tasks.common import (
     ONCE_PER_FLOW_RUN,
     BlockNotFoundError,
     ProgressReport,
+    SecretKeyError,
+    SecretNotFoundError,
     SecretSource,
-    SecretSourceError,
     load_block,
     load_block_by_slug,
     read_secret,
@@ -112,9 +113,10 @@ def test_a_secret_source_reads_a_prefect_secret_and_a_key_of_a_json_secret() -> 
         read_secret(SecretSource(kind="secret", block=name, json_key="secret"), needed_by="a test")
         == "s3cr3t"
     )
-    with pytest.raises(SecretSourceError, match="not a JSON object with key 'nope'") as caught:
+    with pytest.raises(SecretKeyError, match="not a JSON object with key 'nope'") as caught:
         read_secret(SecretSource(kind="secret", block=name, json_key="nope"), needed_by="a test")
     assert "s3cr3t" not in str(caught.value)
+    assert isinstance(caught.value, KeyError)  # each secret error is also the matching built-in
 
 
 def test_a_secret_source_reads_aws_secrets_manager_through_an_aws_secret_block(aws) -> None:
@@ -134,7 +136,7 @@ def test_a_secret_source_reads_aws_secrets_manager_through_an_aws_secret_block(a
 
     AwsSecret(aws_credentials=credentials, secret_name="tableau/missing").save(block, overwrite=True)
     with pytest.raises(
-        SecretSourceError, match=r"'tableau/missing' of AwsSecret block .*ResourceNotFoundException"
+        SecretNotFoundError, match=r"'tableau/missing' of AwsSecret block .*ResourceNotFoundException"
     ):
         read_secret(SecretSource(kind="aws-secret", block=block), needed_by="a test")
 
@@ -154,7 +156,7 @@ def test_a_secret_source_reads_an_ssm_securestring_parameter_and_names_a_missing
 
     missing = SecretSource(kind="ssm-parameter", block=block, parameter="/tableau/none")
     with pytest.raises(
-        SecretSourceError, match=r"PAT block 'p': SSM parameter '/tableau/none' .*\(ParameterNotFound\)"
+        SecretNotFoundError, match=r"PAT block 'p': SSM parameter '/tableau/none' .*\(ParameterNotFound\)"
     ):
         read_secret(missing, needed_by="PAT block 'p'")
 

@@ -2,7 +2,7 @@
 
 It stores *where* the ciphertext is and which key decrypts it, never the secret itself, and exposes
 ``get() -> str``. Importing it imports prefect-gcp (slow: it loads the Vertex AI client), so
-``blocks`` loads it only when asked. Errors: ``blocks.crm_export.secret_errors``.
+``blocks`` loads it only when asked. Errors: ``tasks.common.SecretSourceError`` and its subclasses.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from prefect.blocks.core import Block
 from prefect_gcp.cloud_storage import GcsBucket
 from pydantic import ConfigDict, Field, field_validator
 
-from blocks.crm_export.secret_errors import (
+from tasks.common import (
     SecretAccessDeniedError,
     SecretDecryptionError,
     SecretIntegrityError,

@@ -1,7 +1,7 @@
 """Block ``VaultKvSecret``: one secret string (e.g. the CRM API key) from HashiCorp Vault KV v2.
 
 It stores *where* the secret is and how to authenticate (token, Kubernetes or AppRole), never the
-secret itself, and exposes ``get() -> str``. Errors: ``blocks.crm_export.secret_errors``.
+secret itself, and exposes ``get() -> str``. Errors: ``tasks.common.SecretSourceError`` and its subclasses.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import requests
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from blocks.crm_export.secret_errors import (
+from tasks.common import (
     SecretAccessDeniedError,
     SecretAuthError,
     SecretKeyError,

@@ -15,9 +15,8 @@ from prefect.blocks.system import Secret
 from pydantic import SecretStr
 
 from blocks.crm_export.crm import BrazeCrm, CrmBlock, GenericCrmEndpoint, HubSpotCrm
-from blocks.crm_export.secret_errors import SecretSourceError
 from pipelines.crm_export.api_key import ApiKey
-from tasks.common import BlockNotFoundError, load_block, load_block_by_slug, secret_string
+from tasks.common import BlockNotFoundError, SecretSourceError, load_block, load_block_by_slug, secret_string
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +114,7 @@ def read_secret_block(block: str, needed_by: str = "the CRM export") -> str:
         SecretBlockNotFoundError: no such block document in the workspace (a ``LookupError``).
         TypeError: the block is not one of the supported secret types, or a ``Secret`` holds a
             non-string (JSON) value.
-        SecretSourceError: from the block's ``get()`` (see ``blocks.crm_export.secret_errors``).
+        SecretSourceError: from the block's ``get()`` (its subclasses in ``tasks.common``).
     """
     block_type, _, name = block.partition("/")
     if block_type in _SECRET_BLOCK_MODULES:

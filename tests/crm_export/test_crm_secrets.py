@@ -29,7 +29,7 @@ from prefect_gcp.credentials import GcpCredentials
 from pydantic import ValidationError
 
 from blocks import KmsEncryptedGcsSecret, TableauSite, VaultKvSecret
-from blocks.crm_export.secret_errors import (
+from tasks.common import (
     SecretAccessDeniedError,
     SecretAuthError,
     SecretDecryptionError,
