@@ -17,9 +17,8 @@ from pydantic import Field, field_validator, model_validator
 
 from pipelines.crm_export.settings import validate_job_name, validate_labels
 
-#: The workers' package (``--setup_file``): ``pipelines/setup.py`` of this repository.
+#: Where a relative ``setup_file`` is taken from: this repository's root.
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_SETUP_FILE = REPOSITORY_ROOT / "pipelines" / "setup.py"
 
 # Beam's own checks (apache_beam/options/pipeline_options_validator.py): a GCS path is gs://BUCKET/OBJECT
 # with a bucket of [a-z0-9][-_a-z0-9.]+[a-z0-9]; if both temp and staging locations fail them, Beam

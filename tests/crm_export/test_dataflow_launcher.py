@@ -40,7 +40,7 @@ from google.cloud.dataflow_v1beta3.services.messages_v1_beta3 import pagers as m
 from prefect_gcp.credentials import GcpCredentials
 from pydantic import ValidationError
 
-from blocks.crm_export.dataflow import DEFAULT_SETUP_FILE, DataflowOptions
+from blocks.crm_export.dataflow import DataflowOptions
 from pipelines.crm_export.accounting import Counters, Distribution, ExportMetrics
 from pipelines.crm_export.api_key import ApiKey, KmsEncryptedApiKey
 from tasks.crm_export.cost import DataflowPrices, estimate_cost
@@ -56,6 +56,7 @@ from tasks.crm_export.jobs import (
 from tasks.crm_export.launchers.dataflow import DataflowLauncher
 
 REPO = Path(__file__).resolve().parents[2]
+SETUP_FILE = REPO / "pipelines" / "setup.py"  # the default setup_file, taken from the repository root
 PROJECT = "analytics-prod"
 REGION = "europe-west1"
 JOB_NAME = "crm-export-20261116"
@@ -158,7 +159,7 @@ def test_pipeline_args_are_beams_flags(make_options) -> None:
         "--no_use_public_ips",
         "--worker_machine_type=n1-standard-2",
         "--max_num_workers=20",
-        f"--setup_file={DEFAULT_SETUP_FILE}",
+        f"--setup_file={SETUP_FILE}",
         "--no_save_main_session",
         "--labels=flow-run-id=0b7c",
         "--labels=shard-date=20261116",  # the given label wins over the block's
@@ -207,7 +208,7 @@ def test_pipeline_args_optional_fields(make_options) -> None:
         "--temp_location=gs://analytics-dataflow/tmp",
         f"--job_name={JOB_NAME}",
         "--use_public_ips",
-        f"--setup_file={DEFAULT_SETUP_FILE}",
+        f"--setup_file={SETUP_FILE}",
         "--no_save_main_session",
         "--sdk_container_image=europe-docker.pkg.dev/analytics-prod/beam/crm-export:1",
         "--experiments=use_runner_v2",
@@ -1046,7 +1047,7 @@ def test_dry_run_builds_the_real_job_offline(
     )
     assert "pickled_main_session" not in staged  # --no_save_main_session
     sdk_options = dict(environment.sdk_pipeline_options["options"])
-    assert sdk_options["project"] == PROJECT and sdk_options["setup_file"] == str(DEFAULT_SETUP_FILE)
+    assert sdk_options["project"] == PROJECT and sdk_options["setup_file"] == str(SETUP_FILE)
     assert sdk_options["staging_location"].startswith(f"gs://analytics-dataflow/staging/{JOB_NAME}.")
 
     # The workers' package is the sdist of pipelines/setup.py.
