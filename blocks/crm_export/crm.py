@@ -70,21 +70,6 @@ class CrmBlock(Block, abc.ABC):
         secret, block = (getattr(self, name) for name in self.key_fields)
         return secret if secret is not None else block
 
-    def label(self) -> str:
-        """``<Block type> block '<name>'`` (or ``(unsaved)``), for messages."""
-        name = getattr(self, "_block_document_name", None)
-        return f"{self.get_block_type_name()} block " + (repr(name) if name else "(unsaved)")
-
-    @field_validator("field_map", check_fields=False)
-    @classmethod
-    def _check_field_map(cls, value: dict[str, str]) -> dict[str, str]:
-        empty = sorted(k for k, v in value.items() if not k.strip() or not v.strip())
-        if empty:
-            raise ValueError(
-                f"field_map: {empty} — every entry maps a non-empty field to a non-empty property"
-            )
-        return value
-
     @model_validator(mode="after")
     def _check_key_and_settings(self) -> CrmBlock:
         secret_field, block_field = self.key_fields

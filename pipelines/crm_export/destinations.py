@@ -108,6 +108,7 @@ class GenericDestination(Destination):
     name = "generic"
     max_batch_size = 5000
     idempotency_keys = True
+    key_permission = "your endpoint's permission to import users"
 
     def __init__(self, settings: PipelineSettings):
         super().__init__(settings)
@@ -225,7 +226,7 @@ def hubspot_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
-        return repr(value) if isinstance(value, float) else str(value)
+        return str(value)
     return orjson.dumps(value, default=json_default).decode()
 
 
@@ -245,6 +246,7 @@ class HubSpotDestination(Destination):
 
     name = "hubspot"
     max_batch_size = HUBSPOT_MAX_INPUTS
+    key_permission = "the private app's scope crm.objects.contacts.write"
 
     def __init__(self, settings: PipelineSettings):
         super().__init__(settings)
@@ -365,6 +367,7 @@ class BrazeDestination(Destination):
 
     name = "braze"
     max_batch_size = BRAZE_MAX_ATTRIBUTES
+    key_permission = "the REST API key's users.track permission"
 
     def __init__(self, settings: PipelineSettings):
         super().__init__(settings)

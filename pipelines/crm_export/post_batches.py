@@ -72,11 +72,9 @@ class PostBatchesFn(beam.DoFn):
         connect_timeout_seconds: float = 10.0,
         backoff_base_seconds: float = 1.0,
     ):
-        self.settings = settings
         self.url = settings.url
         self.api_key = api_key
         self.namespace = namespace
-        self.key_field = settings.key_field
         self.timeout = (connect_timeout_seconds, settings.read_timeout_seconds)
         self.max_attempts = settings.max_attempts
         self.backoff_base_seconds = backoff_base_seconds
@@ -168,8 +166,8 @@ class PostBatchesFn(beam.DoFn):
                 return outcome
             if answer.credentials_rejected:
                 raise CrmRejectedCredentialsError(
-                    f"the CRM at {self.url} answered {answer.status}: check the API key's secret block and its "
-                    "permission to import users"
+                    f"the CRM at {self.url} answered {answer.status}: check the API key in the CRM block (or the "
+                    f"secret block it names) and {self.destination.key_permission}"
                 )
             if not answer.retry:
                 break

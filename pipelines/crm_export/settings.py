@@ -66,7 +66,7 @@ class DestinationSettings(BaseModel):
 
     @model_validator(mode="after")
     def _destination_needs(self) -> DestinationSettings:
-        empty = sorted(k for k, v in self.field_map.items() if not k or not v)
+        empty = sorted(k for k, v in self.field_map.items() if not k.strip() or not v.strip())
         if empty:
             raise ValueError(
                 f"field_map: {empty} — every entry maps a non-empty field to a non-empty property"
@@ -299,11 +299,14 @@ class Destination(abc.ABC):
     ``(payload, keys, unserialisable)``: what ``Connection.send`` sends, the record keys in order, and
     dead-letter entries for records it cannot send (they are left out of the payload).
     ``connect(api_key, timeout, max_in_flight)`` opens the client (``timeout``: (connect, read) seconds).
+    ``key_permission``: what the key must be allowed, named in the error when the CRM refuses it.
     """
 
     name: ClassVar[str]
     max_batch_size: ClassVar[int]
     idempotency_keys: ClassVar[bool] = False
+    #: What the key needs to be allowed, for the message when the CRM refuses it (401/403).
+    key_permission: ClassVar[str]
 
     def __init__(self, settings: PipelineSettings):
         self.settings = settings
