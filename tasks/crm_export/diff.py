@@ -18,8 +18,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -140,8 +140,8 @@ def check_shard_fields(settings: PipelineSettings, columns: Iterable[str], where
         )
 
 
-def file_columns(path: Path) -> list[str]:
-    """The columns of a newline-delimited JSON shard: the keys of its first row that is a JSON object."""
+def json_objects(path: Path) -> Iterator[dict[str, Any]]:
+    """The rows of a newline-delimited JSON file that are JSON objects (other lines are skipped)."""
     with path.open("rb") as rows:
         for line in rows:
             try:
@@ -149,8 +149,12 @@ def file_columns(path: Path) -> list[str]:
             except orjson.JSONDecodeError:
                 continue
             if isinstance(row, dict):
-                return list(row)
-    return []
+                yield row
+
+
+def file_columns(path: Path) -> list[str]:
+    """The columns of a newline-delimited JSON shard: the keys of its first row that is a JSON object."""
+    return next((list(row) for row in json_objects(path)), [])
 
 
 def schema_columns(schema: Sequence[Any], prefix: str = "") -> list[str]:
@@ -179,7 +183,6 @@ class ExportPlan:
     rows_to_send: int
     input_args: list[str]
     base: ExportState | None = None
-    labels: dict[str, str] = field(default_factory=dict)
 
     def pipeline_args(self) -> list[str]:
         unchanged = self.rows_in_shard - self.rows_to_send
@@ -252,15 +255,9 @@ def plan_local_diff(
     A line is sent when it is not a JSON object (the pipeline dead-letters it again), has no string
     key, has a key in the dead letters, or no row of ``base_path`` has its key and hash.
     """
-    base: set[tuple[str, bytes]] = set()
-    with base_path.open("rb") as rows:
-        for line in rows:
-            try:
-                row = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and isinstance(key := row.get(key_field), str):
-                base.add((key, hash_row(row)))
+    base = {
+        (key, hash_row(row)) for row in json_objects(base_path) if isinstance(key := row.get(key_field), str)
+    }
     dead = dead_letter_keys(dead_letter_paths)
     rows_in_shard = sent = 0
     out_path.parent.mkdir(parents=True, exist_ok=True)
