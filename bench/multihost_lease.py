@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 import uuid
+from typing import Any
 
 from devstack.multihost import ROOT, MultiHostStack
 
@@ -128,14 +129,14 @@ def contention(
     ]
     try:
         for process in processes:  # every contender has imported Prefect and loaded the pools
-            assert json.loads(process.stdout.readline())["ready"], "a contender failed to start"
+            said(process, "ready")
         latencies: dict[str, list[float]] = {}
         for pool, gap in pools.items():
             start = time.time() + 1.0
             for i, process in enumerate(processes):
                 process.stdin.write(f"{start + i * gap}\n")
                 process.stdin.flush()
-            latencies[pool] = [json.loads(p.stdout.readline())["latency"] for p in processes]
+            latencies[pool] = [said(p, "latency") for p in processes]
         for process in processes:
             process.wait(timeout=60)
         return latencies
@@ -143,6 +144,15 @@ def contention(
         for process in processes:
             if process.poll() is None:
                 process.kill()
+
+
+def said(process: subprocess.Popen[str], what: str) -> Any:
+    """The ``what`` of the next line ``process`` prints; RuntimeError if it exited instead (its
+    traceback is on this run's stderr)."""
+    line = process.stdout.readline()
+    if not line:
+        raise RuntimeError(f"contender {process.pid} exited with {process.wait()} before saying {what!r}")
+    return json.loads(line)[what]
 
 
 def report(label: str, latencies: list[float]) -> None:

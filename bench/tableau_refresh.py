@@ -90,11 +90,10 @@ def run_project_scheme(url: str, work: dict, pats: int, time_scale: float, tmp: 
     from flows.tableau.refresh import refresh_domain
     from tasks.tableau.refresh import DomainRefreshSummary, PollPolicy
 
-    names = [f"bench-pat-{i}" for i in range(pats)]
-    pool, _ = save_pat_pool(
+    save_pat_pool(
         "bench-pool",
         TableauSite(server_url=url, site_content_url=SITE, api_version="3.29"),
-        {name: (f"pat-{i}", f"secret-{i}") for i, name in enumerate(names)},
+        {f"bench-pat-{i}": (f"pat-{i}", f"secret-{i}") for i in range(pats)},
         fix=True,
         concurrency_limit_prefix="bench-pat",
         lease_duration_seconds=60,

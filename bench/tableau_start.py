@@ -13,7 +13,6 @@ PAT: the figures are start-up, not contention). For each run it prints, in secon
 - spawn -> start: from the runner submitting the run (Pending) to its start: the subprocess and imports.
 
 Targets: start -> first request <= 3 s for one run alone and <= 10 s for six at once (2 cores).
-The same script runs against an older checkout (it uses only the PAT pool) to compare.
 """
 
 from __future__ import annotations
@@ -51,11 +50,10 @@ def setup(url: str, runs: int, tmp: Path) -> tuple[list[str], str]:
     from blocks import TableauSite
     from devstack.pat_pool import save_pat_pool
 
-    names = [f"bench-pat-{i}" for i in range(runs)]
-    pool, _ = save_pat_pool(
+    save_pat_pool(
         "bench-start-pool",
         TableauSite(server_url=url, site_content_url=SITE, api_version="3.29"),
-        {name: (f"pat-{i}", f"secret-{i}") for i, name in enumerate(names)},
+        {f"bench-pat-{i}": (f"pat-{i}", f"secret-{i}") for i in range(runs)},
         fix=True,
         concurrency_limit_prefix="bench-start",
         lease_duration_seconds=60,
@@ -79,9 +77,12 @@ def setup(url: str, runs: int, tmp: Path) -> tuple[list[str], str]:
     return domains, str(config)
 
 
-def beginning_logged_at(client, run_id, log_filter, timeout_seconds: float = 60) -> float:
+def beginning_logged_at(client, run_id, timeout_seconds: float = 60) -> float:
     """When the run logged "Beginning flow run" (unix seconds). A run's logs reach the API in batches
     after its state does, later still on a busy machine: wait for the line."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))
     deadline = time.monotonic() + timeout_seconds
     while True:
         logs = client.read_logs(log_filter=log_filter)
@@ -98,7 +99,7 @@ def beginning_logged_at(client, run_id, log_filter, timeout_seconds: float = 60)
 def run_batch(domains: list[str], audit_url: str) -> list[dict[str, float]]:
     """Start one run per domain at once; wait for all; each run's figures (seconds)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with get_client(sync_client=True) as client:
         deployments = {d.name: d for d in client.read_deployments() if d.name in domains}
@@ -119,9 +120,7 @@ def run_batch(domains: list[str], audit_url: str) -> list[dict[str, float]]:
                 raise RuntimeError(f"{run.name} ended {run.state_name}: {run.state.message}")
             summary = run.state.result()
             first_request = signed_in[f"pat-{summary.pat.rsplit('-', 1)[1]}"]
-            beginning = beginning_logged_at(
-                client, run.id, LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]))
-            )
+            beginning = beginning_logged_at(client, run.id)
             states = client.read_flow_run_states(run.id)
             pending = min(s.timestamp.timestamp() for s in states if s.type.value == "PENDING")
             started = run.start_time.timestamp()

@@ -21,8 +21,8 @@ def save_pat_pool(
 ) -> tuple[TableauPatPool, BootstrapReport | None]:
     """Save a ``TableauPersonalAccessToken`` block per entry of ``pats`` (block name -> (token name,
     secret)), the ``TableauPatPool`` block ``pool_block`` over them (``pool_fields``: its other
-    fields) and, if ``bootstrap``, create its limits (and, with ``fix``, repair drifted ones). Returns the pool and the bootstrap's
-    report (None without it).
+    fields) and, if ``bootstrap``, create its limits (and, with ``fix``, repair drifted ones).
+    Returns the pool and the bootstrap's report (None without it).
 
     Raises:
         RuntimeError: the limits were left missing or drifted (the report's lines say which).

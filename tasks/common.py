@@ -37,8 +37,9 @@ class BlockNotFoundError(LookupError):
 # makes Prefect resolve the nested block's type with ``Block.get_block_class_from_key``, which first
 # calls ``load_prefect_collections()`` (since PrefectHQ/prefect#9621): it imports every installed
 # collection (prefect-aws, prefect-gcp, prefect-redis), 8 to 13 s of CPU here, mostly prefect-gcp, in
-# every flow-run process that loads such a block. Resolving the type among the block classes already imported gives the same
-# class whenever it is imported; only a type nobody imported yet still loads the collections.
+# every flow-run process that loads such a block. Resolving the type among the block classes already
+# imported gives the same class whenever it is imported; only a type nobody imported yet still loads
+# the collections.
 
 _prefect_get_block_class_from_key = Block.get_block_class_from_key.__func__
 

@@ -18,7 +18,6 @@ without an identifier); the text for an invalid email is the stand-in's own.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from devstack.crm.store import EMAIL
 from devstack.crms.common import (
     CrmApp,
     Faults,
@@ -40,7 +40,7 @@ TRACK_PATH = "/users/track"
 MAX_ATTRIBUTES = 75
 IDENTIFIER_REQUIRED = "'external_id' or 'braze_id' or 'user_alias' is required"
 INVALID_EMAIL = "'email' is not a valid email address"
-_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+_IDENTIFIERS = ("external_id", "braze_id", "user_alias")
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,9 @@ class BrazeStandIn(CrmApp):
             if problem is not None:
                 errors.append({"type": problem, "input_array": "attributes", "index": index})
                 continue
-            key = item["external_id"]
-            self.store.upsert(key, {name: value for name, value in item.items() if name != "external_id"})
+            # A user is identified by external_id, braze_id or user_alias (one of them, checked above).
+            key = item.get("external_id") or item.get("braze_id") or orjson.dumps(item["user_alias"]).decode()
+            self.store.upsert(key, {name: value for name, value in item.items() if name not in _IDENTIFIERS})
         processed = len(attributes) - len(errors)
         body: dict[str, Any] = {"message": "success"}
         if attributes:
@@ -120,9 +121,9 @@ class BrazeStandIn(CrmApp):
 
 
 def _invalid(item: Any) -> str | None:
-    if not isinstance(item, dict) or not any(item.get(k) for k in ("external_id", "braze_id", "user_alias")):
+    if not isinstance(item, dict) or not any(item.get(k) for k in _IDENTIFIERS):
         return IDENTIFIER_REQUIRED
     email = item.get("email")
-    if email is not None and (not isinstance(email, str) or not _EMAIL.fullmatch(email)):
+    if email is not None and (not isinstance(email, str) or not EMAIL.fullmatch(email)):
         return INVALID_EMAIL
     return None

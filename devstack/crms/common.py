@@ -165,6 +165,15 @@ def config_update(config: Any, changes: Any) -> Any:
     unknown = sorted(set(changes) - set(names))
     if unknown:
         raise ValueError(f"unknown settings {unknown}; known: {sorted(names)}")
+    for name, value in changes.items():
+        current = getattr(config, name)
+        allowed = (float, int) if isinstance(current, float) else (type(current),)
+        if (
+            current is not None
+            and value is not None
+            and (not isinstance(value, allowed) or isinstance(value, bool) != isinstance(current, bool))
+        ):
+            raise ValueError(f"setting {name!r} must be of type {type(current).__name__}, got {value!r}")
     return dataclasses.replace(config, **changes)
 
 

@@ -19,7 +19,6 @@ per-input validation messages (codes ``INVALID_EMAIL``, ``PROPERTY_DOESNT_EXIST`
 from __future__ import annotations
 
 import datetime as dt
-import re
 import time
 import uuid
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from devstack.crm.store import EMAIL
 from devstack.crms.common import (
     CrmApp,
     Faults,
@@ -40,7 +40,6 @@ from devstack.crms.common import (
 
 UPSERT_PATH = "/crm/v3/objects/contacts/batch/upsert"
 MAX_INPUTS = 100
-_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _AUTH_MESSAGE = (
     "Authentication credentials not found. This API supports OAuth 2.0 authentication and you can find more "
     "details at https://developers.hubspot.com/docs/methods/auth/oauth-overview"
@@ -209,7 +208,7 @@ class HubSpotStandIn(CrmApp):
             if not isinstance(value, str):
                 return _input_error(key, f"{value!r} is not a valid string value", "INVALID_STRING", name)
         email = key if id_property == "email" else properties.get("email")
-        if email and not _EMAIL.fullmatch(email):
+        if email and not EMAIL.fullmatch(email):
             return _input_error(key, f"Email address {email} is invalid", "INVALID_EMAIL", "email")
         return None
 

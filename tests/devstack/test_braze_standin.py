@@ -100,6 +100,18 @@ def test_over_the_rate_limit_is_429_with_the_documented_headers(braze):
     assert reset % 3600 == 0 and time.time() < reset <= time.time() + 3600
 
 
+def test_a_user_identified_by_braze_id_alone_is_upserted_under_it(braze):
+    response = track(braze, [{"braze_id": "b-7", "plan": "pro"}])
+    assert response.status_code == 201 and response.json()["attributes_processed"] == 1
+    assert braze.user("b-7")["properties"] == {"plan": "pro"}
+
+
+def test_a_setting_of_the_wrong_type_is_refused_and_changes_nothing(braze):
+    with pytest.raises(Exception, match="'requests_per_window' must be of type int"):
+        braze.configure(requests_per_window="5")
+    assert track(braze, [{"external_id": "u1"}]).status_code == 201
+
+
 def test_injected_server_errors_are_5xx(braze):
     braze.configure(error_rate=1.0, seed=2)
     response = track(braze, [{"external_id": "u1"}])
