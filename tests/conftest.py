@@ -1,8 +1,9 @@
 """Test harness: one real ``prefect server start`` for the whole run, and helpers.
 
-Prefect reads its settings when first imported, so the server is started and ``PREFECT_API_URL``
+Prefect reads its settings when first imported, so the server is launched and ``PREFECT_API_URL``
 set in ``pytest_configure``, before any test module (and Prefect) is imported. With pytest-xdist
-the controller starts it and the workers inherit its URL: one server for the run. It runs its
+the controller launches it and the workers inherit its URL: one server for the run, which starts
+while the workers collect (the controller waits for it before any test is sent). It runs its
 lease-expiry service every second, so crash tests see leases expire promptly.
 """
 
@@ -21,22 +22,42 @@ import yaml
 from devstack.prefect_server import PrefectServer
 
 _server: PrefectServer | None = None
+_registered = False
 
 
 def pytest_configure(config: pytest.Config) -> None:
     global _server
     if os.environ.get("PYTEST_XDIST_WORKER"):
         return  # a pytest-xdist worker: the controller's server, inherited through the environment
-    _server = PrefectServer(repossessor_loop_seconds=1).start()
+    _server = PrefectServer(repossessor_loop_seconds=1).launch()
     os.environ.update(_server.client_env())
     os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
     os.environ["PREFECT_LOGGING_TO_API_ENABLED"] = "false"  # nothing to ship logs to once the server stops
-    # Register the Tableau block types once: two workers saving a block of a type the server does not
-    # know yet race in Prefect's Block.save (409 "Block type ... already exists").
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if _server is not None and not session.config.pluginmanager.hasplugin("dsession"):
+        _server_ready()  # no pytest-xdist workers: this process runs the tests
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: object, ids: list[str]) -> None:
+    _server_ready()  # the controller, before it sends the first test
+
+
+def _server_ready() -> None:
+    """Wait until the session's server answers, then register the Tableau block types, once: two
+    workers saving a block of a type the server does not know yet race in Prefect's Block.save (409
+    "Block type ... already exists")."""
+    global _registered
+    if _registered:
+        return
+    _server.wait_until_ready()
     from blocks.tableau import TableauConnectedApp, TableauPatPool, TableauPersonalAccessToken
 
     for block_type in (TableauPatPool, TableauPersonalAccessToken, TableauConnectedApp):
         block_type.register_type_and_schema()
+    _registered = True
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

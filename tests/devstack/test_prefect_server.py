@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import sqlite3
+import uuid
+from pathlib import Path
 
 import httpx
+
+from devstack.prefect_server import sqlite_schema
 
 
 def test_the_ui_is_told_the_api_of_this_server_not_the_default_port(prefect_api_url: str) -> None:
@@ -16,3 +22,21 @@ def test_the_ui_is_told_the_api_of_this_server_not_the_default_port(prefect_api_
     assert os.environ["PREFECT_API_URL"] == prefect_api_url
     page = httpx.get(ui_url, timeout=10)
     assert page.status_code == 200 and "<html" in page.text.lower()
+
+
+def test_a_server_starts_from_a_copy_of_the_cached_schema_which_it_never_writes(prefect_api_url: str) -> None:
+    """The session's server runs on a copy of ``sqlite_schema()``: the cached database holds Prefect's
+    schema at the installed version, and what the server stores does not reach it."""
+    cached = sqlite_schema()
+    assert cached.name == f"prefect-{importlib.metadata.version('prefect')}.db"
+    database = Path(os.environ["PREFECT_HOME"]).parent / "prefect.db"  # the server's, beside its client home
+    assert database.exists() and not database.samefile(cached)
+    name = f"schema-{uuid.uuid4().hex[:8]}"
+    httpx.post(f"{prefect_api_url}/flows/", json={"name": name}, timeout=10).raise_for_status()
+    for path, flows in ((database, 1), (cached, 0)):
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
+            assert connection.execute("SELECT version_num FROM alembic_version").fetchone()
+            assert connection.execute("SELECT count(*) FROM flow WHERE name = ?", (name,)).fetchone() == (
+                flows,
+            )
+        connection.close()
