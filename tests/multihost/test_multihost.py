@@ -87,65 +87,55 @@ def write_domains(path: Path, pool: str, contents: dict[str, list[str]]) -> str:
     return str(path)
 
 
-def state(flow_run_id):
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        return client.read_flow_run(flow_run_id).state
-
-
 def run(deployment: str, work_queue_name: str | None = None):
     from prefect.deployments import run_deployment
 
     return run_deployment(deployment, timeout=0, work_queue_name=work_queue_name).id
 
 
-def active_slots(name: str) -> int:
-    from prefect.client.orchestration import get_client
+class Api:
+    """What the scenario reads from the stack's API, through one client: the scenario polls several
+    times a second, and a new client per read cost ~30 ms of CPU each (its HTTP client and TLS context)."""
 
-    with get_client(sync_client=True) as client:
-        return client.read_global_concurrency_limit_by_name(name).active_slots
+    def __init__(self, client):
+        self.client = client
 
+    def state(self, flow_run_id):
+        return self.client.read_flow_run(flow_run_id).state
 
-def logs(flow_run_id) -> list[str]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    def active_slots(self, name: str) -> int:
+        return self.client.read_global_concurrency_limit_by_name(name).active_slots
 
-    with get_client(sync_client=True) as client:
-        return [
-            log.message
-            for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-        ]
+    def logs(self, flow_run_id) -> list[str]:
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
+        found = self.client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        return [log.message for log in found]
 
-def held_pat(flow_run_id) -> str | None:
-    """The PAT block a domain run said it holds ("Domain ... holds PAT '...'")."""
-    for message in logs(flow_run_id):
-        if match := re.search(r"holds PAT '([^']+)'", message):
-            return match[1]
-    return None
+    def held_pat(self, flow_run_id) -> str | None:
+        """The PAT block a domain run said it holds ("Domain ... holds PAT '...'")."""
+        for message in self.logs(flow_run_id):
+            if match := re.search(r"holds PAT '([^']+)'", message):
+                return match[1]
+        return None
 
+    def artifact_rows(self, flow_run_id, key: str) -> list[dict[str, Any]]:
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
-def artifact_rows(flow_run_id, key: str) -> list[dict[str, Any]]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
-
-    with get_client(sync_client=True) as client:
-        (artifact,) = client.read_artifacts(
+        (artifact,) = self.client.read_artifacts(
             artifact_filter=ArtifactFilter(
                 key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
             )
         )
-    return json.loads(artifact.data) if artifact.type == "table" else [{"markdown": artifact.data}]
+        return json.loads(artifact.data) if artifact.type == "table" else [{"markdown": artifact.data}]
 
+    def task_completed(self, flow_run_id, prefix: str) -> bool:
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-def task_completed(flow_run_id, prefix: str) -> bool:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    with get_client(sync_client=True) as client:
-        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return any(t.name.startswith(prefix) and t.state and t.state.is_completed() for t in tasks)
+        tasks = self.client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+        return any(t.name.startswith(prefix) and t.state and t.state.is_completed() for t in tasks)
 
 
 @dataclass
@@ -225,154 +215,161 @@ def outcome(stack: MultiHostStack, tmp_path_factory: pytest.TempPathFactory) -> 
         client.create_work_pool(WorkPoolCreate(name=POOL, type="process"))
         for queue in ("host-a", "host-b"):
             client.create_work_queue(name=queue, work_pool_name=POOL)
+        api = Api(client)
 
-    refresh = refresh_domain.from_source(str(ROOT), "flows/tableau/refresh.py:refresh_domain")
-    export = crm_export.from_source(str(ROOT), "flows/crm_export/export.py:crm_export")
-    common = dict(concurrency_limit=1, job_variables=job_variables())
-    placement = {
-        "c0": "host-a",
-        "c1": "host-b",
-        "c2": "host-b",
-        "k0": "host-a",
-        "k1": "host-a",
-        "k2": "host-b",
-    }
-    deployments = [
-        refresh.to_deployment(
-            name=domain,
-            work_queue_name=queue,
-            parameters={
-                "domain": domain,
-                "config_path": contention_domains if domain.startswith("c") else dead_domains,
-                "poll_policy": POLL,
-            },
-            tags=["tableau", f"domain-{domain}"],
-            **common,
+        refresh = refresh_domain.from_source(str(ROOT), "flows/tableau/refresh.py:refresh_domain")
+        export = crm_export.from_source(str(ROOT), "flows/crm_export/export.py:crm_export")
+        common = dict(concurrency_limit=1, job_variables=job_variables())
+        placement = {
+            "c0": "host-a",
+            "c1": "host-b",
+            "c2": "host-b",
+            "k0": "host-a",
+            "k1": "host-a",
+            "k2": "host-b",
+        }
+        deployments = [
+            refresh.to_deployment(
+                name=domain,
+                work_queue_name=queue,
+                parameters={
+                    "domain": domain,
+                    "config_path": contention_domains if domain.startswith("c") else dead_domains,
+                    "poll_policy": POLL,
+                },
+                tags=["tableau", f"domain-{domain}"],
+                **common,
+            )
+            for domain, queue in placement.items()
+        ]
+        deployments.append(
+            export.to_deployment(
+                name="crm",
+                work_queue_name="host-a",
+                parameters={
+                    "source": LocalSource(directory=tmp / "shards", table_prefix="users").model_dump(
+                        mode="json"
+                    ),
+                    "crm": CrmSettings(block=f"generic-crm-endpoint/{secret}", batch_size=100).model_dump(
+                        mode="json"
+                    ),
+                    "runner": LocalRunnerSettings(registry_dir=registry).model_dump(mode="json"),
+                    "dead_letter_location": str(tmp / "dead-letters"),
+                    "poll": {"interval_seconds": 0.5, "timeout_seconds": 900},
+                },
+                tags=["crm"],
+                **common,
+            )
         )
-        for domain, queue in placement.items()
-    ]
-    deployments.append(
-        export.to_deployment(
-            name="crm",
-            work_queue_name="host-a",
-            parameters={
-                "source": LocalSource(directory=tmp / "shards", table_prefix="users").model_dump(mode="json"),
-                "crm": CrmSettings(block=f"generic-crm-endpoint/{secret}", batch_size=100).model_dump(
-                    mode="json"
+        deploy(
+            *deployments,
+            work_pool_name=POOL,
+            build=False,
+            push=False,
+            print_next_steps_message=False,
+            ignore_warnings=True,
+        )
+
+        env = host_env(stack.workdir)
+        host_a = stack.add_host("host-a", POOL, work_queue="host-a", env=env)
+        host_b = stack.add_host("host-b", POOL, work_queue="host-b", env=env)
+        try:
+            runs = {name: run(f"refresh-tableau-domain/{name}") for name in placement}
+            runs["crm"] = run("crm-export/crm")
+            launcher = LocalLauncher(registry)
+
+            def jobs_of(domains):
+                return {j["name"] for j in dead_site.site.audit()["jobs"]} >= set(domains)
+
+            wait_for(
+                lambda: all(api.state(runs[f"c{i}"]).is_final() for i in range(3)), 600, "the contention runs"
+            )
+            wait_for(lambda: jobs_of(["k0", "k1", "k2"]), 600, "the dead-host domains' jobs")
+            wait_for(
+                lambda: any(
+                    j.state.value == "JOB_STATE_RUNNING" for j in launcher.list_jobs("crm-export-20261116")
                 ),
-                "runner": LocalRunnerSettings(registry_dir=registry).model_dump(mode="json"),
-                "dead_letter_location": str(tmp / "dead-letters"),
-                "poll": {"interval_seconds": 0.5, "timeout_seconds": 900},
-            },
-            tags=["crm"],
-            **common,
-        )
-    )
-    deploy(
-        *deployments,
-        work_pool_name=POOL,
-        build=False,
-        push=False,
-        print_next_steps_message=False,
-        ignore_warnings=True,
-    )
+                600,
+                "the CRM job",
+            )
+            result.contention = {
+                "states": {f"c{i}": api.state(runs[f"c{i}"]).name for i in range(3)},
+                "audit": contention_site.site.audit(),
+                "hosts": {runs[f"c{i}"]: placement[f"c{i}"] for i in range(3)},
+            }
+            dead_pats = {api.held_pat(runs["k0"]), api.held_pat(runs["k1"])}
+            assert None not in dead_pats, "the dead host's domains hold no PAT"
+            dead_limits = [dead_pool.pat_limit_names()[pat] for pat in dead_pats]
+            (crm_job,) = launcher.list_jobs("crm-export-20261116")
+            with stack.redis.client() as redis:  # the leases of the held PATs, in Redis (prefect-redis)
+                result.dead["redis_leases"] = len(redis.keys("prefect:concurrency:lease:*"))
 
-    env = host_env(stack.workdir)
-    host_a = stack.add_host("host-a", POOL, work_queue="host-a", env=env)
-    host_b = stack.add_host("host-b", POOL, work_queue="host-b", env=env)
-    try:
-        runs = {name: run(f"refresh-tableau-domain/{name}") for name in placement}
-        runs["crm"] = run("crm-export/crm")
-        launcher = LocalLauncher(registry)
+            # Host B's worker restarts: its flow run (k2) lives on.
+            orphans = host_b.kill_worker()
+            host_b.start()
+            result.restart = {"orphans": orphans}
 
-        def jobs_of(domains):
-            return {j["name"] for j in dead_site.site.audit()["jobs"]} >= set(domains)
+            # Host A dies with its flow runs: k0, k1 and the CRM export's flow run.
+            killed = host_a.kill_host()
+            killed_at = time.monotonic()
+            result.dead.update(killed=killed, pats=dead_pats)
+            reruns = {name: run(f"refresh-tableau-domain/{name}", "host-b") for name in ("k0", "k1")}
+            crm_rerun = run("crm-export/crm", "host-b")
 
-        wait_for(lambda: all(state(runs[f"c{i}"]).is_final() for i in range(3)), 600, "the contention runs")
-        wait_for(lambda: jobs_of(["k0", "k1", "k2"]), 600, "the dead-host domains' jobs")
-        wait_for(
-            lambda: any(
-                j.state.value == "JOB_STATE_RUNNING" for j in launcher.list_jobs("crm-export-20261116")
-            ),
-            600,
-            "the CRM job",
-        )
-        result.contention = {
-            "states": {f"c{i}": state(runs[f"c{i}"]).name for i in range(3)},
-            "audit": contention_site.site.audit(),
-            "hosts": {runs[f"c{i}"]: placement[f"c{i}"] for i in range(3)},
-        }
-        dead_pats = {held_pat(runs["k0"]), held_pat(runs["k1"])}
-        assert None not in dead_pats, "the dead host's domains hold no PAT"
-        dead_limits = [dead_pool.pat_limit_names()[pat] for pat in dead_pats]
-        (crm_job,) = launcher.list_jobs("crm-export-20261116")
-        with stack.redis.client() as redis:  # the leases of the held PATs, in Redis (prefect-redis)
-            result.dead["redis_leases"] = len(redis.keys("prefect:concurrency:lease:*"))
+            freed_at, crashed_at, started_at, released = None, {}, {}, set()
+            deadline = killed_at + 600
+            while time.monotonic() < deadline:
+                now = time.monotonic() - killed_at
+                if freed_at is None and all(api.active_slots(limit) == 0 for limit in dead_limits):
+                    freed_at = now
+                for name in ("k0", "k1"):
+                    if name not in crashed_at and api.state(runs[name]).is_crashed():
+                        crashed_at[name] = now
+                    if name not in started_at and api.state(reruns[name]).is_running():
+                        started_at[name] = now
+                if "blocker" not in released and dead_site.site.audit()["conflict_requests"] >= 2:
+                    dead_site.site.cancel(blocker.id)  # both reruns adopted their jobs: let the queue move
+                    released.add("blocker")
+                if "crm" not in released and api.task_completed(crm_rerun, "launch_export_job"):
+                    crm.configure(slow_rate=0.0)
+                    released.add("crm")
+                finals = [api.state(r) for r in (runs["k2"], *reruns.values(), crm_rerun)]
+                if all(s.is_final() for s in finals) and freed_at is not None and len(crashed_at) == 2:
+                    break
+                time.sleep(0.5)
+            print(f"\nDead host's PATs free again {freed_at} s after the kill (lease {LEASE_SECONDS} s)")
+            print(f"Dead runs marked Crashed after {crashed_at} s; reruns running after {started_at} s")
 
-        # Host B's worker restarts: its flow run (k2) lives on.
-        orphans = host_b.kill_worker()
-        host_b.start()
-        result.restart = {"orphans": orphans}
-
-        # Host A dies with its flow runs: k0, k1 and the CRM export's flow run.
-        killed = host_a.kill_host()
-        killed_at = time.monotonic()
-        result.dead.update(killed=killed, pats=dead_pats)
-        reruns = {name: run(f"refresh-tableau-domain/{name}", "host-b") for name in ("k0", "k1")}
-        crm_rerun = run("crm-export/crm", "host-b")
-
-        freed_at, crashed_at, started_at, released = None, {}, {}, set()
-        deadline = killed_at + 600
-        while time.monotonic() < deadline:
-            now = time.monotonic() - killed_at
-            if freed_at is None and all(active_slots(limit) == 0 for limit in dead_limits):
-                freed_at = now
-            for name in ("k0", "k1"):
-                if name not in crashed_at and state(runs[name]).is_crashed():
-                    crashed_at[name] = now
-                if name not in started_at and state(reruns[name]).is_running():
-                    started_at[name] = now
-            if "blocker" not in released and dead_site.site.audit()["conflict_requests"] >= 2:
-                dead_site.site.cancel(blocker.id)  # both reruns adopted their jobs: let the queue move
-                released.add("blocker")
-            if "crm" not in released and task_completed(crm_rerun, "launch_export_job"):
-                crm.configure(slow_rate=0.0)
-                released.add("crm")
-            finals = [state(r) for r in (runs["k2"], *reruns.values(), crm_rerun)]
-            if all(s.is_final() for s in finals) and freed_at is not None and len(crashed_at) == 2:
-                break
-            time.sleep(0.5)
-        print(f"\nDead host's PATs free again {freed_at} s after the kill (lease {LEASE_SECONDS} s)")
-        print(f"Dead runs marked Crashed after {crashed_at} s; reruns running after {started_at} s")
-
-        result.dead.update(
-            freed_after=freed_at,
-            crashed_after=crashed_at,
-            rerun_started_after=started_at,
-            crashed=[state(runs[n]) for n in ("k0", "k1")],
-            survivor=state(runs["k2"]),
-            reruns={n: state(r) for n, r in reruns.items()},
-            rerun_rows={
-                n: artifact_rows(r, f"tableau-refresh-{n}")
-                for n, r in reruns.items()
-                if state(r).is_completed()
-            },
-            rerun_pats={n: held_pat(r) for n, r in reruns.items()},
-            audit=dead_site.site.audit(),
-        )
-        result.crm = {
-            "job": crm_job,
-            "crashed": state(runs["crm"]),
-            "rerun": state(crm_rerun),
-            "artifact": artifact_rows(crm_rerun, "crm-export") if state(crm_rerun).is_completed() else [],
-            "jobs": launcher.list_jobs("crm-export-20261116"),
-            "stats": crm.stats(),
-        }
-        result.restart.update(survivor=state(runs["k2"]), log="\n".join(logs(runs["k2"])))
-    finally:
-        crm.stop()
-        contention_site.stop()
-        dead_site.stop()
+            result.dead.update(
+                freed_after=freed_at,
+                crashed_after=crashed_at,
+                rerun_started_after=started_at,
+                crashed=[api.state(runs[n]) for n in ("k0", "k1")],
+                survivor=api.state(runs["k2"]),
+                reruns={n: api.state(r) for n, r in reruns.items()},
+                rerun_rows={
+                    n: api.artifact_rows(r, f"tableau-refresh-{n}")
+                    for n, r in reruns.items()
+                    if api.state(r).is_completed()
+                },
+                rerun_pats={n: api.held_pat(r) for n, r in reruns.items()},
+                audit=dead_site.site.audit(),
+            )
+            result.crm = {
+                "job": crm_job,
+                "crashed": api.state(runs["crm"]),
+                "rerun": api.state(crm_rerun),
+                "artifact": api.artifact_rows(crm_rerun, "crm-export")
+                if api.state(crm_rerun).is_completed()
+                else [],
+                "jobs": launcher.list_jobs("crm-export-20261116"),
+                "stats": crm.stats(),
+            }
+            result.restart.update(survivor=api.state(runs["k2"]), log="\n".join(api.logs(runs["k2"])))
+        finally:
+            crm.stop()
+            contention_site.stop()
+            dead_site.stop()
     return result
 
 
