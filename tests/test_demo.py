@@ -80,7 +80,10 @@ def test_demo_refreshes_every_domain_through_the_pool_without_invalidated_tokens
 
 def start_demo(hold: bool = False) -> subprocess.Popen:
     """``python -m devstack.demo`` on its own stack (none of this session's ``PREFECT_*`` settings), in
-    a session of its own so that a signal goes to the demo alone, as ``kill <pid>`` would send it."""
+    a session of its own so that a signal goes to the demo alone, as ``kill <pid>`` would send it.
+
+    Its Ctrl+C (SIGINT) acts as in a terminal even where this suite runs with SIGINT ignored (a shell
+    without job control starts a background command so, and Python keeps an ignored SIGINT ignored)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     if hold:
         env["DEMO_HOLD"] = "1"
@@ -92,6 +95,7 @@ def start_demo(hold: bool = False) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
