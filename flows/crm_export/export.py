@@ -94,6 +94,13 @@ class ExportSummary(BaseModel):
     dead_letter_prefix: str
     estimated_cost: CostEstimate | None
 
+    @property
+    def adds_up(self) -> bool:
+        """Every row of the shard was skipped unchanged, accepted or dead-lettered."""
+        return (
+            self.rows_in_shard == self.records_unchanged + self.records_accepted + self.records_dead_lettered
+        )
+
 
 @flow(name="crm-export", persist_result=True)
 def crm_export(
@@ -133,10 +140,8 @@ def crm_export(
     check_export_fields(source, shard, settings, crm.block)
     state = read_export_state(pipeline_name)
     name = job_name(pipeline_name, shard)
-    # A resubmission after a FAILED job reuses the idempotency namespace, so batches the CRM already
-    # took are not applied twice; a forced export gets its own, or the CRM would ignore it as a replay.
-    namespace = f"{name}-force-{flow_run.id}" if force else name
-    work_prefix = f"{dead_letter_location.rstrip('/')}/{namespace}"
+    namespace = _namespace(name, str(flow_run.id) if force else None)
+    work_prefix = _work_prefix(dead_letter_location, namespace)
     pipeline_args = [
         *settings.pipeline_args(),
         f"--dead_letter_prefix={work_prefix}/dead-letter",
@@ -178,7 +183,8 @@ def crm_export(
             ) from None
         raise
     metrics = export_metrics(runner, job.id)
-    dead_letter_prefix = f"{dead_letter_location.rstrip('/')}/{_namespace(job)}/dead-letter"
+    forced_by = job.labels.get(RUN_LABEL) if job.labels.get(FORCED_LABEL) == "true" else None
+    dead_letter_prefix = f"{_work_prefix(dead_letter_location, _namespace(job.name, forced_by))}/dead-letter"
     summary = _summary(shard, launched.action, job, metrics, dead_letter_prefix, prices, started)
     create_markdown_artifact(key=pipeline_name, markdown=_markdown(summary), description=f"CRM export {name}")
     check_accounting(metrics.counters)
@@ -189,9 +195,7 @@ def crm_export(
                 shard_date=shard,
                 job_name=job.name,
                 job_id=job.id,
-                source=source.table(shard)
-                if source.kind == "bigquery"
-                else str(source.path(shard).resolve()),
+                source=source.location(shard),
                 dead_letter_prefix=dead_letter_prefix,
                 fingerprint=export_fingerprint(settings),
                 exported_at=dt.datetime.now(dt.UTC),
@@ -200,11 +204,16 @@ def crm_export(
     return summary
 
 
-def _namespace(job: JobInfo) -> str:
-    """The idempotency namespace (and dead-letter directory) of a job, from its name and labels."""
-    if job.labels.get(FORCED_LABEL) == "true" and job.labels.get(RUN_LABEL):
-        return f"{job.name}-force-{job.labels[RUN_LABEL]}"
-    return job.name
+def _namespace(job_name: str, forced_by: str | None) -> str:
+    """The idempotency namespace (and work directory) of a job: its name, so that a resubmission after a
+    FAILED job does not apply again the batches the CRM already took; for a forced export (``forced_by``:
+    the forcing flow run's id) a namespace of its own, or the CRM would ignore it as a replay."""
+    return f"{job_name}-force-{forced_by}" if forced_by else job_name
+
+
+def _work_prefix(dead_letter_location: str, namespace: str) -> str:
+    """Where a job's dead letters (``<prefix>/dead-letter-*.jsonl``) and diff plan (``<prefix>/plan``) go."""
+    return f"{dead_letter_location.rstrip('/')}/{namespace}"
 
 
 def _sync(job: JobInfo) -> str:
@@ -275,12 +284,7 @@ def _markdown(summary: ExportSummary) -> str:
             "Accounting",
             f"{summary.rows_in_shard:,} rows = {summary.records_unchanged:,} unchanged + "
             f"{summary.records_accepted:,} accepted + {summary.records_dead_lettered:,} dead-lettered"
-            + (
-                ""
-                if summary.rows_in_shard
-                == summary.records_unchanged + summary.records_accepted + summary.records_dead_lettered
-                else " — DOES NOT ADD UP"
-            ),
+            + ("" if summary.adds_up else " — DOES NOT ADD UP"),
         ),
         ("Batches", f"{summary.batches:,}"),
         ("Requests sent", f"{summary.requests:,}"),

@@ -76,6 +76,10 @@ class BigQuerySource(BaseModel):
     def table(self, shard: dt.date) -> str:
         return f"{self.project}:{self.dataset}.{self.table_prefix}_{shard:%Y%m%d}"
 
+    def location(self, shard: dt.date) -> str:
+        """Where the shard is, as the export state records it: its table ``project:dataset.table``."""
+        return self.table(shard)
+
     def _client(self) -> Any:
         from google.cloud import bigquery
 
@@ -117,6 +121,10 @@ class LocalSource(BaseModel):
 
     def path(self, shard: dt.date) -> Path:
         return self.directory / f"{self.table_prefix}_{shard:%Y%m%d}.jsonl"
+
+    def location(self, shard: dt.date) -> str:
+        """Where the shard is, as the export state records it: its file's absolute path."""
+        return str(self.path(shard).resolve())
 
     def shards(self) -> list[dt.date]:
         prefix = f"{self.table_prefix}_"
