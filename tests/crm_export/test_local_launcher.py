@@ -29,7 +29,9 @@ def wait_for(launcher: LocalLauncher, job_id: str, states: set[JobState], timeou
     return state
 
 
-def test_an_active_name_is_refused_and_a_dead_job_does_not_block_the_next_submit(tmp_path):
+def test_an_active_name_is_refused_and_a_dead_job_does_not_block_the_next_submit(tmp_path, monkeypatch):
+    (tmp_path / "tmp").mkdir()  # where the killed job leaves Beam's temporary directory
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     launcher = LocalLauncher(tmp_path)
     first = launcher.submit(spec())
     with pytest.raises(JobAlreadyExistsError, match=first):
