@@ -116,7 +116,7 @@ def migrate(backend: PostgresRedisBackend, timeout_seconds: float = 300) -> None
 def sqlite_schema(timeout_seconds: float = 300) -> Path:
     """A SQLite database file holding Prefect's schema at the installed Prefect version, made once by
     ``prefect server database upgrade -y`` and kept in ``SCHEMA_CACHE`` (``prefect-<version>.db``).
-    Copy it; never open it. Two processes making it at once both succeed (the last rename wins).
+    Copy it; never write to it. Two processes making it at once both succeed (the last rename wins).
 
     Raises:
         RuntimeError: the upgrade failed, with its output.
