@@ -12,6 +12,7 @@ import datetime as dt
 import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -268,6 +269,7 @@ def run_job(registry_dir: Path, job_id: str, pipeline_args: list[str], api_key: 
 
     launcher.update(job_id, state=JobState.RUNNING.value, start_time=_now())
     started = time.monotonic()
+    pipeline = None
     try:
         options = PipelineOptions(
             [f"--runner={LOCAL_RUNNER}", f"--job_name={launcher.read(job_id)['name']}", *pipeline_args]
@@ -291,6 +293,8 @@ def run_job(registry_dir: Path, job_id: str, pipeline_args: list[str], api_key: 
         )
         check_accounting(metrics.counters)
     except BaseException as exc:  # noqa: BLE001 - every way out must leave a final state
+        if pipeline is not None:  # Beam's run() removes its temporary directory; a cancel before it would not
+            shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
         state = JobState.CANCELLED if cancelled else JobState.FAILED
         message = "cancelled" if cancelled else f"{type(exc).__name__}: {exc}"
         traceback.print_exc()
