@@ -15,6 +15,7 @@ A new SQLite server starts from a copy of a database that already holds Prefect'
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import shutil
@@ -128,9 +129,10 @@ def sqlite_schema(timeout_seconds: float = 300) -> Path:
     with tempfile.TemporaryDirectory(prefix="schema-", dir=SCHEMA_CACHE) as home:
         _upgrade(_server_env(Path(home), None, 5.0, {}), timeout_seconds)
         database = Path(home) / "prefect.db"
-        with sqlite3.connect(database) as connection:  # one self-contained file: no write-ahead log left
-            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        connection.close()
+        # One self-contained file that a reader leaves alone: out of write-ahead-log mode (a server
+        # puts its own copy back in it), or even a read-only reader would add -wal and -shm files.
+        with contextlib.closing(sqlite3.connect(database)) as connection:
+            connection.execute("PRAGMA journal_mode=DELETE")
         os.replace(database, cached)
     return cached
 

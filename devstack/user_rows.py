@@ -71,7 +71,7 @@ def write_next_week(
     previous: Path, path: Path, change_every: int = 20, new_users: int = 0, seed: int = 11
 ) -> dict[str, int]:
     """Next week's shard from ``previous``: every ``change_every``-th line (counting every line, the
-    malformed ones too) changes plan, ``new_users`` are added; other rows, malformed lines included, stay as they were.
+    malformed ones too) changes plan and ``new_users`` are added; other lines stay as they were.
     Returns ``{"rows", "changed", "new", "bytes"}``."""
     rng = random.Random(seed)
     rows = changed = 0

@@ -305,7 +305,6 @@ class Destination(abc.ABC):
     name: ClassVar[str]
     max_batch_size: ClassVar[int]
     idempotency_keys: ClassVar[bool] = False
-    #: What the key needs to be allowed, for the message when the CRM refuses it (401/403).
     key_permission: ClassVar[str]
 
     def __init__(self, settings: PipelineSettings):

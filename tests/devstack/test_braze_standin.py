@@ -107,8 +107,10 @@ def test_a_user_identified_by_braze_id_alone_is_upserted_under_it(braze):
 
 
 def test_a_setting_of_the_wrong_type_is_refused_and_changes_nothing(braze):
-    with pytest.raises(Exception, match="'requests_per_window' must be of type int"):
+    before = braze.configure()
+    with pytest.raises(RuntimeError, match="400 .*'requests_per_window' must be of type int"):
         braze.configure(requests_per_window="5")
+    assert braze.configure() == before
     assert track(braze, [{"external_id": "u1"}]).status_code == 201
 
 

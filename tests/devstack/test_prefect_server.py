@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import sqlite3
@@ -34,9 +35,9 @@ def test_a_server_starts_from_a_copy_of_the_cached_schema_which_it_never_writes(
     name = f"schema-{uuid.uuid4().hex[:8]}"
     httpx.post(f"{prefect_api_url}/flows/", json={"name": name}, timeout=10).raise_for_status()
     for path, flows in ((database, 1), (cached, 0)):
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
             assert connection.execute("SELECT version_num FROM alembic_version").fetchone()
             assert connection.execute("SELECT count(*) FROM flow WHERE name = ?", (name,)).fetchone() == (
                 flows,
             )
-        connection.close()
+    assert [p.name for p in cached.parent.glob(cached.name + "*")] == [cached.name]  # no -wal, no -shm
