@@ -213,8 +213,12 @@ def test_refresh_capacity_limit_is_bootstrapped_and_required(make_standin, tmp_p
 def test_the_refresh_capacity_bounds_concurrent_domain_runs(make_standin, tmp_path) -> None:
     from flows.tableau.refresh import refresh_domain
 
-    slow = [{"project": "Sales", "name": f"ds{i}", "duration_seconds": 400} for i in range(2)]  # 4 s each
-    standin = app_standin(make_standin, datasources=slow, workbooks=[], projects=["Sales"])
+    # d0's job takes 15 s, so that d1 asks for the slot while d0 holds it even on a loaded machine (a
+    # domain run's start took over 4 s there); d1's own job takes 1 s.
+    sources = [
+        {"project": "Sales", "name": f"ds{i}", "duration_seconds": d} for i, d in enumerate((1500, 100))
+    ]
+    standin = app_standin(make_standin, datasources=sources, workbooks=[], projects=["Sales"])
     workspace = Workspace(standin, tmp_path)
     name, app = create_app(workspace, refresh_capacity=1)
     config = workspace.write_domains(
