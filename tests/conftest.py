@@ -1,4 +1,5 @@
-"""Test harness: one real ``prefect server start`` for the whole run, and helpers.
+"""Test harness: one real ``prefect server start`` for the whole run (none for a run of tests/multihost
+alone, which brings up its own stack), and helpers.
 
 Prefect reads its settings when first imported, so the server is launched and ``PREFECT_API_URL``
 set in ``pytest_configure``, before any test module (and Prefect) is imported. With pytest-xdist
@@ -10,6 +11,7 @@ lease-expiry service every second, so crash tests see leases expire promptly.
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,17 +24,35 @@ import yaml
 from devstack.prefect_server import PrefectServer
 
 _server: PrefectServer | None = None
+_home: tempfile.TemporaryDirectory | None = None
 _registered = False
+
+#: Marks the tests that run ``python -m deployments.bootstrap``: it creates the project's one zombie
+#: automation on the session's server, so they share a pytest-xdist worker and never create it at once.
+BOOTSTRAP_COMMAND = pytest.mark.xdist_group("bootstrap-command")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    global _server
+    global _server, _home
     if os.environ.get("PYTEST_XDIST_WORKER"):
         return  # a pytest-xdist worker: the controller's server, inherited through the environment
-    _server = PrefectServer(repossessor_loop_seconds=1).launch()
-    os.environ.update(_server.client_env())
     os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
     os.environ["PREFECT_LOGGING_TO_API_ENABLED"] = "false"  # nothing to ship logs to once the server stops
+    if _only_multihost(config):
+        # tests/multihost brings up its own stack and talks to nothing else: no session server, and
+        # a Prefect home of the run's own rather than the user's.
+        _home = tempfile.TemporaryDirectory(prefix="prefect-home-")
+        os.environ["PREFECT_HOME"] = _home.name
+        return
+    _server = PrefectServer(repossessor_loop_seconds=1).launch()
+    os.environ.update(_server.client_env())
+
+
+def _only_multihost(config: pytest.Config) -> bool:
+    """True when every path given on the command line is inside tests/multihost."""
+    multihost = Path(__file__).parent / "multihost"
+    paths = [Path(config.invocation_params.dir, arg.split("::")[0]).resolve() for arg in config.args]
+    return bool(paths) and all(path.is_relative_to(multihost) for path in paths)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -50,7 +70,7 @@ def _server_ready() -> None:
     workers saving a block of a type the server does not know yet race in Prefect's Block.save (409
     "Block type ... already exists")."""
     global _registered
-    if _registered:
+    if _registered or _server is None:
         return
     _server.wait_until_ready()
     from blocks.tableau import TableauConnectedApp, TableauPatPool, TableauPersonalAccessToken
@@ -61,14 +81,22 @@ def _server_ready() -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run the tests marked ``slow`` first (in file order), so that with pytest-xdist the long ones
-    start at once on different workers instead of ending the run alone."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """Run the tests marked ``slow`` first, longest first (``seconds``), then the rest in file order,
+    so that with pytest-xdist the long ones start at once on different workers instead of ending the
+    run alone."""
+
+    def seconds(item: pytest.Item) -> float:
+        slow = item.get_closest_marker("slow")
+        return 0.0 if slow is None else slow.kwargs.get("seconds", 1.0)
+
+    items.sort(key=seconds, reverse=True)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _server is not None:
         _server.stop()
+    if _home is not None:
+        _home.cleanup()
 
 
 @pytest.fixture(scope="session")

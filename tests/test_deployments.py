@@ -46,7 +46,7 @@ def test_every_metadata_source_has_a_daily_deployment_with_concurrency_one():
         assert deployment["concurrency_limit"] == 1 and deployment["schedules"][0]["cron"]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=15)
 def test_prefect_deploy_all_against_a_real_server(prefect_api_url):
     def prefect(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(

@@ -259,7 +259,7 @@ def weekly(tmp_path, hubspot):
     }
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=20)
 def test_a_full_week_then_a_diff_week_then_a_failed_jobs_rows_sent_again(weekly, hubspot):
     first = crm_export(**weekly)
     assert first.sync == "full" and first.rows_in_shard == 2_000 and first.records_unchanged == 0

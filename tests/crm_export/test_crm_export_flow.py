@@ -117,7 +117,7 @@ def test_a_done_shard_is_skipped_unless_forced(export, crm):
     assert crm.stats()["replays"] == 0  # a forced export is sent again, not dropped as a replay
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=15)
 def test_a_killed_flow_run_is_adopted_by_the_next_run_one_job_in_total(export, crm, tmp_path):
     crm.configure(slow_rate=1.0, slow_seconds=4.0)  # 6 batches, 4 in flight: the job runs ≥ 8 s
     params = tmp_path / "params.json"

@@ -194,7 +194,7 @@ def test_every_record_is_accepted_or_dead_lettered_with_its_reason(tmp_path, fre
     assert fresh_crm.user("u00000000")["attributes"]["identity"]["country"]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=20)
 def test_429_storms_5xx_and_slow_responses_lose_nothing_and_send_nothing_twice(tmp_path, fresh_crm):
     # burst of 3 against 4 requests in flight: the first wave already meets a 429
     fresh_crm.configure(rate_limit_rps=3, error_rate=0.25, slow_rate=0.2, slow_seconds=1.5, seed=11)

@@ -1,6 +1,6 @@
 """The multi-host stack of these tests: PostgreSQL, Redis, a Prefect API server and its background
-services on them, and two process-worker hosts; the clients of this module talk to it, not to the
-session's SQLite server."""
+services on them, and two process-worker hosts; the clients of this module talk to it. A run of this
+directory alone starts no session server (tests/conftest.py)."""
 
 from __future__ import annotations
 

@@ -34,8 +34,8 @@ from devstack.multihost import ROOT, MultiHostStack
 from multihost.conftest import LEASE_SECONDS, REPOSSESSOR_LOOP_SECONDS, WITHIN_SECONDS, host_env, wait_for
 
 # One stack and one scenario for the module: with pytest-xdist its tests stay on one worker
-# (``--dist loadgroup``); ``make test`` runs this directory alone, after the rest.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200), pytest.mark.xdist_group("multihost")]
+# (``--dist loadgroup``); ``make test`` runs this directory as its own pytest run, beside the rest.
+pytestmark = [pytest.mark.slow(seconds=140), pytest.mark.timeout(1200), pytest.mark.xdist_group("multihost")]
 
 POOL = "tableau-refresh"
 POLL = {"initial_interval": 0.5, "max_interval": 2.0, "backoff": 1.5, "rate_limit_default_wait": 0.5}

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from conftest import BOOTSTRAP_COMMAND
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 from prefect.exceptions import ObjectNotFound
 
 from deployments.bootstrap import main
+
+pytestmark = BOOTSTRAP_COMMAND
 
 
 def read_limit(name: str):

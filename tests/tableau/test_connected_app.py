@@ -9,7 +9,7 @@ import uuid
 
 import jwt
 import pytest
-from conftest import SITE, Workspace
+from conftest import BOOTSTRAP_COMMAND, SITE, Workspace
 from prefect.blocks.system import Secret
 from pydantic import ValidationError
 
@@ -185,6 +185,7 @@ def test_a_refused_jwt_names_the_block_and_tableaus_number_never_the_secret(make
     assert wrong not in str(raised.value)
 
 
+@BOOTSTRAP_COMMAND
 def test_refresh_capacity_limit_is_bootstrapped_and_required(make_standin, tmp_path, capsys) -> None:
     from flows.tableau.refresh import refresh_domain
 

@@ -50,7 +50,7 @@ def test_lease_is_released_when_the_holder_fails(workspace):
     assert active_slots(pool.pool_limit_name) == 0
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=70)
 def test_killed_holder_frees_its_pat_when_the_lease_expires(workspace):
     """The holder is SIGKILLed: no release runs; the server's lease expiry frees the PAT."""
     pool = workspace.create_pool(["pat-1"], lease_duration_seconds=60, acquire_timeout_seconds=3)

@@ -104,7 +104,7 @@ def run_artifact(flow_run_id, key: str):
     return artifact
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=20)
 def test_contention_more_domain_runs_than_pats(make_standin, tmp_path):
     from conftest import Workspace
 
@@ -140,7 +140,8 @@ def test_contention_more_domain_runs_than_pats(make_standin, tmp_path):
 def test_rerun_while_refreshes_are_in_flight_adopts_the_jobs(make_standin, tmp_path):
     from conftest import Workspace
 
-    slow = [{"project": "Sales", "name": n, "duration_seconds": 400} for n in ("Orders", "Leads", "Targets")]
+    # 15 s jobs: the second run must find them in flight even when a loaded machine is slow to start it
+    slow = [{"project": "Sales", "name": n, "duration_seconds": 1500} for n in ("Orders", "Leads", "Targets")]
     standin = make_standin(datasources=slow, workbooks=[], projects=["Sales"])
     workspace = Workspace(standin, tmp_path)
     workspace.create_pool(["pat-1", "pat-2"])

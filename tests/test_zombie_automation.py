@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from conftest import BOOTSTRAP_COMMAND
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 
@@ -94,6 +95,7 @@ def test_a_changed_window_is_named_in_the_drift():
     assert line.startswith("DRIFT") and "trigger within is 120.0, expected 90.0" in line
 
 
+@BOOTSTRAP_COMMAND
 def test_the_bootstrap_command_creates_and_checks_it(workspace, capsys):
     workspace.create_pool(["pat-1"])
     assert main(["--pool-block", workspace.pool_block]) == 0
