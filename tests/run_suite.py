@@ -5,11 +5,11 @@ minimum lease, its 60 s heartbeat window) overlap the rest of the suite instead 
 
 - the rest of the suite on ``N`` pytest-xdist workers (default 3), its output on the terminal;
 - ``tests/multihost`` (its own PostgreSQL + Redis stack and timed scenario), its output printed once
-  both have finished.
+  both have finished (or been interrupted).
 
-Exits with the first non-zero status of the two (the rest's first). Ctrl+C or SIGTERM interrupts both
-runs as Ctrl+C in a terminal would, so that each stops the servers it started; a run still there
-``STOP_GRACE_SECONDS`` later is killed.
+Exits with the first non-zero status of the two (the rest's first), 130 if interrupted. Ctrl+C or
+SIGTERM interrupts both runs as Ctrl+C in a terminal would, so that each stops the servers it
+started; a run still there ``STOP_GRACE_SECONDS`` later is killed.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal does not cut the cleanup short
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             interrupt(runs)
-            return 130
+            statuses = [130]
         multihost_log.seek(0)
         print("\n" + " tests/multihost (ran beside the rest) ".center(78, "="), flush=True)
         sys.stdout.buffer.write(multihost_log.read())

@@ -56,20 +56,14 @@ def test_a_final_state_is_never_overwritten(tmp_path):
     assert record["state"] == JobState.FAILED.value and record["counters"] == {"records_read": 1}
 
 
-def cancel(launcher: LocalLauncher, job_id: str) -> None:
-    """Cancel a job as the registry expects: mark it CANCELLING, then SIGTERM its process group."""
-    pid = launcher.read(job_id)["pid"]
-    launcher.update(job_id, state=JobState.CANCELLING.value)
-    os.killpg(pid, signal.SIGTERM)
-
-
 def test_cancel_ends_the_job_cancelled_and_leaves_no_temporary_directory(tmp_path, monkeypatch):
     (tmp_path / "tmp").mkdir()
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     launcher = LocalLauncher(tmp_path)
     job_id = launcher.submit(spec())
-    cancel(launcher, job_id)
+    launcher.cancel(job_id)
     assert wait_for(launcher, job_id, {JobState.CANCELLED, JobState.FAILED}) is JobState.CANCELLED
     assert list((tmp_path / "tmp").iterdir()) == []  # Beam's beam-pipeline-temp* is removed too
     launcher.update(job_id, state=JobState.RUNNING.value)  # a late report from the job changes nothing
+    launcher.cancel(job_id)  # nor does a second cancel
     assert launcher.get_job(job_id).state is JobState.CANCELLED

@@ -273,10 +273,10 @@ def outcome(stack: MultiHostStack, tmp_path_factory: pytest.TempPathFactory) -> 
         env = host_env(stack.workdir)
         host_a = stack.add_host("host-a", POOL, work_queue="host-a", env=env)
         host_b = stack.add_host("host-b", POOL, work_queue="host-b", env=env)
+        launcher = LocalLauncher(registry)
         try:
             runs = {name: run(f"refresh-tableau-domain/{name}") for name in placement}
             runs["crm"] = run("crm-export/crm")
-            launcher = LocalLauncher(registry)
 
             def jobs_of(domains):
                 return {j["name"] for j in dead_site.site.audit()["jobs"]} >= set(domains)
@@ -367,6 +367,8 @@ def outcome(stack: MultiHostStack, tmp_path_factory: pytest.TempPathFactory) -> 
             }
             result.restart.update(survivor=api.state(runs["k2"]), log="\n".join(api.logs(runs["k2"])))
         finally:
+            for job in launcher.list_jobs("crm-export-20261116"):  # a job outlives its flow run and host
+                launcher.cancel(job.id)
             crm.stop()
             contention_site.stop()
             dead_site.stop()

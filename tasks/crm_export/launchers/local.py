@@ -213,6 +213,17 @@ class LocalLauncher:
         process.stdin.close()
         return job_id
 
+    def cancel(self, job_id: str) -> None:
+        """Cancel a job as Dataflow's cancel does: its state becomes CANCELLING, its process group gets
+        SIGTERM, and the job ends CANCELLED. A job already in a final state is left as it is. Raises
+        ``LookupError`` for an unknown id."""
+        record = self.read(job_id)  # a dead process's job is in a final state after this
+        if JobState(record["state"]) in TERMINAL_STATES:
+            return
+        self.update(job_id, state=JobState.CANCELLING.value)
+        with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+            os.killpg(record["pid"], signal.SIGTERM)
+
     def job_errors(self, job_id: str) -> list[str]:
         return list(self.read(job_id).get("errors", []))
 
