@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-import time
+import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,6 +29,11 @@ MAX_RETRY_AFTER_SECONDS = 900.0
 
 class CrmRejectedCredentialsError(RuntimeError):
     """The CRM answered 401/403: the API key is wrong or lacks the import permission."""
+
+
+class PostingStopped(RuntimeError):
+    """``teardown`` began while a batch waited to be sent again (a failed or cancelled job): the batch
+    is neither accepted nor dead-lettered, and the job's bundle is discarded with it."""
 
 
 def idempotency_key(namespace: str, body: bytes) -> str:
@@ -95,9 +100,16 @@ class PostBatchesFn(beam.DoFn):
             self.api_key.get_secret_value(), self.timeout, self.max_in_flight
         )
         self._random = random.Random()
+        self._stopping = threading.Event()
         self._executor = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="post-batches")
 
     def teardown(self) -> None:
+        # Batches still in flight here belong to a bundle being discarded (finish_bundle waits for all
+        # of them otherwise): those waiting to be sent again stop now, rather than hold a cancelled
+        # job's process for their remaining attempts and backoffs (minutes).
+        stopping = getattr(self, "_stopping", None)
+        if stopping is not None:
+            stopping.set()
         executor = getattr(self, "_executor", None)
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
@@ -146,7 +158,8 @@ class PostBatchesFn(beam.DoFn):
         """Send one encoded batch (records keyed ``keys``) until the CRM takes it or the attempts run
         out; never loses a record: each one not accepted is dead-lettered.
 
-        Raises ``CrmRejectedCredentialsError`` on 401/403.
+        Raises ``CrmRejectedCredentialsError`` on 401/403, ``PostingStopped`` if ``teardown`` begins
+        while it waits to send the batch again.
         """
         outcome = BatchOutcome(size=len(keys))
         key = (
@@ -172,7 +185,7 @@ class PostBatchesFn(beam.DoFn):
             if not answer.retry:
                 break
             if attempt < self.max_attempts:
-                time.sleep(self._backoff(attempt, answer.retry_after_seconds))
+                self._pause(self._backoff(attempt, answer.retry_after_seconds))
         else:
             answer = Answer(
                 answer.status,
@@ -180,6 +193,11 @@ class PostBatchesFn(beam.DoFn):
             )
         outcome.dead_letters = [dead_letter(k, answer.reason, answer.status, attempt, "crm") for k in keys]
         return outcome
+
+    def _pause(self, seconds: float) -> None:
+        """Wait ``seconds`` before the next attempt; raises ``PostingStopped`` if ``teardown`` begins."""
+        if self._stopping.wait(seconds):
+            raise PostingStopped(f"stopped while waiting {seconds:.1f} s to send a batch again")
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:

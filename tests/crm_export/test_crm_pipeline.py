@@ -20,7 +20,7 @@ from pipelines.crm_export.accounting import DEAD_LETTER, AccountingError, Counte
 from pipelines.crm_export.api_key import ApiKey
 from pipelines.crm_export.destinations import retry_after_seconds
 from pipelines.crm_export.pipeline import ParseRows, ShapeBatch, build_pipeline, pipeline_metrics
-from pipelines.crm_export.post_batches import CrmRejectedCredentialsError, PostBatchesFn
+from pipelines.crm_export.post_batches import CrmRejectedCredentialsError, PostBatchesFn, PostingStopped
 from pipelines.crm_export.settings import PipelineSettings
 from pipelines.crm_export.users import MalformedRowError, UserShaper, drop_nulls, merge_unions, unflatten
 
@@ -224,10 +224,8 @@ def test_a_429_waits_as_long_as_retry_after_says(fresh_crm, monkeypatch):
     sink = PostBatchesFn(settings(fresh_crm.batch_url, max_backoff_seconds=0.1), ApiKey(API_KEY), "ns")
     sink.setup()
     slept = []
-    import pipelines.crm_export.post_batches as crm_sink
-
-    real_sleep = time.sleep
-    monkeypatch.setattr(crm_sink.time, "sleep", lambda s: (slept.append(s), real_sleep(s)))
+    pause = sink._pause
+    monkeypatch.setattr(sink, "_pause", lambda s: (slept.append(s), pause(s)))
     try:
         for i in range(3):
             outcome = sink.post_body(orjson.dumps({"users": [{"external_id": f"r{i}"}]}), [f"r{i}"])
@@ -236,6 +234,30 @@ def test_a_429_waits_as_long_as_retry_after_says(fresh_crm, monkeypatch):
         sink.teardown()
     # the hint in full (not capped at max_backoff_seconds), plus at most 10 % jitter
     assert slept and all(2 <= s <= 2.2 for s in slept)
+
+
+def test_a_teardown_stops_the_batches_waiting_to_be_sent_again(fresh_crm):
+    """A cancelled job tears its DoFn down with batches in flight: one waiting out a 60 s Retry-After
+    stops at once (not after its remaining attempts), and is neither accepted nor dead-lettered."""
+    fresh_crm.configure(rate_limit_rps=1, retry_after_seconds=60)
+    sink = PostBatchesFn(settings(fresh_crm.batch_url), ApiKey(API_KEY), "ns")
+    sink.setup()
+    batches = [
+        sink._executor.submit(sink.post_body, orjson.dumps({"users": [{"external_id": key}]}), [key])
+        for key in ("r0", "r1")
+    ]
+    deadline = time.monotonic() + 30
+    while not (any(batch.done() for batch in batches) and fresh_crm.stats()["status_counts"].get("429")):
+        assert time.monotonic() < deadline, "expected one batch accepted and the other told to wait"
+        time.sleep(0.05)
+
+    started = time.monotonic()
+    sink.teardown()
+
+    assert time.monotonic() - started < 5
+    stopped = [batch for batch in batches if isinstance(batch.exception(), PostingStopped)]
+    accepted = [batch.result().accepted for batch in batches if batch.exception() is None]
+    assert len(stopped) == 1 and accepted == [1]
 
 
 def test_an_unreachable_crm_dead_letters_its_batches_after_the_retries(tmp_path, unused_port):
