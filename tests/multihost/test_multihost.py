@@ -367,8 +367,17 @@ def outcome(stack: MultiHostStack, tmp_path_factory: pytest.TempPathFactory) -> 
             }
             result.restart.update(survivor=api.state(runs["k2"]), log="\n".join(api.logs(runs["k2"])))
         finally:
-            for job in launcher.list_jobs("crm-export-20261116"):  # a job outlives its flow run and host
+            # A CRM job outlives the flow run and the host that launched it: stop the hosts (no flow
+            # run launches another), then cancel what is left, then the servers the jobs talk to.
+            host_a.stop()
+            host_b.stop()
+            for job in launcher.list_jobs("crm-export-20261116"):
                 launcher.cancel(job.id)
+            wait_for(
+                lambda: all(job.terminal for job in launcher.list_jobs("crm-export-20261116")),
+                60,
+                "the CRM jobs to end",
+            )
             crm.stop()
             contention_site.stop()
             dead_site.stop()
