@@ -246,13 +246,14 @@ def test_a_teardown_stops_the_batches_waiting_to_be_sent_again(fresh_crm):
         sink._executor.submit(sink.post_body, orjson.dumps({"users": [{"external_id": key}]}), [key])
         for key in ("r0", "r1")
     ]
-    deadline = time.monotonic() + 30
-    while not (any(batch.done() for batch in batches) and fresh_crm.stats()["status_counts"].get("429")):
-        assert time.monotonic() < deadline, "expected one batch accepted and the other told to wait"
-        time.sleep(0.05)
-
-    started = time.monotonic()
-    sink.teardown()
+    try:
+        deadline = time.monotonic() + 30
+        while not (any(batch.done() for batch in batches) and fresh_crm.stats()["status_counts"].get("429")):
+            assert time.monotonic() < deadline, "expected one batch accepted and the other told to wait"
+            time.sleep(0.05)
+        started = time.monotonic()
+    finally:
+        sink.teardown()
 
     assert time.monotonic() - started < 5
     stopped = [batch for batch in batches if isinstance(batch.exception(), PostingStopped)]
