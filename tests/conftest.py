@@ -104,6 +104,16 @@ def prefect_api_url() -> str:
     return os.environ["PREFECT_API_URL"]
 
 
+@pytest.fixture
+def job_tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``TMPDIR`` of the local CRM jobs a test starts: a directory of the test's own, so that a job it
+    SIGKILLs leaves Beam's ``beam-pipeline-temp*`` there rather than in /tmp."""
+    directory = tmp_path / "tmp"
+    directory.mkdir()
+    monkeypatch.setenv("TMPDIR", str(directory))
+    return directory
+
+
 # --- Tableau stand-in ------------------------------------------------------------------------
 
 SITE = "analytics"

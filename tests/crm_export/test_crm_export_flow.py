@@ -154,11 +154,7 @@ def test_a_killed_flow_run_is_adopted_by_the_next_run_one_job_in_total(export, c
     assert stats["distinct_users"] == 2_994 and stats["duplicate_deliveries"] == 0
 
 
-def test_a_job_whose_process_died_is_failed_and_the_next_run_submits_again(
-    export, crm, monkeypatch, tmp_path
-):
-    (tmp_path / "tmp").mkdir()  # where the killed job leaves Beam's temporary directory
-    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+def test_a_job_whose_process_died_is_failed_and_the_next_run_submits_again(export, crm, job_tmpdir):
     crm.configure(slow_rate=1.0, slow_seconds=2.0)
     launcher = LocalLauncher(export["runner"].registry_dir)
     from pipelines.crm_export.api_key import ApiKey

@@ -29,9 +29,7 @@ def wait_for(launcher: LocalLauncher, job_id: str, states: set[JobState], timeou
     return state
 
 
-def test_an_active_name_is_refused_and_a_dead_job_does_not_block_the_next_submit(tmp_path, monkeypatch):
-    (tmp_path / "tmp").mkdir()  # where the killed job leaves Beam's temporary directory
-    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+def test_an_active_name_is_refused_and_a_dead_job_does_not_block_the_next_submit(tmp_path, job_tmpdir):
     launcher = LocalLauncher(tmp_path)
     first = launcher.submit(spec())
     with pytest.raises(JobAlreadyExistsError, match=first):
@@ -56,14 +54,12 @@ def test_a_final_state_is_never_overwritten(tmp_path):
     assert record["state"] == JobState.FAILED.value and record["counters"] == {"records_read": 1}
 
 
-def test_cancel_ends_the_job_cancelled_and_leaves_no_temporary_directory(tmp_path, monkeypatch):
-    (tmp_path / "tmp").mkdir()
-    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+def test_cancel_ends_the_job_cancelled_and_leaves_no_temporary_directory(tmp_path, job_tmpdir):
     launcher = LocalLauncher(tmp_path)
     job_id = launcher.submit(spec())
     launcher.cancel(job_id)
     assert wait_for(launcher, job_id, {JobState.CANCELLED, JobState.FAILED}) is JobState.CANCELLED
-    assert list((tmp_path / "tmp").iterdir()) == []  # Beam's beam-pipeline-temp* is removed too
+    assert list(job_tmpdir.iterdir()) == []  # Beam's beam-pipeline-temp* is removed too
     launcher.update(job_id, state=JobState.RUNNING.value)  # a late report from the job changes nothing
     launcher.cancel(job_id)  # nor does a second cancel
     assert launcher.get_job(job_id).state is JobState.CANCELLED

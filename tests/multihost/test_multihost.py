@@ -41,6 +41,7 @@ POOL = "tableau-refresh"
 POLL = {"initial_interval": 0.5, "max_interval": 2.0, "backoff": 1.5, "rate_limit_default_wait": 0.5}
 API_KEY = "sk-multihost-3f1c"
 SITE = "analytics"
+CRM_JOB = "crm-export-20261116"  # the job name of the CRM export of shard users_20261116
 PATS = {f"pat-{i}": f"secret-{i}" for i in range(1, 6)}
 
 
@@ -286,9 +287,7 @@ def outcome(stack: MultiHostStack, tmp_path_factory: pytest.TempPathFactory) -> 
             )
             wait_for(lambda: jobs_of(["k0", "k1", "k2"]), 600, "the dead-host domains' jobs")
             wait_for(
-                lambda: any(
-                    j.state.value == "JOB_STATE_RUNNING" for j in launcher.list_jobs("crm-export-20261116")
-                ),
+                lambda: any(j.state.value == "JOB_STATE_RUNNING" for j in launcher.list_jobs(CRM_JOB)),
                 600,
                 "the CRM job",
             )
@@ -300,7 +299,7 @@ def outcome(stack: MultiHostStack, tmp_path_factory: pytest.TempPathFactory) -> 
             dead_pats = {api.held_pat(runs["k0"]), api.held_pat(runs["k1"])}
             assert None not in dead_pats, "the dead host's domains hold no PAT"
             dead_limits = [dead_pool.pat_limit_names()[pat] for pat in dead_pats]
-            (crm_job,) = launcher.list_jobs("crm-export-20261116")
+            (crm_job,) = launcher.list_jobs(CRM_JOB)
             with stack.redis.client() as redis:  # the leases of the held PATs, in Redis (prefect-redis)
                 result.dead["redis_leases"] = len(redis.keys("prefect:concurrency:lease:*"))
 
@@ -362,7 +361,7 @@ def outcome(stack: MultiHostStack, tmp_path_factory: pytest.TempPathFactory) -> 
                 "artifact": api.artifact_rows(crm_rerun, "crm-export")
                 if api.state(crm_rerun).is_completed()
                 else [],
-                "jobs": launcher.list_jobs("crm-export-20261116"),
+                "jobs": launcher.list_jobs(CRM_JOB),
                 "stats": crm.stats(),
             }
             result.restart.update(survivor=api.state(runs["k2"]), log="\n".join(api.logs(runs["k2"])))
@@ -371,10 +370,10 @@ def outcome(stack: MultiHostStack, tmp_path_factory: pytest.TempPathFactory) -> 
             # run launches another), then cancel what is left, then the servers the jobs talk to.
             host_a.stop()
             host_b.stop()
-            for job in launcher.list_jobs("crm-export-20261116"):
+            for job in launcher.list_jobs(CRM_JOB):
                 launcher.cancel(job.id)
             wait_for(
-                lambda: all(job.terminal for job in launcher.list_jobs("crm-export-20261116")),
+                lambda: all(job.terminal for job in launcher.list_jobs(CRM_JOB)),
                 60,
                 "the CRM jobs to end",
             )
