@@ -5,11 +5,17 @@
 Prints records/s of both (in process, and with 2 worker processes), their ratio and the CPU time per
 record, checks that every record was accepted or dead-lettered once, then prints the Dataflow cost
 model for 100 M records: this pipeline (no shuffle) next to a measured GroupByKey job, scaled.
+
+In process, the pipeline (bare and end to end) runs on one CPU and the CRM stand-in on another, as a
+Dataflow worker of the default n1-standard-1 shape (one vCPU) sends to a CRM on other machines.
+Unpinned on 2 CPUs, the scheduler moves the pipeline's thread between them whenever a posting thread
+or the stand-in wakes, which costs the end-to-end run ~15 % (measured; README.md, "Benchmarks").
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import time
 from pathlib import Path
@@ -56,6 +62,14 @@ CONFIGURATIONS = {
     "1 worker (in process)": [],
     "2 worker processes": ["--direct_num_workers=2", "--direct_running_mode=multi_processing"],
 }
+
+
+def _cpus() -> tuple[set[int], set[int]] | None:
+    """(the pipeline's CPU, the CRM stand-in's CPU) to pin them to, or None (one CPU, or not Linux)."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    return ({cpus[0]}, {cpus[-1]}) if len(cpus) > 1 else None
 
 
 def bare(source: Path, batch_size: int, runner_args: list[str]) -> tuple[float, float]:
@@ -138,11 +152,17 @@ def main() -> None:
     n = args.users
     print(
         f"\nCRM export, {n:,} users, batches of {args.batch_size:,}, FnApiRunner, CRM endpoint in its own process"
+        + (" (in process: the pipeline on one CPU, the CRM on another)" if _cpus() else "")
     )
     print(f"{'':26}{'':26}{'seconds':>9}{'records/s':>12}{'CPU µs/record':>15}")
     cpu_per_record = None
+    everywhere, pinned = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None, _cpus()
+    if pinned:
+        os.sched_setaffinity(0, pinned[1])  # the stand-in, started next, inherits its CPU
     with CrmStandIn(api_key=API_KEY, db_path=WORKDIR / "crm.sqlite3") as crm:
         for label, runner_args in CONFIGURATIONS.items():
+            if pinned:  # in process: the pipeline's CPU; worker processes: every CPU, as unpinned
+                os.sched_setaffinity(0, everywhere if runner_args else pinned[0])
             crm.reset()
             bare_s, bare_cpu = bare(source, args.batch_size, runner_args)
             e2e_s, e2e_cpu, metrics = end_to_end(source, crm, args.batch_size, runner_args)

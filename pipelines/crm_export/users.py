@@ -5,7 +5,7 @@ and ``drop_nulls`` it falls back on for rows holding nested objects.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from pipelines.crm_export.settings import PipelineSettings
@@ -94,7 +94,15 @@ class UserShaper:
     general steps would keep ``p`` as an object. Rows holding nested objects take the general path.
     ``__call__`` raises ``MalformedRowError`` if the row is not an object, lacks a non-empty string
     ``key_field``, has two typed values in one union, or names a field both as value and object.
+
+    Each column layout (the row's column names, in order) is compiled once into a function of straight
+    code (``compile_layout``), which shapes a row in about a third of the loop's time; a row it cannot
+    shape as the loop would (a nested object, two typed values, no key) takes the loop, which names the
+    fault. Layouts with nulls to send (``send_nulls``, ``keep_null``) always take the loop.
     """
+
+    #: Column layouts compiled per shaper at most (rows of a shard share one or a few).
+    MAX_LAYOUTS = 64
 
     def __init__(self, settings: PipelineSettings):
         self.key_field = settings.key_field
@@ -103,6 +111,7 @@ class UserShaper:
         self.drop_null_values = not settings.send_nulls
         self.keep_null = frozenset(settings.keep_null)
         self._columns: dict[str, tuple[tuple[str, ...], str, bool, bool]] = {}
+        self._layouts: dict[tuple[str, ...], Callable[[dict[str, Any]], dict[str, Any] | None] | None] = {}
 
     def _column(self, name: str) -> tuple[tuple[str, ...], str, bool, bool]:
         """(parent path, leaf name, is a union column, a null here is sent) for a column name; cached."""
@@ -116,6 +125,31 @@ class UserShaper:
         return spec
 
     def __call__(self, row: Any) -> dict[str, Any]:
+        if type(row) is dict:
+            layout = tuple(row)
+            try:
+                shape = self._layouts[layout]
+            except KeyError:
+                shape = self._compile(layout)
+            if shape is not None:
+                record = shape(row)
+                if record is not None:
+                    return record
+        return self._shape(row)
+
+    def _compile(self, layout: tuple[str, ...]) -> Callable[[dict[str, Any]], dict[str, Any] | None] | None:
+        """The compiled shaper of ``layout`` (None: rows of this layout take the loop), cached."""
+        if len(self._layouts) >= self.MAX_LAYOUTS:
+            return None
+        specs = [self._columns.get(name) or self._column(name) for name in layout]
+        shape = None
+        if not any(spec[3] for spec in specs):
+            shape = compile_layout([spec[:3] for spec in specs], self.key_field)
+        self._layouts[layout] = shape
+        return shape
+
+    def _shape(self, row: Any) -> dict[str, Any]:
+        """``__call__``'s loop: any row, each fault named."""
         if not isinstance(row, Mapping):
             raise MalformedRowError(f"row is a {type(row).__name__}, not an object")
         columns = self._columns
@@ -165,3 +199,61 @@ class UserShaper:
         if not isinstance(key, str) or not key:
             raise MalformedRowError(f"row has no {self.key_field!r} (the CRM's record key)")
         return record
+
+
+def compile_layout(
+    columns: Sequence[tuple[tuple[str, ...], str, bool]], key_field: str
+) -> Callable[[dict[str, Any]], dict[str, Any] | None] | None:
+    """Compile the shaping of one column layout into a function of straight code.
+
+    ``columns``: per column, in the row's order, (parent path, leaf name, is a union column), as
+    ``UserShaper`` parses the names. The function takes a ``dict`` with exactly these columns in this
+    order and returns the record ``UserShaper``'s loop would give (same keys, same order), or None
+    where the loop would do more than drop nulls and nest: a nested object among the values, two typed
+    values in one union, no non-empty string key. Returns None (nothing compiled) for a layout without
+    a top-level ``key_field`` column or with names that nest into one another (``a`` and ``a.b``).
+    """
+    paths: dict[tuple[str, ...], bool] = {}  # each field's full path → it is a union's
+    for parents, leaf, is_union in columns:
+        path = (*parents, leaf)
+        if path in paths and not (is_union and paths[path]):
+            return None
+        paths[path] = is_union
+    if any(path[:i] in paths for path in paths for i in range(1, len(path))):
+        return None
+    if ((), key_field, False) not in columns:
+        return None
+    nodes = {(): "out"}  # parent path → the variable holding that object, once made
+    for parents, _, _ in columns:
+        for i in range(1, len(parents) + 1):
+            nodes.setdefault(parents[:i], f"n{len(nodes)}")
+    key = columns.index(((), key_field, False))
+    values = ", ".join(f"v{i}" for i in range(len(columns)))
+    lines = [
+        "def shape(row):",
+        f"    ({values},) = row.values()",
+        f"    if v{key}.__class__ is not str or not v{key}:",
+        "        return None",
+        "    out = {}",
+        *(f"    {name} = None" for path, name in nodes.items() if path),
+    ]
+    union_seen: set[tuple[str, ...]] = set()
+    for i, (parents, leaf, is_union) in enumerate(columns):
+        lines += [
+            f"    if v{i} is not None:",
+            f"        if isinstance(v{i}, dict):",
+            "            return None",
+        ]
+        for depth in range(1, len(parents) + 1):
+            parent, node = nodes[parents[: depth - 1]], nodes[parents[:depth]]
+            lines.append(f"        if {node} is None:")
+            lines.append(f"            {node} = {parent}[{parents[depth - 1]!r}] = {{}}")
+        node = nodes[parents]
+        if is_union and (*parents, leaf) in union_seen:
+            lines += [f"        if {leaf!r} in {node}:", "            return None"]
+        union_seen.add((*parents, leaf))
+        lines.append(f"        {node}[{leaf!r}] = v{i}")
+    lines.append("    return out")
+    namespace: dict[str, Any] = {}
+    exec(compile("\n".join(lines), "<UserShaper layout>", "exec"), namespace)  # code generated above
+    return namespace["shape"]

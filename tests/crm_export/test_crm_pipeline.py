@@ -69,6 +69,59 @@ def test_the_one_pass_shaper_equals_the_general_steps():
             assert shaper(row) == (drop_nulls(general, given.keep_null) if drop else general)
 
 
+def _shaped(shaper: UserShaper, row: dict) -> bytes | str:
+    """The record as JSON bytes (keys in order), or the ``MalformedRowError`` message."""
+    try:
+        return orjson.dumps(shaper(row))
+    except MalformedRowError as exc:
+        return str(exc)
+
+
+def _odd_row(rng: random.Random) -> dict:
+    """A row drawn from columns that collide, nest, hold objects, miss or blank the key, set two typed
+    values of a union, or are null, in a random order."""
+    candidates = {
+        "external_id": rng.choice(["u1", "", None, 7]),
+        "a": rng.choice([1, None]),
+        "a.b": rng.choice([2, None]),
+        "b.c.d": rng.choice(["x", None, {"e": 1}]),
+        "b.c.f": rng.choice([True, None]),
+        "p.string_value": rng.choice(["s", None]),
+        "p.int_value": rng.choice([3, None]),
+        "p.tier": rng.choice(["gold", None]),
+        "q.float_value": rng.choice([1.5, None]),
+        "q.bool_value": rng.choice([False, None]),
+        "r": rng.choice([{"s": 1, "t": None}, None, "flat"]),
+    }
+    names = rng.sample(sorted(candidates), rng.randrange(1, len(candidates) + 1))
+    if "external_id" not in names and rng.random() < 0.8:
+        names.insert(rng.randrange(len(names) + 1), "external_id")
+    return {name: candidates[name] for name in names}
+
+
+def test_the_compiled_layouts_give_what_the_loop_gives_key_order_and_errors_included():
+    rng = random.Random(11)
+    rows = [user_row(i, rng) for i in range(200)] + [_odd_row(rng) for _ in range(3000)]
+    outcomes = {"compiled": 0, "loop: not compiled": 0, "loop: compiled refused": 0}
+    for given in (settings(), settings(keep_null=["a"]), settings(send_nulls=True)):
+        for row in rows:
+            shaper = UserShaper(given)  # a fresh one: every row's layout is compiled (or refused)
+            assert _shaped(shaper, row) == _shaped_by_the_loop(shaper, row), row
+            shape = shaper._layouts[tuple(row)]
+            if shape is None:
+                outcomes["loop: not compiled"] += 1
+            else:
+                outcomes["compiled" if shape(row) is not None else "loop: compiled refused"] += 1
+    assert all(count > 300 for count in outcomes.values()), outcomes
+
+
+def _shaped_by_the_loop(shaper: UserShaper, row: dict) -> bytes | str:
+    try:
+        return orjson.dumps(shaper._shape(row))
+    except MalformedRowError as exc:
+        return str(exc)
+
+
 def test_rows_holding_nested_objects_take_the_general_path():
     row = {
         "external_id": "u2",
