@@ -96,7 +96,7 @@ class UserShaper:
     ``key_field``, has two typed values in one union, or names a field both as value and object.
 
     Each column layout (the row's column names, in order) is compiled once into a function of straight
-    code (``compile_layout``), which shapes a row in about a third of the loop's time; a row it cannot
+    code (``compile_layout``), which shapes a row in about half the loop's time; a row it cannot
     shape as the loop would (a nested object, two typed values, no key) takes the loop, which names the
     fault. Layouts with nulls to send (``send_nulls``, ``keep_null``) always take the loop.
     """
