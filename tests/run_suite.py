@@ -3,7 +3,7 @@ minimum lease, its 60 s heartbeat window) overlap the rest of the suite instead 
 
     python tests/run_suite.py [--workers N]
 
-- the rest of the suite on ``N`` pytest-xdist workers (default 3), its output on the terminal;
+- the rest of the suite on ``N`` pytest-xdist workers (default 4), its output on the terminal;
 - ``tests/multihost`` (its own PostgreSQL + Redis stack and timed scenario), its output printed once
   both have finished (or been interrupted).
 
@@ -58,7 +58,7 @@ def interrupt(runs: list[subprocess.Popen], grace_seconds: float = STOP_GRACE_SE
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--workers", type=int, default=3, help="pytest-xdist workers of the rest of the suite"
+        "--workers", type=int, default=4, help="pytest-xdist workers of the rest of the suite"
     )
     args = parser.parse_args(argv)
     pytest = [sys.executable, "-m", "pytest"]
