@@ -149,15 +149,15 @@ def main() -> None:
     if not source.exists():
         made = write_user_rows(source, args.users, invalid_every=1_000)
         print(f"generated {made['rows']:,} users ({made['bytes'] / 2**20:,.0f} MiB) in {source}")
-    n = args.users
+    n, pinned = args.users, _cpus()
     print(
         f"\nCRM export, {n:,} users, batches of {args.batch_size:,}, FnApiRunner, CRM endpoint in its own process"
-        + (" (in process: the pipeline on one CPU, the CRM on another)" if _cpus() else "")
+        + (" (in process: the pipeline on one CPU, the CRM on another)" if pinned else "")
     )
     print(f"{'':26}{'':26}{'seconds':>9}{'records/s':>12}{'CPU µs/record':>15}")
     cpu_per_record = None
-    everywhere, pinned = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None, _cpus()
     if pinned:
+        everywhere = os.sched_getaffinity(0)
         os.sched_setaffinity(0, pinned[1])  # the stand-in, started next, inherits its CPU
     with CrmStandIn(api_key=API_KEY, db_path=WORKDIR / "crm.sqlite3") as crm:
         for label, runner_args in CONFIGURATIONS.items():

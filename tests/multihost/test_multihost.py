@@ -367,19 +367,21 @@ def outcome(stack: MultiHostStack, tmp_path_factory: pytest.TempPathFactory) -> 
             result.restart.update(survivor=api.state(runs["k2"]), log="\n".join(api.logs(runs["k2"])))
         finally:
             # A CRM job outlives the flow run and the host that launched it: stop the hosts (no flow
-            # run launches another), then cancel what is left, then the servers the jobs talk to.
-            host_a.stop()
-            host_b.stop()
-            for job in launcher.list_jobs(CRM_JOB):
-                launcher.cancel(job.id)
-            wait_for(
-                lambda: all(job.terminal for job in launcher.list_jobs(CRM_JOB)),
-                60,
-                "the CRM jobs to end",
-            )
-            crm.stop()
-            contention_site.stop()
-            dead_site.stop()
+            # run launches another), then cancel what is left, then (whatever happened) the servers.
+            try:
+                host_a.stop()
+                host_b.stop()
+                for job in launcher.list_jobs(CRM_JOB):
+                    launcher.cancel(job.id)
+                wait_for(
+                    lambda: all(job.terminal for job in launcher.list_jobs(CRM_JOB)),
+                    60,
+                    "the CRM jobs to end",
+                )
+            finally:
+                crm.stop()
+                contention_site.stop()
+                dead_site.stop()
     return result
 
 
