@@ -194,6 +194,12 @@ class _RequestsConnection(Connection):
                 "User-Agent": "analytics-flows-crm-export",
             }
         )
+        # With trust_env, requests reads the proxy variables and ~/.netrc again for every request, and a
+        # ~/.netrc entry for the CRM's host would replace the bearer key with basic auth. A worker's
+        # environment does not change during a job: its proxies and CA bundle are read once, here.
+        environment = self.session.merge_environment_settings(url, {}, None, None, None)
+        self.session.proxies, self.session.verify = environment["proxies"], environment["verify"]
+        self.session.trust_env = False
 
     def send(self, payload: bytes, keys: Sequence[str], idempotency_key: str | None) -> Answer:
         import requests

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -41,6 +41,14 @@ def idempotency_key(namespace: str, body: bytes) -> str:
     return hashlib.sha256(namespace.encode() + b"\0" + body).hexdigest()
 
 
+class EncodedBatch(NamedTuple):
+    """One batch as its destination sends it (``ShapeBatch``'s output): ``payload``, the request body
+    ``Destination.encode`` made, and ``keys``, the record keys in the body's order (at least one)."""
+
+    payload: Any
+    keys: list[str]
+
+
 @dataclass
 class BatchOutcome:
     """What became of one batch: records accepted, dead-letter entries, retries, requests and HTTP statuses seen."""
@@ -55,7 +63,7 @@ class BatchOutcome:
 
 
 class PostBatchesFn(beam.DoFn):
-    """Send each batch (a list of CRM records) to the CRM that ``settings.destination`` names.
+    """Send each batch (an ``EncodedBatch``) to the CRM that ``settings.destination`` names.
 
     ``settings``: the destination, endpoint, record key, read timeout, attempts, backoff cap and requests
     in flight (``PipelineSettings``). ``api_key``: an ``ApiKey`` (local runner) or a ``KmsEncryptedApiKey``
@@ -120,20 +128,12 @@ class PostBatchesFn(beam.DoFn):
     def start_bundle(self) -> None:
         self._pending: deque[Future[BatchOutcome]] = deque()
 
-    def process(self, batch: Sequence[dict[str, Any]]) -> Iterator[Any]:
+    def process(self, batch: EncodedBatch) -> Iterator[Any]:
         # Metrics are per thread in Beam: the requests run in the pool, the counting happens here.
+        payload, keys = batch
         self.batches.inc()
-        self.batch_size.update(len(batch))
-        self.records_sent.inc(len(batch))
-        # Encoded here, so the records are freed now rather than held (and scanned by Python's
-        # garbage collector) while the request is in flight; only their keys are kept.
-        payload, keys, unserialisable = self.destination.encode(batch)
-        if unserialisable:
-            self.records_dead_lettered.inc(len(unserialisable))
-            for entry in unserialisable:
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER, entry)
-            if not keys:
-                return
+        self.batch_size.update(len(keys))
+        self.records_sent.inc(len(keys))
         self._pending.append(self._executor.submit(self.post_body, payload, keys))
         while len(self._pending) >= self.max_in_flight:
             yield from self._account(self._pending.popleft().result())

@@ -239,6 +239,9 @@ def compile_layout(
     ]
     union_seen: set[tuple[str, ...]] = set()
     for i, (parents, leaf, is_union) in enumerate(columns):
+        if i == key:  # a non-empty string, checked above
+            lines.append(f"    out[{leaf!r}] = v{i}")
+            continue
         lines += [
             f"    if v{i} is not None:",
             f"        if isinstance(v{i}, dict):",

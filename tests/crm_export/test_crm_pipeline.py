@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import random
+import socket
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import apache_beam as beam
 import orjson
@@ -18,7 +21,7 @@ from devstack.crm import CrmStandIn, FaultConfig
 from devstack.user_rows import user_row, write_user_rows
 from pipelines.crm_export.accounting import DEAD_LETTER, AccountingError, Counters, check_accounting
 from pipelines.crm_export.api_key import ApiKey
-from pipelines.crm_export.destinations import retry_after_seconds
+from pipelines.crm_export.destinations import GenericDestination, destination_for, retry_after_seconds
 from pipelines.crm_export.pipeline import ParseRows, ShapeBatch, build_pipeline, pipeline_metrics
 from pipelines.crm_export.post_batches import CrmRejectedCredentialsError, PostBatchesFn, PostingStopped
 from pipelines.crm_export.settings import PipelineSettings
@@ -160,9 +163,11 @@ def test_batches_never_exceed_n_and_bad_rows_go_to_the_dead_letter():
         shaped = (
             rows.rows
             | beam.BatchElements(min_batch_size=4, max_batch_size=4)
-            | beam.ParDo(ShapeBatch(UserShaper(settings()))).with_outputs(DEAD_LETTER, main="batches")
+            | beam.ParDo(ShapeBatch(UserShaper(settings()), destination_for(settings()))).with_outputs(
+                DEAD_LETTER, main="batches"
+            )
         )
-        sizes = shaped.batches | "sizes" >> beam.Map(len)
+        sizes = shaped.batches | "sizes" >> beam.Map(lambda batch: len(batch.keys))
         assert_that(sizes | "over" >> beam.Filter(lambda n: n > 4), equal_to([]), label="none over N")
         assert_that(sizes | beam.CombineGlobally(sum), equal_to([21]), label="records")
         reasons = (
@@ -177,6 +182,29 @@ def test_batches_never_exceed_n_and_bad_rows_go_to_the_dead_letter():
             ),
             label="dead letters",
         )
+
+
+def test_a_batch_is_shaped_and_encoded_with_the_garbage_collector_paused_and_resumed_even_on_error():
+    crm = settings()
+    destination = destination_for(crm)
+    paused = []
+
+    def encode(records):
+        paused.append(not gc.isenabled())
+        if len(paused) == 2:
+            raise RuntimeError("encoder broke")
+        return GenericDestination.encode(destination, records)
+
+    destination.encode = encode
+    shape = ShapeBatch(UserShaper(crm), destination)
+    rows = [user_row(i, random.Random(i)) for i in range(3)]
+    (batch,) = shape.process(rows)
+    assert gc.isenabled() and paused == [True]
+    assert batch.keys == [row["external_id"] for row in rows]
+    assert [user["external_id"] for user in orjson.loads(batch.payload)["users"]] == batch.keys
+    with pytest.raises(RuntimeError, match="encoder broke"):
+        list(shape.process(rows))
+    assert gc.isenabled()
 
 
 # --- PostBatchesFn against the local CRM endpoint -----------------------------------------------
@@ -359,13 +387,44 @@ def test_the_api_key_is_hidden_from_repr_and_never_quoted_when_refused():
         assert "sk-live" not in str(refused.value)
 
 
+def test_the_environments_proxy_is_honoured_and_a_netrc_entry_does_not_replace_the_key(
+    fresh_crm, tmp_path, monkeypatch
+):
+    """The generic connection reads the proxy variables once, and never ~/.netrc: requests' netrc auth
+    would send the entry's basic auth instead of the bearer key."""
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    host = urlsplit(fresh_crm.batch_url).hostname
+    (tmp_path / "netrc").write_text(f"machine {host} login someone password not-the-key\n")
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    destination = destination_for(settings(fresh_crm.batch_url))
+
+    def send(key: str):
+        connection = destination.connect(API_KEY, (5.0, 5.0), 1)
+        try:
+            return connection.send(orjson.dumps({"users": [{"external_id": key}]}), [key], None)
+        finally:
+            connection.close()
+
+    assert send("netrc").succeeded and fresh_crm.user("netrc")
+    with socket.socket() as closed:  # a proxy that is not there: the request must go to it, and fail
+        closed.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed.getsockname()[1]}")
+    refused = send("proxied")
+    assert refused.status is None and refused.retry and refused.reason.startswith("ProxyError")
+    monkeypatch.setenv("NO_PROXY", host)
+    assert send("not-proxied").succeeded and fresh_crm.user("not-proxied")
+
+
 def test_bigquery_numeric_and_bytes_are_sent_and_other_values_dead_lettered(fresh_crm):
     import decimal
 
-    sink = PostBatchesFn(settings(fresh_crm.batch_url), ApiKey(API_KEY), "ns")
+    crm_settings = settings(fresh_crm.batch_url)
+    shape = ShapeBatch(UserShaper(crm_settings), destination_for(crm_settings))
+    sink = PostBatchesFn(crm_settings, ApiKey(API_KEY), "ns")
     sink.setup()
     sink.start_bundle()
-    batch = [
+    rows = [
         {
             "external_id": "n1",
             "ltv": decimal.Decimal("12.50"),
@@ -374,13 +433,15 @@ def test_bigquery_numeric_and_bytes_are_sent_and_other_values_dead_lettered(fres
         },
         {"external_id": "n2", "odd": {1, 2}},  # a set: no JSON for it
     ]
+    shaped = list(shape.process(rows))
     try:
-        outputs = list(sink.process(batch)) + list(sink.finish_bundle())
+        posted = [o for batch in shaped if not hasattr(batch, "tag") for o in sink.process(batch)]
+        posted += list(sink.finish_bundle())
     finally:
         sink.teardown()
-    dead = [o.value for o in outputs]
-    dead = [d.value if hasattr(d, "value") else d for d in dead]
-    assert [(d["key"], d["reason"].split(":")[0]) for d in dead] == [("n2", "not JSON")]
+    assert posted == []  # n1 accepted
+    dead = [o.value for o in shaped if getattr(o, "tag", None) == DEAD_LETTER]
+    assert [(d["key"], d["stage"], d["reason"].split(":")[0]) for d in dead] == [("n2", "crm", "not JSON")]
     assert fresh_crm.user("n1")["attributes"] == {"ltv": 12.5, "visits": 3, "tag": "AQI="}
 
 
