@@ -14,9 +14,11 @@ import base64
 import datetime as dt
 import decimal
 import email.utils
+import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -319,13 +321,20 @@ class _HubSpotConnection(Connection):
 
     def __init__(self, url: str, api_key: str, timeout: tuple[float, float], max_in_flight: int):
         from hubspot import HubSpot
+        from requests.utils import get_environ_proxies
         from urllib3.util.retry import Retry
 
+        # urllib3 reads no environment: the proxy variables (NO_PROXY honoured) and the CA bundle are
+        # read here, as the generic and Braze connections read them (requests' conventions); the client
+        # leaves out the settings that are None.
+        proxies = get_environ_proxies(url)
         client = HubSpot(
             access_token=api_key,
             host=url.rstrip("/"),
             retry=Retry(total=0, redirect=0, raise_on_status=False),
             connection_pool_maxsize=max_in_flight,
+            proxy=proxies.get(urlsplit(url).scheme) or proxies.get("all"),
+            ssl_ca_cert=os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE"),
         )
         self.batch_api = client.crm.contacts.batch_api
         self.timeout = timeout

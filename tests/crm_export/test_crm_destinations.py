@@ -3,8 +3,10 @@ partial failures with the CRM's own codes, 429 storms, 5xx, a refused key, an ov
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import orjson
 import pytest
@@ -149,6 +151,22 @@ def test_a_wrong_hubspot_token_fails_and_nothing_is_stored(hs):
     ):
         send(sink(hubspot_settings(hs.url), key="pat-wrong"), records("w1"))
     assert hs.stats()["distinct_users"] == 0
+
+
+def test_the_hubspot_client_goes_through_the_environments_proxy_unless_no_proxy_names_the_host(
+    hs, monkeypatch
+):
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with socket.socket() as closed:  # a proxy that is not there: the request must go to it, and fail
+        closed.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed.getsockname()[1]}")
+    refused = send(sink(hubspot_settings(hs.url, max_attempts=1)), records("p1"))
+    assert refused.accepted == 0 and refused.statuses == []
+    assert "ProxyError" in refused.dead_letters[0]["reason"]
+    monkeypatch.setenv("NO_PROXY", urlsplit(hs.url).hostname)
+    assert send(sink(hubspot_settings(hs.url)), records("p2")).accepted == 1
+    assert hs.stats()["distinct_users"] == 1  # p1 never reached HubSpot
 
 
 def test_an_oversize_hubspot_batch_is_dead_lettered_with_the_400_not_retried(hs):
