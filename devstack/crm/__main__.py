@@ -14,20 +14,11 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import sys
 import threading
 from pathlib import Path
 
 from devstack.crm.faults import FaultConfig
-from devstack.crm.server import API_KEY_ENV, DEFAULT_MAX_BATCH_SIZE, LISTENING, make_server
-
-
-def _watch_stdin(stop: threading.Event) -> None:
-    """Set `stop` when standard input ends: the launcher closed it or died. Reads the raw descriptor:
-    a daemon thread blocked in `sys.stdin` would hold its lock and stall interpreter shutdown."""
-    while os.read(sys.stdin.fileno(), 4096):
-        pass
-    stop.set()
+from devstack.crm.server import API_KEY_ENV, DEFAULT_MAX_BATCH_SIZE, LISTENING, make_server, watch_stdin
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     if args.exit_on_stdin_eof:
-        threading.Thread(target=_watch_stdin, args=(stop,), name="crm-standin-stdin", daemon=True).start()
+        watch_stdin(stop.set)
 
     server = make_server(args.db, args.api_key, faults, args.max_batch_size, args.host, args.port)
     threading.Thread(target=server.serve_forever, args=(0.1,), name="crm-standin-http", daemon=True).start()

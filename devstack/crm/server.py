@@ -11,8 +11,9 @@ import hmac
 import logging
 import os
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote
@@ -31,6 +32,20 @@ LISTENING = "CRM stand-in listening on "  # the line `python -m devstack.crm` pr
 API_KEY_ENV = "CRM_STANDIN_API_KEY"  # how CrmStandIn hands the key over (not in argv, which `ps` shows)
 
 _USER_PATH = "/devstack/users/"
+
+
+def watch_stdin(on_eof: Callable[[], None]) -> None:
+    """Call ``on_eof`` once standard input ends (the launcher closed it or died): ``--exit-on-stdin-eof``
+    of ``python -m devstack.crm`` and ``python -m devstack.crms``. The watching thread is a daemon and
+    reads the raw descriptor: one blocked in ``sys.stdin`` would hold its lock and stall interpreter
+    shutdown."""
+
+    def watch() -> None:
+        while os.read(sys.stdin.fileno(), 4096):
+            pass
+        on_eof()
+
+    threading.Thread(target=watch, name="crm-standin-stdin", daemon=True).start()
 
 
 class Api:

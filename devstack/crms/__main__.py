@@ -11,13 +11,11 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import sys
-import threading
 
 import orjson
 import uvicorn
 
-from devstack.crm.server import API_KEY_ENV, LISTENING
+from devstack.crm.server import API_KEY_ENV, LISTENING, watch_stdin
 from devstack.crms.braze import BrazeConfig, BrazeStandIn
 from devstack.crms.hubspot import HubSpotConfig, HubSpotStandIn
 
@@ -50,13 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         uvicorn.Config(standin.app, log_level="warning", access_log=False, lifespan="off")
     )
     if args.exit_on_stdin_eof:
-
-        def watch_stdin() -> None:
-            while os.read(sys.stdin.fileno(), 4096):
-                pass
-            server.should_exit = True
-
-        threading.Thread(target=watch_stdin, name="crm-standin-stdin", daemon=True).start()
+        watch_stdin(lambda: setattr(server, "should_exit", True))
     host, port = sock.getsockname()[:2]
     print(f"{LISTENING}http://{host}:{port}", flush=True)
     server.run(sockets=[sock])

@@ -313,12 +313,17 @@ def test_stop_leaves_no_process_even_when_the_block_fails() -> None:
     standin.stop()  # idempotent
 
 
-def test_server_exits_when_its_launcher_is_killed(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "module, launcher_class",
+    [("devstack.crm", "CrmStandIn"), ("devstack.crms", "HubSpotServer"), ("devstack.crms", "BrazeServer")],
+)
+def test_server_exits_when_its_launcher_is_killed(module: str, launcher_class: str) -> None:
+    """Each CRM stand-in stops when its standard input ends (``--exit-on-stdin-eof``)."""
     launcher = textwrap.dedent(
-        """
+        f"""
         import time
-        from devstack.crm import CrmStandIn
-        standin = CrmStandIn("k").start()
+        from {module} import {launcher_class}
+        standin = {launcher_class}("k").start()
         print(standin.pid, flush=True)
         time.sleep(60)
         """
