@@ -9,6 +9,7 @@ Ids are deterministic (uuid5), so tests and demos can name content by id without
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import uuid
 from collections.abc import Mapping
@@ -230,7 +231,8 @@ class ContentSpec:
 @dataclass(frozen=True)
 class Config:
     """The stand-in's site; `projects` lists Tableau's "default" project first, then the declared
-    ones, then those only the content names. Times: `time_scale` simulated seconds pass per real second;
+    ones, then those only the content names. Times: `time_scale` simulated seconds pass per real second,
+    from `clock_start` (an ISO 8601 instant with its offset; default: the real time at start);
     `session_ttl_seconds` is the idle timeout in simulated seconds (Tableau Server default: 240 min).
     `daily_job_capacity_seconds`: Tableau Cloud's daily job capacity in simulated backgrounder seconds
     per UTC day (None: unlimited); a job that would start once it is spent is cancelled with Tableau's
@@ -241,6 +243,7 @@ class Config:
     product_version: str = "2026.2.0"
     seed: int = 42
     time_scale: float = 1.0
+    clock_start: str | None = None
     session_ttl_seconds: float = 14400.0
     backgrounder_slots: int = 4
     refresh_rate_limit: RateLimit = field(default_factory=RateLimit)
@@ -254,9 +257,25 @@ class Config:
     # The Metadata API's settings and seeded lineage (devstack.tableau.metadata_api.MetadataApiConfig).
     metadata_api: Mapping[str, Any] | None = None
 
+    def clock_start_seconds(self) -> float | None:
+        """`clock_start` as unix seconds (None: the real time at start); `ValueError` names the field."""
+        if self.clock_start is None:
+            return None
+        try:
+            start = dt.datetime.fromisoformat(self.clock_start)
+        except ValueError:
+            start = None
+        if start is None or start.tzinfo is None:
+            raise ValueError(
+                f"clock_start {self.clock_start!r}: give an ISO 8601 instant with its offset, e.g. "
+                "2026-06-01T12:00:00+00:00"
+            )
+        return start.timestamp()
+
     def __post_init__(self) -> None:
         if self.time_scale <= 0 or self.session_ttl_seconds <= 0 or self.backgrounder_slots < 1:
             raise ValueError("time_scale and session_ttl_seconds must be > 0, backgrounder_slots >= 1")
+        self.clock_start_seconds()  # raises for an invalid clock_start
         seen: set[str] = set()
         for spec in self.content:
             if spec.key in seen:
@@ -296,6 +315,8 @@ class Config:
             values["users"] = tuple(User(**_known(User, u, "user")) for u in values["users"])
         if "connected_apps" in values:
             values["connected_apps"] = tuple(_connected_app(a) for a in values["connected_apps"])
+        if isinstance(values.get("clock_start"), dt.datetime):  # YAML reads an unquoted timestamp as one
+            values["clock_start"] = values["clock_start"].isoformat()
         if "projects" in values:
             values["projects"] = tuple(values["projects"])
         for kind in ("datasource", "workbook"):

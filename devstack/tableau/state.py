@@ -49,19 +49,21 @@ _REQUIRED_CLAIMS = ("iss", "sub", "aud", "exp", "jti", "scp")
 
 
 class SimClock:
-    """Simulated unix seconds: the real time at creation plus real elapsed time × `time_scale`."""
+    """Simulated unix seconds: `start` (default: the real time at creation) plus real elapsed time ×
+    `time_scale`."""
 
-    def __init__(self, time_scale: float) -> None:
+    def __init__(self, time_scale: float, start: float | None = None) -> None:
         self.time_scale = time_scale
         self._origin_real = time.time()
+        self._origin_simulated = self._origin_real if start is None else start
         self._origin_monotonic = time.monotonic()
 
     def now(self) -> float:
-        return self._origin_real + (time.monotonic() - self._origin_monotonic) * self.time_scale
+        return self._origin_simulated + (time.monotonic() - self._origin_monotonic) * self.time_scale
 
     def to_real(self, simulated: float) -> float:
         """The real unix time at which the simulated clock shows `simulated`."""
-        return self._origin_real + (simulated - self._origin_real) / self.time_scale
+        return self._origin_real + (simulated - self._origin_simulated) / self.time_scale
 
 
 class SlidingWindowLimiter:
@@ -224,7 +226,7 @@ class TableauSite:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.site_id = site_id(config.site_content_url)
-        self._clock = SimClock(config.time_scale)
+        self._clock = SimClock(config.time_scale, config.clock_start_seconds())
         self.created_at = self._clock.now()  # createdAt/updatedAt of projects and content
         self.owner_id = user_id(config.users[0].name if config.users else "admin")  # owns all content
         self._lock = threading.Lock()

@@ -8,6 +8,7 @@ tolerated deviations are the two asserted in `assert_schema_valid`.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import signal
 import subprocess
@@ -786,11 +787,13 @@ def test_rate_limit_words_the_wait_in_the_configured_unit_as_tableau_cloud_does(
 
 
 def test_spent_daily_job_capacity_cancels_jobs_with_tableaus_quota_notes(start, sign_in, http) -> None:
-    standin = start(daily_job_capacity_seconds=600, backgrounder_slots=1)
+    # The capacity is per UTC day: a clock that started near midnight would reset it mid-test.
+    standin = start(daily_job_capacity_seconds=600, backgrounder_slots=1, clock_start="2026-06-01T12:00:00Z")
     server = sign_in(standin)
     first = server.datasources.refresh(ds_id("Orders"))  # 600 s: the whole day's capacity
     queued = server.datasources.refresh(ds_id("Leads"))  # starts when Orders ends: capacity spent
     done = wait_until(lambda: (j := server.jobs.get_by_id(queued.id)).finish_code in (0, 1, 2) and j)
+    assert done.created_at.date() == dt.date(2026, 6, 1)  # the simulated clock's day, not today
     assert done.finish_code == 2
     assert done.notes == ["No more non-interactive quota remaining for your site"]
     assert server.jobs.get_by_id(first.id).finish_code == 0
@@ -1152,7 +1155,8 @@ def test_shape_covers_what_the_tsc_fixture_has_within_the_schema(
 def test_config_loads_from_yaml_and_json_and_rejects_unknown_keys(tmp_path) -> None:
     yaml_file = tmp_path / "tableau.yaml"
     yaml_file.write_text(
-        "time_scale: 60\ndatasources:\n  - {project: Finance, name: Ledger, duration_seconds: [1, 2]}\n"
+        "time_scale: 60\nclock_start: 2026-06-01T12:00:00Z\n"
+        "datasources:\n  - {project: Finance, name: Ledger, duration_seconds: [1, 2]}\n"
     )
     json_file = tmp_path / "tableau.json"
     json_file.write_text(
@@ -1165,6 +1169,10 @@ def test_config_loads_from_yaml_and_json_and_rejects_unknown_keys(tmp_path) -> N
         (1.0, 2.0),
     )
     assert (from_json.site_content_url, from_json.workbooks[0].id) == ("", wb_id("KPIs", "Ops"))
+    assert from_yaml.clock_start_seconds() == dt.datetime(2026, 6, 1, 12, tzinfo=dt.UTC).timestamp()
+    assert from_json.clock_start_seconds() is None  # the real time at start
+    with pytest.raises(ValueError, match="clock_start '2026-06-01T12:00:00': give an ISO 8601 instant with"):
+        load_config({"clock_start": "2026-06-01T12:00:00"})  # no offset
     with pytest.raises(ValueError, match="unknown config keys"):
         load_config({"time_scael": 60})
     with pytest.raises(ValueError, match="duplicate content"):

@@ -306,6 +306,7 @@ def test_jobs_cancelled_for_spent_quota_are_quota_exhausted_and_not_retried(make
         projects=["Sales"],
         daily_job_capacity_seconds=60,
         backgrounder_slots=1,
+        clock_start="2026-06-01T12:00:00Z",  # far from midnight UTC, when the capacity resets
     )
     workspace = Workspace(standin, tmp_path)
     workspace.create_pool(["pat-1"])
