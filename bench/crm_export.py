@@ -3,8 +3,9 @@
     python -m bench.crm_export [--users 1000000] [--repeat 3]
 
 Prints records/s of both (in process, and with 2 worker processes; ``--repeat`` runs of each), their
-ratio and its median, and the CPU time per record, checks that every record was accepted or dead-lettered once, then prints the Dataflow cost
-model for 100 M records: this pipeline (no shuffle) next to a measured GroupByKey job, scaled.
+ratio and its median, and the CPU time per record; checks that every record was accepted or
+dead-lettered once; then prints the Dataflow cost model for 100 M records: this pipeline (no shuffle)
+next to a measured GroupByKey job, scaled.
 
 In process, the pipeline (bare and end to end) runs on one CPU and the CRM stand-in on another, as a
 Dataflow worker of the default n1-standard-1 shape (one vCPU) sends to a CRM on other machines.

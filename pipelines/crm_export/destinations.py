@@ -83,6 +83,16 @@ class FieldMap:
         return out
 
 
+def _environment(url: str) -> tuple[dict[str, str], str | None]:
+    """(proxies, CA bundle) for requests to ``url``, read from the environment as requests reads them
+    with ``trust_env``: ``get_environ_proxies`` (the proxy variables, ``NO_PROXY`` honoured; scheme or
+    ``all`` → proxy URL), then ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` (None: the default CAs).
+    Every connection reads them once: a worker's environment does not change during a job."""
+    from requests.utils import get_environ_proxies
+
+    return get_environ_proxies(url), os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+
+
 def _error_text(content: bytes, *names: str) -> str:
     """The CRM's error text from a JSON error body (the first of ``names`` present), else the body's start."""
     try:
@@ -196,11 +206,10 @@ class _RequestsConnection(Connection):
                 "User-Agent": "analytics-flows-crm-export",
             }
         )
-        # With trust_env, requests reads the proxy variables and ~/.netrc again for every request, and a
-        # ~/.netrc entry for the CRM's host would replace the bearer key with basic auth. A worker's
-        # environment does not change during a job: its proxies and CA bundle are read once, here.
-        environment = self.session.merge_environment_settings(url, {}, None, None, None)
-        self.session.proxies, self.session.verify = environment["proxies"], environment["verify"]
+        # With trust_env, requests reads the environment again for every request, and a ~/.netrc entry
+        # for the CRM's host would replace the bearer key with basic auth: read once, ~/.netrc never.
+        proxies, ca_bundle = _environment(url)
+        self.session.proxies, self.session.verify = proxies, ca_bundle or True
         self.session.trust_env = False
 
     def send(self, payload: bytes, keys: Sequence[str], idempotency_key: str | None) -> Answer:
@@ -321,20 +330,16 @@ class _HubSpotConnection(Connection):
 
     def __init__(self, url: str, api_key: str, timeout: tuple[float, float], max_in_flight: int):
         from hubspot import HubSpot
-        from requests.utils import get_environ_proxies
         from urllib3.util.retry import Retry
 
-        # urllib3 reads no environment: the proxy variables (NO_PROXY honoured) and the CA bundle are
-        # read here, as the generic and Braze connections read them (requests' conventions); the client
-        # leaves out the settings that are None.
-        proxies = get_environ_proxies(url)
+        proxies, ca_bundle = _environment(url)  # urllib3 reads no environment; None settings are left out
         client = HubSpot(
             access_token=api_key,
             host=url.rstrip("/"),
             retry=Retry(total=0, redirect=0, raise_on_status=False),
             connection_pool_maxsize=max_in_flight,
             proxy=proxies.get(urlsplit(url).scheme) or proxies.get("all"),
-            ssl_ca_cert=os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE"),
+            ssl_ca_cert=ca_bundle,
         )
         self.batch_api = client.crm.contacts.batch_api
         self.timeout = timeout

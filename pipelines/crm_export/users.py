@@ -141,7 +141,7 @@ class UserShaper:
         """The compiled shaper of ``layout`` (None: rows of this layout take the loop), cached."""
         if len(self._layouts) >= self.MAX_LAYOUTS:
             return None
-        specs = [self._columns.get(name) or self._column(name) for name in layout]
+        specs = [self._column(name) for name in layout]
         shape = None
         if not any(spec[3] for spec in specs):
             shape = compile_layout([spec[:3] for spec in specs], self.key_field)

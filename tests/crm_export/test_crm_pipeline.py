@@ -119,6 +119,13 @@ def test_the_compiled_layouts_give_what_the_loop_gives_key_order_and_errors_incl
     assert all(count > 300 for count in outcomes.values()), outcomes
 
 
+def test_past_its_layout_limit_a_shaper_still_shapes_every_row_by_the_loop():
+    shaper = UserShaper(settings())
+    rows = [{"external_id": f"u{i}", f"attr_{i}": i} for i in range(UserShaper.MAX_LAYOUTS + 5)]
+    assert [shaper(row) for row in rows] == rows
+    assert len(shaper._layouts) == UserShaper.MAX_LAYOUTS
+
+
 def test_rows_holding_nested_objects_take_the_general_path():
     row = {
         "external_id": "u2",
