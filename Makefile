@@ -11,6 +11,9 @@ NPM ?= npm
 AZURITE_STAMP := devstack/azurite/node_modules/.installed
 export UV_PYTHON_DOWNLOADS := never
 PACKAGES := flows tasks blocks pipelines deployments devstack bench tests
+# The BigQuery emulator's own environment (it pins sqlglot<30.12; the project uses 30.30) and the
+# DuckDB extensions it loads, installed from their PyPI wheels (it cannot download them at start-up).
+BQEMULATOR := devstack/bqemulator
 
 .PHONY: demo test sync services lint clean
 
@@ -43,7 +46,9 @@ lint: sync
 # that took `import prefect` from 3.5 s to 1.7 s of CPU here, in each of the suite's many subprocesses.
 sync: $(UV) $(AZURITE_STAMP)
 	$(UV) sync --locked --python $(PYTHON) --compile-bytecode
-	$(UV) run --locked python -m compileall -q -j 0 -x node_modules $(PACKAGES)
+	$(UV) sync --locked --project $(BQEMULATOR) --python $(PYTHON) --compile-bytecode --quiet
+	$(BQEMULATOR)/.venv/bin/python $(BQEMULATOR)/install_extensions.py $(BQEMULATOR)/.home
+	$(UV) run --locked python -m compileall -q -j 0 -x 'node_modules|\.venv' $(PACKAGES)
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -54,5 +59,5 @@ $(AZURITE_STAMP): devstack/azurite/package.json devstack/azurite/package-lock.js
 	touch $@
 
 clean:
-	rm -rf .venv .tools .pytest_cache .ruff_cache devstack/azurite/node_modules
+	rm -rf .venv .tools .pytest_cache .ruff_cache devstack/azurite/node_modules $(BQEMULATOR)/.venv $(BQEMULATOR)/.home
 	find $(PACKAGES) -name __pycache__ -prune -exec rm -rf {} +

@@ -1,72 +1,89 @@
-"""Benchmark: a weekly export with 5 % of the users changed, full vs diff, per destination, in one run.
+"""Benchmark: diff sync on the BigQuery emulator — a weekly export with 5 % of the users changed, full vs
+diff, per destination.
 
-    python -m bench.crm_diff [--users 1000000]
+    python -m bench.crm_diff [--users 1000000] [--destinations generic,hubspot,braze]
 
-Generates week 1 (one user in 1,000 with an invalid email) and week 2 (every 20th user changed), exports
-week 1 in full to learn its dead letters, plans week 2's diff on the files (``plan_local_diff``, the
-local twin of the BigQuery query), then for each destination — the generic endpoint, the HubSpot and
-the Braze stand-ins, each in its own process with limits high enough not to throttle — exports week 2
-in full and by diff on Beam's local runner. Prints requests sent and wall time of each, and the diff's
-share of the full export's requests (target: ≤ 6 %).
+Loads week 1 (one user in 1,000 with an invalid email) and week 2 (every 20th user changed) into the
+BigQuery emulator (``devstack.bigquery_emulator``). Then for each destination — the generic endpoint, the
+HubSpot and the Braze stand-ins, each in its own process with limits high enough not to throttle — it
+plans week 1 against an empty sync state (a full export) in the emulator, exports the plan table on
+Beam's local runner (read with the Storage Read API), records what the CRM accepted in the sync state,
+plans week 2 against it and exports the diff. Prints the planning time (the emulator's; BigQuery's own
+is not measured here), the requests of each export, the diff's share of the full export's requests
+(target: ≤ 5.5 %) and the sync state's size (rows, and bytes as BigQuery counts them).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import shutil
 import time
 from pathlib import Path
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from devstack.bigquery_emulator import BigQueryEmulator
 from devstack.crm import CrmStandIn
 from devstack.crms import BrazeServer, HubSpotServer
 from devstack.crms.braze import BrazeConfig
 from devstack.crms.hubspot import HubSpotConfig
-from devstack.user_rows import write_next_week, write_user_rows
-from pipelines.crm_export.accounting import check_accounting
+from devstack.user_rows import load_shard, shard_rows
+from pipelines.crm_export.accounting import Counters, check_accounting
 from pipelines.crm_export.api_key import ApiKey
+from pipelines.crm_export.destinations import destination_for
 from pipelines.crm_export.pipeline import build_pipeline, pipeline_metrics
 from pipelines.crm_export.settings import PipelineSettings
-from tasks.crm_export.diff import hashed_fields, plan_local_diff, row_hasher
+from tasks.crm_export.sync_state import (
+    DiffSql,
+    export_fingerprint,
+    invalidate,
+    plan_export,
+    record_export,
+    sent_fields,
+)
 
 KEY = "bench-key"
 WORKDIR = Path(".bench/crm-diff")
 FIELDS = {"email": "email", "identity.country": "country", "properties.plan": "plan"}
 UNLIMITED_HUBSPOT = HubSpotConfig(ten_second_limit=10**9, daily_limit=10**9)
 UNLIMITED_BRAZE = BrazeConfig(requests_per_window=10**9)
+WEEKS = (dt.date(2026, 11, 16), dt.date(2026, 11, 23))
+TARGET = 0.055
 
 
-def export(source: Path, settings: PipelineSettings, dead_letters: Path, *plan: str) -> tuple[float, object]:
+def export(plan_table: str, settings: PipelineSettings, storage_url: str, work: Path, plan) -> Counters:
+    """Export the plan table on Beam's in-process runner; the counters (accounting checked)."""
     args = [
         "--runner=FnApiRunner",
-        f"--input_file={source}",
+        f"--input_table={plan_table}",
+        f"--bigquery_storage_endpoint={storage_url}",
         *settings.pipeline_args(),
-        f"--dead_letter_prefix={dead_letters}",
+        f"--dead_letter_prefix={work / 'dead-letter'}",
+        f"--accepted_prefix={work / 'accepted'}",
         "--idempotency_namespace=bench",
-        *plan,
+        f"--rows_in_shard={plan.rows_in_shard}",
+        f"--records_unchanged={plan.unchanged}",
     ]
     pipeline = beam.Pipeline(options=PipelineOptions(args))
     build_pipeline(pipeline, ApiKey(KEY))
-    started = time.perf_counter()
     result = pipeline.run()
     result.wait_until_finish()
-    metrics = pipeline_metrics(result)
-    check_accounting(metrics.counters)
-    return time.perf_counter() - started, metrics.counters
+    counters = pipeline_metrics(result).counters
+    check_accounting(counters)
+    return counters
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=1_000_000)
+    parser.add_argument("--destinations", default="generic,hubspot,braze")
     args = parser.parse_args()
     n = args.users
-    week_1, week_2 = WORKDIR / f"users_{n}_w1.jsonl", WORKDIR / f"users_{n}_w2.jsonl"
-    if not week_1.exists():
-        write_user_rows(week_1, n, invalid_every=1_000)
-    changes = write_next_week(week_1, week_2, change_every=20)
-    print(f"{n:,} users; week 2: {changes['changed']:,} changed ({changes['changed'] / n:.1%})")
-    destinations = {
+    shutil.rmtree(WORKDIR, ignore_errors=True)
+    WORKDIR.mkdir(parents=True)
+    servers = {
         "generic": (
             lambda: CrmStandIn(api_key=KEY, db_path=WORKDIR / "crm.sqlite3"),
             lambda s: s.batch_url,
@@ -79,42 +96,67 @@ def main() -> None:
         ),
         "braze": (lambda: BrazeServer(KEY, UNLIMITED_BRAZE), lambda s: s.url, {"field_map": FIELDS}),
     }
-    print(f"\n{'destination':12}{'run':6}{'rows sent':>11}{'requests':>10}{'seconds':>9}{'records/s':>11}")
-    for name, (server, url, extra) in destinations.items():
-        with server() as crm:
-            settings = PipelineSettings(url=url(crm), destination=name, **extra)
-            # Week 1 in full: its dead letters are what the diff re-sends.
-            dead_1 = WORKDIR / name / "w1" / "dead-letter"
-            export(week_1, settings, dead_1)
-            started = time.perf_counter()
-            diff_file = WORKDIR / name / "w2-rows-to-send.jsonl"
-            rows, to_send = plan_local_diff(
-                week_2,
-                week_1,
-                sorted(dead_1.parent.glob("dead-letter-*.jsonl")),
-                diff_file,
-                "external_id",
-                row_hasher(hashed_fields(settings), "."),
-            )
-            plan_seconds = time.perf_counter() - started
-            full_s, full = export(week_2, settings, WORKDIR / name / "w2-full" / "dead-letter")
-            diff_s, diff = export(
-                diff_file,
-                settings,
-                WORKDIR / name / "w2-diff" / "dead-letter",
-                f"--rows_in_shard={rows}",
-                f"--records_unchanged={rows - to_send}",
-            )
-            for run, seconds, counters in (("full", full_s, full), ("diff", diff_s + plan_seconds, diff)):
+    with BigQueryEmulator(data_dir=WORKDIR / "bigquery") as bigquery:
+        client = bigquery.client()
+        dataset = f"{bigquery.project}.bench"
+        started = time.perf_counter()
+        shards = [f"{dataset}.users_{week:%Y%m%d}" for week in WEEKS]
+        load_shard(client, shards[0], shard_rows(n, invalid_every=1_000))
+        load_shard(client, shards[1], shard_rows(n, invalid_every=1_000, change_every=20))
+        print(
+            f"{n:,} users; week 2: every 20th changed (5.0 %); loaded in {time.perf_counter() - started:.1f} s"
+        )
+        print(
+            f"\n{'destination':12}{'run':6}{'planning s':>11}{'rows sent':>11}{'requests':>10}{'export s':>10}"
+            f"{'records/s':>11}"
+        )
+        for name in args.destinations.split(","):
+            server, url, extra = servers[name]
+            with server() as crm:
+                settings = PipelineSettings(url=url(crm), destination=name, **extra)
+                state = f"{dataset}.{name}_sync_state"
+                results = []
+                for week, shard in enumerate(shards):
+                    sql = DiffSql(
+                        shard=shard,
+                        state=state,
+                        key_field="external_id",
+                        key_type="STRING",
+                        fields=sent_fields(settings),
+                        settings=export_fingerprint(settings),
+                        casefold=destination_for(settings).keys_case_insensitive,
+                    )
+                    started = time.perf_counter()
+                    plan = plan_export(client, sql, f"{shard}_{name}_plan", None, False, {})
+                    invalidate(client, sql, plan)
+                    planning = time.perf_counter() - started
+                    started = time.perf_counter()
+                    work = WORKDIR / name / f"w{week + 1}"
+                    counters = export(
+                        plan.plan_table.replace(".", ":", 1), settings, bigquery.storage_url, work, plan
+                    )
+                    exporting = time.perf_counter() - started
+                    started = time.perf_counter()
+                    recorded = record_export(client, sql, str(work / "accepted"), WEEKS[week])
+                    recording = time.perf_counter() - started
+                    run = "full" if week == 0 else "diff"
+                    print(
+                        f"{name:12}{run:6}{planning:>11.1f}{counters.records_read:>11,}{counters.requests:>10,}"
+                        f"{exporting:>10.1f}{counters.records_read / exporting:>11,.0f}"
+                    )
+                    results.append((counters, recorded, recording))
+                (full, _, _), (diff, recorded, recording) = results
+                (size,) = client.query(
+                    f"SELECT COUNT(*) AS keys, SUM(2 + BYTE_LENGTH(key) + 2 + BYTE_LENGTH(fingerprint) + 8) AS bytes "
+                    f"FROM `{state}`"
+                ).result()
+                share = diff.requests / full.requests
                 print(
-                    f"{name:12}{run:6}{counters.records_read:>11,}{counters.requests:>10,}{seconds:>9.1f}"
-                    f"{counters.records_read / seconds:>11,.0f}"
+                    f"{'':12}diff: {share:.2%} of the full export's requests (target ≤ {TARGET:.1%}: "
+                    f"{'met' if share <= TARGET else 'NOT MET'}); {diff.records_unchanged:,} skipped unchanged; "
+                    f"recorded in {recording:.1f} s; sync state {size['keys']:,} keys, "
+                    f"{size['bytes'] / 2**20:,.1f} MiB ({size['bytes'] / max(size['keys'], 1):.0f} bytes a key)"
                 )
-            print(
-                f"{'':12}diff: {diff.requests / full.requests:.1%} of the full export's requests (target ≤ 6 %), "
-                f"{diff_s + plan_seconds:.1f} s incl. {plan_seconds:.1f} s planning on the files; "
-                f"{diff.records_unchanged:,} skipped unchanged"
-            )
 
 
 if __name__ == "__main__":

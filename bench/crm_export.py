@@ -97,6 +97,7 @@ def end_to_end(
             f"--crm_url={crm.batch_url}",
             f"--batch_size={batch_size}",
             f"--dead_letter_prefix={WORKDIR / 'dead-letter' / 'dl'}",
+            f"--accepted_prefix={WORKDIR / 'accepted' / 'accepted'}",  # what the sync state records
             "--idempotency_namespace=bench",
         ]
     )

@@ -66,16 +66,24 @@ def pytest_xdist_node_collection_finished(node: object, ids: list[str]) -> None:
 
 
 def _server_ready() -> None:
-    """Wait until the session's server answers, then register the Tableau block types, once: two
+    """Wait until the session's server answers, then register the Tableau and CRM block types, once: two
     workers saving a block of a type the server does not know yet race in Prefect's Block.save (409
     "Block type ... already exists")."""
     global _registered
     if _registered or _server is None:
         return
     _server.wait_until_ready()
+    from blocks.crm_export.crm import BrazeCrm, GenericCrmEndpoint, HubSpotCrm
     from blocks.tableau import TableauConnectedApp, TableauPatPool, TableauPersonalAccessToken
 
-    for block_type in (TableauPatPool, TableauPersonalAccessToken, TableauConnectedApp):
+    for block_type in (
+        TableauPatPool,
+        TableauPersonalAccessToken,
+        TableauConnectedApp,
+        GenericCrmEndpoint,
+        HubSpotCrm,
+        BrazeCrm,
+    ):
         block_type.register_type_and_schema()
     _registered = True
 
@@ -251,3 +259,24 @@ def unused_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# --- BigQuery emulator -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def bigquery() -> Iterator[Any]:
+    """The BigQuery emulator (``devstack.bigquery_emulator``), one per pytest-xdist worker; tests keep to
+    datasets of their own (``bigquery_dataset``)."""
+    from devstack.bigquery_emulator import BigQueryEmulator
+
+    with BigQueryEmulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def bigquery_dataset(bigquery) -> str:
+    """A new dataset of the emulator's project, for one test: ``project.dataset``."""
+    dataset = f"{bigquery.project}.test_{uuid.uuid4().hex[:10]}"
+    bigquery.client().create_dataset(dataset)
+    return dataset

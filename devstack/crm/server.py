@@ -148,6 +148,8 @@ class Api:
             except (orjson.JSONDecodeError, ValueError, TypeError) as e:
                 return _json(400, {"error": "invalid_body", "detail": str(e)})
             return _json(200, config.to_dict())
+        if path == "/devstack/users" and method == "GET":
+            return _json(200, {"users": self.store.users()})
         if path.startswith(_USER_PATH) and method == "GET":
             user = self.store.user(unquote(path[len(_USER_PATH) :]))
             return _json(404, {"error": "not_found"}) if user is None else _json(200, user)

@@ -183,6 +183,10 @@ class CrmStandIn(CrmProcess):
         self.faults = FaultConfig(**self._call("POST", "/devstack/config", json=faults).json())
         return self.faults
 
+    def users(self) -> dict[str, dict[str, Any]]:
+        """Every stored user (`GET /devstack/users`): external_id → `{"external_id", "attributes", "deliveries"}`."""
+        return {user["external_id"]: user for user in self._call("GET", "/devstack/users").json()["users"]}
+
     def user(self, external_id: str) -> dict[str, Any] | None:
         """`{"external_id", "attributes", "deliveries"}` of a stored user, or None if there is none."""
         response = self._call("GET", _USER_PATH + quote(external_id, safe=""))

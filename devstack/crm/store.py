@@ -189,6 +189,16 @@ class Store:
             return None
         return {"external_id": external_id, "attributes": orjson.loads(row[0]), "deliveries": row[1]}
 
+    def users(self) -> list[dict[str, Any]]:
+        """Every stored user, as ``user`` gives one, by ``external_id``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT external_id, attributes, deliveries FROM users ORDER BY external_id"
+            ).fetchall()
+        return [
+            {"external_id": key, "attributes": orjson.loads(attrs), "deliveries": n} for key, attrs, n in rows
+        ]
+
     def counts(self) -> dict[str, int]:
         """`distinct_users` and `duplicate_deliveries` (users delivered more than once)."""
         with self._lock:

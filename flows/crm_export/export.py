@@ -1,43 +1,52 @@
 """The weekly CRM export: one BigQuery shard of users → the CRM (HubSpot, Braze or a generic JSON batch
-endpoint), on Dataflow (or Beam locally), sending only what changed since the last DONE export.
+endpoint), on Dataflow (or Beam locally), sending only what the CRM does not hold as it is (diff sync
+against the sync state: docs/crm-export.md).
 
-    load the CRM's block → resolve the shard → check the field map → read the last export's state and the key
-      → launch (adopt / skip / plan full or diff and submit) → poll → summary artifact → record the state
+    load the CRM's block → resolve the shard → check it (fields, key, rows) → read the key
+      → launch (adopt / skip / plan against the sync state and submit) → poll
+      → record what the CRM accepted in the sync state → summary artifact → checks
 
 A rerun launches again, which adopts the job of the same name, so a shard is never paid for twice.
 The flow does not retry (its tasks retry transient errors); it fails unless every row of the shard was
-skipped unchanged, accepted or dead-lettered.
+skipped unchanged, accepted or dead-lettered, the sync state holds what the CRM accepted, and no more
+than ``max_dead_letter_ratio`` of the records read were dead-lettered.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Annotated, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.crm_export.accounting import Distribution, ExportMetrics, check_accounting
+from pipelines.crm_export.accounting import (
+    Counters,
+    Distribution,
+    ExportMetrics,
+    check_accounting,
+    check_dead_letter_ratio,
+)
 from pipelines.crm_export.settings import job_name
 from tasks.crm_export.cost import CostEstimate, DataflowPrices, estimate_cost
-from tasks.crm_export.diff import ExportState, export_fingerprint
 from tasks.crm_export.jobs import RUN_LABEL, JobFailedError, JobInfo, JobState
+from tasks.crm_export.sync_state import RecordResult, SyncStateError
 from tasks.crm_export.tasks import (
+    BigQuerySource,
     CrmSettings,
     PlanRequest,
     RunnerSettings,
-    Source,
-    check_export_fields,
+    check_export_shard,
     export_metrics,
     launch_export_job,
     load_crm_destination,
     poll_export_job,
     read_crm_api_key,
-    read_export_state,
+    record_sync_state,
+    release_sync_state,
     resolve_export_shard,
-    write_export_state,
 )
 
 PIPELINE = "crm-export"  # the default pipeline name: job names are crm-export-YYYYMMDD
@@ -60,10 +69,14 @@ class ExportSummary(BaseModel):
     """What one run of the export did: the flow's result, shown as its artifact ``<pipeline_name>`` (``crm-export``).
 
     ``launch``: what the launch did (``tasks.crm_export.jobs.LaunchResult``). ``sync``: ``full`` or
-    ``diff against <shard date>`` (the job's labels). ``rows_in_shard``, ``records_unchanged`` (skipped),
-    ``records_*``, ``batches``, ``requests`` (HTTP requests sent), ``retries``, ``http_status`` (responses
-    by HTTP status): the job's counters (``pipelines.crm_export.accounting.Counters``); rows in shard =
-    unchanged + accepted + dead-lettered. ``batch_size``: records per batch posted.
+    ``diff`` (the job's label). ``rows_in_shard``, ``records_unchanged`` (skipped: the CRM holds them as
+    they are), ``records_removed_from_source`` (keys the CRM holds that the shard no longer has: never
+    deleted), ``records_*``, ``batches``, ``requests`` (HTTP requests sent), ``retries``, ``http_status``
+    (responses by HTTP status), ``dead_letter_reasons`` (dead letters by reason code): the job's counters
+    (``pipelines.crm_export.accounting.Counters``); rows in shard = unchanged + accepted + dead-lettered.
+    ``batch_size``: records per batch posted. ``sync_state``: the sync state table; ``records_recorded``:
+    accepted records this run merged into it (None: not this run's to record); ``out_of_sync``: keys of
+    the shard the state does not hold as they are after it (= the dead-lettered ones, duplicates aside).
     ``duration_seconds``: from the job's creation to its final state. ``dead_letter_prefix``: the
     dead-letter files are ``<prefix>-*.jsonl``. ``estimated_cost``: None unless the runner reported
     resource metrics (Dataflow).
@@ -79,16 +92,22 @@ class ExportSummary(BaseModel):
     sync: str
     rows_in_shard: int
     records_unchanged: int
+    records_removed_from_source: int
     records_read: int
     records_accepted: int
     records_rejected: int
     records_malformed: int
+    records_duplicate: int
     records_dead_lettered: int
+    dead_letter_reasons: dict[str, int]
     batches: int
     batch_size: Distribution | None
     requests: int
     retries: int
     http_status: dict[int, int]
+    sync_state: str
+    records_recorded: int | None
+    out_of_sync: int | None
     duration_seconds: float
     records_per_second: int | None
     dead_letter_prefix: str
@@ -104,13 +123,14 @@ class ExportSummary(BaseModel):
 
 @flow(name="crm-export", persist_result=True)
 def crm_export(
-    source: Source,
+    source: BigQuerySource,
     crm: CrmSettings,
     runner: RunnerSettings,
     dead_letter_location: str,
     shard_date: dt.date | None = None,
     force: bool = False,
     full_resync: bool = False,
+    max_dead_letter_ratio: Annotated[float, Field(ge=0, le=1)] = 0.01,
     poll: PollSettings | None = None,
     prices: DataflowPrices | None = None,
     pipeline_name: str = PIPELINE,
@@ -118,34 +138,39 @@ def crm_export(
     """Export one shard of the user table to the CRM; returns the summary the artifact shows.
 
     ``crm``: the CRM's block (``crm.block``, e.g. ``hubspot-crm/hubspot``: its API, URL, field map and
-    key) and how records are sent. ``shard_date``: the shard to export (default: the latest existing). ``force``: export again even
-    if a job of this shard is already DONE. ``full_resync``: send every row, not only what changed since
-    the last DONE export (the first export of a pipeline is a full one anyway). ``dead_letter_location``:
-    a directory or gs:// prefix; each job writes ``<location>/<job name>[-force-<flow run id>]/dead-letter-*.jsonl``.
-    ``pipeline_name``: the job name's prefix and the name of the state variable ``crm_export_<pipeline>``;
-    give each export of one project and region its own. Raises ``BlockNotFoundError`` (a missing CRM
-    block), ``ShardNotFoundError``, ``ShardFieldError``, ``SecretBlockNotFoundError``, ``CrmCredentialsError``,
-    ``JobFailedError``, ``JobPollTimeoutError`` or ``AccountingError``.
+    key) and how records are sent. ``shard_date``: the shard to export (default: the latest existing).
+    ``force``: export again even if a job of this shard is already DONE. ``full_resync``: send every row,
+    not only those the sync state says the CRM does not hold as they are. ``max_dead_letter_ratio``: the
+    share of the records read that may be dead-lettered (0 to 1, default 1 %); above it the run fails,
+    after its accepted records are recorded. ``dead_letter_location``: a directory or gs:// prefix; each
+    job writes ``<location>/<job name>[-force-<flow run id>]/dead-letter-*.jsonl`` and
+    ``…/accepted-*.jsonl``. ``pipeline_name``: the job name's prefix, and the name of the sync state
+    (``<pipeline>_sync_state`` in ``source.diff_dataset``; its bookkeeping in the Variable
+    ``crm_export_<pipeline>``); give each export of one project and region its own. Raises
+    ``BlockNotFoundError`` (a missing CRM block), ``ShardNotFoundError``, ``ShardFieldError``,
+    ``ShardKeyError``, ``ShardEmptyError``, ``SecretBlockNotFoundError``, ``ExportInProgressError``,
+    ``CrmCredentialsError``, ``JobFailedError``, ``JobPollTimeoutError``, ``AccountingError``,
+    ``SyncStateError`` or ``DeadLetterRatioError``.
     """
     logger = get_run_logger()
     poll = poll or PollSettings()
     prices = prices or DataflowPrices()
-    if source.kind == "local" and "://" in dead_letter_location:
-        raise ValueError(
-            f"dead_letter_location {dead_letter_location!r}: a local source needs a local directory (the diff "
-            "plan writes the rows to send there)"
-        )
     settings = crm.pipeline_settings(load_crm_destination(crm.block))
     shard = resolve_export_shard(source, shard_date)
-    check_export_fields(source, shard, settings, crm.block)
-    state = read_export_state(pipeline_name)
+    shard_info = check_export_shard(source, shard, settings, crm.block)
     name = job_name(pipeline_name, shard)
     namespace = _namespace(name, str(flow_run.id) if force else None)
     work_prefix = _work_prefix(dead_letter_location, namespace)
     pipeline_args = [
         *settings.pipeline_args(),
         f"--dead_letter_prefix={work_prefix}/dead-letter",
+        f"--accepted_prefix={work_prefix}/accepted",
         f"--idempotency_namespace={namespace}",
+        *(
+            [f"--bigquery_storage_endpoint={source.storage_api_endpoint}"]
+            if source.storage_api_endpoint
+            else []
+        ),
     ]
     labels = {
         "pipeline": pipeline_name,
@@ -157,9 +182,10 @@ def crm_export(
         source=source,
         shard=shard,
         crm=settings,
-        state=state,
+        key_type=shard_info.key_type,
         full_resync=full_resync,
-        work_prefix=f"{work_prefix}/plan",
+        pipeline_name=pipeline_name,
+        accepted_prefix=f"{work_prefix}/accepted",
     )
     api_key = read_crm_api_key(crm.block)
     launched = launch_export_job(runner, name, pipeline_args, labels, api_key, force, plan)
@@ -175,6 +201,7 @@ def crm_export(
             runner, launched.job_id, poll.interval_seconds, poll.timeout_seconds, f"{pipeline_name}-progress"
         )
     except JobFailedError as failed:
+        release_sync_state(pipeline_name, failed.job)
         if any("CrmRejectedCredentialsError" in error for error in failed.errors):
             raise CrmCredentialsError(
                 f"the CRM at {settings.url} refused the key of CRM block {crm.block!r} (crm.block): check the "
@@ -183,25 +210,43 @@ def crm_export(
             ) from None
         raise
     metrics = export_metrics(runner, job.id)
+    recorded = record_sync_state(source, shard, settings, shard_info.key_type, pipeline_name, job)
     forced_by = job.labels.get(RUN_LABEL) if job.labels.get(FORCED_LABEL) == "true" else None
     dead_letter_prefix = f"{_work_prefix(dead_letter_location, _namespace(job.name, forced_by))}/dead-letter"
-    summary = _summary(shard, launched.action, job, metrics, dead_letter_prefix, prices, started)
+    summary = _summary(
+        shard,
+        launched.action,
+        job,
+        metrics,
+        recorded,
+        source.state_table(pipeline_name),
+        dead_letter_prefix,
+        prices,
+        started,
+    )
     create_markdown_artifact(key=pipeline_name, markdown=_markdown(summary), description=f"CRM export {name}")
     check_accounting(metrics.counters)
-    if state is None or shard >= state.shard_date:
-        write_export_state(
-            pipeline_name,
-            ExportState(
-                shard_date=shard,
-                job_name=job.name,
-                job_id=job.id,
-                source=source.location(shard),
-                dead_letter_prefix=dead_letter_prefix,
-                fingerprint=export_fingerprint(settings),
-                exported_at=dt.datetime.now(dt.UTC),
-            ),
-        )
+    if recorded is not None:
+        _check_in_sync(metrics.counters, recorded, summary.sync_state)
+    check_dead_letter_ratio(
+        metrics.counters,
+        max_dead_letter_ratio,
+        f"the dead letters are {dead_letter_prefix}-*.jsonl; the accepted records are in the sync state, the "
+        "dead-lettered ones go out again with the next export",
+    )
     return summary
+
+
+def _check_in_sync(counters: Counters, recorded: RecordResult, table: str) -> None:
+    """After recording: the shard's keys the state does not hold as they are must be exactly the ones
+    the CRM did not accept (each key's row dead-lettered for another reason than being a duplicate)."""
+    expected = counters.records_dead_lettered - counters.records_duplicate
+    if recorded.out_of_sync != expected:
+        raise SyncStateError(
+            f"the sync state {table} does not hold {recorded.out_of_sync:,} keys of the shard as they are, where "
+            f"{expected:,} were not accepted by the CRM: what the CRM holds and the state differ; the next "
+            "export with full_resync=True rebuilds the state"
+        )
 
 
 def _namespace(job_name: str, forced_by: str | None) -> str:
@@ -212,14 +257,9 @@ def _namespace(job_name: str, forced_by: str | None) -> str:
 
 
 def _work_prefix(dead_letter_location: str, namespace: str) -> str:
-    """Where a job's dead letters (``<prefix>/dead-letter-*.jsonl``) and diff plan (``<prefix>/plan``) go."""
+    """Where a job's dead letters (``<prefix>/dead-letter-*.jsonl``) and accepted records
+    (``<prefix>/accepted-*.jsonl``) go."""
     return f"{dead_letter_location.rstrip('/')}/{namespace}"
-
-
-def _sync(job: JobInfo) -> str:
-    if job.labels.get("sync") == "diff":
-        return f"diff against {job.labels.get('sync-base', '?')}"
-    return job.labels.get("sync", "full")
 
 
 def _summary(
@@ -227,6 +267,8 @@ def _summary(
     action: Literal["submitted", "adopted", "skipped"],
     job: JobInfo,
     metrics: ExportMetrics,
+    recorded: RecordResult | None,
+    sync_state: str,
     dead_letter_prefix: str,
     prices: DataflowPrices,
     started: dt.datetime,
@@ -244,19 +286,27 @@ def _summary(
         job_id=job.id,
         launch=action,
         state=job.state,
-        sync=_sync(job),
+        sync=job.labels.get("sync", "full"),
         rows_in_shard=counters.records_read if counters.rows_in_shard is None else counters.rows_in_shard,
         records_unchanged=counters.records_unchanged,
+        records_removed_from_source=counters.records_removed_from_source,
         records_read=counters.records_read,
         records_accepted=counters.records_accepted,
         records_rejected=counters.records_rejected,
         records_malformed=counters.records_malformed,
+        records_duplicate=counters.records_duplicate,
         records_dead_lettered=counters.records_dead_lettered,
+        dead_letter_reasons=dict(
+            sorted(counters.dead_letter_reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+        ),
         batches=counters.batches,
         batch_size=metrics.batch_size,
         requests=counters.requests,
         retries=counters.retries,
         http_status=dict(sorted(counters.http_status.items())),
+        sync_state=sync_state,
+        records_recorded=recorded.recorded if recorded else None,
+        out_of_sync=recorded.out_of_sync if recorded else None,
         duration_seconds=round(duration, 1),
         records_per_second=round(counters.records_read / duration) if duration else None,
         dead_letter_prefix=dead_letter_prefix,
@@ -267,24 +317,34 @@ def _summary(
 def _markdown(summary: ExportSummary) -> str:
     batch = summary.batch_size
     cost = summary.estimated_cost
+    reasons = ", ".join(f"{code}: {count:,}" for code, count in summary.dead_letter_reasons.items())
     rows = [
         ("Shard", f"{summary.shard_date:%Y-%m-%d}"),
         ("Job", f"`{summary.job_name}` ({summary.job_id}), {summary.launch}, {summary.state.value}"),
-        ("Sync", summary.sync),
+        ("Sync", f"{summary.sync} (sync state `{summary.sync_state}`)"),
         ("Rows in shard", f"{summary.rows_in_shard:,}"),
         ("Skipped unchanged", f"{summary.records_unchanged:,}"),
+        ("Removed from the source", f"{summary.records_removed_from_source:,} (kept in the CRM)"),
         ("Records read", f"{summary.records_read:,}"),
         ("Accepted by the CRM", f"{summary.records_accepted:,}"),
         (
             "Dead-lettered",
             f"{summary.records_dead_lettered:,} (rejected by the CRM {summary.records_rejected:,}, "
-            f"malformed {summary.records_malformed:,})",
+            f"malformed {summary.records_malformed:,}, duplicate keys {summary.records_duplicate:,})",
         ),
+        ("Dead letters by reason", reasons or "-"),
         (
             "Accounting",
             f"{summary.rows_in_shard:,} rows = {summary.records_unchanged:,} unchanged + "
             f"{summary.records_accepted:,} accepted + {summary.records_dead_lettered:,} dead-lettered"
             + ("" if summary.adds_up else " — DOES NOT ADD UP"),
+        ),
+        (
+            "Sync state",
+            f"{summary.records_recorded:,} accepted records recorded; {summary.out_of_sync:,} keys of the shard "
+            "not held as they are"
+            if summary.records_recorded is not None
+            else "not recorded by this run",
         ),
         ("Batches", f"{summary.batches:,}"),
         ("Requests sent", f"{summary.requests:,}"),

@@ -6,6 +6,7 @@ Beam-free: the pipeline counts and dead-letters, the launchers read the counters
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -16,9 +17,24 @@ NAMESPACE = "crm_export"
 DEAD_LETTER = "dead_letter"
 
 
+#: Prefix of the counters of dead letters by reason code (``dead_lettered_invalid_email``, ...).
+REASON_COUNTER_PREFIX = "dead_lettered_"
+
+
 def dead_letter(key: Any, reason: str, status: int | None, attempts: int, stage: str) -> dict[str, Any]:
-    """A dead-letter entry: the record key, why it was not accepted, the last HTTP status, attempts made."""
+    """A dead-letter entry: the record key, why it was not accepted, the last HTTP status, attempts made.
+
+    ``reason`` starts with its code, ``"<code>: <detail>"`` (``"INVALID_EMAIL: Email address … is
+    invalid"``, ``"duplicate key: …"``, ``"http 400: …"``): ``reason_code`` counts dead letters by it."""
     return {"key": key, "reason": reason, "status": status, "attempts": attempts, "stage": stage}
+
+
+def reason_code(reason: str) -> str:
+    """The code of a dead letter's reason: its text before the first ``:`` (all of it if none), lowercase,
+    other characters than letters and digits as ``_``, at most 40 characters (``"INVALID_EMAIL: …"`` →
+    ``invalid_email``)."""
+    head = reason.split(":", 1)[0]
+    return re.sub(r"[^a-z0-9]+", "_", head.lower()).strip("_")[:40] or "unknown"
 
 
 @dataclass(frozen=True)
@@ -27,11 +43,14 @@ class Counters:
 
     Records: ``records_read`` (every row read), ``records_malformed`` (not JSON, or not a record),
     ``records_sent`` (put in a request), ``records_accepted`` and ``records_rejected`` (by the CRM),
+    ``records_duplicate`` (a row whose key another row of the shard has: dead-lettered),
     ``records_dead_lettered``. ``batches``: batches posted. ``requests``: HTTP requests sent (retries
     included). ``retries``: requests repeated. ``http_status``: the CRM's responses by HTTP status (the
-    counters ``http_<status>``). From the export's plan (``tasks.crm_export.diff``), reported by the job:
-    ``rows_in_shard`` (None when the job ran without a plan) and ``records_unchanged`` (rows skipped
-    because the CRM already has them as they are).
+    counters ``http_<status>``); ``dead_letter_reasons``: dead letters by reason code (the counters
+    ``dead_lettered_<code>``, ``reason_code``). From the export's plan (``tasks.crm_export.sync_state``),
+    reported by the job: ``rows_in_shard`` (None when the job ran without a plan),
+    ``records_unchanged`` (rows skipped because the CRM holds them as they are) and
+    ``records_removed_from_source`` (keys the CRM holds that the shard no longer has; never deleted).
     """
 
     records_read: int = 0
@@ -39,24 +58,33 @@ class Counters:
     records_sent: int = 0
     records_accepted: int = 0
     records_rejected: int = 0
+    records_duplicate: int = 0
     records_dead_lettered: int = 0
     batches: int = 0
     requests: int = 0
     retries: int = 0
     records_unchanged: int = 0
+    records_removed_from_source: int = 0
     rows_in_shard: int | None = None
     http_status: dict[int, int] = field(default_factory=dict)
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_names(cls, values: Mapping[str, int]) -> Counters:
-        """From counter name → value (``records_read``, ``http_429``, …); other names are ignored."""
-        named = {f.name for f in fields(cls)} - {"http_status"}
+        """From counter name → value (``records_read``, ``http_429``, ``dead_lettered_invalid_email``, …);
+        other names are ignored."""
+        named = {f.name for f in fields(cls)} - {"http_status", "dead_letter_reasons"}
         return cls(
             **{name: int(value) for name, value in values.items() if name in named},
             http_status={
                 int(name[5:]): int(value)
                 for name, value in values.items()
                 if name.startswith("http_") and name[5:].isdigit()
+            },
+            dead_letter_reasons={
+                name.removeprefix(REASON_COUNTER_PREFIX): int(value)
+                for name, value in values.items()
+                if name.startswith(REASON_COUNTER_PREFIX)
             },
         )
 
@@ -65,9 +93,13 @@ class Counters:
         values = {
             f.name: getattr(self, f.name)
             for f in fields(self)
-            if f.name != "http_status" and getattr(self, f.name) is not None
+            if f.name not in ("http_status", "dead_letter_reasons") and getattr(self, f.name) is not None
         }
-        return values | {f"http_{status}": count for status, count in sorted(self.http_status.items())}
+        return (
+            values
+            | {f"http_{status}": count for status, count in sorted(self.http_status.items())}
+            | {REASON_COUNTER_PREFIX + code: n for code, n in sorted(self.dead_letter_reasons.items())}
+        )
 
 
 @dataclass(frozen=True)
@@ -121,3 +153,27 @@ def check_accounting(counters: Counters) -> None:
             f"rows in shard ({rows}) != unchanged ({unchanged}) + accepted ({accepted}) + dead-lettered "
             f"({dead}): {rows - unchanged - accepted - dead} rows are unaccounted for"
         )
+
+
+class DeadLetterRatioError(RuntimeError):
+    """More of the shard's rows were dead-lettered than the export allows (``max_dead_letter_ratio``)."""
+
+
+def check_dead_letter_ratio(counters: Counters, max_ratio: float, detail: str = "") -> None:
+    """Raise ``DeadLetterRatioError`` when ``records_dead_lettered`` exceeds ``max_ratio`` (0 to 1) of the
+    rows in the shard (of the records read, for a job without a plan), naming the top reasons by code
+    (``dead_letter_reasons``) and their counts; ``detail`` ends the message.
+
+    The base is the shard, not the records read: a diff sends few rows, and the rows the CRM keeps
+    refusing (an invalid email) are sent again every week; per shard, the ratio is the share of users the
+    CRM does not hold as they are."""
+    rows = counters.records_read if counters.rows_in_shard is None else counters.rows_in_shard
+    dead = counters.records_dead_lettered
+    if not rows or dead / rows <= max_ratio:
+        return
+    top = sorted(counters.dead_letter_reasons.items(), key=lambda item: (-item[1], item[0]))[:5]
+    reasons = ", ".join(f"{code} {count:,}" for code, count in top) or "not reported"
+    raise DeadLetterRatioError(
+        f"{dead:,} of the {rows:,} rows of the shard ({dead / rows:.2%}) were dead-lettered, above "
+        f"max_dead_letter_ratio {max_ratio:.2%}; top reasons: {reasons}" + (f"; {detail}" if detail else "")
+    )

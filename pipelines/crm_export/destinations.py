@@ -271,6 +271,12 @@ class HubSpotDestination(Destination):
         self.id_property = settings.id_property
         self.field_map = FieldMap(settings.field_map, settings.flat_separator)
 
+    @property
+    def keys_case_insensitive(self) -> bool:
+        """HubSpot compares emails case-insensitively: upserting by ``email`` matches ``A@x.com`` and
+        ``a@x.com`` to one contact."""
+        return self.id_property == "email"
+
     def encode(
         self, records: Sequence[dict[str, Any]]
     ) -> tuple[dict[str, Any], list[str], list[dict[str, Any]]]:

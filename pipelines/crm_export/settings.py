@@ -29,6 +29,19 @@ UNION_FIELDS = ("string_value", "int_value", "float_value", "double_value", "boo
 #: The CRMs the export speaks (``pipelines.crm_export.destinations``).
 DestinationName = Literal["generic", "hubspot", "braze"]
 
+#: The version of what the pipeline makes of a row: the shaping (``users.py``) and each destination's
+#: request body (``destinations.py``). It is part of every row's fingerprint in the sync state, so that
+#: a change of what would be sent sends every row again. Bump it with any change of that output:
+#: tests/crm_export/test_shaping_version.py fails until you do (docs/crm-export.md, "Sync state").
+SHAPING_VERSION = 1
+#: Prefix of the columns the export's plan adds to each row it sends; they are never sent to the CRM.
+PLAN_COLUMN_PREFIX = "_crm_sync_"
+#: The plan's fingerprint of a row (hex MD5 of what is sent for it), recorded in the sync state when the
+#: CRM accepts the row.
+FINGERPRINT_COLUMN = PLAN_COLUMN_PREFIX + "fingerprint"
+#: Set on a row whose key another row of the shard has (the one exported): the row is dead-lettered.
+DUPLICATE_OF_COLUMN = PLAN_COLUMN_PREFIX + "duplicate_of"
+
 
 @dataclass(frozen=True)
 class Flag:
@@ -300,6 +313,8 @@ class Destination(abc.ABC):
     dead-letter entries for records it cannot send (they are left out of the payload).
     ``connect(api_key, timeout, max_in_flight)`` opens the client (``timeout``: (connect, read) seconds).
     ``key_permission``: what the key must be allowed, named in the error when the CRM refuses it.
+    ``keys_case_insensitive``: the CRM takes two keys that differ in case only for one record (HubSpot's
+    email): the sync state and the shard's duplicates compare them lowercased.
     """
 
     name: ClassVar[str]
@@ -309,6 +324,10 @@ class Destination(abc.ABC):
 
     def __init__(self, settings: PipelineSettings):
         self.settings = settings
+
+    @property
+    def keys_case_insensitive(self) -> bool:
+        return False
 
     @abc.abstractmethod
     def encode(self, records: Sequence[dict[str, Any]]) -> tuple[Any, list[str], list[dict[str, Any]]]: ...

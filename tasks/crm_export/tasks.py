@@ -2,26 +2,29 @@
 its key are named by their block): the source, ``CrmSettings``, the runner.
 
 The shard is resolved once per flow run; launch and poll are separate tasks that never cache, so a
-retry really looks again (docs/crm-export.md, "Launch and poll"). Tasks retry transient errors only.
+retry really looks again (docs/crm-export.md, "Launch and poll"); the sync state is planned at launch
+and recorded after a DONE job ("Sync state"). Tasks retry transient errors only.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from google.api_core import exceptions as google_exceptions
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from pipelines.crm_export.accounting import ExportMetrics
 from pipelines.crm_export.api_key import ApiKey
+from pipelines.crm_export.destinations import destination_for
 from pipelines.crm_export.settings import DestinationSettings, PipelineSettings, SendSettings
+from pipelines.transport import plaintext_to_another_host
 from tasks.common import ONCE_PER_FLOW_RUN, ProgressReport, load_block
-from tasks.crm_export.diff import ExportState, check_shard_fields, plan_export, read_state, write_state
 from tasks.crm_export.jobs import (
     JobInfo,
     JobLauncher,
@@ -33,6 +36,25 @@ from tasks.crm_export.jobs import (
     poll_job,
 )
 from tasks.crm_export.secrets import load_crm_block, read_api_key
+from tasks.crm_export.sync_state import (
+    PLAN_LABEL,
+    DiffSql,
+    ExportInProgressError,
+    PendingExport,
+    RecordedExport,
+    RecordResult,
+    ShardInfo,
+    SyncState,
+    check_shard,
+    export_fingerprint,
+    invalidate,
+    plan_export,
+    read_state,
+    record_accepted,
+    record_export,
+    sent_fields,
+    write_state,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +80,11 @@ def _shard_date(suffix: str) -> dt.date | None:
 
 
 class BigQuerySource(BaseModel):
-    """The BigQuery date-sharded table ``{project}.{dataset}.{prefix}_{YYYYMMDD}`` the export reads."""
+    """The BigQuery date-sharded table ``{project}.{dataset}.{prefix}_{YYYYMMDD}`` the export reads, and the
+    dataset of its sync state (docs/crm-export.md, "Sync state")."""
 
     kind: Literal["bigquery"] = "bigquery"
-    project: str = Field(description="GCP project of the dataset")
+    project: str = Field(description="GCP project of the dataset (and of the BigQuery jobs)")
     dataset: str = Field(description="BigQuery dataset holding the shards")
     table_prefix: str = Field(description="shard name before _YYYYMMDD, e.g. crm_users")
     gcp_credentials_block: str | None = Field(
@@ -69,21 +92,74 @@ class BigQuerySource(BaseModel):
     )
     diff_dataset: str | None = Field(
         default=None,
-        description="dataset of the diff sync's tables of rows to send, <prefix>_changed_YYYYMMDD, kept 30 days "
-        "(default: the shards' dataset)",
+        description="dataset of the sync state (<pipeline>_sync_state) and of the plans (the rows each job "
+        "sends, <pipeline>_plan_YYYYMMDD, kept 30 days); the flow's identity creates and writes tables "
+        "there (default: the shards' dataset)",
+    )
+    dedupe_order_by: str | None = Field(
+        default=None,
+        description="when the shard holds a key more than once, the row with the greatest value of this "
+        "column is exported (e.g. updated_at) and the others are dead-lettered as duplicates; ties, and "
+        "without it: the greatest fingerprint",
+    )
+    api_endpoint: str | None = Field(
+        default=None,
+        description="BigQuery REST endpoint, e.g. a Private Service Connect endpoint (default: Google's); "
+        "http:// only for an emulator on this machine, reached without credentials",
+    )
+    storage_api_endpoint: str | None = Field(
+        default=None,
+        description="BigQuery Storage Read API endpoint the job reads with, host:port or https:// (default: "
+        "Beam's ReadFromBigQuery at Google's); http:// only for an emulator on this machine",
     )
 
+    @field_validator("api_endpoint", "storage_api_endpoint")
+    @classmethod
+    def _plaintext_only_to_loopback(cls, endpoint: str | None, info: Any) -> str | None:
+        if endpoint and plaintext_to_another_host(endpoint):
+            raise ValueError(
+                f"{info.field_name} {endpoint!r}: http:// is for an emulator on this machine (a loopback "
+                "host) only; BigQuery and its endpoints take https://"
+            )
+        return endpoint
+
+    @model_validator(mode="after")
+    def _no_credentials_over_plaintext(self) -> BigQuerySource:
+        if self.gcp_credentials_block and (self.api_endpoint or "").startswith("http://"):
+            raise ValueError(
+                f"gcp_credentials_block {self.gcp_credentials_block!r} with the plaintext api_endpoint "
+                f"{self.api_endpoint!r}: credentials are never sent over http://; drop one of the two"
+            )
+        return self
+
     def table(self, shard: dt.date) -> str:
-        return f"{self.project}:{self.dataset}.{self.table_prefix}_{shard:%Y%m%d}"
+        """The shard's table, ``project.dataset.table``."""
+        return f"{self.project}.{self.dataset}.{self.table_prefix}_{shard:%Y%m%d}"
 
-    def location(self, shard: dt.date) -> str:
-        """Where the shard is, as the export state records it: its table ``project:dataset.table``."""
-        return self.table(shard)
+    def state_table(self, pipeline_name: str) -> str:
+        """The pipeline's sync state table, ``project.<diff dataset>.<pipeline>_sync_state``."""
+        return f"{self.project}.{self.diff_dataset or self.dataset}.{_table_name(pipeline_name)}_sync_state"
 
-    def _client(self) -> Any:
+    def plan_table(self, pipeline_name: str, shard: dt.date) -> str:
+        """The table of the rows a job sends, ``project.<diff dataset>.<pipeline>_plan_YYYYMMDD``."""
+        return f"{self.project}.{self.diff_dataset or self.dataset}.{_table_name(pipeline_name)}_plan_{shard:%Y%m%d}"
+
+    def client(self) -> Any:
+        """A google-cloud-bigquery client of ``project``: the GCP Credentials block's credentials, else
+        the environment's (ADC); anonymous on a plaintext (emulator) endpoint.
+
+        Raises ``tasks.common.BlockNotFoundError`` naming a missing credentials block."""
         from google.cloud import bigquery
 
-        credentials = None
+        credentials, options = None, None
+        if self.api_endpoint:
+            from google.api_core.client_options import ClientOptions
+
+            options = ClientOptions(api_endpoint=self.api_endpoint)
+            if self.api_endpoint.startswith("http://"):
+                from google.auth.credentials import AnonymousCredentials
+
+                credentials = AnonymousCredentials()
         if self.gcp_credentials_block:
             from prefect_gcp import GcpCredentials
 
@@ -91,13 +167,13 @@ class BigQuerySource(BaseModel):
             credentials = load_block(
                 GcpCredentials, self.gcp_credentials_block, needed_by=needed_by
             ).get_credentials_from_service_account()
-        return bigquery.Client(project=self.project, credentials=credentials)
+        return bigquery.Client(project=self.project, credentials=credentials, client_options=options)
 
     def shards(self) -> list[dt.date]:
         """Dates of the existing shards (``tables.list`` of the dataset), oldest first."""
         prefix = f"{self.table_prefix}_"
         dates = []
-        for table in self._client().list_tables(f"{self.project}.{self.dataset}"):
+        for table in self.client().list_tables(f"{self.project}.{self.dataset}"):
             if table.table_id.startswith(prefix) and (date := _shard_date(table.table_id[len(prefix) :])):
                 dates.append(date)
         return sorted(dates)
@@ -105,43 +181,10 @@ class BigQuerySource(BaseModel):
     def where(self) -> str:
         return f"BigQuery dataset {self.project}.{self.dataset} (tables {self.table_prefix}_YYYYMMDD)"
 
-    def columns(self, shard: dt.date) -> list[str]:
-        """The shard's columns, a RECORD's fields as dotted names (``tables.get``)."""
-        from tasks.crm_export.diff import schema_columns
 
-        return schema_columns(self._client().get_table(self.table(shard).replace(":", ".")).schema)
-
-
-class LocalSource(BaseModel):
-    """Newline-delimited JSON files ``{directory}/{prefix}_{YYYYMMDD}.jsonl`` shaped as the BigQuery rows."""
-
-    kind: Literal["local"] = "local"
-    directory: Path = Field(description="directory of the shard files")
-    table_prefix: str = Field(description="file name before _YYYYMMDD.jsonl")
-
-    def path(self, shard: dt.date) -> Path:
-        return self.directory / f"{self.table_prefix}_{shard:%Y%m%d}.jsonl"
-
-    def location(self, shard: dt.date) -> str:
-        """Where the shard is, as the export state records it: its file's absolute path."""
-        return str(self.path(shard).resolve())
-
-    def shards(self) -> list[dt.date]:
-        prefix = f"{self.table_prefix}_"
-        dates = []
-        for path in self.directory.glob(f"{prefix}*.jsonl"):
-            if date := _shard_date(path.stem[len(prefix) :]):
-                dates.append(date)
-        return sorted(dates)
-
-    def where(self) -> str:
-        return f"directory {self.directory} (files {self.table_prefix}_YYYYMMDD.jsonl)"
-
-    def columns(self, shard: dt.date) -> list[str]:
-        """The columns of the shard's first row that is a JSON object."""
-        from tasks.crm_export.diff import file_columns
-
-        return file_columns(self.path(shard))
+def _table_name(pipeline_name: str) -> str:
+    """A pipeline name as part of a BigQuery table name: lowercase letters, digits and ``_``."""
+    return re.sub(r"[^a-z0-9]+", "_", pipeline_name.lower()).strip("_")
 
 
 class CrmSettings(SendSettings):
@@ -175,7 +218,6 @@ class LocalRunnerSettings(BaseModel):
     )
 
 
-Source = Annotated[BigQuerySource | LocalSource, Field(discriminator="kind")]
 RunnerSettings = Annotated[DataflowRunnerSettings | LocalRunnerSettings, Field(discriminator="kind")]
 
 
@@ -197,7 +239,7 @@ def make_launcher(runner: DataflowRunnerSettings | LocalRunnerSettings) -> JobLa
     return DataflowLauncher(options)
 
 
-def resolve_shard(source: BigQuerySource | LocalSource, shard_date: dt.date | None) -> dt.date:
+def resolve_shard(source: BigQuerySource, shard_date: dt.date | None) -> dt.date:
     """The shard to export: ``shard_date`` (it must exist), or the latest shard when it is None.
 
     Raises ``ShardNotFoundError`` naming the source and listing the newest shards.
@@ -227,7 +269,7 @@ def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 
 @task(cache_policy=ONCE_PER_FLOW_RUN, persist_result=True, retries=3, retry_condition_fn=retry_if_transient)
-def resolve_export_shard(source: BigQuerySource | LocalSource, shard_date: dt.date | None) -> dt.date:
+def resolve_export_shard(source: BigQuerySource, shard_date: dt.date | None) -> dt.date:
     """Prefect task over ``resolve_shard``, cached per flow run: a retried run keeps its shard."""
     return resolve_shard(source, shard_date)
 
@@ -246,35 +288,42 @@ def read_crm_api_key(block: str) -> ApiKey:
 
 
 @task(cache_policy=NO_CACHE, retries=3, retry_condition_fn=retry_if_transient)
-def check_export_fields(
-    source: BigQuerySource | LocalSource, shard: dt.date, crm: PipelineSettings, block: str
-) -> None:
-    """Fail, before anything is sent, if the field map of the CRM's ``block`` or the key names a field the
-    shard lacks (``tasks.crm_export.diff.ShardFieldError``)."""
-    check_shard_fields(crm, source.columns(shard), f"shard {shard:%Y%m%d} of {source.where()}", block)
-
-
-@task(cache_policy=NO_CACHE, retries=3, retry_condition_fn=retry_if_transient)
-def read_export_state(pipeline_name: str) -> ExportState | None:
-    """The pipeline's last DONE export (Prefect Variable ``crm_export_<pipeline>``), None before the first."""
-    return read_state(pipeline_name)
-
-
-@task(cache_policy=NO_CACHE, retries=3, retry_condition_fn=retry_if_transient)
-def write_export_state(pipeline_name: str, state: ExportState) -> None:
-    """Record a DONE export as the base of the next diff."""
-    write_state(pipeline_name, state)
+def check_export_shard(
+    source: BigQuerySource, shard: dt.date, crm: PipelineSettings, block: str
+) -> ShardInfo:
+    """Fail before anything is launched if the shard lacks the key or a field of the field map of the CRM's
+    ``block`` (``ShardFieldError``), its key column is not STRING/INT64 or misses keys (``ShardKeyError``),
+    or it is empty (``ShardEmptyError``): ``tasks.crm_export.sync_state.check_shard``."""
+    return check_shard(source.client(), source.table(shard), crm, block)
 
 
 class PlanRequest(BaseModel):
-    """What the export's plan needs (``tasks.crm_export.diff.plan_export``): made only when a job is submitted."""
+    """What an export's plan needs (``tasks.crm_export.sync_state``): made only when a job is submitted.
+    ``accepted_prefix``: where the job writes its accepted records."""
 
-    source: Source
+    source: BigQuerySource
     shard: dt.date
     crm: PipelineSettings
-    state: ExportState | None
+    key_type: str
     full_resync: bool
-    work_prefix: str
+    pipeline_name: str
+    accepted_prefix: str
+
+
+def diff_sql(
+    source: BigQuerySource, shard: dt.date, crm: PipelineSettings, key_type: str, pipeline_name: str
+) -> DiffSql:
+    """The diff sync statements of one export (``tasks.crm_export.sync_state.DiffSql``)."""
+    return DiffSql(
+        shard=source.table(shard),
+        state=source.state_table(pipeline_name),
+        key_field=crm.key_field,
+        key_type=key_type,
+        fields=sent_fields(crm),
+        settings=export_fingerprint(crm),
+        order_by=source.dedupe_order_by,
+        casefold=destination_for(crm).keys_case_insensitive,
+    )
 
 
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=30, retry_condition_fn=retry_if_transient)
@@ -284,31 +333,173 @@ def launch_export_job(
     pipeline_args: list[str],
     labels: dict[str, str],
     api_key: ApiKey,
-    force: bool = False,
-    plan: PlanRequest | None = None,
+    force: bool,
+    plan: PlanRequest,
 ) -> LaunchResult:
     """Adopt, skip or submit the export's job (``tasks.crm_export.jobs.launch_job``); returns what it did.
 
-    ``plan``: planned (full or diff) just before a submit, adding the input, the plan's figures and the
-    labels ``sync``/``sync-base`` to the job; ``pipeline_args`` then hold no input.
+    Just before a submit (never for an adopted or skipped job) the export is planned against the sync
+    state: an earlier export still waiting to be recorded is recorded first (or, if it is still running,
+    ``ExportInProgressError``), the rows to send are written to the plan table, the export becomes the
+    state's ``pending`` one and its keys leave the state; the job gets the plan table as its input, the
+    plan's figures and the labels ``sync`` and ``sync-plan``.
     """
     logger = get_run_logger()
+    launcher = make_launcher(runner)
     spec = JobSpec(name=name, pipeline_args=tuple(pipeline_args), labels=labels, api_key=api_key)
 
     def prepare() -> tuple[list[str], dict[str, str]]:
+        client = plan.source.client()
+        sql = diff_sql(plan.source, plan.shard, plan.crm, plan.key_type, plan.pipeline_name)
+        state = settle_pending(read_state(plan.pipeline_name, logger), launcher, client, sql, logger)
         made = plan_export(
-            plan.source, plan.shard, plan.crm, plan.state, plan.full_resync, plan.work_prefix, labels
+            client,
+            sql,
+            plan.source.plan_table(plan.pipeline_name, plan.shard),
+            state,
+            plan.full_resync,
+            labels,
         )
         logger.info(
-            "Export plan: %s (%s); %s of %s rows to send",
+            "Export plan: %s (%s); %s of %s rows to send (%s duplicates), %s unchanged, %s keys removed from "
+            "the source (kept in the CRM)",
             made.mode,
             made.reason,
             f"{made.rows_to_send:,}",
             f"{made.rows_in_shard:,}",
+            f"{made.duplicates:,}",
+            f"{made.unchanged:,}",
+            f"{made.removed_from_source:,}",
         )
+        pending = PendingExport(
+            plan_id=made.plan_id,
+            job_name=name,
+            shard_date=plan.shard,
+            accepted_prefix=plan.accepted_prefix,
+            planned_at=dt.datetime.now(dt.UTC),
+        )
+        last = state.last_export if state else None
+        write_state(
+            plan.pipeline_name,
+            SyncState(table=sql.state, settings_fingerprint=sql.settings, pending=pending, last_export=last),
+        )
+        invalidate(client, sql, made)
         return made.pipeline_args(), made.job_labels()
 
-    return launch_job(make_launcher(runner), spec, force=force, log=logger, prepare=prepare if plan else None)
+    return launch_job(launcher, spec, force=force, log=logger, prepare=prepare)
+
+
+def settle_pending(
+    state: SyncState | None, launcher: JobLauncher, client: Any, sql: DiffSql, log: Any
+) -> SyncState | None:
+    """Settle the export the state still waits for before another is planned: record its accepted
+    records if its job is DONE (its flow run did not), forget it if its job ended otherwise or was never
+    submitted (the keys it was to send are out of the state: they go out with the next export).
+
+    Raises ``ExportInProgressError`` if its job is still running.
+    """
+    pending = state.pending if state else None
+    if pending is None:
+        return state
+    jobs = [
+        job for job in launcher.list_jobs(pending.job_name) if job.labels.get(PLAN_LABEL) == pending.plan_id
+    ]
+    running = [job for job in jobs if not job.terminal]
+    if running:
+        raise ExportInProgressError(
+            f"job {running[0].name} ({running[0].id}) of shard {pending.shard_date} is still "
+            f"{running[0].state.value}: a second export now would race it for the same users; wait for it (a "
+            "run of its shard adopts it) or cancel it"
+        )
+    done = [job for job in jobs if job.state is JobState.DONE]
+    if done:
+        recorded = record_accepted(client, sql, pending.accepted_prefix, pending.shard_date)
+        log.info(
+            "Recorded job %s (%s)'s %s accepted records in the sync state, which its flow run had not",
+            done[0].name,
+            done[0].id,
+            f"{recorded:,}",
+        )
+        last = RecordedExport(
+            job_name=done[0].name,
+            job_id=done[0].id,
+            shard_date=pending.shard_date,
+            records_recorded=recorded,
+            recorded_at=dt.datetime.now(dt.UTC),
+        )
+    else:
+        log.info(
+            "Job %s planned at %s did not finish (%s): the keys it was to send are not in the sync state and "
+            "go out with this export",
+            pending.job_name,
+            pending.planned_at,
+            ", ".join(job.state.value for job in jobs) or "never submitted",
+        )
+        last = state.last_export
+    return state.model_copy(update={"pending": None, "last_export": last})
+
+
+@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=30, retry_condition_fn=retry_if_transient)
+def record_sync_state(
+    source: BigQuerySource,
+    shard: dt.date,
+    crm: PipelineSettings,
+    key_type: str,
+    pipeline_name: str,
+    job: JobInfo,
+) -> RecordResult | None:
+    """Record the accepted records of the DONE ``job`` in the sync state if it is the state's pending
+    export (``tasks.crm_export.sync_state.record_export``); None if it is not: recorded already, or a
+    later export was planned since (its keys then go out with that one)."""
+    logger = get_run_logger()
+    state = read_state(pipeline_name, logger)
+    pending = state.pending if state else None
+    if pending is None or job.labels.get(PLAN_LABEL) != pending.plan_id:
+        if state and state.last_export and state.last_export.job_id == job.id:
+            logger.info("Job %s's accepted records are in the sync state already", job.id)
+        else:
+            logger.warning(
+                "Job %s (%s) is not the export the sync state waits for (%s): its accepted records are not "
+                "recorded; the keys it sent go out again with the next export",
+                job.name,
+                job.id,
+                f"job {pending.job_name}" if pending else "none",
+            )
+        return None
+    client = source.client()
+    result = record_export(
+        client, diff_sql(source, shard, crm, key_type, pipeline_name), pending.accepted_prefix, shard
+    )
+    last = RecordedExport(
+        job_name=job.name,
+        job_id=job.id,
+        shard_date=shard,
+        records_recorded=result.recorded,
+        recorded_at=dt.datetime.now(dt.UTC),
+    )
+    write_state(pipeline_name, state.model_copy(update={"pending": None, "last_export": last}))
+    logger.info(
+        "Recorded %s accepted records of job %s in the sync state %s",
+        f"{result.recorded:,}",
+        job.id,
+        state.table,
+    )
+    return result
+
+
+@task(cache_policy=NO_CACHE, retries=3, retry_condition_fn=retry_if_transient)
+def release_sync_state(pipeline_name: str, job: JobInfo) -> None:
+    """After ``job`` ended other than DONE: the state no longer waits for it (the keys it was to send stay
+    out of the state and go out with the next export)."""
+    logger = get_run_logger()
+    state = read_state(pipeline_name, logger)
+    if state and state.pending and job.labels.get(PLAN_LABEL) == state.pending.plan_id:
+        write_state(pipeline_name, state.model_copy(update={"pending": None}))
+        logger.info(
+            "Job %s ended %s: the keys it was to send are not in the sync state and go out with the next export",
+            job.id,
+            job.state.value,
+        )
 
 
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=60, retry_condition_fn=retry_if_transient)

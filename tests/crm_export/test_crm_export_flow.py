@@ -1,5 +1,6 @@
-"""The crm_export flow on the local launcher into the generic endpoint: launch/poll idempotence, crashes,
-bad input, no secret leaks (the key in the CRM's block, or in a secret block it names)."""
+"""The crm_export flow from the BigQuery emulator on the local launcher into the generic endpoint:
+launch/poll idempotence, crashes, bad input, no secret leaks (the key in the CRM's block, or in a secret
+block it names)."""
 
 from __future__ import annotations
 
@@ -21,13 +22,14 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 
 from blocks import GenericCrmEndpoint
 from devstack.crm import CrmStandIn, FaultConfig
-from devstack.user_rows import write_user_rows
+from devstack.user_rows import load_shard, shard_rows
 from flows.crm_export.export import crm_export
 from tasks.common import BlockNotFoundError
 from tasks.crm_export.jobs import JobState
 from tasks.crm_export.launchers.local import LocalLauncher
 from tasks.crm_export.secrets import SecretBlockNotFoundError
-from tasks.crm_export.tasks import CrmSettings, LocalRunnerSettings, LocalSource, ShardNotFoundError
+from tasks.crm_export.sync_state import ShardEmptyError, ShardKeyError
+from tasks.crm_export.tasks import BigQuerySource, CrmSettings, LocalRunnerSettings, ShardNotFoundError
 
 API_KEY = "sk-live-9c1d7e55-leakcheck"
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,19 +54,33 @@ def inline_key_block(crm):
     return crm_block(crm.batch_url, api_key=API_KEY)
 
 
+def emulator_source(bigquery, dataset: str, **fields) -> BigQuerySource:
+    """The shards ``<dataset>.users_YYYYMMDD`` on the BigQuery emulator."""
+    project, dataset = dataset.split(".")
+    return BigQuerySource(
+        project=project,
+        dataset=dataset,
+        table_prefix="users",
+        api_endpoint=bigquery.url,
+        storage_api_endpoint=bigquery.storage_url,
+        **fields,
+    )
+
+
 @pytest.fixture
-def export(tmp_path, crm, inline_key_block):
-    """Parameters of a local export of a generated shard, and the paths it writes."""
+def export(tmp_path, crm, inline_key_block, bigquery, bigquery_dataset):
+    """Parameters of a local export of a generated shard on the BigQuery emulator, and the paths it writes."""
     crm.configure(**FaultConfig().to_dict())
     crm.reset()
-    shards = tmp_path / "shards"
-    write_user_rows(shards / "users_20261116.jsonl", 3_000, invalid_every=500)
+    load_shard(bigquery.client(), f"{bigquery_dataset}.users_20261116", shard_rows(3_000, invalid_every=500))
     params = {
-        "source": LocalSource(directory=shards, table_prefix="users"),
+        "source": emulator_source(bigquery, bigquery_dataset),
         "crm": CrmSettings(block=inline_key_block, batch_size=500),
         "runner": LocalRunnerSettings(registry_dir=tmp_path / "jobs"),
         "dead_letter_location": str(tmp_path / "dead-letters"),
         "poll": {"interval_seconds": 0.2, "timeout_seconds": 300},
+        # The sync state's Variable is the workspace's, shared by the tests running at once: one each.
+        "pipeline_name": f"crm-test-{uuid.uuid4().hex[:8]}",
     }
     return params
 
@@ -74,27 +90,39 @@ def jobs(params) -> list:
     return [launcher.read(p.stem) for p in sorted(launcher.jobs_dir.glob("*.json"))]
 
 
-def test_exports_the_latest_shard_and_publishes_the_summary(export, crm):
-    write_user_rows(export["source"].directory / "users_20261109.jsonl", 10)  # an older shard
+def test_exports_the_latest_shard_and_publishes_the_summary(export, crm, bigquery):
+    load_shard(
+        bigquery.client(), export["source"].table(dt.date(2026, 11, 9)), shard_rows(10)
+    )  # an older shard
     state = crm_export(**export, return_state=True)
     summary = state.result()
-    assert summary.shard_date == dt.date(2026, 11, 16) and summary.job_name == "crm-export-20261116"
+    name = f"{export['pipeline_name']}-20261116"
+    assert summary.shard_date == dt.date(2026, 11, 16) and summary.job_name == name
     assert summary.launch == "submitted" and summary.state == "JOB_STATE_DONE"
     assert summary.records_read == 3_000
     assert summary.records_accepted == crm.stats()["distinct_users"] == 2_994
     assert summary.records_dead_lettered == summary.records_rejected == 6
     assert summary.batch_size.max <= 500 and summary.batches == 6
     assert summary.http_status == {200: 6} and summary.estimated_cost is None  # no faults; local runner
-    dead = list(Path(summary.dead_letter_prefix).parent.glob("*.jsonl"))
+    assert summary.dead_letter_reasons == {"email_is_not_a_valid_email_address": 6}
+    assert summary.records_recorded == 2_994 and summary.out_of_sync == 6  # the 6 the CRM did not take
+    assert summary.sync == "full" and summary.sync_state == export["source"].state_table(
+        export["pipeline_name"]
+    )
+    dead = list(Path(summary.dead_letter_prefix).parent.glob("dead-letter-*.jsonl"))
     assert sum(len(f.read_text().splitlines()) for f in dead) == 6
     (job,) = jobs(export)
     assert job["labels"]["shard-date"] == "2026-11-16" and job["labels"]["prefect-flow-run-id"]
     with get_client(sync_client=True) as client:
         run_id = state.state_details.flow_run_id
         of_run = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
-        artifacts = [a for a in client.read_artifacts(artifact_filter=of_run) if a.key == "crm-export"]
+        artifacts = [
+            a for a in client.read_artifacts(artifact_filter=of_run) if a.key == export["pipeline_name"]
+        ]
         progress = [
-            a for a in client.read_artifacts(artifact_filter=of_run) if a.key == "crm-export-progress"
+            a
+            for a in client.read_artifacts(artifact_filter=of_run)
+            if a.key == f"{export['pipeline_name']}-progress"
         ]
         persisted = client.read_flow_run(run_id).state.result()
     assert persisted == summary  # the flow's result, read back from result storage
@@ -103,7 +131,7 @@ def test_exports_the_latest_shard_and_publishes_the_summary(export, crm):
     assert "| HTTP statuses | 200: 6 |" in artifacts[-1].data
     assert [(p.type, p.data) for p in progress] == [("progress", 100.0)]
     assert progress[0].description == (
-        "CRM export job `crm-export-20261116`; 3,000 of 3,000 records read; JOB_STATE_DONE"
+        f"CRM export job `{name}`; 3,000 of 3,000 records read; JOB_STATE_DONE"
     )
 
 
@@ -112,14 +140,19 @@ def test_a_done_shard_is_skipped_unless_forced(export, crm):
     again = crm_export(**export)
     assert again.launch == "skipped" and len(jobs(export)) == 1
     assert again.records_accepted == 2_994  # the summary of the job that did the export
+    assert again.records_recorded is None  # recorded by the first run
     forced = crm_export(**export, force=True)
     assert forced.launch == "submitted" and len(jobs(export)) == 2
+    # A forced export sends what the CRM does not hold as it is: the 6 it rejected.
+    assert forced.records_unchanged == 2_994 and forced.records_read == 6
+    resynced = crm_export(**export, force=True, full_resync=True)
+    assert resynced.records_read == 3_000 and resynced.sync == "full"
     assert crm.stats()["replays"] == 0  # a forced export is sent again, not dropped as a replay
 
 
 @pytest.mark.slow(seconds=15)
 def test_a_killed_flow_run_is_adopted_by_the_next_run_one_job_in_total(export, crm, tmp_path):
-    crm.configure(slow_rate=1.0, slow_seconds=4.0)  # 6 batches, 4 in flight: the job runs ≥ 8 s
+    crm.configure(slow_rate=1.0, slow_seconds=8.0)  # 6 batches, 4 in flight: the job runs ≥ 16 s
     params = tmp_path / "params.json"
     params.write_text(
         json.dumps(
@@ -149,6 +182,7 @@ def test_a_killed_flow_run_is_adopted_by_the_next_run_one_job_in_total(export, c
     assert job["state"] == JobState.RUNNING.value  # the job outlived the flow run that launched it
     summary = crm_export(**export)
     assert summary.launch == "adopted" and summary.job_id == job["id"]
+    assert summary.records_recorded == 2_994  # the killed run's plan, recorded by the run that adopted it
     assert len(jobs(export)) == 1
     stats = crm.stats()
     assert stats["distinct_users"] == 2_994 and stats["duplicate_deliveries"] == 0
@@ -162,7 +196,7 @@ def test_a_job_whose_process_died_is_failed_and_the_next_run_submits_again(expor
 
     job_id = launcher.submit(
         JobSpec(
-            name="crm-export-20261116",
+            name=f"{export['pipeline_name']}-20261116",
             pipeline_args=("--input_file=/nonexistent",),
             labels={},
             api_key=ApiKey("x"),
@@ -180,9 +214,9 @@ def test_a_job_whose_process_died_is_failed_and_the_next_run_submits_again(expor
 
 
 def test_a_missing_shard_is_named_with_the_newest_ones(export):
-    import datetime as dt
-
-    with pytest.raises(ShardNotFoundError, match=r"no shard 20261123 in directory .*newest shards: 20261116"):
+    with pytest.raises(
+        ShardNotFoundError, match=r"no shard 20261123 in BigQuery dataset .*newest shards: 20261116"
+    ):
         crm_export(**export, shard_date=dt.date(2026, 11, 23))
     assert jobs(export) == []
 
@@ -202,16 +236,48 @@ def test_a_missing_crm_block_or_secret_block_is_named_and_nothing_runs(export, c
     assert jobs(export) == [] and crm.stats()["requests"] == 0
 
 
-def test_an_unreadable_shard_fails_the_run_with_its_error_before_any_job(export):
-    # The flow reads the shard's columns (to check the field map) and plans the export before it
-    # submits: an unreadable shard fails there, naming the file, and no job is launched.
-    shard = export["source"].path(__import__("datetime").date(2026, 11, 16))
-    shard.unlink()
-    shard.mkdir()  # a directory where the file should be
-    with pytest.raises(OSError) as failure:
+def test_an_empty_shard_or_missing_keys_fail_before_any_job(export, bigquery):
+    from google.cloud.bigquery import SchemaField
+
+    client, table = bigquery.client(), export["source"].table(dt.date(2026, 11, 16))
+    load_shard(client, table, [])
+    with pytest.raises(ShardEmptyError, match=rf"shard {table} has 0 rows: nothing to export"):
         crm_export(**export)
-    assert str(shard) in str(failure.value)
+    rows = list(shard_rows(5))
+    rows[1]["external_id"], rows[3]["external_id"] = None, ""
+    load_shard(client, table, rows)
+    with pytest.raises(
+        ShardKeyError, match=r"2 of the 5 rows of shard .* have a NULL or empty key column 'external_id'"
+    ):
+        crm_export(**export)
+    load_shard(
+        client,
+        table,
+        [{"external_id": 1.5, "email": "a@example.com"}],
+        [
+            SchemaField("external_id", "FLOAT64"),
+            SchemaField("email", "STRING"),
+        ],
+    )
+    with pytest.raises(
+        ShardKeyError, match=r"key column 'external_id' .* is NULLABLE FLOAT.*STRING or INT64"
+    ):
+        crm_export(**export)
     assert jobs(export) == []
+
+
+def test_an_int64_key_is_sent_as_its_string(export, bigquery, crm):
+    from google.cloud.bigquery import SchemaField
+
+    table = export["source"].table(dt.date(2026, 11, 16))
+    rows = [{"external_id": 7 + i, "email": f"u{i}@example.com"} for i in range(3)]
+    load_shard(
+        bigquery.client(), table, rows, [SchemaField("external_id", "INT64"), SchemaField("email", "STRING")]
+    )
+    summary = crm_export(**export)
+    assert summary.records_accepted == 3 and crm.user("8")["attributes"] == {"email": "u1@example.com"}
+    again = crm_export(**export, force=True)
+    assert again.records_unchanged == 3 and again.records_read == 0  # the state holds the string keys
 
 
 def test_the_api_key_reaches_no_parameter_label_log_artifact_result_or_file(export, crm, caplog, tmp_path):
@@ -226,7 +292,9 @@ def test_the_api_key_reaches_no_parameter_label_log_artifact_result_or_file(expo
     Secret(value=API_KEY).save(secret)
     by_reference = crm_block(crm.batch_url, api_key_block=f"secret/{secret}")
     forced = crm_export(
-        **{**export, "crm": export["crm"].model_copy(update={"block": by_reference})}, force=True
+        **{**export, "crm": export["crm"].model_copy(update={"block": by_reference})},
+        force=True,
+        full_resync=True,
     )
     assert forced.records_accepted == 2_994
     # An error path too: a key with a trailing newline is refused without being quoted.
@@ -261,18 +329,20 @@ def test_the_api_key_reaches_no_parameter_label_log_artifact_result_or_file(expo
     assert any(p.suffix == ".log" for p in files) and any(p.name.endswith(".json") for p in files)
 
 
-def test_the_shard_is_resolved_once_per_flow_run(tmp_path):
+def test_the_shard_is_resolved_once_per_flow_run(bigquery, bigquery_dataset):
     from prefect import flow
 
     from tasks.crm_export.tasks import resolve_export_shard
 
-    source = LocalSource(directory=tmp_path, table_prefix="users")
-    write_user_rows(tmp_path / "users_20261109.jsonl", 1)
+    source = emulator_source(bigquery, bigquery_dataset)
+    load_shard(bigquery.client(), source.table(dt.date(2026, 11, 9)), shard_rows(1))
 
     @flow
     def resolve_twice() -> tuple:
         first = resolve_export_shard(source, None)
-        write_user_rows(tmp_path / "users_20261116.jsonl", 1)  # a newer shard lands meanwhile
+        load_shard(
+            bigquery.client(), source.table(dt.date(2026, 11, 16)), shard_rows(1)
+        )  # a newer shard lands
         return first, resolve_export_shard(source, None)
 
     dates = resolve_twice()
@@ -297,8 +367,6 @@ def test_a_missing_dataflow_options_or_gcp_credentials_block_is_named():
 
 
 def test_the_artifact_writes_every_number_with_thousands_separators():
-    import datetime as dt
-
     from flows.crm_export.export import ExportSummary, _markdown
     from pipelines.crm_export.accounting import Distribution
     from tasks.crm_export.jobs import JobState
@@ -309,19 +377,25 @@ def test_the_artifact_writes_every_number_with_thousands_separators():
         job_id="2026-11-30_06_49_05-9ca481e50c5e",
         launch="submitted",
         state=JobState.DONE,
-        sync="diff against 2026-11-09",
+        sync="diff",
         rows_in_shard=210_000,
         records_unchanged=10_000,
+        records_removed_from_source=1_234,
         records_read=200_000,
         records_accepted=199_800,
         records_rejected=196,
         records_malformed=4,
+        records_duplicate=0,
         records_dead_lettered=200,
+        dead_letter_reasons={"invalid_email": 196, "malformed_row": 4},
         batches=40,
         batch_size=Distribution(count=40, sum=199_996, min=4_996, max=5_000),
         requests=42,
         retries=2,
         http_status={200: 40, 502: 2},
+        sync_state="p.crm.crm_export_sync_state",
+        records_recorded=199_800,
+        out_of_sync=200,
         duration_seconds=7.0,
         records_per_second=28_571,
         dead_letter_prefix="/tmp/dead-letter",
@@ -334,4 +408,26 @@ def test_the_artifact_writes_every_number_with_thousands_separators():
     assert (
         "| Accounting | 210,000 rows = 10,000 unchanged + 199,800 accepted + 200 dead-lettered |" in markdown
     )
-    assert "| Requests sent | 42 |" in markdown and "| Sync | diff against 2026-11-09 |" in markdown
+    assert "| Requests sent | 42 |" in markdown
+    assert "| Sync | diff (sync state `p.crm.crm_export_sync_state`) |" in markdown
+    assert "| Removed from the source | 1,234 (kept in the CRM) |" in markdown
+    assert "| Dead letters by reason | invalid_email: 196, malformed_row: 4 |" in markdown
+    assert (
+        "| Sync state | 199,800 accepted records recorded; 200 keys of the shard not held as they are |"
+        in markdown
+    )
+
+
+def test_a_bigquery_source_sends_no_credential_in_plaintext():
+    from pydantic import ValidationError
+
+    fields = {"project": "p", "dataset": "crm", "table_prefix": "users"}
+    with pytest.raises(
+        ValidationError, match=r"api_endpoint 'http://bq.internal:9050': http:// is for an emulator"
+    ):
+        BigQuerySource(**fields, api_endpoint="http://bq.internal:9050")
+    with pytest.raises(ValidationError, match=r"storage_api_endpoint 'http://10.1.2.3:9060'"):
+        BigQuerySource(**fields, storage_api_endpoint="http://10.1.2.3:9060")
+    with pytest.raises(ValidationError, match=r"gcp_credentials_block 'gcp' with the plaintext api_endpoint"):
+        BigQuerySource(**fields, api_endpoint="http://127.0.0.1:9050", gcp_credentials_block="gcp")
+    assert BigQuerySource(**fields, api_endpoint="https://bigquery-psc.p.googleapis.com").api_endpoint

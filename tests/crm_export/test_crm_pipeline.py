@@ -180,12 +180,17 @@ def test_batches_never_exceed_n_and_bad_rows_go_to_the_dead_letter():
         reasons = (
             (rows[DEAD_LETTER], shaped[DEAD_LETTER])
             | beam.Flatten()
-            | beam.Map(lambda d: (d["stage"], d["reason"].split(":")[0]))
+            | beam.Map(
+                lambda d: (d["stage"], d["reason"] if d["stage"] == "shape" else d["reason"].split(":")[0])
+            )
         )
         assert_that(
             reasons,
             equal_to(
-                [("read", "malformed JSON"), ("shape", "row has no 'external_id' (the CRM's record key)")]
+                [
+                    ("read", "malformed JSON"),
+                    ("shape", "malformed row: row has no 'external_id' (the CRM's record key)"),
+                ]
             ),
             label="dead letters",
         )
@@ -446,7 +451,8 @@ def test_bigquery_numeric_and_bytes_are_sent_and_other_values_dead_lettered(fres
         posted += list(sink.finish_bundle())
     finally:
         sink.teardown()
-    assert posted == []  # n1 accepted
+    # n1 accepted (finish_bundle's output is windowed), without a plan's fingerprint
+    assert [o.value for o in posted] == [b'{"key":"n1","fingerprint":null}']
     dead = [o.value for o in shaped if getattr(o, "tag", None) == DEAD_LETTER]
     assert [(d["key"], d["stage"], d["reason"].split(":")[0]) for d in dead] == [("n2", "crm", "not JSON")]
     assert fresh_crm.user("n1")["attributes"] == {"ltv": 12.5, "visits": 3, "tag": "AQI="}
@@ -464,3 +470,79 @@ def test_a_crm_that_acknowledges_fewer_records_than_it_took_dead_letters_them():
     assert outcome.accepted == 0 and outcome.rejected == 3
     reasons = {d["key"]: d["reason"] for d in outcome.dead_letters}
     assert reasons["c"] == "bad email" and "acknowledged 1 of the 2" in reasons["a"]
+
+
+# --- reading a plan table from BigQuery (the emulator's Storage Read API) -------------------------------
+
+
+def test_a_plan_table_is_read_with_the_storage_api_and_what_the_crm_accepts_is_written_with_fingerprints(
+    tmp_path, fresh_crm, bigquery, bigquery_dataset
+):
+    from google.cloud.bigquery import SchemaField
+
+    from devstack.user_rows import load_shard
+    from pipelines.crm_export.settings import DUPLICATE_OF_COLUMN, FINGERPRINT_COLUMN
+
+    table = f"{bigquery_dataset}.plan"
+    rows = [
+        {"external_id": f"u{i}", "email": f"u{i}@example.com", "identity": {"country": "DE"}}
+        for i in range(250)
+    ]
+    rows[7]["email"] = "not-an-email"  # the CRM refuses it
+    for i, row in enumerate(rows):
+        row |= {FINGERPRINT_COLUMN: f"fp{i}", DUPLICATE_OF_COLUMN: None, "_crm_sync_key": row["external_id"]}
+    rows.append({**rows[3], FINGERPRINT_COLUMN: "fp-dup", DUPLICATE_OF_COLUMN: "u3"})  # a second row of u3
+    schema = [
+        SchemaField("external_id", "STRING"),
+        SchemaField("email", "STRING"),
+        SchemaField("identity", "RECORD", fields=[SchemaField("country", "STRING")]),
+        SchemaField(FINGERPRINT_COLUMN, "STRING"),
+        SchemaField(DUPLICATE_OF_COLUMN, "STRING"),
+        SchemaField("_crm_sync_key", "STRING"),
+    ]
+    load_shard(bigquery.client(), table, rows, schema)
+    options = PipelineOptions(
+        [
+            *LOCAL,
+            f"--input_table={table}",
+            f"--bigquery_storage_endpoint={bigquery.storage_url}",
+            f"--crm_url={fresh_crm.batch_url}",
+            "--batch_size=100",
+            f"--dead_letter_prefix={tmp_path / 'dead-letter'}",
+            f"--accepted_prefix={tmp_path / 'accepted'}",
+            "--idempotency_namespace=plan",
+        ]
+    )
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, ApiKey(API_KEY))
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = pipeline_metrics(result).counters
+    check_accounting(counters)
+    assert (counters.records_read, counters.records_accepted, counters.records_duplicate) == (251, 249, 1)
+    assert counters.dead_letter_reasons == {"duplicate_key": 1, "email_is_not_a_valid_email_address": 1}
+    accepted = [
+        orjson.loads(line) for f in tmp_path.glob("accepted-*.jsonl") for line in f.read_bytes().splitlines()
+    ]
+    assert sorted(accepted, key=lambda a: int(a["key"][1:])) == [
+        {"key": f"u{i}", "fingerprint": f"fp{i}"} for i in range(250) if i != 7
+    ]
+    dead = {
+        d["key"]: d
+        for f in tmp_path.glob("dead-letter-*.jsonl")
+        for d in map(orjson.loads, f.read_bytes().splitlines())
+    }
+    assert dead["u3"]["stage"] == "plan" and dead["u3"]["reason"].startswith(
+        "duplicate key: the shard has another row"
+    )
+    # the plan's columns never reach the CRM
+    assert fresh_crm.user("u3")["attributes"] == {"email": "u3@example.com", "identity": {"country": "DE"}}
+    assert fresh_crm.user("u3")["deliveries"] == 1
+
+
+def test_plaintext_reaches_only_an_emulator_on_this_machine():
+    from pipelines.crm_export.bigquery_read import storage_read_client
+
+    with pytest.raises(ValueError, match=r"'http://10.0.0.5:9060': plaintext \(http://\) is for an emulator"):
+        storage_read_client("http://10.0.0.5:9060")
+    assert storage_read_client("http://127.0.0.1:9") is not None  # no connection until it is used

@@ -118,6 +118,7 @@ def test_the_flows_parameters_keep_their_names_and_take_the_deployments_json() -
         "shard_date",
         "force",
         "full_resync",
+        "max_dead_letter_ratio",
         "poll",
         "prices",
         "pipeline_name",

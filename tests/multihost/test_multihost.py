@@ -17,6 +17,7 @@ promise of it):
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import subprocess
@@ -158,13 +159,14 @@ def outcome(stack: MultiHostStack, tmp_path_factory: pytest.TempPathFactory) -> 
 
     from blocks import GenericCrmEndpoint
     from deployments.automations import bootstrap_zombie_automation, zombie_flow_runs_automation
+    from devstack.bigquery_emulator import BigQueryEmulator
     from devstack.crm import CrmStandIn
     from devstack.tableau.config import content_id
-    from devstack.user_rows import write_user_rows
+    from devstack.user_rows import load_shard, shard_rows
     from flows.crm_export.export import crm_export
     from flows.tableau.refresh import refresh_domain
     from tasks.crm_export.launchers.local import LocalLauncher
-    from tasks.crm_export.tasks import CrmSettings, LocalRunnerSettings, LocalSource
+    from tasks.crm_export.tasks import BigQuerySource, CrmSettings, LocalRunnerSettings
 
     tmp = tmp_path_factory.mktemp("scenario")
     result = Outcome()
@@ -202,11 +204,19 @@ def outcome(stack: MultiHostStack, tmp_path_factory: pytest.TempPathFactory) -> 
     dead_domains = write_domains(tmp / "deadhost.yaml", "deadhost", {f"k{i}": [f"k{i}"] for i in range(3)})
     blocker = dead_site.site.refresh("datasource", content_id("datasource", "Ops", "blocker"), False)
 
-    # The CRM export: a shard, the API key block, and a job registry both hosts reach.
+    # The CRM export: a shard in the BigQuery emulator, the API key block, and a job registry both hosts reach.
+    bigquery = BigQueryEmulator().start()
+    source = BigQuerySource(
+        project=bigquery.project,
+        dataset="crm",
+        table_prefix="users",
+        api_endpoint=bigquery.url,
+        storage_api_endpoint=bigquery.storage_url,
+    )
+    load_shard(bigquery.client(), source.table(dt.date(2026, 11, 16)), shard_rows(3_000))
     crm = CrmStandIn(api_key=API_KEY, db_path=tmp / "crm.sqlite3").start()
     # Held until released: 60 batches, 4 in flight, 20 s each, i.e. 5 minutes unless released.
     crm.configure(slow_rate=1.0, slow_seconds=20.0)
-    write_user_rows(tmp / "shards" / "users_20261116.jsonl", 3_000)
     secret = f"crm-api-key-{uuid.uuid4().hex[:6]}"
     Secret(value=API_KEY).save(secret)
     GenericCrmEndpoint(url=crm.batch_url, api_key_block=f"secret/{secret}").save(secret)
@@ -248,9 +258,7 @@ def outcome(stack: MultiHostStack, tmp_path_factory: pytest.TempPathFactory) -> 
                 name="crm",
                 work_queue_name="host-a",
                 parameters={
-                    "source": LocalSource(directory=tmp / "shards", table_prefix="users").model_dump(
-                        mode="json"
-                    ),
+                    "source": source.model_dump(mode="json"),
                     "crm": CrmSettings(block=f"generic-crm-endpoint/{secret}", batch_size=100).model_dump(
                         mode="json"
                     ),
@@ -380,6 +388,7 @@ def outcome(stack: MultiHostStack, tmp_path_factory: pytest.TempPathFactory) -> 
                 )
             finally:
                 crm.stop()
+                bigquery.stop()
                 contention_site.stop()
                 dead_site.stop()
     return result
