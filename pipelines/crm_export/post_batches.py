@@ -54,7 +54,9 @@ class EncodedBatch(NamedTuple):
     fingerprints: list[str | None]
 
 
-def accepted_lines(keys: Sequence[str], fingerprints: Sequence[str | None], positions: Sequence[int]) -> bytes:
+def accepted_lines(
+    keys: Sequence[str], fingerprints: Sequence[str | None], positions: Sequence[int]
+) -> bytes:
     """The accepted records at ``positions`` as JSON lines ``{"key", "fingerprint"}`` (no final newline):
     what the sync state records (``tasks.crm_export.sync_state.ACCEPTED_SCHEMA``).
 
