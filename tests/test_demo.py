@@ -46,12 +46,13 @@ def test_demo_refreshes_every_domain_through_the_pool_without_invalidated_tokens
     assert re.search(r"^finance\s+Failed\s+8/9 refreshed", out, re.M), out
     assert "✗ datasource Finance/Payroll: failed — ODBC error" in out
     assert re.search(r"^401002 answers served:\s+0\b", out, re.M), out
-    assert re.search(r"^records read:\s+200,003$", out, re.M), out
+    assert re.search(r"^records read:\s+50,003$", out, re.M), out
     assert re.search(r"^duplicate deliveries: 0$", out, re.M), out
     assert re.search(r"^second run:\s+skipped", out, re.M), out
-    assert re.search(r"^week 1 \(full\)\s+200,003\s+0\s+199,800\s+203\s", out, re.M), out
-    assert re.search(r"^week 2 \(diff\)\s+201,003\s+190,000\s+10,799\s+204\s", out, re.M), out
-    assert re.search(r"^sync state:\s+\S+\.crm\.crm_export_sync_state: 200,799 keys as HubSpot", out, re.M), (
+    assert re.search(r"^week 1 \(full\)\s+50,003\s+0\s+49,990\s+13\s", out, re.M), out
+    assert re.search(r"^week 2 \(diff\)\s+50,253\s+47,500\s+2,740\s+13\s", out, re.M), out
+    assert re.search(r"^week 1 isolation:\s+[1-9][\d,]* of the [\d,]+ requests split batches", out, re.M), out
+    assert re.search(r"^sync state:\s+\S+\.crm\.crm_export_sync_state: 50,240 keys as HubSpot", out, re.M), (
         out
     )
     assert re.search(r"^accounting:\s+adds up for both weeks$", out, re.M), out

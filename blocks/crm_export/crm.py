@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import re
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -101,12 +101,25 @@ def _http_url(value: str, what: str) -> str:
     return value
 
 
+#: HubSpot's API limits of a private app by the account's tier: (requests per 10 s, requests per day)
+#: (https://developers.hubspot.com/docs/developer-tooling/platform/usage-guidelines). An API limit increase
+#: raises the 10-second limit to 250 and adds 1,000,000 requests a day (two at most).
+HUBSPOT_LIMITS = {
+    "free": (100, 250_000),
+    "starter": (100, 250_000),
+    "professional": (190, 625_000),
+    "enterprise": (190, 1_000_000),
+}
+
+
 class HubSpotCrm(CrmBlock):
     """HubSpot contacts, upserted in batches of up to 100 by a unique property (``idProperty``) through
     ``POST /crm/v3/objects/contacts/batch/upsert``
     (https://developers.hubspot.com/docs/api-reference/legacy/crm/objects/contacts/batch/upsert-contacts),
     with a private app's access token (https://developers.hubspot.com/docs/apps/legacy-apps/private-apps/overview),
-    which needs the scope ``crm.objects.contacts.write``.
+    which needs the scope ``crm.objects.contacts.write``. Its limits are the account's ``tier``'s
+    (``HUBSPOT_LIMITS``; ``api_limit_increases``): the export's workers pace themselves below the
+    10-second limit, and stop when HubSpot says the daily one is reached.
 
     Example:
         ```python
@@ -142,13 +155,38 @@ class HubSpotCrm(CrmBlock):
     )
     id_property: str = Field(
         description="The unique contact property the key column's value is upserted by (HubSpot's idProperty): "
-        "email, or a custom property with unique values such as external_id.",
+        "email, or a custom contact property created with unique values required, such as external_id.",
     )
     field_map: dict[str, str] = Field(description=FIELD_MAP_DESCRIPTION)
+    tier: Literal["free", "starter", "professional", "enterprise"] = Field(
+        default="starter",
+        description="The HubSpot account's subscription tier, which sets the private app's API limits: free "
+        "and starter 100 requests per 10 s and 250,000 a day; professional 190 and 625,000; enterprise 190 "
+        "and 1,000,000.",
+    )
+    api_limit_increases: int = Field(
+        default=0,
+        ge=0,
+        le=2,
+        description="API limit increases bought (at most two): each makes the 10-second limit 250 and adds "
+        "1,000,000 requests a day.",
+    )
     base_url: str = Field(
         default="https://api.hubapi.com",
         description="HubSpot's API base URL; change it only for a stand-in or a proxy.",
     )
+
+    @field_validator("id_property")
+    @classmethod
+    def _check_id_property(cls, value: str) -> str:
+        if value.strip().lower() == "hs_object_id":
+            raise ValueError(
+                "id_property 'hs_object_id': HubSpot upserts only by a property with unique values, and answers "
+                "'Unable to perform update/upsert by non-unique 0-1 property' for the record ID; use email, or "
+                "a custom contact property created with unique values required (hasUniqueValue), such as "
+                "external_id"
+            )
+        return value
 
     @field_validator("base_url")
     @classmethod
@@ -164,15 +202,30 @@ class HubSpotCrm(CrmBlock):
     def api_url(self) -> str:
         return self.base_url
 
+    def limits(self) -> tuple[int, int]:
+        """(requests per 10 s, requests per day) of the private app: the tier's, with the increases."""
+        per_ten_seconds, per_day = HUBSPOT_LIMITS[self.tier]
+        if self.api_limit_increases:
+            return 250, per_day + 1_000_000 * self.api_limit_increases
+        return per_ten_seconds, per_day
+
     def _extra_settings(self) -> dict[str, Any]:
-        return {"id_property": self.id_property}
+        per_ten_seconds, per_day = self.limits()
+        return {
+            "id_property": self.id_property,
+            "rate_limit_requests": per_ten_seconds,
+            "rate_limit_seconds": 10.0,
+            "daily_request_limit": per_day,
+        }
 
 
 class BrazeCrm(CrmBlock):
     """Braze user profiles, whose attributes are set in batches of up to 75 attributes objects keyed by
     ``external_id`` through ``POST /users/track`` (https://braze.com/docs/api/endpoints/user_data/post_user_track)
     on the instance's REST endpoint (https://braze.com/docs/user_guide/administer/personal/sdk_endpoints/),
-    with a REST API key that has the permission ``users.track``.
+    with a REST API key that has the permission ``users.track``. On a contract priced by monthly active
+    users a request takes 50 objects (``objects_per_request``); the export's workers pace themselves
+    below ``requests_per_3_seconds`` (https://braze.com/docs/api/api_limits).
 
     Example:
         ```python
@@ -207,6 +260,19 @@ class BrazeCrm(CrmBlock):
         "vault-kv-secret/… or kms-encrypted-gcs-secret/….",
     )
     field_map: dict[str, str] = Field(description=FIELD_MAP_DESCRIPTION)
+    objects_per_request: int = Field(
+        default=75,
+        ge=1,
+        le=75,
+        description="Attributes objects per /users/track request: 75 (Braze's limit), or 50 on contracts "
+        "priced by monthly active users (Universal, Web or Mobile MAU).",
+    )
+    requests_per_3_seconds: int = Field(
+        default=3_000,
+        ge=1,
+        description="The /users/track burst limit: 3,000 requests per 3 s; on MAU contracts the API Usage "
+        "Dashboard (Settings > APIs and Identifiers) shows yours.",
+    )
 
     @field_validator("rest_endpoint")
     @classmethod
@@ -221,6 +287,13 @@ class BrazeCrm(CrmBlock):
 
     def api_url(self) -> str:
         return self.rest_endpoint
+
+    def _extra_settings(self) -> dict[str, Any]:
+        return {
+            "objects_per_request": self.objects_per_request,
+            "rate_limit_requests": self.requests_per_3_seconds,
+            "rate_limit_seconds": 3.0,
+        }
 
 
 class GenericCrmEndpoint(CrmBlock):
@@ -257,6 +330,11 @@ class GenericCrmEndpoint(CrmBlock):
     field_map: dict[str, str] = Field(
         default_factory=dict, description=FIELD_MAP_DESCRIPTION + " Empty: the whole record is sent."
     )
+    requests_per_second: int = Field(
+        default=0,
+        ge=0,
+        description="The endpoint's rate limit, which the export's workers pace themselves below; 0: none.",
+    )
 
     @field_validator("url")
     @classmethod
@@ -265,3 +343,6 @@ class GenericCrmEndpoint(CrmBlock):
 
     def api_url(self) -> str:
         return self.url
+
+    def _extra_settings(self) -> dict[str, Any]:
+        return {"rate_limit_requests": self.requests_per_second, "rate_limit_seconds": 1.0}

@@ -251,6 +251,14 @@ class DataflowOptions(Block):
             )
         return path
 
+    def sending_processes(self) -> int | None:
+        """The job's SDK processes at most: ``max_num_workers`` × the vCPUs of ``machine_type`` (Dataflow runs
+        one Python SDK process per vCPU; default machine n1-standard-1); None without ``max_num_workers``.
+        A CRM's rate limit is shared among them (docs/crm-export.md, "Pacing")."""
+        if self.max_num_workers is None:
+            return None
+        return self.max_num_workers * machine_vcpus(self.machine_type or "n1-standard-1")
+
     def pipeline_args(self, job_name: str, labels: Mapping[str, str]) -> list[str]:
         """Beam's ``DataflowRunner`` flags for a job named ``job_name`` with ``labels`` on top of the block's.
 
@@ -294,3 +302,13 @@ class DataflowOptions(Block):
         args.extend(f"--experiments={experiment}" for experiment in self.experiments)
         args.extend(f"--labels={key}={value}" for key, value in sorted(merged.items()))
         return args
+
+
+def machine_vcpus(machine_type: str) -> int:
+    """The vCPUs of a Compute Engine machine type: ``n1-standard-4`` → 4, ``custom-4-16384`` and
+    ``n2-custom-4-16384`` → 4, a shared-core type (``e2-medium``, ``e2-small``, ``f1-micro``) → 1."""
+    if match := re.fullmatch(r"(?:[a-z0-9]+-)?custom-(\d+)-\d+(?:-ext)?", machine_type):
+        return int(match.group(1))
+    if match := re.fullmatch(r"[a-z0-9]+-[a-z]+-(\d+)(?:-[a-z0-9]+)?", machine_type):
+        return int(match.group(1))
+    return 1

@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slow-seconds", type=float, default=0.0, help="delay of a slow response")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault generator")
     parser.add_argument("--retry-after-seconds", type=int, default=1, help="Retry-After of a 429")
+    parser.add_argument(
+        "--empty-answer-rate", type=float, default=0.0, help="probability of a processed batch answered {}"
+    )
     parser.add_argument("--exit-on-stdin-eof", action="store_true", help="stop when standard input ends")
     args = parser.parse_args(argv)
     if not args.api_key:
@@ -48,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             slow_seconds=args.slow_seconds,
             seed=args.seed,
             retry_after_seconds=args.retry_after_seconds,
+            empty_answer_rate=args.empty_answer_rate,
         )
     except ValueError as e:
         parser.error(str(e))

@@ -24,6 +24,8 @@ class FaultConfig:
       a request finding it empty gets 429 with `Retry-After: retry_after_seconds`. None: no limit.
     - `error_rate`: probability (0..1) of a 500, 502 or 503 (503 with `Retry-After: 1`).
     - `slow_rate`: probability (0..1) of sleeping `slow_seconds` before processing normally.
+    - `empty_answer_rate`: probability (0..1) that a processed batch is answered 200 `{}` — stored, but
+      without saying so (a broken CRM: the export must not count it as accepted).
 
     Draws come from `random.Random(seed)`, one generator for the server, so a given sequence of
     requests meets the same faults. Invalid values raise `ValueError`.
@@ -35,6 +37,7 @@ class FaultConfig:
     slow_seconds: float = 0.0
     seed: int = 0
     retry_after_seconds: int = 1
+    empty_answer_rate: float = 0.0
 
     def __post_init__(self) -> None:
         def number(value: Any) -> bool:
@@ -45,7 +48,7 @@ class FaultConfig:
 
         if self.rate_limit_rps is not None and not (number(self.rate_limit_rps) and self.rate_limit_rps > 0):
             raise ValueError("rate_limit_rps must be a number > 0, or null for no limit")
-        for name in ("error_rate", "slow_rate"):
+        for name in ("error_rate", "slow_rate", "empty_answer_rate"):
             value = getattr(self, name)
             if not (number(value) and 0 <= value <= 1):
                 raise ValueError(f"{name} must be a probability between 0 and 1")
@@ -136,3 +139,9 @@ class Faults:
             if config.slow_rate and self._random.random() < config.slow_rate:
                 return None, config.slow_seconds
             return None, 0.0
+
+    def empty_answer(self) -> bool:
+        """For one processed batch: whether to answer it `{}`."""
+        with self._lock:
+            rate = self.config.empty_answer_rate
+            return bool(rate) and self._random.random() < rate

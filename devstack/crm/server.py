@@ -114,7 +114,11 @@ class Api:
                 return _json(413, {"error": "batch_too_large", "max_batch_size": self.max_batch_size})
 
             rows, rejected = split_batch(users)
-            answer = orjson.dumps({"accepted": len(rows), "rejected": rejected})
+            answer = (
+                b"{}"
+                if self.faults.empty_answer()
+                else orjson.dumps({"accepted": len(rows), "rejected": rejected})
+            )
             sent, replayed = self.store.commit_batch(rows, answer, key, body_sha256)
         except IdempotencyKeyReused:
             return _json(422, {"error": "idempotency_key_reused"})

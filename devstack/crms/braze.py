@@ -6,21 +6,25 @@ Facts it follows, and where Braze states them:
   and its answers (``{"message": "success", "attributes_processed": n}``, with non-fatal ``errors``;
   a fatal error's ``{"message": <fatal error message>, "errors": [...]}``):
   https://braze.com/docs/api/endpoints/user_data/post_user_track;
-- the fatal errors (``400 Max Input Length Exceeded`` over 75 attributes objects, ``401 Unauthorized``
-  for an unknown or missing REST API key, ``429 Rate Limited``, 5xx to retry with backoff):
-  https://braze.com/docs/api/errors;
-- 3,000 requests per three seconds, 75 attributes objects per request, the ``X-RateLimit-Limit``,
-  ``X-RateLimit-Remaining`` and ``X-RateLimit-Reset`` (UTC epoch second) headers:
-  https://braze.com/docs/api/api_limits.
-A non-fatal error is ``{"type", "input_array", "index"}`` (as Braze returns it for an attributes object
-without an identifier); the text for an invalid email is the stand-in's own.
+- the fatal errors (``400 Max Input Length Exceeded`` over the objects a request may hold, ``401
+  Unauthorized`` without a REST API key, ``403 Access Denied`` for a key without the ``users.track``
+  permission, ``404`` for a key Braze does not know ("Unknown REST API Key"), ``429 Rate Limited``, 5xx to
+  retry with backoff): https://braze.com/docs/api/errors;
+- 3,000 requests per three seconds, 75 attributes objects per request (50 in total on contracts priced
+  by monthly active users), the ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and ``X-RateLimit-Reset``
+  (UTC epoch second) headers: https://braze.com/docs/api/api_limits.
+A non-fatal error is ``{"type", "input_array", "index"}``, and ``attributes_processed`` counts the objects
+not refused (as clients have met them: the types "'external_id' or 'braze_id' or 'user_alias' is
+required" and "The value provided for the 'email' field is not a valid email."); a request whose every
+object is refused answers 400 "Valid data must be provided in the 'attributes', 'events', or 'purchases'
+fields." with the same errors.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -39,17 +43,21 @@ from devstack.crms.common import (
 TRACK_PATH = "/users/track"
 MAX_ATTRIBUTES = 75
 IDENTIFIER_REQUIRED = "'external_id' or 'braze_id' or 'user_alias' is required"
-INVALID_EMAIL = "'email' is not a valid email address"
+INVALID_EMAIL = "The value provided for the 'email' field is not a valid email."
+NO_VALID_DATA = "Valid data must be provided in the 'attributes', 'events', or 'purchases' fields."
 _IDENTIFIERS = ("external_id", "braze_id", "user_alias")
 
 
 @dataclass(frozen=True)
 class BrazeConfig:
     """``requests_per_window`` per ``window_seconds`` (Braze: 3,000 per 3 s for /users/track);
-    ``error_rate``/``seed``: injected 500/502/503."""
+    ``objects_per_request``: 75, or 50 on an MAU contract; ``permissions``: the REST API key's (a key
+    without ``users.track`` gets 403); ``error_rate``/``seed``: injected 500/502/503."""
 
     requests_per_window: int = 3000
     window_seconds: int = 3
+    objects_per_request: int = MAX_ATTRIBUTES
+    permissions: list[str] = field(default_factory=lambda: ["users.track"])
     error_rate: float = 0.0
     seed: int = 0
 
@@ -75,8 +83,13 @@ class BrazeStandIn(CrmApp):
         return response
 
     async def _track(self, request: Request) -> tuple[Response, int, int, int]:
-        if request.headers.get("authorization") != f"Bearer {self.api_key}":
+        authorization = request.headers.get("authorization") or ""
+        if not authorization.startswith("Bearer ") or not authorization[7:].strip():
             return json_response(401, {"message": "Unauthorized", "errors": []}), 0, 0, 0
+        if authorization[7:] != self.api_key:
+            return json_response(404, {"message": "Unknown REST API Key", "errors": []}), 0, 0, 0
+        if "users.track" not in self.config.permissions:
+            return json_response(403, {"message": "Access Denied", "errors": []}), 0, 0, 0
         with self._lock:
             fits, remaining, reset = self.window.take()
         headers = {
@@ -95,7 +108,7 @@ class BrazeStandIn(CrmApp):
                 raise TypeError("attributes is not an array")
         except (orjson.JSONDecodeError, AttributeError, TypeError):
             return json_response(400, {"message": "Bad Request", "errors": []}, headers), 0, 0, 0
-        if len(attributes) > MAX_ATTRIBUTES:
+        if len(attributes) > self.config.objects_per_request:
             return (
                 json_response(400, {"message": "Max Input Length Exceeded", "errors": []}, headers),
                 0,
@@ -112,6 +125,9 @@ class BrazeStandIn(CrmApp):
             key = item.get("external_id") or item.get("braze_id") or orjson.dumps(item["user_alias"]).decode()
             self.store.upsert(key, {name: value for name, value in item.items() if name not in _IDENTIFIERS})
         processed = len(attributes) - len(errors)
+        if attributes and not processed:
+            body = {"message": NO_VALID_DATA, "errors": errors}
+            return json_response(400, body, headers), len(attributes), 0, len(errors)
         body: dict[str, Any] = {"message": "success"}
         if attributes:
             body["attributes_processed"] = processed
@@ -123,6 +139,8 @@ class BrazeStandIn(CrmApp):
 def _invalid(item: Any) -> str | None:
     if not isinstance(item, dict) or not any(item.get(k) for k in _IDENTIFIERS):
         return IDENTIFIER_REQUIRED
+    if any(name in item and not isinstance(item[name], str) for name in ("external_id", "braze_id")):
+        return IDENTIFIER_REQUIRED  # an identifier is a string
     email = item.get("email")
     if email is not None and (not isinstance(email, str) or not EMAIL.fullmatch(email)):
         return INVALID_EMAIL

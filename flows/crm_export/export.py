@@ -47,6 +47,7 @@ from tasks.crm_export.tasks import (
     record_sync_state,
     release_sync_state,
     resolve_export_shard,
+    sending_processes,
 )
 
 PIPELINE = "crm-export"  # the default pipeline name: job names are crm-export-YYYYMMDD
@@ -71,9 +72,12 @@ class ExportSummary(BaseModel):
     ``launch``: what the launch did (``tasks.crm_export.jobs.LaunchResult``). ``sync``: ``full`` or
     ``diff`` (the job's label). ``rows_in_shard``, ``records_unchanged`` (skipped: the CRM holds them as
     they are), ``records_removed_from_source`` (keys the CRM holds that the shard no longer has: never
-    deleted), ``records_*``, ``batches``, ``requests`` (HTTP requests sent), ``retries``, ``http_status``
-    (responses by HTTP status), ``dead_letter_reasons`` (dead letters by reason code): the job's counters
-    (``pipelines.crm_export.accounting.Counters``); rows in shard = unchanged + accepted + dead-lettered.
+    deleted), ``records_*`` (``records_not_sent``: the CRM's daily limit was reached first; they go out with
+    the next export), ``batches``, ``requests`` (HTTP requests sent), ``requests_isolating`` (of them, the
+    halves of batches the CRM refused whole for an input error), ``retries``, ``http_status`` (responses
+    by HTTP status), ``dead_letter_reasons`` (dead letters by reason code): the job's counters
+    (``pipelines.crm_export.accounting.Counters``); rows in shard = unchanged + accepted + dead-lettered
+    + not sent.
     ``batch_size``: records per batch posted. ``sync_state``: the sync state table; ``records_recorded``:
     accepted records this run merged into it (None: not this run's to record); ``out_of_sync``: keys of
     the shard the state does not hold as they are after it (= the dead-lettered ones, duplicates aside).
@@ -99,10 +103,12 @@ class ExportSummary(BaseModel):
     records_malformed: int
     records_duplicate: int
     records_dead_lettered: int
+    records_not_sent: int
     dead_letter_reasons: dict[str, int]
     batches: int
     batch_size: Distribution | None
     requests: int
+    requests_isolating: int
     retries: int
     http_status: dict[int, int]
     sync_state: str
@@ -115,9 +121,12 @@ class ExportSummary(BaseModel):
 
     @property
     def adds_up(self) -> bool:
-        """Every row of the shard was skipped unchanged, accepted or dead-lettered."""
-        return (
-            self.rows_in_shard == self.records_unchanged + self.records_accepted + self.records_dead_lettered
+        """Every row of the shard was skipped unchanged, accepted, dead-lettered or not sent."""
+        return self.rows_in_shard == (
+            self.records_unchanged
+            + self.records_accepted
+            + self.records_dead_lettered
+            + self.records_not_sent
         )
 
 
@@ -158,6 +167,7 @@ def crm_export(
     settings = crm.pipeline_settings(load_crm_destination(crm.block))
     shard = resolve_export_shard(source, shard_date)
     shard_info = check_export_shard(source, shard, settings, crm.block)
+    parallelism = sending_processes(runner, settings)
     name = job_name(pipeline_name, shard)
     namespace = _namespace(name, str(flow_run.id) if force else None)
     work_prefix = _work_prefix(dead_letter_location, namespace)
@@ -166,6 +176,7 @@ def crm_export(
         f"--dead_letter_prefix={work_prefix}/dead-letter",
         f"--accepted_prefix={work_prefix}/accepted",
         f"--idempotency_namespace={namespace}",
+        f"--crm_parallelism={parallelism}",
         *(
             [f"--bigquery_storage_endpoint={source.storage_api_endpoint}"]
             if source.storage_api_endpoint
@@ -239,8 +250,9 @@ def crm_export(
 
 def _check_in_sync(counters: Counters, recorded: RecordResult, table: str) -> None:
     """After recording: the shard's keys the state does not hold as they are must be exactly the ones
-    the CRM did not accept (each key's row dead-lettered for another reason than being a duplicate)."""
-    expected = counters.records_dead_lettered - counters.records_duplicate
+    the CRM did not accept (each key's row dead-lettered for another reason than being a duplicate, or not
+    sent)."""
+    expected = counters.records_dead_lettered - counters.records_duplicate + counters.records_not_sent
     if recorded.out_of_sync != expected:
         raise SyncStateError(
             f"the sync state {table} does not hold {recorded.out_of_sync:,} keys of the shard as they are, where "
@@ -296,12 +308,14 @@ def _summary(
         records_malformed=counters.records_malformed,
         records_duplicate=counters.records_duplicate,
         records_dead_lettered=counters.records_dead_lettered,
+        records_not_sent=counters.records_not_sent,
         dead_letter_reasons=dict(
             sorted(counters.dead_letter_reasons.items(), key=lambda kv: (-kv[1], kv[0]))
         ),
         batches=counters.batches,
         batch_size=metrics.batch_size,
         requests=counters.requests,
+        requests_isolating=counters.requests_isolating,
         retries=counters.retries,
         http_status=dict(sorted(counters.http_status.items())),
         sync_state=sync_state,
@@ -334,9 +348,16 @@ def _markdown(summary: ExportSummary) -> str:
         ),
         ("Dead letters by reason", reasons or "-"),
         (
+            "Not sent",
+            f"{summary.records_not_sent:,}: the CRM's daily limit was reached; they go out with the next export"
+            if summary.records_not_sent
+            else "0",
+        ),
+        (
             "Accounting",
             f"{summary.rows_in_shard:,} rows = {summary.records_unchanged:,} unchanged + "
             f"{summary.records_accepted:,} accepted + {summary.records_dead_lettered:,} dead-lettered"
+            + (f" + {summary.records_not_sent:,} not sent" if summary.records_not_sent else "")
             + ("" if summary.adds_up else " — DOES NOT ADD UP"),
         ),
         (
@@ -347,7 +368,15 @@ def _markdown(summary: ExportSummary) -> str:
             else "not recorded by this run",
         ),
         ("Batches", f"{summary.batches:,}"),
-        ("Requests sent", f"{summary.requests:,}"),
+        (
+            "Requests sent",
+            f"{summary.requests:,}"
+            + (
+                f" ({summary.requests_isolating:,} isolating inputs of batches refused whole)"
+                if summary.requests_isolating
+                else ""
+            ),
+        ),
         ("Batch size", f"min {batch.min:,}, mean {batch.mean:,.1f}, max {batch.max:,}" if batch else "-"),
         ("Retries", f"{summary.retries:,}"),
         ("HTTP statuses", ", ".join(f"{k}: {v:,}" for k, v in summary.http_status.items()) or "-"),

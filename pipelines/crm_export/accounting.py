@@ -44,8 +44,10 @@ class Counters:
     Records: ``records_read`` (every row read), ``records_malformed`` (not JSON, or not a record),
     ``records_sent`` (put in a request), ``records_accepted`` and ``records_rejected`` (by the CRM),
     ``records_duplicate`` (a row whose key another row of the shard has: dead-lettered),
-    ``records_dead_lettered``. ``batches``: batches posted. ``requests``: HTTP requests sent (retries
-    included). ``retries``: requests repeated. ``http_status``: the CRM's responses by HTTP status (the
+    ``records_dead_lettered``, ``records_not_sent`` (the CRM's daily limit was reached first: neither
+    accepted nor dead-lettered, sent with the next export). ``batches``: batches posted. ``requests``:
+    HTTP requests sent (retries and isolation included). ``retries``: requests repeated.
+    ``requests_isolating``: requests of the halves of batches the CRM refused whole for an input error. ``http_status``: the CRM's responses by HTTP status (the
     counters ``http_<status>``); ``dead_letter_reasons``: dead letters by reason code (the counters
     ``dead_lettered_<code>``, ``reason_code``). From the export's plan (``tasks.crm_export.sync_state``),
     reported by the job: ``rows_in_shard`` (None when the job ran without a plan),
@@ -60,9 +62,11 @@ class Counters:
     records_rejected: int = 0
     records_duplicate: int = 0
     records_dead_lettered: int = 0
+    records_not_sent: int = 0
     batches: int = 0
     requests: int = 0
     retries: int = 0
+    requests_isolating: int = 0
     records_unchanged: int = 0
     records_removed_from_source: int = 0
     rows_in_shard: int | None = None
@@ -134,24 +138,27 @@ class ExportMetrics:
 
 
 class AccountingError(RuntimeError):
-    """Records were lost or counted twice: ``records_read != records_accepted + records_dead_lettered``, or
-    ``rows_in_shard != records_unchanged + records_accepted + records_dead_lettered``."""
+    """Records were lost or counted twice: ``records_read != records_accepted + records_dead_lettered +
+    records_not_sent``, or ``rows_in_shard != records_unchanged + records_accepted + records_dead_lettered +
+    records_not_sent``."""
 
 
 def check_accounting(counters: Counters) -> None:
-    """Raise ``AccountingError`` unless every record read was accepted or dead-lettered and, when the job
-    had a plan, every row of the shard was skipped unchanged, accepted or dead-lettered."""
+    """Raise ``AccountingError`` unless every record read was accepted, dead-lettered or not sent and, when
+    the job had a plan, every row of the shard was skipped unchanged, accepted, dead-lettered or not sent."""
     read, accepted, dead = counters.records_read, counters.records_accepted, counters.records_dead_lettered
-    if read != accepted + dead:
+    not_sent = counters.records_not_sent
+    if read != accepted + dead + not_sent:
         raise AccountingError(
-            f"records read ({read}) != accepted ({accepted}) + dead-lettered ({dead}): "
-            f"{read - accepted - dead} records are unaccounted for"
+            f"records read ({read}) != accepted ({accepted}) + dead-lettered ({dead}) + not sent ({not_sent}): "
+            f"{read - accepted - dead - not_sent} records are unaccounted for"
         )
     rows, unchanged = counters.rows_in_shard, counters.records_unchanged
-    if rows is not None and rows != unchanged + accepted + dead:
+    if rows is not None and rows != unchanged + accepted + dead + not_sent:
         raise AccountingError(
             f"rows in shard ({rows}) != unchanged ({unchanged}) + accepted ({accepted}) + dead-lettered "
-            f"({dead}): {rows - unchanged - accepted - dead} rows are unaccounted for"
+            f"({dead}) + not sent ({not_sent}): {rows - unchanged - accepted - dead - not_sent} rows are "
+            "unaccounted for"
         )
 
 

@@ -121,6 +121,7 @@ class GenericDestination(Destination):
     max_batch_size = 5000
     idempotency_keys = True
     key_permission = "your endpoint's permission to import users"
+    batch_limit_note = " (the generic batch API's limit)"
 
     def __init__(self, settings: PipelineSettings):
         super().__init__(settings)
@@ -154,34 +155,79 @@ class GenericDestination(Destination):
     def connect(self, api_key: str, timeout: tuple[float, float], max_in_flight: int) -> Connection:
         return _RequestsConnection(self.settings.url, api_key, timeout, max_in_flight, self.parse)
 
+    def subset(self, payload: bytes, positions: Sequence[int]) -> bytes:
+        return _json_subset(payload, "users", positions)
+
     @staticmethod
     def parse(status: int, headers: Mapping[str, str], content: bytes, size: int) -> Answer:
-        """The generic API's answer to a batch of ``size`` records."""
-        if status == 200:
-            try:
-                answer = orjson.loads(content)
-                rejected = answer.get("rejected") or []
-            except (orjson.JSONDecodeError, AttributeError):
-                return Answer(status, {i: "unparseable CRM response" for i in range(size)}, 0)
-            reasons: dict[int, str] = {}
-            for entry in rejected:
-                index = entry.get("index") if isinstance(entry, dict) else None
-                if isinstance(index, int) and 0 <= index < size:
-                    reasons[index] = str(entry.get("reason") or "rejected by the CRM")
-            acknowledged = answer.get("accepted") if isinstance(answer, dict) else None
-            return Answer(status, reasons, acknowledged if isinstance(acknowledged, int) else None)
-        return _failed(status, headers, f"HTTP {status}: {content[:300].decode(errors='replace')}")
+        """The generic API's answer to a batch of ``size`` records: 200 ``{"accepted": n, "rejected":
+        [{"index", "reason"}]}``. An answer without an integer ``accepted`` says nothing: a protocol error,
+        retried. When ``accepted`` is not the batch less its rejections, which records were written is
+        unknown: they are unconfirmed (sent again)."""
+        if status != 200:
+            return _failed(status, headers, f"HTTP {status}: {content[:300].decode(errors='replace')}")
+        body = _json_object(content)
+        accepted = body.get("accepted") if body is not None else None
+        entries = body.get("rejected", []) if body is not None else None
+        if type(accepted) is not int or not isinstance(entries, list):
+            return _protocol_error(status, "an integer 'accepted' and a 'rejected' list", content)
+        reasons: dict[int, str] = {}
+        for entry in entries:
+            index = entry.get("index") if isinstance(entry, dict) else None
+            if type(index) is int and 0 <= index < size:
+                reasons[index] = str(entry.get("reason") or "rejected by the CRM")
+        taken = [i for i in range(size) if i not in reasons]
+        if accepted != len(taken):
+            return Answer(
+                status,
+                rejected=reasons,
+                reason=f"unconfirmed: the CRM acknowledged {accepted} of the {len(taken)} records it did not "
+                "reject, so which it wrote is unknown",
+            )
+        return Answer(status, frozenset(taken), reasons)
 
 
-def _failed(status: int, headers: Mapping[str, str], reason: str, retry_after: float | None = None) -> Answer:
-    """A request that did not succeed: retried on 429 and 5xx, a credentials failure on 401/403."""
+def _json_object(content: bytes) -> dict[str, Any] | None:
+    """The answer's JSON object, or None when it is not one."""
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _protocol_error(status: int, expected: str, content: bytes) -> Answer:
+    """A 2xx whose body does not say what was written: sent again, then dead-lettered with this reason."""
+    return Answer(
+        status,
+        retry=True,
+        reason=f"protocol error: HTTP {status} without {expected}: {content[:200].decode(errors='replace')}",
+    )
+
+
+def _json_subset(payload: bytes, array: str, positions: Sequence[int]) -> bytes:
+    """The JSON body ``{array: [...]}`` holding only the records at ``positions`` (the rare resend or split:
+    decoded and encoded again, as the records are not kept)."""
+    records = orjson.loads(payload)[array]
+    return orjson.dumps({array: [records[i] for i in positions]})
+
+
+def _failed(
+    status: int,
+    headers: Mapping[str, str],
+    reason: str,
+    retry_after: float | None = None,
+    credentials_statuses: tuple[int, ...] = (401, 403),
+) -> Answer:
+    """A request that did not succeed: retried on 429 and 5xx, a credentials failure on
+    ``credentials_statuses``, else its records are dead-lettered with ``reason``."""
     return Answer(
         status,
         retry=status in RETRYABLE_STATUS,
         retry_after_seconds=retry_after
         if retry_after is not None
         else retry_after_seconds(headers.get("Retry-After")),
-        credentials_rejected=status in (401, 403),
+        credentials_rejected=status in credentials_statuses,
         reason=reason,
     )
 
@@ -252,18 +298,26 @@ class HubSpotDestination(Destination):
     (https://developers.hubspot.com/docs/api-reference/legacy/crm/objects/contacts/batch/upsert-contacts),
     through ``hubspot-api-client`` with the private app's access token.
 
-    Each input is ``{"idProperty": id_property, "id": <key>, "properties": {...}}``: a contact is
-    created or updated by that unique property, so a batch sent twice (HubSpot takes no idempotency
-    key) sets the same values again. Answers (https://developers.hubspot.com/docs/api-reference/error-handling,
-    https://developers.hubspot.com/docs/guides/apps/api-usage/usage-details): 200 with ``results``;
-    207 with ``errors``, each naming its inputs in ``context.ids`` and its code in ``errors[].code``;
-    401 (``INVALID_AUTHENTICATION``); 429 ``RATE_LIMIT`` with ``policyName`` ``TEN_SECONDLY_ROLLING``
-    (retried) or ``DAILY`` (not retried before the daily reset: the batch is dead-lettered); 5xx.
+    Each input is ``{"idProperty", "id": <key>, "properties": {...}, "objectWriteTraceId": <key>}``: a
+    contact is created or updated by that unique property, so a batch sent twice (HubSpot takes no
+    idempotency key) sets the same values again. The trace id asks for per-input errors: a 207 whose
+    ``errors[].context.objectWriteTraceId`` names the inputs refused ("Multi-status errors",
+    https://developers.hubspot.com/docs/api-reference/error-handling). Without it — and where HubSpot
+    does not honour it — one invalid input refuses the whole batch with a 400 ``VALIDATION_ERROR``, and a
+    2xx/207 with empty ``results`` has been seen to write nothing: both are ``refused_whole``, split until
+    the bad inputs are isolated. Accepted are only the inputs ``results`` lists (matched by their
+    ``objectWriteTraceId``, else by the ``idProperty`` value; emails compared case-insensitively). Two inputs
+    of one record in a batch refuse it ("Duplicate IDs found in batch input"): ``encode`` never puts two in
+    one. 429 ``RATE_LIMIT``: ``policyName`` ``TEN_SECONDLY_ROLLING`` is retried, ``DAILY`` stops sending
+    until the daily reset (https://developers.hubspot.com/docs/developer-tooling/platform/usage-guidelines).
+    A 400 for an ``idProperty`` that is not unique ("Unable to perform update/upsert by non-unique …
+    property") dead-letters the batch without splitting: no half would fare better.
     """
 
     name = "hubspot"
     max_batch_size = HUBSPOT_MAX_INPUTS
     key_permission = "the private app's scope crm.objects.contacts.write"
+    batch_limit_note = " (HubSpot's batch endpoints take 100 inputs per request)"
 
     def __init__(self, settings: PipelineSettings):
         super().__init__(settings)
@@ -277,6 +331,10 @@ class HubSpotDestination(Destination):
         ``a@x.com`` to one contact."""
         return self.id_property == "email"
 
+    def _record(self, key: str) -> str:
+        """The record a key resolves to in HubSpot: emails compared case-insensitively."""
+        return key.lower() if self.keys_case_insensitive else key
+
     def encode(
         self, records: Sequence[dict[str, Any]]
     ) -> tuple[dict[str, Any], list[str], list[dict[str, Any]]]:
@@ -284,48 +342,94 @@ class HubSpotDestination(Destination):
         inputs = []
         keys = []
         unserialisable = []
+        seen: dict[str, str] = {}
         for record in records:
             key = record[key_field]
+            first = seen.setdefault(self._record(key), key)
+            if first is not key:
+                reason = (
+                    f"duplicate key: HubSpot takes {key!r} and {first!r} for one contact ({id_property}), and "
+                    "refuses a batch holding both; the first was sent"
+                )
+                unserialisable.append(dead_letter(key, reason, None, 0, "crm"))
+                continue
             try:
                 properties = {prop: hubspot_value(value) for prop, value in mapping(record).items()}
             except TypeError as exc:
                 unserialisable.append(dead_letter(key, f"not JSON: {exc}", None, 0, "crm"))
                 continue
-            inputs.append({"idProperty": id_property, "id": key, "properties": properties})
+            inputs.append(
+                {"idProperty": id_property, "id": key, "properties": properties, "objectWriteTraceId": key}
+            )
             keys.append(key)
         return {"inputs": inputs}, keys, unserialisable
 
-    def connect(self, api_key: str, timeout: tuple[float, float], max_in_flight: int) -> Connection:
-        return _HubSpotConnection(self.settings.url, api_key, timeout, max_in_flight)
+    def subset(self, payload: dict[str, Any], positions: Sequence[int]) -> dict[str, Any]:
+        inputs = payload["inputs"]
+        return {"inputs": [inputs[i] for i in positions]}
 
-    @staticmethod
-    def parse(status: int, headers: Mapping[str, str], content: bytes, keys: Sequence[str]) -> Answer:
+    def connect(self, api_key: str, timeout: tuple[float, float], max_in_flight: int) -> Connection:
+        return _HubSpotConnection(self, api_key, timeout, max_in_flight)
+
+    def parse(self, status: int, headers: Mapping[str, str], content: bytes, keys: Sequence[str]) -> Answer:
         """HubSpot's answer to a batch upsert of the inputs keyed ``keys``."""
-        if status in (200, 207):
-            try:
-                body = orjson.loads(content)
-                results = body["results"]
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                return Answer(status, {i: "unparseable HubSpot response" for i in range(len(keys))}, 0)
-            index = {key: i for i, key in enumerate(keys)}
+        if status in (200, 201, 207):
+            body = _json_object(content)
+            results = body.get("results") if body is not None else None
+            if not isinstance(results, list):
+                return _protocol_error(status, "a 'results' list", content)
+            position = {self._record(key): i for i, key in enumerate(keys)}
+            accepted = {i for result in results if (i := self._position(result, position)) is not None}
             rejected: dict[int, str] = {}
             for error in body.get("errors") or []:
-                details = error.get("errors") or [{}]
-                code = details[0].get("code") or error.get("category") or "ERROR"
-                text = f"{code}: {details[0].get('message') or error.get('message') or 'rejected by HubSpot'}"
-                for key in (error.get("context") or {}).get("ids") or []:
-                    if key in index:
-                        rejected[index[key]] = text
-            return Answer(status, rejected, len(results))
+                text = _hubspot_error(error)
+                context = error.get("context") if isinstance(error, dict) else None
+                named = (context or {}).get("objectWriteTraceId") or (context or {}).get("ids") or []
+                for key in named if isinstance(named, list) else []:
+                    if isinstance(key, str) and (i := position.get(self._record(key))) is not None:
+                        rejected[i] = text
+            if not results and not rejected:
+                return Answer(
+                    status,
+                    refused_whole=True,
+                    reason=f"HTTP {status}, nothing written: {_error_text(content, 'message')}",
+                )
+            return Answer(
+                status,
+                frozenset(accepted - rejected.keys()),
+                rejected,
+                reason="unconfirmed: HubSpot's answer lists it neither among the results nor the errors",
+            )
         text = _error_text(content, "category", "message")
         if status == 429:
-            try:
-                policy = orjson.loads(content).get("policyName")
-            except (orjson.JSONDecodeError, AttributeError):
-                policy = None
-            if policy == "DAILY":
-                return Answer(status, reason=f"HTTP 429, HubSpot's daily limit is used up: {text}")
+            body = _json_object(content) or {}
+            if body.get("policyName") == "DAILY":
+                return Answer(
+                    status, daily_limit=True, reason=f"not sent: HubSpot's daily limit reached ({text})"
+                )
+        if status == 400 and "non-unique" not in text:
+            return Answer(status, refused_whole=True, reason=f"HTTP 400: {text}")
         return _failed(status, headers, f"HTTP {status}: {text}")
+
+    def _position(self, result: Any, position: Mapping[str, int]) -> int | None:
+        """The input a ``results`` entry is of: its ``objectWriteTraceId``, else its ``idProperty`` value."""
+        if not isinstance(result, dict):
+            return None
+        traced = result.get("objectWriteTraceId")
+        if isinstance(traced, str) and traced:
+            return position.get(self._record(traced))
+        value = (result.get("properties") or {}).get(self.id_property)
+        return position.get(self._record(value)) if isinstance(value, str) else None
+
+
+def _hubspot_error(error: Any) -> str:
+    """``<code>: <message>`` of one entry of a 207's ``errors`` (its first detail's code, else its category)."""
+    if not isinstance(error, dict):
+        return "ERROR: rejected by HubSpot"
+    details = error.get("errors") or [{}]
+    detail = details[0] if isinstance(details[0], dict) else {}
+    code = detail.get("code") or error.get("category") or "ERROR"
+    return f"{code}: {detail.get('message') or error.get('message') or 'rejected by HubSpot'}"
 
 
 class _HubSpotConnection(Connection):
@@ -334,10 +438,14 @@ class _HubSpotConnection(Connection):
     result) and parsed by ``HubSpotDestination.parse``, an error status (which the client raises as
     ``ApiException``) included."""
 
-    def __init__(self, url: str, api_key: str, timeout: tuple[float, float], max_in_flight: int):
+    def __init__(
+        self, destination: HubSpotDestination, api_key: str, timeout: tuple[float, float], max_in_flight: int
+    ):
         from hubspot import HubSpot
         from urllib3.util.retry import Retry
 
+        url = destination.settings.url
+        self.parse = destination.parse
         proxies, ca_bundle = _environment(url)  # urllib3 reads no environment; None settings are left out
         client = HubSpot(
             access_token=api_key,
@@ -364,10 +472,10 @@ class _HubSpotConnection(Connection):
             if not exc.status:
                 return Answer(None, retry=True, reason=f"ApiException: {exc.reason}")
             body = exc.body if isinstance(exc.body, bytes) else (exc.body or "").encode()
-            return HubSpotDestination.parse(exc.status, exc.headers or {}, body, keys)
+            return self.parse(exc.status, exc.headers or {}, body, keys)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             return Answer(None, retry=True, reason=f"{type(exc).__name__}: {exc}")
-        return HubSpotDestination.parse(response.status, response.headers, response.data, keys)
+        return self.parse(response.status, response.headers, response.data, keys)
 
     def close(self) -> None:
         self.batch_api.api_client.rest_client.pool_manager.clear()
@@ -382,18 +490,25 @@ BRAZE_MAX_ATTRIBUTES = 75
 class BrazeDestination(Destination):
     """Braze ``POST <REST endpoint>/users/track`` with ``{"attributes": [{"external_id": <key>, ...}]}``
     and ``Authorization: Bearer <REST API key>``
-    (https://braze.com/docs/api/endpoints/user_data/post_user_track, https://braze.com/docs/api/errors).
+    (https://braze.com/docs/api/endpoints/user_data/post_user_track, https://braze.com/docs/api/errors,
+    https://braze.com/docs/api/api_limits).
 
     Setting attributes is an upsert by ``external_id``: a batch sent twice (Braze takes no idempotency
-    key) sets the same values again. Answers: 201 ``{"message": "success", "attributes_processed": n}``,
-    with ``errors`` ``[{"type", "input_array", "index"}]`` for objects it refused (non-fatal); 400
-    (e.g. ``Max Input Length Exceeded``), 401 (unknown or missing REST API key), 429 with
-    ``X-RateLimit-Reset`` (a UTC epoch second, https://braze.com/docs/api/api_limits), 5xx.
+    key) sets the same values again. At most 75 objects per request, 50 on MAU-based contracts
+    (``objects_per_request``). Answers: 2xx ``{"message": "success", "attributes_processed": n}``, with
+    ``errors`` ``[{"type", "input_array", "index"}]`` for objects it refused (non-fatal); the accepted
+    are the objects not refused when ``attributes_processed`` counts them (it counts the valid objects;
+    the client also takes a count of every object less the errors), else they are unconfirmed. 400 "Valid
+    data must be provided in the 'attributes', 'events', or 'purchases' fields.": every object refused. 401
+    (invalid key), 403 (access denied: the key lacks ``users.track``) and 404 ("Unknown REST API Key", or
+    a wrong REST endpoint) fail the job at once. 429 with ``X-RateLimit-Reset`` (a UTC epoch second):
+    waited until then. 5xx: retried.
     """
 
     name = "braze"
     max_batch_size = BRAZE_MAX_ATTRIBUTES
-    key_permission = "the REST API key's users.track permission"
+    key_permission = "the REST API key's users.track permission and the instance's REST endpoint"
+    batch_limit_note = " (Braze: 75 objects per /users/track request, 50 on MAU-based contracts)"
 
     def __init__(self, settings: PipelineSettings):
         super().__init__(settings)
@@ -415,6 +530,9 @@ class BrazeDestination(Destination):
             keys.append(key)
         return b'{"attributes":[' + b",".join(parts) + b"]}", keys, unserialisable
 
+    def subset(self, payload: bytes, positions: Sequence[int]) -> bytes:
+        return _json_subset(payload, "attributes", positions)
+
     def connect(self, api_key: str, timeout: tuple[float, float], max_in_flight: int) -> Connection:
         url = self.settings.url.rstrip("/") + "/users/track"
         return _RequestsConnection(url, api_key, timeout, max_in_flight, self.parse)
@@ -424,29 +542,37 @@ class BrazeDestination(Destination):
         status: int, headers: Mapping[str, str], content: bytes, size: int, now: float | None = None
     ) -> Answer:
         """Braze's answer to a /users/track request of ``size`` attributes objects."""
+        body = _json_object(content)
         if 200 <= status < 300:
-            try:
-                body = orjson.loads(content)
-            except orjson.JSONDecodeError:
-                body = None
-            if not isinstance(body, dict):  # not JSON, or JSON but not the documented object
-                return Answer(status, {i: "unparseable Braze response" for i in range(size)}, 0)
+            if body is None:
+                return _protocol_error(status, "a JSON object", content)
             if body.get("message") == "queued":  # 202 during maintenance: received, processed later
-                return Answer(status)
+                return Answer(status, frozenset(range(size)))
             rejected = {
-                error["index"]: str(error.get("type") or "rejected by Braze")
+                error["index"]: f"{error.get('type') or 'rejected by Braze'}"
                 for error in body.get("errors") or []
                 if isinstance(error, dict)
                 and error.get("input_array", "attributes") == "attributes"
-                and isinstance(error.get("index"), int)
+                and type(error.get("index")) is int
                 and 0 <= error["index"] < size
             }
             processed = body.get("attributes_processed")
-            return Answer(status, rejected, processed if isinstance(processed, int) else None)
+            if type(processed) is not int:
+                return _protocol_error(status, "an integer 'attributes_processed'", content)
+            taken = frozenset(range(size)) - rejected.keys()
+            if processed not in (len(taken), size):  # the valid objects, or every object less the errors
+                return Answer(
+                    status,
+                    rejected=rejected,
+                    reason=f"unconfirmed: Braze processed {processed} of the {len(taken)} objects it did not "
+                    "refuse, so which it wrote is unknown",
+                )
+            return Answer(status, taken, rejected)
+        message = str((body or {}).get("message") or content[:300].decode(errors="replace"))
         retry_after = None
         if status == 429 and (reset := headers.get("X-RateLimit-Reset", "")).isdigit():
             retry_after = max(0.0, int(reset) - (time.time() if now is None else now))
-        return _failed(status, headers, f"HTTP {status}: {_error_text(content, 'message')}", retry_after)
+        return _failed(status, headers, f"HTTP {status}: {message}", retry_after, (401, 403, 404))
 
 
 DESTINATIONS: dict[str, type[Destination]] = {

@@ -68,6 +68,13 @@ class CrmExportOptions(PipelineOptions):
         parser.add_argument(
             "--idempotency_namespace", default="", help="part of every idempotency key (the job name)"
         )
+        parser.add_argument(
+            "--crm_parallelism",
+            type=int,
+            default=1,
+            help="processes of the job sending at once at most (max workers × SDK processes per worker): each "
+            "paces itself at this share of the CRM's rate limit",
+        )
         plan = parser.add_argument_group("the export's plan (set by the flow)")
         plan.add_argument(
             "--rows_in_shard", type=int, help="rows of the whole shard (the input may be its changes)"
@@ -266,14 +273,22 @@ class WriteToCrm(beam.PTransform):
     the destination's request body) → ``PostBatchesFn``.
     Output: ``{"accepted": the accepted records (JSON lines, one element per batch), DEAD_LETTER: the
     rows the shaper rejects and the records the CRM does not take}``. ``namespace``: part of every
-    idempotency key.
+    idempotency key. ``parallelism``: the job's sending processes at most (each paces itself at its share
+    of the CRM's rate limit).
     """
 
-    def __init__(self, settings: PipelineSettings, api_key: ApiKey | KmsEncryptedApiKey, namespace: str):
+    def __init__(
+        self,
+        settings: PipelineSettings,
+        api_key: ApiKey | KmsEncryptedApiKey,
+        namespace: str,
+        parallelism: int = 1,
+    ):
         super().__init__()
         self.settings = settings
         self.api_key = api_key
         self.namespace = namespace
+        self.parallelism = parallelism
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         size = self.settings.batch_limit()
@@ -286,7 +301,7 @@ class WriteToCrm(beam.PTransform):
             )
         )
         posted = shaped.batches | "PostBatches" >> beam.ParDo(
-            PostBatchesFn(self.settings, self.api_key, self.namespace)
+            PostBatchesFn(self.settings, self.api_key, self.namespace, parallelism=self.parallelism)
         ).with_outputs(DEAD_LETTER, main="accepted")
         dead = (shaped[DEAD_LETTER], posted[DEAD_LETTER]) | "DeadLetters" >> beam.Flatten()
         return {"accepted": posted.accepted, DEAD_LETTER: dead}
@@ -376,7 +391,9 @@ def build_pipeline(pipeline: beam.Pipeline, api_key: ApiKey | KmsEncryptedApiKey
     read = pipeline | "ReadRows" >> ReadRows(
         options.input_table, options.input_file, options.bigquery_storage_endpoint
     )
-    written = read.rows | "WriteToCrm" >> WriteToCrm(settings, api_key, options.idempotency_namespace)
+    written = read.rows | "WriteToCrm" >> WriteToCrm(
+        settings, api_key, options.idempotency_namespace, options.crm_parallelism
+    )
     if options.accepted_prefix:
         written["accepted"] | "WriteAccepted" >> WriteAccepted(options.accepted_prefix)
     (read[DEAD_LETTER], written[DEAD_LETTER]) | "WriteDeadLetters" >> WriteDeadLetters(

@@ -1,6 +1,7 @@
 """``PostBatchesFn``: the DoFn that sends batches of CRM records to the CRM (any ``Destination``) and
-accounts for every record: accepted (counted) or dead-lettered. Retries, idempotency and dead letters:
-README.md, "Posting batches"; docs/crm-export.md, "The pipeline".
+accounts for every record: accepted (output), dead-lettered, or not sent (the CRM's daily limit reached).
+Retries, isolation of bad inputs, pacing, idempotency and dead letters: docs/crm-export.md, "The
+pipeline" and "Posting batches".
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import random
 import threading
+import time
+import uuid
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,7 +32,7 @@ MAX_RETRY_AFTER_SECONDS = 900.0
 
 
 class CrmRejectedCredentialsError(RuntimeError):
-    """The CRM answered 401/403: the API key is wrong or lacks the import permission."""
+    """The CRM refused the key (401/403, Braze's 404): it is wrong or lacks the import permission."""
 
 
 class PostingStopped(RuntimeError):
@@ -70,16 +73,68 @@ def accepted_lines(
 
 @dataclass
 class BatchOutcome:
-    """What became of one batch: records accepted, dead-letter entries, retries, requests and HTTP statuses seen."""
+    """What became of one batch: ``accepted_positions`` (what the CRM says it wrote), ``rejected`` (records
+    it refused), ``dead_letters`` (those and the records of requests that failed), ``not_sent`` (the
+    daily limit was reached first), ``requests`` sent, ``retries`` (requests sent again),
+    ``isolation_requests`` (the halves of requests refused whole) and the HTTP statuses seen."""
 
     size: int
-    accepted: int = 0
     accepted_positions: list[int] = field(default_factory=list)
     rejected: int = 0
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    not_sent: int = 0
     retries: int = 0
     requests: int = 0
+    isolation_requests: int = 0
     statuses: list[int] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> int:
+        return len(self.accepted_positions)
+
+
+@dataclass
+class _Part:
+    """A request to send: a ``payload`` of the batch's records at ``positions``, its ``attempt``."""
+
+    payload: Any
+    positions: list[int]
+    attempt: int = 1
+
+
+class Pacer:
+    """At most ``rate`` requests a second from this process, whichever thread sends them: each request
+    gets the next free slot of a schedule spaced ``1 / rate`` seconds apart (no burst beyond one)."""
+
+    def __init__(self, rate: float, clock: Any = time.monotonic):
+        self.interval = 1.0 / rate
+        self.clock = clock
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def delay(self) -> float:
+        """Take the next slot; the seconds to wait for it."""
+        with self._lock:
+            now = self.clock()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        return slot - now
+
+
+_process_lock = threading.Lock()
+#: One pacer per CRM URL and rate in this process, shared by every DoFn instance and thread.
+_pacers: dict[tuple[str, float], Pacer] = {}
+#: The jobs (``PostBatchesFn.job_token``) that met their CRM's daily limit in this process, with the CRM's
+#: words: they send nothing more.
+_daily_limits: dict[str, str] = {}
+
+
+def pacer(url: str, rate: float) -> Pacer | None:
+    """This process's pacer of requests to ``url`` at ``rate`` a second; None when ``rate`` is 0."""
+    if rate <= 0:
+        return None
+    with _process_lock:
+        return _pacers.setdefault((url, rate), Pacer(rate))
 
 
 class PostBatchesFn(beam.DoFn):
@@ -87,15 +142,17 @@ class PostBatchesFn(beam.DoFn):
     records the CRM accepted, one element per batch (``accepted_lines``), and the dead letters
     (tag ``DEAD_LETTER``).
 
-    ``settings``: the destination, endpoint, record key, read timeout, attempts, backoff cap and requests
-    in flight (``PipelineSettings``). ``api_key``: an ``ApiKey`` (local runner) or a ``KmsEncryptedApiKey``
-    (Dataflow), read once per DoFn instance in ``setup``, where the destination's client is made.
-    ``namespace``: the export's job name, part of every idempotency key (for a destination that takes
-    one). ``connect_timeout_seconds``: per request. ``backoff_base_seconds``: the exponential backoff's
-    base (base · 2^attempt seconds, full jitter, capped at ``settings.max_backoff_seconds``). Up to
+    ``settings``: the destination, endpoint, record key, read timeout, attempts, backoff cap, requests
+    in flight and the CRM's rate limit (``PipelineSettings``). ``api_key``: an ``ApiKey`` (local runner)
+    or a ``KmsEncryptedApiKey`` (Dataflow), read once per DoFn instance in ``setup``, where the
+    destination's client is made. ``namespace``: the export's job name, part of every idempotency key
+    (for a destination that takes one). ``parallelism``: how many processes of the job send at once: this
+    process paces itself at its share of the rate limit (``PipelineSettings.requests_per_second``).
+    ``connect_timeout_seconds``: per request. ``backoff_base_seconds``: the exponential backoff's base
+    (base · 2^attempt seconds, full jitter, capped at ``settings.max_backoff_seconds``). Up to
     ``settings.max_in_flight`` batches are sent at once per DoFn instance, so a worker keeps shaping the
     next batch while the CRM ingests the last; all are finished before the bundle commits. Raises
-    ``CrmRejectedCredentialsError`` on 401/403. Batch pipelines only (global window).
+    ``CrmRejectedCredentialsError`` when the CRM refuses the key. Batch pipelines only (global window).
     """
 
     def __init__(
@@ -104,6 +161,7 @@ class PostBatchesFn(beam.DoFn):
         api_key: ApiKey | KmsEncryptedApiKey,
         namespace: str,
         *,
+        parallelism: int = 1,
         connect_timeout_seconds: float = 10.0,
         backoff_base_seconds: float = 1.0,
     ):
@@ -115,22 +173,27 @@ class PostBatchesFn(beam.DoFn):
         self.backoff_base_seconds = backoff_base_seconds
         self.max_backoff_seconds = settings.max_backoff_seconds
         self.max_in_flight = settings.max_in_flight
+        self.requests_per_second = settings.requests_per_second(parallelism)
         self.destination = destination_for(settings)
+        # Made when the pipeline is built, pickled with the DoFn: the same in every instance of one job.
+        self.job_token = uuid.uuid4().hex
         self.batches = Metrics.counter(NAMESPACE, "batches")
         self.requests = Metrics.counter(NAMESPACE, "requests")
+        self.requests_isolating = Metrics.counter(NAMESPACE, "requests_isolating")
         self.records_sent = Metrics.counter(NAMESPACE, "records_sent")
         self.records_accepted = Metrics.counter(NAMESPACE, "records_accepted")
         self.records_rejected = Metrics.counter(NAMESPACE, "records_rejected")
         self.records_dead_lettered = Metrics.counter(NAMESPACE, "records_dead_lettered")
+        self.records_not_sent = Metrics.counter(NAMESPACE, "records_not_sent")
         self.retries = Metrics.counter(NAMESPACE, "retries")
         self.batch_size = Metrics.distribution(NAMESPACE, "batch_size")
 
     def setup(self) -> None:
-        self._connection = self.destination.connect(
-            self.api_key.get_secret_value(), self.timeout, self.max_in_flight
-        )
+        self._secret = self.api_key.get_secret_value()  # to redact it from the CRM's error text
+        self._connection = self.destination.connect(self._secret, self.timeout, self.max_in_flight)
         self._random = random.Random()
         self._stopping = threading.Event()
+        self._pacer = pacer(self.url, self.requests_per_second)
         self._executor = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="post-batches")
 
     def teardown(self) -> None:
@@ -148,7 +211,7 @@ class PostBatchesFn(beam.DoFn):
             connection.close()
 
     def start_bundle(self) -> None:
-        self._pending: deque[Future[BatchOutcome]] = deque()
+        self._pending: deque[Future[tuple[BatchOutcome, bytes]]] = deque()
 
     def process(self, batch: EncodedBatch) -> Iterator[Any]:
         # Metrics are per thread in Beam: the requests run in the pool, the counting happens here.
@@ -170,13 +233,15 @@ class PostBatchesFn(beam.DoFn):
 
     def _post(self, batch: EncodedBatch) -> tuple[BatchOutcome, bytes]:
         outcome = self.post_body(batch.payload, batch.keys)
-        return outcome, accepted_lines(batch.keys, batch.fingerprints, outcome.accepted_positions)
+        return outcome, accepted_lines(batch.keys, batch.fingerprints, sorted(outcome.accepted_positions))
 
     def _account(self, outcome: BatchOutcome, accepted: bytes) -> Iterator[Any]:
         self.requests.inc(outcome.requests)
+        self.requests_isolating.inc(outcome.isolation_requests)
         self.records_accepted.inc(outcome.accepted)
         self.records_rejected.inc(outcome.rejected)
         self.records_dead_lettered.inc(len(outcome.dead_letters))
+        self.records_not_sent.inc(outcome.not_sent)
         self.retries.inc(outcome.retries)
         for status in outcome.statuses:
             Metrics.counter(NAMESPACE, f"http_{status}").inc()
@@ -186,48 +251,110 @@ class PostBatchesFn(beam.DoFn):
             yield accepted
 
     def post_body(self, payload: Any, keys: Sequence[Any]) -> BatchOutcome:
-        """Send one encoded batch (records keyed ``keys``) until the CRM takes it or the attempts run
-        out; never loses a record: each one not accepted is dead-lettered.
+        """Send one encoded batch (records keyed ``keys``) until the CRM has answered for every record or
+        the attempts run out; never loses a record: each is accepted (the CRM's answer says it wrote
+        it), dead-lettered (it refused it, or the request failed for good) or not sent (its daily limit
+        was reached: sent with the next export).
 
-        Raises ``CrmRejectedCredentialsError`` on 401/403, ``PostingStopped`` if ``teardown`` begins
-        while it waits to send the batch again.
+        A request the CRM refuses whole for an input error is split in halves, sent again, until the
+        refused inputs are alone (each half a request of its own, counted in ``isolation_requests``); the
+        records an answer does not confirm are sent again (a protocol error); 429, 5xx and no answer are
+        retried with backoff. Raises ``CrmRejectedCredentialsError`` when the CRM refuses the key,
+        ``PostingStopped`` if ``teardown`` begins while it waits to send again.
         """
         outcome = BatchOutcome(size=len(keys))
-        key = (
-            idempotency_key(self.namespace, payload)
-            if self.destination.idempotency_keys and isinstance(payload, bytes)
-            else None
-        )
-        answer = Answer(None)
-        for attempt in range(1, self.max_attempts + 1):
-            outcome.retries = attempt - 1
-            outcome.requests = attempt
-            answer = self._connection.send(payload, keys, key)
-            if answer.status is not None:
-                outcome.statuses.append(answer.status)
-            if answer.succeeded:
-                self.account_answer(keys, answer, attempt, outcome)
-                return outcome
+        parts = deque([_Part(payload, list(range(len(keys))))])
+        while parts:
+            part = parts.popleft()
+            if self.job_token in _daily_limits:
+                outcome.not_sent += len(part.positions)
+                continue
+            answer = self._send(part, keys, outcome)
             if answer.credentials_rejected:
                 raise CrmRejectedCredentialsError(
                     f"the CRM at {self.url} answered {answer.status}: check the API key in the CRM block (or the "
-                    f"secret block it names) and {self.destination.key_permission}"
+                    f"secret block it names) and {self.destination.key_permission} "
+                    f"({self._redacted(answer.reason)})"
                 )
-            if not answer.retry:
-                break
-            if attempt < self.max_attempts:
-                self._pause(self._backoff(attempt, answer.retry_after_seconds))
-        else:
-            answer = Answer(
-                answer.status,
-                reason=f"retries exhausted: {self.max_attempts} attempts, the last: {answer.reason}",
-            )
-        outcome.dead_letters = [dead_letter(k, answer.reason, answer.status, attempt, "crm") for k in keys]
+            if answer.daily_limit:
+                with _process_lock:
+                    _daily_limits.setdefault(self.job_token, answer.reason)
+                outcome.not_sent += len(part.positions)
+            elif answer.refused_whole and len(part.positions) > 1:
+                half = len(part.positions) // 2
+                for local in (range(half), range(half, len(part.positions))):
+                    positions = [part.positions[i] for i in local]
+                    parts.appendleft(_Part(self.destination.subset(part.payload, list(local)), positions))
+                outcome.isolation_requests += 2
+            elif answer.succeeded:
+                self._settle(part, answer, keys, outcome, parts)
+            elif answer.retry and part.attempt < self.max_attempts:
+                self._pause(self._backoff(part.attempt, answer.retry_after_seconds))
+                parts.appendleft(_Part(part.payload, part.positions, part.attempt + 1))
+            else:
+                reason = answer.reason
+                if answer.retry:
+                    reason = f"retries exhausted: {part.attempt} attempts, the last: {reason}"
+                elif answer.refused_whole:  # the input isolated: the CRM refused it
+                    outcome.rejected += len(part.positions)
+                outcome.dead_letters += [
+                    dead_letter(keys[i], reason, answer.status, part.attempt, "crm") for i in part.positions
+                ]
         return outcome
 
+    def _send(self, part: _Part, keys: Sequence[Any], outcome: BatchOutcome) -> Answer:
+        key = (
+            idempotency_key(self.namespace, part.payload)
+            if self.destination.idempotency_keys and isinstance(part.payload, bytes)
+            else None
+        )
+        if self._pacer is not None:
+            self._pause(self._pacer.delay())
+        answer = self._connection.send(part.payload, [keys[i] for i in part.positions], key)
+        outcome.requests += 1
+        outcome.retries += part.attempt > 1
+        if answer.status is not None:
+            outcome.statuses.append(answer.status)
+        return answer
+
+    def _settle(
+        self, part: _Part, answer: Answer, keys: Sequence[Any], outcome: BatchOutcome, parts: deque[_Part]
+    ) -> None:
+        """Account a successful answer: what it says was written is accepted, what it refused is
+        dead-lettered; the rest is sent again, or dead-lettered as unconfirmed after the last attempt."""
+        unconfirmed = []
+        for local, position in enumerate(part.positions):
+            if local in answer.rejected:
+                outcome.rejected += 1
+                outcome.dead_letters.append(
+                    dead_letter(keys[position], answer.rejected[local], answer.status, part.attempt, "crm")
+                )
+            elif local in answer.accepted:
+                outcome.accepted_positions.append(position)
+            else:
+                unconfirmed.append(local)
+        if not unconfirmed:
+            return
+        if part.attempt < self.max_attempts:
+            self._pause(self._backoff(part.attempt, None))
+            positions = [part.positions[i] for i in unconfirmed]
+            parts.appendleft(
+                _Part(self.destination.subset(part.payload, unconfirmed), positions, part.attempt + 1)
+            )
+        else:
+            reason = f"{answer.reason} ({part.attempt} attempts)"
+            outcome.dead_letters += [
+                dead_letter(keys[part.positions[i]], reason, answer.status, part.attempt, "crm")
+                for i in unconfirmed
+            ]
+
+    def _redacted(self, text: str) -> str:
+        """``text`` (the CRM's error words, which may quote the key) without the API key."""
+        return text.replace(self._secret, "***") if self._secret else text
+
     def _pause(self, seconds: float) -> None:
-        """Wait ``seconds`` before the next attempt; raises ``PostingStopped`` if ``teardown`` begins."""
-        if self._stopping.wait(seconds):
+        """Wait ``seconds`` before the next request; raises ``PostingStopped`` if ``teardown`` begins."""
+        if seconds > 0 and self._stopping.wait(seconds):
             raise PostingStopped(f"stopped while waiting {seconds:.1f} s to send a batch again")
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
@@ -236,22 +363,3 @@ class PostBatchesFn(beam.DoFn):
             return wait + self._random.uniform(0, 0.1 * wait)
         ceiling = min(self.max_backoff_seconds, self.backoff_base_seconds * 2 ** (attempt - 1))
         return self._random.uniform(0, ceiling)
-
-    @staticmethod
-    def account_answer(keys: Sequence[Any], answer: Answer, attempts: int, outcome: BatchOutcome) -> None:
-        """Dead-letter the records the CRM rejected (with its code and text); the rest count as accepted,
-        unless the CRM acknowledged another number than it did not reject: then which ones it took is
-        unknown, none counts as accepted, and a re-export re-sends them (every destination upserts by key).
-        """
-        reasons = dict(answer.rejected)
-        taken = len(keys) - len(reasons)
-        if answer.acknowledged is not None and answer.acknowledged != taken:
-            note = f"the CRM acknowledged {answer.acknowledged} of the {taken} records it did not reject"
-            reasons.update({i: note for i in range(len(keys)) if i not in reasons})
-        outcome.accepted = len(keys) - len(reasons)
-        outcome.accepted_positions = [i for i in range(len(keys)) if i not in reasons]
-        outcome.rejected = len(reasons)
-        outcome.dead_letters = [
-            dead_letter(keys[i], reason, answer.status, attempts, "crm")
-            for i, reason in sorted(reasons.items())
-        ]

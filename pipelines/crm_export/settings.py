@@ -33,7 +33,7 @@ DestinationName = Literal["generic", "hubspot", "braze"]
 #: request body (``destinations.py``). It is part of every row's fingerprint in the sync state, so that
 #: a change of what would be sent sends every row again. Bump it with any change of that output:
 #: tests/crm_export/test_shaping_version.py fails until you do (docs/crm-export.md, "Sync state").
-SHAPING_VERSION = 1
+SHAPING_VERSION = 2  # 2: HubSpot inputs carry an objectWriteTraceId
 #: Prefix of the columns the export's plan adds to each row it sends; they are never sent to the CRM.
 PLAN_COLUMN_PREFIX = "_crm_sync_"
 #: The plan's fingerprint of a row (hex MD5 of what is sent for it), recorded in the sync state when the
@@ -76,6 +76,27 @@ class DestinationSettings(BaseModel):
         description="hubspot: the unique contact property the key is upserted by (idProperty), e.g. email "
         "or a custom unique property such as external_id",
     )
+    objects_per_request: Annotated[int, Flag("crm_objects_per_request")] = Field(
+        default=0,
+        ge=0,
+        description="records per request the CRM's contract allows (Braze: 75, or 50 on MAU-based contracts); "
+        "0: the destination's own limit",
+    )
+    rate_limit_requests: Annotated[int, Flag("crm_rate_limit_requests")] = Field(
+        default=0,
+        ge=0,
+        description="requests the CRM allows per rate_limit_seconds (HubSpot: 100 or 190 per 10 s by tier; "
+        "Braze: 3,000 per 3 s); the job's workers pace themselves below it; 0: not paced",
+    )
+    rate_limit_seconds: Annotated[float, Flag("crm_rate_limit_seconds")] = Field(
+        default=10.0, gt=0, description="the interval of rate_limit_requests, in seconds"
+    )
+    daily_request_limit: Annotated[int, Flag("crm_daily_request_limit")] = Field(
+        default=0,
+        ge=0,
+        description="requests the CRM allows per day (HubSpot: 250,000, 625,000 or 1,000,000 by tier); "
+        "reported against the export's plan; 0: none",
+    )
 
     @model_validator(mode="after")
     def _destination_needs(self) -> DestinationSettings:
@@ -93,6 +114,14 @@ class DestinationSettings(BaseModel):
             raise ValueError(
                 "id_property is required for hubspot: the unique contact property the key is upserted by "
                 "(HubSpot's idProperty), e.g. email or a custom unique property"
+            )
+        from pipelines.crm_export.destinations import DESTINATIONS
+
+        limit = DESTINATIONS[self.destination].max_batch_size
+        if self.objects_per_request > limit:
+            raise ValueError(
+                f"objects_per_request {self.objects_per_request}: {self.destination} takes at most {limit} "
+                f"records per request{DESTINATIONS[self.destination].batch_limit_note}"
             )
         return self
 
@@ -177,10 +206,18 @@ class PipelineSettings(DestinationSettings, SendSettings):
         return args
 
     def batch_limit(self) -> int:
-        """Records per request: ``batch_size``, capped at the destination's own limit (HubSpot 100, Braze 75)."""
+        """Records per request: ``batch_size``, capped at the destination's own limit (HubSpot 100, Braze 75)
+        and at the contract's ``objects_per_request`` (Braze's MAU contracts: 50)."""
         from pipelines.crm_export.destinations import DESTINATIONS
 
-        return min(self.batch_size, DESTINATIONS[self.destination].max_batch_size)
+        return min(self.batch_size, self.objects_per_request or DESTINATIONS[self.destination].max_batch_size)
+
+    def requests_per_second(self, parallelism: int) -> float:
+        """The pace of one of ``parallelism`` processes sending at once: 90 % of ``rate_limit_requests`` per
+        ``rate_limit_seconds``, shared evenly; 0 (not paced) without a rate limit."""
+        if not self.rate_limit_requests:
+            return 0.0
+        return 0.9 * self.rate_limit_requests / self.rate_limit_seconds / max(1, parallelism)
 
 
 def add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -267,27 +304,37 @@ def _flags(model: type[BaseModel]) -> dict[str, tuple[str, FieldInfo]]:
 
 @dataclass(frozen=True)
 class Answer:
-    """What one request to the CRM got, in the CRM's own terms.
+    """What one request to the CRM got, in the CRM's own terms; positions are in the request.
 
     ``status``: the HTTP status, None when no response came (timeout, refused or reset connection).
-    ``rejected``: position in the batch → why the CRM refused that record, its own error code and text
-    (``"INVALID_EMAIL: Email address … is invalid"``); only on a success. ``acknowledged``: how many
-    records the CRM says it took, when it says. ``retry``: worth sending again (429, 5xx, no response);
-    ``retry_after_seconds``: the CRM's hint, if it gave one. ``credentials_rejected``: 401/403, the key
-    is wrong. ``reason``: why a request that did not succeed failed (status and the CRM's error text).
+    ``accepted``: the positions the answer says the CRM wrote (never inferred from a status code).
+    ``rejected``: position → why the CRM refused that record, its own code and text
+    (``"INVALID_EMAIL: Email address … is invalid"``). On a success, a position in neither is
+    unconfirmed: the answer does not say (``reason`` says why), and it is sent again. ``retry``: worth
+    sending again (429, 5xx, no response, an answer that does not say anything: a protocol error);
+    ``retry_after_seconds``: the CRM's hint, if it gave one. ``credentials_rejected``: the key is wrong or
+    lacks the permission (the job fails). ``refused_whole``: an input error refused the whole request:
+    split it to isolate the bad inputs. ``daily_limit``: the CRM's daily limit is used up: stop sending.
+    ``reason``: why a request did not succeed, or why positions are unconfirmed.
     """
 
     status: int | None
+    accepted: frozenset[int] = frozenset()
     rejected: Mapping[int, str] = field(default_factory=dict)
-    acknowledged: int | None = None
     retry: bool = False
     retry_after_seconds: float | None = None
     credentials_rejected: bool = False
+    refused_whole: bool = False
+    daily_limit: bool = False
     reason: str = ""
 
     @property
     def succeeded(self) -> bool:
-        return self.status is not None and 200 <= self.status < 300 and not self.retry
+        return (
+            self.status is not None
+            and 200 <= self.status < 300
+            and not (self.retry or self.refused_whole or self.daily_limit)
+        )
 
 
 class Connection(abc.ABC):
@@ -312,7 +359,10 @@ class Destination(abc.ABC):
     ``(payload, keys, unserialisable)``: what ``Connection.send`` sends, the record keys in order, and
     dead-letter entries for records it cannot send (they are left out of the payload).
     ``connect(api_key, timeout, max_in_flight)`` opens the client (``timeout``: (connect, read) seconds).
+    ``subset(payload, positions)``: the request of the records at ``positions`` only (to resend the
+    unconfirmed ones, or to split a request refused whole into halves).
     ``key_permission``: what the key must be allowed, named in the error when the CRM refuses it.
+    ``batch_limit_note``: what the error of a too large ``objects_per_request`` adds.
     ``keys_case_insensitive``: the CRM takes two keys that differ in case only for one record (HubSpot's
     email): the sync state and the shard's duplicates compare them lowercased.
     """
@@ -321,6 +371,7 @@ class Destination(abc.ABC):
     max_batch_size: ClassVar[int]
     idempotency_keys: ClassVar[bool] = False
     key_permission: ClassVar[str]
+    batch_limit_note: ClassVar[str] = ""
 
     def __init__(self, settings: PipelineSettings):
         self.settings = settings
@@ -331,6 +382,9 @@ class Destination(abc.ABC):
 
     @abc.abstractmethod
     def encode(self, records: Sequence[dict[str, Any]]) -> tuple[Any, list[str], list[dict[str, Any]]]: ...
+
+    @abc.abstractmethod
+    def subset(self, payload: Any, positions: Sequence[int]) -> Any: ...
 
     @abc.abstractmethod
     def connect(self, api_key: str, timeout: tuple[float, float], max_in_flight: int) -> Connection: ...

@@ -217,6 +217,13 @@ class LocalRunnerSettings(BaseModel):
         default_factory=list, description="extra Beam options, e.g. --direct_num_workers=2"
     )
 
+    def sending_processes(self) -> int:
+        """The job's workers at most: ``--direct_num_workers`` of ``runner_args`` (default 1)."""
+        for arg in self.runner_args:
+            if arg.startswith("--direct_num_workers="):
+                return max(1, int(arg.split("=", 1)[1]))
+        return 1
+
 
 RunnerSettings = Annotated[DataflowRunnerSettings | LocalRunnerSettings, Field(discriminator="kind")]
 
@@ -285,6 +292,31 @@ def read_crm_api_key(block: str) -> ApiKey:
     """Read the CRM's key from its block (or the secret block it names); the result is never persisted,
     cached or logged."""
     return read_api_key(block)
+
+
+@task(cache_policy=NO_CACHE, retries=3, retry_condition_fn=retry_if_transient)
+def sending_processes(runner: DataflowRunnerSettings | LocalRunnerSettings, crm: PipelineSettings) -> int:
+    """How many processes of the job send to the CRM at once at most, among which its rate limit is shared
+    (``--crm_parallelism``). Raises ``ValueError`` for a rate-limited CRM on Dataflow without
+    ``max_num_workers`` (Dataflow's default autoscaling bound would leave each worker a crawl)."""
+    if isinstance(runner, LocalRunnerSettings):
+        return runner.sending_processes()
+    from blocks.crm_export.dataflow import DataflowOptions
+
+    options = load_block(
+        DataflowOptions, runner.options_block, needed_by="the CRM export (runner.options_block)"
+    )
+    processes = options.sending_processes()
+    if processes is None:
+        if crm.rate_limit_requests:
+            raise ValueError(
+                f"Dataflow Options block {runner.options_block!r} has no max_num_workers: the workers pace their "
+                f"requests at their share of the CRM's limit ({crm.rate_limit_requests} per "
+                f"{crm.rate_limit_seconds:g} s), so the job needs a bound; set max_num_workers (a CRM-bound "
+                "export needs few workers)"
+            )
+        return 1
+    return processes
 
 
 @task(cache_policy=NO_CACHE, retries=3, retry_condition_fn=retry_if_transient)
@@ -371,6 +403,14 @@ def launch_export_job(
             f"{made.unchanged:,}",
             f"{made.removed_from_source:,}",
         )
+        requests = -(-made.rows_to_send // plan.crm.batch_limit())
+        if plan.crm.daily_request_limit and requests > plan.crm.daily_request_limit:
+            logger.warning(
+                "This export sends at least %s requests, more than the CRM's daily limit of %s: once it is "
+                "reached the rows left are not sent, and go out with the next export",
+                f"{requests:,}",
+                f"{plan.crm.daily_request_limit:,}",
+            )
         pending = PendingExport(
             plan_id=made.plan_id,
             job_name=name,

@@ -23,26 +23,63 @@ def unique(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
+def test_hubspot_limits_follow_the_tier_and_the_api_limit_increases() -> None:
+    def limits(**fields) -> tuple[int, int]:
+        return HubSpotCrm(access_token=TOKEN, id_property="email", field_map=FIELDS, **fields).limits()
+
+    assert [limits(tier=t) for t in ("free", "starter", "professional", "enterprise")] == [
+        (100, 250_000),
+        (100, 250_000),
+        (190, 625_000),
+        (190, 1_000_000),
+    ]
+    assert limits(tier="professional", api_limit_increases=2) == (250, 2_625_000)
+    with pytest.raises(ValidationError, match="api_limit_increases"):
+        limits(api_limit_increases=3)
+
+
+def test_a_braze_block_refuses_more_objects_per_request_than_braze_takes() -> None:
+    with pytest.raises(ValidationError, match="objects_per_request"):
+        BrazeCrm(
+            rest_endpoint="https://rest.iad-01.braze.com",
+            api_key="k",
+            field_map=FIELDS,
+            objects_per_request=76,
+        )
+
+
 def test_each_crm_block_gives_the_pipeline_its_destination_settings() -> None:
     hubspot = HubSpotCrm(access_token=TOKEN, id_property="external_id", field_map=FIELDS)
     assert hubspot.destination_settings() == DestinationSettings(
-        destination="hubspot", url="https://api.hubapi.com", id_property="external_id", field_map=FIELDS
+        destination="hubspot",
+        url="https://api.hubapi.com",
+        id_property="external_id",
+        field_map=FIELDS,
+        rate_limit_requests=100,  # the default tier, starter: the strictest limits
+        rate_limit_seconds=10.0,
+        daily_request_limit=250_000,
     )
     braze = BrazeCrm(
         rest_endpoint="https://rest.fra-01.braze.eu/", api_key_block="secret/b", field_map=FIELDS
     )
     assert braze.destination_settings() == DestinationSettings(
-        destination="braze", url="https://rest.fra-01.braze.eu", field_map=FIELDS
+        destination="braze",
+        url="https://rest.fra-01.braze.eu",
+        field_map=FIELDS,
+        objects_per_request=75,
+        rate_limit_requests=3_000,
+        rate_limit_seconds=3.0,
     )
     generic = GenericCrmEndpoint(url="https://crm.internal.example.com/v1/users/batch", api_key="k-1")
     assert generic.destination_settings() == DestinationSettings(
-        url="https://crm.internal.example.com/v1/users/batch"
+        url="https://crm.internal.example.com/v1/users/batch", rate_limit_seconds=1.0
     )
+    mau = braze.model_copy(update={"objects_per_request": 50})
     limits = [
         PipelineSettings(**b.destination_settings().model_dump()).batch_limit()
-        for b in (hubspot, braze, generic)
+        for b in (hubspot, braze, generic, mau)
     ]
-    assert limits == [100, 75, 5000]
+    assert limits == [100, 75, 5000, 50]
     assert hubspot.key().get_secret_value() == TOKEN and braze.key() == "secret/b"
 
 
@@ -58,6 +95,11 @@ def test_each_crm_block_gives_the_pipeline_its_destination_settings() -> None:
         ({"access_token": "pat na1"}, "access_token: .*trailing newline or spaces"),
         ({"access_token_block": "hubspot-token"}, "access_token_block 'hubspot-token' is not a block slug"),
         ({"access_token": TOKEN, "id_property": ""}, "id_property is required for hubspot"),
+        (
+            {"access_token": TOKEN, "id_property": "hs_object_id"},
+            r"id_property 'hs_object_id': HubSpot upserts only by a property with unique values.*use email, or a "
+            r"custom contact property created with unique values required",
+        ),
         ({"access_token": TOKEN, "field_map": {}}, "field_map is required for hubspot"),
         ({"access_token": TOKEN, "field_map": {"email": " "}}, r"field_map: \['email'\] — every entry maps"),
         (

@@ -1,5 +1,7 @@
-"""Each destination's requests and answers, through the sink (PostBatchesFn) against its stand-in:
-partial failures with the CRM's own codes, 429 storms, 5xx, a refused key, an oversize batch."""
+"""Each destination's requests and answers, through the sink (PostBatchesFn) against its stand-in, which
+answers as the service does: what counts as accepted (only what the answer says was written), bad inputs
+isolated when HubSpot refuses a whole batch, duplicates, limits and pacing, 429 storms, 5xx, a refused
+key, an oversize batch."""
 
 from __future__ import annotations
 
@@ -15,8 +17,14 @@ from devstack.crms import BrazeServer, HubSpotServer
 from devstack.crms.braze import BrazeConfig
 from devstack.crms.hubspot import HubSpotConfig
 from pipelines.crm_export.api_key import ApiKey
-from pipelines.crm_export.destinations import BrazeDestination, FieldMap, HubSpotDestination, hubspot_value
-from pipelines.crm_export.post_batches import CrmRejectedCredentialsError, PostBatchesFn
+from pipelines.crm_export.destinations import (
+    BrazeDestination,
+    FieldMap,
+    GenericDestination,
+    HubSpotDestination,
+    hubspot_value,
+)
+from pipelines.crm_export.post_batches import CrmRejectedCredentialsError, Pacer, PostBatchesFn
 from pipelines.crm_export.settings import PipelineSettings
 
 TOKEN = "pat-na1-destinations-test"
@@ -84,18 +92,14 @@ def hs(hubspot):
 
 
 def hubspot_settings(url: str, **changes) -> PipelineSettings:
-    return PipelineSettings(
-        url=url,
-        destination="hubspot",
-        field_map=FIELDS,
-        id_property="external_id",
-        max_backoff_seconds=0.2,
-        **changes,
-    )
+    given = {"field_map": FIELDS, "id_property": "external_id", "max_backoff_seconds": 0.2}
+    return PipelineSettings(url=url, destination="hubspot", **(given | changes))
 
 
-def test_hubspot_inputs_are_upserted_by_id_property_and_207_errors_dead_letter_with_hubspots_code(hs):
+def test_hubspot_inputs_carry_a_trace_id_and_207_errors_dead_letter_with_hubspots_code(hs):
     batch = records("u1", "u2", "u3", u2={"email": "u2example.com"})
+    payload, _, _ = HubSpotDestination(hubspot_settings(hs.url)).encode(batch)
+    assert [i["objectWriteTraceId"] for i in payload["inputs"]] == ["u1", "u2", "u3"]
     outcome = send(sink(hubspot_settings(hs.url)), batch)
     assert outcome.accepted == 2 and outcome.statuses == [207] and outcome.requests == 1
     (dead,) = outcome.dead_letters
@@ -108,6 +112,73 @@ def test_hubspot_inputs_are_upserted_by_id_property_and_207_errors_dead_letter_w
         "plan": "pro",
         "country": "DE",
     }
+    assert hs.user("u2") is None
+
+
+@pytest.mark.parametrize(
+    ("config", "statuses"),
+    [
+        ({}, {207}),  # per-input errors through the trace ids: no split
+        ({"trace_ids": False}, {400, 200}),  # one invalid input refuses the whole batch
+        ({"trace_ids": False, "refusal": "207-empty"}, {207, 200}),  # a 207 that wrote nothing
+    ],
+)
+def test_one_invalid_email_in_a_batch_of_100_leaves_99_accepted_and_1_dead_lettered(hs, config, statuses):
+    hs.configure(**config)
+    keys = [f"c{i:03d}" for i in range(100)]
+    outcome = send(sink(hubspot_settings(hs.url)), records(*keys, c037={"email": "c037.example.com"}))
+    assert outcome.accepted == 99 and [d["key"] for d in outcome.dead_letters] == ["c037"]
+    if config.get("refusal"):  # HubSpot said nothing of why
+        assert outcome.dead_letters[0]["reason"].startswith("HTTP 207, nothing written")
+    else:
+        assert outcome.dead_letters[0]["reason"].startswith(("INVALID_EMAIL", "HTTP 400"))
+        assert "c037.example.com is invalid" in outcome.dead_letters[0]["reason"]
+    assert sorted(outcome.accepted_positions) == [i for i in range(100) if i != 37]
+    assert set(outcome.statuses) == statuses
+    stats = hs.stats()
+    assert stats["distinct_users"] == 99 and hs.user("c037") is None and stats["duplicate_deliveries"] == 0
+    if config:  # refused whole: halves until the bad input is alone (37 in 100, 50, 25, 13, 6, 3, 2: 1)
+        assert outcome.isolation_requests == outcome.requests - 1 == 12
+    else:
+        assert outcome.requests == 1 and outcome.isolation_requests == 0
+
+
+def test_two_inputs_hubspot_takes_for_one_contact_never_share_a_batch(hs):
+    settings = hubspot_settings(hs.url, id_property="email", key_field="email")
+    batch = [
+        {"email": "Ann@Example.com", "properties": {"plan": "pro"}},
+        {"email": "bob@example.com", "properties": {"plan": "pro"}},
+        {"email": "ann@example.com", "properties": {"plan": "team"}},
+    ]
+    payload, keys, duplicates = HubSpotDestination(settings).encode(batch)
+    assert keys == ["Ann@Example.com", "bob@example.com"]
+    (duplicate,) = duplicates
+    assert duplicate["key"] == "ann@example.com"
+    assert duplicate["reason"].startswith(
+        "duplicate key: HubSpot takes 'ann@example.com' and 'Ann@Example.com'"
+    )
+    outcome = sink(settings).post_body(payload, keys)
+    assert outcome.accepted == 2 and hs.stats()["distinct_users"] == 2
+
+
+def test_an_id_property_without_unique_values_dead_letters_the_batch_without_splitting_it(hs):
+    outcome = send(sink(hubspot_settings(hs.url, id_property="phone")), records("n1", "n2", "n3"))
+    assert outcome.requests == 1 and outcome.accepted == 0 and len(outcome.dead_letters) == 3
+    assert outcome.dead_letters[0]["reason"] == (
+        "HTTP 400: VALIDATION_ERROR: Unable to perform update/upsert by non-unique 0-1 property phone in portal "
+        "ID 21939747"
+    )
+
+
+def test_an_answer_that_does_not_list_an_input_sends_it_again_then_dead_letters_it():
+    settings = hubspot_settings("http://hubspot.invalid")
+    destination = HubSpotDestination(settings)
+    listed = {"status": "COMPLETE", "results": [{"id": "1", "properties": {"external_id": "a"}}]}
+    answer = destination.parse(200, {}, orjson.dumps(listed), ["a", "b"])
+    assert answer.succeeded and answer.accepted == {0} and answer.rejected == {}
+    assert answer.reason.startswith("unconfirmed: HubSpot's answer lists it neither")
+    assert destination.parse(200, {}, b"{}", ["a"]).retry  # no results at all: a protocol error
+    assert destination.parse(207, {}, b'{"results": [], "errors": []}', ["a", "b"]).refused_whole
 
 
 def test_a_hubspot_429_storm_is_waited_out_and_everything_is_upserted_once(hs):
@@ -126,11 +197,16 @@ def test_a_hubspot_429_storm_is_waited_out_and_everything_is_upserted_once(hs):
     assert sum(o.retries for o in outcomes) == stats["status_counts"]["429"]
 
 
-def test_hubspots_daily_limit_dead_letters_the_batch_without_retrying(hs):
-    hs.configure(daily_limit=0)
-    outcome = send(sink(hubspot_settings(hs.url)), records("d1", "d2"))
-    assert outcome.requests == 1 and outcome.accepted == 0 and len(outcome.dead_letters) == 2
-    assert "daily limit" in outcome.dead_letters[0]["reason"] and outcome.dead_letters[0]["status"] == 429
+def test_hubspots_daily_limit_stops_sending_and_leaves_the_rest_not_sent(hs):
+    hs.configure(daily_limit=2)
+    fn = sink(hubspot_settings(hs.url))
+    try:
+        outcomes = [fn.post_body(*fn.destination.encode(records(f"d{i}a", f"d{i}b"))[:2]) for i in range(4)]
+    finally:
+        fn.teardown()
+    assert [o.accepted for o in outcomes] == [2, 2, 0, 0] and [o.not_sent for o in outcomes] == [0, 0, 2, 2]
+    assert [o.requests for o in outcomes] == [1, 1, 1, 0]  # the DAILY 429 stops the job's sending
+    assert not any(o.dead_letters for o in outcomes) and hs.stats()["distinct_users"] == 4
 
 
 def test_hubspot_5xx_are_retried(hs):
@@ -169,14 +245,31 @@ def test_the_hubspot_client_goes_through_the_environments_proxy_unless_no_proxy_
     assert hs.stats()["distinct_users"] == 1  # p1 never reached HubSpot
 
 
-def test_an_oversize_hubspot_batch_is_dead_lettered_with_the_400_not_retried(hs):
-    fn = sink(hubspot_settings(hs.url))
-    batch = records(*(f"o{i}" for i in range(101)))
-    outcome = send(fn, batch)
-    assert outcome.requests == 1 and len(outcome.dead_letters) == 101
-    assert {d["status"] for d in outcome.dead_letters} == {400}
-    assert "VALIDATION_ERROR" in outcome.dead_letters[0]["reason"]
+def test_hubspot_batches_stay_within_100_inputs():
     assert HubSpotDestination.max_batch_size == 100  # the pipeline never batches more
+    assert hubspot_settings("http://hubspot.invalid", batch_size=5000).batch_limit() == 100
+
+
+def test_workers_pace_themselves_below_the_ten_second_limit_and_meet_no_429(hs):
+    hs.configure(ten_second_limit=10, interval_milliseconds=1_000)
+    settings = hubspot_settings(hs.url, rate_limit_requests=10, rate_limit_seconds=1.0, max_attempts=1)
+    assert settings.requests_per_second(parallelism=2) == pytest.approx(4.5)  # 90 %, shared by two
+    fn = sink(settings)
+    started = time.monotonic()
+    try:
+        outcomes = [fn.post_body(*fn.destination.encode(records(f"pace{i}"))[:2]) for i in range(20)]
+    finally:
+        fn.teardown()
+    assert sum(o.accepted for o in outcomes) == 20 and "429" not in hs.stats()["status_counts"]
+    assert time.monotonic() - started >= 19 / 9  # 9 requests a second at most
+
+
+def test_a_pacer_spaces_requests_at_its_rate_from_every_thread():
+    now = [100.0]
+    pacer = Pacer(4.0, clock=lambda: now[0])
+    assert [pacer.delay() for _ in range(3)] == [0.0, 0.25, 0.5]
+    now[0] = 101.0  # idle for a while: no burst saved up beyond the schedule
+    assert [pacer.delay() for _ in range(2)] == [0.0, 0.25]
 
 
 # --- Braze ----------------------------------------------------------------------------------------
@@ -213,8 +306,12 @@ def test_braze_attributes_are_keyed_by_external_id_and_non_fatal_errors_dead_let
     outcome = send(sink(braze_settings(bz.url)), batch)
     assert outcome.accepted == 2 and outcome.statuses == [201]
     (dead,) = outcome.dead_letters
-    assert dead["key"] == "b3" and dead["reason"] == "'email' is not a valid email address"
+    assert (
+        dead["key"] == "b3"
+        and dead["reason"] == "The value provided for the 'email' field is not a valid email."
+    )
     assert bz.user("b1")["properties"] == {"email": "b1@example.com", "plan": "pro", "country": "DE"}
+    assert bz.user("b3") is None
 
 
 def test_a_braze_429_waits_until_x_ratelimit_reset():
@@ -227,10 +324,62 @@ def test_a_braze_429_waits_until_x_ratelimit_reset():
     assert settings.batch_limit() == 75
 
 
-@pytest.mark.parametrize("content", [b"<html>maintenance</html>", b"null", b"[]", b'"ok"'])
-def test_a_braze_2xx_whose_body_is_not_the_documented_object_dead_letters_the_batch(content):
+@pytest.mark.parametrize(
+    "content", [b"<html>maintenance</html>", b"null", b"[]", b'"ok"', b'{"message": "success"}']
+)
+def test_a_braze_2xx_that_does_not_say_what_it_processed_is_a_protocol_error(content):
     answer = BrazeDestination.parse(201, {}, content, 3)
-    assert answer.rejected == {i: "unparseable Braze response" for i in range(3)}
+    assert answer.retry and answer.accepted == frozenset() and answer.reason.startswith("protocol error")
+
+
+def test_brazes_processed_count_says_which_objects_were_written():
+    errors = b'"errors": [{"type": "x", "input_array": "attributes", "index": 1}]'
+    for processed in (2, 3):  # the valid objects, or every object less the errors
+        answer = BrazeDestination.parse(201, {}, b'{"attributes_processed": %d, %s}' % (processed, errors), 3)
+        assert answer.accepted == {0, 2} and answer.rejected == {1: "x"}
+    short = BrazeDestination.parse(201, {}, b'{"attributes_processed": 1, %s}' % errors, 3)
+    assert short.accepted == frozenset() and short.reason.startswith(
+        "unconfirmed: Braze processed 1 of the 2"
+    )
+
+
+def test_an_mau_contract_sends_50_objects_a_request(bz):
+    bz.configure(objects_per_request=50)
+    settings = braze_settings(bz.url, objects_per_request=50)
+    assert settings.batch_limit() == 50
+    with pytest.raises(
+        ValueError, match=r"objects_per_request 80: braze takes at most 75 records per request"
+    ):
+        braze_settings(bz.url, objects_per_request=80)
+    assert send(sink(settings), records(*(f"m{i}" for i in range(50)))).accepted == 50
+    oversize = send(sink(settings), records(*(f"m{i}" for i in range(51))))
+    assert oversize.dead_letters[0]["reason"] == "HTTP 400: Max Input Length Exceeded"
+
+
+def test_a_batch_braze_refuses_whole_is_dead_lettered_with_brazes_words(bz):
+    outcome = send(sink(braze_settings(bz.url)), records("v1", "v2", v1={"email": "x"}, v2={"email": "y"}))
+    assert (
+        outcome.requests == 1
+        and outcome.accepted == 0
+        and {d["status"] for d in outcome.dead_letters} == {400}
+    )
+    assert outcome.dead_letters[0]["reason"] == (
+        "HTTP 400: Valid data must be provided in the 'attributes', 'events', or 'purchases' fields."
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "config", "status"),
+    [("unknown-key", {}, 404), (TOKEN, {"permissions": []}, 403), ("", {}, 401)],
+)
+def test_a_refused_braze_key_fails_at_once_naming_users_track(bz, key, config, status):
+    bz.configure(**config)
+    fn = PostBatchesFn(braze_settings(bz.url), ApiKey(TOKEN), "ns")
+    fn.setup()
+    fn._connection.session.headers["Authorization"] = f"Bearer {key}"
+    with pytest.raises(CrmRejectedCredentialsError, match=rf"answered {status}: .*users\.track permission"):
+        send(fn, records("k1"))
+    assert bz.stats()["distinct_users"] == 0
 
 
 def test_a_braze_429_storm_is_waited_out(bz):
@@ -245,7 +394,7 @@ def test_a_braze_429_storm_is_waited_out(bz):
     assert time.monotonic() - started >= 1.0  # two windows passed: it waited for the reset, not a fixed sleep
 
 
-def test_braze_5xx_are_retried_a_wrong_key_fails_and_an_oversize_batch_is_dead_lettered(bz):
+def test_braze_5xx_are_retried_and_an_oversize_batch_is_dead_lettered(bz):
     bz.configure(error_rate=0.5, seed=3)
     fn = sink(braze_settings(bz.url, max_attempts=20))
     try:
@@ -254,8 +403,30 @@ def test_braze_5xx_are_retried_a_wrong_key_fails_and_an_oversize_batch_is_dead_l
         fn.teardown()
     assert sum(o.accepted for o in outcomes) == 6 and sum(o.retries for o in outcomes) > 0
     bz.configure(error_rate=0.0)
-    with pytest.raises(CrmRejectedCredentialsError, match="answered 401: .* users.track permission"):
-        send(sink(braze_settings(bz.url), key="wrong"), records("k1"))
     outcome = send(sink(braze_settings(bz.url)), records(*(f"big{i}" for i in range(76))))
     assert outcome.requests == 1 and {d["status"] for d in outcome.dead_letters} == {400}
     assert outcome.dead_letters[0]["reason"] == "HTTP 400: Max Input Length Exceeded"
+
+
+# --- the generic endpoint -----------------------------------------------------------------------------
+
+
+def test_a_generic_answer_that_does_not_say_what_was_accepted_is_retried_then_dead_lettered(tmp_path):
+    from devstack.crm import CrmStandIn, FaultConfig
+
+    with CrmStandIn(
+        api_key=TOKEN, db_path=tmp_path / "crm.sqlite3", faults=FaultConfig(empty_answer_rate=1.0)
+    ) as crm:
+        settings = PipelineSettings(url=crm.batch_url, max_attempts=3, max_backoff_seconds=0.05)
+        outcome = send(sink(settings), records("g1", "g2"))
+        assert outcome.accepted == 0 and outcome.requests == 3 and outcome.retries == 2
+        assert [d["key"] for d in outcome.dead_letters] == ["g1", "g2"]
+        assert outcome.dead_letters[0]["reason"].startswith(
+            "retries exhausted: 3 attempts, the last: protocol error: HTTP 200 without an integer 'accepted'"
+        )
+        # The endpoint stored them but did not say so: they count as not accepted, and go out again.
+        assert crm.user("g1")["deliveries"] == 1 and crm.stats()["replays"] == 2
+    for body in (b"{}", b'{"error": "db down"}', b'{"accepted": "2"}', b"[]"):
+        assert GenericDestination.parse(200, {}, body, 2).retry
+    partial = GenericDestination.parse(200, {}, b'{"accepted": 1, "rejected": []}', 2)
+    assert partial.succeeded and partial.accepted == frozenset() and partial.reason.startswith("unconfirmed")

@@ -145,8 +145,6 @@ def test_a_done_shard_is_skipped_unless_forced(export, crm):
     assert forced.launch == "submitted" and len(jobs(export)) == 2
     # A forced export sends what the CRM does not hold as it is: the 6 it rejected.
     assert forced.records_unchanged == 2_994 and forced.records_read == 6
-    resynced = crm_export(**export, force=True, full_resync=True)
-    assert resynced.records_read == 3_000 and resynced.sync == "full"
     assert crm.stats()["replays"] == 0  # a forced export is sent again, not dropped as a replay
 
 
@@ -378,7 +376,7 @@ def test_the_artifact_writes_every_number_with_thousands_separators():
         launch="submitted",
         state=JobState.DONE,
         sync="diff",
-        rows_in_shard=210_000,
+        rows_in_shard=210_300,
         records_unchanged=10_000,
         records_removed_from_source=1_234,
         records_read=200_000,
@@ -387,10 +385,12 @@ def test_the_artifact_writes_every_number_with_thousands_separators():
         records_malformed=4,
         records_duplicate=0,
         records_dead_lettered=200,
+        records_not_sent=300,
         dead_letter_reasons={"invalid_email": 196, "malformed_row": 4},
         batches=40,
         batch_size=Distribution(count=40, sum=199_996, min=4_996, max=5_000),
         requests=42,
+        requests_isolating=4,
         retries=2,
         http_status={200: 40, 502: 2},
         sync_state="p.crm.crm_export_sync_state",
@@ -404,11 +404,15 @@ def test_the_artifact_writes_every_number_with_thousands_separators():
     markdown = _markdown(summary)
     assert "| Batch size | min 4,996, mean 4,999.9, max 5,000 |" in markdown
     assert "| Records read | 200,000 |" in markdown and "(28,571 records/s)" in markdown
-    assert "| Rows in shard | 210,000 |" in markdown and "| Skipped unchanged | 10,000 |" in markdown
+    assert "| Rows in shard | 210,300 |" in markdown and "| Skipped unchanged | 10,000 |" in markdown
     assert (
-        "| Accounting | 210,000 rows = 10,000 unchanged + 199,800 accepted + 200 dead-lettered |" in markdown
+        "| Accounting | 210,300 rows = 10,000 unchanged + 199,800 accepted + 200 dead-lettered + 300 not sent |"
+        in markdown
     )
-    assert "| Requests sent | 42 |" in markdown
+    assert (
+        "| Not sent | 300: the CRM's daily limit was reached; they go out with the next export |" in markdown
+    )
+    assert "| Requests sent | 42 (4 isolating inputs of batches refused whole) |" in markdown
     assert "| Sync | diff (sync state `p.crm.crm_export_sync_state`) |" in markdown
     assert "| Removed from the source | 1,234 (kept in the CRM) |" in markdown
     assert "| Dead letters by reason | invalid_email: 196, malformed_row: 4 |" in markdown

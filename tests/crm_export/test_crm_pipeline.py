@@ -458,23 +458,6 @@ def test_bigquery_numeric_and_bytes_are_sent_and_other_values_dead_lettered(fres
     assert fresh_crm.user("n1")["attributes"] == {"ltv": 12.5, "visits": 3, "tag": "AQI="}
 
 
-def test_a_crm_that_acknowledges_fewer_records_than_it_took_dead_letters_them():
-    from pipelines.crm_export.destinations import GenericDestination
-    from pipelines.crm_export.post_batches import BatchOutcome
-
-    outcome = BatchOutcome(size=3)
-    answer = GenericDestination.parse(
-        200, {}, b'{"accepted": 1, "rejected": [{"index": 2, "reason": "bad email"}]}', 3
-    )
-    PostBatchesFn.account_answer(["a", "b", "c"], answer, 1, outcome)
-    assert outcome.accepted == 0 and outcome.rejected == 3
-    reasons = {d["key"]: d["reason"] for d in outcome.dead_letters}
-    assert reasons["c"] == "bad email" and "acknowledged 1 of the 2" in reasons["a"]
-
-
-# --- reading a plan table from BigQuery (the emulator's Storage Read API) -------------------------------
-
-
 def test_a_plan_table_is_read_with_the_storage_api_and_what_the_crm_accepts_is_written_with_fingerprints(
     tmp_path, fresh_crm, bigquery, bigquery_dataset
 ):

@@ -265,6 +265,21 @@ def test_client_timing_out_on_a_slow_response_and_retrying_with_its_key_gets_a_r
     assert stats["slow_responses"] == 2
 
 
+def test_empty_answer_rate_1_answers_200_empty_object_yet_stores_the_batch(crm: CrmStandIn) -> None:
+    crm.configure(empty_answer_rate=1.0)
+    response = post(crm, [*users("u1", "u2"), {"external_id": ""}], key="batch-1")
+
+    assert response.status_code == 200 and response.json() == {}
+    assert crm.user("u1")["deliveries"] == 1 and crm.user("u2")["deliveries"] == 1
+    stats = crm.stats()
+    assert (stats["batches_accepted"], stats["records_accepted"], stats["records_rejected"]) == (1, 2, 1)
+
+    crm.configure(empty_answer_rate=0.0)  # a replay answers what was stored: the empty object
+    replay = post(crm, [*users("u1", "u2"), {"external_id": ""}], key="batch-1")
+    assert replay.headers["Idempotent-Replayed"] == "true" and replay.json() == {}
+    assert crm.user("u1")["deliveries"] == 1
+
+
 def test_config_endpoint_validates_and_answers_the_configuration(crm: CrmStandIn) -> None:
     assert crm.configure(rate_limit_rps=50.0, seed=3) == FaultConfig(rate_limit_rps=50.0, seed=3)
     assert requests.get(f"{crm.url}/devstack/config", timeout=10).json()["rate_limit_rps"] == 50.0
