@@ -10,6 +10,7 @@ import prefect-gcp, which takes ~10 s to import, and a Tableau refresh should no
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 #: Block type → the module defining it.
@@ -27,6 +28,18 @@ _MODULES = {
 }
 
 __all__ = sorted(_MODULES)
+
+
+def run_logger(fallback: str) -> logging.Logger | logging.LoggerAdapter:
+    """The current flow or task run's logger (its records reach the run's logs in the UI); outside a run,
+    the standard logger named ``fallback`` (e.g. the calling module's ``__name__``)."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(fallback)
 
 
 def __getattr__(name: str) -> Any:

@@ -1,13 +1,20 @@
-"""The automation that marks a flow run Crashed when its heartbeats stop (its host died), created
-idempotently by ``python -m deployments.bootstrap``, which reports drift as it does for the limits.
+"""The automations that keep a dead worker host from losing a flow run, created idempotently by
+``python -m deployments.bootstrap``, which reports drift as it does for the limits (README.md, "Run it on
+several hosts", says when each acts):
 
-It is Prefect's "detect zombie flows" recipe (docs: "How to detect and respond to zombie flows"):
-after each ``prefect.flow-run.heartbeat`` of a run, expect another heartbeat or a terminal state
-event of that run within ``within_seconds``, else change the run to CRASHED. The runs emit a
-heartbeat every ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` seconds (``HEARTBEAT_SECONDS``, set for the
-deployments in ``prefect.yaml``). It covers only runs tagged with one of ``MONITORED_TAGS``, so that
-runs of other deployments of the workspace, which may beat at Prefect's default of 180 s, are not
-crashed by it.
+- ``crash-zombie-flow-runs``: Prefect's "detect zombie flows" recipe (docs: "How to detect and respond
+  to zombie flows"): after each ``prefect.flow-run.heartbeat`` of a run, expect another heartbeat or a
+  terminal state event within ``within_seconds``, else mark the run CRASHED. The runs beat every
+  ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` seconds (``HEARTBEAT_SECONDS``, set in ``prefect.yaml``).
+- ``reschedule-stuck-pending-flow-runs``: a run a worker claimed (Pending) that neither started nor
+  ended within ``pending_seconds`` — its worker died between the claim and the start, so it sends no
+  heartbeat — goes back to Scheduled, for any worker of its pool to claim again.
+- ``rerun-crashed-flow-runs``: a run the first automation marked Crashed during its first execution
+  (``prefect.run-count`` 1) goes back to Scheduled once: the same flow run, parameters and id, so a
+  refresh adopts its in-flight Tableau jobs and a CRM export its Dataflow job.
+
+Each covers only runs tagged with one of ``MONITORED_TAGS``, so that runs of other deployments of the
+workspace, which may beat at Prefect's default of 180 s, are left alone.
 """
 
 from __future__ import annotations
@@ -23,13 +30,61 @@ from prefect.events.schemas.automations import AutomationCore, EventTrigger, Pos
 from prefect.events.schemas.events import ResourceSpecification
 
 ZOMBIE_AUTOMATION_NAME = "crash-zombie-flow-runs"
+PENDING_AUTOMATION_NAME = "reschedule-stuck-pending-flow-runs"
+RERUN_AUTOMATION_NAME = "rerun-crashed-flow-runs"
 #: Heartbeat period of the deployments' runs (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``; Prefect's minimum is 30).
 HEARTBEAT_SECONDS = 30
 #: Three missed heartbeats, as in Prefect's recipe.
 DEFAULT_WITHIN_SECONDS = 3 * HEARTBEAT_SECONDS
+#: How long a claimed run may stay Pending before it is put back: a process worker's flow run reaches
+#: Running 3–15 s after its claim here (measured by tests/multihost: the engine's start and the flow's
+#: import); 120 s leaves a loaded host eight times that. Pools whose workers pull an image or wait for
+#: a node first (Docker, Kubernetes) need the time of that too: ``bootstrap --pending-seconds``.
+DEFAULT_PENDING_SECONDS = 120
+#: The message prefix of the zombie automation's Crashed state: what the rerun automation matches.
+ZOMBIE_CRASH_MESSAGE = "Marked Crashed: no heartbeat"
 #: The tags of this project's deployments (prefect.yaml): Tableau refresh, CRM export, metadata collection.
 MONITORED_TAGS = ("tableau", "crm", "metadata")
 _TERMINAL_EVENTS = ("Completed", "Failed", "Cancelled", "Crashed")
+#: Pending-type states (a claimed run not yet running) and every state a run leaves them for.
+_PENDING_STATES = ("Pending", "Submitting", "InfrastructurePending")
+_LEFT_PENDING_STATES = (
+    "Running",
+    "Scheduled",
+    "AwaitingRetry",
+    "AwaitingConcurrencySlot",
+    "Late",
+    "Cancelling",
+    "Paused",
+    "Suspended",
+    *_TERMINAL_EVENTS,
+)
+
+
+def _tagged(tags: tuple[str, ...]) -> ResourceSpecification:
+    """The related resources of a run tagged with any of ``tags``."""
+    if not tags:
+        raise ValueError("tags must name at least one tag: the automation would cover no flow run.")
+    return ResourceSpecification(
+        {"prefect.resource.role": "tag", "prefect.resource.id": [f"prefect.tag.{t}" for t in tags]}
+    )
+
+
+def _silence_trigger(
+    after: set[str], expect: set[str], tags: tuple[str, ...], within_seconds: float
+) -> EventTrigger:
+    """A proactive trigger, per flow run tagged with any of ``tags``: fires when one of ``after`` is
+    followed by none of ``expect`` within ``within_seconds``."""
+    return EventTrigger(
+        match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"}),
+        match_related=_tagged(tags),
+        after=after,
+        expect=expect,
+        for_each={"prefect.resource.id"},
+        posture=Posture.Proactive,
+        threshold=1,
+        within=timedelta(seconds=within_seconds),
+    )
 
 
 def zombie_flow_runs_automation(
@@ -50,8 +105,6 @@ def zombie_flow_runs_automation(
             f"within_seconds={within_seconds} must exceed the heartbeat period ({HEARTBEAT_SECONDS} s), "
             "or every live run is marked Crashed between two heartbeats."
         )
-    if not tags:
-        raise ValueError("tags must name at least one tag: the automation would cover no flow run.")
     return AutomationCore(
         name=ZOMBIE_AUTOMATION_NAME,
         description=(
@@ -59,28 +112,114 @@ def zombie_flow_runs_automation(
             f"its last heartbeat within {within_seconds:.0f} s: its host or process died "
             "(created by python -m deployments.bootstrap)."
         ),
-        trigger=EventTrigger(
-            match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"}),
-            match_related=ResourceSpecification(
-                {"prefect.resource.role": "tag", "prefect.resource.id": [f"prefect.tag.{t}" for t in tags]}
-            ),
+        trigger=_silence_trigger(
             after={"prefect.flow-run.heartbeat"},
             expect={"prefect.flow-run.heartbeat", *(f"prefect.flow-run.{s}" for s in _TERMINAL_EVENTS)},
-            for_each={"prefect.resource.id"},
-            posture=Posture.Proactive,
-            threshold=1,
-            within=timedelta(seconds=within_seconds),
+            tags=tags,
+            within_seconds=within_seconds,
         ),
         actions=[
             ChangeFlowRunState(
                 state=StateType.CRASHED,
                 message=(
-                    f"Marked Crashed: no heartbeat for {within_seconds:.0f} s (its worker host or process died). "
-                    "Its deployment's concurrency slot is free again; rerun it."
+                    f"{ZOMBIE_CRASH_MESSAGE} for {within_seconds:.0f} s (its worker host or process died). "
+                    f"Its deployment's concurrency slot is free again; automation {RERUN_AUTOMATION_NAME} "
+                    "reruns it once."
                 ),
             )
         ],
     )
+
+
+def stuck_pending_flow_runs_automation(
+    pending_seconds: float = DEFAULT_PENDING_SECONDS, tags: tuple[str, ...] = MONITORED_TAGS
+) -> AutomationCore:
+    """The automation that puts back to Scheduled a run still Pending ``pending_seconds`` after a worker
+    claimed it (the worker died before the run's process started: no heartbeat ever comes).
+
+    The state change is forced (Prefect refuses Pending → Scheduled otherwise) and releases the run's
+    deployment concurrency slot. Raises ``ValueError`` for ``pending_seconds`` under 10 s (a live worker
+    takes seconds to start a run) or no tag."""
+    if pending_seconds < 10:
+        raise ValueError(
+            f"pending_seconds={pending_seconds} is shorter than a worker takes to start a run (3-15 s): "
+            "runs starting normally would be put back"
+        )
+    return AutomationCore(
+        name=PENDING_AUTOMATION_NAME,
+        description=(
+            f"Puts back to Scheduled a flow run tagged {', '.join(tags)} that a worker claimed and did not "
+            f"start within {pending_seconds:.0f} s: the worker died between the claim and the start "
+            "(created by python -m deployments.bootstrap)."
+        ),
+        trigger=_silence_trigger(
+            after={f"prefect.flow-run.{state}" for state in _PENDING_STATES},
+            expect={f"prefect.flow-run.{state}" for state in _LEFT_PENDING_STATES},
+            tags=tags,
+            within_seconds=pending_seconds,
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.SCHEDULED,
+                name="Rescheduled",
+                force=True,
+                message=(
+                    f"Rescheduled: a worker claimed it and did not start it within {pending_seconds:.0f} s (the "
+                    "worker died); any worker of its pool claims it again."
+                ),
+            )
+        ],
+    )
+
+
+def rerun_crashed_flow_runs_automation(tags: tuple[str, ...] = MONITORED_TAGS) -> AutomationCore:
+    """The automation that reruns, once, a run the zombie automation marked Crashed during its first
+    execution: the Crashed event's ``prefect.run-count`` is 1 and its message is the zombie automation's.
+    The run goes back to Scheduled (``AwaitingRetry``, forced): the same flow run, id and parameters.
+    A run that crashes again (run count 2) stays Crashed."""
+    return AutomationCore(
+        name=RERUN_AUTOMATION_NAME,
+        description=(
+            f"Reruns once a flow run tagged {', '.join(tags)} that was marked Crashed because its host died "
+            "while it ran (created by python -m deployments.bootstrap)."
+        ),
+        trigger=EventTrigger(
+            match=ResourceSpecification(
+                {
+                    "prefect.resource.id": "prefect.flow-run.*",
+                    "prefect.run-count": "1",
+                    "prefect.state-message": f"{ZOMBIE_CRASH_MESSAGE}*",
+                }
+            ),
+            match_related=_tagged(tags),
+            expect={"prefect.flow-run.Crashed"},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.SCHEDULED,
+                name="AwaitingRetry",
+                force=True,
+                message="Rerun once: its host died while it ran (it was marked Crashed for lack of heartbeats).",
+            )
+        ],
+    )
+
+
+def project_automations(
+    within_seconds: float = DEFAULT_WITHIN_SECONDS,
+    pending_seconds: float = DEFAULT_PENDING_SECONDS,
+    tags: tuple[str, ...] = MONITORED_TAGS,
+) -> list[AutomationCore]:
+    """The three automations bootstrap keeps: crash the runs whose heartbeats stop, put back the claimed
+    runs that never started, rerun once the crashed ones."""
+    return [
+        zombie_flow_runs_automation(within_seconds, tags),
+        stuck_pending_flow_runs_automation(pending_seconds, tags),
+        rerun_crashed_flow_runs_automation(tags),
+    ]
 
 
 def _shape(automation: AutomationCore) -> dict[str, Any]:
@@ -112,8 +251,9 @@ def automation_drift(found: AutomationCore, expected: AutomationCore) -> list[st
 
 @dataclass
 class AutomationReport:
-    """What bootstrap found and did about the automation, as one line."""
+    """What bootstrap found and did about one automation, as one line."""
 
+    name: str
     status: str = ""  # created | repaired | ok | MISSING | DRIFT
     detail: str = ""
     problems: list[str] = field(default_factory=list)
@@ -123,28 +263,44 @@ class AutomationReport:
         return self.status in ("created", "repaired", "ok")
 
     def lines(self) -> list[str]:
-        return [f"{self.status:<9} automation {ZOMBIE_AUTOMATION_NAME}{self.detail}"]
+        return [f"{self.status:<9} automation {self.name}{self.detail}"]
+
+
+def bootstrap_automations(
+    expected: list[AutomationCore] | None = None, *, fix: bool = False, check_only: bool = False
+) -> list[AutomationReport]:
+    """``bootstrap_automation`` of each of ``expected`` (default ``project_automations()``)."""
+    return [
+        bootstrap_automation(automation, fix=fix, check_only=check_only)
+        for automation in expected or project_automations()
+    ]
 
 
 def bootstrap_zombie_automation(
     expected: AutomationCore | None = None, *, fix: bool = False, check_only: bool = False
 ) -> AutomationReport:
-    """Create the automation if missing; report (or, with ``fix``, repair) drift: disabled, another
-    trigger or action, or several automations of that name. With ``check_only`` nothing is written."""
-    expected = expected or zombie_flow_runs_automation()
+    """``bootstrap_automation`` of the zombie automation (default ``zombie_flow_runs_automation()``)."""
+    return bootstrap_automation(expected or zombie_flow_runs_automation(), fix=fix, check_only=check_only)
+
+
+def bootstrap_automation(
+    expected: AutomationCore, *, fix: bool = False, check_only: bool = False
+) -> AutomationReport:
+    """Create the automation ``expected`` if missing; report (or, with ``fix``, repair) drift: disabled,
+    another trigger or action, or several automations of its name. With ``check_only`` nothing is written."""
     with get_client(sync_client=True) as client:
         found = client.read_automations_by_name(expected.name)
         if not found:
             if check_only:
-                return AutomationReport("MISSING")
+                return AutomationReport(expected.name, "MISSING")
             created = client.create_automation(expected)
             # Another bootstrap may have created it at the same moment: all keep the same one.
             found = client.read_automations_by_name(expected.name)
             keep = min(found, key=lambda automation: str(automation.id))
             if keep.id != created:
                 client.delete_automation(created)
-                return AutomationReport("ok")
-            return AutomationReport("created")
+                return AutomationReport(expected.name, "ok")
+            return AutomationReport(expected.name, "created")
         first, extra = found[0], found[1:]
         problems = list(
             dict.fromkeys(p for automation in found for p in automation_drift(automation, expected))
@@ -152,10 +308,10 @@ def bootstrap_zombie_automation(
         if extra:
             problems.append(f"{len(found)} automations have this name, expected 1")
         if not problems:
-            return AutomationReport("ok")
+            return AutomationReport(expected.name, "ok")
         if not fix or check_only:
-            return AutomationReport("DRIFT", ": " + "; ".join(problems), problems)
+            return AutomationReport(expected.name, "DRIFT", ": " + "; ".join(problems), problems)
         for duplicate in extra:
             client.delete_automation(duplicate.id)
         client.update_automation(first.id, expected)
-        return AutomationReport("repaired", ": was " + "; ".join(problems), problems)
+        return AutomationReport(expected.name, "repaired", ": was " + "; ".join(problems), problems)

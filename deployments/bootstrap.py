@@ -13,8 +13,9 @@ with limit 1 per PAT; a connected app needs its ``concurrency_limit_name`` with 
 ``refresh_capacity``; all active and without slot decay. A disabled limit enforces nothing and a
 mis-sized one lets two runs share a PAT (or more runs refresh than the site can take): both are drift,
 an error unless ``--fix`` repairs it. Without any block option the pool block ``tableau-pat-pool``.
-It also creates (and checks) the automation that marks Crashed the runs of a dead host
-(``deployments/automations.py``).
+It also creates (and checks) the automations that keep a dead host from losing a run
+(``deployments/automations.py``): crash the runs whose heartbeats stop, put back to Scheduled the runs a
+worker claimed and never started (``--pending-seconds``, default 120), rerun once the crashed ones.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalC
 from prefect.exceptions import ObjectNotFound
 
 from blocks.tableau import TableauConnectedApp, TableauPatPool
-from deployments.automations import bootstrap_zombie_automation
+from deployments.automations import DEFAULT_PENDING_SECONDS, bootstrap_automations, project_automations
 from tasks.tableau.connected_app import expected_capacity_limit
 from tasks.tableau.pat_pool import expected_limits, limit_drift
 
@@ -119,6 +120,14 @@ def main(argv: list[str] | None = None) -> int:
         "--check", action="store_true", help="report only; exit 1 on anything missing or drifted"
     )
     mode.add_argument("--fix", action="store_true", help="also repair drifted limits (re-enable, resize)")
+    parser.add_argument(
+        "--pending-seconds",
+        type=float,
+        default=DEFAULT_PENDING_SECONDS,
+        help="how long a claimed run may stay Pending before it is put back to Scheduled (default "
+        f"{DEFAULT_PENDING_SECONDS}: process workers start a run in 3-15 s; add an image pull's time "
+        "for Docker or Kubernetes pools)",
+    )
     args = parser.parse_args(argv)
     pool_block = args.pool_block or (None if args.connected_app_block else "tableau-pat-pool")
 
@@ -145,11 +154,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Connected app {name!r}: refresh capacity {block.refresh_capacity}")
         print("\n".join(f"  {line}" for line in report.lines()))
         ok = ok and report.ok
-    zombies = bootstrap_zombie_automation(fix=args.fix, check_only=args.check)
-    print("Dead hosts' flow runs:\n" + "\n".join(f"  {line}" for line in zombies.lines()))
-    if not ok or not zombies.ok:
+    automations = bootstrap_automations(
+        project_automations(pending_seconds=args.pending_seconds), fix=args.fix, check_only=args.check
+    )
+    print(
+        "Dead hosts' flow runs:\n"
+        + "\n".join(f"  {line}" for report in automations for line in report.lines())
+    )
+    if not ok or not all(report.ok for report in automations):
         print(
-            "Limits or automation are missing or drifted: run again with --fix to repair them.",
+            "Limits or automations are missing or drifted: run again with --fix to repair them.",
             file=sys.stderr,
         )
         return 1

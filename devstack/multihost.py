@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -38,18 +38,20 @@ def _exists(pid: int) -> bool:
 
 class WorkerHost:
     """One worker host: ``prefect worker start --pool POOL --type process --name NAME`` (optionally
-    polling only ``work_queue``), its output in ``<home>/worker.log``.
+    polling only ``work_queues``), its output in ``<home>/worker.log``.
 
     Attributes:
         name: the worker's name (its host name in the Prefect UI).
         home: its ``PREFECT_HOME`` and log.
+        work_queues: the queues it polls (all of its pool's when empty); a restart (``start()``) takes
+            them anew, so a restarted host may take over a dead host's queue.
         pid: the worker process (also its process group), None once stopped.
     """
 
     def __init__(
-        self, name: str, pool: str, home: Path, env: Mapping[str, str], *, work_queue: str | None = None
+        self, name: str, pool: str, home: Path, env: Mapping[str, str], *, work_queues: Sequence[str] = ()
     ):
-        self.name, self.pool, self.home, self.work_queue = name, pool, home, work_queue
+        self.name, self.pool, self.home, self.work_queues = name, pool, home, list(work_queues)
         self._env = dict(env)
         self._process: subprocess.Popen[bytes] | None = None
         self._orphans: list[int] = []
@@ -63,7 +65,7 @@ class WorkerHost:
         ``TimeoutError`` if it does not poll within ``timeout_seconds``)."""
         self.home.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "prefect", "worker", "start", "--pool", self.pool, "--type", "process"]
-        argv += ["--name", self.name] + (["--work-queue", self.work_queue] if self.work_queue else [])
+        argv += ["--name", self.name] + [arg for queue in self.work_queues for arg in ("--work-queue", queue)]
         log = open(self.home / "worker.log", "ab")
         offset = log.tell()  # a restarted worker appends: look for its own "started!"
         try:
@@ -176,6 +178,9 @@ class MultiHostStack:
         api_replicas: API servers; clients and hosts use the first unless told otherwise.
         repossessor_loop_seconds: how often the services free the slots of expired leases.
         server_settings: further settings of every server process (loop intervals ...).
+        auth_string: ``user:password`` of the servers' basic auth (``PREFECT_SERVER_API_AUTH_STRING``,
+            also read by the services process, whose actions call the API in-process); clients and
+            hosts send it (``PREFECT_API_AUTH_STRING``, ``client_env()``). None: no auth.
 
     Attributes:
         postgres, redis, backend, apis, services, hosts: the parts, once started.
@@ -188,12 +193,16 @@ class MultiHostStack:
         api_replicas: int = 1,
         repossessor_loop_seconds: float = 1.0,
         server_settings: Mapping[str, str] | None = None,
+        auth_string: str | None = None,
     ):
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="multihost-")
         self.workdir = Path(workdir or self._tmp.name)
         self.api_replicas = api_replicas
         self.repossessor_loop_seconds = repossessor_loop_seconds
         self.server_settings = {"PREFECT_UI_ENABLED": "false", **(server_settings or {})}
+        self.auth_string = auth_string
+        if auth_string is not None:
+            self.server_settings["PREFECT_SERVER_API_AUTH_STRING"] = auth_string
         self.apis: list[PrefectServer] = []
         self.services: PrefectServices | None = None
         self.hosts: list[WorkerHost] = []
@@ -204,8 +213,12 @@ class MultiHostStack:
         return self.apis[0].api_url
 
     def client_env(self, replica: int = 0) -> dict[str, str]:
-        """Environment variables that point a Prefect client at API server ``replica``."""
-        return {"PREFECT_API_URL": self.apis[replica].api_url}
+        """Environment variables that point a Prefect client at API server ``replica`` (with the auth
+        string, if the stack has one)."""
+        env = {"PREFECT_API_URL": self.apis[replica].api_url}
+        if self.auth_string is not None:
+            env["PREFECT_API_AUTH_STRING"] = self.auth_string
+        return env
 
     def start(self) -> MultiHostStack:
         try:
@@ -238,11 +251,11 @@ class MultiHostStack:
         name: str,
         pool: str,
         *,
-        work_queue: str | None = None,
+        work_queues: Sequence[str] = (),
         replica: int = 0,
         env: Mapping[str, str] | None = None,
     ) -> WorkerHost:
-        """Start a worker host polling ``pool`` (only ``work_queue`` if given) through API ``replica``;
+        """Start a worker host polling ``pool`` (only ``work_queues`` if given) through API ``replica``;
         it polls every second. ``env`` is added to its environment (its flow runs inherit it)."""
         host = WorkerHost(
             name,
@@ -254,7 +267,7 @@ class MultiHostStack:
                 "PYTHONPATH": str(ROOT),
                 **(env or {}),
             },
-            work_queue=work_queue,
+            work_queues=work_queues,
         )
         self._stack.callback(host.stop)
         self.hosts.append(host)

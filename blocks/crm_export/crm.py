@@ -3,7 +3,9 @@
 A block holds the CRM's connection settings, the field map, and its key: the key itself (a secret field)
 or the name of a secret block holding it (a Prefect ``Secret``, a ``VaultKvSecret`` or a
 ``KmsEncryptedGcsSecret``). The flow's ``crm.block`` names the block; ``destination_settings()`` gives
-the pipeline's ``DestinationSettings``. Nothing here imports Beam or prefect-gcp.
+the pipeline's ``DestinationSettings``. A plaintext ``http://`` URL to a host that is not loopback is
+refused unless the block's ``allow_insecure_transport`` is true (``pipelines.transport``): the key travels
+with every request. Nothing here imports Beam or prefect-gcp.
 """
 
 from __future__ import annotations
@@ -11,12 +13,20 @@ from __future__ import annotations
 import abc
 import re
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from blocks import run_logger
 from pipelines.crm_export.api_key import ApiKey
 from pipelines.crm_export.settings import DestinationName, DestinationSettings
+from pipelines.transport import (
+    ALLOW_INSECURE_TRANSPORT_DESCRIPTION,
+    check_transport,
+    url_without_credentials,
+    warn_insecure_transport,
+)
 
 #: ``<block-type-slug>/<block-name>``, e.g. ``secret/hubspot-token`` or ``vault-kv-secret/braze-key``.
 _BLOCK_SLUG = re.compile(r"[a-z0-9][-a-z0-9]*/[^/\s][^/]*")
@@ -31,14 +41,17 @@ FIELD_MAP_DESCRIPTION = (
 class CrmBlock(Block, abc.ABC):
     """What every CRM block has: a field map, and the CRM's key or the name of a secret block holding it.
 
-    Subclasses set ``destination`` (the pipeline's ``DestinationName``) and ``key_fields``: the name of the
-    secret field holding the key and of the field naming a secret block instead; exactly one is set. Each
-    defines its ``field_map`` after its connection settings (the order the UI shows).
+    Subclasses set ``destination`` (the pipeline's ``DestinationName``), ``url_field`` (the field holding
+    the CRM's URL) and ``key_fields``: the name of the secret field holding the key and of the field naming
+    a secret block instead; exactly one is set. Each defines its ``allow_insecure_transport`` after its URL
+    and its ``field_map`` after its connection settings (the order the UI shows).
     ``destination_settings()`` returns the ``DestinationSettings``; ``key()`` the secret or the slug.
-    Validation errors never quote the input (``hide_input_in_errors``), so a pasted key stays out of them.
+    Validation errors never quote the input (``hide_input_in_errors``), so a pasted key stays out of them,
+    and URLs in messages and logs are shown without ``user:password@``.
     """
 
     destination: ClassVar[DestinationName]
+    url_field: ClassVar[str]
     key_fields: ClassVar[tuple[str, str]] = ("api_key", "api_key_block")
     model_config = ConfigDict(hide_input_in_errors=True)
 
@@ -47,10 +60,33 @@ class CrmBlock(Block, abc.ABC):
         """The URL the pipeline sends to (``DestinationSettings.url``)."""
 
     def destination_settings(self) -> DestinationSettings:
-        """The pipeline's settings of this CRM (its API, URL, field map and, for HubSpot, ``idProperty``).
+        """The pipeline's settings of this CRM (its API, URL, field map and, for HubSpot, ``idProperty``): what
+        the export's workers connect to. When ``allow_insecure_transport`` let a plaintext URL to a host that
+        is not loopback through, logs a warning naming the block and the URL (never the key) on every call.
 
-        Raises ``ValueError`` saying what is invalid (the block validates them when it is made or loaded).
+        Raises ``ValueError`` saying what is invalid (the block validates them when it is made or loaded),
+        among them a plaintext URL to a host that is not loopback without ``allow_insecure_transport``.
         """
+        url = self.api_url()
+        if self._check_transport():
+            warn_insecure_transport(url, owner=self._block_label(), logger=run_logger(__name__))
+        return self._destination_settings()
+
+    def _block_label(self) -> str:
+        name = getattr(self, "_block_document_name", None)
+        return (
+            f"{self._block_type_name} block {name!r}" if name else f"{self._block_type_name} block (unsaved)"
+        )
+
+    def _check_transport(self) -> str | None:
+        return check_transport(
+            self.api_url(),
+            owner=self._block_type_name,
+            field=self.url_field,
+            allow_insecure=self.allow_insecure_transport,  # each subclass's field, after its URL
+        )
+
+    def _destination_settings(self) -> DestinationSettings:
         try:
             return DestinationSettings(
                 destination=self.destination,
@@ -90,14 +126,24 @@ class CrmBlock(Block, abc.ABC):
                 f"{block_field} {block!r} is not a block slug '<block-type-slug>/<name>', e.g. "
                 "'secret/crm-api-key' or 'vault-kv-secret/crm-api-key'"
             )
-        self.destination_settings()
+        self._check_transport()
+        if urlsplit(self.api_url()).username is not None:
+            raise ValueError(
+                f"{self.url_field} {url_without_credentials(self.api_url())!r} carries credentials "
+                "(user:password@): the URL is an option of the export job, where every viewer of the job "
+                f"would read them. Remove them and give the CRM's key in {secret_field} or {block_field}."
+            )
+        self._destination_settings()
         return self
 
 
 def _http_url(value: str, what: str) -> str:
     value = value.strip().rstrip("/")
     if not _HTTP_URL.fullmatch(value):
-        raise ValueError(f"{what} must be an http(s) URL, got {value!r}")
+        raise ValueError(
+            f"{what} must be an http(s) URL without query string or fragment, e.g. https://host/path; got "
+            f"{url_without_credentials(value)!r} (shown without user:password@, query string and fragment)"
+        )
     return value
 
 
@@ -122,6 +168,7 @@ class HubSpotCrm(CrmBlock):
     10-second limit, and stop when HubSpot says the daily one is reached.
 
     Example:
+        Save the block once, then load it by name where its settings are needed:
         ```python
         from blocks import HubSpotCrm
 
@@ -130,6 +177,9 @@ class HubSpotCrm(CrmBlock):
             id_property="external_id",
             field_map={"email": "email", "identity.country": "country", "properties.plan": "plan"},
         ).save("hubspot")
+
+        hubspot = HubSpotCrm.load("BLOCK_NAME")  # e.g. "hubspot"
+        settings = hubspot.destination_settings()
         ```
     """
 
@@ -141,7 +191,9 @@ class HubSpotCrm(CrmBlock):
     _documentation_url = (
         "https://developers.hubspot.com/docs/api-reference/legacy/crm/objects/contacts/batch/upsert-contacts"
     )
+    _logo_url = "https://github.com/HubSpot.png?size=250"
     destination = "hubspot"
+    url_field = "base_url"
     key_fields = ("access_token", "access_token_block")
 
     access_token: SecretStr | None = Field(
@@ -173,8 +225,10 @@ class HubSpotCrm(CrmBlock):
     )
     base_url: str = Field(
         default="https://api.hubapi.com",
-        description="HubSpot's API base URL; change it only for a stand-in or a proxy.",
+        description="HubSpot's API base URL; change it only for a stand-in or a proxy. http:// only for a "
+        "loopback host (a local stand-in), unless allow_insecure_transport is true.",
     )
+    allow_insecure_transport: bool = Field(default=False, description=ALLOW_INSECURE_TRANSPORT_DESCRIPTION)
 
     @field_validator("id_property")
     @classmethod
@@ -194,8 +248,8 @@ class HubSpotCrm(CrmBlock):
         value = _http_url(value, "base_url")
         if "/crm/" in value:
             raise ValueError(
-                f"base_url {value!r}: give the API base only, e.g. https://api.hubapi.com (the export adds "
-                "/crm/v3/objects/contacts/batch/upsert)"
+                f"base_url {url_without_credentials(value)!r}: give the API base only, e.g. "
+                "https://api.hubapi.com (the export adds /crm/v3/objects/contacts/batch/upsert)"
             )
         return value
 
@@ -228,6 +282,7 @@ class BrazeCrm(CrmBlock):
     below ``requests_per_3_seconds`` (https://braze.com/docs/api/api_limits).
 
     Example:
+        Save the block once, then load it by name where its settings are needed:
         ```python
         from blocks import BrazeCrm
 
@@ -236,6 +291,9 @@ class BrazeCrm(CrmBlock):
             api_key="…",  # or api_key_block="secret/braze-rest-api-key"
             field_map={"email": "email", "identity.country": "country", "properties.plan": "plan"},
         ).save("braze")
+
+        braze = BrazeCrm.load("BLOCK_NAME")  # e.g. "braze"
+        settings = braze.destination_settings()
         ```
     """
 
@@ -245,12 +303,16 @@ class BrazeCrm(CrmBlock):
         "endpoint, the REST API key (or the secret block holding it) and the field map."
     )
     _documentation_url = "https://braze.com/docs/api/endpoints/user_data/post_user_track"
+    _logo_url = "https://github.com/braze-inc.png?size=250"
     destination = "braze"
+    url_field = "rest_endpoint"
 
     rest_endpoint: str = Field(
         description="The REST endpoint of your Braze instance, e.g. https://rest.iad-01.braze.com (US-01) or "
-        "https://rest.fra-01.braze.eu (EU-01); Braze's 'API and SDK endpoints' page lists them.",
+        "https://rest.fra-01.braze.eu (EU-01); Braze's 'API and SDK endpoints' page lists them. http:// only "
+        "for a loopback host (a local stand-in), unless allow_insecure_transport is true.",
     )
+    allow_insecure_transport: bool = Field(default=False, description=ALLOW_INSECURE_TRANSPORT_DESCRIPTION)
     api_key: SecretStr | None = Field(
         default=None, description="A REST API key with the permission users.track. Or set api_key_block."
     )
@@ -280,8 +342,8 @@ class BrazeCrm(CrmBlock):
         value = _http_url(value, "rest_endpoint")
         if value.endswith("/users/track"):
             raise ValueError(
-                f"rest_endpoint {value!r}: give the instance's REST endpoint only, e.g. "
-                "https://rest.iad-01.braze.com (the export adds /users/track)"
+                f"rest_endpoint {url_without_credentials(value)!r}: give the instance's REST endpoint only, "
+                "e.g. https://rest.iad-01.braze.com (the export adds /users/track)"
             )
         return value
 
@@ -300,7 +362,11 @@ class GenericCrmEndpoint(CrmBlock):
     """An in-house JSON batch endpoint: ``POST <url>`` ``{"users": [record, ...]}`` with a bearer key and an
     ``Idempotency-Key``, up to 5,000 records per request (docs/crm-export.md, "The generic batch API").
 
+    The contract is the project's own (no public page describes it): its documentation URL is Prefect's
+    page on blocks, as for Prefect's own generic blocks.
+
     Example:
+        Save the block once, then load it by name where its settings are needed:
         ```python
         from blocks import GenericCrmEndpoint
 
@@ -308,6 +374,9 @@ class GenericCrmEndpoint(CrmBlock):
             url="https://crm.internal.example.com/v1/users/batch",
             api_key_block="vault-kv-secret/crm-api-key",  # or api_key="…"
         ).save("in-house-crm")
+
+        crm = GenericCrmEndpoint.load("BLOCK_NAME")  # e.g. "in-house-crm"
+        settings = crm.destination_settings()
         ```
     """
 
@@ -316,9 +385,21 @@ class GenericCrmEndpoint(CrmBlock):
         'An in-house JSON batch endpoint the CRM export POSTs {"users": [...]} to: its URL, the bearer key (or '
         "the secret block holding it) and an optional field map (the whole record is sent without one)."
     )
+    # The contract is in docs/crm-export.md ("The generic batch API"), which has no public URL.
+    _documentation_url = "https://www.prefect.io/docs/latest/develop/blocks"
+    # A generic HTTP endpoint: Prefect's own logo of its Webhook block.
+    _logo_url = (
+        "https://raw.githubusercontent.com/PrefectHQ/prefect/420d0d6a78bb6df1fc18bcf188fdad43c1d22ea9/"
+        "assets/block-logos/webhook.png"
+    )
     destination = "generic"
+    url_field = "url"
 
-    url: str = Field(description="The batch endpoint, e.g. https://crm.internal.example.com/v1/users/batch.")
+    url: str = Field(
+        description="The batch endpoint, e.g. https://crm.internal.example.com/v1/users/batch. http:// only for "
+        "a loopback host (a local stand-in), unless allow_insecure_transport is true.",
+    )
+    allow_insecure_transport: bool = Field(default=False, description=ALLOW_INSECURE_TRANSPORT_DESCRIPTION)
     api_key: SecretStr | None = Field(
         default=None, description="The bearer key the endpoint takes. Or set api_key_block."
     )

@@ -49,6 +49,8 @@ class DataflowOptions(Block):
         "service account, network, labels, the workers' package). No secrets: every value is job metadata."
     )
     _documentation_url = "https://cloud.google.com/dataflow/docs/reference/pipeline-options"
+    # Google Cloud's logo, as prefect-gcp's blocks show it.
+    _logo_url = "https://cdn.sanity.io/images/3ugk85nk/production/10424e311932e31c477ac2b9ef3d53cefbaad708-250x250.png"
 
     gcp_credentials: GcpCredentials = Field(
         description=(

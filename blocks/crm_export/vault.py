@@ -2,6 +2,8 @@
 
 It stores *where* the secret is and how to authenticate (token, Kubernetes or AppRole), never the
 secret itself, and exposes ``get() -> str``. Errors: ``tasks.common.SecretSourceError`` and its subclasses.
+A plaintext ``http://`` Vault address, or ``verify`` false, is refused for a host that is not loopback
+unless ``allow_insecure_transport`` is true (``pipelines.transport``): the token and the secret cross it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,13 @@ import requests
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from blocks import run_logger
+from pipelines.transport import (
+    ALLOW_INSECURE_TRANSPORT_DESCRIPTION,
+    check_transport,
+    url_without_credentials,
+    warn_insecure_transport,
+)
 from tasks.common import (
     SecretAccessDeniedError,
     SecretAuthError,
@@ -51,7 +60,16 @@ class VaultKvSecret(Block):
     The policy of the token (or of the Kubernetes/AppRole role) needs ``read`` on
     ``<mount_point>/data/<path>``.
 
+    Vault over plaintext ``http://``, or with ``verify`` false, is accepted for a loopback host (a dev
+    server on this machine) only, unless ``allow_insecure_transport`` is true; then each ``get()`` logs a
+    warning naming the block and Vault's address.
+
+    Raises:
+        ValueError (a ``pydantic.ValidationError``): an invalid field, or an insecure transport to a host
+            that is not loopback without ``allow_insecure_transport`` (the message names the field and the fix).
+
     Example:
+        Save the block once, then load it by name where the secret is needed:
         ```python
         from blocks import VaultKvSecret
 
@@ -63,7 +81,8 @@ class VaultKvSecret(Block):
             kubernetes_role="crm-export",
         ).save("crm-api-key")
 
-        api_key = VaultKvSecret.load("crm-api-key").get()
+        vault_secret = VaultKvSecret.load("BLOCK_NAME")  # e.g. "crm-api-key"
+        api_key = vault_secret.get()
         ```
     """
 
@@ -73,10 +92,15 @@ class VaultKvSecret(Block):
         "Stores where the secret is, not the secret."
     )
     _documentation_url = "https://developer.hashicorp.com/vault/docs/secrets/kv/kv-v2"
+    _logo_url = "https://github.com/hashicorp.png?size=250"
     # Validation errors would otherwise quote the raw input, token or secret ID included.
     model_config = ConfigDict(hide_input_in_errors=True)
 
-    url: str = Field(..., description="Vault's address, e.g. https://vault.example.com:8200.")
+    url: str = Field(
+        ...,
+        description="Vault's address, e.g. https://vault.example.com:8200. http:// only for a loopback host "
+        "(a dev server on this machine), unless allow_insecure_transport is true.",
+    )
     namespace: str | None = Field(
         default=None,
         description="Vault Enterprise / HCP Vault namespace (sent as X-Vault-Namespace), e.g. 'admin/analytics'.",
@@ -117,8 +141,10 @@ class VaultKvSecret(Block):
     )
     verify: bool | str = Field(
         default=True,
-        description="Verify Vault's TLS certificate: true, false, or the path of a CA bundle file.",
+        description="Verify Vault's TLS certificate: true, false, or the path of a CA bundle file. False only "
+        "for a loopback host, unless allow_insecure_transport is true.",
     )
+    allow_insecure_transport: bool = Field(default=False, description=ALLOW_INSECURE_TRANSPORT_DESCRIPTION)
     timeout_seconds: float = Field(
         default=30, gt=0, description="Timeout of one request to Vault, in seconds."
     )
@@ -127,7 +153,9 @@ class VaultKvSecret(Block):
     @classmethod
     def _check_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
-            raise ValueError(f"url must start with http:// or https://, got {value!r}")
+            raise ValueError(
+                f"url must start with http:// or https://, got {url_without_credentials(value)!r}"
+            )
         return value.rstrip("/")
 
     @field_validator("mount_point", "path", "kubernetes_mount_point", "approle_mount_point")
@@ -163,7 +191,18 @@ class VaultKvSecret(Block):
             )
         if self.auth_method == "approle" and not self.approle_role_id:
             raise ValueError("auth_method 'approle' needs approle_role_id (and usually approle_secret_id)")
+        self._check_transport()
         return self
+
+    def _check_transport(self) -> str | None:
+        return check_transport(
+            self.url,
+            owner="Vault KV Secret",
+            field="url",
+            allow_insecure=self.allow_insecure_transport,
+            verify=self.verify,
+            verify_field="verify",
+        )
 
     # -- public API --
 
@@ -183,6 +222,8 @@ class VaultKvSecret(Block):
             SecretTypeError: the value is not a string.
             SecretUnavailableError: Vault is sealed, not initialised, down or unreachable.
             SecretSourceError: any other error answer of Vault.
+            ValueError: ``url`` or ``verify`` was changed after the block was built to an insecure
+                transport that ``allow_insecure_transport`` does not accept.
         """
         client = self._client()
         try:
@@ -200,7 +241,12 @@ class VaultKvSecret(Block):
 
     @property
     def _vault(self) -> str:
-        return f"Vault {self.url}" + (f" (namespace {self.namespace!r})" if self.namespace else "")
+        url = url_without_credentials(self.url)
+        return f"Vault {url}" + (f" (namespace {self.namespace!r})" if self.namespace else "")
+
+    def _block_label(self) -> str:
+        name = getattr(self, "_block_document_name", None)
+        return f"Vault KV Secret block {name!r}" if name else "Vault KV Secret block (unsaved)"
 
     @property
     def _what(self) -> str:
@@ -225,6 +271,11 @@ class VaultKvSecret(Block):
         return [*values, *extra]
 
     def _client(self) -> hvac.Client:
+        # Checked again here: the fields may have been changed since the block was validated.
+        if self._check_transport():
+            warn_insecure_transport(
+                self.url, owner=self._block_label(), verify=self.verify, logger=run_logger(__name__)
+            )
         # An empty token (not None) keeps hvac from picking up VAULT_TOKEN / ~/.vault-token for the login.
         token = self.token.get_secret_value() if self.auth_method == "token" and self.token else ""
         return hvac.Client(

@@ -14,7 +14,7 @@ from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from blocks.tableau.pat import MIN_LEASE_DURATION_SECONDS
-from blocks.tableau.site import TableauSite
+from blocks.tableau.site import TABLEAU_LOGO_URL, TableauSite
 from tasks.common import SecretSource, read_secret
 
 #: Tableau refuses a JWT whose ``exp`` is more than 10 minutes ahead (Troubleshoot Connected Apps, 16).
@@ -41,6 +41,8 @@ class TableauConnectedApp(Block):
         "A Tableau connected app with direct trust: each run signs in with its own short-lived JWT, so "
         "runs share no session. A global concurrency limit bounds how many refresh at once."
     )
+    _logo_url = TABLEAU_LOGO_URL
+    _documentation_url = "https://help.tableau.com/current/server/en-us/connected_apps_direct.htm"
 
     site: TableauSite = Field(description="The Tableau site the connected app belongs to.")
     client_id: str = Field(min_length=1, description="The connected app's client ID (the JWT's iss).")

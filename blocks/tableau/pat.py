@@ -14,11 +14,13 @@ import re
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from blocks.tableau.site import TableauSite
+from blocks.tableau.site import TABLEAU_LOGO_URL, TableauSite
 from tasks.common import SecretSource, read_secret
 
 # Tableau caps PATs per user and device (Tableau Server default: 10 per device).
 MAX_PATS_PER_POOL = 10
+#: Tableau's page on PATs: one session per PAT at a time, expiry, the cap per user.
+PAT_DOCUMENTATION_URL = "https://help.tableau.com/current/server/en-us/security_personal_access_tokens.htm"
 # Prefect's server refuses leases shorter than 60 s (POST /v2/concurrency_limits/increment-with-lease).
 MIN_LEASE_DURATION_SECONDS = 60
 
@@ -33,6 +35,8 @@ class TableauPersonalAccessToken(Block):
         "A Tableau personal access token. Signing in with it ends the session of any earlier sign-in "
         "with the same PAT (error 401002), so lease it through a Tableau PAT Pool."
     )
+    _logo_url = TABLEAU_LOGO_URL
+    _documentation_url = PAT_DOCUMENTATION_URL
 
     token_name: str = Field(description="The PAT's name, as shown in Tableau's account settings.")
     token_secret: SecretStr | None = Field(
@@ -75,6 +79,8 @@ class TableauPatPool(Block):
         "PATs for one Tableau site, each guarded by a global concurrency limit of 1, "
         "plus a pool limit equal to their number."
     )
+    _logo_url = TABLEAU_LOGO_URL
+    _documentation_url = PAT_DOCUMENTATION_URL
 
     site: TableauSite = Field(description="The Tableau site the PATs sign in to.")
     pat_block_names: list[str] = Field(

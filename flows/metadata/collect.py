@@ -1,15 +1,16 @@
 """Metadata collection for one configured source: extract what is new, land it, then move the HWM.
 
-    plan [start, end) → extract → mask SQL → write files → upload + verify → publish HWM
+    plan [start, end) → extract → mask SQL → write files → pin the window, upload + verify → publish HWM
 
-The HWM moves only after every file landed and was verified; the protocol: docs/metadata-collectors.md.
+The HWM moves only after every file landed and was verified, and only forwards; a run that failed
+halfway is finished by the next one, in the same window; the protocol: docs/metadata-collectors.md.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefect import flow
@@ -17,14 +18,17 @@ from prefect.artifacts import create_table_artifact
 
 from tasks.common import ProgressReport
 from tasks.metadata.collection import (
+    LandingResult,
     build_hwm_store,
     build_landing,
+    build_pending_window,
     extract_to_files,
     land_files,
     plan_collection_window,
     publish_collection_hwm,
 )
 from tasks.metadata.extracts import PartialExtractionError
+from tasks.metadata.hwm import Window, check_now
 from tasks.metadata.sources import load_source
 
 
@@ -47,6 +51,9 @@ class CollectionSummary:
     ``window_start``/``window_end``: the window ``[start, end)`` extracted (aware UTC). ``hwm``: the HWM
     published (``window_end``), None in a dry run. ``hwm_store`` and ``landing``: where the HWM and the
     files are (``describe()`` of each). ``out_dir``: where a dry run left its files (None otherwise).
+    ``already_published``: another run had landed and published this window (this run's retry found
+    its end published): nothing landed. ``landed_before``: files of the window that an earlier run
+    landed (a failed run's, resumed here), not uploaded again.
     """
 
     source: str
@@ -58,6 +65,8 @@ class CollectionSummary:
     landing: str
     out_dir: str | None
     files: list[CollectedFile]
+    already_published: bool = False
+    landed_before: list[str] = field(default_factory=list)
 
 
 @flow(name="collect-metadata", persist_result=True)
@@ -72,17 +81,23 @@ def collect_metadata(
 
     ``dry_run``: write the files (to ``out_dir``, default a new temporary directory that is kept and
     reported) and upload nothing; the HWM does not move. ``now``: the instant the run takes as the
-    present (timezone-aware; default: the current time): the window ends at ``now`` − lag. An earlier
-    ``now`` collects up to then; a later one would publish an HWM in the future, which the next runs
-    refuse (``HwmInFutureError``) until the clock passes it. Raises ``SourceConfigError`` (unknown
-    source), ``BlockNotFoundError``, ``ExtractorConnectionError``, ``PartialExtractionError`` (part of the
-    source could not be read: nothing lands, the artifact names what is missing), ``LandingError`` or
-    ``HwmError``; the HWM is unchanged after any of them.
+    present (timezone-aware, not later than the current time; default: the current time): the window
+    ends at ``now`` − lag, unless a run that failed halfway left a pending window, which this run
+    lands instead. Raises ``ValueError`` (``now`` naive or later than the current time: an HWM in the
+    future would skip the data until then), ``SourceConfigError`` (unknown source),
+    ``BlockNotFoundError``, ``ExtractorConnectionError``, ``PartialExtractionError`` (part of the source
+    could not be read: nothing lands, the artifact names what is missing), ``LandingError`` or
+    ``HwmError`` (among them ``WindowInProgressError``: another run is landing the pending window);
+    the HWM is unchanged after any of them.
     """
+    current = dt.datetime.now(dt.UTC)
+    if now is not None:
+        check_now(now, current)
     config = load_source(source, sources_file)
     target = build_landing(config)
     store = build_hwm_store(config, target)
-    window = plan_collection_window(config, store, now or dt.datetime.now(dt.UTC))
+    pending = build_pending_window(config, target)
+    window = plan_collection_window(config, store, pending, now or current)
     progress = ProgressReport(
         f"{artifact_key(config.name)}-progress",
         total=None,
@@ -103,17 +118,25 @@ def collect_metadata(
         except PartialExtractionError as partial:
             _report_partial(config.name, window, partial)
             raise
+        landing = None
         if dry_run:
-            landed = []
             progress.update(
                 0, total=len(files), note=f"dry run: {len(files)} files written, nothing uploaded"
             )
         else:
             progress.update(0, total=len(files), note=f"landing in {target.describe()}")
-            landed = land_files(target, files, progress)
-    if not dry_run:
-        publish_collection_hwm(store, window)
+            # One hold of the source's HWM lock from the claim of the window to the publish of its end
+            # (the tasks' own ``with store.lock()`` then acquire nothing): a second run waits, then
+            # sees the HWM this one published.
+            with store.lock():
+                landing = land_files(target, files, window, store, pending, progress)
+                if not landing.already_published:
+                    publish_collection_hwm(store, window, pending)
+    if landing is not None and landing.already_published:
+        progress.update(0, note=f"window {window} was published already: nothing landed")
+    elif landing is not None:
         progress.update(len(files), note=f"HWM now {window.end}")
+    uris = {f.name: f.uri for f in landing.landed} if landing else {}
     summary = CollectionSummary(
         source=config.name,
         window_start=window.start,
@@ -123,10 +146,9 @@ def collect_metadata(
         hwm_store=store.describe(),
         landing=target.describe(),
         out_dir=str(directory) if dry_run else None,
-        files=[
-            CollectedFile(f.entity, f.path.name, f.rows, f.bytes, landed[i].uri if landed else None)
-            for i, f in enumerate(files)
-        ],
+        files=[CollectedFile(f.entity, f.path.name, f.rows, f.bytes, uris.get(f.path.name)) for f in files],
+        already_published=bool(landing and landing.already_published),
+        landed_before=[] if landing is None else _landed_before(landing),
     )
     create_table_artifact(
         key=artifact_key(config.name),
@@ -135,12 +157,29 @@ def collect_metadata(
             {"entity": f.entity, "rows": f"{f.rows:,}", "bytes": f"{f.bytes:,}", "file": f.file}
             for f in summary.files
         ],
-        description=(
-            f"{config.name}: window {window} → {'dry run, nothing uploaded' if dry_run else target.describe()}; "
-            f"HWM {'unchanged' if dry_run else 'now ' + str(window.end)}"
-        ),
+        description=_describe_run(summary, window, target.describe()),
     )
     return summary
+
+
+def _landed_before(landing: LandingResult) -> list[str]:
+    """The files of the window an earlier attempt landed (not uploaded again by this run)."""
+    uploaded = set(landing.uploaded)
+    return [f.name for f in landing.landed if f.name not in uploaded]
+
+
+def _describe_run(summary: CollectionSummary, window: Window, landing: str) -> str:
+    """The table artifact's description: window, where the files are, what happened to the HWM."""
+    if summary.dry_run:
+        return f"{summary.source}: window {window} → dry run, nothing uploaded; HWM unchanged"
+    if summary.already_published:
+        return f"{summary.source}: window {window} was published already: nothing landed; HWM {window.end}"
+    resumed = (
+        f" ({len(summary.landed_before)} of the files landed by an earlier attempt at this window)"
+        if summary.landed_before
+        else ""
+    )
+    return f"{summary.source}: window {window} → {landing}{resumed}; HWM now {summary.hwm}"
 
 
 def artifact_key(source: str) -> str:

@@ -1,10 +1,10 @@
 """Prefect tasks of the metadata collectors, and the builders behind them (docs/metadata-collectors.md).
 
-A run: plan the window (the HWM store, read only) → test the connection → extract → mask SQL →
-write one file per entity → upload and verify every file → publish the HWM. Any failure before
-the publish leaves the HWM where it was: a retry of the run extracts the same window into the
-same files, and a later run extracts from the same start. ``dry_run`` writes the files and stops
-there.
+A run: plan the window (the HWM store and the pending window, read only) → test the connection →
+extract → mask SQL → write one file per entity → pin the window, upload and verify every file →
+publish the HWM. Any failure before the publish leaves the HWM where it was; once a file may have
+landed, the window is pinned, and every later run lands that window's remaining files under the same
+names before anything else. ``dry_run`` writes the files and stops there.
 """
 
 from __future__ import annotations
@@ -12,17 +12,28 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 from sqlglot.dialects.dialect import Dialect
 
 from tasks.common import ONCE_PER_FLOW_RUN, ProgressReport, load_block
 from tasks.metadata.extract_files import WrittenFile, write_extracts
 from tasks.metadata.extracts import Extract, Extractor, PartialExtractionError
-from tasks.metadata.hwm import FileHwmStore, HwmStore, VariableHwmStore, Window, plan_window, publish_hwm
+from tasks.metadata.hwm import (
+    FileHwmStore,
+    HwmStore,
+    PendingWindowFile,
+    VariableHwmStore,
+    Window,
+    claim_window,
+    plan_or_resume,
+    publish_hwm,
+)
 from tasks.metadata.landing import LandedFile, LandingError, LandingTarget
 from tasks.metadata.masking import mask_sql
 
@@ -70,7 +81,11 @@ def build_landing(source: Any) -> LandingTarget:
         from tasks.metadata.landing import AzureBlobLanding
 
         return AzureBlobLanding(
-            config.account_url, config.container, config.sas_token_secret, config.landing_dir
+            config.account_url,
+            config.container,
+            config.sas_token_secret,
+            config.landing_dir,
+            allow_insecure_transport=config.allow_insecure_transport,
         )
     if config.kind == "gcs":
         from prefect_gcp import GcsBucket
@@ -90,6 +105,11 @@ def build_hwm_store(source: Any, target: LandingTarget) -> HwmStore:
     if source.hwm.store == "file":
         return FileHwmStore(target, source.name)
     return VariableHwmStore(source.name)
+
+
+def build_pending_window(source: Any, target: LandingTarget) -> PendingWindowFile:
+    """The source's pending-window record, ``<source>_hwm_pending.json`` next to the landing directory."""
+    return PendingWindowFile(target, source.name)
 
 
 def masked(extract: Extract, dialect: str = "athena") -> Extract:
@@ -157,12 +177,17 @@ def history_start(source: Any, now: dt.datetime) -> dt.datetime | None:
 
 
 @task(cache_policy=ONCE_PER_FLOW_RUN, persist_result=True)
-def plan_collection_window(source: Any, store: HwmStore, now: dt.datetime) -> Window:
-    """The window ``[start, end)`` of this run (reads the HWM; writes nothing).
+def plan_collection_window(
+    source: Any, store: HwmStore, pending: PendingWindowFile, now: dt.datetime
+) -> Window:
+    """The window ``[start, end)`` of this run: the pending window of a run that began landing and did
+    not publish, else planned from the HWM (``plan_or_resume``; reads both, writes nothing).
 
     Cached per flow run: a retried run extracts exactly the window it planned, into the same files.
     """
-    return plan_window(store, now, source.hwm.lag, source.hwm.initial_lookback, history_start(source, now))
+    return plan_or_resume(
+        store, pending, now, source.hwm.lag, source.hwm.initial_lookback, history_start(source, now)
+    )
 
 
 @task(cache_policy=NO_CACHE)
@@ -195,27 +220,62 @@ def retry_if_unreachable(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class LandingResult:
+    """What ``land_files`` did. ``landed``: the window's files landed and verified, in the order of the
+    files given (by this call or an earlier attempt at the window: ``uploaded`` names this call's);
+    both empty when ``already_published`` (the window's end was the HWM already: nothing landed)."""
+
+    landed: list[LandedFile]
+    uploaded: list[str]
+    already_published: bool = False
+
+
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=retry_if_unreachable)
 def land_files(
-    target: LandingTarget, files: list[WrittenFile], progress: ProgressReport | None = None
-) -> list[LandedFile]:
-    """Upload every file and verify it (exists, size); raises ``LandingError`` on the first failure.
+    target: LandingTarget,
+    files: list[WrittenFile],
+    window: Window,
+    store: HwmStore,
+    pending: PendingWindowFile,
+    progress: ProgressReport | None = None,
+) -> LandingResult:
+    """Pin ``window`` as the pending window (``claim_window``), then upload and verify every file of it
+    not landed yet (exists, size), recording each in the pending window as it lands.
 
-    A retry (target unreachable) uploads the same files again: names are fixed by the window.
-    ``progress``, if given, counts the files landed and verified.
+    A file an earlier attempt at the window landed (a retry of this task, a failed run's) is not
+    uploaded again; a window already published lands nothing. ``progress``, if given, counts the
+    files landed and verified. Raises ``LandingError`` on the first failure, and what
+    ``claim_window`` raises (``HwmError``, ``PendingWindowError``, ``WindowInProgressError``).
     """
     logger = get_run_logger()
-    landed = []
+    record = claim_window(store, pending, window, flow_run.id)
+    if record is None:
+        return LandingResult(landed=[], uploaded=[], already_published=True)
+    if record.landed:
+        logger.info(
+            "%d files of window %s landed already: %s", len(record.landed), window, ", ".join(record.landed)
+        )
+    landed: list[LandedFile] = []
+    uploaded: list[str] = []
     for file in files:
-        landed.append(target.upload(file.path, file.path.name))
-        logger.info("Landed %s (%d rows, %d bytes)", landed[-1].uri, file.rows, file.bytes)
+        name = file.path.name
+        if name in record.landed:
+            landed.append(record.landed[name])
+        else:
+            landed.append(target.upload(file.path, name))
+            uploaded.append(name)
+            record = record.with_landed(landed[-1])
+            pending.write(record)
+            logger.info("Landed %s (%d rows, %d bytes)", landed[-1].uri, file.rows, file.bytes)
         if progress is not None:
-            progress.update(len(landed), note=f"landed {file.path.name}")
-    return landed
+            progress.update(len(landed), note=f"landed {name}")
+    return LandingResult(landed=landed, uploaded=uploaded)
 
 
 @task(cache_policy=NO_CACHE)
-def publish_collection_hwm(store: HwmStore, window: Window) -> None:
-    """Publish ``window.end`` as the HWM: only after every file landed and was verified."""
-    publish_hwm(store, window)
+def publish_collection_hwm(store: HwmStore, window: Window, pending: PendingWindowFile | None = None) -> None:
+    """Publish ``window.end`` as the HWM (only after every file landed and was verified) and mark the
+    pending window published."""
+    publish_hwm(store, window, pending)
     get_run_logger().info("Published HWM %s to %s", window.end, store.describe())

@@ -1,22 +1,36 @@
-"""High-water marks (HWM) of the metadata collectors: plan the run's window, publish its end.
+"""High-water marks (HWM) of the metadata collectors: plan the run's window, pin it while its files
+land, publish its end.
 
-The protocol and the two stores (a Prefect Variable ``hwm_<source>``, a file ``<source>_hwm.txt`` next
-to the landing directory): docs/metadata-collectors.md ("A run", "High-water marks").
+The protocol, the two stores (a Prefect Variable ``hwm_<source>``, a file ``<source>_hwm.txt`` next to
+the landing directory), the pending window ``<source>_hwm_pending.json`` and the source's HWM lock:
+docs/metadata-collectors.md ("A run", "High-water marks", "A run that fails halfway").
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import PurePosixPath
-from typing import Protocol
+from typing import Any, Protocol
+from uuid import UUID
 
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+from prefect.concurrency.sync import concurrency
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.types import MAX_VARIABLE_NAME_LENGTH
 from prefect.variables import Variable
 
 from tasks.common import to_utc
+from tasks.metadata.landing.base import LandedFile
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +64,19 @@ class InvalidSourceNameError(ValueError):
     """A source name cannot name an HWM variable or file."""
 
 
+class HwmLockError(HwmError):
+    """The source's HWM lock (a Prefect global concurrency limit) is unfit, or was not granted in time."""
+
+
+class PendingWindowError(HwmError):
+    """The source's pending window forbids landing this run's window: another run is landing it, or
+    the pending window is not the one this run planned, or its record does not parse."""
+
+
+class WindowInProgressError(PendingWindowError):
+    """Another flow run that is still active is landing the source's pending window."""
+
+
 # --- values --------------------------------------------------------------------------------------
 
 
@@ -60,6 +87,25 @@ def _require_aware(value: datetime, what: str) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{what} must be timezone-aware (UTC), got naive {value.isoformat()}")
     return to_utc(value)
+
+
+def check_now(now: datetime, current: datetime) -> datetime:
+    """``now`` (a run's "present", aware) in UTC, refused if later than ``current`` (the clock's time).
+
+    A window ending in the future would publish an HWM in the future: the next runs would start
+    there, and what happens until then would never be extracted. Raises ``ValueError`` — starting
+    ``now <now in ISO 8601> is later than the current time`` — for a later ``now``, and for a naive one.
+    """
+    given = now
+    now = _require_aware(now, "now")
+    current = _require_aware(current, "current time")
+    if now > current:
+        raise ValueError(
+            f"now {given.isoformat()} is later than the current time "
+            f"({current.replace(microsecond=0).isoformat()}): a high-water mark in the future would skip "
+            "the data until then for good; leave now unset, or give an instant in the past"
+        )
+    return now
 
 
 def format_hwm(value: datetime) -> str:
@@ -181,6 +227,10 @@ class HwmStore(Protocol):
         """Store ``value`` (aware, whole seconds) as the HWM."""
         ...
 
+    def lock(self) -> AbstractContextManager[None]:
+        """The source's HWM lock: ``publish_hwm`` and ``claim_window`` read, check and write under it."""
+        ...
+
     def describe(self) -> str:
         """Where the HWM lives, for logs and errors."""
         ...
@@ -219,8 +269,12 @@ class VariableHwmStore:
         return parse_hwm(value, self.describe())
 
     def publish(self, value: datetime) -> None:
-        """Create or overwrite the variable with ``format_hwm(value)``."""
+        """Create or overwrite the variable with ``format_hwm(value)``; no check (see ``publish_hwm``)."""
         Variable.set(self.variable_name, format_hwm(value), tags=["hwm"], overwrite=True, _sync=True)
+
+    def lock(self) -> AbstractContextManager[None]:
+        """``hwm_lock`` of the source: Prefect Variables have no compare-and-set."""
+        return hwm_lock(self.source_name)
 
     def describe(self) -> str:
         return f"Prefect variable {self.variable_name!r}"
@@ -259,8 +313,220 @@ class FileHwmStore:
     def publish(self, value: datetime) -> None:
         self.target.write_text(self.key, format_hwm(value))
 
+    def lock(self) -> AbstractContextManager[None]:
+        """``hwm_lock`` of the source (the same lock whichever store holds its HWM)."""
+        return hwm_lock(self.source_name)
+
     def describe(self) -> str:
         return f"HWM file {self.key!r} in {self.target.describe()}"
+
+
+# --- the source's HWM lock -------------------------------------------------------------------------
+
+LOCK_PREFIX = "metadata-hwm-"
+LOCK_TIMEOUT_SECONDS = 120.0
+"""How long ``hwm_lock`` waits for the lock: its holders keep it for a few requests; a killed holder's
+lease expires after ``LOCK_LEASE_SECONDS`` (plus the server's lease-cleanup interval)."""
+LOCK_LEASE_SECONDS = 60.0
+"""Lease of the lock's slot, renewed while the holder lives (Prefect's minimum sensible lease)."""
+
+
+_held_locks: ContextVar[frozenset[str]] = ContextVar("held_hwm_locks", default=frozenset())
+"""The HWM locks the current context holds (``hwm_lock`` is reentrant through it; tasks called from the
+flow see the flow's)."""
+
+
+def hwm_lock_name(source_name: str) -> str:
+    """The global concurrency limit guarding a source's HWM: ``metadata-hwm-<source>``."""
+    return f"{LOCK_PREFIX}{normalise_source_name(source_name)}"
+
+
+def _lock_holder() -> ConcurrencyLeaseHolder | None:
+    """The lease holder shown in the Prefect UI: the current task run or flow run, if any."""
+    if task_context := TaskRunContext.get():
+        return ConcurrencyLeaseHolder(type="task_run", id=task_context.task_run.id)
+    if (flow_context := FlowRunContext.get()) and flow_context.flow_run is not None:
+        return ConcurrencyLeaseHolder(type="flow_run", id=UUID(str(flow_context.flow_run.id)))
+    return None
+
+
+def _ensure_lock_limit(name: str, source_name: str) -> None:
+    """Create the lock's limit (active, limit 1) if missing; ``HwmLockError`` if it exists but is unfit:
+    a disabled limit grants every request, a larger one lets two holders in, a decaying slot frees
+    itself while held."""
+    with get_client(sync_client=True) as client:
+        try:
+            found = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=1, active=True)
+                )
+                logger.info(
+                    "Created global concurrency limit %r (limit 1), the HWM lock of %r", name, source_name
+                )
+                return
+            except ObjectAlreadyExists:  # another run of the source created it meanwhile
+                found = client.read_global_concurrency_limit_by_name(name)
+    problems = []
+    if not found.active:
+        problems.append("disabled")
+    if found.limit != 1:
+        problems.append(f"limit {found.limit}")
+    if found.slot_decay_per_second:
+        problems.append(f"slot decay {found.slot_decay_per_second}/s")
+    if problems:
+        raise HwmLockError(
+            f"global concurrency limit {name!r}, the HWM lock of source {source_name!r}, is "
+            f"{', '.join(problems)}: it must be active with limit 1 and no slot decay, or two runs could "
+            f"move the HWM at once. Fix it (`prefect gcl update {name} --enable --limit 1 --slot-decay-per-second 0`) or delete it: "
+            "the collector creates it again."
+        )
+
+
+@contextmanager
+def hwm_lock(source_name: str, *, timeout_seconds: float = LOCK_TIMEOUT_SECONDS) -> Iterator[None]:
+    """Hold the HWM lock of ``source_name`` for the ``with`` block: one slot of the global concurrency
+    limit ``metadata-hwm-<source>`` (limit 1; created on first use), leased and ``strict``.
+
+    Prefect renews the lease while the holder lives; the server frees a killed holder's slot when the
+    lease (``LOCK_LEASE_SECONDS``) expires. Reentrant: inside a ``with`` of the same lock (in this
+    context or a task's copy of it) it acquires nothing. Raises ``HwmLockError`` (the limit is unfit, or the slot was
+    not granted within ``timeout_seconds``) and ``InvalidSourceNameError``.
+    """
+    name = hwm_lock_name(source_name)
+    held = _held_locks.get()
+    if name in held:  # reentrant: the caller holds it already (the flow, around land and publish)
+        yield
+        return
+    _ensure_lock_limit(name, source_name)
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(
+                concurrency(
+                    name,
+                    occupy=1,
+                    timeout_seconds=timeout_seconds,
+                    lease_duration=LOCK_LEASE_SECONDS,
+                    strict=True,
+                    holder=_lock_holder(),
+                )
+            )
+        except TimeoutError:
+            raise HwmLockError(
+                f"The HWM lock of source {source_name!r} (global concurrency limit {name!r}) was not granted "
+                f"within {timeout_seconds:.0f} s: another run of the source holds it. A killed holder's slot "
+                f"comes back after its {LOCK_LEASE_SECONDS:.0f} s lease; see the limit's holder in the Prefect UI."
+            ) from None
+        token = _held_locks.set(held | {name})
+        try:
+            yield
+        finally:
+            _held_locks.reset(token)
+
+
+# --- the pending window ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PendingWindow:
+    """The window a run of the source began to land and what of it landed (the record of
+    ``PendingWindowFile``).
+
+    ``window``: with its ``planned_from`` (the HWM it was planned from; None: there was none).
+    ``flow_run_id``: the flow run landing it (None: not run in a flow). ``landed``: the files of the
+    window landed and verified so far, by name. ``published``: ``window.end`` was published; the record
+    is then only history.
+    """
+
+    window: Window
+    flow_run_id: str | None = None
+    landed: dict[str, LandedFile] = field(default_factory=dict)
+    published: bool = False
+
+    def with_landed(self, file: LandedFile) -> PendingWindow:
+        """This record with ``file`` added to ``landed``."""
+        return replace(self, landed={**self.landed, file.name: file})
+
+    def to_json(self, source_name: str) -> str:
+        """The record as stored: a JSON object, times in ``HWM_FORMAT`` (UTC)."""
+        planned_from = self.window.planned_from
+        return json.dumps(
+            {
+                "source": source_name,
+                "window_start": format_hwm(self.window.start),
+                "window_end": format_hwm(self.window.end),
+                "planned_from": None if planned_from is None else format_hwm(planned_from),
+                "flow_run_id": self.flow_run_id,
+                "published": self.published,
+                "landed": [{"name": f.name, "uri": f.uri, "bytes": f.bytes} for f in self.landed.values()],
+            },
+            indent=2,
+        )
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> PendingWindow:
+        """Parse a stored record; ``PendingWindowError`` naming ``where`` if it is not one."""
+        try:
+            data: Any = json.loads(text)
+            planned_from = data["planned_from"]
+            window = Window(
+                parse_hwm(data["window_start"], where),
+                parse_hwm(data["window_end"], where),
+                planned_from=None if planned_from is None else parse_hwm(planned_from, where),
+            )
+            landed = {
+                f["name"]: LandedFile(name=str(f["name"]), uri=str(f["uri"]), bytes=int(f["bytes"]))
+                for f in data["landed"]
+            }
+            flow_run_id = data["flow_run_id"]
+            published = data["published"]
+            if not isinstance(published, bool) or not (flow_run_id is None or isinstance(flow_run_id, str)):
+                raise TypeError("published must be a boolean and flow_run_id a string or null")
+        except (ValueError, TypeError, KeyError, MalformedHwmError) as exc:
+            raise PendingWindowError(
+                f"{where} is not a pending-window record ({type(exc).__name__}: {exc}). Fix it, or delete "
+                "it to plan anew — then any file of its window already in the landing directory overlaps "
+                "the next window's."
+            ) from exc
+        return cls(window, flow_run_id, landed, published)
+
+
+def pending_window_key(landing_dir: str, source_name: str) -> str:
+    """Key of ``<source>_hwm_pending.json``: next to ``<source>_hwm.txt`` (see ``hwm_file_key``)."""
+    name = normalise_source_name(source_name)
+    return str(PurePosixPath(landing_dir).parent / f"{name}_hwm_pending.json")
+
+
+class PendingWindowFile:
+    """The source's pending window, as ``<source>_hwm_pending.json`` next to the landing directory of
+    ``target`` (whichever store holds the HWM). A missing file means no pending window."""
+
+    def __init__(self, target: HwmFileTarget, source_name: str):
+        self.target = target
+        self.source_name = normalise_source_name(source_name)
+        self.key = pending_window_key(target.landing_dir, self.source_name)
+
+    def read(self) -> PendingWindow | None:
+        """The record, None if there is none; ``PendingWindowError`` if it does not parse."""
+        text = self.target.read_text(self.key)
+        return None if text is None else PendingWindow.from_json(text, self.describe())
+
+    def write(self, pending: PendingWindow) -> None:
+        self.target.write_text(self.key, pending.to_json(self.source_name))
+
+    def describe(self) -> str:
+        return f"pending window {self.key!r} in {self.target.describe()}"
+
+
+def flow_run_is_active(flow_run_id: str) -> bool:
+    """True unless the flow run is in a final state (completed, failed, crashed, cancelled) or gone."""
+    with get_client(sync_client=True) as client:
+        try:
+            flow_run = client.read_flow_run(UUID(flow_run_id))
+        except (ObjectNotFound, ValueError):
+            return False
+    return flow_run.state is not None and not flow_run.state.is_final()
 
 
 # --- planning and publishing ---------------------------------------------------------------------
@@ -352,34 +618,163 @@ def plan_window(
     return window
 
 
-def publish_hwm(store: HwmStore, window: Window) -> None:
-    """Publish ``window.end`` as the new HWM, then read it back.
+def plan_or_resume(
+    store: HwmStore,
+    pending: PendingWindowFile,
+    now: datetime,
+    lag: timedelta,
+    initial_lookback: timedelta,
+    earliest: datetime | None = None,
+) -> Window:
+    """``plan_window``, unless the source has a pending window planned from the published HWM (a run
+    began landing it and failed): then that window, whatever ``now`` is, so that the rerun lands the
+    same files under the same names. Reads the store and the record; writes nothing.
+
+    A record that was published, or planned from another HWM (it was published, or the HWM edited),
+    is stale and ignored. Raises what ``plan_window`` raises and ``PendingWindowError`` (a record that
+    does not parse).
+    """
+    window = plan_window(store, now, lag, initial_lookback, earliest)
+    record = pending.read()
+    if record is None or record.published or record.window.planned_from != window.planned_from:
+        if record is not None and not record.published:
+            logger.info(
+                "Ignoring stale %s %s: the HWM moved since it was planned", pending.describe(), record.window
+            )
+        return window
+    logger.warning(
+        "Resuming window %s instead: flow run %s began landing it and did not publish it (%d files "
+        "landed: %s); this run lands the rest under the same names, then publishes its end",
+        record.window,
+        record.flow_run_id or "(none)",
+        len(record.landed),
+        ", ".join(record.landed) or "none",
+    )
+    return record.window
+
+
+def claim_window(
+    store: HwmStore,
+    pending: PendingWindowFile,
+    window: Window,
+    flow_run_id: str | None,
+    is_active: Callable[[str], bool] = flow_run_is_active,
+) -> PendingWindow | None:
+    """Pin ``window`` as the source's pending window before any of its files lands; under the lock.
+
+    Returns the record to land against — its ``landed`` files (an earlier attempt's) are not landed
+    again — or None when ``window`` was already published (``window.end`` is the HWM): land nothing.
+    The record names ``flow_run_id`` as the run landing it; a record of another flow run is taken
+    over once that run is no longer active (``is_active``: its id → bool).
+
+    Raises ``HwmError`` (the HWM moved since ``window`` was planned, other than to its end),
+    ``WindowInProgressError`` (an active run lands the pending window), ``PendingWindowError`` (another
+    window is pending at this HWM), ``HwmLockError``, and whatever the stores raise.
+    """
+    with store.lock():
+        current = store.read()
+        record = pending.read()
+        if current != window.planned_from:
+            if current == window.end:
+                logger.warning(
+                    "Window %s was published already (%s holds its end): nothing lands again",
+                    window,
+                    store.describe(),
+                )
+                return None
+            raise _moved(store, window, current)
+        if record is not None and record.window.planned_from == current:
+            if record.published and record.window == window:  # an empty window [hwm, hwm), landed
+                logger.warning("Window %s was published already: nothing lands again", window)
+                return None
+            if not record.published:
+                owner = record.flow_run_id
+                if owner is not None and owner != flow_run_id and is_active(owner):
+                    raise WindowInProgressError(
+                        f"Flow run {owner} is landing window {record.window} of source {pending.source_name!r} "
+                        f"({pending.describe()}; {len(record.landed)} files landed): this run lands nothing. "
+                        "Wait for it; if it is dead, mark it Crashed or Cancelled and run again."
+                    )
+                if record.window != window:
+                    raise PendingWindowError(
+                        f"Window {record.window} of source {pending.source_name!r} is pending ({pending.describe()}: "
+                        f"{len(record.landed)} of its files landed, its end not published), but this run "
+                        f"planned {window}; landing both would overlap. Run again: the rerun lands that window."
+                    )
+                if owner != flow_run_id:
+                    record = replace(record, flow_run_id=flow_run_id)
+                    pending.write(record)
+                    logger.warning(
+                        "Taking over window %s from flow run %s (%d files landed already)",
+                        window,
+                        owner or "(none)",
+                        len(record.landed),
+                    )
+                return record
+        record = PendingWindow(window, flow_run_id)
+        pending.write(record)
+        return record
+
+
+def _moved(store: HwmStore, window: Window, current: datetime | None) -> HwmError:
+    was = "no HWM" if window.planned_from is None else format_hwm(window.planned_from)
+    now_held = "none" if current is None else format_hwm(current)
+    return HwmError(
+        f"{store.describe()} moved since this run planned its window from {was}: it now holds "
+        f"{now_held}. Not publishing {format_hwm(window.end)} (that would overlap or skip a window); "
+        "did another run of this source publish, or was the HWM edited? Run again to plan anew."
+    )
+
+
+def publish_hwm(store: HwmStore, window: Window, pending: PendingWindowFile | None = None) -> None:
+    """Publish ``window.end`` as the new HWM, then read it back; under the source's lock, so that the
+    check and the write are one step: of two runs racing, the second sees what the first published.
 
     Call only after every file of the run was uploaded and verified (exists, size): publishing
     earlier would lose the window if an upload then failed. A run that fails before this call leaves
-    the HWM unchanged, so the rerun plans the same ``start``.
+    the HWM unchanged, so the rerun plans the same ``start``. ``pending``: the record of the window,
+    marked published afterwards (a failure to mark it is logged: the HWM has moved, so the record
+    is stale anyway). A window already published (the store holds its end) is not published again.
 
-    Raises ``HwmError`` if the store already holds a later HWM (an HWM never moves backwards; another
-    run published meanwhile, or the store was edited) or if the read-back differs; ``ValueError``
-    if ``window.end`` has sub-second digits; and whatever the store raises.
+    Raises ``HwmError`` if the store moved since the window was planned or already holds a later HWM
+    (an HWM never moves backwards), or if the read-back differs; ``HwmLockError``; ``ValueError`` if
+    ``window.end`` has sub-second digits; and whatever the store raises.
     """
-    current = store.read()
-    if current != window.planned_from and (window.planned_from is not None or current is not None):
-        was = "no HWM" if window.planned_from is None else format_hwm(window.planned_from)
-        now_held = "none" if current is None else format_hwm(current)
-        raise HwmError(
-            f"{store.describe()} moved since this run planned its window from {was}: it now holds "
-            f"{now_held}. Not publishing {format_hwm(window.end)} (that would overlap or skip a window); "
-            "did another run of this source publish, or was the HWM edited? Run again to plan anew."
-        )
-    if current is not None and current > window.end:
-        raise HwmError(
-            f"{store.describe()} already holds {format_hwm(current)} UTC, after this window's end "
-            f"({window}); not moving it backwards — did another run of this source publish meanwhile?"
-        )
-    store.publish(window.end)
-    stored = store.read()
-    if stored != window.end:
-        shown = "nothing" if stored is None else format_hwm(stored)
-        raise HwmError(f"published {format_hwm(window.end)} to {store.describe()} but read back {shown}")
-    logger.info("Published HWM %s UTC to %s", format_hwm(window.end), store.describe())
+    with store.lock():
+        current = store.read()
+        if current != window.planned_from and current == window.end:
+            logger.warning("HWM %s UTC was published already to %s", format_hwm(window.end), store.describe())
+        else:
+            if current != window.planned_from:
+                raise _moved(store, window, current)
+            if current is not None and current > window.end:
+                raise HwmError(
+                    f"{store.describe()} already holds {format_hwm(current)} UTC, after this window's end "
+                    f"({window}); not moving it backwards — did another run of this source publish meanwhile?"
+                )
+            store.publish(window.end)
+            stored = store.read()
+            if stored != window.end:
+                shown = "nothing" if stored is None else format_hwm(stored)
+                raise HwmError(
+                    f"published {format_hwm(window.end)} to {store.describe()} but read back {shown}"
+                )
+            logger.info("Published HWM %s UTC to %s", format_hwm(window.end), store.describe())
+        if pending is not None:
+            _mark_published(pending, window)
+
+
+def _mark_published(pending: PendingWindowFile, window: Window) -> None:
+    try:
+        record = pending.read()
+        if (
+            record is not None
+            and not record.published
+            and record.window == window
+            and record.window.planned_from == window.planned_from
+        ):
+            pending.write(replace(record, published=True))
+    except (
+        Exception
+    ) as exc:  # the HWM moved: a record left unmarked is stale (it is planned from another HWM)
+        logger.warning("Could not mark %s published (%s); it is stale anyway", pending.describe(), exc)

@@ -1,38 +1,53 @@
 """Configuration of the metadata collectors: one entry per source in ``metadata_sources.yaml``.
 
 The file's shape and an example: docs/metadata-collectors.md ("Configuration"). Secrets are never in
-it: blocks are named instead.
+it: blocks are named instead. The file is read strictly (``tasks.config_files``): duplicate and
+unknown keys are errors that name the line and the key path; a source's name is its key.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
+from urllib.parse import urlsplit
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, Field, field_validator, model_validator
+
+from pipelines.transport import check_transport, url_without_credentials
+from tasks.config_files import ConfigFileError, StrictModel, load_yaml_mapping
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_FILE = PROJECT_ROOT / "metadata_sources.yaml"
 FILE_ENV_VAR = "METADATA_SOURCES_FILE"
+_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 
 
-class SourceConfigError(ValueError):
-    """The sources file is missing or malformed, or lacks the requested source."""
+class SourceConfigError(ConfigFileError):
+    """The sources file is missing or not valid (the message names the file, the line and the key path),
+    or lacks the requested source (the message lists those it has). A ``ValueError``."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def _source_name(name: str) -> str:
+    if not re.fullmatch(_NAME_PATTERN, name):
+        raise ValueError(
+            f"source name {name!r} is not valid: use lowercase letters, digits, '-' and '_', starting with "
+            "a letter or digit (it names the files, the HWM and the artifact), e.g. 'athena-prod'"
+        )
+    return name
 
 
-class AthenaExtractorConfig(_Strict):
+SourceName = Annotated[str, AfterValidator(_source_name)]
+
+
+class AthenaExtractorConfig(StrictModel):
     """Amazon Athena and the Glue Data Catalog (``tasks.metadata.extractors.athena``)."""
 
     kind: Literal["athena"]
-    aws_credentials_block: str = Field(description="name of a prefect-aws AwsCredentials block")
-    region: str
+    aws_credentials_block: str = Field(min_length=1, description="name of a prefect-aws AwsCredentials block")
+    region: str = Field(min_length=1, description="AWS region of Athena and Glue, e.g. eu-west-1")
     output_location: str = Field(
         pattern=r"^s3://", description="results bucket of information_schema queries"
     )
@@ -44,44 +59,70 @@ class AthenaExtractorConfig(_Strict):
     history_days: int = Field(default=45, ge=1, le=45, description="Athena keeps 45 days of query history")
 
 
-class TableauExtractorConfig(_Strict):
+class TableauExtractorConfig(StrictModel):
     """Tableau, through a PAT leased from the same pool as the refresh flows (``tasks.metadata.extractors.tableau``)."""
 
     kind: Literal["tableau"]
-    pat_pool_block: str = Field(description="name of the Tableau PAT Pool block")
+    pat_pool_block: str = Field(min_length=1, description="name of the Tableau PAT Pool block")
     lineage: bool = Field(
         default=True,
         description="also read lineage through the Metadata API (on Tableau Server it must be enabled)",
     )
 
 
-class S3LandingConfig(_Strict):
+class S3LandingConfig(StrictModel):
     kind: Literal["s3"]
-    s3_bucket_block: str = Field(description="name of a prefect-aws S3Bucket block")
+    s3_bucket_block: str = Field(min_length=1, description="name of a prefect-aws S3Bucket block")
     landing_dir: str
 
 
-class AzureBlobLandingConfig(_Strict):
+class AzureBlobLandingConfig(StrictModel):
     kind: Literal["azure_blob"]
     account_url: str = Field(description="https://<account>.blob.core.windows.net (no SAS here)")
-    container: str
-    sas_token_secret: str = Field(description="name of the Secret block holding the SAS token")
+    container: str = Field(min_length=1, description="the blob container")
+    sas_token_secret: str = Field(min_length=1, description="name of the Secret block holding the SAS token")
     landing_dir: str
+    allow_insecure_transport: bool = Field(
+        default=False,
+        description="accept a plaintext http:// account_url on a host that is not loopback (warned on every use)",
+    )
+
+    @model_validator(mode="after")
+    def _secure_transport(self) -> AzureBlobLandingConfig:
+        check_transport(
+            self.account_url,
+            owner="Azure Blob landing",
+            field="landing.account_url",
+            allow_insecure=self.allow_insecure_transport,
+        )
+        return self
+
+    @field_validator("account_url")
+    @classmethod
+    def _no_sas_in_the_url(cls, url: str) -> str:
+        # The message shows the URL without its query string: a SAS token pasted there stays out of it.
+        if not url.startswith(("https://", "http://")) or "?" in url or "@" in urlsplit(url).netloc:
+            raise ValueError(
+                f"account_url {url_without_credentials(url)!r} (shown without query string) must be the "
+                "account's URL alone, e.g. https://<account>.blob.core.windows.net: the SAS token goes in "
+                "the Secret block named by sas_token_secret"
+            )
+        return url
 
 
-class GcsLandingConfig(_Strict):
+class GcsLandingConfig(StrictModel):
     kind: Literal["gcs"]
-    gcs_bucket_block: str = Field(description="name of a prefect-gcp GcsBucket block")
+    gcs_bucket_block: str = Field(min_length=1, description="name of a prefect-gcp GcsBucket block")
     landing_dir: str
 
 
-class LocalLandingConfig(_Strict):
+class LocalLandingConfig(StrictModel):
     kind: Literal["local"]
     root: Path = Field(description="an existing directory (e.g. a mounted share)")
     landing_dir: str
 
 
-class HwmConfig(_Strict):
+class HwmConfig(StrictModel):
     """Where the high-water mark is kept and how the window is planned."""
 
     store: Literal["variable", "file"] = Field(
@@ -89,9 +130,11 @@ class HwmConfig(_Strict):
         description="a Prefect Variable hwm_<source>, or <source>_hwm.txt next to the landing dir",
     )
     lag_minutes: float = Field(
-        default=60, ge=0, description="end = now - lag: what is still changing is left"
+        default=60, ge=0, allow_inf_nan=False, description="end = now - lag: what is still changing is left"
     )
-    initial_lookback_days: float = Field(default=1, gt=0, description="the first window's length")
+    initial_lookback_days: float = Field(
+        default=1, gt=0, allow_inf_nan=False, description="the first window's length"
+    )
 
     @property
     def lag(self) -> timedelta:
@@ -109,49 +152,72 @@ LandingConfig = Annotated[
 ]
 
 
-class SourceConfig(_Strict):
-    """One metadata source: what to extract, where files land, how the window is kept."""
+class SourceEntry(StrictModel):
+    """One entry under ``sources:``, keyed by the source's name: what to extract, where files land,
+    how the window is kept."""
 
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
-    extractor: ExtractorConfig
-    landing: LandingConfig
+    refused_keys: ClassVar[dict[str, str]] = {
+        "name": "a source's name is its key under 'sources:' (the HWM and the files are named after it); "
+        "remove 'name:' (to rename the source, rename its key)."
+    }
+
+    extractor: ExtractorConfig = Field(description="what to read: kind athena or tableau")
+    landing: LandingConfig = Field(description="where the files land: kind s3, azure_blob, gcs or local")
     hwm: HwmConfig = HwmConfig()
     compress: bool = Field(default=True, description="gzip the CSV files")
     mask: bool = Field(default=True, description="replace literals in SQL text by placeholders")
 
 
-class SourcesFile(_Strict):
-    sources: dict[str, dict]
+class SourceConfig(SourceEntry):
+    """One metadata source, named: its entry and its key under ``sources:``."""
+
+    name: str = Field(pattern=_NAME_PATTERN)
+
+
+class SourcesFile(StrictModel):
+    """The whole file: ``sources``, name → entry."""
+
+    sources: dict[SourceName, SourceEntry] = Field(description="one entry per source, keyed by its name")
 
 
 def sources_file(path: str | os.PathLike[str] | None = None) -> Path:
+    """The sources file to read: ``path``, else ``$METADATA_SOURCES_FILE``, else the default."""
     return Path(path or os.environ.get(FILE_ENV_VAR) or DEFAULT_FILE)
 
 
 def load_sources(path: str | os.PathLike[str] | None = None) -> dict[str, SourceConfig]:
-    """Every configured source by name. Raises ``SourceConfigError`` naming the file and the problem."""
+    """Every configured source: name → ``SourceConfig``, in file order.
+
+    Raises:
+        SourceConfigError: the file is missing, not YAML, holds a duplicate or unknown key (``name``
+            among them) or an invalid value; the message names the file, the line and the key path.
+    """
     file = sources_file(path)
-    try:
-        raw = yaml.safe_load(file.read_text())
-    except FileNotFoundError:
-        raise SourceConfigError(
-            f"no metadata sources file at {file} (set {FILE_ENV_VAR} or sources_file)"
-        ) from None
-    except yaml.YAMLError as exc:
-        raise SourceConfigError(f"{file} is not valid YAML: {exc}") from None
-    try:
-        entries = SourcesFile.model_validate(raw or {}).sources
-        return {name: SourceConfig.model_validate({"name": name, **entry}) for name, entry in entries.items()}
-    except ValidationError as exc:
-        raise SourceConfigError(f"{file}: {exc}") from None
+    document = load_yaml_mapping(
+        file,
+        what="Metadata sources file",
+        error=SourceConfigError,
+        missing_hint=f"create it, or point {FILE_ENV_VAR} or the flow's sources_file at it",
+    )
+    parsed = document.validate(SourcesFile)
+    return {
+        name: SourceConfig(name=name, **{field: getattr(entry, field) for field in SourceEntry.model_fields})
+        for name, entry in parsed.sources.items()
+    }
 
 
 def load_source(name: str, path: str | os.PathLike[str] | None = None) -> SourceConfig:
-    """One source. Raises ``SourceConfigError`` listing the configured names for an unknown one."""
+    """One source.
+
+    Raises:
+        SourceConfigError: the source is not in the file (the message lists those that are), or the
+            file is not valid (``load_sources``).
+    """
     sources = load_sources(path)
     if name not in sources:
         known = ", ".join(sorted(sources)) or "none"
         raise SourceConfigError(
-            f"unknown metadata source {name!r} in {sources_file(path)}; configured sources: {known}"
+            f"unknown metadata source {name!r} in {sources_file(path)}; configured sources: {known}. "
+            "Add an entry under 'sources:' or fix the flow's 'source' parameter."
         )
     return sources[name]

@@ -13,76 +13,163 @@ parameter point elsewhere) holds ``defaults`` and one entry per domain under ``d
 A domain signs in through a PAT pool (``pat_pool_block``) or a connected app
 (``connected_app_block``); what a domain's entry sets wins over ``defaults``. Adding a domain adds an
 entry there; ``python -m deployments.domains`` writes its deployment into ``prefect.yaml``. No code.
+The file is read strictly (``tasks.config_files``): duplicate and unknown keys are errors that name
+the line and the key path.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from tasks.config_files import ConfigFileError, StrictModel, load_yaml_mapping
 from tasks.tableau.refresh import ContentRef
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_FILE = PROJECT_ROOT / "tableau_domains.yaml"
 FILE_ENV_VAR = "TABLEAU_DOMAINS_FILE"
 _AUTH_FIELDS = {"pat_pool_block", "connected_app_block"}
+_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
 
 
-class DomainConfigError(ValueError):
-    """The domain configuration file is missing, malformed, or lacks the requested domain."""
+class DomainConfigError(ConfigFileError):
+    """The domain configuration file is missing or not valid (the message names the file, the line and
+    the key path), or lacks the requested domain (the message lists those it has). A ``ValueError``."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def _domain_name(name: str) -> str:
+    if not re.fullmatch(_NAME_PATTERN, name):
+        raise ValueError(
+            f"domain name {name!r} is not valid: use lowercase letters, digits and '-', starting with a "
+            "letter or digit (it names the deployment and the artifacts), e.g. 'sales' or 'supply-chain'"
+        )
+    return name
 
 
-class ContentName(_Strict):
+DomainName = Annotated[str, AfterValidator(_domain_name)]
+
+
+class ContentName(StrictModel):
     """A data source or workbook by name, and by project unless the name is unique on the site."""
 
-    project: str | None = Field(default=None, min_length=1)
-    name: str = Field(min_length=1)
+    project: str | None = Field(default=None, min_length=1, description="the Tableau project holding it")
+    name: str = Field(min_length=1, description="the data source's or workbook's name on the site")
 
 
-class Upstream(_Strict):
+class Upstream(StrictModel):
     """The flow (and optionally deployment) whose ``prefect.flow-run.Completed`` event starts the domain."""
 
     flow: str = Field(min_length=1, description="Name of the upstream flow.")
     deployment: str | None = Field(
-        default=None, description="Name of the upstream deployment, to narrow the match."
+        default=None, min_length=1, description="Name of the upstream deployment, to narrow the match."
     )
 
 
-class Domain(_Strict):
-    """One business domain: its Tableau content, its upstream, its limits."""
+class DomainDefaults(StrictModel):
+    """``defaults:``: the settings a domain takes unless its entry sets them. A domain that names either
+    sign-in (``pat_pool_block`` or ``connected_app_block``) takes neither from here."""
 
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     pat_pool_block: str | None = Field(
-        default=None, description="Name of the Tableau PAT Pool block to lease from."
+        default=None, min_length=1, description="Name of the Tableau PAT Pool block to lease from."
     )
     connected_app_block: str | None = Field(
         default=None,
+        min_length=1,
         description="Name of the Tableau Connected App block to sign in with (instead of a PAT pool).",
     )
-    upstream: Upstream
-    cron: str | None = Field(default=None, description="Fallback schedule if the upstream never completes.")
+    cron: str | None = Field(
+        default=None, description="Fallback schedule (UTC) if the upstream never completes."
+    )
     timeout_seconds: float = Field(
-        default=3600, gt=0, description="Bound on triggering and waiting, in seconds."
+        default=3600, gt=0, allow_inf_nan=False, description="Bound on triggering and waiting, in seconds."
     )
     incremental: bool = Field(default=False, description="Request incremental refreshes (REST API 3.25+).")
+
+    @field_validator("cron")
+    @classmethod
+    def _check_cron(cls, cron: str | None) -> str | None:
+        if cron is None:
+            return None
+        from prefect.client.schemas.schedules import CronSchedule  # the check `prefect deploy` makes
+
+        try:
+            CronSchedule(cron=cron, timezone="UTC")
+        except ValidationError:
+            raise ValueError(
+                f"cron {cron!r} is not a cron expression Prefect takes: give five fields, minute hour "
+                "day-of-month month day-of-week, e.g. '0 7 * * *' (07:00 UTC daily)"
+            ) from None
+        return cron
+
+    @model_validator(mode="after")
+    def _not_both_sign_ins(self) -> DomainDefaults:
+        if self.pat_pool_block is not None and self.connected_app_block is not None:
+            raise ValueError(
+                "sets both pat_pool_block and connected_app_block: keep one (a domain signs in through a "
+                "PAT pool or through a connected app)"
+            )
+        return self
+
+
+class DomainEntry(DomainDefaults):
+    """One entry under ``domains:``, keyed by the domain's name: its content and upstream, and any of
+    the ``defaults`` settings it overrides."""
+
+    refused_keys: ClassVar[dict[str, str]] = {
+        "name": "a domain's name is its key under 'domains:'; remove 'name:' (to rename the domain, "
+        "rename its key)."
+    }
+
+    upstream: Upstream = Field(
+        description="the flow whose completion starts the refresh, e.g. {flow: sales-pipeline}"
+    )
     datasources: tuple[ContentName, ...] = ()
     workbooks: tuple[ContentName, ...] = ()
 
+    @field_validator("datasources", "workbooks")
+    @classmethod
+    def _no_repeats(cls, content: tuple[ContentName, ...], info: Any) -> tuple[ContentName, ...]:
+        seen: dict[ContentName, int] = {}
+        for i, item in enumerate(content):
+            if item in seen:
+                raise ValueError(
+                    f"{info.field_name}[{i}] repeats {info.field_name}[{seen[item]}] "
+                    f"({item.project or '*'}/{item.name}): remove one"
+                )
+            seen[item] = i
+        return content
+
     @model_validator(mode="after")
-    def _has_content(self) -> Domain:
+    def _has_content(self) -> DomainEntry:
         if not self.datasources and not self.workbooks:
-            raise ValueError(f"domain {self.name!r} lists no datasources and no workbooks")
-        if (self.pat_pool_block is None) == (self.connected_app_block is None):
             raise ValueError(
-                f"domain {self.name!r} must name exactly one of pat_pool_block and connected_app_block"
+                "lists no datasources and no workbooks: add at least one, e.g. "
+                "datasources: [{project: Sales, name: Orders}]"
+            )
+        return self
+
+
+class Domain(DomainEntry):
+    """One business domain, with the defaults applied: its Tableau content, its upstream, its limits."""
+
+    name: str = Field(pattern=_NAME_PATTERN)
+
+    @model_validator(mode="after")
+    def _one_sign_in(self) -> Domain:
+        if self.pat_pool_block is None and self.connected_app_block is None:
+            raise ValueError(
+                f"domain {self.name!r} names no sign-in: set pat_pool_block (a Tableau PAT Pool block) or "
+                "connected_app_block (a Tableau Connected App block), in its entry or under defaults"
             )
         return self
 
@@ -93,38 +180,43 @@ class Domain(_Strict):
         ]
 
 
+class DomainsFile(StrictModel):
+    """The whole file: ``defaults`` and ``domains`` (name → entry), in the file's order."""
+
+    defaults: DomainDefaults = Field(default=DomainDefaults(), description="settings every domain takes")
+    domains: dict[DomainName, DomainEntry] = Field(default_factory=dict, description="one entry per domain")
+
+
 def domains_file(path: str | os.PathLike[str] | None = None) -> Path:
     """The configuration file to read: ``path``, else ``$TABLEAU_DOMAINS_FILE``, else the default."""
     return Path(path or os.environ.get(FILE_ENV_VAR) or DEFAULT_FILE)
 
 
 def load_domains(path: str | os.PathLike[str] | None = None) -> dict[str, Domain]:
-    """Read and validate every domain of the configuration file.
+    """Read and validate every domain of the configuration file: name → ``Domain``, in file order.
 
     Raises:
-        DomainConfigError: the file is missing or not valid, naming the file and the domain.
+        DomainConfigError: the file is missing, not YAML, holds a duplicate or unknown key or an invalid
+            value; the message names the file, the line and the key path (every problem found).
     """
     file = domains_file(path)
-    try:
-        raw: dict[str, Any] = yaml.safe_load(file.read_text()) or {}
-    except FileNotFoundError:
-        raise DomainConfigError(
-            f"Domain configuration file {file} does not exist (set {FILE_ENV_VAR})."
-        ) from None
-    except yaml.YAMLError as exc:
-        raise DomainConfigError(f"Domain configuration file {file} is not valid YAML: {exc}") from None
-    defaults = raw.get("defaults") or {}
+    document = load_yaml_mapping(
+        file,
+        what="Domain configuration file",
+        error=DomainConfigError,
+        missing_hint=f"create it, or point {FILE_ENV_VAR} or the flow's config_path at it",
+    )
+    parsed = document.validate(DomainsFile)
+    inherited = parsed.defaults.model_dump(exclude_unset=True)
     domains = {}
-    for name, entry in (raw.get("domains") or {}).items():
-        entry = entry or {}
+    for name, entry in parsed.domains.items():
+        own = entry.model_dump(exclude_unset=True)
         # The sign-in a domain names replaces the default's other kind.
-        inherited = {
-            k: v for k, v in defaults.items() if not (k in _AUTH_FIELDS and _AUTH_FIELDS & set(entry))
-        }
+        taken = {k: v for k, v in inherited.items() if not (k in _AUTH_FIELDS and _AUTH_FIELDS & set(own))}
         try:
-            domains[name] = Domain.model_validate({**inherited, **entry, "name": name})
+            domains[name] = Domain.model_validate({**taken, **own, "name": name})
         except ValidationError as exc:
-            raise DomainConfigError(f"Domain {name!r} in {file} is not valid:\n{exc}") from None
+            raise document.validation_error(exc, Domain, at=("domains", name)) from None
     return domains
 
 
@@ -132,7 +224,8 @@ def load_domain(name: str, path: str | os.PathLike[str] | None = None) -> Domain
     """The configuration of one domain.
 
     Raises:
-        DomainConfigError: the domain is not in the file (the message lists those that are).
+        DomainConfigError: the domain is not in the file (the message lists those that are), or the
+            file is not valid (``load_domains``).
     """
     domains = load_domains(path)
     if name not in domains:

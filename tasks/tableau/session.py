@@ -176,7 +176,7 @@ class TableauSession:
         self.server = TSC.Server(
             site.server_url, use_server_version=False, session_factory=self._http_session
         )
-        self.server.add_http_options({"verify": site.verify_ssl, "timeout": site.request_timeout_seconds})
+        self.server.add_http_options(site.http_options())
         self.sign_ins = 0
         self._generation = 0
         self._lock = threading.Lock()

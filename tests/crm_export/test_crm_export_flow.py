@@ -135,6 +135,7 @@ def test_exports_the_latest_shard_and_publishes_the_summary(export, crm, bigquer
     )
 
 
+@pytest.mark.slow(seconds=25)
 def test_a_done_shard_is_skipped_unless_forced(export, crm):
     crm_export(**export)
     again = crm_export(**export)
@@ -148,7 +149,7 @@ def test_a_done_shard_is_skipped_unless_forced(export, crm):
     assert crm.stats()["replays"] == 0  # a forced export is sent again, not dropped as a replay
 
 
-@pytest.mark.slow(seconds=15)
+@pytest.mark.slow(seconds=25)
 def test_a_killed_flow_run_is_adopted_by_the_next_run_one_job_in_total(export, crm, tmp_path):
     crm.configure(slow_rate=1.0, slow_seconds=8.0)  # 6 batches, 4 in flight: the job runs ≥ 16 s
     params = tmp_path / "params.json"
@@ -264,6 +265,7 @@ def test_an_empty_shard_or_missing_keys_fail_before_any_job(export, bigquery):
     assert jobs(export) == []
 
 
+@pytest.mark.slow(seconds=15)
 def test_an_int64_key_is_sent_as_its_string(export, bigquery, crm):
     from google.cloud.bigquery import SchemaField
 
@@ -278,6 +280,7 @@ def test_an_int64_key_is_sent_as_its_string(export, bigquery, crm):
     assert again.records_unchanged == 3 and again.records_read == 0  # the state holds the string keys
 
 
+@pytest.mark.slow(seconds=15)
 def test_the_api_key_reaches_no_parameter_label_log_artifact_result_or_file(export, crm, caplog, tmp_path):
     from prefect.settings import get_current_settings
 

@@ -388,7 +388,7 @@ def weekly(tmp_path, hubspot, bigquery, bigquery_dataset):
     }
 
 
-@pytest.mark.slow(seconds=20)
+@pytest.mark.slow(seconds=35)
 def test_a_full_week_then_a_failed_week_then_a_diff_week(weekly, hubspot, bigquery):
     first = crm_export(**weekly)
     assert first.sync == "full" and first.rows_in_shard == 2_000 and first.records_unchanged == 0

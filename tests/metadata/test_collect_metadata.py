@@ -1,4 +1,5 @@
-"""collect_metadata: windows, landing, HWM publication only after a verified upload, dry runs, bad input.
+"""collect_metadata: windows, landing, HWM publication only after a verified upload, a run that fails
+halfway and its rerun, dry runs, bad input.
 
 The extractor here is a stand-in that reports query history by completion time (the real Athena
 extractor has its own tests against moto); landing is real: moto's S3 server and a local directory.
@@ -23,10 +24,11 @@ import tasks.metadata.collection as collection
 from devstack.prefect_server import free_port
 from flows.metadata.collect import collect_metadata
 from tasks.common import BlockNotFoundError
+from tasks.metadata.extract_files import WrittenFile
 from tasks.metadata.extracts import Extract
-from tasks.metadata.hwm import HWM_FORMAT
-from tasks.metadata.landing import LandingError
-from tasks.metadata.sources import SourceConfigError
+from tasks.metadata.hwm import HWM_FORMAT, FileHwmStore, PendingWindowFile, WindowInProgressError
+from tasks.metadata.landing import LandingError, S3Landing
+from tasks.metadata.sources import SourceConfigError, load_source
 
 #: The ``now`` of a test's first run (later runs: a second apart each); an hour ago, in whole seconds.
 T0 = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=1)
@@ -106,6 +108,7 @@ def landed_query_ids(s3, bucket: str) -> list[str]:
     return ids
 
 
+@pytest.mark.slow(seconds=12)
 def test_three_runs_give_contiguous_windows_and_no_query_twice(source):
     name, file, s3 = source
     summaries = [collect_metadata(name, sources_file=file, now=T0 + i * SECOND) for i in range(3)]
@@ -258,6 +261,205 @@ def test_an_unknown_source_names_the_configured_ones(source):
         collect_metadata("nope", sources_file=file)  # fails at once: bad input is not retried
 
 
+# --- a run that fails halfway ----------------------------------------------------------------------
+
+
+class ThreeEntities(HistoryExtractor):
+    """Three files per run: databases, tables, query_history (in that order)."""
+
+    def run(self, start: dt.datetime, end: dt.datetime) -> list[Extract]:
+        databases, history = super().run(start, end)
+        return [databases, Extract("tables", ("database", "name"), [("sales", "orders")]), history]
+
+
+class RecordedLanding(S3Landing):
+    """The source's real S3 landing, recording every upload it is asked for in ``log``; the upload
+    numbered ``fail_at`` (counted in ``log``, from 1) fails as a refused write would (not retried)."""
+
+    def __init__(self, real: S3Landing, log: list[str], fail_at: int | None = None):
+        super().__init__(real.bucket, real.landing_dir)
+        self.log, self.fail_at = log, fail_at
+
+    def upload(self, local_path: Path, name: str):
+        self.log.append(name)
+        if len(self.log) == self.fail_at:
+            raise LandingError(
+                "injected: upload refused", target=self.describe(), file=name, reason="permission"
+            )
+        return super().upload(local_path, name)
+
+
+@pytest.fixture
+def halfway(source, monkeypatch):
+    """``source`` with three files per run; ``land(log, fail_at)`` makes the next runs land through a
+    ``RecordedLanding``."""
+    name, file, s3 = source
+    monkeypatch.setattr(collection, "build_extractor", lambda config: ThreeEntities(config.name))
+    real_build = collection.build_landing
+
+    def land(log: list[str], fail_at: int | None = None) -> None:
+        monkeypatch.setattr(
+            "flows.metadata.collect.build_landing",
+            lambda config: RecordedLanding(real_build(config), log, fail_at),
+        )
+
+    return name, file, s3, land
+
+
+def landed_keys(s3, bucket: str) -> list[str]:
+    return sorted(
+        i["Key"].removeprefix("catalog/landing/")
+        for i in s3.list_objects_v2(Bucket=bucket, Prefix="catalog/landing/").get("Contents", [])
+    )
+
+
+def stored_hwm(s3, bucket: str) -> str | None:
+    try:
+        return s3.get_object(Bucket=bucket, Key=f"catalog/{bucket}_hwm.txt")["Body"].read().decode()
+    except s3.exceptions.NoSuchKey:
+        return None
+
+
+def pending_record(s3, bucket: str) -> dict:
+    return json.loads(s3.get_object(Bucket=bucket, Key=f"catalog/{bucket}_hwm_pending.json")["Body"].read())
+
+
+@pytest.mark.slow(seconds=12)
+def test_a_run_that_fails_on_the_third_file_is_finished_by_the_rerun_in_the_same_window(halfway, monkeypatch):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    name, file, s3, land = halfway
+    first_log: list[str] = []
+    land(first_log, fail_at=3)
+    with pytest.raises(LandingError, match="injected"):
+        collect_metadata(name, sources_file=file, now=T0)
+    window = f"{(T0 - dt.timedelta(days=1)):%Y%m%dT%H%M%S}_{T0:%Y%m%dT%H%M%S}"
+    assert [n.split(f"{name}_")[1] for n in first_log] == [
+        f"databases_{window}.csv.gz",
+        f"tables_{window}.csv.gz",
+        f"query_history_{window}.csv.gz",
+    ]
+    assert landed_keys(s3, name) == sorted(first_log[:2])  # 2 of 3 landed ...
+    assert stored_hwm(s3, name) is None  # ... and the HWM stayed
+    record = pending_record(s3, name)
+    assert [f["name"] for f in record["landed"]] == first_log[:2] and not record["published"]
+
+    publishes: list[dt.datetime] = []
+    real_publish = FileHwmStore.publish
+    monkeypatch.setattr(FileHwmStore, "publish", lambda self, v: publishes.append(v) or real_publish(self, v))
+    rerun_log: list[str] = []
+    land(rerun_log)
+    rerun = collect_metadata(name, sources_file=file, now=T0 + dt.timedelta(minutes=10))  # later: same window
+    assert (rerun.window_start, rerun.window_end) == (T0 - dt.timedelta(days=1), T0)
+    assert rerun_log == first_log[2:]  # only the file that had not landed: no file twice
+    assert [f.file for f in rerun.files] == first_log  # the same names
+    assert landed_keys(s3, name) == sorted(first_log)  # no file of another window
+    assert all(f.landed and f.landed.endswith(f.file) for f in rerun.files)
+    assert rerun.landed_before == first_log[:2]
+    assert publishes == [T0] and stored_hwm(s3, name) == T0.strftime(HWM_FORMAT)  # the HWM moved once
+    assert pending_record(s3, name)["published"]
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"metadata-{name}"])), limit=1
+        )
+    assert "(2 of the files landed by an earlier attempt at this window)" in artifact.description
+    assert f"HWM now {T0}" in artifact.description
+
+    after = collect_metadata(name, sources_file=file, now=T0 + dt.timedelta(minutes=10))
+    assert after.window_start == T0 and not after.landed_before  # then on, windows as usual
+
+
+def test_a_stale_pending_window_does_not_land_again(halfway):
+    """The run published the HWM, then died before it marked its pending window published."""
+    name, file, s3, land = halfway
+    first_log: list[str] = []
+    land(first_log, fail_at=3)
+    with pytest.raises(LandingError):
+        collect_metadata(name, sources_file=file, now=T0)
+    s3.put_object(Bucket=name, Key=f"catalog/{name}_hwm.txt", Body=T0.strftime(HWM_FORMAT).encode())
+
+    log: list[str] = []
+    land(log)
+    run = collect_metadata(name, sources_file=file, now=T0 + SECOND)
+    assert (run.window_start, run.window_end) == (T0, T0 + SECOND)
+    assert log == [f.file for f in run.files] and not set(log) & set(first_log)
+    assert f"{T0:%Y%m%dT%H%M%S}_{T0 + SECOND:%Y%m%dT%H%M%S}" in log[0]
+    assert first_log[2] not in landed_keys(s3, name)  # the stale window's third file never lands
+
+
+def test_a_retry_of_a_run_whose_window_another_run_published_lands_nothing(halfway, tmp_path):
+    """Run 1 fails halfway; run 2 finishes its window and publishes; then run 1 is retried with the
+    window it planned (cached for the flow run): nothing lands, nothing is published again."""
+    name, file, s3, land = halfway
+    first_log: list[str] = []
+    land(first_log, fail_at=3)
+    with pytest.raises(LandingError):
+        collect_metadata(name, sources_file=file, now=T0)
+    landing = collection.build_landing(load_source(name, file))
+    pending = PendingWindowFile(landing, name)
+    window = pending.read().window  # run 1's window, as its retry holds it
+    land([])
+    collect_metadata(name, sources_file=file, now=T0 + SECOND)  # run 2
+    before = {i["Key"]: i["LastModified"] for i in s3.list_objects_v2(Bucket=name)["Contents"]}
+
+    retry_log: list[str] = []
+    files = []
+    for n in first_log:
+        (tmp_path / n).write_bytes(b"x")
+        files.append(WrittenFile("entity", tmp_path / n, 1, 1))
+    result = collection.land_files(
+        RecordedLanding(landing, retry_log), files, window, FileHwmStore(landing, name), pending
+    )
+    assert result.already_published and result.landed == [] and retry_log == []
+    assert {i["Key"]: i["LastModified"] for i in s3.list_objects_v2(Bucket=name)["Contents"]} == before
+
+
+@pytest.mark.slow(seconds=15)
+def test_a_pending_window_an_active_run_is_landing_is_left_to_it(halfway):
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed, Running
+
+    name, file, s3, land = halfway
+    first_log: list[str] = []
+    land(first_log, fail_at=3)
+    with pytest.raises(LandingError):
+        collect_metadata(name, sources_file=file, now=T0)
+
+    @flow(name="collect-metadata-elsewhere")
+    def elsewhere() -> None:
+        pass
+
+    with get_client(sync_client=True) as client:
+        active = client.create_flow_run(elsewhere, state=Running())
+    key = f"catalog/{name}_hwm_pending.json"
+    record = pending_record(s3, name)
+    s3.put_object(Bucket=name, Key=key, Body=json.dumps({**record, "flow_run_id": str(active.id)}).encode())
+
+    log: list[str] = []
+    land(log)
+    with pytest.raises(WindowInProgressError, match=f"Flow run {active.id} is landing window"):
+        collect_metadata(name, sources_file=file, now=T0 + SECOND)
+    assert log == [] and stored_hwm(s3, name) is None
+
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(active.id, Crashed(), force=True)
+    run = collect_metadata(name, sources_file=file, now=T0 + SECOND)  # takes the window over
+    assert log == first_log[2:] and run.window_end == T0 and stored_hwm(s3, name) == T0.strftime(HWM_FORMAT)
+
+
+def test_now_later_than_the_current_time_is_refused(source):
+    name, file, s3 = source
+    future = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(hours=1)
+    with pytest.raises(ValueError) as raised:
+        collect_metadata(name, sources_file=file, now=future)
+    message = str(raised.value)
+    assert message.startswith(f"now {future.isoformat()} is later than the current time (")
+    assert "leave now unset, or give an instant in the past" in message
+    assert s3.list_objects_v2(Bucket=name).get("KeyCount", 0) == 0  # nothing landed, no HWM
+
+
 # --- the real Athena extractor on moto's server ----------------------------------------------------
 
 
@@ -304,11 +506,11 @@ def athena_source(tmp_path, moto, seeded):
     return name, str(file), landing, write
 
 
+@pytest.mark.slow(seconds=15)
 def test_three_athena_runs_land_every_query_once(athena_source):
     name, file, landing, _ = athena_source
-    # The first window ends after every seeded execution completed (moto: when it was started).
-    first = dt.datetime.now(dt.UTC).replace(microsecond=0) + SECOND
-    runs = [collect_metadata(name, sources_file=file, now=first + i * SECOND) for i in range(3)]
+    # Each run's window ends at its start (now, the default): the seeded executions completed before.
+    runs = [collect_metadata(name, sources_file=file) for _ in range(3)]
     assert [r.window_start for r in runs[1:]] == [r.window_end for r in runs[:-1]]
     ids = []
     for path in sorted((landing / "athena" / "landing").glob(f"{name}_query_history_*.csv.gz")):

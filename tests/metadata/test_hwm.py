@@ -1,8 +1,13 @@
-"""High-water marks: window planning, publishing, and both stores (the Variable one on a real server)."""
+"""High-water marks: window planning, publishing, both stores (the Variable one on a real server), the
+pending window of a run that failed halfway, and the source's HWM lock (a global concurrency limit on the
+session's Prefect server)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,17 +23,29 @@ from tasks.metadata.hwm import (
     FileHwmStore,
     HwmError,
     HwmInFutureError,
+    HwmLockError,
     HwmStore,
     InvalidSourceNameError,
     MalformedHwmError,
+    PendingWindow,
+    PendingWindowError,
+    PendingWindowFile,
     VariableHwmStore,
     Window,
+    WindowInProgressError,
+    check_now,
+    claim_window,
     format_hwm,
     hwm_file_key,
+    hwm_lock,
+    hwm_lock_name,
     normalise_source_name,
+    pending_window_key,
+    plan_or_resume,
     plan_window,
     publish_hwm,
 )
+from tasks.metadata.landing import LandedFile, LocalLanding
 
 T0 = datetime(2026, 11, 22, 6, 0, 0, tzinfo=UTC)
 LAG = timedelta(hours=2)
@@ -83,6 +100,9 @@ class MemoryStore:
     def publish(self, value: datetime) -> None:
         self.value = value
         self.publishes += 1
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()  # one thread: nothing to race
 
     def describe(self) -> str:
         return "memory store"
@@ -458,3 +478,320 @@ def test_variable_store_is_synchronous_inside_an_event_loop(variable_source: str
         return store.read()
 
     assert asyncio.run(in_loop()) == T0
+
+
+# --- now ---------------------------------------------------------------------------------------------
+
+
+def test_now_later_than_the_current_time_is_refused():
+    current = datetime(2026, 12, 7, 7, 0, 3, 250_000, tzinfo=UTC)
+    with pytest.raises(ValueError) as raised:
+        check_now(datetime(2026, 12, 7, 8, tzinfo=UTC), current)
+    assert str(raised.value) == (
+        "now 2026-12-07T08:00:00+00:00 is later than the current time (2026-12-07T07:00:03+00:00): a "
+        "high-water mark in the future would skip the data until then for good; leave now unset, or "
+        "give an instant in the past"
+    )
+    # the instant as given (its zone kept), compared as an instant
+    with pytest.raises(ValueError, match=r"^now 2026-12-07T09:00:04\+02:00 is later than the current time"):
+        check_now(datetime(2026, 12, 7, 9, 0, 4, tzinfo=timezone(timedelta(hours=2))), current)
+    assert check_now(current, current) == current
+    assert check_now(datetime(2026, 12, 7, 9, tzinfo=timezone(timedelta(hours=2))), current) == datetime(
+        2026, 12, 7, 7, tzinfo=UTC
+    )
+    with pytest.raises(ValueError, match="now must be timezone-aware"):
+        check_now(datetime(2026, 12, 7, 6), current)
+
+
+# --- the pending window ------------------------------------------------------------------------------
+
+H = T0 - timedelta(hours=6)  # the published HWM of these tests
+W = Window(H, T0 - LAG, planned_from=H)  # the window a run planned from it
+LANDED = LandedFile(
+    "athena_databases_w.csv", "mem://bucket/catalog/athena/landing/athena_databases_w.csv", 10
+)
+
+
+def pending_file(target: FakeTarget | None = None) -> PendingWindowFile:
+    return PendingWindowFile(target or FakeTarget(), "athena")
+
+
+def test_the_pending_window_sits_next_to_the_hwm_file_and_round_trips():
+    target = FakeTarget("catalog/athena/landing")
+    pending = PendingWindowFile(target, "Athena")
+    assert (
+        pending.key
+        == pending_window_key("catalog/athena/landing", "athena")
+        == "catalog/athena/athena_hwm_pending.json"
+    )
+    assert pending.read() is None
+    record = PendingWindow(W, "run-1").with_landed(LANDED)
+    pending.write(record)
+    stored = json.loads(target.objects[pending.key])
+    assert stored == {
+        "source": "athena",
+        "window_start": "2026-11-22 00:00:00",
+        "window_end": "2026-11-22 04:00:00",
+        "planned_from": "2026-11-22 00:00:00",
+        "flow_run_id": "run-1",
+        "published": False,
+        "landed": [{"name": LANDED.name, "uri": LANDED.uri, "bytes": 10}],
+    }
+    read = pending.read()
+    assert read == record and read.window.planned_from == H
+    first_run = PendingWindow(Window(T0 - LOOKBACK, T0))  # no HWM yet: planned from nothing
+    pending.write(first_run)
+    assert pending.read() == first_run and pending.read().window.planned_from is None
+
+
+@pytest.mark.parametrize(
+    "text", ["", "{}", "[]", '{"window_start": "2026-11-22", "window_end": "x", "planned_from": null}']
+)
+def test_a_malformed_pending_window_is_an_error_naming_the_file(text: str):
+    target = FakeTarget()
+    target.write_text("catalog/athena/athena_hwm_pending.json", text)
+    with pytest.raises(
+        PendingWindowError, match=r"pending window 'catalog/athena/athena_hwm_pending.json' in"
+    ):
+        plan_or_resume(MemoryStore(H), pending_file(target), T0, LAG, LOOKBACK)
+
+
+def test_a_pending_window_at_the_hwm_is_resumed_whatever_now_is(caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.WARNING, logger="tasks.metadata.hwm")
+    pending = pending_file()
+    pending.write(PendingWindow(W, "run-1").with_landed(LANDED))
+    later = T0 + timedelta(hours=5)
+    window = plan_or_resume(MemoryStore(H), pending, later, LAG, LOOKBACK)
+    assert window == W and window.planned_from == H
+    assert plan_window(MemoryStore(H), later, LAG, LOOKBACK) != W  # what it would have planned
+    assert "Resuming window 2026-11-22 00:00:00 → 2026-11-22 04:00:00" in caplog.text
+    assert "1 files landed: athena_databases_w.csv" in caplog.text
+
+
+def test_a_first_run_that_failed_halfway_is_resumed_too():
+    pending = pending_file()
+    first = Window(T0 - LAG - LOOKBACK, T0 - LAG)  # planned from no HWM
+    pending.write(PendingWindow(first, "run-1"))
+    assert plan_or_resume(MemoryStore(), pending, T0 + timedelta(hours=1), LAG, LOOKBACK) == first
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        PendingWindow(W, "run-1", published=True),  # published and marked
+        PendingWindow(Window(H - timedelta(hours=6), H, planned_from=H - timedelta(hours=6)), "run-0"),
+    ],
+    ids=["marked-published", "planned-from-an-earlier-hwm"],
+)
+def test_a_stale_pending_window_is_not_resumed(record: PendingWindow):
+    pending = pending_file()
+    pending.write(record)
+    window = plan_or_resume(MemoryStore(H), pending, T0 + timedelta(hours=1), LAG, LOOKBACK)
+    assert window == Window(H, T0 + timedelta(hours=1) - LAG)
+
+
+def test_claim_pins_the_window_and_returns_what_landed_before():
+    pending, store = pending_file(), MemoryStore(H)
+    record = claim_window(store, pending, W, "run-1")
+    assert record == PendingWindow(W, "run-1") and pending.read() == record
+    pending.write(record.with_landed(LANDED))
+    again = claim_window(store, pending, W, "run-1")  # a retry of the same run
+    assert again.landed == {LANDED.name: LANDED} and again.flow_run_id == "run-1"
+
+
+def test_claim_takes_over_from_a_run_that_is_no_longer_active():
+    pending, store = pending_file(), MemoryStore(H)
+    pending.write(PendingWindow(W, "run-1").with_landed(LANDED))
+    asked: list[str] = []
+    record = claim_window(store, pending, W, "run-2", is_active=lambda run: asked.append(run) or False)
+    assert asked == ["run-1"]
+    assert record.flow_run_id == "run-2" and record.landed == {LANDED.name: LANDED}
+    assert pending.read().flow_run_id == "run-2"
+
+
+def test_claim_refuses_a_window_an_active_run_is_landing():
+    pending, store = pending_file(), MemoryStore(H)
+    pending.write(PendingWindow(W, "run-1").with_landed(LANDED))
+    with pytest.raises(WindowInProgressError, match=r"Flow run run-1 is landing window .* 1 files landed"):
+        claim_window(store, pending, W, "run-2", is_active=lambda run: True)
+    assert pending.read().flow_run_id == "run-1"
+
+
+def test_claim_refuses_a_window_other_than_the_pending_one():
+    """Another run began landing a wider window from the same HWM after this run planned."""
+    pending, store = pending_file(), MemoryStore(H)
+    pending.write(PendingWindow(Window(H, T0, planned_from=H), "run-1").with_landed(LANDED))
+    with pytest.raises(PendingWindowError, match="landing both would overlap. Run again"):
+        claim_window(store, pending, W, "run-2", is_active=lambda run: False)
+
+
+def test_claim_of_a_window_already_published_lands_nothing(caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.WARNING, logger="tasks.metadata.hwm")
+    pending, store = pending_file(), MemoryStore(W.end)  # another run landed and published W
+    pending.write(PendingWindow(W, "run-2", published=True))
+    assert claim_window(store, pending, W, "run-1") is None
+    assert "was published already" in caplog.text
+    empty = Window(H, H, planned_from=H)  # an empty window's HWM stays: its record says it was landed
+    pending.write(PendingWindow(empty, "run-2", published=True))
+    assert claim_window(MemoryStore(H), pending, empty, "run-1") is None
+
+
+def test_claim_refuses_when_the_hwm_moved_elsewhere():
+    pending = pending_file()
+    with pytest.raises(HwmError, match="moved since this run planned its window"):
+        claim_window(MemoryStore(H + timedelta(hours=1)), pending, W, "run-1")
+    assert pending.read() is None
+
+
+def test_publish_marks_the_pending_window_published():
+    pending, store = pending_file(), MemoryStore(H)
+    claim_window(store, pending, W, "run-1")
+    publish_hwm(store, W, pending)
+    assert store.value == W.end and pending.read().published
+    publish_hwm(store, W, pending)  # a retry: already published, not published again
+    assert store.publishes == 1
+
+
+# --- the HWM lock: racing publishes ------------------------------------------------------------------
+
+
+class GatedPublish:
+    """A store whose ``publish`` (reached once publish_hwm's check passed) sets ``inside``, runs
+    ``before`` (e.g. waits for the other run, as a slow network would make it), writes, logs the value
+    in ``writes``, then runs ``after``. ``locked=False`` drops the lock."""
+
+    def __init__(self, store: HwmStore, writes: list[datetime], locked: bool = True):
+        self.store, self.writes, self.locked = store, writes, locked
+        self.inside = threading.Event()
+        self.before: Callable[[], object] = lambda: None
+        self.after: Callable[[], object] = lambda: None
+
+    def read(self) -> datetime | None:
+        return self.store.read()
+
+    def publish(self, value: datetime) -> None:
+        self.inside.set()
+        self.before()
+        self.store.publish(value)
+        self.writes.append(value)
+        self.after()
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        return self.store.lock() if self.locked else contextlib.nullcontext()
+
+    def describe(self) -> str:
+        return self.store.describe()
+
+
+@pytest.fixture(params=["variable", "file"])
+def racing_store(request: pytest.FixtureRequest, variable_source: str, tmp_path: Path) -> StoreFactory:
+    """A fresh store over one HWM per call: the Prefect Variable, or the file in a local landing."""
+    if request.param == "variable":
+        return lambda: VariableHwmStore(variable_source)
+    (tmp_path / "root").mkdir()
+    return lambda: FileHwmStore(LocalLanding(tmp_path / "root", "catalog/landing"), variable_source)
+
+
+E1, E2 = H + timedelta(hours=1), H + timedelta(hours=2)
+
+
+def race(
+    make: StoreFactory, locked: bool
+) -> tuple[list[datetime], datetime | None, list[BaseException | None]]:
+    """Two runs planned from the HWM H publish at once. A (window to E2) has passed its check and waits
+    up to 1.5 s for B (window to E1 < E2) to pass its own; B writes only after A wrote. Returns the HWMs
+    written in order, the HWM at the end, and each run's error."""
+    make().publish(H)
+    writes: list[datetime] = []
+    a, b = GatedPublish(make(), writes, locked), GatedPublish(make(), writes, locked)
+    a_wrote = threading.Event()
+    a.before, a.after = lambda: b.inside.wait(1.5), a_wrote.set
+    b.before = lambda: a_wrote.wait(30)
+    errors: list[BaseException | None] = [None, None]
+
+    def publish(i: int, store: GatedPublish, end: datetime) -> None:
+        try:
+            publish_hwm(store, Window(H, end, planned_from=H))
+        except BaseException as exc:
+            errors[i] = exc
+
+    first = threading.Thread(target=publish, args=(0, a, E2))
+    first.start()
+    assert a.inside.wait(30)
+    second = threading.Thread(target=publish, args=(1, b, E1))
+    second.start()
+    first.join(60)
+    second.join(60)
+    return writes, make().read(), errors
+
+
+def test_racing_publishes_leave_the_later_hwm_and_never_move_it_backwards(racing_store: StoreFactory):
+    writes, final, (error_a, error_b) = race(racing_store, locked=True)
+    assert error_a is None
+    assert isinstance(error_b, HwmError) and "moved since this run planned its window" in str(error_b)
+    assert writes == [E2] and final == E2  # the later HWM stays; the earlier one was never written
+
+
+def test_without_the_lock_the_same_race_moves_the_hwm_backwards(racing_store: StoreFactory):
+    """What the lock prevents: both runs pass the check before either writes."""
+    writes, final, errors = race(racing_store, locked=False)
+    assert errors == [None, None]
+    assert writes == [E2, E1] and final == E1
+
+
+def test_the_lock_is_a_global_concurrency_limit_of_one(variable_source: str):
+    from prefect.client.orchestration import get_client
+
+    name = hwm_lock_name(variable_source)
+    assert name == f"metadata-hwm-{variable_source}"
+    errors: list[BaseException] = []
+
+    def second_holder() -> None:
+        try:
+            with hwm_lock(variable_source, timeout_seconds=1):
+                pass
+        except BaseException as exc:
+            errors.append(exc)
+
+    with hwm_lock(variable_source):  # created on first use
+        with get_client(sync_client=True) as client:
+            limit = client.read_global_concurrency_limit_by_name(name)
+        assert (limit.limit, limit.active, limit.active_slots) == (1, True, 1)
+        waiter = threading.Thread(target=second_holder)
+        waiter.start()
+        waiter.join(30)
+    [error] = errors
+    assert isinstance(error, HwmLockError)
+    assert "was not granted within 1 s: another run of the source holds it" in str(error)
+    with hwm_lock(variable_source, timeout_seconds=5):  # released
+        pass
+
+
+def test_the_lock_is_reentrant_in_its_holders_context_only(variable_source: str):
+    """The flow holds the lock around claim, landing and publish; the tasks' own ``with`` inside it
+    acquires nothing (a second slot of a limit of one would never come)."""
+    from prefect.client.orchestration import get_client
+
+    with hwm_lock(variable_source):
+        with hwm_lock(variable_source, timeout_seconds=1):
+            with get_client(sync_client=True) as client:
+                limit = client.read_global_concurrency_limit_by_name(hwm_lock_name(variable_source))
+            assert limit.active_slots == 1
+        with get_client(sync_client=True) as client:  # the inner exit released nothing
+            assert client.read_global_concurrency_limit_by_name(limit.name).active_slots == 1
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(limit.name).active_slots == 0
+
+
+def test_a_disabled_lock_limit_is_an_error(variable_source: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    name = hwm_lock_name(variable_source)
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=2, active=False))
+    with pytest.raises(
+        HwmLockError, match=rf"{name}'.* is disabled, limit 2: it must be active with limit 1"
+    ):
+        publish_hwm(VariableHwmStore(variable_source), Window(T0 - LOOKBACK, T0))
+    assert VariableHwmStore(variable_source).read() is None

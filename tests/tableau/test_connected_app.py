@@ -211,6 +211,7 @@ def test_refresh_capacity_limit_is_bootstrapped_and_required(make_standin, tmp_p
     )
 
 
+@pytest.mark.slow(seconds=20)
 def test_the_refresh_capacity_bounds_concurrent_domain_runs(make_standin, tmp_path) -> None:
     from flows.tableau.refresh import refresh_domain
 

@@ -137,6 +137,7 @@ def test_contention_more_domain_runs_than_pats(make_standin, tmp_path):
     assert audit["max_concurrent_jobs"] <= 4
 
 
+@pytest.mark.slow(seconds=18)
 def test_rerun_while_refreshes_are_in_flight_adopts_the_jobs(make_standin, tmp_path):
     from conftest import Workspace
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
+from blocks import run_logger
+from pipelines.transport import check_transport, url_without_credentials, warn_insecure_transport
 from tasks.common import BlockNotFoundError, load_block, secret_string
 from tasks.metadata.landing.base import _TEXT_CONTENT_TYPE, LandingError, Reason, _Target
 
@@ -40,6 +42,14 @@ class AzureBlobLanding(_Target):
         landing_dir: the landing directory inside the container.
         retry_total: retries of a failed request by azure-storage-blob (exponential back-off starting at
             15 s: with 3, an unreachable endpoint fails after about one minute).
+        allow_insecure_transport: accept a plaintext ``http://`` account URL on a host that is not loopback
+            (the SAS token then crosses the network unencrypted); a warning naming the target and the URL
+            is logged each time the client is made. Loopback hosts (Azurite on this machine) never need it.
+
+    Raises:
+        ValueError: ``account_url`` has a query string or ``user:password@``, is not http(s), or is
+            ``http://`` to a host that is not loopback without ``allow_insecure_transport``; ``container``
+            is empty.
 
     Upload: ``upload_blob(overwrite=True)`` (block blob, in blocks above 64 MiB); verification:
     ``get_blob_properties().size``.
@@ -55,6 +65,7 @@ class AzureBlobLanding(_Target):
         landing_dir: str,
         *,
         retry_total: int = 3,
+        allow_insecure_transport: bool = False,
     ):
         if "?" in account_url:
             raise ValueError(
@@ -63,7 +74,14 @@ class AzureBlobLanding(_Target):
             )
         if not account_url.startswith(("https://", "http://")):
             raise ValueError(
-                f"account_url must start with https:// (or http:// for Azurite), got {account_url!r}"
+                "account_url must start with https:// (or http:// for Azurite on this machine), got "
+                f"{url_without_credentials(account_url)!r}"
+            )
+        if "@" in urlsplit(account_url).netloc:
+            raise ValueError(
+                f"account_url {url_without_credentials(account_url)!r} must not carry user:password@ (shown "
+                "without it): Azure Blob Storage takes the SAS token, which goes in the Secret block "
+                f"{sas_token_secret!r}"
             )
         if not container:
             raise ValueError("container must not be empty")
@@ -72,13 +90,28 @@ class AzureBlobLanding(_Target):
         self.container = container
         self.sas_token_secret = sas_token_secret
         self.retry_total = retry_total
+        self.allow_insecure_transport = allow_insecure_transport
+        self._check_transport()
         self._client: ContainerClient | None = None
         self._sas: str | None = None
+
+    def _check_transport(self) -> str | None:
+        return check_transport(
+            self.account_url,
+            owner="Azure Blob landing target",
+            field="account_url",
+            allow_insecure=self.allow_insecure_transport,
+        )
 
     def _container_client(self) -> ContainerClient:
         if self._client is None:
             from azure.storage.blob import ContainerClient
 
+            # The rule of pipelines.transport where the client is made, whoever built this target.
+            if self._check_transport():
+                warn_insecure_transport(
+                    self.account_url, owner=f"Landing target {self.describe()}", logger=run_logger(__name__)
+                )
             self._sas = self._load_sas()
             self._client = ContainerClient(
                 self.account_url, self.container, credential=self._sas, retry_total=self.retry_total

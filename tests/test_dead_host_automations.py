@@ -1,20 +1,29 @@
-"""The automation that marks the runs of a dead host Crashed: its shape (Prefect's "detect zombie
-flows" recipe, scoped to this project's tags), and its idempotent creation and drift report by
-``python -m deployments.bootstrap``, against the session's Prefect server."""
+"""The automations that keep a dead host from losing a run: their shapes (Prefect's "detect zombie flows"
+recipe, a claimed run that never starts, a crashed run rerun once; scoped to this project's tags), what
+they do on the session's Prefect server, and their idempotent creation and drift report by
+``python -m deployments.bootstrap``."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
 from conftest import BOOTSTRAP_COMMAND
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
+from prefect.states import Crashed, Pending, Running
 
 from deployments.automations import (
     HEARTBEAT_SECONDS,
+    PENDING_AUTOMATION_NAME,
+    RERUN_AUTOMATION_NAME,
     ZOMBIE_AUTOMATION_NAME,
+    ZOMBIE_CRASH_MESSAGE,
+    bootstrap_automation,
     bootstrap_zombie_automation,
+    rerun_crashed_flow_runs_automation,
+    stuck_pending_flow_runs_automation,
     zombie_flow_runs_automation,
 )
 from deployments.bootstrap import main
@@ -96,11 +105,61 @@ def test_a_changed_window_is_named_in_the_drift():
 
 
 @BOOTSTRAP_COMMAND
-def test_the_bootstrap_command_creates_and_checks_it(workspace, capsys):
+def test_the_bootstrap_command_creates_and_checks_all_three(workspace, capsys):
     workspace.create_pool(["pat-1"])
     assert main(["--pool-block", workspace.pool_block]) == 0
     assert main(["--pool-block", workspace.pool_block, "--check"]) == 0
     out = capsys.readouterr().out
-    assert f"automation {ZOMBIE_AUTOMATION_NAME}" in out
+    for name in (ZOMBIE_AUTOMATION_NAME, PENDING_AUTOMATION_NAME, RERUN_AUTOMATION_NAME):
+        assert f"ok        automation {name}" in out
+        with get_client(sync_client=True) as client:
+            assert len(client.read_automations_by_name(name)) == 1
+    # Another bound is drift, named, until --fix
+    assert main(["--pool-block", workspace.pool_block, "--check", "--pending-seconds", "300"]) == 1
+    assert "trigger within is 120.0, expected 300.0" in capsys.readouterr().out
+    assert main(["--pool-block", workspace.pool_block]) == 0
+
+
+@pytest.mark.slow(seconds=20)
+def test_a_claimed_run_is_put_back_when_pending_too_long_and_a_crashed_run_is_rerun_once():
+    tag = f"dead-host-{uuid.uuid4().hex[:8]}"  # these automations see this test's runs only
+    for automation in (
+        stuck_pending_flow_runs_automation(pending_seconds=10, tags=(tag,)),
+        rerun_crashed_flow_runs_automation(tags=(tag,)),
+    ):
+        named_for_test = automation.model_copy(update={"name": f"{automation.name}-{tag}"})
+        assert bootstrap_automation(named_for_test).status == "created"
+
+    from prefect import flow
+
+    @flow(name=f"dead-host-{tag}")
+    def nothing() -> None: ...
+
     with get_client(sync_client=True) as client:
-        assert len(client.read_automations_by_name(ZOMBIE_AUTOMATION_NAME)) == 1
+        stuck = client.create_flow_run(nothing, tags=[tag])
+        client.set_flow_run_state(stuck.id, Pending(), force=True)
+        crashed = client.create_flow_run(nothing, tags=[tag])
+        client.set_flow_run_state(crashed.id, Running(), force=True)  # run count 1
+        client.set_flow_run_state(
+            crashed.id, Crashed(message=f"{ZOMBIE_CRASH_MESSAGE} for 90 s (test)."), force=True
+        )
+
+        def state(run) -> object:
+            return client.read_flow_run(run.id).state
+
+        deadline = time.monotonic() + 90
+        while not (state(stuck).name == "Rescheduled" and state(crashed).name == "AwaitingRetry"):
+            assert time.monotonic() < deadline, (state(stuck), state(crashed))
+            time.sleep(0.5)
+        assert (
+            state(stuck).type == StateType.SCHEDULED
+            and "did not start it within 10 s" in state(stuck).message
+        )
+        assert state(crashed).type == StateType.SCHEDULED and state(crashed).message.startswith("Rerun once")
+        # Its second execution crashes too: it stays Crashed (once is once).
+        client.set_flow_run_state(crashed.id, Running(), force=True)  # run count 2
+        client.set_flow_run_state(
+            crashed.id, Crashed(message=f"{ZOMBIE_CRASH_MESSAGE} for 90 s (again)."), force=True
+        )
+        time.sleep(5)  # a reactive trigger acts within a second or two of the event
+        assert state(crashed).is_crashed() and client.read_flow_run(crashed.id).run_count == 2

@@ -1,0 +1,40 @@
+"""metadata_sources.yaml: a source is named by its key, and errors are ``SourceConfigError``s. The bad
+inputs and their messages: tests/test_bad_input.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tasks.config_files import ConfigFileError
+from tasks.metadata.sources import AthenaExtractorConfig, SourceConfigError, load_source, load_sources
+
+ROOT = Path(__file__).resolve().parents[2]
+ENTRY = (
+    "{extractor: {kind: tableau, pat_pool_block: pool}, landing: {kind: local, root: /srv, landing_dir: out}}"
+)
+
+
+def test_the_projects_file_loads():
+    sources = load_sources(ROOT / "metadata_sources.yaml")
+    assert list(sources) == ["athena-prod", "tableau-prod"]
+    athena = sources["athena-prod"]
+    assert athena.name == "athena-prod" and isinstance(athena.extractor, AthenaExtractorConfig)
+    assert athena.extractor.workgroups == ["primary", "analysts"]
+    assert (sources["tableau-prod"].hwm.store, sources["tableau-prod"].landing.kind) == ("file", "azure_blob")
+
+
+def test_each_source_is_named_by_its_key_so_two_never_share_a_high_water_mark(tmp_path):
+    file = tmp_path / "metadata_sources.yaml"
+    file.write_text(f"sources:\n  prod: {ENTRY}\n  prod_copy: {ENTRY}\n")
+    assert [source.name for source in load_sources(file).values()] == ["prod", "prod_copy"]
+    assert load_source("prod_copy", file).hwm.store == "variable"
+
+
+def test_every_error_is_a_source_config_error_and_a_value_error(tmp_path):
+    file = tmp_path / "metadata_sources.yaml"
+    file.write_text(f"sources:\n  prod: {ENTRY}\n  prod: {ENTRY}\n")
+    with pytest.raises(SourceConfigError, match=r", line 3, sources\.prod: duplicate key 'prod'") as raised:
+        load_source("prod", file)
+    assert isinstance(raised.value, ConfigFileError) and isinstance(raised.value, ValueError)
