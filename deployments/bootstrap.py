@@ -16,6 +16,8 @@ an error unless ``--fix`` repairs it. Without any block option the pool block ``
 It also creates (and checks) the automations that keep a dead host from losing a run
 (``deployments/automations.py``): crash the runs whose heartbeats stop, put back to Scheduled the runs a
 worker claimed and never started (``--pending-seconds``, default 120), rerun once the crashed ones.
+And it creates the work pools the deployments of ``prefect.yaml`` name (process pools), so that
+``prefect --no-prompt deploy --all`` finds them.
 """
 
 from __future__ import annotations
@@ -23,10 +25,16 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import yaml
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
-from prefect.exceptions import ObjectNotFound
+from prefect.client.schemas.actions import (
+    GlobalConcurrencyLimitCreate,
+    GlobalConcurrencyLimitUpdate,
+    WorkPoolCreate,
+)
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from blocks.tableau import TableauConnectedApp, TableauPatPool
 from deployments.automations import DEFAULT_PENDING_SECONDS, bootstrap_automations, project_automations
@@ -107,6 +115,44 @@ def bootstrap_limits(
     return report
 
 
+PREFECT_FILE = Path(__file__).resolve().parents[1] / "prefect.yaml"
+
+
+def deployment_work_pools(prefect_file: Path = PREFECT_FILE) -> list[str]:
+    """The names of the work pools the deployments of ``prefect_file`` name, sorted."""
+    document = yaml.safe_load(prefect_file.read_text()) or {}
+    return sorted(
+        {
+            d["work_pool"]["name"]
+            for d in document.get("deployments") or []
+            if (d.get("work_pool") or {}).get("name")
+        }
+    )
+
+
+def bootstrap_work_pools(pools: list[str], *, check_only: bool = False) -> BootstrapReport:
+    """Create the work pools of ``pools`` that are missing, as process pools (``prefect work-pool create
+    <name> --type process``); a pool that exists is left as it is, whatever its type."""
+    report = BootstrapReport()
+    with get_client(sync_client=True) as client:
+        for name in pools:
+            try:
+                found = client.read_work_pool(name)
+            except ObjectNotFound:
+                if check_only:
+                    report.missing.append(f"work pool {name} (process)")
+                    continue
+                try:
+                    client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+                except ObjectAlreadyExists:  # created meanwhile
+                    report.unchanged.append(f"work pool {name}")
+                else:
+                    report.created.append(f"work pool {name} (process)")
+                continue
+            report.unchanged.append(f"work pool {name} ({found.type})")
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m deployments.bootstrap", description=__doc__.splitlines()[0]
@@ -127,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
         help="how long a claimed run may stay Pending before it is put back to Scheduled (default "
         f"{DEFAULT_PENDING_SECONDS}: process workers start a run in 3-15 s; add an image pull's time "
         "for Docker or Kubernetes pools)",
+    )
+    parser.add_argument(
+        "--prefect-file",
+        type=Path,
+        default=PREFECT_FILE,
+        help="the prefect.yaml whose deployments' work pools are created (default: the project's)",
     )
     args = parser.parse_args(argv)
     pool_block = args.pool_block or (None if args.connected_app_block else "tableau-pat-pool")
@@ -154,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Connected app {name!r}: refresh capacity {block.refresh_capacity}")
         print("\n".join(f"  {line}" for line in report.lines()))
         ok = ok and report.ok
+    pools = bootstrap_work_pools(deployment_work_pools(args.prefect_file), check_only=args.check)
+    print("Work pools of the deployments:\n" + "\n".join(f"  {line}" for line in pools.lines()))
+    ok = ok and pools.ok
     automations = bootstrap_automations(
         project_automations(pending_seconds=args.pending_seconds), fix=args.fix, check_only=args.check
     )
@@ -163,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not ok or not all(report.ok for report in automations):
         print(
-            "Limits or automations are missing or drifted: run again with --fix to repair them.",
+            "Limits, work pools or automations are missing or drifted: run again (without --check) to create what is missing, with --fix to repair drift.",
             file=sys.stderr,
         )
         return 1

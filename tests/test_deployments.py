@@ -84,6 +84,9 @@ def test_prefect_deploy_all_against_a_real_server(prefect_api_url):
     assert sales.parameters == {"domain": "sales"}
     assert [s.schedule.cron for s in sales.schedules] == ["0 7 * * *"]
     assert sales.global_concurrency_limit.limit == 1
+    assert sales.pull_steps == [
+        {"deployments.steps.set_project_directory": {"variable": "ANALYTICS_FLOWS_DIR"}}
+    ]
     trigger = next(a for a in automations.values() if str(sales.id) in str(a.actions))
     assert trigger.trigger.expect == {"prefect.flow-run.Completed"}
     assert {"prefect.resource.role": "flow", "prefect.resource.name": "sales-pipeline"} in [

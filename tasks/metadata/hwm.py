@@ -247,6 +247,8 @@ class HwmFileTarget(Protocol):
 
     def describe(self) -> str: ...
 
+    def uri(self, key: str) -> str: ...
+
 
 class VariableHwmStore:
     """The HWM in the Prefect Variable ``hwm_<source>``, holding an ``HWM_FORMAT`` string.
@@ -318,7 +320,7 @@ class FileHwmStore:
         return hwm_lock(self.source_name)
 
     def describe(self) -> str:
-        return f"HWM file {self.key!r} in {self.target.describe()}"
+        return f"HWM file {self.target.uri(self.key)}"
 
 
 # --- the source's HWM lock -------------------------------------------------------------------------
@@ -516,7 +518,7 @@ class PendingWindowFile:
         self.target.write_text(self.key, pending.to_json(self.source_name))
 
     def describe(self) -> str:
-        return f"pending window {self.key!r} in {self.target.describe()}"
+        return f"pending window {self.target.uri(self.key)}"
 
 
 def flow_run_is_active(flow_run_id: str) -> bool:

@@ -37,9 +37,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from requests import RequestException
 from tableauserverclient.server.endpoint.exceptions import ServerResponseError, TableauError
 
+from blocks import run_logger
 from tasks.tableau.session import TableauAuthError, TableauSession, error_code
 
-logger = logging.getLogger(__name__)
+
+def _log() -> logging.Logger | logging.LoggerAdapter:
+    """The run's logger inside a flow or task run (its lines reach the run's logs in the Prefect UI),
+    else this module's."""
+    return run_logger(__name__)
+
 
 ContentKind = Literal["datasource", "workbook"]
 TOO_MANY_REQUESTS = "429000"
@@ -363,22 +369,22 @@ def trigger_refresh(
                     f"Tableau throttled refresh requests (429000: {said!r}); waiting {wait:.0f} s would pass the "
                     f"domain's deadline ({max(left, 0):.0f} s left), so the refresh was not started"
                 ) from None
-            logger.info("Tableau rate-limited the refresh of %s (429000); retrying in %.0f s", ref, wait)
+            _log().info("Tableau rate-limited the refresh of %s (429000); retrying in %.0f s", ref, wait)
             sleep(wait)
             continue
         if job is not None:  # tableauserverclient (>= 0.42) returns None on 409093
             refresh.job_id = job.id
             refresh.created_at = job.created_at
-            logger.info("Triggered refresh of %s: job %s", ref, job.id)
+            _log().info("Triggered refresh of %s: job %s", ref, job.id)
             return refresh
         # 409093: a refresh of this content is already queued or running.
         in_flight = _in_flight_jobs(session, ref)
         if content.name_is_unique and len(in_flight) == 1:
             refresh.job_id, refresh.adopted = in_flight[0].id, True
             refresh.created_at = in_flight[0].created_at
-            logger.info("Refresh of %s already in flight (409093): adopted job %s", ref, refresh.job_id)
+            _log().info("Refresh of %s already in flight (409093): adopted job %s", ref, refresh.job_id)
             return refresh
-        logger.info(
+        _log().info(
             "Refresh of %s already in flight (409093) but its job cannot be told apart (%d candidate(s)); "
             "waiting for it to end, then triggering again",
             ref,
@@ -405,6 +411,15 @@ def _apply_job(refresh: RefreshJob, job: TSC.JobItem) -> None:
         refresh.notes = "; ".join(note for note in (job.notes or []) if note)
         if job.finish_code == 2 and _QUOTA_NOTES.search(refresh.notes):
             refresh.status = QUOTA_EXHAUSTED
+        duration = refresh.duration_seconds
+        _log().info(
+            "Refresh of %s ended: job %s %s (finish code %d)%s",
+            refresh.content,
+            refresh.job_id,
+            refresh.status,
+            job.finish_code,
+            "" if duration is None else f" after {duration:.0f} s",
+        )
 
 
 def wait_for_jobs(
@@ -443,7 +458,7 @@ def wait_for_jobs(
                 for refresh, outcome in zip(due, pool.map(lambda r: _poll(session, r), due), strict=True):
                     if isinstance(outcome, Exception):
                         refresh.poll_errors += 1
-                        logger.warning(
+                        _log().warning(
                             "Polling job %s of %s failed: %s", refresh.job_id, refresh.content, outcome
                         )
                         if refresh.poll_errors >= policy.max_poll_errors:
@@ -486,12 +501,12 @@ def _cancel(session: TableauSession, refreshes: list[RefreshJob], *, status: str
                 pass
             if refresh.status == "running":
                 refresh.status, refresh.notes = status, f"cancel request failed: {exc}"
-                logger.error(
+                _log().error(
                     "Could not cancel Tableau job %s of %s: %s", refresh.job_id, refresh.content, exc
                 )
             continue
         refresh.status, refresh.notes = status, f"cancelled by this run ({status})"
-        logger.warning("Cancelled Tableau job %s of %s (%s)", refresh.job_id, refresh.content, status)
+        _log().warning("Cancelled Tableau job %s of %s (%s)", refresh.job_id, refresh.content, status)
 
 
 def trigger_refreshes(
@@ -526,14 +541,14 @@ def trigger_refreshes(
                     )
                 )
             except ThrottledError as exc:
-                logger.error("Refresh of %s not started: %s", ref, exc)
+                _log().error("Refresh of %s not started: %s", ref, exc)
                 throttled = str(exc)
                 refreshes.append(
                     RefreshJob(ref, content.id, project=content.project, status=THROTTLED, notes=throttled)
                 )
             except (TableauError, RequestException, PermissionError, TimeoutError) as exc:
                 status = "timed out" if isinstance(exc, TimeoutError) else "failed"
-                logger.error("Refresh of %s not started: %s", ref, exc)
+                _log().error("Refresh of %s not started: %s", ref, exc)
                 refreshes.append(
                     RefreshJob(ref, content.id, project=content.project, status=status, notes=str(exc))
                 )

@@ -84,7 +84,10 @@ class FakeTarget:
         self.objects[key] = text.encode("utf-8")
 
     def describe(self) -> str:
-        return "fake target mem://bucket"
+        return f"fake target mem://bucket/{self.landing_dir}"
+
+    def uri(self, key: str) -> str:
+        return f"mem://bucket/{key}"
 
 
 class MemoryStore:
@@ -414,7 +417,7 @@ def test_file_store_round_trip_next_to_the_landing_dir():
     store.publish(datetime(2026, 11, 22, 4, tzinfo=UTC))
     assert target.objects == {"catalog/athena/athena_hwm.txt": b"2026-11-22 04:00:00"}
     assert FileHwmStore(target, "athena").read() == datetime(2026, 11, 22, 4, tzinfo=UTC)
-    assert store.describe() == "HWM file 'catalog/athena/athena_hwm.txt' in fake target mem://bucket"
+    assert store.describe() == "HWM file mem://bucket/catalog/athena/athena_hwm.txt"
 
 
 @pytest.mark.parametrize(
@@ -454,7 +457,7 @@ def test_malformed_file_is_an_error_naming_file_and_format(content: str):
     with pytest.raises(MalformedHwmError) as excinfo:
         plan_window(FileHwmStore(target, "athena"), T0, LAG, LOOKBACK)
     message = str(excinfo.value)
-    assert "HWM file 'catalog/athena/athena_hwm.txt' in fake target mem://bucket" in message
+    assert "HWM file mem://bucket/catalog/athena/athena_hwm.txt" in message
     assert HWM_FORMAT in message
     assert "not ignored" in message
 
@@ -551,7 +554,7 @@ def test_a_malformed_pending_window_is_an_error_naming_the_file(text: str):
     target = FakeTarget()
     target.write_text("catalog/athena/athena_hwm_pending.json", text)
     with pytest.raises(
-        PendingWindowError, match=r"pending window 'catalog/athena/athena_hwm_pending.json' in"
+        PendingWindowError, match=r"pending window mem://bucket/catalog/athena/athena_hwm_pending.json is not"
     ):
         plan_or_resume(MemoryStore(H), pending_file(target), T0, LAG, LOOKBACK)
 
@@ -795,3 +798,16 @@ def test_a_disabled_lock_limit_is_an_error(variable_source: str):
     ):
         publish_hwm(VariableHwmStore(variable_source), Window(T0 - LOOKBACK, T0))
     assert VariableHwmStore(variable_source).read() is None
+
+
+def test_the_hwm_file_is_named_where_it_is_next_to_the_landing_directory(tmp_path: Path):
+    """Logs and errors name the HWM file's own folder (the landing directory's parent), not the landing
+    directory."""
+    from tasks.metadata.landing import LocalLanding
+
+    target = LocalLanding(tmp_path, "tableau/landing")
+    store = FileHwmStore(target, "tableau")
+    assert store.describe() == f"HWM file {(tmp_path / 'tableau' / 'tableau_hwm.txt').as_uri()}"
+    assert PendingWindowFile(target, "tableau").describe() == (
+        f"pending window {(tmp_path / 'tableau' / 'tableau_hwm_pending.json').as_uri()}"
+    )

@@ -25,7 +25,9 @@ def test_creates_the_limits_once_then_reports_them_unchanged(workspace, capsys):
     assert main(["--pool-block", workspace.pool_block]) == 0
 
     out = capsys.readouterr().out
-    limits = "\n".join(line for line in out.splitlines() if "automation" not in line)  # the limits' lines
+    limits = "\n".join(  # the limits' lines
+        line for line in out.splitlines() if "automation" not in line and "work pool" not in line
+    )
     assert limits.count("created") == 4 and limits.count("ok ") == 4
     assert read_limit(pool.pool_limit_name).limit == 3
     assert all(
@@ -63,3 +65,29 @@ def test_disabled_or_missized_limits_are_drift_until_fixed(workspace, capsys):
 def test_missing_pool_block_is_a_clear_error(workspace, capsys):
     assert main(["--pool-block", "no-such-pool"]) == 2
     assert "Tableau PAT Pool block 'no-such-pool' could not be loaded" in capsys.readouterr().err
+
+
+def test_creates_the_work_pools_the_deployments_name(tmp_path, capsys):
+    from deployments.bootstrap import bootstrap_work_pools, deployment_work_pools
+
+    prefect_file = tmp_path / "prefect.yaml"
+    prefect_file.write_text(
+        "definitions:\n  pool: &pool {name: bootstrap-test-pool}\n"
+        "deployments:\n  - {name: a, work_pool: *pool}\n  - {name: b, work_pool: {name: bootstrap-test-other}}\n"
+    )
+    pools = deployment_work_pools(prefect_file)
+    assert pools == ["bootstrap-test-other", "bootstrap-test-pool"]
+    checked = bootstrap_work_pools(pools, check_only=True)
+    assert checked.missing == [
+        "work pool bootstrap-test-other (process)",
+        "work pool bootstrap-test-pool (process)",
+    ]
+    assert not checked.ok
+    assert bootstrap_work_pools(pools).created == checked.missing
+    again = bootstrap_work_pools(pools)
+    assert again.ok and again.unchanged == [
+        "work pool bootstrap-test-other (process)",
+        "work pool bootstrap-test-pool (process)",
+    ]
+    with get_client(sync_client=True) as client:
+        assert client.read_work_pool("bootstrap-test-pool").type == "process"

@@ -6,6 +6,7 @@ Each test runs real flow runs; the stand-in's audit says what Tableau would have
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections import defaultdict
@@ -57,12 +58,28 @@ def assert_no_pat_shared(audit: dict) -> None:
             assert earlier["ended_at"] <= later["signed_in_at"], (pat, earlier, later)
 
 
-def test_refreshes_every_content_of_a_domain_with_one_sign_in(standin, workspace):
+def test_refreshes_every_content_of_a_domain_with_one_sign_in(standin, workspace, caplog):
     workspace.create_pool(["pat-1"])
     config = workspace.write_domains({"sales": SALES})
 
-    state = refresh_domain("sales", config, FAST, return_state=True)
+    # Prefect's run loggers do not propagate to the root logger: listen on them directly.
+    caplog.set_level(logging.INFO, logger="prefect")  # the suite runs Prefect at WARNING
+    prefect_logger = logging.getLogger("prefect")
+    prefect_logger.addHandler(caplog.handler)
+    try:
+        state = refresh_domain("sales", config, FAST, return_state=True)
+    finally:
+        prefect_logger.removeHandler(caplog.handler)
     summary = state.result()
+    # One line per content as its job is triggered and as it ends, in the run's log (the Prefect UI).
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("prefect.")]
+    for r in summary.refreshes:
+        ref = f"{r.kind} Sales/{r.content}"
+        assert f"Triggered refresh of {ref}: job {r.job_id}" in lines, lines
+        assert any(
+            line.startswith(f"Refresh of {ref} ended: job {r.job_id} succeeded (finish code 0) after ")
+            for line in lines
+        ), lines
 
     assert summary.sign_ins == 1
     assert {(r.kind, r.content, r.status) for r in summary.refreshes} == {

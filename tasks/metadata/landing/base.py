@@ -76,6 +76,10 @@ class LandingTarget(Protocol):
         """Where the landing directory is, e.g. ``s3://bucket/catalog/athena/landing``."""
         ...
 
+    def uri(self, key: str) -> str:
+        """Where ``key`` (from the target's root) is, e.g. ``s3://bucket/catalog/athena/athena_hwm.txt``."""
+        ...
+
 
 # --- keys ------------------------------------------------------------------------------------------
 
@@ -121,6 +125,10 @@ class _Target:
 
     def __init__(self, landing_dir: str):
         self.landing_dir = _clean_key(landing_dir, "landing_dir", allow_empty=True)
+
+    def uri(self, key: str) -> str:
+        """Where ``key`` (from the target's root) is: a URI, for logs and errors."""
+        return self._uri(_clean_key(key, "key"))
 
     # storage calls, implemented per target
     def _uri(self, key: str) -> str:
