@@ -117,6 +117,36 @@ def bootstrap_limits(
 
 PREFECT_FILE = Path(__file__).resolve().parents[1] / "prefect.yaml"
 
+#: The field of each block type that names its global concurrency limits.
+LIMIT_NAME_FIELDS = {
+    TableauPatPool: "concurrency_limit_prefix",
+    TableauConnectedApp: "concurrency_limit_name",
+}
+
+
+def blocks_sharing_limit_names(block: TableauPatPool | TableauConnectedApp, name: str) -> list[str]:
+    """The other saved blocks of ``block``'s type whose limit names are ``block``'s (the same
+    ``concurrency_limit_prefix`` of a PAT pool, ``concurrency_limit_name`` of a connected app), by name.
+
+    Two such blocks would hold and size one set of limits: bootstrapping one reports the other's sizes
+    as drift, and ``--fix`` would resize them."""
+    block_type = type(block)
+    field_name = LIMIT_NAME_FIELDS[block_type]
+    value = getattr(block, field_name)
+    default = block_type.model_fields[field_name].default
+    with get_client(sync_client=True) as client:
+        documents = client.read_block_documents_by_type(
+            block_type.get_block_type_slug(), include_secrets=False
+        )
+    return sorted(
+        d.name
+        for d in documents
+        if d.name
+        and d.name != name
+        and not d.is_anonymous
+        and (d.data or {}).get(field_name, default) == value
+    )
+
 
 def deployment_work_pools(prefect_file: Path = PREFECT_FILE) -> list[str]:
     """The names of the work pools the deployments of ``prefect_file`` name, sorted."""
@@ -195,6 +225,17 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             print(
                 f"{block_type.get_block_type_name()} block {name!r} could not be loaded: {exc}",
+                file=sys.stderr,
+            )
+            return 2
+        if shared := blocks_sharing_limit_names(block, name):
+            field_name = LIMIT_NAME_FIELDS[block_type]
+            value = getattr(block, field_name)
+            print(
+                f"{block_type.get_block_type_name()} block {name!r} has the {field_name} {value!r} of "
+                f"{', '.join(repr(n) for n in shared)}: they would hold and size the same global concurrency "
+                f"limits, and bootstrapping one would resize the other's. Give each block its own {field_name} "
+                f"(e.g. '{value}-{name}'), then run this again.",
                 file=sys.stderr,
             )
             return 2

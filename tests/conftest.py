@@ -38,6 +38,9 @@ def pytest_configure(config: pytest.Config) -> None:
         return  # a pytest-xdist worker: the controller's server, inherited through the environment
     os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
     os.environ["PREFECT_LOGGING_TO_API_ENABLED"] = "false"  # nothing to ship logs to once the server stops
+    # The session server's SQLite answers 503 when the workers' writes collide; under load a client's
+    # five retries (2, 4, 8, 16, 32 s apart) have run out (seen saving a block): allow a few more.
+    os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "8")
     if _only_multihost(config):
         # tests/multihost brings up its own stack and talks to nothing else: no session server, and
         # a Prefect home of the run's own rather than the user's.

@@ -96,6 +96,10 @@ def test_prefect_deploy_all_against_a_real_server(prefect_api_url):
     crm = deployments["crm-export-weekly"]
     assert crm.work_pool_name == "crm-export" and crm.global_concurrency_limit.limit == 1
     assert [s.schedule.cron for s in crm.schedules] == ["0 3 * * 1"]
+    # The shipped examples with placeholder sources are deployed paused, never live by accident.
+    assert [s.active for s in crm.schedules] == [False]
+    assert [s.active for s in deployments["metadata-athena-prod"].schedules] == [False]
+    assert [s.active for s in sales.schedules] == [True]
     assert crm.parameters["runner"] == {"kind": "dataflow", "options_block": "crm-export"}
     assert crm.parameters["crm"]["block"] == "hubspot-crm/crm-export"  # a block name, never the key
     assert {"shard_date", "force", "source", "crm", "runner"} <= set(

@@ -1198,3 +1198,24 @@ def test_cli_serves_on_an_ephemeral_port_and_stops_on_sigterm(tmp_path) -> None:
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+def test_the_documented_seed_example_loads_and_serves_its_site(tmp_path: Path):
+    """docs/tableau-standin.md's example is a seed the stand-in takes, and a PAT of it signs in."""
+    import re
+
+    import yaml
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "tableau-standin.md").read_text()
+    (example,) = re.findall(r"```yaml\n(.*?)```", doc, re.S)
+    config = load_config(yaml.safe_load(example))
+    assert [p.name for p in config.pats] == ["pat-1", "pat-2"]
+    assert [c.name for c in config.datasources] == ["Orders", "Leads"]
+    assert config.datasources[0].duration_seconds == (60.0, 180.0)
+    assert config.workbooks[0].finish_code == 3 and config.connected_apps[0].client_id == "app-1"
+    with TableauStandIn(config) as standin:
+        server = TSC.Server(standin.url, use_server_version=True)
+        auth = TSC.PersonalAccessTokenAuth("pat-1", "s3cret-1", site_id=config.site_content_url)
+        with server.auth.sign_in(auth):
+            names = {d.name for d in TSC.Pager(server.datasources)}
+    assert names == {"Orders", "Leads"}

@@ -91,3 +91,25 @@ def test_creates_the_work_pools_the_deployments_name(tmp_path, capsys):
     ]
     with get_client(sync_client=True) as client:
         assert client.read_work_pool("bootstrap-test-pool").type == "process"
+
+
+def test_a_second_pool_with_the_first_ones_limit_prefix_is_refused_naming_the_setting(workspace, capsys):
+    from blocks.tableau import TableauPatPool
+
+    pool = workspace.create_pool(["pat-1"], bootstrap=False)
+    second = f"{workspace.pool_block}-second"
+    TableauPatPool(
+        site=pool.site, pat_block_names=["pat-2"], concurrency_limit_prefix=pool.concurrency_limit_prefix
+    ).save(second)
+    assert main(["--pool-block", second, "--check"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"Tableau PAT Pool block {second!r} has the concurrency_limit_prefix {pool.concurrency_limit_prefix!r} "
+        f"of {workspace.pool_block!r}: they would hold and size the same global concurrency limits"
+    ) in err
+    assert (
+        f"Give each block its own concurrency_limit_prefix (e.g. '{pool.concurrency_limit_prefix}-{second}')"
+        in err
+    )
+    with get_client(sync_client=True) as client, pytest.raises(ObjectNotFound):
+        client.read_global_concurrency_limit_by_name(pool.pool_limit_name)  # nothing created
