@@ -38,3 +38,29 @@ def test_every_error_is_a_source_config_error_and_a_value_error(tmp_path):
     with pytest.raises(SourceConfigError, match=r", line 3, sources\.prod: duplicate key 'prod'") as raised:
         load_source("prod", file)
     assert isinstance(raised.value, ConfigFileError) and isinstance(raised.value, ValueError)
+
+
+def test_the_docs_name_every_key_a_source_entry_takes():
+    """docs/metadata-collectors.md's table of keys stays the schema's: every field of every model."""
+    from pathlib import Path
+    from typing import get_args
+
+    from tasks.metadata import sources
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "metadata-collectors.md").read_text()
+    table = doc[doc.index("| Where | Key | Meaning |") : doc.index("Adding a source adds an entry here")]
+    models = [
+        sources.SourceEntry,
+        sources.HwmConfig,
+        *get_args(get_args(sources.ExtractorConfig)[0]),
+        *get_args(get_args(sources.LandingConfig)[0]),
+    ]
+    missing = [
+        f"{model.__name__}.{name}"
+        for model in models
+        for name in model.model_fields
+        if name != "kind" and f"`{name}`" not in table
+    ]
+    assert missing == []
+    kinds = [model.model_fields["kind"].annotation for model in models[2:]]
+    assert all(f"kind: {get_args(kind)[0]}" in table for kind in kinds)
