@@ -18,10 +18,10 @@ import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 from yaml.nodes import MappingNode, Node, SequenceNode
 
 M = TypeVar("M", bound=BaseModel)
@@ -35,6 +35,18 @@ _PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
 class ConfigFileError(ValueError):
     """A configuration file is missing, unreadable, not YAML, or not valid. Each configuration module
     raises its own subclass (``DomainConfigError``, ``SourceConfigError``)."""
+
+
+def name_key(pattern: str, what: str, rule: str) -> Any:
+    """The type of a key that names something (a domain, a source): a ``str`` matching ``pattern``,
+    refused with ``"<what> '<key>' is not valid: <rule>"``, for a ``dict[<type>, …]`` field."""
+
+    def check(name: str) -> str:
+        if not re.fullmatch(pattern, name):
+            raise ValueError(f"{what} {name!r} is not valid: {rule}")
+        return name
+
+    return Annotated[str, AfterValidator(check)]
 
 
 class StrictModel(BaseModel):

@@ -8,16 +8,15 @@ unknown keys are errors that name the line and the key path; a source's name is 
 from __future__ import annotations
 
 import os
-import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipelines.transport import check_transport, url_without_credentials
-from tasks.config_files import ConfigFileError, StrictModel, load_yaml_mapping
+from tasks.config_files import ConfigFileError, StrictModel, load_yaml_mapping, name_key
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_FILE = PROJECT_ROOT / "metadata_sources.yaml"
@@ -30,16 +29,12 @@ class SourceConfigError(ConfigFileError):
     or lacks the requested source (the message lists those it has). A ``ValueError``."""
 
 
-def _source_name(name: str) -> str:
-    if not re.fullmatch(_NAME_PATTERN, name):
-        raise ValueError(
-            f"source name {name!r} is not valid: use lowercase letters, digits, '-' and '_', starting with "
-            "a letter or digit (it names the files, the HWM and the artifact), e.g. 'athena-prod'"
-        )
-    return name
-
-
-SourceName = Annotated[str, AfterValidator(_source_name)]
+SourceName = name_key(
+    _NAME_PATTERN,
+    "source name",
+    "use lowercase letters, digits, '-' and '_', starting with a letter or digit (it names the files, the "
+    "HWM and the artifact), e.g. 'athena-prod'",
+)
 
 
 class AthenaExtractorConfig(StrictModel):

@@ -20,19 +20,17 @@ the line and the key path.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Any, ClassVar
 
 from pydantic import (
-    AfterValidator,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from tasks.config_files import ConfigFileError, StrictModel, load_yaml_mapping
+from tasks.config_files import ConfigFileError, StrictModel, load_yaml_mapping, name_key
 from tasks.tableau.refresh import ContentRef
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -47,16 +45,12 @@ class DomainConfigError(ConfigFileError):
     the key path), or lacks the requested domain (the message lists those it has). A ``ValueError``."""
 
 
-def _domain_name(name: str) -> str:
-    if not re.fullmatch(_NAME_PATTERN, name):
-        raise ValueError(
-            f"domain name {name!r} is not valid: use lowercase letters, digits and '-', starting with a "
-            "letter or digit (it names the deployment and the artifacts), e.g. 'sales' or 'supply-chain'"
-        )
-    return name
-
-
-DomainName = Annotated[str, AfterValidator(_domain_name)]
+DomainName = name_key(
+    _NAME_PATTERN,
+    "domain name",
+    "use lowercase letters, digits and '-', starting with a letter or digit (it names the deployment and "
+    "the artifacts), e.g. 'sales' or 'supply-chain'",
+)
 
 
 class ContentName(StrictModel):
