@@ -67,7 +67,6 @@ def test_a_daily_limit_reached_mid_run_leaves_the_rest_to_the_next_run(params):
         assert first.records_accepted + first.records_dead_lettered + first.records_not_sent == 2_000
         assert first.out_of_sync == first.records_dead_lettered + first.records_not_sent
         assert hubspot.stats()["distinct_users"] == first.records_accepted
-        assert first.requests_isolating > 0  # the batch holding an invalid email was split
         # The next day: the limit starts afresh; the export of the shard is run again.
         hubspot.configure(daily_limit=1_000)
         second = crm_export(**params, crm=crm, force=True)
@@ -75,6 +74,9 @@ def test_a_daily_limit_reached_mid_run_leaves_the_rest_to_the_next_run(params):
         assert second.records_read == first.records_not_sent + first.records_dead_lettered
         assert hubspot.stats()["distinct_users"] == 2_000 - 5  # all but the 5 invalid emails
         assert second.out_of_sync == 5 and second.dead_letter_reasons == {"http_400": 5}
+        # The batches holding an invalid email were split until it stood alone: in the first run if it
+        # met them before the daily limit (the order of batches across bundles varies), else in this one.
+        assert first.requests_isolating + second.requests_isolating > 0
 
 
 def test_a_braze_key_braze_does_not_know_fails_the_run_and_dead_letters_nothing(params):
