@@ -660,24 +660,30 @@ def test_publish_marks_the_pending_window_published():
 
 class GatedPublish:
     """A store whose ``publish`` (reached once publish_hwm's check passed) sets ``inside``, runs
-    ``before`` (e.g. waits for the other run, as a slow network would make it), writes, logs the value
-    in ``writes``, then runs ``after``. ``locked=False`` drops the lock."""
+    ``before`` (e.g. waits for the other run, as a slow network would make it), writes and logs the
+    value in ``writes``; ``after`` runs once publish_hwm has read the value back. ``locked=False``
+    drops the lock."""
 
     def __init__(self, store: HwmStore, writes: list[datetime], locked: bool = True):
         self.store, self.writes, self.locked = store, writes, locked
         self.inside = threading.Event()
         self.before: Callable[[], object] = lambda: None
         self.after: Callable[[], object] = lambda: None
+        self.wrote = self.read_back = False
 
     def read(self) -> datetime | None:
-        return self.store.read()
+        value = self.store.read()
+        if self.wrote and not self.read_back:
+            self.read_back = True
+            self.after()
+        return value
 
     def publish(self, value: datetime) -> None:
         self.inside.set()
         self.before()
         self.store.publish(value)
         self.writes.append(value)
-        self.after()
+        self.wrote = True
 
     def lock(self) -> contextlib.AbstractContextManager[None]:
         return self.store.lock() if self.locked else contextlib.nullcontext()
@@ -702,13 +708,14 @@ def race(
     make: StoreFactory, locked: bool
 ) -> tuple[list[datetime], datetime | None, list[BaseException | None]]:
     """Two runs planned from the HWM H publish at once. A (window to E2) has passed its check and waits
-    up to 1.5 s for B (window to E1 < E2) to pass its own; B writes only after A wrote. Returns the HWMs
-    written in order, the HWM at the end, and each run's error."""
+    for B (window to E1 < E2) to pass its own — up to 1.5 s under the lock, where B cannot; without it
+    B always does, however slow the server. B writes only after A wrote and read back. Returns the
+    HWMs written in order, the HWM at the end, and each run's error."""
     make().publish(H)
     writes: list[datetime] = []
     a, b = GatedPublish(make(), writes, locked), GatedPublish(make(), writes, locked)
     a_wrote = threading.Event()
-    a.before, a.after = lambda: b.inside.wait(1.5), a_wrote.set
+    a.before, a.after = lambda: b.inside.wait(1.5 if locked else 30), a_wrote.set
     b.before = lambda: a_wrote.wait(30)
     errors: list[BaseException | None] = [None, None]
 
