@@ -2,7 +2,9 @@
 
 The file's shape and an example: docs/metadata-collectors.md ("Configuration"). Secrets are never in
 it: blocks are named instead. The file is read strictly (``tasks.config_files``): duplicate and
-unknown keys are errors that name the line and the key path; a source's name is its key.
+unknown keys are errors that name the line and the key path; a source's name is its key. Each source's
+deployment (``metadata-<source>``, with the entry's ``schedule``) is written into ``prefect.yaml`` by
+``python -m deployments.metadata``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipelines.transport import check_transport, url_without_credentials
 from tasks.config_files import ConfigFileError, StrictModel, load_yaml_mapping, name_key
@@ -140,6 +142,54 @@ class HwmConfig(StrictModel):
         return timedelta(days=self.initial_lookback_days)
 
 
+DEFAULT_CRON = "0 2 * * *"
+
+
+class ScheduleConfig(StrictModel):
+    """The schedule of the source's deployment ``metadata-<source>`` in ``prefect.yaml`` (written by
+    ``python -m deployments.metadata``): a Prefect cron schedule, by default daily at 02:00 UTC, active."""
+
+    cron: str = Field(
+        default=DEFAULT_CRON,
+        description="when the deployment runs: a cron expression (five fields), default '0 2 * * *' (02:00 daily)",
+    )
+    timezone: str = Field(
+        default="UTC", description="the IANA time zone of the cron expression, e.g. UTC or Europe/Paris"
+    )
+    active: bool = Field(
+        default=True,
+        description="false deploys the schedule paused (no scheduled runs until it is resumed or set true)",
+    )
+
+    @field_validator("cron")
+    @classmethod
+    def _check_cron(cls, cron: str) -> str:
+        from prefect.client.schemas.schedules import CronSchedule  # the check `prefect deploy` makes
+
+        try:
+            CronSchedule(cron=cron, timezone="UTC")
+        except ValidationError:
+            raise ValueError(
+                f"cron {cron!r} is not a cron expression Prefect takes: give five fields, minute hour "
+                f"day-of-month month day-of-week, e.g. {DEFAULT_CRON!r} (02:00 daily)"
+            ) from None
+        return cron
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, timezone: str) -> str:
+        from prefect.client.schemas.schedules import CronSchedule
+
+        try:
+            CronSchedule(cron=DEFAULT_CRON, timezone=timezone)
+        except ValidationError:
+            raise ValueError(
+                f"timezone {timezone!r} is not an IANA time zone Prefect knows: use a tz database name, "
+                "e.g. UTC or Europe/Paris"
+            ) from None
+        return timezone
+
+
 ExtractorConfig = Annotated[AthenaExtractorConfig | TableauExtractorConfig, Field(discriminator="kind")]
 LandingConfig = Annotated[
     S3LandingConfig | AzureBlobLandingConfig | GcsLandingConfig | LocalLandingConfig,
@@ -161,6 +211,11 @@ class SourceEntry(StrictModel):
     hwm: HwmConfig = HwmConfig()
     compress: bool = Field(default=True, description="gzip the CSV files")
     mask: bool = Field(default=True, description="replace literals in SQL text by placeholders")
+    schedule: ScheduleConfig = Field(
+        default=ScheduleConfig(),
+        description="the schedule of the deployment metadata-<source>: cron (default '0 2 * * *', daily), "
+        "timezone (default UTC), active (default true; false: deployed paused)",
+    )
 
 
 class SourceConfig(SourceEntry):

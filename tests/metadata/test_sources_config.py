@@ -23,6 +23,15 @@ def test_the_projects_file_loads():
     assert athena.name == "athena-prod" and isinstance(athena.extractor, AthenaExtractorConfig)
     assert athena.extractor.workgroups == ["primary", "analysts"]
     assert (sources["tableau-prod"].hwm.store, sources["tableau-prod"].landing.kind) == ("file", "azure_blob")
+    # The shipped sources are examples: their deployments are paused.
+    assert [source.schedule.active for source in sources.values()] == [False, False]
+
+
+def test_a_source_without_schedule_is_deployed_daily_at_two_utc_and_active(tmp_path):
+    file = tmp_path / "metadata_sources.yaml"
+    file.write_text(f"sources:\n  prod: {ENTRY}\n")
+    schedule = load_source("prod", file).schedule
+    assert (schedule.cron, schedule.timezone, schedule.active) == ("0 2 * * *", "UTC", True)
 
 
 def test_each_source_is_named_by_its_key_so_two_never_share_a_high_water_mark(tmp_path):
@@ -52,6 +61,7 @@ def test_the_docs_name_every_key_a_source_entry_takes():
     models = [
         sources.SourceEntry,
         sources.HwmConfig,
+        sources.ScheduleConfig,
         *get_args(get_args(sources.ExtractorConfig)[0]),
         *get_args(get_args(sources.LandingConfig)[0]),
     ]
@@ -62,5 +72,5 @@ def test_the_docs_name_every_key_a_source_entry_takes():
         if name != "kind" and f"`{name}`" not in table
     ]
     assert missing == []
-    kinds = [model.model_fields["kind"].annotation for model in models[2:]]
+    kinds = [model.model_fields["kind"].annotation for model in models[3:]]
     assert all(f"kind: {get_args(kind)[0]}" in table for kind in kinds)
