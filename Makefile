@@ -15,7 +15,7 @@ PACKAGES := flows tasks blocks pipelines deployments devstack bench tests
 # DuckDB extensions it loads, installed from their PyPI wheels (it cannot download them at start-up).
 BQEMULATOR := devstack/bqemulator
 
-.PHONY: demo test sync services lint clean
+.PHONY: demo test test-end-to-end sync services lint clean
 
 demo: sync
 	$(UV) run --locked python -m devstack.demo
@@ -27,6 +27,11 @@ demo: sync
 TEST_WORKERS ?= 4
 test: sync services
 	$(UV) run --locked python tests/run_suite.py --workers $(TEST_WORKERS)
+
+# The tests marked end_to_end: `make demo` and docs/getting-started.md run whole, each on its own Prefect
+# server and stack (minutes each, mostly waiting on runs), side by side. CI runs them after `make test`.
+test-end-to-end: sync
+	$(UV) run --locked python -m pytest -m end_to_end -n 2 --durations=5
 
 # PostgreSQL and Redis for the multi-host tests (a Prefect server as teams run it): Debian's packages,
 # installed when missing (apt-get needs root, as on CI). Elsewhere install a PostgreSQL >= 14.9 and a

@@ -3,7 +3,8 @@ minimum lease, its 60 s heartbeat window) overlap the rest of the suite instead 
 
     python tests/run_suite.py [--workers N]
 
-- the rest of the suite on ``N`` pytest-xdist workers (default 4), its output on the terminal;
+- the rest of the suite on ``N`` pytest-xdist workers (default 4), its output on the terminal, less the
+  tests marked ``end_to_end`` (``make test-end-to-end`` runs those);
 - ``tests/multihost`` (its own PostgreSQL + Redis stack and timed scenario), its output printed once
   both have finished (or been interrupted).
 
@@ -81,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             # --no-loadscope-reorder keeps tests/conftest.py's order (the slow tests, longest first):
             # xdist would otherwise send groups of several tests first.
             rest = [
+                "-m",
+                "not end_to_end",  # `make test-end-to-end`
                 "--dist=loadgroup",
                 "--no-loadscope-reorder",
                 "--durations=25",

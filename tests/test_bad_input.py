@@ -89,13 +89,11 @@ BQ = {"project": "analytics-prod", "dataset": "crm", "table_prefix": "crm_users"
 
 
 def dataflow(**overrides: Any) -> Any:
-    """A ``DataflowOptions`` block with ``overrides`` (its credentials built without looking for ADC)."""
-    from prefect_gcp.credentials import GcpCredentials
-
+    """A ``DataflowOptions`` block with ``overrides`` (its credentials a block's name, resolved only when used)."""
     from blocks.crm_export.dataflow import DataflowOptions
 
     fields = {
-        "gcp_credentials": GcpCredentials.model_construct(project="analytics-prod"),
+        "gcp_credentials_block": "gcp-crm-export",
         "region": "europe-west1",
         "temp_location": "gs://analytics-tmp/dataflow",
         "api_key_kms_key": KMS_KEY,
@@ -104,18 +102,16 @@ def dataflow(**overrides: Any) -> Any:
 
 
 def kms_secret(**overrides: Any) -> Any:
-    """A ``KmsEncryptedGcsSecret`` block with ``overrides`` (its bucket built without looking for ADC)."""
-    from prefect_gcp.cloud_storage import GcsBucket
-    from prefect_gcp.credentials import GcpCredentials
-
+    """A ``KmsEncryptedGcsSecret`` block with ``overrides`` (its credentials a block's name, resolved only when used)."""
     from blocks.crm_export.kms_gcs import KmsEncryptedGcsSecret
 
-    bucket = GcsBucket.model_construct(
-        bucket="analytics-secrets", gcp_credentials=GcpCredentials.model_construct(project="analytics-prod")
-    )
-    return KmsEncryptedGcsSecret(
-        **{"gcs_bucket": bucket, "blob": "crm/api-key.enc", "kms_key_name": KMS_KEY, **overrides}
-    )
+    fields = {
+        "bucket": "analytics-secrets",
+        "blob": "crm/api-key.enc",
+        "kms_key_name": KMS_KEY,
+        "gcp_credentials_block": "gcp-crm-export",
+    }
+    return KmsEncryptedGcsSecret(**{**fields, **overrides})
 
 
 def export(tmp: Path, **parameters: Any) -> Any:
@@ -189,7 +185,7 @@ ROWS: list[tuple[str, Callable[[Path], Any], type[BaseException], str | re.Patte
     ("sources: top level is a list", sources("- athena-prod\n"), SourceConfigError, S + ", line 1: expected a mapping (key: value lines) at the top level, got a list."),
     ("sources: an empty file", sources(""), SourceConfigError, S + ", line 1: required key 'sources' (one entry per source, keyed by its name) is missing: add it."),
     ("sources: sources is a list", sources("sources: [athena-prod]\n"), SourceConfigError, S + ", line 1, sources: expected a mapping (key: value lines), got a list."),
-    ("sources: a source is a string", sources("sources:\n  prod: athena\n"), SourceConfigError, S + ", line 2, sources.prod: expected a mapping with the keys extractor, landing, hwm, compress, mask, got 'athena'."),
+    ("sources: a source is a string", sources("sources:\n  prod: athena\n"), SourceConfigError, S + ", line 2, sources.prod: expected a mapping with the keys extractor, landing, hwm, compress, mask, schedule, got 'athena'."),
     ("sources: a source twice", sources(f"sources:\n  prod: {{extractor: {TABLEAU}, landing: {S3}}}\n  prod: {{extractor: {TABLEAU}, landing: {S3}}}\n"), SourceConfigError, S + f", line 3, sources.prod: duplicate key 'prod' (first at line 2); {DUPLICATE}"),
     ("sources: a key twice in an extractor", sources("sources:\n  prod:\n    extractor:\n      kind: tableau\n      kind: athena\n"), SourceConfigError, S + f", line 5, sources.prod.extractor.kind: duplicate key 'kind' (first at line 4); {DUPLICATE}"),
     ("sources: name inside an entry", sources(f"sources:\n  prod: {{name: other, extractor: {TABLEAU}, landing: {S3}}}\n"), SourceConfigError, S + ", line 2, sources.prod.name: a source's name is its key under 'sources:' (the HWM and the files are named after it); remove 'name:' (to rename the source, rename its key)."),
@@ -244,6 +240,8 @@ ROWS: list[tuple[str, Callable[[Path], Any], type[BaseException], str | re.Patte
     ("DataflowOptions: a user for a service account", lambda _: dataflow(service_account_email="crm@example.com"), ValidationError, "'crm@example.com' is not a service account email (NAME@PROJECT.iam.gserviceaccount.com)"),
     ("DataflowOptions: experiments joined by commas", lambda _: dataflow(experiments=["use_runner_v2,shuffle_mode=service"]), ValidationError, "experiments ['use_runner_v2,shuffle_mode=service']: one non-empty experiment per entry, without commas"),
     ("DataflowOptions: 0 workers", lambda _: dataflow(max_num_workers=0), ValidationError, "Input should be greater than or equal to 1"),
+    ("DataflowOptions: the former nested credentials", lambda _: dataflow(gcp_credentials={"project": "analytics-prod"}), ValidationError, "gcp_credentials: this block no longer takes it; save the credentials as a GCP Credentials block of their own and give its name in gcp_credentials_block (empty: the process's Application Default Credentials), then save this block again"),
+    ("DataflowOptions: a block slug for the credentials", lambda _: dataflow(gcp_credentials_block="gcp-credentials/gcp-crm-export"), ValidationError, "gcp_credentials_block 'gcp-credentials/gcp-crm-export': give the GCP Credentials block's name (e.g. 'gcp-crm-export'), not a block document slug"),
     ("VaultKvSecret: a URL without scheme", lambda _: VaultKvSecret(**{**VAULT, "url": "vault.example.com:8200"}), ValidationError, "url must start with http:// or https://, got 'vault.example.com:8200'"),
     ("VaultKvSecret: token auth without token", lambda _: VaultKvSecret(**{**VAULT, "token": None}), ValidationError, "auth_method 'token' needs token (a Vault token with read on the secret)"),
     ("VaultKvSecret: a token with a newline", lambda _: VaultKvSecret(**{**VAULT, "token": "hvs.token\n"}), ValidationError, "token is empty or holds whitespace (a trailing newline?)"),
@@ -252,6 +250,8 @@ ROWS: list[tuple[str, Callable[[Path], Any], type[BaseException], str | re.Patte
     ("VaultKvSecret: an empty path", lambda _: VaultKvSecret(**{**VAULT, "path": "/"}), ValidationError, "must not be empty"),
     ("KmsEncryptedGcsSecret: a folder for the blob", lambda _: kms_secret(blob="crm/"), ValidationError, "blob must be the path of an object, got 'crm/'"),
     ("KmsEncryptedGcsSecret: a key version", lambda _: kms_secret(kms_key_name=KMS_KEY + "/cryptoKeyVersions/3"), ValidationError, f"kms_key_name must be the full resource name of a Cloud KMS key, projects/<project>/locations/<location>/keyRings/<key ring>/cryptoKeys/<key> (e.g. projects/my-project/locations/europe-west1/keyRings/analytics/cryptoKeys/crm), got '{KMS_KEY}/cryptoKeyVersions/3'. Give the key, not a key version: decrypt finds the version from the ciphertext."),
+    ("KmsEncryptedGcsSecret: the former nested bucket", lambda _: kms_secret(gcs_bucket={"bucket": "analytics-secrets"}), ValidationError, "gcs_bucket: this block no longer takes it; give the bucket's name in bucket and the object's full name in blob (with the former bucket_folder in front), and the name of a GCP Credentials block in gcp_credentials_block (empty: the process's Application Default Credentials), then save this block again"),
+    ("KmsEncryptedGcsSecret: a gs:// URL for the bucket", lambda _: kms_secret(bucket="gs://analytics-secrets/crm"), ValidationError, "bucket must be the bucket's name, not a gs:// URL: 'analytics-secrets'; the object's path goes in blob ('crm')"),
     # --- flow parameters
     ("refresh_domain: an unknown domain", domains(VALID_DOMAINS, lambda file: refresh_domain("salse", file)), DomainConfigError, "Unknown domain 'salse': {tmp}/tableau_domains.yaml defines ['marketing', 'sales']. Add an entry under 'domains:' or fix the deployment's 'domain' parameter."),
     ("refresh_domain: a domain file with a duplicate", domains(POOL + f"domains:\n  sales: {SALES}\n  sales: {SALES}\n", lambda file: refresh_domain("sales", file)), DomainConfigError, F + f", line 4, domains.sales: duplicate key 'sales' (first at line 3); {DUPLICATE}"),
@@ -343,6 +343,11 @@ def test_any_value_anywhere_in_the_project_files_is_a_config_error(name: str, tm
         lambda: BrazeCrm(**{**BRAZE, "api_key": "super-secret\n"}),
         lambda: VaultKvSecret(**{**VAULT, "token": "super-secret "}),
         lambda: VaultKvSecret(**VAULT, auth_method="approle", approle_secret_id="super-secret\n"),
+        # A document saved before the credentials became a block's name: its nested key is never quoted.
+        lambda: dataflow(gcp_credentials={"service_account_info": {"private_key": "super-secret"}}),
+        lambda: kms_secret(
+            gcs_bucket={"gcp_credentials": {"service_account_info": {"private_key": "super-secret"}}}
+        ),
     ],
 )
 def test_a_block_refusing_a_secret_never_quotes_it(make: Callable[[], Any]) -> None:

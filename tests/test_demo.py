@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.end_to_end  # `make test-end-to-end`
 
 
 @pytest.mark.slow(seconds=150)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -44,72 +41,6 @@ def test_every_metadata_source_has_a_daily_deployment_with_concurrency_one():
         assert deployment["entrypoint"] == "flows/metadata/collect.py:collect_metadata"
         assert deployment["parameters"] == {"source": name}
         assert deployment["concurrency_limit"] == 1 and deployment["schedules"][0]["cron"]
-
-
-@pytest.mark.slow(seconds=15)
-def test_prefect_deploy_all_against_a_real_server(prefect_api_url):
-    def prefect(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "prefect", *args],
-            cwd=ROOT,
-            env={**os.environ, "ANALYTICS_FLOWS_DIR": str(ROOT)},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-
-    registered = prefect("block", "register", "-m", "blocks")
-    assert registered.returncode == 0, registered.stdout + registered.stderr
-    for block_type in ("Tableau PAT Pool", "Dataflow Options", "Vault KV Secret", "KMS Encrypted GCS Secret"):
-        assert block_type in registered.stdout, registered.stdout
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectAlreadyExists
-
-    with get_client(sync_client=True) as client:  # as `prefect work-pool create <pool> --type process`
-        for pool in ("tableau-refresh", "crm-export", "metadata"):
-            try:
-                client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
-            except ObjectAlreadyExists:
-                pass
-    deployed = prefect("--no-prompt", "deploy", "--all")
-    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-
-    with get_client(sync_client=True) as client:
-        deployments = {d.name: d for d in client.read_deployments()}
-        automations = {a.name: a for a in client.read_automations()}
-    for name in ("sales", "marketing", "finance", "all-domains"):
-        assert deployments[name].work_pool_name == "tableau-refresh"
-    sales = deployments["sales"]
-    assert sales.parameters == {"domain": "sales"}
-    assert [s.schedule.cron for s in sales.schedules] == ["0 7 * * *"]
-    assert sales.global_concurrency_limit.limit == 1
-    assert sales.pull_steps == [
-        {"deployments.steps.set_project_directory": {"variable": "ANALYTICS_FLOWS_DIR"}}
-    ]
-    trigger = next(a for a in automations.values() if str(sales.id) in str(a.actions))
-    assert trigger.trigger.expect == {"prefect.flow-run.Completed"}
-    assert {"prefect.resource.role": "flow", "prefect.resource.name": "sales-pipeline"} in [
-        spec.root for spec in trigger.trigger.match_related
-    ]
-
-    crm = deployments["crm-export-weekly"]
-    assert crm.work_pool_name == "crm-export" and crm.global_concurrency_limit.limit == 1
-    assert [s.schedule.cron for s in crm.schedules] == ["0 3 * * 1"]
-    # The shipped examples with placeholder sources are deployed paused, never live by accident.
-    assert [s.active for s in crm.schedules] == [False]
-    assert [s.active for s in deployments["metadata-athena-prod"].schedules] == [False]
-    assert [s.active for s in sales.schedules] == [True]
-    assert crm.parameters["runner"] == {"kind": "dataflow", "options_block": "crm-export"}
-    assert crm.parameters["crm"]["block"] == "hubspot-crm/crm-export"  # a block name, never the key
-    assert {"shard_date", "force", "source", "crm", "runner"} <= set(
-        crm.parameter_openapi_schema["properties"]
-    )
-    metadata = deployments["metadata-athena-prod"]
-    assert metadata.work_pool_name == "metadata" and metadata.global_concurrency_limit.limit == 1
-    # Every run beats every 30 s (the dead-host automation watches it) and keeps its output off the worker.
-    beats = {"stream_output": False, "env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}}
-    assert sales.job_variables == crm.job_variables == metadata.job_variables == beats
 
 
 def test_the_domain_deployments_of_prefect_yaml_are_generated_from_the_configuration():

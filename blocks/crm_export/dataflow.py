@@ -1,7 +1,10 @@
 """The ``Dataflow Options`` block: where and how a Beam job runs on Dataflow (``DataflowRunner`` flags).
 
-Nothing secret belongs here: every flag becomes job metadata. ``gcp_credentials`` is the identity the
-launcher lists and polls jobs with; Beam submits with the process's Application Default Credentials.
+Nothing secret belongs here: every flag becomes job metadata. ``gcp_credentials_block`` names the GCP
+Credentials block the launcher lists and polls jobs with (empty: the process's Application Default
+Credentials, ADC); Beam submits with ADC. The block names its credentials rather than nesting them, so
+it can be created and saved where there are no GCP credentials at all: they are resolved when used
+(``resolve_gcp_credentials``, which the KMS Encrypted GCS Secret block uses too).
 """
 
 from __future__ import annotations
@@ -9,13 +12,18 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+import google.auth
+from google.auth.exceptions import DefaultCredentialsError
 from prefect.blocks.core import Block
-from prefect_gcp.credentials import GcpCredentials
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from pipelines.crm_export.settings import validate_job_name, validate_labels
+from tasks.common import load_block
+
+if TYPE_CHECKING:
+    from google.auth.credentials import Credentials
 
 #: Where a relative ``setup_file`` is taken from: this repository's root.
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
@@ -34,13 +42,97 @@ _SUBNETWORK = re.compile(
 _NETWORK = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 _SERVICE_ACCOUNT = re.compile(r"[^@\s]+@[^@\s]+\.gserviceaccount\.com")
 
+#: The OAuth scope prefect-gcp's GcpCredentials gives a service account key's credentials; ADC get it too.
+CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+# How a process gets ADC (google-auth's own message, quoted after it, links Google's set-up page).
+_ADC_HOW = (
+    "GOOGLE_APPLICATION_CREDENTIALS pointing at a service account key file, the attached service account "
+    "of a VM, or `gcloud auth application-default login`"
+)
+
+
+def resolve_gcp_credentials(
+    block_name: str | None, *, owner: str, field: str
+) -> tuple[Credentials, str | None]:
+    """The Google credentials a block names, and their project, resolved now (not when the block is created).
+
+    Args:
+        block_name: name of a prefect-gcp ``GcpCredentials`` block; None: the process's Application Default
+            Credentials (ADC, ``google.auth.default``).
+        owner: the block that names them, for the messages, e.g. ``"Dataflow Options block 'crm-export'"``.
+        field: the owner's field holding ``block_name``, e.g. ``"gcp_credentials_block"``.
+
+    Returns:
+        ``(credentials, project)``: ``google.auth.credentials.Credentials`` (scope cloud-platform for a key or
+        ADC; a GcpCredentials block without a key gives ADC as prefect-gcp does), and the project ID of those
+        credentials or None: the block's ``project`` (prefect-gcp fills it in from the key, or ADC, when the
+        block is created or loaded), else its key's ``project_id``; for ADC the project ``google.auth.default``
+        finds (``GOOGLE_CLOUD_PROJECT``, the key file's, gcloud's, the metadata server's).
+
+    Raises:
+        tasks.common.BlockNotFoundError: no GCP Credentials block ``block_name`` (a ``LookupError``).
+        google.auth.exceptions.DefaultCredentialsError: ADC are needed (no block named, or the block holds
+            no service account key) and this process has none; the message names the owner, the field and
+            what to do.
+    """
+    if not block_name:
+        try:
+            credentials, project = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
+        except DefaultCredentialsError as exc:
+            raise DefaultCredentialsError(
+                f"{owner} has no {field} and this process has no Application Default Credentials ({exc}). "
+                f"Set {field} to the name of a GCP Credentials block, or give the process ADC: {_ADC_HOW}."
+            ) from None
+        return credentials, project
+
+    from prefect_gcp.credentials import GcpCredentials  # slow to import: only when a block is named
+
+    try:
+        # Loading a key-less block already looks for ADC (prefect-gcp's block_initialization runs on load).
+        block = load_block(GcpCredentials, block_name, needed_by=f"{owner} (field {field})")
+        credentials = block.get_credentials_from_service_account()
+    except DefaultCredentialsError as exc:
+        raise DefaultCredentialsError(
+            f"GCP Credentials block {block_name!r} ({field} of {owner}) holds no service account key, so it "
+            f"stands for Application Default Credentials, and this process has none ({exc}). Give the block a "
+            f"service account key (service_account_info or service_account_file), or give the process ADC: "
+            f"{_ADC_HOW}."
+        ) from None
+    return credentials, block.project or getattr(credentials, "project_id", None)
+
+
+def check_credentials_block_name(field: str, value: str | None) -> str | None:
+    """The value of ``field``, which names a GCP Credentials block: surrounding spaces dropped, empty → None.
+
+    Raises ``ValueError`` for a block document slug ('gcp-credentials/NAME'), naming the name to give instead.
+    """
+    value = (value or "").strip() or None
+    if value is not None and "/" in value:
+        raise ValueError(
+            f"{field} {value!r}: give the GCP Credentials block's name (e.g. {value.rsplit('/', 1)[-1]!r}), "
+            "not a block document slug"
+        )
+    return value
+
+
+def refuse_former_field(data: Any, former: str, instead: str) -> Any:
+    """A pydantic ``mode="before"`` model validator: refuse ``former``, a field the block no longer has.
+
+    Prefect blocks allow unknown fields, so a document saved before the change (or old code) would otherwise
+    load with the field silently ignored, and the block would run with other credentials than it was saved with.
+    """
+    if isinstance(data, dict) and former in data:
+        raise ValueError(f"{former}: this block no longer takes it; {instead}")
+    return data
+
 
 class DataflowOptions(Block):
     """The Dataflow runner settings of a Beam job: project, region, locations, FlexRS, identity, network, workers.
 
     ``pipeline_args(job_name, labels)`` gives the ``DataflowRunner`` flags; ``project_id()`` the project jobs
-    run in. Units: ``max_num_workers`` is a count of VMs. Paths are ``gs://bucket/path`` URLs, except
-    ``setup_file`` (a local path on the machine that submits the job).
+    run in; ``credentials()`` the credentials the launcher uses, resolved when called. Units:
+    ``max_num_workers`` is a count of VMs. Paths are ``gs://bucket/path`` URLs, except ``setup_file`` (a local
+    path on the machine that submits the job).
     """
 
     _block_type_name = "Dataflow Options"
@@ -51,15 +143,22 @@ class DataflowOptions(Block):
     _documentation_url = "https://cloud.google.com/dataflow/docs/reference/pipeline-options"
     # Google Cloud's logo, as prefect-gcp's blocks show it.
     _logo_url = "https://cdn.sanity.io/images/3ugk85nk/production/10424e311932e31c477ac2b9ef3d53cefbaad708-250x250.png"
+    # Validation errors would otherwise quote the raw input: a document saved with the former nested
+    # gcp_credentials holds a service account key.
+    model_config = ConfigDict(hide_input_in_errors=True)
 
-    gcp_credentials: GcpCredentials = Field(
+    gcp_credentials_block: str | None = Field(
+        default=None,
+        title="GCP Credentials Block",
         description=(
-            "Credentials the launcher lists, reads and polls jobs with; their project is the default project. "
-            "Beam submits with the process's Application Default Credentials."
+            "Name of the GCP Credentials block the launcher lists, reads and polls jobs and encrypts the CRM key "
+            "with; its project is the default project. Empty: the process's Application Default Credentials. "
+            "Beam submits with Application Default Credentials either way."
         ),
     )
     project: str | None = Field(
-        default=None, description="Project the jobs run in. Empty: the GCP Credentials block's project."
+        default=None,
+        description="Project the jobs run in. Empty: the project of the credentials (gcp_credentials_block's or ADC's).",
     )
     region: str = Field(
         description="Dataflow regional endpoint the jobs run in and are listed from, e.g. 'europe-west1'.",
@@ -135,6 +234,21 @@ class DataflowOptions(Block):
     experiments: list[str] = Field(
         default_factory=list, description="Dataflow/Beam experiments (--experiments), one per entry."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_nested_credentials(cls, data: Any) -> Any:
+        return refuse_former_field(
+            data,
+            "gcp_credentials",
+            "save the credentials as a GCP Credentials block of their own and give its name in "
+            "gcp_credentials_block (empty: the process's Application Default Credentials), then save this block again",
+        )
+
+    @field_validator("gcp_credentials_block")
+    @classmethod
+    def _check_gcp_credentials_block(cls, value: str | None) -> str | None:
+        return check_credentials_block_name("gcp_credentials_block", value)
 
     @field_validator("api_key_kms_key")
     @classmethod
@@ -224,18 +338,45 @@ class DataflowOptions(Block):
         name = getattr(self, "_block_document_name", None)
         return f"Dataflow Options block {name!r}" if name else "this Dataflow Options block (unsaved)"
 
-    def project_id(self) -> str:
-        """The project jobs run in: ``project``, else the GCP Credentials block's ``project``.
+    def credentials(self) -> tuple[Credentials, str]:
+        """The credentials the launcher calls Dataflow and Cloud KMS with, and the project jobs run in.
 
-        Raises ``ValueError`` naming the block when neither is set.
+        Resolved at each call (``resolve_gcp_credentials``): the GCP Credentials block ``gcp_credentials_block``
+        is loaded from the Prefect API, or the process's Application Default Credentials are looked up.
+
+        Returns:
+            ``(google.auth.credentials.Credentials, project ID)``; the project as ``project_id()`` gives it.
+
+        Raises:
+            tasks.common.BlockNotFoundError: no GCP Credentials block of that name.
+            google.auth.exceptions.DefaultCredentialsError: ADC are needed and this process has none (the
+                message names this block, the field and what to do).
+            ValueError: no project can be found (the message names this block and what to set).
         """
-        project = self.project or self.gcp_credentials.project
+        credentials, project = resolve_gcp_credentials(
+            self.gcp_credentials_block, owner=self._block_label(), field="gcp_credentials_block"
+        )
+        project = self.project or project
         if not project:
-            raise ValueError(
-                f"{self._block_label()} has no GCP project: set its 'project', or the project of its GCP "
-                "Credentials block"
-            )
-        return project
+            if self.gcp_credentials_block:
+                where = f"the project of its GCP Credentials block {self.gcp_credentials_block!r} (gcp_credentials_block)"
+            else:
+                where = (
+                    "a project for the process's Application Default Credentials (GOOGLE_CLOUD_PROJECT, or "
+                    "`gcloud config set project`; its gcp_credentials_block is empty)"
+                )
+            raise ValueError(f"{self._block_label()} has no GCP project: set its 'project', or {where}")
+        return credentials, project
+
+    def project_id(self) -> str:
+        """The project jobs run in: ``project``, else the project of the credentials (``credentials()``): the
+        GCP Credentials block's, or that of the process's Application Default Credentials.
+
+        Raises what ``credentials()`` raises when ``project`` is empty (no credentials are looked up otherwise).
+        """
+        if self.project:
+            return self.project
+        return self.credentials()[1]
 
     def setup_file_path(self) -> Path:
         """``setup_file`` as an absolute path (relative ones from the repository root).

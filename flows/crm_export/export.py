@@ -10,13 +10,19 @@ A rerun launches again, which adopts the job of the same name, so a shard is nev
 The flow does not retry (its tasks retry transient errors); it fails unless every row of the shard was
 skipped unchanged, accepted or dead-lettered, the sync state holds what the CRM accepted, and no more
 than ``max_dead_letter_ratio`` of the records read were dead-lettered.
+
+A dry run (``dry_run=True``) stops where the side effects begin: it loads the block, resolves and checks
+the shard, decides as the launch does and plans the export into a plan table of its own, then reports
+what a real run would send (``ExportPlanPreview``) without reading the key, changing the sync state or
+its Variable, submitting a job or sending anything to the CRM.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+import orjson
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
@@ -36,6 +42,7 @@ from tasks.crm_export.sync_state import RecordResult, SyncStateError
 from tasks.crm_export.tasks import (
     BigQuerySource,
     CrmSettings,
+    ExportPreview,
     PlanRequest,
     RunnerSettings,
     check_export_shard,
@@ -43,6 +50,7 @@ from tasks.crm_export.tasks import (
     launch_export_job,
     load_crm_destination,
     poll_export_job,
+    preview_export_job,
     read_crm_api_key,
     record_sync_state,
     release_sync_state,
@@ -53,6 +61,8 @@ from tasks.crm_export.tasks import (
 PIPELINE = "crm-export"  # the default pipeline name: job names are crm-export-YYYYMMDD
 #: The job label saying whether a job was a forced export (its dead letters are then its own).
 FORCED_LABEL = "forced"
+#: The label of a dry run's BigQuery query jobs.
+DRY_RUN_LABEL = "dry-run"
 
 
 class CrmCredentialsError(PermissionError):
@@ -130,6 +140,54 @@ class ExportSummary(BaseModel):
         )
 
 
+class ExportPlanPreview(BaseModel):
+    """What a dry run (``dry_run=True``) found: the flow's result then, shown as its artifact
+    ``<pipeline_name>-dry-run``. Nothing was sent to the CRM, no job submitted, the key not read, the sync
+    state and its Variable unchanged; the dry run wrote its plan table only.
+
+    ``job_name``: the job a real run would submit, adopt or skip. ``launch``: what a real run would do now:
+    ``submit`` (plan, then send), ``adopt`` (a job of that name is running: a real run waits for it and
+    sends nothing of its own) or ``skip`` (a DONE job exported the shard; ``force=True`` exports it again);
+    ``existing_job_id``: that job (adopt, skip). ``rows_in_shard``: the shard's rows.
+
+    The plan's figures, None unless ``launch`` is ``submit``: ``sync`` (``full`` or ``diff``) and
+    ``sync_reason``; ``records_unchanged`` (skipped: the sync state holds them as they are);
+    ``records_duplicate`` (rows of a key another row of the shard has: dead-lettered, never sent);
+    ``records_removed_from_source`` (keys the state holds that the shard no longer has: never deleted);
+    ``plan_table`` (the rows a real run would send, ``project.dataset.table``, kept 30 days).
+    ``records_to_send``: records a real run would put in requests (the plan's rows less duplicates; 0
+    unless submit); the CRM may still refuse some (an invalid email), and rows the job finds malformed are
+    dead-lettered instead. ``requests``: the CRM requests that takes at least, ``records_to_send`` /
+    ``batch_size`` rounded up (retries and the halves of requests the CRM refuses whole come on top);
+    ``batch_size``: records per request (``batch_size`` capped at the destination's limit: HubSpot 100,
+    Braze 75 or ``objects_per_request``). ``sample_request``: the request body the CRM would receive for the
+    first few records to send (shaped and mapped by the field map, as the job encodes them; users' values,
+    never the key), None when nothing would be sent. ``notes``: what a real run would do first that the dry
+    run does not, and rows of the sample the job would dead-letter.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    dry_run: Literal[True] = True
+    shard_date: dt.date
+    job_name: str
+    launch: Literal["submit", "adopt", "skip"]
+    existing_job_id: str | None
+    sync: Literal["full", "diff"] | None
+    sync_reason: str | None
+    sync_state: str
+    rows_in_shard: int
+    records_unchanged: int | None
+    records_duplicate: int | None
+    records_removed_from_source: int | None
+    records_to_send: int
+    requests: int
+    batch_size: int
+    plan_table: str | None
+    sample_request: dict[str, Any] | None
+    notes: tuple[str, ...]
+
+
 @flow(name="crm-export", persist_result=True)
 def crm_export(
     source: BigQuerySource,
@@ -143,8 +201,10 @@ def crm_export(
     poll: PollSettings | None = None,
     prices: DataflowPrices | None = None,
     pipeline_name: str = PIPELINE,
-) -> ExportSummary:
-    """Export one shard of the user table to the CRM; returns the summary the artifact shows.
+    dry_run: bool = False,
+) -> ExportSummary | ExportPlanPreview:
+    """Export one shard of the user table to the CRM; returns the summary the artifact shows
+    (``ExportPlanPreview`` for a dry run).
 
     ``crm``: the CRM's block (``crm.block``, e.g. ``hubspot-crm/hubspot``: its API, URL, field map and
     key) and how records are sent. ``shard_date``: the shard to export (default: the latest existing).
@@ -155,11 +215,15 @@ def crm_export(
     job writes ``<location>/<job name>[-force-<flow run id>]/dead-letter-*.jsonl`` and
     ``…/accepted-*.jsonl``. ``pipeline_name``: the job name's prefix, and the name of the sync state
     (``<pipeline>_sync_state`` in ``source.diff_dataset``; its bookkeeping in the Variable
-    ``crm_export_<pipeline>``); give each export of one project and region its own. Raises
-    ``BlockNotFoundError`` (a missing CRM block), ``ShardNotFoundError``, ``ShardFieldError``,
+    ``crm_export_<pipeline>``); give each export of one project and region its own. ``dry_run``: check
+    and plan as a real run does, then stop and report what it would send (``ExportPlanPreview``, the
+    artifact ``<pipeline_name>-dry-run``): the plan is written to ``<pipeline>_plan_YYYYMMDD_dry_run``, and
+    nothing else changes (no key read, no job, no change of the sync state or its Variable, nothing sent).
+    Raises ``BlockNotFoundError`` (a missing CRM block), ``ShardNotFoundError``, ``ShardFieldError``,
     ``ShardKeyError``, ``ShardEmptyError``, ``SecretBlockNotFoundError``, ``ExportInProgressError``,
     ``CrmCredentialsError``, ``JobFailedError``, ``JobPollTimeoutError``, ``AccountingError``,
-    ``SyncStateError`` or ``DeadLetterRatioError``.
+    ``SyncStateError`` or ``DeadLetterRatioError``; a dry run raises those a real run raises before its job
+    is submitted, ``SecretBlockNotFoundError`` aside (the key is not read).
     """
     logger = get_run_logger()
     poll = poll or PollSettings()
@@ -198,6 +262,11 @@ def crm_export(
         pipeline_name=pipeline_name,
         accepted_prefix=f"{work_prefix}/accepted",
     )
+    if dry_run:
+        preview = preview_export_job(runner, name, force, plan, {**labels, DRY_RUN_LABEL: "true"})
+        return _dry_run_report(
+            preview, name, shard, shard_info.rows, settings.batch_limit(), plan, pipeline_name
+        )
     api_key = read_crm_api_key(crm.block)
     launched = launch_export_job(runner, name, pipeline_args, labels, api_key, force, plan)
     if launched.action == "skipped":
@@ -246,6 +315,77 @@ def crm_export(
         "dead-lettered ones go out again with the next export",
     )
     return summary
+
+
+def _dry_run_report(
+    found: ExportPreview,
+    name: str,
+    shard: dt.date,
+    rows_in_shard: int,
+    batch_size: int,
+    plan: PlanRequest,
+    pipeline_name: str,
+) -> ExportPlanPreview:
+    """The dry run's result from what ``preview_export_job`` found: logged, and the artifact
+    ``<pipeline_name>-dry-run``."""
+    logger = get_run_logger()
+    made = found.plan
+    preview = ExportPlanPreview(
+        shard_date=shard,
+        job_name=name,
+        launch=found.launch,
+        existing_job_id=found.job.id if found.job else None,
+        sync=made.mode if made else None,
+        sync_reason=made.reason if made else None,
+        sync_state=plan.source.state_table(pipeline_name),
+        rows_in_shard=made.rows_in_shard if made else rows_in_shard,
+        records_unchanged=made.unchanged if made else None,
+        records_duplicate=made.duplicates if made else None,
+        records_removed_from_source=made.removed_from_source if made else None,
+        records_to_send=made.rows_to_send - made.duplicates if made else 0,
+        requests=found.requests,
+        batch_size=batch_size,
+        plan_table=made.plan_table if made else None,
+        sample_request=found.sample,
+        notes=found.notes,
+    )
+    artifact = f"{pipeline_name}-dry-run"
+    if made is None:
+        logger.info(
+            "Dry run of shard %s: a real run would %s job %s (%s) and send nothing of its own%s; nothing was sent, "
+            "submitted or recorded",
+            f"{shard:%Y-%m-%d}",
+            found.launch,
+            found.job.name,
+            found.job.state.value,
+            "" if found.launch == "adopt" else " (force=True exports the shard again)",
+        )
+    else:
+        logger.info(
+            "Dry run of shard %s (%s sync: %s): %s rows in the shard; %s records would be sent in %s requests "
+            "of up to %s, %s unchanged, %s duplicates dead-lettered, %s keys removed from the source (kept in "
+            "the CRM). The rows are in %s; a sample request is in the artifact %s. Nothing was sent to the CRM, "
+            "no job submitted, the sync state %s unchanged",
+            f"{shard:%Y-%m-%d}",
+            made.mode,
+            made.reason,
+            f"{preview.rows_in_shard:,}",
+            f"{preview.records_to_send:,}",
+            f"{preview.requests:,}",
+            f"{batch_size:,}",
+            f"{made.unchanged:,}",
+            f"{made.duplicates:,}",
+            f"{made.removed_from_source:,}",
+            made.plan_table,
+            artifact,
+            preview.sync_state,
+        )
+    for note in preview.notes:
+        logger.warning("Dry run: %s", note)
+    create_markdown_artifact(
+        key=artifact, markdown=_preview_markdown(preview), description=f"CRM export {name}, dry run"
+    )
+    return preview
 
 
 def _check_in_sync(counters: Counters, recorded: RecordResult, table: str) -> None:
@@ -390,5 +530,41 @@ def _markdown(summary: ExportSummary) -> str:
             else "not reported (local runner)",
         ),
     ]
+    return _markdown_table(f"CRM export {summary.shard_date:%Y-%m-%d}", rows)
+
+
+def _preview_markdown(preview: ExportPlanPreview) -> str:
+    def figure(value: int | None) -> str:
+        return "-" if value is None else f"{value:,}"
+
+    job = f"`{preview.job_name}` ({preview.existing_job_id})"
+    launch = {
+        "submit": f"plan the export and submit the job `{preview.job_name}`",
+        "adopt": f"adopt the running job {job}: it sends nothing of its own",
+        "skip": f"skip the shard, which the job {job} exported; force=True exports it again",
+    }[preview.launch]
+    rows = [
+        ("Shard", f"{preview.shard_date:%Y-%m-%d}"),
+        ("A real run would", launch),
+        ("Sync", f"{preview.sync} ({preview.sync_reason})" if preview.sync else "-"),
+        ("Rows in shard", figure(preview.rows_in_shard)),
+        ("Records to send", figure(preview.records_to_send)),
+        ("CRM requests", f"{preview.requests:,} (up to {preview.batch_size:,} records each; retries aside)"),
+        ("Unchanged (skipped)", figure(preview.records_unchanged)),
+        ("Duplicate keys (dead-lettered)", figure(preview.records_duplicate)),
+        ("Removed from the source", figure(preview.records_removed_from_source)),
+        ("Plan table", f"`{preview.plan_table}`" if preview.plan_table else "-"),
+        ("Sync state", f"`{preview.sync_state}`, unchanged"),
+        ("Notes", "<br>".join(preview.notes) or "-"),
+    ]
+    markdown = _markdown_table(f"CRM export {preview.shard_date:%Y-%m-%d}: dry run, nothing sent", rows)
+    if preview.sample_request is not None:
+        body = orjson.dumps(preview.sample_request, option=orjson.OPT_INDENT_2).decode()
+        markdown += f"\n## A sample request, as the CRM would receive it\n\n```json\n{body}\n```\n"
+    return markdown
+
+
+def _markdown_table(title: str, rows: list[tuple[str, str]]) -> str:
+    """A markdown artifact: the heading ``title`` and a two-column table of ``rows``."""
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
-    return f"# CRM export {summary.shard_date:%Y-%m-%d}\n\n| | |\n|---|---|\n{table}\n"
+    return f"# {title}\n\n| | |\n|---|---|\n{table}\n"

@@ -133,7 +133,8 @@ class LaunchResult:
     action: Literal["submitted", "adopted", "skipped"]
 
 
-def _newest(jobs: list[JobInfo]) -> JobInfo:
+def newest_job(jobs: list[JobInfo]) -> JobInfo:
+    """The job of ``jobs`` (not empty) created last; one without a create time counts as the oldest."""
     epoch = dt.datetime.min.replace(tzinfo=dt.UTC)
     return max(jobs, key=lambda job: job.create_time or epoch)
 
@@ -164,7 +165,7 @@ def launch_job(
     jobs = launcher.list_jobs(spec.name)
     active = [job for job in jobs if not job.terminal]
     if active:
-        job = _newest(active)
+        job = newest_job(active)
         log.info("Adopting job %s (%s), %s", job.name, job.id, job.state.value)
         return LaunchResult(job.id, job.name, "adopted")
     done = [job for job in jobs if job.state is JobState.DONE]
@@ -172,7 +173,7 @@ def launch_job(
     if force:
         done = [job for job in done if run is not None and job.labels.get(RUN_LABEL) == run]
     if done:
-        job = _newest(done)
+        job = newest_job(done)
         log.info(
             "Job %s (%s) is already DONE: already exported%s",
             job.name,
@@ -191,7 +192,7 @@ def launch_job(
         active = [job for job in launcher.list_jobs(spec.name) if not job.terminal]
         if not active:
             raise
-        job = _newest(active)
+        job = newest_job(active)
         log.info("Job %s became active meanwhile: adopting %s", job.name, job.id)
         return LaunchResult(job.id, job.name, "adopted")
     log.info("Submitted job %s (%s)", spec.name, job_id)

@@ -30,7 +30,7 @@ _CREATE_HINTS = {
     "secret": "`from prefect.blocks.system import Secret; Secret(value='<key>')",
     "vault-kv-secret": "`from blocks import VaultKvSecret; VaultKvSecret(url=..., path=..., key=..., ...)",
     "kms-encrypted-gcs-secret": (
-        "`from blocks import KmsEncryptedGcsSecret; KmsEncryptedGcsSecret(gcs_bucket=..., blob=..., kms_key_name=...)"
+        "`from blocks import KmsEncryptedGcsSecret; KmsEncryptedGcsSecret(bucket=..., blob=..., kms_key_name=..., gcp_credentials_block=...)"
     ),
 }
 

@@ -15,6 +15,7 @@ a job's CRM accepted (docs/crm-export.md, "Sync state").
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import re
@@ -291,6 +292,8 @@ class DiffSql:
     (an INT64 key is sent as a string). ``fields``: what is sent is made of (``sent_fields``). ``settings``:
     ``export_fingerprint``. ``order_by``: a column whose greatest value wins among a key's rows.
     ``casefold``: the CRM matches keys case-insensitively (HubSpot's email): the state's key is lowercase.
+    ``empty_state``: read the state as empty instead of its table, which does not exist (a dry run's plan,
+    which never creates it); only the statements that read the state (``counts``, ``plan``) take it.
     """
 
     shard: str
@@ -301,6 +304,13 @@ class DiffSql:
     settings: str
     order_by: str | None = None
     casefold: bool = False
+    empty_state: bool = False
+
+    def state_relation(self) -> str:
+        """What the statements read the state from: its table, or an empty relation of its columns."""
+        if self.empty_state:
+            return "(SELECT * FROM UNNEST(ARRAY<STRUCT<key STRING, fingerprint STRING, shard_date DATE>>[]))"
+        return _table(self.state)
 
     def normalized_key(self, expression: str) -> str:
         """The key as the CRM matches it (the state's key)."""
@@ -355,9 +365,9 @@ SELECT
   COUNT(*) AS rows_in_shard,
   COUNT(CASE WHEN ranked._rank > 1 THEN 1 END) AS duplicates,
   COUNT(CASE WHEN ranked._rank = 1 AND state.fingerprint = ranked.{FINGERPRINT_COLUMN} THEN 1 END) AS unchanged,
-  (SELECT COUNT(*) FROM {_table(self.state)} AS kept
+  (SELECT COUNT(*) FROM {self.state_relation()} AS kept
    WHERE NOT EXISTS (SELECT 1 FROM fingerprinted WHERE fingerprinted.{KEY_COLUMN} = kept.key)) AS removed
-FROM ranked LEFT JOIN {_table(self.state)} AS state ON state.key = ranked.{KEY_COLUMN}"""
+FROM ranked LEFT JOIN {self.state_relation()} AS state ON state.key = ranked.{KEY_COLUMN}"""
 
     def plan(self, plan_table: str, expires: dt.datetime, full: bool) -> str:
         """Write the rows to send into ``plan_table``: every row when ``full``, else each key's first row
@@ -373,7 +383,7 @@ FROM ranked LEFT JOIN {_table(self.state)} AS state ON state.key = ranked.{KEY_C
 OPTIONS (expiration_timestamp = {expiration})
 AS {self.ranked()}
 SELECT ranked.* EXCEPT (_rank, _first), IF(ranked._rank = 1, NULL, ranked._first) AS {DUPLICATE_OF_COLUMN}
-FROM ranked LEFT JOIN {_table(self.state)} AS state ON state.key = ranked.{KEY_COLUMN}
+FROM ranked LEFT JOIN {self.state_relation()} AS state ON state.key = ranked.{KEY_COLUMN}
 WHERE ranked._rank > 1 OR {changed}"""
 
     def invalidate(self, plan_table: str) -> str:
@@ -445,14 +455,24 @@ def plan_export(
     state: SyncState | None,
     full_resync: bool,
     labels: dict[str, str],
+    create_state: bool = True,
 ) -> ExportPlan:
     """Plan an export: create the state table if needed, count, write the rows to send into ``plan_table``
     (expiring after ``PLAN_TABLE_EXPIRATION_DAYS``) and check that the plan adds up. ``labels``: of the
-    query jobs. Raises ``SyncStateError`` if rows in shard != unchanged + rows to send − duplicates."""
+    query jobs. ``create_state=False`` (a dry run): the state table is never created; a missing one is
+    read as empty (``DiffSql.empty_state``), and only ``plan_table`` is written.
+    Raises ``SyncStateError`` if rows in shard != unchanged + rows to send − duplicates."""
+    from google.api_core.exceptions import NotFound
     from google.cloud import bigquery
 
     config = bigquery.QueryJobConfig(labels=labels)
-    client.query(sql.create_state(), job_config=config).result()
+    if create_state:
+        client.query(sql.create_state(), job_config=config).result()
+    else:
+        try:
+            client.get_table(sql.state)
+        except NotFound:
+            sql = dataclasses.replace(sql, empty_state=True)
     if full_resync:
         reason = "full_resync=True"
     elif state is None:

@@ -3,7 +3,8 @@ its key are named by their block): the source, ``CrmSettings``, the runner.
 
 The shard is resolved once per flow run; launch and poll are separate tasks that never cache, so a
 retry really looks again (docs/crm-export.md, "Launch and poll"); the sync state is planned at launch
-and recorded after a DONE job ("Sync state"). Tasks retry transient errors only.
+and recorded after a DONE job ("Sync state"). A dry run (``preview_export_job``) decides and plans as
+the launch does, and stops there. Tasks retry transient errors only.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import orjson
 from google.api_core import exceptions as google_exceptions
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -22,7 +25,14 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from pipelines.crm_export.accounting import ExportMetrics
 from pipelines.crm_export.api_key import ApiKey
 from pipelines.crm_export.destinations import destination_for
-from pipelines.crm_export.settings import DestinationSettings, PipelineSettings, SendSettings
+from pipelines.crm_export.settings import (
+    DUPLICATE_OF_COLUMN,
+    PLAN_COLUMN_PREFIX,
+    DestinationSettings,
+    PipelineSettings,
+    SendSettings,
+)
+from pipelines.crm_export.users import MalformedRowError, UserShaper
 from pipelines.transport import plaintext_to_another_host
 from tasks.common import ONCE_PER_FLOW_RUN, ProgressReport, load_block
 from tasks.crm_export.jobs import (
@@ -33,6 +43,7 @@ from tasks.crm_export.jobs import (
     JobState,
     LaunchResult,
     launch_job,
+    newest_job,
     poll_job,
 )
 from tasks.crm_export.secrets import load_crm_block, read_api_key
@@ -40,6 +51,7 @@ from tasks.crm_export.sync_state import (
     PLAN_LABEL,
     DiffSql,
     ExportInProgressError,
+    ExportPlan,
     PendingExport,
     RecordedExport,
     RecordResult,
@@ -140,9 +152,11 @@ class BigQuerySource(BaseModel):
         """The pipeline's sync state table, ``project.<diff dataset>.<pipeline>_sync_state``."""
         return f"{self.project}.{self.diff_dataset or self.dataset}.{_table_name(pipeline_name)}_sync_state"
 
-    def plan_table(self, pipeline_name: str, shard: dt.date) -> str:
-        """The table of the rows a job sends, ``project.<diff dataset>.<pipeline>_plan_YYYYMMDD``."""
-        return f"{self.project}.{self.diff_dataset or self.dataset}.{_table_name(pipeline_name)}_plan_{shard:%Y%m%d}"
+    def plan_table(self, pipeline_name: str, shard: dt.date, dry_run: bool = False) -> str:
+        """The table of the rows a job sends, ``project.<diff dataset>.<pipeline>_plan_YYYYMMDD``; with
+        ``dry_run``, a dry run's own, ``…_plan_YYYYMMDD_dry_run``, so that it never replaces a job's input."""
+        table = f"{self.project}.{self.diff_dataset or self.dataset}.{_table_name(pipeline_name)}_plan_{shard:%Y%m%d}"
+        return f"{table}_dry_run" if dry_run else table
 
     def client(self) -> Any:
         """A google-cloud-bigquery client of ``project``: the GCP Credentials block's credentials, else
@@ -392,25 +406,7 @@ def launch_export_job(
             plan.full_resync,
             labels,
         )
-        logger.info(
-            "Export plan: %s (%s); %s of %s rows to send (%s duplicates), %s unchanged, %s keys removed from "
-            "the source (kept in the CRM)",
-            made.mode,
-            made.reason,
-            f"{made.rows_to_send:,}",
-            f"{made.rows_in_shard:,}",
-            f"{made.duplicates:,}",
-            f"{made.unchanged:,}",
-            f"{made.removed_from_source:,}",
-        )
-        requests = -(-made.rows_to_send // plan.crm.batch_limit())
-        if plan.crm.daily_request_limit and requests > plan.crm.daily_request_limit:
-            logger.warning(
-                "This export sends at least %s requests, more than the CRM's daily limit of %s: once it is "
-                "reached the rows left are not sent, and go out with the next export",
-                f"{requests:,}",
-                f"{plan.crm.daily_request_limit:,}",
-            )
+        log_plan(made, plan.crm, logger)
         pending = PendingExport(
             plan_id=made.plan_id,
             job_name=name,
@@ -429,6 +425,178 @@ def launch_export_job(
     return launch_job(launcher, spec, force=force, log=logger, prepare=prepare)
 
 
+def plan_requests(plan: ExportPlan, crm: PipelineSettings) -> int:
+    """The CRM requests an export of ``plan`` makes at least: its records to send (the plan's rows less the
+    duplicates, which are dead-lettered) over ``crm.batch_limit()`` (the destination's records per
+    request), rounded up. Retries, the halves of a request the CRM refuses whole, and a bundle's last,
+    partial batch come on top."""
+    return -(-(plan.rows_to_send - plan.duplicates) // crm.batch_limit())
+
+
+def log_plan(plan: ExportPlan, crm: PipelineSettings, log: Any) -> int:
+    """Log ``plan``'s figures, and a warning when its requests (``plan_requests``) pass the CRM's daily
+    limit; returns those requests."""
+    log.info(
+        "Export plan: %s (%s); %s of %s rows to send (%s duplicates), %s unchanged, %s keys removed from "
+        "the source (kept in the CRM)",
+        plan.mode,
+        plan.reason,
+        f"{plan.rows_to_send:,}",
+        f"{plan.rows_in_shard:,}",
+        f"{plan.duplicates:,}",
+        f"{plan.unchanged:,}",
+        f"{plan.removed_from_source:,}",
+    )
+    requests = plan_requests(plan, crm)
+    if crm.daily_request_limit and requests > crm.daily_request_limit:
+        log.warning(
+            "This export sends at least %s requests, more than the CRM's daily limit of %s: once it is "
+            "reached the rows left are not sent, and go out with the next export",
+            f"{requests:,}",
+            f"{crm.daily_request_limit:,}",
+        )
+    return requests
+
+
+#: Records of the sample request a dry run shows (``preview_export_job``).
+DRY_RUN_SAMPLE_RECORDS = 3
+
+
+@dataclass(frozen=True)
+class ExportPreview:
+    """What a dry run found (``preview_export_job``); nothing was sent, submitted or recorded.
+
+    ``launch``: what a real run would do now (``tasks.crm_export.jobs.launch_job``): ``submit`` (plan and
+    send), ``adopt`` (a job of the name is running: a real run waits for it and plans nothing) or ``skip``
+    (a DONE job exported the shard; ``force=True`` exports it again). ``job``: that job (adopt, skip).
+    ``plan``: the export's plan, written to the dry run's own plan table (submit only). ``requests``:
+    ``plan_requests`` (0 unless submit). ``sample``: the request body the CRM would receive for the first
+    records of the plan table (``sample_request``; None when nothing would be sent). ``notes``: what a real
+    run would do first that a dry run does not, and rows of the sample the job would dead-letter.
+    """
+
+    launch: Literal["submit", "adopt", "skip"]
+    job: JobInfo | None = None
+    plan: ExportPlan | None = None
+    requests: int = 0
+    sample: dict[str, Any] | None = None
+    notes: tuple[str, ...] = ()
+
+
+@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=30, retry_condition_fn=retry_if_transient)
+def preview_export_job(
+    runner: DataflowRunnerSettings | LocalRunnerSettings,
+    name: str,
+    force: bool,
+    plan: PlanRequest,
+    labels: dict[str, str],
+) -> ExportPreview:
+    """The dry run of ``launch_export_job``: what a real run would do with the job ``name``, and its plan.
+
+    Lists the jobs of ``name`` as the launch does: a running one would be adopted, a DONE one skipped
+    (unless ``force``), and then nothing is planned. Otherwise the export is planned against the sync
+    state as the launch plans it (``plan_export``), into ``plan.source.plan_table(..., dry_run=True)``,
+    the one table a dry run writes: the sync state table is neither created nor changed, the Variable
+    ``crm_export_<pipeline>`` not written, no job submitted, the CRM's key not read, nothing sent.
+    ``labels``: of the BigQuery query jobs. An export the state still waits for is looked at, not settled:
+    a DONE one a real run records first is a note (the records to send then count its keys).
+
+    Raises ``ExportInProgressError`` if that export's job is still running (as a real run would), and
+    ``SyncStateError`` if the plan does not add up.
+    """
+    logger = get_run_logger()
+    launcher = make_launcher(runner)
+    jobs = launcher.list_jobs(name)
+    active = [job for job in jobs if not job.terminal]
+    done = [job for job in jobs if job.state is JobState.DONE]
+    if active or (done and not force):
+        job = newest_job(active or done)
+        return ExportPreview(launch="adopt" if active else "skip", job=job)
+    state = read_state(plan.pipeline_name, logger)
+    notes = []
+    if state and state.pending:
+        jobs_of_pending = pending_jobs(state.pending, launcher)
+        finished = [job for job in jobs_of_pending if job.state is JobState.DONE]
+        if finished:
+            notes.append(
+                f"the sync state waits for job {finished[0].name} ({finished[0].id}) of shard "
+                f"{state.pending.shard_date}, DONE but not recorded: a real run records its accepted records "
+                "first, so it sends fewer records than counted here (those of its keys the CRM accepted and "
+                "that did not change since)"
+            )
+        else:
+            notes.append(
+                f"the sync state waits for job {state.pending.job_name}, which did not finish "
+                f"({', '.join(job.state.value for job in jobs_of_pending) or 'never submitted'}): a real run "
+                "forgets it; the keys it was to send are counted here"
+            )
+    client = plan.source.client()
+    made = plan_export(
+        client,
+        diff_sql(plan.source, plan.shard, plan.crm, plan.key_type, plan.pipeline_name),
+        plan.source.plan_table(plan.pipeline_name, plan.shard, dry_run=True),
+        state,
+        plan.full_resync,
+        labels,
+        create_state=False,
+    )
+    requests = log_plan(made, plan.crm, logger)
+    sample, rejected = None, []
+    if made.rows_to_send > made.duplicates:
+        sample, rejected = sample_request(client, made.plan_table, plan.crm, DRY_RUN_SAMPLE_RECORDS)
+    notes += [f"the job would dead-letter the sample's row {reason}" for reason in rejected]
+    return ExportPreview(launch="submit", plan=made, requests=requests, sample=sample, notes=tuple(notes))
+
+
+def sample_request(
+    client: Any, plan_table: str, crm: PipelineSettings, records: int
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """The request body the CRM would receive for the first ``records`` rows of ``plan_table`` the job sends
+    (not the duplicates), made as the job's ``ShapeBatch`` makes it: the plan's columns left out, each row
+    shaped (``UserShaper``) and the records encoded by the destination (``Destination.encode``: the field
+    map applied, HubSpot's inputs, Braze's attributes). The rows are read with ``tabledata.list`` (no
+    query, nothing billed).
+
+    Returns the body as a JSON object (None if none of those rows can be sent) and, for each row among them
+    the job would dead-letter (malformed, or a record the destination cannot encode), ``'<key>': <reason>``.
+    """
+    shaper, destination = UserShaper(crm), destination_for(crm)
+    shaped, rejected = [], []
+    for row in client.list_rows(plan_table, page_size=max(100, records)):
+        if row.get(DUPLICATE_OF_COLUMN) is not None:
+            continue
+        values = {name: value for name, value in row.items() if not name.startswith(PLAN_COLUMN_PREFIX)}
+        try:
+            shaped.append(shaper(values))
+        except MalformedRowError as exc:
+            rejected.append(f"{values.get(crm.key_field)!r}: malformed row: {exc}")
+        if len(shaped) + len(rejected) >= records:
+            break
+    if not shaped:
+        return None, rejected
+    payload, _, unencodable = destination.encode(shaped)
+    rejected += [f"{entry['key']!r}: {entry['reason']}" for entry in unencodable]
+    return (orjson.loads(payload) if isinstance(payload, bytes) else payload), rejected
+
+
+def pending_jobs(pending: PendingExport, launcher: JobLauncher) -> list[JobInfo]:
+    """The jobs of the export the state waits for (its job name and ``sync-plan`` label), every one terminal.
+
+    Raises ``ExportInProgressError`` if one is still running: a second export now would race it.
+    """
+    jobs = [
+        job for job in launcher.list_jobs(pending.job_name) if job.labels.get(PLAN_LABEL) == pending.plan_id
+    ]
+    running = [job for job in jobs if not job.terminal]
+    if running:
+        raise ExportInProgressError(
+            f"job {running[0].name} ({running[0].id}) of shard {pending.shard_date} is still "
+            f"{running[0].state.value}: a second export now would race it for the same users; wait for it (a "
+            "run of its shard adopts it) or cancel it"
+        )
+    return jobs
+
+
 def settle_pending(
     state: SyncState | None, launcher: JobLauncher, client: Any, sql: DiffSql, log: Any
 ) -> SyncState | None:
@@ -441,16 +609,7 @@ def settle_pending(
     pending = state.pending if state else None
     if pending is None:
         return state
-    jobs = [
-        job for job in launcher.list_jobs(pending.job_name) if job.labels.get(PLAN_LABEL) == pending.plan_id
-    ]
-    running = [job for job in jobs if not job.terminal]
-    if running:
-        raise ExportInProgressError(
-            f"job {running[0].name} ({running[0].id}) of shard {pending.shard_date} is still "
-            f"{running[0].state.value}: a second export now would race it for the same users; wait for it (a "
-            "run of its shard adopts it) or cancel it"
-        )
+    jobs = pending_jobs(pending, launcher)
     done = [job for job in jobs if job.state is JobState.DONE]
     if done:
         recorded = record_accepted(client, sql, pending.accepted_prefix, pending.shard_date)

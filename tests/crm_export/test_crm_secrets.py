@@ -1,5 +1,6 @@
 """Secret sources of the CRM API key: Vault KV v2 (against a local HTTP Vault stand-in), Cloud KMS + GCS
-(faked at the client boundary) and ``read_secret_block`` against the real Prefect server of the test session.
+(faked at the client boundary; their GCP Credentials block saved to the Prefect server) and
+``read_secret_block`` against the real Prefect server of the test session.
 
 The Vault stand-in answers as Vault's HTTP API documents:
 https://developer.hashicorp.com/vault/api-docs/secret/kv/kv-v2#read-secret-version,
@@ -22,14 +23,14 @@ from urllib.parse import parse_qs, urlsplit
 import google_crc32c
 import pytest
 from google.api_core import exceptions as google_exceptions
-from google.cloud import kms
+from google.cloud import kms, storage
 from prefect.blocks.system import Secret
-from prefect_gcp.cloud_storage import GcsBucket
 from prefect_gcp.credentials import GcpCredentials
 from pydantic import ValidationError
 
 from blocks import KmsEncryptedGcsSecret, TableauSite, VaultKvSecret
 from tasks.common import (
+    BlockNotFoundError,
     SecretAccessDeniedError,
     SecretAuthError,
     SecretDecryptionError,
@@ -629,31 +630,49 @@ def service_account_info() -> dict[str, str]:
     }
 
 
-@pytest.fixture
-def gcs_bucket(service_account_info: dict[str, str]) -> GcsBucket:
-    return GcsBucket(
-        bucket="analytics-secrets",
-        bucket_folder="crm",
-        gcp_credentials=GcpCredentials(service_account_info=service_account_info),
-    )
+@pytest.fixture(scope="module")
+def gcp_credentials_block(service_account_info: dict[str, str]) -> str:
+    """The name of a GCP Credentials block holding the throwaway key, saved to the session's Prefect server."""
+    name = f"gcp-kms-{uuid.uuid4().hex[:8]}"
+    GcpCredentials(service_account_info=service_account_info).save(name)
+    return name
 
 
 class FakeGcs:
-    """Stands in for GcsBucket.read_path: objects by (bucket, resolved path)."""
+    """Stands in for google-cloud-storage's ``Client``: ``client.bucket(b).blob(name).download_as_bytes()``
+    returns the object (bucket, name), or raises ``NotFound`` as the JSON API's 404 reads. Records the
+    credentials and project each client was built with, and every read."""
 
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str], bytes] = {}
         self.reads: list[tuple[str, str, dict[str, Any]]] = []
+        self.clients: list[tuple[Any, str | None]] = []
 
-    def read_path(self, bucket: GcsBucket, path: str, **kwargs: Any) -> bytes:
-        resolved = bucket._resolve_path(path)
-        self.reads.append((bucket.bucket, resolved, kwargs))
+    def client(self, credentials: Any, project: str | None) -> FakeGcs:
+        self.clients.append((credentials, project))
+        return self
+
+    def bucket(self, bucket: str) -> Any:
+        fake = self
+
+        class Bucket:
+            def blob(self, name: str) -> Any:
+                class Blob:
+                    def download_as_bytes(self, **kwargs: Any) -> bytes:
+                        return fake.read(bucket, name, **kwargs)
+
+                return Blob()
+
+        return Bucket()
+
+    def read(self, bucket: str, name: str, **kwargs: Any) -> bytes:
+        self.reads.append((bucket, name, kwargs))
         try:
-            return self.objects[(bucket.bucket, resolved)]
+            return self.objects[(bucket, name)]
         except KeyError:
             raise google_exceptions.NotFound(
-                f"GET https://storage.googleapis.com/download/storage/v1/b/{bucket.bucket}/o/"
-                f"{resolved.replace('/', '%2F')}?alt=media: No such object: {bucket.bucket}/{resolved}"
+                f"GET https://storage.googleapis.com/download/storage/v1/b/{bucket}/o/"
+                f"{name.replace('/', '%2F')}?alt=media: No such object: {bucket}/{name}"
             ) from None
 
 
@@ -697,34 +716,47 @@ class FakeKms:
 @pytest.fixture
 def fake_gcs(monkeypatch: pytest.MonkeyPatch) -> FakeGcs:
     fake = FakeGcs()
-    monkeypatch.setattr(GcsBucket, "read_path", lambda self, path, **kw: fake.read_path(self, path, **kw))
+    monkeypatch.setattr(
+        KmsEncryptedGcsSecret,
+        "_storage_client",
+        lambda self, credentials, project: fake.client(credentials, project),
+    )
     return fake
 
 
 @pytest.fixture
 def fake_kms(monkeypatch: pytest.MonkeyPatch) -> FakeKms:
     fake = FakeKms()
-    monkeypatch.setattr(KmsEncryptedGcsSecret, "_kms_client", lambda self: fake)
+    monkeypatch.setattr(KmsEncryptedGcsSecret, "_kms_client", lambda self, credentials: fake)
     return fake
 
 
-def kms_block(gcs_bucket: GcsBucket, **fields: Any) -> KmsEncryptedGcsSecret:
+def kms_block(gcp_credentials_block: str, **fields: Any) -> KmsEncryptedGcsSecret:
     return KmsEncryptedGcsSecret(
-        **{"gcs_bucket": gcs_bucket, "blob": "api-key.enc", "kms_key_name": KEY_NAME, **fields}
+        **{
+            "bucket": "analytics-secrets",
+            "blob": "crm/api-key.enc",
+            "kms_key_name": KEY_NAME,
+            "gcp_credentials_block": gcp_credentials_block,
+            **fields,
+        }
     )
 
 
 def test_kms_decrypts_the_gcs_object_and_strips_one_newline(
-    gcs_bucket: GcsBucket, fake_gcs: FakeGcs, fake_kms: FakeKms, caplog: pytest.LogCaptureFixture
+    gcp_credentials_block: str, fake_gcs: FakeGcs, fake_kms: FakeKms, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     ciphertext = fake_kms.encrypt(KEY_NAME, (API_KEY + "\n").encode())
     fake_gcs.objects[("analytics-secrets", "crm/api-key.enc")] = ciphertext
 
-    assert kms_block(gcs_bucket).get() == API_KEY
+    assert kms_block(gcp_credentials_block).get() == API_KEY
 
     [(bucket, path, kwargs)] = fake_gcs.reads
-    assert (bucket, path, kwargs) == ("analytics-secrets", "crm/api-key.enc", {"_sync": True})
+    assert (bucket, path, kwargs) == ("analytics-secrets", "crm/api-key.enc", {})
+    [(credentials, project)] = fake_gcs.clients  # the credentials block's key and its project
+    assert credentials.service_account_email == "crm-export@analytics-prod.iam.gserviceaccount.com"
+    assert project == "analytics-prod"
     [request] = fake_kms.requests
     assert request == {
         "name": KEY_NAME,
@@ -739,64 +771,68 @@ def test_kms_decrypts_the_gcs_object_and_strips_one_newline(
     [(b"abc", "abc"), (b"abc\n\n", "abc\n"), (b"abc\r\n", "abc"), ("clé-ü\n".encode(), "clé-ü")],
 )
 def test_kms_strips_exactly_one_trailing_newline(
-    gcs_bucket: GcsBucket, fake_gcs: FakeGcs, fake_kms: FakeKms, plaintext: bytes, expected: str
+    gcp_credentials_block: str, fake_gcs: FakeGcs, fake_kms: FakeKms, plaintext: bytes, expected: str
 ) -> None:
     fake_gcs.objects[("analytics-secrets", "crm/api-key.enc")] = fake_kms.encrypt(KEY_NAME, plaintext)
-    assert kms_block(gcs_bucket).get() == expected
+    assert kms_block(gcp_credentials_block).get() == expected
 
 
 def test_kms_retries_a_corrupted_response_then_raises(
-    gcs_bucket: GcsBucket, fake_gcs: FakeGcs, fake_kms: FakeKms
+    gcp_credentials_block: str, fake_gcs: FakeGcs, fake_kms: FakeKms
 ) -> None:
     fake_gcs.objects[("analytics-secrets", "crm/api-key.enc")] = fake_kms.encrypt(KEY_NAME, API_KEY.encode())
     fake_kms.corrupt_responses = 1
-    assert kms_block(gcs_bucket).get() == API_KEY  # one bad response is discarded and retried
+    assert kms_block(gcp_credentials_block).get() == API_KEY  # one bad response is discarded and retried
     assert len(fake_kms.requests) == 2
 
     fake_kms.requests.clear()
     fake_kms.corrupt_responses = 10
     with pytest.raises(SecretIntegrityError, match="CRC32C") as caught:
-        kms_block(gcs_bucket).get()
+        kms_block(gcp_credentials_block).get()
     assert len(fake_kms.requests) == 3
     assert "gs://analytics-secrets/crm/api-key.enc" in str(caught.value)
     assert_no_secrets(str(caught.value))
 
 
 def test_kms_permission_denied_names_key_and_role(
-    gcs_bucket: GcsBucket, fake_gcs: FakeGcs, fake_kms: FakeKms
+    gcp_credentials_block: str, fake_gcs: FakeGcs, fake_kms: FakeKms
 ) -> None:
     fake_gcs.objects[("analytics-secrets", "crm/api-key.enc")] = fake_kms.encrypt(KEY_NAME, API_KEY.encode())
     fake_kms.deny = True
     with pytest.raises(SecretAccessDeniedError) as caught:
-        kms_block(gcs_bucket).get()
+        kms_block(gcp_credentials_block).get()
     assert isinstance(caught.value, PermissionError)
     assert KEY_NAME in str(caught.value) and "roles/cloudkms.cryptoKeyDecrypter" in str(caught.value)
 
 
-def test_kms_wrong_key_is_a_clear_error(gcs_bucket: GcsBucket, fake_gcs: FakeGcs, fake_kms: FakeKms) -> None:
+def test_kms_wrong_key_is_a_clear_error(
+    gcp_credentials_block: str, fake_gcs: FakeGcs, fake_kms: FakeKms
+) -> None:
     fake_gcs.objects[("analytics-secrets", "crm/api-key.enc")] = fake_kms.encrypt(OTHER_KEY, API_KEY.encode())
     with pytest.raises(SecretDecryptionError, match="encrypted with another key") as caught:
-        kms_block(gcs_bucket).get()
+        kms_block(gcp_credentials_block).get()
     assert KEY_NAME in str(caught.value) and "gs://analytics-secrets/crm/api-key.enc" in str(caught.value)
 
 
-def test_kms_plaintext_that_is_not_utf8(gcs_bucket: GcsBucket, fake_gcs: FakeGcs, fake_kms: FakeKms) -> None:
+def test_kms_plaintext_that_is_not_utf8(
+    gcp_credentials_block: str, fake_gcs: FakeGcs, fake_kms: FakeKms
+) -> None:
     fake_gcs.objects[("analytics-secrets", "crm/api-key.enc")] = fake_kms.encrypt(
         KEY_NAME, b"\xff\xfe\x00key"
     )
     with pytest.raises(SecretDecryptionError, match="not UTF-8"):
-        kms_block(gcs_bucket).get()
+        kms_block(gcp_credentials_block).get()
 
 
 def test_kms_missing_blob_names_bucket_and_blob(
-    gcs_bucket: GcsBucket, fake_gcs: FakeGcs, fake_kms: FakeKms
+    gcp_credentials_block: str, fake_gcs: FakeGcs, fake_kms: FakeKms
 ) -> None:
     with pytest.raises(SecretNotFoundError) as caught:
-        kms_block(gcs_bucket, blob="absent.enc").get()
+        kms_block(gcp_credentials_block, blob="crm/absent.enc").get()
     message = str(caught.value)
     assert isinstance(caught.value, LookupError)
     assert "gs://analytics-secrets/crm/absent.enc" in message
-    assert "'analytics-secrets'" in message and "'absent.enc'" in message
+    assert "'analytics-secrets'" in message and "'crm/absent.enc'" in message
     assert fake_kms.requests == []
 
 
@@ -810,18 +846,54 @@ def test_kms_missing_blob_names_bucket_and_blob(
         "projects//locations/europe-west1/keyRings/analytics/cryptoKeys/crm",
     ],
 )
-def test_kms_key_name_is_validated(gcs_bucket: GcsBucket, name: str) -> None:
+def test_kms_key_name_is_validated(gcp_credentials_block: str, name: str) -> None:
     with pytest.raises(ValidationError, match="full resource name of a Cloud KMS key"):
-        kms_block(gcs_bucket, kms_key_name=name)
+        kms_block(gcp_credentials_block, kms_key_name=name)
 
 
-def test_kms_client_uses_the_bucket_credentials(gcs_bucket: GcsBucket) -> None:
-    client = kms_block(gcs_bucket)._kms_client()
+def test_kms_and_storage_clients_use_the_credentials_block(gcp_credentials_block: str) -> None:
+    block = kms_block(gcp_credentials_block)
+    credentials, project = block.credentials()
+    assert credentials.service_account_email == "crm-export@analytics-prod.iam.gserviceaccount.com"
+    assert project == "analytics-prod"
+    client = block._kms_client(credentials)
     assert isinstance(client, kms.KeyManagementServiceClient)
     assert (
         client._transport._credentials.service_account_email
         == "crm-export@analytics-prod.iam.gserviceaccount.com"
     )
+    storage_client = block._storage_client(credentials, project)
+    assert isinstance(storage_client, storage.Client)
+    assert storage_client._credentials is credentials and storage_client.project == "analytics-prod"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"bucket": "gs://analytics-secrets/crm"}, "bucket must be the bucket's name, not a gs:// URL"),
+        ({"bucket": "Analytics Secrets"}, "bucket must be a GCS bucket name"),
+        ({"blob": "gs://analytics-secrets/crm/api-key.enc"}, "blob must be the object's name in the bucket"),
+        ({"gcp_credentials_block": "gcp-credentials/crm"}, "give the GCP Credentials block's name"),
+    ],
+)
+def test_kms_bucket_blob_and_credentials_block_are_validated(
+    gcp_credentials_block: str, fields: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        kms_block(**{"gcp_credentials_block": gcp_credentials_block, **fields})
+
+
+def test_a_missing_credentials_block_is_named(fake_gcs: FakeGcs, fake_kms: FakeKms) -> None:
+    name = unique("kms-secret")
+    kms_block("no-such-gcp").save(name)
+    loaded = KmsEncryptedGcsSecret.load(name)
+    with pytest.raises(BlockNotFoundError) as caught:
+        loaded.get()
+    assert str(caught.value).startswith(
+        f"GCP Credentials block 'no-such-gcp', needed by KMS Encrypted GCS Secret block {name!r} "
+        "(field gcp_credentials_block), does not exist in this Prefect workspace"
+    )
+    assert fake_gcs.reads == [] and fake_kms.requests == []
 
 
 # --- read_secret_block (the secret block a CRM block names) against the real Prefect server -----------------
@@ -868,11 +940,11 @@ def test_read_secret_from_a_saved_vault_block(vault: FakeVault, caplog: pytest.L
 
 
 def test_read_secret_from_a_saved_kms_block(
-    gcs_bucket: GcsBucket, fake_gcs: FakeGcs, fake_kms: FakeKms
+    gcp_credentials_block: str, fake_gcs: FakeGcs, fake_kms: FakeKms
 ) -> None:
     fake_gcs.objects[("analytics-secrets", "crm/api-key.enc")] = fake_kms.encrypt(KEY_NAME, b"sk-live-abc\n")
     name = unique("crm-api-key")
-    kms_block(gcs_bucket).save(name)
+    kms_block(gcp_credentials_block).save(name)
 
     assert read_secret_block(f"kms-encrypted-gcs-secret/{name}") == "sk-live-abc"
 

@@ -122,6 +122,7 @@ def test_the_flows_parameters_keep_their_names_and_take_the_deployments_json() -
         "poll",
         "prices",
         "pipeline_name",
+        "dry_run",
     ]
     crm = schema.definitions["CrmSettings"]
     assert set(crm["properties"]) == {

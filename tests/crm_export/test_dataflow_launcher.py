@@ -101,10 +101,11 @@ def private_key_pem() -> str:
 
 
 @pytest.fixture(scope="module")
-def make_credentials(private_key_pem: str) -> Callable[..., GcpCredentials]:
-    """GCP Credentials with a made-up service account key: parsed locally, never sent anywhere."""
+def make_credentials(private_key_pem: str) -> Callable[..., str]:
+    """Save a GCP Credentials block with a made-up service account key (parsed locally, never sent anywhere)
+    to the session's Prefect server; return its name, for ``gcp_credentials_block``."""
 
-    def make(project_id: str | None = PROJECT) -> GcpCredentials:
+    def make(project_id: str | None = PROJECT) -> str:
         info = {
             "type": "service_account",
             "private_key_id": "0123456789abcdef",
@@ -115,16 +116,20 @@ def make_credentials(private_key_pem: str) -> Callable[..., GcpCredentials]:
         }
         if project_id:
             info["project_id"] = project_id
-        return GcpCredentials(service_account_info=info)
+        name = f"gcp-dataflow-{uuid.uuid4().hex[:8]}"
+        GcpCredentials(service_account_info=info).save(name)
+        return name
 
     return make
 
 
 @pytest.fixture(scope="module")
 def make_options(make_credentials) -> Callable[..., DataflowOptions]:
+    credentials_block = make_credentials()
+
     def make(**overrides: Any) -> DataflowOptions:
         fields: dict[str, Any] = {
-            "gcp_credentials": make_credentials(),
+            "gcp_credentials_block": credentials_block,
             "region": REGION,
             "temp_location": "gs://analytics-dataflow/tmp",
             "staging_location": "gs://analytics-dataflow/staging",
@@ -262,9 +267,11 @@ def test_pipeline_args_reject_bad_names_labels_and_missing_setup_file(make_optio
 def test_project_id_falls_back_to_the_credentials_and_names_the_block(make_options, make_credentials) -> None:
     assert make_options(project="analytics-other").project_id() == "analytics-other"
     assert make_options().project_id() == PROJECT  # from the service account key's project
-    no_project = make_options(gcp_credentials=make_credentials(project_id=None))
-    with pytest.raises(ValueError, match=r"unsaved\) has no GCP project"):
+    projectless_block = make_credentials(project_id=None)
+    no_project = make_options(gcp_credentials_block=projectless_block)
+    with pytest.raises(ValueError, match=r"unsaved\) has no GCP project") as caught:
         no_project.project_id()
+    assert f"GCP Credentials block {projectless_block!r} (gcp_credentials_block)" in str(caught.value)
     # Saved and loaded through the Prefect API, the error names the block.
     name = f"dataflow-{uuid.uuid4().hex[:8]}"
     no_project.save(name)
@@ -721,6 +728,8 @@ def test_default_clients_use_the_blocks_credentials(make_options) -> None:
     credentials = launcher.jobs_client._transport._credentials
     assert credentials.service_account_email == "prefect-flows@analytics-prod.iam.gserviceaccount.com"
     assert (launcher.project, launcher.region) == (PROJECT, REGION)
+    # The KMS client's, resolved with the others.
+    assert launcher._google_credentials().service_account_email == credentials.service_account_email
 
 
 # --- poll -----------------------------------------------------------------------------------------

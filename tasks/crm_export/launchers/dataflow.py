@@ -59,8 +59,10 @@ class DataflowLauncher:
 
     ``jobs_client``, ``messages_client``, ``metrics_client``, ``kms_client``: ``JobsV1Beta3Client``,
     ``MessagesV1Beta3Client``, ``MetricsV1Beta3Client`` and KMS's ``KeyManagementServiceClient`` (or
-    objects with the same methods); by default built with
-    ``options.gcp_credentials.get_credentials_from_service_account()``.
+    objects with the same methods); by default built with ``options.credentials()`` (the GCP Credentials block
+    the options name, else Application Default Credentials), resolved here, or for the KMS client when the
+    first key is encrypted. Raises what ``options.credentials()`` raises (e.g.
+    ``google.auth.exceptions.DefaultCredentialsError`` naming the block when there are no credentials).
     """
 
     def __init__(
@@ -72,17 +74,26 @@ class DataflowLauncher:
         kms_client: Any = None,
     ):
         self._kms_client = kms_client
+        self._credentials: Any = None
         self.options = options
-        self.project = options.project_id()
         self.region = options.region
         if jobs_client is None or messages_client is None or metrics_client is None:
-            credentials = options.gcp_credentials.get_credentials_from_service_account()
+            credentials, self.project = options.credentials()
+            self._credentials = credentials
             jobs_client = jobs_client or dataflow.JobsV1Beta3Client(credentials=credentials)
             messages_client = messages_client or dataflow.MessagesV1Beta3Client(credentials=credentials)
             metrics_client = metrics_client or dataflow.MetricsV1Beta3Client(credentials=credentials)
+        else:
+            self.project = options.project_id()
         self.jobs_client = jobs_client
         self.messages_client = messages_client
         self.metrics_client = metrics_client
+
+    def _google_credentials(self) -> Any:
+        """The options' credentials (``DataflowOptions.credentials()``), resolved once."""
+        if self._credentials is None:
+            self._credentials, _ = self.options.credentials()
+        return self._credentials
 
     def _where(self, job_id: str) -> str:
         return f"job {job_id} in project {self.project}, region {self.region}"
@@ -147,8 +158,7 @@ class DataflowLauncher:
         if self._kms_client is None:
             from google.cloud import kms
 
-            credentials = self.options.gcp_credentials.get_credentials_from_service_account()
-            self._kms_client = kms.KeyManagementServiceClient(credentials=credentials)
+            self._kms_client = kms.KeyManagementServiceClient(credentials=self._google_credentials())
         plaintext = api_key.get_secret_value().encode()
         key = self.options.api_key_kms_key
         try:
