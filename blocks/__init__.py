@@ -5,6 +5,9 @@ Register them with ``prefect block register -m blocks``.
 The types load on first use (``from blocks import VaultKvSecret`` works as usual): the GCP blocks
 import prefect-gcp, which takes ~10 s to import, and a Tableau refresh should not pay for that.
 ``prefect block register`` lists the module's members, which loads them all.
+
+``TableauSite`` is exported here too but is not a block type: it is the ``site`` field of the Tableau
+PAT pool and connected app blocks. ``BLOCK_TYPES`` names the block types.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import importlib
 import logging
 from typing import Any
 
-#: Block type → the module defining it.
+#: Block type (and ``TableauSite``, a block's field) → the module defining it.
 _MODULES = {
     "TableauSite": "blocks.tableau",
     "TableauPersonalAccessToken": "blocks.tableau",
@@ -28,6 +31,9 @@ _MODULES = {
 }
 
 __all__ = sorted(_MODULES)
+
+#: The names of the block types (``prefect block register -m blocks`` registers them): all but the site.
+BLOCK_TYPES = tuple(name for name in __all__ if name != "TableauSite")
 
 
 def run_logger(fallback: str) -> logging.Logger | logging.LoggerAdapter:

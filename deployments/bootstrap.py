@@ -18,6 +18,12 @@ It also creates (and checks) the automations that keep a dead host from losing a
 worker claimed and never started (``--pending-seconds``, default 120), rerun once the crashed ones.
 And it creates the work pools the deployments of ``prefect.yaml`` name (process pools), so that
 ``prefect --no-prompt deploy --all`` finds them.
+
+A PAT pool or connected app block saved while the Tableau site was a block of its own (before issue
+25) holds its site as a ``Tableau Site`` block (a reference to a Site block document, or a site saved
+with it). It still loads, with the site's values, and is drift here: ``--fix`` re-saves it with the site
+as a field of the block, copied from those values. A referenced Site block document is then no longer
+read: edit the site in the pool or app block, and delete the Site block once nothing refers to it.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from prefect.client.schemas.actions import (
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from blocks.tableau import TableauConnectedApp, TableauPatPool
+from blocks.tableau.site import saved_as_site_block
 from deployments.automations import DEFAULT_PENDING_SECONDS, bootstrap_automations, project_automations
 from tasks.tableau.connected_app import expected_capacity_limit
 from tasks.tableau.pat_pool import expected_limits, limit_drift
@@ -112,6 +119,42 @@ def bootstrap_limits(
                 report.repaired.append(f"{name}: was {', '.join(problems)}")
             else:
                 report.drift.append(f"{name}: {', '.join(problems)}")
+    return report
+
+
+def bootstrap_site_field(
+    block: TableauPatPool | TableauConnectedApp, name: str, *, fix: bool = False, check_only: bool = False
+) -> BootstrapReport:
+    """Report (or, with ``fix``, repair) the block ``name`` (``block``, as loaded) if its document still
+    refers to a separate ``Tableau Site`` block for its site, the shape saved before the site became a
+    field: repairing re-saves ``block``, whose site holds the Site block's values. Nothing to report
+    otherwise."""
+    report = BootstrapReport()
+    label = f"{block.get_block_type_name()} block {name!r}"
+    with get_client(sync_client=True) as client:
+        document = client.read_block_document_by_name(
+            name, block.get_block_type_slug(), include_secrets=False
+        )
+    references = document.block_document_references
+    if not saved_as_site_block(document.data, references):
+        return report
+    site_block = (references.get("site") or {}).get("block_document") or {}
+    source = (
+        f"Tableau Site block {site_block['name']!r}"
+        if site_block.get("name") and not site_block.get("is_anonymous")
+        else "a Tableau Site block"
+    )
+    if fix and not check_only:
+        block.save(name, overwrite=True)
+        report.repaired.append(
+            f"{label}: was holding its site as {source}; re-saved with the site as its field "
+            f"({block.site.server_url}, site {block.site.site_content_url!r})"
+        )
+    else:
+        report.drift.append(
+            f"{label}: holds its site as {source} (saved before the site became a field); "
+            "--fix re-saves it with the site as its field"
+        )
     return report
 
 
@@ -195,7 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument(
         "--check", action="store_true", help="report only; exit 1 on anything missing or drifted"
     )
-    mode.add_argument("--fix", action="store_true", help="also repair drifted limits (re-enable, resize)")
+    mode.add_argument(
+        "--fix",
+        action="store_true",
+        help="also repair drift: re-enable and resize limits, re-save a block saved with its Tableau site as a "
+        "separate block (the shape before the site became a field)",
+    )
     parser.add_argument(
         "--pending-seconds",
         type=float,
@@ -239,14 +287,15 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+        shape = bootstrap_site_field(block, name, fix=args.fix, check_only=args.check)
         if isinstance(block, TableauPatPool):
             report = bootstrap_pool_limits(block, fix=args.fix, check_only=args.check)
             print(f"PAT pool {name!r}: {len(block.pat_block_names)} PAT(s)")
         else:
             report = bootstrap_connected_app_limits(block, fix=args.fix, check_only=args.check)
             print(f"Connected app {name!r}: refresh capacity {block.refresh_capacity}")
-        print("\n".join(f"  {line}" for line in report.lines()))
-        ok = ok and report.ok
+        print("\n".join(f"  {line}" for line in [*shape.lines(), *report.lines()]))
+        ok = ok and shape.ok and report.ok
     pools = bootstrap_work_pools(deployment_work_pools(args.prefect_file), check_only=args.check)
     print("Work pools of the deployments:\n" + "\n".join(f"  {line}" for line in pools.lines()))
     ok = ok and pools.ok
@@ -259,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not ok or not all(report.ok for report in automations):
         print(
-            "Limits, work pools or automations are missing or drifted: run again (without --check) to create what is missing, with --fix to repair drift.",
+            "Limits, blocks, work pools or automations are missing or drifted: run again (without --check) to create what is missing, with --fix to repair drift.",
             file=sys.stderr,
         )
         return 1

@@ -1,6 +1,6 @@
-"""What the tasks of every job need: blocks loaded with a clear error and without importing every
-installed collection, secrets read from where teams keep them, progress artifacts, once-per-flow-run
-caching, UTC times."""
+"""What the tasks of every job need: blocks loaded with a clear error (by their class, which spares
+Prefect's import of every installed collection), secrets read from where teams keep them, progress
+artifacts, once-per-flow-run caching, UTC times."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import prefect.exceptions
 from prefect.blocks.core import Block
 from prefect.blocks.system import Secret
 from prefect.cache_policies import RUN_ID, TASK_SOURCE
-from prefect.utilities.dispatch import lookup_type
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 B = TypeVar("B", bound=Block)
@@ -29,30 +28,6 @@ ONCE_PER_FLOW_RUN = TASK_SOURCE + RUN_ID
 
 class BlockNotFoundError(LookupError):
     """A block a job needs does not exist in the Prefect workspace; the message names it and who needs it."""
-
-
-# --- Block types: the imported ones first ------------------------------------------------------------
-#
-# Loading a block whose document nests another block (a pool's site, an AwsSecret's AwsCredentials)
-# makes Prefect resolve the nested block's type with ``Block.get_block_class_from_key``, which first
-# calls ``load_prefect_collections()`` (since PrefectHQ/prefect#9621): it imports every installed
-# collection (prefect-aws, prefect-gcp, prefect-redis), 8 to 13 s of CPU here, mostly prefect-gcp, in
-# every flow-run process that loads such a block. Resolving the type among the block classes already
-# imported gives the same class whenever it is imported; only a type nobody imported yet still loads
-# the collections.
-
-_prefect_get_block_class_from_key = Block.get_block_class_from_key.__func__
-
-
-def _imported_block_class_first(cls: type[Block], key: str) -> type[Block]:
-    try:
-        return lookup_type(cls, key)
-    except KeyError:  # not imported yet: Prefect's own path, which imports the installed collections
-        return _prefect_get_block_class_from_key(cls, key)
-
-
-_imported_block_class_first.__doc__ = _prefect_get_block_class_from_key.__doc__
-Block.get_block_class_from_key = classmethod(_imported_block_class_first)
 
 
 def _not_found(exc: ValueError) -> bool:
@@ -90,11 +65,35 @@ def load_block(block_type: type[B], name: str, *, needed_by: str, hint: str = ""
         ) from None
 
 
+def imported_block_type(block_type_slug: str) -> type[Block] | None:
+    """The imported block class that defines the block type ``block_type_slug`` (e.g. ``Secret`` for
+    ``"secret"``), or None when no imported class does (or, ambiguously, several).
+
+    A class defines its type when its slug differs from its base's: subclasses that keep the slug
+    (a generic ``Secret[str]``) are the same type.
+    """
+    found, seen, pending = set(), set(), [Block]
+    while pending:
+        for cls in pending.pop().__subclasses__():
+            if cls in seen:
+                continue
+            seen.add(cls)
+            pending.append(cls)
+            slug = cls.get_block_type_slug()
+            if slug == block_type_slug and not any(
+                issubclass(base, Block) and base.get_block_type_slug() == slug for base in cls.__bases__
+            ):
+                found.add(cls)
+    return found.pop() if len(found) == 1 else None
+
+
 def load_block_by_slug(slug: str, *, needed_by: str, hint: str = "") -> Block:
     """Load a block by its document slug ``<block-type-slug>/<block-name>`` (e.g. ``secret/crm-api-key``).
 
-    The block's type must be importable already (``prefect block register`` types are imported by
-    ``blocks``). Raises ``ValueError`` for a malformed slug and ``BlockNotFoundError`` as ``load_block``.
+    A type already imported (``imported_block_type``; ``blocks`` imports the project's on first use) is
+    loaded through its class. For any other type it is ``Block.load(slug)``, which first imports every
+    installed Prefect collection (prefect-gcp alone takes seconds) to find the type. Raises ``ValueError``
+    for a malformed slug and ``BlockNotFoundError`` as ``load_block``.
     """
     block_type, _, name = slug.partition("/")
     if not block_type or not name:
@@ -102,8 +101,9 @@ def load_block_by_slug(slug: str, *, needed_by: str, hint: str = "") -> Block:
             f"{needed_by}: {slug!r} is not a block document slug '<block-type-slug>/<block-name>', "
             "e.g. 'secret/crm-api-key'"
         )
+    cls = imported_block_type(block_type)
     try:
-        return Block.load(slug, _sync=True)
+        return cls.load(name, _sync=True) if cls is not None else Block.load(slug, _sync=True)
     except ValueError as exc:
         if not _not_found(exc):
             raise

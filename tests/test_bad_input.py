@@ -207,6 +207,9 @@ ROWS: list[tuple[str, Callable[[Path], Any], type[BaseException], str | re.Patte
     # --- blocks
     ("TableauSite: a URL without scheme", lambda _: TableauSite(server_url="tableau.example.com"), ValidationError, "server_url must start with http:// or https://, got 'tableau.example.com'"),
     ("TableauSite: a timeout of 0", lambda _: TableauSite(server_url="https://t.example.com", request_timeout_seconds=0), ValidationError, "Input should be greater than 0"),
+    ("TableauPatPool: a site with a misspelt field", lambda _: TableauPatPool(site={"server_url": "https://t.example.com", "site_url": "mysite"}, pat_block_names=["pat-1"]), ValidationError, "Extra inputs are not permitted"),
+    ("TableauPatPool: a site given as its URL", lambda _: TableauPatPool(site="https://t.example.com", pat_block_names=["pat-1"]), ValidationError, "Input should be a valid dictionary or instance of TableauSite"),
+    ("TableauConnectedApp: a site URL without scheme", lambda _: TableauConnectedApp(**{**APP, "site": {"server_url": "tableau.example.com"}}), ValidationError, "server_url must start with http:// or https://, got 'tableau.example.com'"),
     ("TableauPersonalAccessToken: no secret", lambda _: TableauPersonalAccessToken(token_name="pat-1"), ValidationError, "PAT 'pat-1': set exactly one of token_secret and token_secret_source"),
     ("TableauPersonalAccessToken: two secrets", lambda _: TableauPersonalAccessToken(**PAT, token_secret_source={"kind": "secret", "block": "pat-1"}), ValidationError, "PAT 'pat-1': set exactly one of token_secret and token_secret_source"),
     ("TableauPersonalAccessToken: SSM without parameter", lambda _: TableauPersonalAccessToken(token_name="pat-1", token_secret_source={"kind": "ssm-parameter", "block": "aws"}), ValidationError, "'parameter' is required for kind ssm-parameter, and only for it"),
@@ -328,7 +331,8 @@ def test_any_value_anywhere_in_the_project_files_is_a_config_error(name: str, tm
             try:
                 load(file)
             except error as exc:
-                assert isinstance(exc, ConfigFileError) and isinstance(exc, ValueError)
+                assert isinstance(exc, ConfigFileError)
+                assert isinstance(exc, ValueError)
                 assert str(exc).startswith(
                     f"{'Domain configuration' if error is DomainConfigError else 'Metadata sources'} file {file}"
                 )

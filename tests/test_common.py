@@ -152,7 +152,8 @@ def test_a_secret_source_reads_an_ssm_securestring_parameter_and_names_a_missing
 
     pat = TableauPersonalAccessToken(token_name="pat-1", token_secret_source=source)
     assert pat.read_secret("tableau-pat-1") == "from-ssm"  # read when signing in, not when loaded
-    assert "from-ssm" not in repr(pat) and "from-ssm" not in pat.model_dump_json()
+    assert "from-ssm" not in repr(pat)
+    assert "from-ssm" not in pat.model_dump_json()
 
     missing = SecretSource(kind="ssm-parameter", block=block, parameter="/tableau/none")
     with pytest.raises(
@@ -211,7 +212,8 @@ def test_a_progress_report_writes_percent_and_a_description_and_skips_unchanged_
         artifact.description
         == "Tableau refresh of **sales**; 2 of 8 refreshes finished; 2 succeeded, 6 running"
     )
-    assert artifact.flow_run_id is not None and writes == []
+    assert artifact.flow_run_id is not None
+    assert writes == []
 
     progress.update(0, total=None, note="JOB_STATE_RUNNING; 1,234 records read")  # the total unknown
     artifact = read_artifact(progress.artifact_id)
@@ -223,23 +225,114 @@ def test_a_progress_report_writes_percent_and_a_description_and_skips_unchanged_
 
 # --- Fast start ------------------------------------------------------------------------------------
 
+LOAD_EVERY_BLOCK_TYPE = """
+import json, sys
+from importlib.metadata import entry_points
 
-def test_loading_a_block_that_nests_a_block_imports_no_other_collection(prefect_api_url) -> None:
-    """Prefect resolves a nested block's type by importing every installed collection first (prefect-gcp
-    alone takes seconds); ``tasks.common`` resolves it among the imported block classes."""
+import blocks
+from tasks.common import load_block_by_slug
+
+collections = sorted({ep.value.split(":")[0].split(".")[0] for ep in entry_points(group="prefect.collections")})
+types = {name: getattr(blocks, name) for name in blocks.BLOCK_TYPES}  # what the block modules import
+imported_with_the_types = [c for c in collections if c in sys.modules]
+loaded = {}
+for label, (type_name, name) in json.loads(sys.argv[1]).items():
+    block = types[type_name].load(name)
+    by_slug = load_block_by_slug(f"{types[type_name].get_block_type_slug()}/{name}", needed_by="a test")
+    assert type(block) is type(by_slug) is types[type_name], (label, type(block), type(by_slug))
+    loaded[label] = block.site.server_url if hasattr(block, "site") else type(block).__name__
+print(json.dumps({
+    "collections": collections,
+    "imported_with_the_types": imported_with_the_types,
+    "imported_after_loading": [c for c in collections if c in sys.modules],
+    "loaded": loaded,
+}))
+"""
+
+
+@pytest.mark.slow(seconds=15)
+def test_loading_every_block_type_imports_no_prefect_collection(prefect_api_url) -> None:
+    """Prefect resolves a block type it is not given (a block nested in another's document,
+    ``Block.load("<type>/<name>")``) by importing every installed collection first: prefect-gcp alone
+    takes seconds, in every flow-run process. No block type of the project nests another, and
+    ``load_block_by_slug`` loads an imported type through its class, so a fresh process loads a block of
+    every type, by its class and by its slug, without importing a collection its block types do not
+    import themselves (none do) — Prefect unpatched. Blocks saved while the Tableau site was a block of
+    its own (a reference to a Site block, or a site saved with the block) load so too."""
+    import json
+    import os
     import subprocess
     import sys
+    from pathlib import Path
 
-    from blocks import TableauPatPool, TableauSite
+    from old_site_shape import save_in_old_shape
 
-    name = f"pool-{uuid.uuid4().hex[:8]}"
-    TableauPatPool(site=TableauSite(server_url="https://tableau.example.com"), pat_block_names=["p"]).save(
-        name
+    import blocks
+    from blocks import TableauSite
+
+    tag = uuid.uuid4().hex[:8]
+    site = TableauSite(server_url="https://tableau.example.com", site_content_url="mysite")
+    app = {"client_id": "c", "secret_id": "s", "secret_value": "v", "username": "u@example.com"}
+    kms_key = "projects/analytics-prod/locations/europe-west1/keyRings/analytics/cryptoKeys/crm"
+    samples = {
+        "TableauPersonalAccessToken": {"token_name": "pat-1", "token_secret": "s"},
+        "TableauPatPool": {"site": site, "pat_block_names": ["pat-1"]},
+        "TableauConnectedApp": {"site": site, **app},
+        "VaultKvSecret": {"url": "https://vault.example.com:8200", "path": "crm", "key": "k", "token": "t"},
+        "KmsEncryptedGcsSecret": {
+            "bucket": "secrets",
+            "blob": "crm/api-key.enc",
+            "kms_key_name": kms_key,
+            "gcp_credentials_block": "gcp",
+        },
+        "DataflowOptions": {
+            "gcp_credentials_block": "gcp",
+            "region": "europe-west1",
+            "temp_location": "gs://analytics-tmp/dataflow",
+            "api_key_kms_key": kms_key,
+        },
+        "HubSpotCrm": {"access_token": "t", "id_property": "external_id", "field_map": {"email": "email"}},
+        "BrazeCrm": {
+            "rest_endpoint": "https://rest.iad-01.braze.com",
+            "api_key": "k",
+            "field_map": {"email": "email"},
+        },
+        "GenericCrmEndpoint": {"url": "https://crm.example.com/batch", "api_key": "k"},
+    }
+    assert set(samples) == set(blocks.BLOCK_TYPES)
+    names = {}
+    for type_name, fields in samples.items():
+        getattr(blocks, type_name)(**fields).save(f"every-type-{tag}")
+        names[type_name] = (type_name, f"every-type-{tag}")
+    old = {"server_url": "https://old.example.com", "site_content_url": "old"}
+    save_in_old_shape("pool", f"old-pool-{tag}", f"old-site-{tag}", old, pat_block_names=["pat-1"])
+    save_in_old_shape("app", f"old-app-{tag}", "", old, **app)
+    names["old pool (Site block)"] = ("TableauPatPool", f"old-pool-{tag}")
+    names["old app (site saved with it)"] = ("TableauConnectedApp", f"old-app-{tag}")
+
+    root = Path(__file__).resolve().parents[1]
+    answer = subprocess.run(
+        [sys.executable, "-c", LOAD_EVERY_BLOCK_TYPE, json.dumps(names)],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        check=True,
     )
-    script = (
-        "import sys; from blocks import TableauPatPool; from tasks.common import load_block; "
-        f"pool = load_block(TableauPatPool, {name!r}, needed_by='a test'); "
-        "print(pool.site.server_url, sorted(m for m in ('prefect_gcp', 'prefect_aws', 'prefect_redis') if m in sys.modules))"
-    )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "https://tableau.example.com []"
+    out = json.loads(answer.stdout.strip().splitlines()[-1])
+    assert {"prefect_aws", "prefect_gcp", "prefect_redis"} <= set(out["collections"])  # installed here
+    assert out["imported_with_the_types"] == []
+    assert out["imported_after_loading"] == out["imported_with_the_types"]
+    assert out["loaded"]["TableauPatPool"] == "https://tableau.example.com"
+    assert out["loaded"]["old pool (Site block)"] == "https://old.example.com"
+    assert out["loaded"]["old app (site saved with it)"] == "https://old.example.com"
+    assert len(out["loaded"]) == len(names)
+
+
+def test_load_block_by_slug_finds_the_class_that_defines_an_imported_type() -> None:
+    from blocks import TableauPatPool
+    from tasks.common import imported_block_type
+
+    assert imported_block_type("tableau-pat-pool") is TableauPatPool
+    assert imported_block_type("secret") is Secret  # not a generic Secret[...] of the same type
+    assert imported_block_type("no-such-type") is None

@@ -49,7 +49,8 @@ def assert_refused(raised: pytest.ExceptionInfo[BaseException], *expected: str) 
     for part in expected:
         assert part in message, message
     assert "allow_insecure_transport: true" in message
-    assert PASSWORD not in message and TOKEN not in message
+    assert PASSWORD not in message
+    assert TOKEN not in message
 
 
 # --- the rule ------------------------------------------------------------------------------------
@@ -76,8 +77,12 @@ def test_insecure_transport_is_plaintext_or_unverified_tls_to_another_host(
 
 
 def test_loopback_hosts() -> None:
-    assert is_loopback("localhost") and is_loopback("127.8.9.10") and is_loopback("[::1]")
-    assert not is_loopback("0.0.0.0") and not is_loopback("tableau.example.com") and not is_loopback("")
+    assert is_loopback("localhost")
+    assert is_loopback("127.8.9.10")
+    assert is_loopback("[::1]")
+    assert not is_loopback("0.0.0.0")
+    assert not is_loopback("tableau.example.com")
+    assert not is_loopback("")
 
 
 def test_urls_in_messages_lose_credentials_query_and_fragment() -> None:
@@ -111,7 +116,8 @@ def test_warning_names_owner_and_url_without_credentials(caplog: pytest.LogCaptu
     assert not warn_insecure_transport("https://crm.example.com/v1", owner="B")
     assert not warn_insecure_transport("http://127.0.0.1:9/v1", owner="B")
     [warning] = warnings_of(caplog)
-    assert "Generic CRM Endpoint block 'x'" in warning and "http://crm.example.com/v1" in warning
+    assert "Generic CRM Endpoint block 'x'" in warning
+    assert "http://crm.example.com/v1" in warning
     assert PASSWORD not in caplog.text
 
 
@@ -140,8 +146,7 @@ def test_tableau_site_allowed_insecure_warns_each_time_a_client_is_made(
 ) -> None:
     caplog.set_level(logging.WARNING)
     site = TableauSite(server_url="http://tableau.example.com", allow_insecure_transport=True)
-    site_name, pool_name, app_name = name(), name(), name()
-    site.save(site_name)
+    pool_name, app_name = name(), name()
     TableauPatPool(site=site, pat_block_names=["pat-1"]).save(pool_name)
     TableauConnectedApp(
         site=TableauSite(
@@ -154,19 +159,18 @@ def test_tableau_site_allowed_insecure_warns_each_time_a_client_is_made(
     ).save(app_name)
     assert warnings_of(caplog) == []  # built, saved: no client made yet
 
-    loaded = TableauSite.load(site_name)
-    assert loaded.http_options() == {"verify": True, "timeout": 60}
-    loaded.http_options()
+    assert site.http_options(owner=f"Tableau site of pool {pool_name!r}") == {"verify": True, "timeout": 60}
     pool_site = TableauPatPool.load(pool_name).site
+    pool_site.http_options()
     pool_site.http_options()
     TableauConnectedApp.load(app_name).site.http_options()
     warnings = warnings_of(caplog)
     assert len(warnings) == 4
     assert (
-        f"Tableau Site block {site_name!r} connects to http://tableau.example.com with plaintext"
+        f"Tableau site of pool {pool_name!r} connects to http://tableau.example.com with plaintext"
         in warnings[0]
     )
-    assert "connects to http://tableau.example.com with plaintext http://" in warnings[2]
+    assert "Tableau site connects to http://tableau.example.com with plaintext http://" in warnings[2]
     assert (
         "connects to https://tableau.example.com with TLS certificate verification turned off" in warnings[3]
     )
@@ -230,7 +234,8 @@ def test_crm_block_on_loopback_needs_no_flag(
 def test_crm_url_errors_never_show_url_credentials() -> None:
     with pytest.raises(ValidationError) as raised:
         GenericCrmEndpoint(url=f"https://svc:{PASSWORD}@crm.example.com/v1 batch", api_key="k")
-    assert "url must be an http(s) URL" in str(raised.value) and PASSWORD not in str(raised.value)
+    assert "url must be an http(s) URL" in str(raised.value)
+    assert PASSWORD not in str(raised.value)
     with pytest.raises(ValidationError) as raised:
         HubSpotCrm(
             base_url=f"https://svc:{PASSWORD}@api.hubapi.com/crm/v3",
@@ -238,7 +243,8 @@ def test_crm_url_errors_never_show_url_credentials() -> None:
             id_property="email",
             field_map=FIELDS,
         )
-    assert "give the API base only" in str(raised.value) and PASSWORD not in str(raised.value)
+    assert "give the API base only" in str(raised.value)
+    assert PASSWORD not in str(raised.value)
 
 
 # --- Vault ---------------------------------------------------------------------------------------
@@ -303,7 +309,8 @@ def test_vault_allowed_insecure_warns_each_time_it_makes_a_client(
     assert secret.get() == "the-key"
     warnings = warnings_of(caplog)
     assert len(warnings) == 2
-    assert f"Vault KV Secret block {block_name!r}" in warnings[0] and reason in warnings[0]
+    assert f"Vault KV Secret block {block_name!r}" in warnings[0]
+    assert reason in warnings[0]
     assert "vault.example.com:8200" in warnings[0]
     assert TOKEN not in caplog.text
 
@@ -363,7 +370,8 @@ def test_azure_landing_allowed_insecure_warns_when_its_client_is_made(
     landing._container_client()  # made on first use (upload, verify, read or write the HWM)
     [warning] = warnings_of(caplog)
     assert "Landing target http://myaccount.blob.example.net/landing/catalog" in warning
-    assert "plaintext http://" in warning and "S1gnature" not in caplog.text
+    assert "plaintext http://" in warning
+    assert "S1gnature" not in caplog.text
 
 
 def test_azure_landing_on_loopback_needs_no_flag(caplog: pytest.LogCaptureFixture) -> None:
@@ -384,7 +392,10 @@ def test_a_tableau_session_on_an_allowed_insecure_site_warns_as_it_connects(
     session = TableauSession(site, TableauPersonalAccessToken(token_name="pat-1", token_secret="s"), "pat")
     assert session.server.http_options == {"verify": True, "timeout": 60}
     (warning,) = warnings_of(caplog)
-    assert "connects to http://tableau.example.com with plaintext http://" in warning
+    assert (
+        "Tableau site of PAT block 'pat' connects to http://tableau.example.com with plaintext http://"
+        in warning
+    )
 
 
 @pytest.mark.parametrize(("block_type", "field", "values"), CRM_CASES)

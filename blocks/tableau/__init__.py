@@ -1,5 +1,5 @@
-"""Blocks of the Tableau jobs: the site, its personal access tokens (PATs), the PAT pool, and a
-connected app (direct trust)."""
+"""Blocks of the Tableau jobs: its personal access tokens (PATs), the PAT pool, and a connected app
+(direct trust); and the site both sign in to (``TableauSite``, a field of the pool and of the app)."""
 
 from blocks.tableau.connected_app import TableauConnectedApp
 from blocks.tableau.pat import TableauPatPool, TableauPersonalAccessToken

@@ -10,11 +10,13 @@ signing in again does not end an earlier session, so runs need no lease of a cre
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from blocks.tableau.pat import MIN_LEASE_DURATION_SECONDS
-from blocks.tableau.site import TABLEAU_LOGO_URL, TableauSite
+from blocks.tableau.site import TABLEAU_LOGO_URL, TableauSite, site_field_from_old_shape
 from tasks.common import SecretSource, read_secret
 
 #: Tableau refuses a JWT whose ``exp`` is more than 10 minutes ahead (Troubleshoot Connected Apps, 16).
@@ -91,6 +93,13 @@ class TableauConnectedApp(Block):
     acquire_timeout_seconds: float = Field(
         default=3600, gt=0, description="How long a run waits for a free slot before it fails, in seconds."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _site_saved_as_a_block(cls, data: Any) -> Any:
+        return site_field_from_old_shape(
+            data, block_type="Tableau Connected App", block_option="--connected-app-block"
+        )
 
     @field_validator("scopes")
     @classmethod

@@ -10,11 +10,12 @@ SSM Parameter Store), read at each sign-in.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from blocks.tableau.site import TABLEAU_LOGO_URL, TableauSite
+from blocks.tableau.site import TABLEAU_LOGO_URL, TableauSite, site_field_from_old_shape
 from tasks.common import SecretSource, read_secret
 
 # Tableau caps PATs per user and device (Tableau Server default: 10 per device).
@@ -101,6 +102,11 @@ class TableauPatPool(Block):
     acquire_timeout_seconds: float = Field(
         default=3600, gt=0, description="How long a run waits for a free PAT before it fails, in seconds."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _site_saved_as_a_block(cls, data: Any) -> Any:
+        return site_field_from_old_shape(data, block_type="Tableau PAT Pool", block_option="--pool-block")
 
     @field_validator("pat_block_names")
     @classmethod

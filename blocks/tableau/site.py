@@ -1,11 +1,21 @@
-"""The Tableau site a job signs in to."""
+"""The Tableau site a job signs in to: a field of the PAT pool and of the connected app blocks.
+
+The site is a plain pydantic model, not a block of its own: a block that nests another block makes
+Prefect resolve the nested block's type when it loads, and Prefect does that by importing every
+installed collection first (prefect-gcp alone takes seconds), in every flow-run process.
+
+Blocks saved before the site became a field (issue 25) hold their site as a ``Tableau Site`` block
+(a reference to a Site block document, or a site saved with them). They still load, with the site's
+values; ``python -m deployments.bootstrap ... --fix`` re-saves them with the site as a field
+(``saved_as_site_block`` finds them).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from prefect.blocks.core import Block
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from blocks import run_logger
 from pipelines.transport import (
@@ -18,24 +28,28 @@ from pipelines.transport import (
 #: Tableau's logo (its GitHub organisation's avatar, 250 × 250), for every Tableau block.
 TABLEAU_LOGO_URL = "https://github.com/tableau.png?size=250"
 
+#: The block type slug a site was saved under when it was a block of its own (before issue 25).
+SITE_BLOCK_TYPE_SLUG = "tableau-site"
 
-class TableauSite(Block):
+
+class TableauSite(BaseModel):
     """Where a Tableau site lives: server URL, site content URL and REST API version.
+
+    The ``site`` field of a ``TableauPatPool`` or a ``TableauConnectedApp`` block (not a block itself):
+    ``TableauPatPool(site=TableauSite(server_url=..., site_content_url=...), ...)``.
 
     A plaintext ``http://`` server URL, or ``verify_ssl`` false, is refused for a host that is not
     loopback unless ``allow_insecure_transport`` is true: the sign-in sends a PAT's secret or a
     connected app's JWT to it. With the flag, ``http_options()`` — the options of the REST client made
-    for the site — logs a warning naming the block and the server URL each time it is called.
+    for the site — logs a warning naming who uses the site and the server URL each time it is called.
 
     Raises:
-        ValueError (a ``pydantic.ValidationError``): ``server_url`` is not an http(s) URL, or the transport
-            to a host that is not loopback is insecure and ``allow_insecure_transport`` is false.
+        ValueError (a ``pydantic.ValidationError``): ``server_url`` is not an http(s) URL, the transport
+            to a host that is not loopback is insecure and ``allow_insecure_transport`` is false, or an
+            unknown field is given.
     """
 
-    _block_type_name = "Tableau Site"
-    _description = "Connection settings of a Tableau Server or Tableau Cloud site."
-    _logo_url = TABLEAU_LOGO_URL
-    _documentation_url = "https://help.tableau.com/current/api/rest_api/en-us/REST/rest_api_concepts_auth.htm"
+    model_config = ConfigDict(extra="forbid")
 
     server_url: str = Field(
         description="Base URL of Tableau Server or the Tableau Cloud pod, e.g. https://10ax.online.tableau.com. "
@@ -73,26 +87,21 @@ class TableauSite(Block):
         self._check_transport()
         return self
 
-    def http_options(self) -> dict[str, Any]:
+    def http_options(self, owner: str = "Tableau site") -> dict[str, Any]:
         """The HTTP options of a REST client (a tableauserverclient ``Server``) for this site:
         ``{"verify": verify_ssl, "timeout": request_timeout_seconds}``, for ``Server.add_http_options``.
 
         Call it each time such a client is made: when ``allow_insecure_transport`` let an insecure
-        transport through, it logs a warning naming the block and the server URL.
+        transport through, it logs a warning naming ``owner`` (who connects, e.g. "Tableau site of PAT
+        block 'pat-1'") and the server URL.
 
         Raises:
-            ValueError: ``server_url`` or ``verify_ssl`` was changed after the block was built to an
+            ValueError: ``server_url`` or ``verify_ssl`` was changed after the site was built to an
                 insecure transport that ``allow_insecure_transport`` does not accept.
         """
         if self._check_transport():
-            name = (
-                None if getattr(self, "_is_anonymous", False) else getattr(self, "_block_document_name", None)
-            )
             warn_insecure_transport(
-                self.server_url,
-                owner=f"Tableau Site block {name!r}" if name else "Tableau Site block (unnamed)",
-                verify=self.verify_ssl,
-                logger=run_logger(__name__),
+                self.server_url, owner=owner, verify=self.verify_ssl, logger=run_logger(__name__)
             )
         return {"verify": self.verify_ssl, "timeout": self.request_timeout_seconds}
 
@@ -105,3 +114,38 @@ class TableauSite(Block):
             verify=self.verify_ssl,
             verify_field="verify_ssl",
         )
+
+
+def saved_as_site_block(data: Any, references: Mapping[str, Any] | None = None) -> bool:
+    """True when a block document — its ``data`` and ``block_document_references`` — holds its ``site``
+    as a ``Tableau Site`` block, as blocks saved before the site became a field do: a reference to a
+    Site block document (Prefect's API returns the referenced data in ``data``), or a site saved with
+    the block, which keeps its ``block_type_slug``."""
+    if references and "site" in references:
+        return True
+    site = data.get("site") if isinstance(data, dict) else None
+    return isinstance(site, dict) and site.get("block_type_slug") == SITE_BLOCK_TYPE_SLUG
+
+
+def site_field_from_old_shape(data: Any, *, block_type: str, block_option: str) -> Any:
+    """``data`` with a site saved as a ``Tableau Site`` block, with the block (its ``block_type_slug``),
+    taken as the site field; other data unchanged. For the ``mode="before"`` validator of a block with a
+    ``site`` field: such a block loads as it is, and a warning (the run's log) says how to re-save it in
+    the current shape: ``python -m deployments.bootstrap <block_option> <name> --fix``.
+
+    A block that refers to a separate Site block document needs nothing here (its data holds the
+    referenced block's values without the slug) and loads without the warning; the bootstrap finds it
+    from its document's references.
+    """
+    if not saved_as_site_block(data):
+        return data
+    site = {key: value for key, value in data["site"].items() if key != "block_type_slug"}
+    run_logger(__name__).warning(
+        "A %s block (site %r of %s) was saved when the Tableau site was a block of its own; it loads as "
+        "it is. Re-save it in the current shape: python -m deployments.bootstrap %s <its name> --fix",
+        block_type,
+        site.get("site_content_url", ""),
+        url_without_credentials(str(site.get("server_url", ""))),
+        block_option,
+    )
+    return {**data, "site": site}

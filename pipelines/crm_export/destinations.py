@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
-import email.utils
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -24,6 +23,7 @@ import orjson
 
 from pipelines.crm_export.accounting import dead_letter
 from pipelines.crm_export.settings import Answer, Connection, Destination, PipelineSettings
+from pipelines.retries import retry_after_seconds
 
 #: Statuses worth sending a batch again for.
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -41,22 +41,6 @@ def json_default(value: Any) -> Any:
     if isinstance(value, dt.time):
         return value.isoformat()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date; None if absent/invalid."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:  # "-0000": an HTTP date is in UTC (RFC 9110, 5.6.7), not the worker's zone
-        when = when.replace(tzinfo=dt.UTC)
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 class FieldMap:

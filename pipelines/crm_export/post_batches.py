@@ -26,6 +26,7 @@ from pipelines.crm_export.accounting import DEAD_LETTER, NAMESPACE, dead_letter
 from pipelines.crm_export.api_key import ApiKey, KmsEncryptedApiKey
 from pipelines.crm_export.destinations import destination_for
 from pipelines.crm_export.settings import Answer, PipelineSettings
+from pipelines.retries import Backoff
 
 #: The longest Retry-After honoured (seconds); a longer hint is treated as this.
 MAX_RETRY_AFTER_SECONDS = 900.0
@@ -149,7 +150,9 @@ class PostBatchesFn(beam.DoFn):
     (for a destination that takes one). ``parallelism``: how many processes of the job send at once: this
     process paces itself at its share of the rate limit (``PipelineSettings.requests_per_second``).
     ``connect_timeout_seconds``: per request. ``backoff_base_seconds``: the exponential backoff's base
-    (base · 2^attempt seconds, full jitter, capped at ``settings.max_backoff_seconds``). Up to
+    (after attempt n, base · 2^(n−1) seconds capped at ``settings.max_backoff_seconds``, full jitter:
+    ``pipelines.retries.Backoff``); a CRM's Retry-After hint is waited instead (at most
+    ``MAX_RETRY_AFTER_SECONDS``, plus up to 10 % jitter). Up to
     ``settings.max_in_flight`` batches are sent at once per DoFn instance, so a worker keeps shaping the
     next batch while the CRM ingests the last; all are finished before the bundle commits. Raises
     ``CrmRejectedCredentialsError`` when the CRM refuses the key. Batch pipelines only (global window).
@@ -170,8 +173,7 @@ class PostBatchesFn(beam.DoFn):
         self.namespace = namespace
         self.timeout = (connect_timeout_seconds, settings.read_timeout_seconds)
         self.max_attempts = settings.max_attempts
-        self.backoff_base_seconds = backoff_base_seconds
-        self.max_backoff_seconds = settings.max_backoff_seconds
+        self.backoff = Backoff(backoff_base_seconds, settings.max_backoff_seconds, jitter="full")
         self.max_in_flight = settings.max_in_flight
         self.requests_per_second = settings.requests_per_second(parallelism)
         self.destination = destination_for(settings)
@@ -358,8 +360,8 @@ class PostBatchesFn(beam.DoFn):
             raise PostingStopped(f"stopped while waiting {seconds:.1f} s to send a batch again")
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        """The wait after ``attempt`` (from 1), in seconds: the CRM's hint, else the back-off's."""
         if retry_after is not None:
             wait = min(retry_after, MAX_RETRY_AFTER_SECONDS)
             return wait + self._random.uniform(0, 0.1 * wait)
-        ceiling = min(self.max_backoff_seconds, self.backoff_base_seconds * 2 ** (attempt - 1))
-        return self._random.uniform(0, ceiling)
+        return self.backoff.delay(attempt, self._random)

@@ -43,7 +43,7 @@ def load_connected_app(block_name: str, *, needed_by: str) -> TableauConnectedAp
         TableauConnectedApp,
         block_name,
         needed_by=needed_by,
-        hint="create it (README, 'Configure a real Tableau site')",
+        hint="create it (docs/tableau-refresh.md, 'Configure a real Tableau site')",
     )
 
 

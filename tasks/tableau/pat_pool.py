@@ -2,19 +2,20 @@
 
 Protocol (docs/architecture.md, "PAT pool"): read the pool's limits and, when the pool limit and a
 PAT's limit-1 limit show a free slot, take one slot of both in one leased, ``strict`` acquisition
-that does not wait (``max_retries=0``); back off and read again otherwise, until the pool's
-``acquire_timeout_seconds``. Prefect renews the lease in the background while the holder lives, and
-the server frees both slots of a killed holder when the lease expires. Every limit read on the way
-is checked: a disabled limit is granted by the server without being enforced, so it is an error,
+that does not wait (a refusal is an answer, not a logged error); back off and read again otherwise,
+until the pool's ``acquire_timeout_seconds``. The lease is renewed in the background while the holder
+lives, and the server frees both slots of a killed holder when the lease expires. Every limit read on
+the way is checked: a disabled limit is granted by the server without being enforced, so it is an error,
 not a free PAT.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
+import contextvars
 import itertools
 import logging
 import random
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -24,19 +25,20 @@ from uuid import UUID
 import httpx
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
-from prefect.client.schemas.responses import GlobalConcurrencyLimitResponse
+from prefect.client.schemas.responses import ConcurrencyLimitWithLeaseResponse, GlobalConcurrencyLimitResponse
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
-from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import ObjectNotFound
 
+from blocks import run_logger
 from blocks.tableau import TableauPatPool, TableauPersonalAccessToken
+from pipelines.retries import Backoff, retrying
 from tasks.common import load_block
 
 logger = logging.getLogger(__name__)
 
-# Back-off between tries for a full limit, in seconds: from the first value, doubling, up to the second.
-_BACKOFF_SECONDS = (0.2, 5.0)
+# Back-off between tries for a full limit: 0.2 s doubling up to 5 s, each wait drawn in [0.5, 1] × that.
+_BACKOFF = Backoff(0.2, 5.0, jitter="half")
 
 
 class PatPoolError(RuntimeError):
@@ -67,7 +69,7 @@ def load_pool(
     Raises:
         BlockNotFoundError: naming the missing block, who needs it, and how to create it.
     """
-    hint = "create it (README, 'Configure a real Tableau site')"
+    hint = "create it (docs/tableau-refresh.md, 'Configure a real Tableau site')"
     pool = load_block(TableauPatPool, pool_block_name, needed_by=needed_by, hint=hint)
     pats = {
         name: load_block(
@@ -177,41 +179,123 @@ def _is_free(limit: GlobalConcurrencyLimitResponse) -> bool:
 
 
 def _try_acquire(stack: ExitStack, names: list[str], lease_kwargs: dict) -> bool:
-    """Take one slot of each of ``names`` in one leased acquisition, without waiting
-    (``max_retries=0``); False if one of them is full (423: the server grants all or nothing)."""
-    try:
-        stack.enter_context(concurrency(names, max_retries=0, **lease_kwargs))
-    except ConcurrencySlotAcquisitionError as exc:
-        cause = exc.__cause__
-        if isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423:
-            return False
-        raise
+    """Take one slot of each of ``names`` in one leased acquisition, without waiting; False if one of
+    them is full (423: the server grants all or nothing). The lease is renewed in the background and
+    released when ``stack`` closes (``_HeldLease``).
+
+    ``lease_kwargs``: ``lease_duration`` (seconds), ``strict`` (a missing limit is an error rather than
+    no guard) and, optionally, ``holder`` (shown in the UI).
+
+    It asks the server through the client's public lease API (``increment_concurrency_slots_with_lease``)
+    rather than ``prefect.concurrency.sync.concurrency(max_retries=0)``: Prefect's acquisition service
+    logs every refused acquisition as an ERROR (still in 3.9.1), even the 423 that a try which asked not
+    to wait expects. Here a full limit is an answer, and nothing is logged.
+
+    Raises:
+        ConcurrencySlotAcquisitionError: the server answered another error, or (``strict``) a limit
+            does not exist (no slot is then held).
+    """
+    with get_client(sync_client=True) as client:
+        try:
+            response = client.increment_concurrency_slots_with_lease(
+                names=names,
+                slots=1,
+                mode="concurrency",
+                lease_duration=lease_kwargs["lease_duration"],
+                holder=lease_kwargs.get("holder"),
+            )
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code == 423:
+                return False
+            raise ConcurrencySlotAcquisitionError(
+                f"Unable to acquire concurrency slots on {names!r}: {exc.response.status_code} "
+                f"{exc.response.text[:300]}"
+            ) from exc
+        granted = ConcurrencyLimitWithLeaseResponse.model_validate(response.json())
+        missing = sorted(set(names) - {limit.name for limit in granted.limits})
+        if missing and lease_kwargs.get("strict"):
+            if granted.limits:  # the ones that exist: give their slots back at once
+                client.release_concurrency_slots_with_lease(lease_id=granted.lease_id)
+            raise ConcurrencySlotAcquisitionError(
+                f"Concurrency limits {missing!r} must be created before acquiring slots"
+            )
+    if granted.limits:
+        stack.callback(_HeldLease(granted.lease_id, lease_kwargs["lease_duration"], names).release)
     return True
 
 
-class _ExpectedRefusals(logging.Filter):
-    """Drop Prefect's ERROR record for a 423 answer to a ``max_retries=0`` acquisition.
+#: A held lease is renewed once this fraction of its duration has passed (as Prefect renews its own).
+_RENEW_AT = 0.75
+#: After a failed renewal, the next try comes this many seconds later (sooner if the lease ends first).
+_RENEW_RETRY_SECONDS = 5.0
 
-    Prefect's acquisition service logs every failed item as an ERROR, still in 3.9.1
-    (``prefect._internal.concurrency.services``: "Service %r failed to process item %r"); for a try
-    that asked not to wait, a full limit (423) is the expected answer, which ``_try_acquire``
-    handles. Everything else passes.
+
+class _HeldLease:
+    """Slots granted on one lease: renewed in the background until :meth:`release`, which gives them back.
+
+    A failed renewal is tried again until the lease would have expired; then it is lost (the server
+    frees its slots: another run may get the same PAT), which is logged as an ERROR in the run's log.
+    If this process dies, nothing renews the lease and the server frees the slots when it expires.
     """
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args if isinstance(record.args, tuple) else ()
-        item = args[1] if len(args) == 2 and isinstance(args[1], tuple) else ()
-        if len(item) < 5 or item[3] != 0 or not isinstance(item[-1], concurrent.futures.Future):
-            return True
-        exc = item[-1].exception() if item[-1].done() else None
-        return not (isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 423)
+    def __init__(self, lease_id: UUID, duration: float, names: list[str]) -> None:
+        self.lease_id, self.duration, self.names = lease_id, duration, names
+        self._stop = threading.Event()
+        self._thread = threading.Thread(  # with the run's context, for the run's logger
+            target=contextvars.copy_context().run,
+            args=(self._renew,),
+            name=f"lease-renewal-{lease_id}",
+            daemon=True,
+        )
+        self._thread.start()
 
+    def _renew(self) -> None:
+        renewed = time.monotonic()
+        wait = self.duration * _RENEW_AT
+        with get_client(sync_client=True) as client:
+            while not self._stop.wait(wait):
+                try:
+                    client.renew_concurrency_lease(lease_id=self.lease_id, lease_duration=self.duration)
+                except Exception as exc:
+                    if self._stop.is_set():
+                        return
+                    left = renewed + self.duration - time.monotonic()
+                    gone = isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 404
+                    if gone or left <= 0:
+                        run_logger(__name__).error(
+                            "The lease %s of %s could not be renewed (%s) and has expired: the server has "
+                            "freed its slots, so another run may be given them.",
+                            self.lease_id,
+                            self.names,
+                            exc,
+                        )
+                        return
+                    logger.warning(
+                        "Renewing the lease %s of %s failed (%s); trying again (it expires in %.0f s).",
+                        self.lease_id,
+                        self.names,
+                        exc,
+                        left,
+                    )
+                    wait = min(_RENEW_RETRY_SECONDS, left / 2)
+                else:
+                    renewed = time.monotonic()
+                    wait = self.duration * _RENEW_AT
 
-logging.getLogger("prefect._internal.concurrency").addFilter(_ExpectedRefusals())
-
-
-def _backoff(attempt: int) -> float:
-    return random.uniform(0.5, 1.0) * min(_BACKOFF_SECONDS[0] * 2**attempt, _BACKOFF_SECONDS[1])
+    def release(self) -> None:
+        """Stop renewing and give the slots back (if that fails, the server frees them at expiry)."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            with get_client(sync_client=True) as client:
+                client.release_concurrency_slots_with_lease(lease_id=self.lease_id)
+        except Exception as exc:
+            logger.warning(
+                "Releasing the lease %s of %s failed (%s): the server frees its slots when it expires.",
+                self.lease_id,
+                self.names,
+                exc,
+            )
 
 
 @contextmanager
@@ -248,33 +332,32 @@ def lease_pat(
 
     with ExitStack() as stack:
         with get_client(sync_client=True) as client:  # one client for every read of the acquisition
-            lease = None
-            for attempt in itertools.count():
+
+            def try_once() -> PatLease | None:
+                """One try: read the limits, take a free PAT if they show one (None otherwise)."""
                 limits = read_limits(pool, names, pool_block_name, client)
-                if _is_free(limits[pool.pool_limit_name]):
-                    offset = rng.randrange(len(pat_limits))
-                    for pat_block_name, limit_name in pat_limits[offset:] + pat_limits[:offset]:
-                        if not (
-                            _is_free(limits[limit_name])
-                            and _try_acquire(stack, [pool.pool_limit_name, limit_name], lease_kwargs)
-                        ):
-                            continue
-                        # A limit disabled between the read and the acquisition would guard nothing.
-                        read_limits(pool, [pool.pool_limit_name, limit_name], pool_block_name, client)
-                        wait = time.monotonic() - started
-                        lease = PatLease(
-                            pat_block_name=pat_block_name, limit_name=limit_name, wait_seconds=wait
-                        )
-                        break
-                if lease is not None:
-                    break
-                if time.monotonic() >= deadline:
-                    raise PatLeaseTimeoutError(
-                        f"No PAT of pool {pool_block_name or pool.pool_limit_name!r} became free within "
-                        f"{pool.acquire_timeout_seconds:.0f} s: all {len(pat_limits)} are leased. Add PATs to "
-                        "the pool, or raise acquire_timeout_seconds."
-                    )
-                time.sleep(_backoff(attempt))
+                if not _is_free(limits[pool.pool_limit_name]):
+                    return None
+                offset = rng.randrange(len(pat_limits))
+                for pat_block_name, limit_name in pat_limits[offset:] + pat_limits[:offset]:
+                    if not (
+                        _is_free(limits[limit_name])
+                        and _try_acquire(stack, [pool.pool_limit_name, limit_name], lease_kwargs)
+                    ):
+                        continue
+                    # A limit disabled between the read and the acquisition would guard nothing.
+                    read_limits(pool, [pool.pool_limit_name, limit_name], pool_block_name, client)
+                    wait = time.monotonic() - started
+                    return PatLease(pat_block_name=pat_block_name, limit_name=limit_name, wait_seconds=wait)
+                return None
+
+            lease = retrying(_BACKOFF, again=lambda got: got is None, deadline=deadline)(try_once)
+            if lease is None:
+                raise PatLeaseTimeoutError(
+                    f"No PAT of pool {pool_block_name or pool.pool_limit_name!r} became free within "
+                    f"{pool.acquire_timeout_seconds:.0f} s: all {len(pat_limits)} are leased. Add PATs to "
+                    "the pool, or raise acquire_timeout_seconds."
+                )
         logger.info(
             "Leased PAT %r (limit %r) after %.2f s",
             lease.pat_block_name,

@@ -8,7 +8,7 @@ Tableau facts (REST API reference, "Update Data Source Now" / "Update Workbook N
   returns ``None``). 429000: too many refresh requests; Tableau Cloud words the wait in the unit it
   chooses, e.g. "Too many requests for 'api.rest.refresh_extracts'. Please retry after 29 minutes."
   (tableau/server-client-python #952); a ``Retry-After`` header (seconds or an HTTP date), when
-  present, is preferred.
+  present, is preferred (both read by ``pipelines.retries.retry_after_seconds``).
 - ``GET .../jobs/{id}``: ``finishCode`` absent while running; 0 success, 1 failed (reason in
   notes), 2 cancelled, 3 completed (Tableau Bridge). ``PUT .../jobs/{id}`` cancels.
 - Tableau Cloud cancels the jobs it cannot run once the site's daily job capacity is spent, with the
@@ -18,7 +18,6 @@ Tableau facts (REST API reference, "Update Data Source Now" / "Update Workbook N
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import random
 import re
@@ -27,7 +26,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 
 import tableauserverclient as TSC
@@ -38,6 +37,7 @@ from requests import RequestException
 from tableauserverclient.server.endpoint.exceptions import ServerResponseError, TableauError
 
 from blocks import run_logger
+from pipelines.retries import retry_after_seconds
 from tasks.tableau.session import TableauAuthError, TableauSession, error_code
 
 
@@ -57,10 +57,6 @@ _IN_FLIGHT = ["Pending", "InProgress"]
 _REFRESH_JOB_TYPES = ["refresh_extracts", "increment_extracts"]
 # Characters a REST API filter value cannot carry (tableauserverclient quotes none of them).
 _UNFILTERABLE = re.compile(r"[,&:\[\]]")
-_RETRY_AFTER = re.compile(
-    r"retry after (\d+(?:\.\d+)?)\s*(seconds?|secs?|s|minutes?|mins?|m|hours?|hrs?|h)\b", re.IGNORECASE
-)
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
 # Notes of a job Tableau Cloud cancelled because the site's daily job capacity is spent.
 _QUOTA_NOTES = re.compile(r"no more non-interactive quota", re.IGNORECASE)
 QUOTA_EXHAUSTED = "quota exhausted"
@@ -274,38 +270,6 @@ def _list_named(endpoint, name: str) -> list:
     return [item for item in items if item.name == name]
 
 
-def retry_after_seconds(
-    message: str, header: str | None, default: float, *, now: float | None = None
-) -> float:
-    """How long Tableau asks to wait after a 429000, in seconds.
-
-    A ``Retry-After`` header wins (delay-seconds, or an HTTP date, RFC 9110 section 10.2.3); else the
-    message's "retry after N <unit>" in seconds, minutes or hours (Tableau Cloud: "Please retry after
-    29 minutes."); else ``default``.
-
-    Args:
-        message: the error's summary and detail.
-        header: the response's Retry-After header, if any.
-        now: epoch seconds, for an HTTP-date header (default: the current time).
-    """
-    if header:
-        header = header.strip()
-        if header.isdigit():
-            return float(header)
-        try:
-            when = email.utils.parsedate_to_datetime(header)
-        except (TypeError, ValueError):
-            when = None
-        if when is not None:
-            if when.tzinfo is None:  # "-0000": an HTTP date is in UTC (RFC 9110, 5.6.7), not our zone
-                when = when.replace(tzinfo=UTC)
-            return max(0.0, when.timestamp() - (time.time() if now is None else now))
-    match = _RETRY_AFTER.search(message)
-    if match:
-        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)[0].lower()]
-    return default
-
-
 def _in_flight_jobs(session: TableauSession, ref: ContentRef) -> list[TSC.BackgroundJobItem]:
     """Query Jobs for queued/running extract refreshes (full or incremental) of the content's name.
 
@@ -362,7 +326,9 @@ def trigger_refresh(
             if error_code(exc) != TOO_MANY_REQUESTS:
                 raise
             said = " ".join(part for part in (exc.summary, exc.detail) if part)
-            wait = retry_after_seconds(said, session.last_retry_after(), policy.rate_limit_default_wait)
+            wait = retry_after_seconds(
+                session.last_retry_after(), said, default=policy.rate_limit_default_wait
+            )
             left = deadline - time.monotonic()
             if wait > left:
                 raise ThrottledError(

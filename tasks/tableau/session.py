@@ -176,7 +176,7 @@ class TableauSession:
         self.server = TSC.Server(
             site.server_url, use_server_version=False, session_factory=self._http_session
         )
-        self.server.add_http_options(site.http_options())
+        self.server.add_http_options(site.http_options(owner=f"Tableau site of {credentials.label}"))
         self.sign_ins = 0
         self._generation = 0
         self._lock = threading.Lock()

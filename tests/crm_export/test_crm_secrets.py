@@ -28,7 +28,7 @@ from prefect.blocks.system import Secret
 from prefect_gcp.credentials import GcpCredentials
 from pydantic import ValidationError
 
-from blocks import KmsEncryptedGcsSecret, TableauSite, VaultKvSecret
+from blocks import KmsEncryptedGcsSecret, TableauPersonalAccessToken, VaultKvSecret
 from tasks.common import (
     BlockNotFoundError,
     SecretAccessDeniedError,
@@ -426,7 +426,8 @@ def test_kubernetes_login_with_unknown_role_names_method_and_role(
         block.get()
     message = str(caught.value)
     assert isinstance(caught.value, PermissionError)
-    assert "kubernetes login" in message and "'crm-exporter'" in message
+    assert "kubernetes login" in message
+    assert "'crm-exporter'" in message
     assert 'invalid role name "crm-exporter"' in message
     assert vault.url in message
     assert_no_secrets(message)
@@ -464,7 +465,9 @@ def test_approle_login_with_wrong_secret_id(vault: FakeVault, caplog: pytest.Log
     with pytest.raises(SecretAuthError) as caught:
         block.get()
     message = str(caught.value)
-    assert "approle login" in message and ROLE_ID in message and "invalid role or secret ID" in message
+    assert "approle login" in message
+    assert ROLE_ID in message
+    assert "invalid role or secret ID" in message
     assert "secret-id" in message  # says how to get a new one
     assert_no_secrets(message)
     assert "wrong-" not in message
@@ -478,7 +481,8 @@ def test_forbidden_read_names_the_policy_path(vault: FakeVault, caplog: pytest.L
     message = str(caught.value)
     assert isinstance(caught.value, PermissionError)
     assert "must allow read on secret/data/analytics/crm" in message
-    assert vault.url in message and "'api_key'" in message
+    assert vault.url in message
+    assert "'api_key'" in message
     assert "hvs.NoPolicyToken" not in message
     assert_clean_logs(caplog)
 
@@ -524,7 +528,8 @@ def test_missing_key_lists_key_names_only(vault: FakeVault) -> None:
     assert isinstance(caught.value, KeyError)
     assert "no key 'apikey'" in message
     assert "['api_key', 'batch_size', 'webhook_secret']" in message
-    assert vault.url in message and "secret/data/analytics/crm" in message
+    assert vault.url in message
+    assert "secret/data/analytics/crm" in message
     assert_no_secrets(message)
 
 
@@ -532,7 +537,8 @@ def test_non_string_value_is_a_type_error_naming_the_key(vault: FakeVault) -> No
     with pytest.raises(SecretTypeError) as caught:
         token_block(vault, key="batch_size").get()
     assert isinstance(caught.value, TypeError)
-    assert "'batch_size'" in str(caught.value) and "int" in str(caught.value)
+    assert "'batch_size'" in str(caught.value)
+    assert "int" in str(caught.value)
     assert_no_secrets(str(caught.value))
 
 
@@ -802,7 +808,8 @@ def test_kms_permission_denied_names_key_and_role(
     with pytest.raises(SecretAccessDeniedError) as caught:
         kms_block(gcp_credentials_block).get()
     assert isinstance(caught.value, PermissionError)
-    assert KEY_NAME in str(caught.value) and "roles/cloudkms.cryptoKeyDecrypter" in str(caught.value)
+    assert KEY_NAME in str(caught.value)
+    assert "roles/cloudkms.cryptoKeyDecrypter" in str(caught.value)
 
 
 def test_kms_wrong_key_is_a_clear_error(
@@ -811,7 +818,8 @@ def test_kms_wrong_key_is_a_clear_error(
     fake_gcs.objects[("analytics-secrets", "crm/api-key.enc")] = fake_kms.encrypt(OTHER_KEY, API_KEY.encode())
     with pytest.raises(SecretDecryptionError, match="encrypted with another key") as caught:
         kms_block(gcp_credentials_block).get()
-    assert KEY_NAME in str(caught.value) and "gs://analytics-secrets/crm/api-key.enc" in str(caught.value)
+    assert KEY_NAME in str(caught.value)
+    assert "gs://analytics-secrets/crm/api-key.enc" in str(caught.value)
 
 
 def test_kms_plaintext_that_is_not_utf8(
@@ -832,7 +840,8 @@ def test_kms_missing_blob_names_bucket_and_blob(
     message = str(caught.value)
     assert isinstance(caught.value, LookupError)
     assert "gs://analytics-secrets/crm/absent.enc" in message
-    assert "'analytics-secrets'" in message and "'crm/absent.enc'" in message
+    assert "'analytics-secrets'" in message
+    assert "'crm/absent.enc'" in message
     assert fake_kms.requests == []
 
 
@@ -864,7 +873,8 @@ def test_kms_and_storage_clients_use_the_credentials_block(gcp_credentials_block
     )
     storage_client = block._storage_client(credentials, project)
     assert isinstance(storage_client, storage.Client)
-    assert storage_client._credentials is credentials and storage_client.project == "analytics-prod"
+    assert storage_client._credentials is credentials
+    assert storage_client.project == "analytics-prod"
 
 
 @pytest.mark.parametrize(
@@ -893,7 +903,8 @@ def test_a_missing_credentials_block_is_named(fake_gcs: FakeGcs, fake_kms: FakeK
         f"GCP Credentials block 'no-such-gcp', needed by KMS Encrypted GCS Secret block {name!r} "
         "(field gcp_credentials_block), does not exist in this Prefect workspace"
     )
-    assert fake_gcs.reads == [] and fake_kms.requests == []
+    assert fake_gcs.reads == []
+    assert fake_kms.requests == []
 
 
 # --- read_secret_block (the secret block a CRM block names) against the real Prefect server -----------------
@@ -913,7 +924,8 @@ def test_read_secret_returns_the_raw_prefect_secret_string(
 
     key = read_secret_block(f"secret/{name}")
 
-    assert key == value and type(key) is str  # Secret.get() would give 123, 1000.0, True, a dict
+    assert key == value
+    assert type(key) is str  # Secret.get() would give 123, 1000.0, True, a dict
     if len(value) > 5:  # short values ("123") could match unrelated log text
         assert value not in "".join(r.getMessage() for r in caplog.records)
 
@@ -954,7 +966,8 @@ def test_read_secret_missing_block() -> None:
     with pytest.raises(SecretBlockNotFoundError) as caught:
         read_secret_block(slug)
     assert isinstance(caught.value, LookupError)
-    assert slug in str(caught.value) and "prefect block create vault-kv-secret" in str(caught.value)
+    assert slug in str(caught.value)
+    assert "prefect block create vault-kv-secret" in str(caught.value)
     assert ".save(" in str(caught.value)
 
 
@@ -966,6 +979,6 @@ def test_read_secret_malformed_slug(slug: str) -> None:
 
 def test_read_secret_refuses_other_block_types() -> None:
     name = unique("not-a-secret")
-    TableauSite(server_url="https://tableau.example.com").save(name)
+    TableauPersonalAccessToken(token_name="pat-1", token_secret="s").save(name)
     with pytest.raises(TypeError, match="not a secret block"):
-        read_secret_block(f"tableau-site/{name}")
+        read_secret_block(f"tableau-personal-access-token/{name}")

@@ -28,7 +28,8 @@ def test_creates_the_limits_once_then_reports_them_unchanged(workspace, capsys):
     limits = "\n".join(  # the limits' lines
         line for line in out.splitlines() if "automation" not in line and "work pool" not in line
     )
-    assert limits.count("created") == 4 and limits.count("ok ") == 4
+    assert limits.count("created") == 4
+    assert limits.count("ok ") == 4
     assert read_limit(pool.pool_limit_name).limit == 3
     assert all(
         read_limit(name).limit == 1 and read_limit(name).active for name in pool.pat_limit_names().values()
@@ -58,7 +59,8 @@ def test_disabled_or_missized_limits_are_drift_until_fixed(workspace, capsys):
     assert not read_limit(pat_limit).active  # reported, not changed
 
     assert main(["--pool-block", workspace.pool_block, "--fix"]) == 0
-    assert read_limit(pat_limit).active and read_limit(pool.pool_limit_name).limit == 2
+    assert read_limit(pat_limit).active
+    assert read_limit(pool.pool_limit_name).limit == 2
     assert main(["--pool-block", workspace.pool_block, "--check"]) == 0
 
 
@@ -85,7 +87,8 @@ def test_creates_the_work_pools_the_deployments_name(tmp_path, capsys):
     assert not checked.ok
     assert bootstrap_work_pools(pools).created == checked.missing
     again = bootstrap_work_pools(pools)
-    assert again.ok and again.unchanged == [
+    assert again.ok
+    assert again.unchanged == [
         "work pool bootstrap-test-other (process)",
         "work pool bootstrap-test-pool (process)",
     ]
@@ -113,3 +116,96 @@ def test_a_second_pool_with_the_first_ones_limit_prefix_is_refused_naming_the_se
     )
     with get_client(sync_client=True) as client, pytest.raises(ObjectNotFound):
         client.read_global_concurrency_limit_by_name(pool.pool_limit_name)  # nothing created
+
+
+# --- Blocks saved while the site was a block of its own (before issue 25) ---------------------------
+
+
+def test_a_pool_referring_to_a_site_block_loads_and_is_drift_until_fix_resaves_it(workspace, capsys):
+    from conftest import SITE
+    from old_site_shape import save_in_old_shape, stored_site
+
+    from blocks.tableau import TableauPatPool, TableauSite
+    from tasks.tableau.pat_pool import lease_pat, load_pool
+    from tasks.tableau.session import TableauSession
+
+    pool = workspace.create_pool(["pat-1"])  # the PAT blocks and the limits; the pool is saved again below
+    site_block = f"site-{workspace.tag}"
+    site = {"server_url": workspace.standin.url, "site_content_url": SITE, "api_version": "3.29"}
+    save_in_old_shape(
+        "pool",
+        workspace.pool_block,
+        site_block,
+        site,
+        pat_block_names=pool.pat_block_names,
+        concurrency_limit_prefix=pool.concurrency_limit_prefix,
+    )
+    assert TableauPatPool.load(workspace.pool_block).site == TableauSite(**site)  # it works as it is
+
+    assert main(["--pool-block", workspace.pool_block, "--check"]) == 1
+    out = capsys.readouterr()
+    assert (
+        f"DRIFT     Tableau PAT Pool block {workspace.pool_block!r}: holds its site as Tableau Site block "
+        f"{site_block!r} (saved before the site became a field); --fix re-saves it with the site as its field"
+    ) in out.out
+    assert "--fix to repair drift" in out.err
+
+    assert main(["--pool-block", workspace.pool_block, "--fix"]) == 0
+    assert (
+        f"repaired  Tableau PAT Pool block {workspace.pool_block!r}: was holding its site as Tableau Site "
+        f"block {site_block!r}; re-saved with the site as its field ({workspace.standin.url}, site {SITE!r})"
+    ) in capsys.readouterr().out
+    assert stored_site("tableau-pat-pool", workspace.pool_block) == TableauSite(**site).model_dump()
+    assert main(["--pool-block", workspace.pool_block, "--check"]) == 0
+    assert f"Tableau Site block {site_block!r}" not in capsys.readouterr().out
+
+    migrated, pats = load_pool(workspace.pool_block, needed_by="a test")
+    assert migrated.site == TableauSite(**site)
+    with (
+        lease_pat(migrated) as lease,
+        TableauSession(migrated.site, pats[lease.pat_block_name], lease.pat_block_name) as session,
+    ):
+        assert session.sign_ins == 1  # signed in to the site the Site block held
+
+
+def test_a_connected_app_saved_with_its_site_as_a_block_warns_on_load_until_fix_resaves_it(caplog, capsys):
+    import logging
+    import uuid
+
+    from old_site_shape import save_in_old_shape, stored_site
+
+    from blocks.tableau import TableauConnectedApp, TableauSite
+
+    name = f"app-{uuid.uuid4().hex[:8]}"
+    site = {"server_url": "https://tableau.example.com", "site_content_url": "mysite"}
+    fields = {"client_id": "c", "secret_id": "s", "secret_value": "v", "username": "u@example.com"}
+    save_in_old_shape(
+        "app", name, "", site, concurrency_limit_name=f"capacity-{name}", **fields
+    )  # site inline
+    assert stored_site("tableau-connected-app", name)["block_type_slug"] == "tableau-site"
+
+    with caplog.at_level(logging.WARNING):
+        app = TableauConnectedApp.load(name)
+    assert app.site == TableauSite(**site)
+    assert app.secret_value.get_secret_value() == "v"
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning == (
+        "A Tableau Connected App block (site 'mysite' of https://tableau.example.com) was saved when the "
+        "Tableau site was a block of its own; it loads as it is. Re-save it in the current shape: "
+        "python -m deployments.bootstrap --connected-app-block <its name> --fix"
+    )
+
+    assert main(["--connected-app-block", name, "--check"]) == 1
+    assert (
+        f"DRIFT     Tableau Connected App block {name!r}: holds its site as a Tableau Site block"
+        in capsys.readouterr().out
+    )
+    assert main(["--connected-app-block", name, "--fix"]) == 0
+    assert f"repaired  Tableau Connected App block {name!r}" in capsys.readouterr().out
+    assert stored_site("tableau-connected-app", name) == TableauSite(**site).model_dump()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        migrated = TableauConnectedApp.load(name)
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert migrated.site == TableauSite(**site)
+    assert migrated.secret_value.get_secret_value() == "v"  # the secret re-saved as it was

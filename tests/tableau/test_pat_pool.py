@@ -77,10 +77,14 @@ def test_killed_holder_frees_its_pat_when_the_lease_expires(workspace):
     assert 30 < freed_after < 150  # at lease expiry (60 s after the last renewal), not at once
 
 
-def test_a_limit_disabled_while_a_run_waits_fails_that_run(workspace):
+def test_a_limit_disabled_while_a_run_waits_fails_that_run(workspace, monkeypatch):
+    import threading
+
+    from conftest import wait_for
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 
+    from tasks.tableau import pat_pool
     from tasks.tableau.pat_pool import PatPoolError
 
     pool = workspace.create_pool(["pat-1"], acquire_timeout_seconds=30)
@@ -94,11 +98,23 @@ def test_a_limit_disabled_while_a_run_waits_fails_that_run(workspace):
             except Exception as exc:
                 waiting["error"] = exc
 
-        import threading
-
         thread = threading.Thread(target=wait_for_pat)
+        reads_by_waiter = []
+        read_limits = pat_pool.read_limits
+
+        def counted_read_limits(*args, **kwargs):
+            found = read_limits(*args, **kwargs)
+            if threading.current_thread() is thread:
+                reads_by_waiter.append(found)
+            return found
+
+        monkeypatch.setattr(pat_pool, "read_limits", counted_read_limits)
         thread.start()
-        time.sleep(1)  # the second run is waiting for the pool slot
+        # The second run is waiting for the pool slot: it has read the limits (the slot is ours) at least once.
+        wait_for(
+            lambda: reads_by_waiter or not thread.is_alive(), timeout=30, what="the second run's first try"
+        )
+        assert thread.is_alive(), waiting
         with get_client(sync_client=True) as client:
             client.update_global_concurrency_limit(
                 pool.pool_limit_name, GlobalConcurrencyLimitUpdate(active=False)
@@ -109,40 +125,64 @@ def test_a_limit_disabled_while_a_run_waits_fails_that_run(workspace):
     assert "is disabled" in str(waiting["error"])
 
 
-def test_only_expected_refusals_are_kept_out_of_the_error_log():
-    import concurrent.futures
-    import logging
+def test_a_held_lease_is_renewed_until_released(workspace, monkeypatch):
+    """The slots of a try are held on one lease, renewed in the background (at 3/4 of its duration; here
+    sooner) through the client's public API, and given back when the holder's stack closes."""
+    import threading
+    from contextlib import ExitStack
 
-    import httpx
+    from conftest import wait_for
+    from prefect.client.orchestration import SyncPrefectClient
 
-    from tasks.tableau.pat_pool import _ExpectedRefusals
+    from tasks.tableau import pat_pool
 
-    def record(max_retries: int, status: int) -> logging.LogRecord:
-        future = concurrent.futures.Future()
-        request = httpx.Request("POST", "http://prefect/api/v2/concurrency_limits/increment-with-lease")
-        response = httpx.Response(status, request=request)
-        future.set_exception(httpx.HTTPStatusError("refused", request=request, response=response))
-        item = (1, "concurrency", None, max_retries, 60.0, True, None, future)
-        return logging.LogRecord(
-            "prefect._internal.concurrency",
-            logging.ERROR,
-            __file__,
-            1,
-            "Service %r failed to process item %r",
-            ("Service", item),
-            None,
+    pool = workspace.create_pool(["pat-1"])
+    limit = pool.pat_limit_names()[workspace.pat_block("pat-1")]
+    renewals = []
+    renew = SyncPrefectClient.renew_concurrency_lease
+
+    def counted_renew(self, lease_id, lease_duration):
+        renewals.append(lease_duration)
+        return renew(self, lease_id=lease_id, lease_duration=lease_duration)
+
+    monkeypatch.setattr(SyncPrefectClient, "renew_concurrency_lease", counted_renew)
+    monkeypatch.setattr(pat_pool, "_RENEW_AT", 0.01)  # every 0.6 s of a 60 s lease
+    with ExitStack() as stack:
+        assert pat_pool._try_acquire(
+            stack, [pool.pool_limit_name, limit], dict(lease_duration=60, strict=True)
         )
+        assert active_slots(limit) == 1
+        assert active_slots(pool.pool_limit_name) == 1
+        wait_for(lambda: len(renewals) >= 2, timeout=30, what="two renewals of the lease")
+    assert active_slots(limit) == 0
+    assert active_slots(pool.pool_limit_name) == 0
+    assert set(renewals) == {60}
+    wait_for(
+        lambda: not any(t.name.startswith("lease-renewal-") for t in threading.enumerate()),
+        what="the renewal thread to end",
+    )
 
-    keep = _ExpectedRefusals().filter
-    assert not keep(record(max_retries=0, status=423))  # a full limit, asked not to wait: expected
-    assert keep(record(max_retries=0, status=500))
-    assert keep(record(max_retries=None, status=423))
+
+def test_a_strict_try_on_a_missing_limit_fails_and_holds_nothing(workspace):
+    from contextlib import ExitStack
+
+    from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
+
+    from tasks.tableau.pat_pool import _try_acquire
+
+    pool = workspace.create_pool(["pat-1"])
+    limit = pool.pat_limit_names()[workspace.pat_block("pat-1")]
+    missing = f"{limit}-missing"
+    with ExitStack() as stack, pytest.raises(ConcurrencySlotAcquisitionError) as raised:
+        _try_acquire(stack, [limit, missing], dict(lease_duration=60, strict=True))
+    assert str(raised.value) == f"Concurrency limits [{missing!r}] must be created before acquiring slots"
+    assert active_slots(limit) == 0  # the slot of the limit that exists was given back
 
 
 def test_a_refused_try_on_a_full_limit_logs_no_error(workspace, caplog):
-    """Prefect 3.9.1 still logs every refused acquisition as an ERROR ("Service ... failed to process
-    item"), even one that asked not to wait (``max_retries=0``); the lease expects those refusals, and
-    its log filter keeps them out of the run's log. Anything else Prefect logs there still passes."""
+    """Prefect 3.9.1's ``concurrency(max_retries=0)`` logs every refused acquisition as an ERROR ("Service
+    ... failed to process item"), from its acquisition service's thread; a try asks the server through
+    the client's public lease API instead, so a full limit (423) is an answer and nothing is logged."""
     import logging
     from contextlib import ExitStack
 
@@ -152,7 +192,6 @@ def test_a_refused_try_on_a_full_limit_logs_no_error(workspace, caplog):
     limit = pool.pat_limit_names()[workspace.pat_block("pat-1")]
     with caplog.at_level(logging.DEBUG), lease_pat(pool), ExitStack() as stack:
         assert not _try_acquire(stack, [limit], dict(lease_duration=60, strict=True))
-        time.sleep(0.5)  # the acquisition service logs from its own thread
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]
     assert active_slots(limit) == 0

@@ -8,12 +8,12 @@ Queries" (Pagination), "Common Errors"): docs/metadata-lineage.md ("Tableau: the
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipelines.retries import Backoff, retrying
 from tasks.tableau.session import TableauSession
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,9 @@ class MetadataApiClient:
         session: a signed-in session (the same credential token as the REST calls; 401002 → re-sign-in).
         page_size: ``first`` of the first page, 1 to 1000.
         retries: how often a page that hit ``TIME_LIMIT_EXCEEDED`` or ``RATE_EXCEEDED`` is asked for again.
-        backoff_seconds: the first wait before such a retry; it doubles, with jitter, up to ``max_backoff_seconds``.
+        backoff_seconds: the first wait before such a retry, in seconds; it doubles up to
+            ``max_backoff_seconds``, each wait drawn in [0.5, 1] × that (``pipelines.retries.Backoff``,
+            jitter "half").
         sleep: the wait (tests pass a fake clock).
 
     Paging: cursor paging, ``first``/``after`` with a stable ``orderBy: {field: ID, direction: ASC}``. On
@@ -99,38 +101,47 @@ class MetadataApiClient:
             f"pageInfo {{ hasNextPage endCursor }} }} }}"
         )
         result = PagedResult()
-        size, after, attempt = self.page_size, None, 0
-        while True:
-            answer = self.query(query, {"first": size, "after": after})
-            errors = answer.get("errors") or []
-            codes = [((e.get("extensions") or {}).get("code") or "UNKNOWN") for e in errors]
-            self._raise_if_refused(codes, errors)
-            if "NODE_LIMIT_EXCEEDED" in codes:
-                if size == 1:
-                    result.problems.append(f"{name}: NODE_LIMIT_EXCEEDED with one node per page")
-                    return result
+        size, after = self.page_size, None
+
+        def ask() -> tuple[dict[str, Any], list[str]]:
+            """One page (its answer and error codes), asked for with half the size on NODE_LIMIT_EXCEEDED
+            until the size is 1."""
+            nonlocal size
+            while True:
+                answer = self.query(query, {"first": size, "after": after})
+                errors = answer.get("errors") or []
+                codes = [((e.get("extensions") or {}).get("code") or "UNKNOWN") for e in errors]
+                self._raise_if_refused(codes, errors)
+                if "NODE_LIMIT_EXCEEDED" not in codes or size == 1:
+                    return answer, codes
                 size = max(1, size // 2)
                 logger.info("Metadata API %s: NODE_LIMIT_EXCEEDED; page size now %d", name, size)
-                continue
-            if "TIME_LIMIT_EXCEEDED" in codes or "RATE_EXCEEDED" in codes:
-                code = "TIME_LIMIT_EXCEEDED" if "TIME_LIMIT_EXCEEDED" in codes else "RATE_EXCEEDED"
-                if attempt >= self.retries:
-                    result.problems.append(f"{name}: {code} after {self.retries} retries")
-                    return result
-                wait = min(self.max_backoff_seconds, self.backoff_seconds * 2**attempt) * random.uniform(
-                    0.5, 1
-                )
-                attempt += 1
-                logger.info("Metadata API %s: %s; retrying in %.1f s", name, code, wait)
-                self.sleep(wait)
-                continue
+
+        # TIME_LIMIT_EXCEEDED / RATE_EXCEEDED: the page again after a back-off, ``retries`` times a page.
+        backing_off = retrying(
+            Backoff(self.backoff_seconds, self.max_backoff_seconds, jitter="half"),
+            again=lambda paged: _throttled(paged[1]) is not None,
+            retries=self.retries,
+            before_sleep=lambda paged, wait: logger.info(
+                "Metadata API %s: %s; retrying in %.1f s", name, _throttled(paged[1]), wait
+            ),
+            sleep=self.sleep,
+        )
+        while True:
+            answer, codes = backing_off(ask)
+            errors = answer.get("errors") or []
+            if "NODE_LIMIT_EXCEEDED" in codes:
+                result.problems.append(f"{name}: NODE_LIMIT_EXCEEDED with one node per page")
+                return result
+            if code := _throttled(codes):
+                result.problems.append(f"{name}: {code} after {self.retries} retries")
+                return result
             data = (answer.get("data") or {}).get(name)
             if errors or data is None:
                 described = "; ".join(f"{c}: {e.get('message')}" for c, e in zip(codes, errors, strict=True))
                 result.problems.append(f"{name}: {described or 'no data in the answer'}")
                 if data is None:
                     return result
-            attempt = 0
             result.nodes.extend(data["nodes"])
             page = data["pageInfo"]
             if not page["hasNextPage"]:
@@ -151,3 +162,12 @@ class MetadataApiClient:
                 f"Tableau Metadata API refused the query ({message}); the PAT's user needs a site role that "
                 "may query it (Site Administrator Explorer reads the whole site's lineage)"
             )
+
+
+def _throttled(codes: list[str]) -> str | None:
+    """The code of an answer to ask for again after a back-off (page size aside), or None."""
+    if "NODE_LIMIT_EXCEEDED" in codes:
+        return None
+    if "TIME_LIMIT_EXCEEDED" in codes:
+        return "TIME_LIMIT_EXCEEDED"
+    return "RATE_EXCEEDED" if "RATE_EXCEEDED" in codes else None

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 from botocore.exceptions import ClientError
 
+from pipelines.retries import Backoff, retrying
 from tasks.common import to_utc
 from tasks.metadata.extractors.athena.client import AthenaExtractionError, aws_error
 from tasks.metadata.extractors.athena.glue_catalog import blank
@@ -205,27 +205,34 @@ class QueryHistory:
         """``BatchGetQueryExecution`` of ``ids`` in chunks of ≤ 50; unprocessed ids are asked for again
         (``unprocessed_retries`` times, backing off), then ``AthenaExtractionError`` names them."""
         found: dict[str, dict[str, Any]] = {}
+        errors: dict[str, str] = {}
+
+        def get(pending: list[str]) -> list[str]:
+            """One request for ``pending``, which it narrows to the ids still pending (unprocessed, or
+            not returned); returns it."""
+            response = self.athena.batch_get_query_execution(QueryExecutionIds=list(pending))
+            for execution in response.get("QueryExecutions", []):
+                found[execution["QueryExecutionId"]] = execution
+            errors.clear()
+            errors.update(
+                (u["QueryExecutionId"], f"{u.get('ErrorCode')}: {u.get('ErrorMessage')}")
+                for u in response.get("UnprocessedQueryExecutionIds", [])
+            )
+            pending[:] = [i for i in pending if i not in found]
+            return pending
+
         for start in range(0, len(ids), BATCH_GET_MAX_IDS):
-            pending, errors = ids[start : start + BATCH_GET_MAX_IDS], {}
-            for attempt in range(self.unprocessed_retries + 1):
-                if attempt:
-                    time.sleep(self.unprocessed_retry_seconds * 2 ** (attempt - 1))
-                response = self.athena.batch_get_query_execution(QueryExecutionIds=pending)
-                for execution in response.get("QueryExecutions", []):
-                    found[execution["QueryExecutionId"]] = execution
-                errors = {
-                    u["QueryExecutionId"]: f"{u.get('ErrorCode')}: {u.get('ErrorMessage')}"
-                    for u in response.get("UnprocessedQueryExecutionIds", [])
-                }
-                pending = [i for i in pending if i not in found]
-                if not pending:
-                    break
-                logger.info(
+            pending = retrying(
+                Backoff(self.unprocessed_retry_seconds),
+                again=bool,
+                retries=self.unprocessed_retries,
+                after_failure=lambda pending, attempt: logger.info(
                     "Athena source %r: %d query execution(s) unprocessed (attempt %d): retrying",
                     self.source,
                     len(pending),
-                    attempt + 1,
-                )
+                    attempt,
+                ),
+            )(get, ids[start : start + BATCH_GET_MAX_IDS])
             if pending:
                 details = ", ".join(f"{i} ({errors.get(i, 'not returned')})" for i in pending)
                 raise AthenaExtractionError(
