@@ -10,7 +10,7 @@ next to a measured GroupByKey job, scaled.
 In process, the pipeline (bare and end to end) runs on one CPU and the CRM stand-in on another, as a
 Dataflow worker of the default n1-standard-1 shape (one vCPU) sends to a CRM on other machines.
 Unpinned on 2 CPUs, the scheduler moves the pipeline's thread between them whenever a posting thread
-or the stand-in wakes, which costs the end-to-end run ~15 % (measured; README.md, "Benchmarks").
+or the stand-in wakes, which costs the end-to-end run ~15 % (measured; docs/benchmarks.md, "CRM export: end to end against the bare pipeline").
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from tasks.crm_export.cost import DataflowPrices, estimate_cost
 
 API_KEY = "bench-key"
 WORKDIR = Path(".bench/crm")
-#: The resources of a measured Dataflow job that batched with GroupByKey (the README's cost comparison):
+#: The resources of a measured Dataflow job that batched with GroupByKey (docs/benchmarks.md, "Dataflow cost"):
 #: 87 M records, n1-standard workers.
 GROUPBYKEY_JOB = {
     "records": 87e6,

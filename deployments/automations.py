@@ -1,6 +1,6 @@
 """The automations that keep a dead worker host from losing a flow run, created idempotently by
-``python -m deployments.bootstrap``, which reports drift as it does for the limits (README.md, "Run it on
-several hosts", says when each acts):
+``python -m deployments.bootstrap``, which reports drift as it does for the limits (docs/operations.md, "A host
+that dies", says when each acts):
 
 - ``crash-zombie-flow-runs``: Prefect's "detect zombie flows" recipe (docs: "How to detect and respond
   to zombie flows"): after each ``prefect.flow-run.heartbeat`` of a run, expect another heartbeat or a

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-#: The environment variable a worker host sets to its checkout of the project (README, "Deploy").
+#: The environment variable a worker host sets to its checkout of the project (docs/tableau-refresh.md, "Deploy").
 PROJECT_DIR_VARIABLE = "ANALYTICS_FLOWS_DIR"
 
 

@@ -27,7 +27,7 @@ RESOURCE_METRICS = (
 class DataflowPrices(BaseModel):
     """Dataflow batch list prices in USD. Check them for your region at https://cloud.google.com/dataflow/pricing.
 
-    Defaults: the prices of a FlexRS batch job that the README's cost comparison uses: vCPU $0.0354/h,
+    Defaults: the prices of a FlexRS batch job that docs/benchmarks.md ("Dataflow cost") uses: vCPU $0.0354/h,
     memory $0.0025032/GB-h, standard persistent disk $0.000054/GB-h, shuffle data processed $0.011/GB;
     SSD persistent disk $0.000298/GB-h, Dataflow's long-standing SSD list price in US regions.
     """

@@ -207,7 +207,7 @@ class CrmSettings(SendSettings):
 
     block: str = Field(
         description="the CRM's block, '<block-type-slug>/<name>': hubspot-crm/..., braze-crm/... or "
-        "generic-crm-endpoint/... (README, 'Choose your CRM')"
+        "generic-crm-endpoint/... (docs/crm-export.md, 'Choose your CRM')"
     )
 
     def pipeline_settings(self, destination: DestinationSettings) -> PipelineSettings:

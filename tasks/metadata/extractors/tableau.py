@@ -186,7 +186,7 @@ class TableauExtractor:
             raise ExtractorConnectionError(f"{described}, {site}: {exc}") from None
         except requests.RequestException as exc:
             raise ExtractorConnectionError(
-                f"{described}: cannot reach {site}: {exc}. Check the Tableau Site block's server_url."
+                f"{described}: cannot reach {site}: {exc}. Check the site's server_url in the PAT pool block."
             ) from None
         except TableauError as exc:
             hint = (
