@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,26 @@ def job_tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     directory.mkdir()
     monkeypatch.setenv("TMPDIR", str(directory))
     return directory
+
+
+# --- Waiting for another thread or process --------------------------------------------------------
+
+
+def wait_for(
+    condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "the condition"
+) -> Any:
+    """Poll ``condition`` every ``interval`` seconds until it returns something truthy, and return that;
+    AssertionError naming ``what`` once it has not within ``timeout`` seconds (its last try is at or
+    after the deadline). For waits on another thread or process instead of a fixed sleep: no longer
+    than needed, and as long as it takes under load. Tests import it: ``from conftest import wait_for``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
 
 
 # --- Tableau stand-in ------------------------------------------------------------------------

@@ -38,8 +38,10 @@ def named(within_seconds: float = 90):
 def test_the_automation_is_the_recipe_scoped_to_the_projects_deployments():
     automation = zombie_flow_runs_automation()
     trigger = automation.trigger
-    assert automation.name == ZOMBIE_AUTOMATION_NAME and automation.enabled
-    assert trigger.posture == "Proactive" and trigger.threshold == 1
+    assert automation.name == ZOMBIE_AUTOMATION_NAME
+    assert automation.enabled
+    assert trigger.posture == "Proactive"
+    assert trigger.threshold == 1
     assert trigger.after == {"prefect.flow-run.heartbeat"}
     assert trigger.expect == {
         "prefect.flow-run.heartbeat",
@@ -56,7 +58,8 @@ def test_the_automation_is_the_recipe_scoped_to_the_projects_deployments():
         "prefect.tag.metadata",
     ]
     (action,) = automation.actions
-    assert action.type == "change-flow-run-state" and action.state == StateType.CRASHED
+    assert action.type == "change-flow-run-state"
+    assert action.state == StateType.CRASHED
 
 
 def test_a_window_within_one_heartbeat_or_no_tag_is_refused():
@@ -84,7 +87,8 @@ def test_disabled_changed_or_duplicated_automations_are_drift_until_fixed():
         client.create_automation(named(within_seconds=300).model_copy(update={"name": expected.name}))
 
     report = bootstrap_zombie_automation(expected)
-    assert report.status == "DRIFT" and not report.ok
+    assert report.status == "DRIFT"
+    assert not report.ok
     assert "disabled" in report.problems
     assert "2 automations have this name, expected 1" in report.problems
     # --check wins over --fix: nothing changes
@@ -94,14 +98,16 @@ def test_disabled_changed_or_duplicated_automations_are_drift_until_fixed():
     assert bootstrap_zombie_automation(expected).status == "ok"
     with get_client(sync_client=True) as client:
         (found,) = client.read_automations_by_name(expected.name)
-    assert found.enabled and found.trigger.within.total_seconds() == 90
+    assert found.enabled
+    assert found.trigger.within.total_seconds() == 90
 
 
 def test_a_changed_window_is_named_in_the_drift():
     expected = named()
     bootstrap_zombie_automation(named(within_seconds=120).model_copy(update={"name": expected.name}))
     (line,) = bootstrap_zombie_automation(expected).lines()
-    assert line.startswith("DRIFT") and "trigger within is 120.0, expected 90.0" in line
+    assert line.startswith("DRIFT")
+    assert "trigger within is 120.0, expected 90.0" in line
 
 
 @BOOTSTRAP_COMMAND
@@ -151,15 +157,15 @@ def test_a_claimed_run_is_put_back_when_pending_too_long_and_a_crashed_run_is_re
         while not (state(stuck).name == "Rescheduled" and state(crashed).name == "AwaitingRetry"):
             assert time.monotonic() < deadline, (state(stuck), state(crashed))
             time.sleep(0.5)
-        assert (
-            state(stuck).type == StateType.SCHEDULED
-            and "did not start it within 10 s" in state(stuck).message
-        )
-        assert state(crashed).type == StateType.SCHEDULED and state(crashed).message.startswith("Rerun once")
+        assert state(stuck).type == StateType.SCHEDULED
+        assert "did not start it within 10 s" in state(stuck).message
+        assert state(crashed).type == StateType.SCHEDULED
+        assert state(crashed).message.startswith("Rerun once")
         # Its second execution crashes too: it stays Crashed (once is once).
         client.set_flow_run_state(crashed.id, Running(), force=True)  # run count 2
         client.set_flow_run_state(
             crashed.id, Crashed(message=f"{ZOMBIE_CRASH_MESSAGE} for 90 s (again)."), force=True
         )
         time.sleep(5)  # a reactive trigger acts within a second or two of the event
-        assert state(crashed).is_crashed() and client.read_flow_run(crashed.id).run_count == 2
+        assert state(crashed).is_crashed()
+        assert client.read_flow_run(crashed.id).run_count == 2

@@ -40,7 +40,8 @@ def test_every_metadata_source_has_a_daily_deployment_with_concurrency_one():
         deployment = deployments[f"metadata-{name}"]
         assert deployment["entrypoint"] == "flows/metadata/collect.py:collect_metadata"
         assert deployment["parameters"] == {"source": name}
-        assert deployment["concurrency_limit"] == 1 and deployment["schedules"][0]["cron"]
+        assert deployment["concurrency_limit"] == 1
+        assert deployment["schedules"][0]["cron"]
 
 
 def test_the_domain_deployments_of_prefect_yaml_are_generated_from_the_configuration():
@@ -71,7 +72,8 @@ def test_a_new_domain_is_one_configuration_entry_and_one_command(tmp_path, capsy
     deployments = {d["name"]: d for d in yaml.safe_load(deploy_yaml.read_text())["deployments"]}
     hr = deployments["hr"]
     assert hr["entrypoint"] == "flows/tableau/refresh.py:refresh_domain"  # from the *refresh anchor
-    assert hr["concurrency_limit"] == 1 and hr["parameters"] == {"domain": "hr"}
+    assert hr["concurrency_limit"] == 1
+    assert hr["parameters"] == {"domain": "hr"}
     assert hr["schedules"] == [{"cron": "30 6 * * 1-5", "timezone": "UTC"}]
     assert {"prefect.resource.role": "deployment", "prefect.resource.name": "nightly"} in hr["triggers"][0][
         "match_related"

@@ -81,7 +81,8 @@ def test_a_new_source_is_one_configuration_entry_and_one_command(files):
     deployments = deployments_of(deploy_yaml)
     dev = deployments["metadata-tableau-dev"]
     assert dev["entrypoint"] == "flows/metadata/collect.py:collect_metadata"  # from the *collect anchor
-    assert dev["work_pool"]["name"] == "metadata" and dev["concurrency_limit"] == 1
+    assert dev["work_pool"]["name"] == "metadata"
+    assert dev["concurrency_limit"] == 1
     assert dev["parameters"] == {"source": "tableau-dev"}
     assert dev["tags"] == ["metadata", "tableau"]
     assert dev["schedules"] == [{"cron": "0 2 * * *", "timezone": "UTC", "active": True}]

@@ -30,7 +30,8 @@ def elsewhere(tmp_path, monkeypatch):
 def test_the_pull_step_changes_into_the_checkout_named_by_analytics_flows_dir(elsewhere, monkeypatch):
     monkeypatch.setenv("ANALYTICS_FLOWS_DIR", str(ROOT))
     outputs = asyncio.run(run_steps(pull_steps()))
-    assert Path.cwd() == ROOT and outputs["directory"] == str(ROOT)
+    assert Path.cwd() == ROOT
+    assert outputs["directory"] == str(ROOT)
 
 
 def test_a_worker_without_analytics_flows_dir_fails_its_runs_naming_the_variable(elsewhere, monkeypatch):
@@ -55,4 +56,5 @@ def test_a_directory_that_is_not_the_checkout_is_refused(elsewhere, monkeypatch)
         f"ANALYTICS_FLOWS_DIR={str(elsewhere)!r} is not a checkout of analytics-flows on this host "
         f"(no flows/ directory in {elsewhere.resolve()})"
     )
-    assert Path.cwd() == elsewhere and os.environ["ANALYTICS_FLOWS_DIR"] == str(elsewhere)
+    assert Path.cwd() == elsewhere
+    assert os.environ["ANALYTICS_FLOWS_DIR"] == str(elsewhere)

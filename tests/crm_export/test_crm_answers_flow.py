@@ -63,17 +63,20 @@ def test_a_daily_limit_reached_mid_run_leaves_the_rest_to_the_next_run(params):
             max_in_flight=1,
         )
         first = crm_export(**params, crm=crm)
-        assert first.records_not_sent > 0 and first.adds_up
+        assert first.records_not_sent > 0
+        assert first.adds_up
         assert first.records_accepted + first.records_dead_lettered + first.records_not_sent == 2_000
         assert first.out_of_sync == first.records_dead_lettered + first.records_not_sent
         assert hubspot.stats()["distinct_users"] == first.records_accepted
         # The next day: the limit starts afresh; the export of the shard is run again.
         hubspot.configure(daily_limit=1_000)
         second = crm_export(**params, crm=crm, force=True)
-        assert second.records_not_sent == 0 and second.records_unchanged == first.records_accepted
+        assert second.records_not_sent == 0
+        assert second.records_unchanged == first.records_accepted
         assert second.records_read == first.records_not_sent + first.records_dead_lettered
         assert hubspot.stats()["distinct_users"] == 2_000 - 5  # all but the 5 invalid emails
-        assert second.out_of_sync == 5 and second.dead_letter_reasons == {"http_400": 5}
+        assert second.out_of_sync == 5
+        assert second.dead_letter_reasons == {"http_400": 5}
         # The batches holding an invalid email were split until it stood alone: in the first run if it
         # met them before the daily limit (the order of batches across bundles varies), else in this one.
         assert first.requests_isolating + second.requests_isolating > 0

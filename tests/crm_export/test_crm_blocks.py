@@ -80,7 +80,8 @@ def test_each_crm_block_gives_the_pipeline_its_destination_settings() -> None:
         for b in (hubspot, braze, generic, mau)
     ]
     assert limits == [100, 75, 5000, 50]
-    assert hubspot.key().get_secret_value() == TOKEN and braze.key() == "secret/b"
+    assert hubspot.key().get_secret_value() == TOKEN
+    assert braze.key() == "secret/b"
 
 
 @pytest.mark.parametrize(
@@ -115,7 +116,8 @@ def test_each_crm_block_gives_the_pipeline_its_destination_settings() -> None:
 def test_a_hubspot_block_is_checked_when_it_is_made_without_quoting_its_token(fields, message) -> None:
     with pytest.raises(ValidationError, match=message) as refused:
         HubSpotCrm(**{"id_property": "external_id", "field_map": FIELDS, **fields})
-    assert TOKEN not in str(refused.value) and "pat na1" not in str(refused.value)
+    assert TOKEN not in str(refused.value)
+    assert "pat na1" not in str(refused.value)
 
 
 def test_braze_and_generic_blocks_name_a_wrong_url_or_a_missing_field_map() -> None:
@@ -136,10 +138,12 @@ def test_a_saved_block_keeps_its_key_secret_and_is_loaded_by_its_slug() -> None:
     assert schema["access_token"]["anyOf"][0]["format"] == "password"  # a secret field in the UI
     with get_client(sync_client=True) as client:
         shown = client.read_block_document_by_name(name, "hubspot-crm", include_secrets=False)
-    assert TOKEN not in str(shown.data) and shown.data["id_property"] == "external_id"
+    assert TOKEN not in str(shown.data)
+    assert shown.data["id_property"] == "external_id"
 
     loaded = load_crm_block(f"hubspot-crm/{name}")
-    assert isinstance(loaded, HubSpotCrm) and loaded.destination_settings().field_map == FIELDS
+    assert isinstance(loaded, HubSpotCrm)
+    assert loaded.destination_settings().field_map == FIELDS
     assert read_api_key(f"hubspot-crm/{name}").get_secret_value() == TOKEN
 
 
@@ -162,7 +166,8 @@ def test_the_key_is_read_from_the_secret_block_a_crm_block_names() -> None:
 def test_a_missing_crm_block_or_a_block_of_another_type_is_named() -> None:
     with pytest.raises(BlockNotFoundError) as missing:
         load_crm_block("braze-crm/absent")
-    assert "'braze-crm/absent'" in str(missing.value) and "crm.block" in str(missing.value)
+    assert "'braze-crm/absent'" in str(missing.value)
+    assert "crm.block" in str(missing.value)
     assert "BrazeCrm(rest_endpoint=..., api_key=..., field_map={...}).save('absent')" in str(missing.value)
     secret = unique("not-a-crm")
     Secret(value="x").save(secret)
@@ -180,11 +185,13 @@ def test_the_crm_block_types_are_registered_with_the_other_blocks() -> None:
         ("BrazeCrm", "braze-crm"),
         ("GenericCrmEndpoint", "generic-crm-endpoint"),
     ):
-        assert name in blocks.__all__ and name in dir(blocks)  # what `prefect block register -m blocks` lists
+        assert name in blocks.__all__
+        assert name in dir(blocks)  # what `prefect block register -m blocks` lists
         cls = getattr(blocks, name)
         cls.register_type_and_schema()
         with get_client(sync_client=True) as client:
             schema = client.get_most_recent_block_schema_for_block_type(
                 client.read_block_type_by_slug(slug).id
             )
-        assert cls.get_block_type_slug() == slug and "field_map" in schema.fields["properties"]
+        assert cls.get_block_type_slug() == slug
+        assert "field_map" in schema.fields["properties"]

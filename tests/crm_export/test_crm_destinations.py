@@ -101,9 +101,13 @@ def test_hubspot_inputs_carry_a_trace_id_and_207_errors_dead_letter_with_hubspot
     payload, _, _ = HubSpotDestination(hubspot_settings(hs.url)).encode(batch)
     assert [i["objectWriteTraceId"] for i in payload["inputs"]] == ["u1", "u2", "u3"]
     outcome = send(sink(hubspot_settings(hs.url)), batch)
-    assert outcome.accepted == 2 and outcome.statuses == [207] and outcome.requests == 1
+    assert outcome.accepted == 2
+    assert outcome.statuses == [207]
+    assert outcome.requests == 1
     (dead,) = outcome.dead_letters
-    assert dead["key"] == "u2" and dead["status"] == 207 and dead["stage"] == "crm"
+    assert dead["key"] == "u2"
+    assert dead["status"] == 207
+    assert dead["stage"] == "crm"
     assert dead["reason"] == "INVALID_EMAIL: Email address u2example.com is invalid"
     stored = hs.user("u1")["properties"]
     assert {k: stored[k] for k in ("external_id", "email", "plan", "country")} == {
@@ -127,7 +131,8 @@ def test_one_invalid_email_in_a_batch_of_100_leaves_99_accepted_and_1_dead_lette
     hs.configure(**config)
     keys = [f"c{i:03d}" for i in range(100)]
     outcome = send(sink(hubspot_settings(hs.url)), records(*keys, c037={"email": "c037.example.com"}))
-    assert outcome.accepted == 99 and [d["key"] for d in outcome.dead_letters] == ["c037"]
+    assert outcome.accepted == 99
+    assert [d["key"] for d in outcome.dead_letters] == ["c037"]
     if config.get("refusal"):  # HubSpot said nothing of why
         assert outcome.dead_letters[0]["reason"].startswith("HTTP 207, nothing written")
     else:
@@ -136,11 +141,14 @@ def test_one_invalid_email_in_a_batch_of_100_leaves_99_accepted_and_1_dead_lette
     assert sorted(outcome.accepted_positions) == [i for i in range(100) if i != 37]
     assert set(outcome.statuses) == statuses
     stats = hs.stats()
-    assert stats["distinct_users"] == 99 and hs.user("c037") is None and stats["duplicate_deliveries"] == 0
+    assert stats["distinct_users"] == 99
+    assert hs.user("c037") is None
+    assert stats["duplicate_deliveries"] == 0
     if config:  # refused whole: halves until the bad input is alone (37 in 100, 50, 25, 13, 6, 3, 2: 1)
         assert outcome.isolation_requests == outcome.requests - 1 == 12
     else:
-        assert outcome.requests == 1 and outcome.isolation_requests == 0
+        assert outcome.requests == 1
+        assert outcome.isolation_requests == 0
 
 
 def test_two_inputs_hubspot_takes_for_one_contact_never_share_a_batch(hs):
@@ -158,12 +166,15 @@ def test_two_inputs_hubspot_takes_for_one_contact_never_share_a_batch(hs):
         "duplicate key: HubSpot takes 'ann@example.com' and 'Ann@Example.com'"
     )
     outcome = sink(settings).post_body(payload, keys)
-    assert outcome.accepted == 2 and hs.stats()["distinct_users"] == 2
+    assert outcome.accepted == 2
+    assert hs.stats()["distinct_users"] == 2
 
 
 def test_an_id_property_without_unique_values_dead_letters_the_batch_without_splitting_it(hs):
     outcome = send(sink(hubspot_settings(hs.url, id_property="phone")), records("n1", "n2", "n3"))
-    assert outcome.requests == 1 and outcome.accepted == 0 and len(outcome.dead_letters) == 3
+    assert outcome.requests == 1
+    assert outcome.accepted == 0
+    assert len(outcome.dead_letters) == 3
     assert outcome.dead_letters[0]["reason"] == (
         "HTTP 400: VALIDATION_ERROR: Unable to perform update/upsert by non-unique 0-1 property phone in portal "
         "ID 21939747"
@@ -175,7 +186,9 @@ def test_an_answer_that_does_not_list_an_input_sends_it_again_then_dead_letters_
     destination = HubSpotDestination(settings)
     listed = {"status": "COMPLETE", "results": [{"id": "1", "properties": {"external_id": "a"}}]}
     answer = destination.parse(200, {}, orjson.dumps(listed), ["a", "b"])
-    assert answer.succeeded and answer.accepted == {0} and answer.rejected == {}
+    assert answer.succeeded
+    assert answer.accepted == {0}
+    assert answer.rejected == {}
     assert answer.reason.startswith("unconfirmed: HubSpot's answer lists it neither")
     assert destination.parse(200, {}, b"{}", ["a"]).retry  # no results at all: a protocol error
     assert destination.parse(207, {}, b'{"results": [], "errors": []}', ["a", "b"]).refused_whole
@@ -191,9 +204,11 @@ def test_a_hubspot_429_storm_is_waited_out_and_everything_is_upserted_once(hs):
             outcomes.append(fn.post_body(payload, keys))
     finally:
         fn.teardown()
-    assert sum(o.accepted for o in outcomes) == 6 and not any(o.dead_letters for o in outcomes)
+    assert sum(o.accepted for o in outcomes) == 6
+    assert not any(o.dead_letters for o in outcomes)
     stats = hs.stats()
-    assert stats["status_counts"].get("429", 0) > 0 and stats["duplicate_deliveries"] == 0
+    assert stats["status_counts"].get("429", 0) > 0
+    assert stats["duplicate_deliveries"] == 0
     assert sum(o.retries for o in outcomes) == stats["status_counts"]["429"]
 
 
@@ -204,9 +219,11 @@ def test_hubspots_daily_limit_stops_sending_and_leaves_the_rest_not_sent(hs):
         outcomes = [fn.post_body(*fn.destination.encode(records(f"d{i}a", f"d{i}b"))[:2]) for i in range(4)]
     finally:
         fn.teardown()
-    assert [o.accepted for o in outcomes] == [2, 2, 0, 0] and [o.not_sent for o in outcomes] == [0, 0, 2, 2]
+    assert [o.accepted for o in outcomes] == [2, 2, 0, 0]
+    assert [o.not_sent for o in outcomes] == [0, 0, 2, 2]
     assert [o.requests for o in outcomes] == [1, 1, 1, 0]  # the DAILY 429 stops the job's sending
-    assert not any(o.dead_letters for o in outcomes) and hs.stats()["distinct_users"] == 4
+    assert not any(o.dead_letters for o in outcomes)
+    assert hs.stats()["distinct_users"] == 4
 
 
 def test_hubspot_5xx_are_retried(hs):
@@ -216,7 +233,8 @@ def test_hubspot_5xx_are_retried(hs):
         outcomes = [fn.post_body(*fn.destination.encode(records(f"e{i}"))[:2]) for i in range(8)]
     finally:
         fn.teardown()
-    assert sum(o.accepted for o in outcomes) == 8 and sum(o.retries for o in outcomes) > 0
+    assert sum(o.accepted for o in outcomes) == 8
+    assert sum(o.retries for o in outcomes) > 0
     assert any(s >= 500 for o in outcomes for s in o.statuses)
 
 
@@ -238,7 +256,8 @@ def test_the_hubspot_client_goes_through_the_environments_proxy_unless_no_proxy_
         closed.bind(("127.0.0.1", 0))
         monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed.getsockname()[1]}")
     refused = send(sink(hubspot_settings(hs.url, max_attempts=1)), records("p1"))
-    assert refused.accepted == 0 and refused.statuses == []
+    assert refused.accepted == 0
+    assert refused.statuses == []
     assert "ProxyError" in refused.dead_letters[0]["reason"]
     monkeypatch.setenv("NO_PROXY", urlsplit(hs.url).hostname)
     assert send(sink(hubspot_settings(hs.url)), records("p2")).accepted == 1
@@ -260,7 +279,8 @@ def test_workers_pace_themselves_below_the_ten_second_limit_and_meet_no_429(hs):
         outcomes = [fn.post_body(*fn.destination.encode(records(f"pace{i}"))[:2]) for i in range(20)]
     finally:
         fn.teardown()
-    assert sum(o.accepted for o in outcomes) == 20 and "429" not in hs.stats()["status_counts"]
+    assert sum(o.accepted for o in outcomes) == 20
+    assert "429" not in hs.stats()["status_counts"]
     assert time.monotonic() - started >= 19 / 9  # 9 requests a second at most
 
 
@@ -304,12 +324,11 @@ def test_braze_attributes_are_keyed_by_external_id_and_non_fatal_errors_dead_let
         "country": "DE",
     }
     outcome = send(sink(braze_settings(bz.url)), batch)
-    assert outcome.accepted == 2 and outcome.statuses == [201]
+    assert outcome.accepted == 2
+    assert outcome.statuses == [201]
     (dead,) = outcome.dead_letters
-    assert (
-        dead["key"] == "b3"
-        and dead["reason"] == "The value provided for the 'email' field is not a valid email."
-    )
+    assert dead["key"] == "b3"
+    assert dead["reason"] == "The value provided for the 'email' field is not a valid email."
     assert bz.user("b1")["properties"] == {"email": "b1@example.com", "plan": "pro", "country": "DE"}
     assert bz.user("b3") is None
 
@@ -320,7 +339,9 @@ def test_a_braze_429_waits_until_x_ratelimit_reset():
     answer = BrazeDestination.parse(
         429, {"X-RateLimit-Reset": "1003"}, b'{"message": "Rate Limited"}', 1, now=now
     )
-    assert answer.retry and answer.retry_after_seconds == 3.0 and answer.reason == "HTTP 429: Rate Limited"
+    assert answer.retry
+    assert answer.retry_after_seconds == 3.0
+    assert answer.reason == "HTTP 429: Rate Limited"
     assert settings.batch_limit() == 75
 
 
@@ -329,18 +350,20 @@ def test_a_braze_429_waits_until_x_ratelimit_reset():
 )
 def test_a_braze_2xx_that_does_not_say_what_it_processed_is_a_protocol_error(content):
     answer = BrazeDestination.parse(201, {}, content, 3)
-    assert answer.retry and answer.accepted == frozenset() and answer.reason.startswith("protocol error")
+    assert answer.retry
+    assert answer.accepted == frozenset()
+    assert answer.reason.startswith("protocol error")
 
 
 def test_brazes_processed_count_says_which_objects_were_written():
     errors = b'"errors": [{"type": "x", "input_array": "attributes", "index": 1}]'
     for processed in (2, 3):  # the valid objects, or every object less the errors
         answer = BrazeDestination.parse(201, {}, b'{"attributes_processed": %d, %s}' % (processed, errors), 3)
-        assert answer.accepted == {0, 2} and answer.rejected == {1: "x"}
+        assert answer.accepted == {0, 2}
+        assert answer.rejected == {1: "x"}
     short = BrazeDestination.parse(201, {}, b'{"attributes_processed": 1, %s}' % errors, 3)
-    assert short.accepted == frozenset() and short.reason.startswith(
-        "unconfirmed: Braze processed 1 of the 2"
-    )
+    assert short.accepted == frozenset()
+    assert short.reason.startswith("unconfirmed: Braze processed 1 of the 2")
 
 
 def test_an_mau_contract_sends_50_objects_a_request(bz):
@@ -358,11 +381,9 @@ def test_an_mau_contract_sends_50_objects_a_request(bz):
 
 def test_a_batch_braze_refuses_whole_is_dead_lettered_with_brazes_words(bz):
     outcome = send(sink(braze_settings(bz.url)), records("v1", "v2", v1={"email": "x"}, v2={"email": "y"}))
-    assert (
-        outcome.requests == 1
-        and outcome.accepted == 0
-        and {d["status"] for d in outcome.dead_letters} == {400}
-    )
+    assert outcome.requests == 1
+    assert outcome.accepted == 0
+    assert {d["status"] for d in outcome.dead_letters} == {400}
     assert outcome.dead_letters[0]["reason"] == (
         "HTTP 400: Valid data must be provided in the 'attributes', 'events', or 'purchases' fields."
     )
@@ -390,7 +411,8 @@ def test_a_braze_429_storm_is_waited_out(bz):
         outcomes = [fn.post_body(*fn.destination.encode(records(f"r{i}"))[:2]) for i in range(5)]
     finally:
         fn.teardown()
-    assert sum(o.accepted for o in outcomes) == 5 and bz.stats()["status_counts"].get("429", 0) > 0
+    assert sum(o.accepted for o in outcomes) == 5
+    assert bz.stats()["status_counts"].get("429", 0) > 0
     assert time.monotonic() - started >= 1.0  # two windows passed: it waited for the reset, not a fixed sleep
 
 
@@ -401,10 +423,12 @@ def test_braze_5xx_are_retried_and_an_oversize_batch_is_dead_lettered(bz):
         outcomes = [fn.post_body(*fn.destination.encode(records(f"x{i}"))[:2]) for i in range(6)]
     finally:
         fn.teardown()
-    assert sum(o.accepted for o in outcomes) == 6 and sum(o.retries for o in outcomes) > 0
+    assert sum(o.accepted for o in outcomes) == 6
+    assert sum(o.retries for o in outcomes) > 0
     bz.configure(error_rate=0.0)
     outcome = send(sink(braze_settings(bz.url)), records(*(f"big{i}" for i in range(76))))
-    assert outcome.requests == 1 and {d["status"] for d in outcome.dead_letters} == {400}
+    assert outcome.requests == 1
+    assert {d["status"] for d in outcome.dead_letters} == {400}
     assert outcome.dead_letters[0]["reason"] == "HTTP 400: Max Input Length Exceeded"
 
 
@@ -419,14 +443,19 @@ def test_a_generic_answer_that_does_not_say_what_was_accepted_is_retried_then_de
     ) as crm:
         settings = PipelineSettings(url=crm.batch_url, max_attempts=3, max_backoff_seconds=0.05)
         outcome = send(sink(settings), records("g1", "g2"))
-        assert outcome.accepted == 0 and outcome.requests == 3 and outcome.retries == 2
+        assert outcome.accepted == 0
+        assert outcome.requests == 3
+        assert outcome.retries == 2
         assert [d["key"] for d in outcome.dead_letters] == ["g1", "g2"]
         assert outcome.dead_letters[0]["reason"].startswith(
             "retries exhausted: 3 attempts, the last: protocol error: HTTP 200 without an integer 'accepted'"
         )
         # The endpoint stored them but did not say so: they count as not accepted, and go out again.
-        assert crm.user("g1")["deliveries"] == 1 and crm.stats()["replays"] == 2
+        assert crm.user("g1")["deliveries"] == 1
+        assert crm.stats()["replays"] == 2
     for body in (b"{}", b'{"error": "db down"}', b'{"accepted": "2"}', b"[]"):
         assert GenericDestination.parse(200, {}, body, 2).retry
     partial = GenericDestination.parse(200, {}, b'{"accepted": 1, "rejected": []}', 2)
-    assert partial.succeeded and partial.accepted == frozenset() and partial.reason.startswith("unconfirmed")
+    assert partial.succeeded
+    assert partial.accepted == frozenset()
+    assert partial.reason.startswith("unconfirmed")

@@ -97,22 +97,27 @@ def test_exports_the_latest_shard_and_publishes_the_summary(export, crm, bigquer
     state = crm_export(**export, return_state=True)
     summary = state.result()
     name = f"{export['pipeline_name']}-20261116"
-    assert summary.shard_date == dt.date(2026, 11, 16) and summary.job_name == name
-    assert summary.launch == "submitted" and summary.state == "JOB_STATE_DONE"
+    assert summary.shard_date == dt.date(2026, 11, 16)
+    assert summary.job_name == name
+    assert summary.launch == "submitted"
+    assert summary.state == "JOB_STATE_DONE"
     assert summary.records_read == 3_000
     assert summary.records_accepted == crm.stats()["distinct_users"] == 2_994
     assert summary.records_dead_lettered == summary.records_rejected == 6
-    assert summary.batch_size.max <= 500 and summary.batches == 6
-    assert summary.http_status == {200: 6} and summary.estimated_cost is None  # no faults; local runner
+    assert summary.batch_size.max <= 500
+    assert summary.batches == 6
+    assert summary.http_status == {200: 6}  # no faults
+    assert summary.estimated_cost is None  # local runner
     assert summary.dead_letter_reasons == {"email_is_not_a_valid_email_address": 6}
-    assert summary.records_recorded == 2_994 and summary.out_of_sync == 6  # the 6 the CRM did not take
-    assert summary.sync == "full" and summary.sync_state == export["source"].state_table(
-        export["pipeline_name"]
-    )
+    assert summary.records_recorded == 2_994
+    assert summary.out_of_sync == 6  # the 6 the CRM did not take
+    assert summary.sync == "full"
+    assert summary.sync_state == export["source"].state_table(export["pipeline_name"])
     dead = list(Path(summary.dead_letter_prefix).parent.glob("dead-letter-*.jsonl"))
     assert sum(len(f.read_text().splitlines()) for f in dead) == 6
     (job,) = jobs(export)
-    assert job["labels"]["shard-date"] == "2026-11-16" and job["labels"]["prefect-flow-run-id"]
+    assert job["labels"]["shard-date"] == "2026-11-16"
+    assert job["labels"]["prefect-flow-run-id"]
     with get_client(sync_client=True) as client:
         run_id = state.state_details.flow_run_id
         of_run = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
@@ -126,7 +131,9 @@ def test_exports_the_latest_shard_and_publishes_the_summary(export, crm, bigquer
         ]
         persisted = client.read_flow_run(run_id).state.result()
     assert persisted == summary  # the flow's result, read back from result storage
-    assert artifacts and "2,994" in artifacts[-1].data and "Dead-lettered" in artifacts[-1].data
+    assert artifacts
+    assert "2,994" in artifacts[-1].data
+    assert "Dead-lettered" in artifacts[-1].data
     assert "| Batch size | min 500, mean 500.0, max 500 |" in artifacts[-1].data
     assert "| HTTP statuses | 200: 6 |" in artifacts[-1].data
     assert [(p.type, p.data) for p in progress] == [("progress", 100.0)]
@@ -139,13 +146,16 @@ def test_exports_the_latest_shard_and_publishes_the_summary(export, crm, bigquer
 def test_a_done_shard_is_skipped_unless_forced(export, crm):
     crm_export(**export)
     again = crm_export(**export)
-    assert again.launch == "skipped" and len(jobs(export)) == 1
+    assert again.launch == "skipped"
+    assert len(jobs(export)) == 1
     assert again.records_accepted == 2_994  # the summary of the job that did the export
     assert again.records_recorded is None  # recorded by the first run
     forced = crm_export(**export, force=True)
-    assert forced.launch == "submitted" and len(jobs(export)) == 2
+    assert forced.launch == "submitted"
+    assert len(jobs(export)) == 2
     # A forced export sends what the CRM does not hold as it is: the 6 it rejected.
-    assert forced.records_unchanged == 2_994 and forced.records_read == 6
+    assert forced.records_unchanged == 2_994
+    assert forced.records_read == 6
     assert crm.stats()["replays"] == 0  # a forced export is sent again, not dropped as a replay
 
 
@@ -180,11 +190,13 @@ def test_a_killed_flow_run_is_adopted_by_the_next_run_one_job_in_total(export, c
     (job,) = jobs(export)
     assert job["state"] == JobState.RUNNING.value  # the job outlived the flow run that launched it
     summary = crm_export(**export)
-    assert summary.launch == "adopted" and summary.job_id == job["id"]
+    assert summary.launch == "adopted"
+    assert summary.job_id == job["id"]
     assert summary.records_recorded == 2_994  # the killed run's plan, recorded by the run that adopted it
     assert len(jobs(export)) == 1
     stats = crm.stats()
-    assert stats["distinct_users"] == 2_994 and stats["duplicate_deliveries"] == 0
+    assert stats["distinct_users"] == 2_994
+    assert stats["duplicate_deliveries"] == 0
 
 
 def test_a_job_whose_process_died_is_failed_and_the_next_run_submits_again(export, crm, job_tmpdir):
@@ -209,7 +221,8 @@ def test_a_job_whose_process_died_is_failed_and_the_next_run_submits_again(expor
     assert "exited without a final state" in launcher.job_errors(job_id)[-1]
     crm.configure(slow_rate=0.0)
     summary = crm_export(**export)
-    assert summary.launch == "submitted" and summary.job_id != job_id
+    assert summary.launch == "submitted"
+    assert summary.job_id != job_id
 
 
 def test_a_missing_shard_is_named_with_the_newest_ones(export):
@@ -232,7 +245,8 @@ def test_a_missing_crm_block_or_secret_block_is_named_and_nothing_runs(export, c
         SecretBlockNotFoundError, match=rf"'secret/no-such-crm-key'.*CRM block '{block}' \(api_key_block\)"
     ):
         crm_export(**export)
-    assert jobs(export) == [] and crm.stats()["requests"] == 0
+    assert jobs(export) == []
+    assert crm.stats()["requests"] == 0
 
 
 def test_an_empty_shard_or_missing_keys_fail_before_any_job(export, bigquery):
@@ -275,9 +289,11 @@ def test_an_int64_key_is_sent_as_its_string(export, bigquery, crm):
         bigquery.client(), table, rows, [SchemaField("external_id", "INT64"), SchemaField("email", "STRING")]
     )
     summary = crm_export(**export)
-    assert summary.records_accepted == 3 and crm.user("8")["attributes"] == {"email": "u1@example.com"}
+    assert summary.records_accepted == 3
+    assert crm.user("8")["attributes"] == {"email": "u1@example.com"}
     again = crm_export(**export, force=True)
-    assert again.records_unchanged == 3 and again.records_read == 0  # the state holds the string keys
+    assert again.records_unchanged == 3
+    assert again.records_read == 0  # the state holds the string keys
 
 
 @pytest.mark.slow(seconds=15)
@@ -326,8 +342,10 @@ def test_the_api_key_reaches_no_parameter_label_log_artifact_result_or_file(expo
     ]  # persisted results
     places |= {str(p): p.read_bytes().decode(errors="replace") for p in files}
     assert [where for where, text in places.items() if API_KEY in text] == []
-    assert any("task run" in where for where in places) and any(str(storage) in where for where in places)
-    assert any(p.suffix == ".log" for p in files) and any(p.name.endswith(".json") for p in files)
+    assert any("task run" in where for where in places)
+    assert any(str(storage) in where for where in places)
+    assert any(p.suffix == ".log" for p in files)
+    assert any(p.name.endswith(".json") for p in files)
 
 
 def test_the_shard_is_resolved_once_per_flow_run(bigquery, bigquery_dataset):
@@ -406,8 +424,10 @@ def test_the_artifact_writes_every_number_with_thousands_separators():
     )
     markdown = _markdown(summary)
     assert "| Batch size | min 4,996, mean 4,999.9, max 5,000 |" in markdown
-    assert "| Records read | 200,000 |" in markdown and "(28,571 records/s)" in markdown
-    assert "| Rows in shard | 210,300 |" in markdown and "| Skipped unchanged | 10,000 |" in markdown
+    assert "| Records read | 200,000 |" in markdown
+    assert "(28,571 records/s)" in markdown
+    assert "| Rows in shard | 210,300 |" in markdown
+    assert "| Skipped unchanged | 10,000 |" in markdown
     assert (
         "| Accounting | 210,300 rows = 10,000 unchanged + 199,800 accepted + 200 dead-lettered + 300 not sent |"
         in markdown

@@ -54,8 +54,11 @@ def test_every_setting_goes_to_the_pipeline_and_back_and_the_crm_block_does_not(
     )
     settings = crm.pipeline_settings(destination)
     args = settings.pipeline_args()
-    assert "--crm_url=" + URL in args and "--crm_read_timeout_seconds=12.5" in args and "--send_nulls" in args
-    assert "--crm_destination=hubspot" in args and "--hubspot_id_property=external_id" in args
+    assert "--crm_url=" + URL in args
+    assert "--crm_read_timeout_seconds=12.5" in args
+    assert "--send_nulls" in args
+    assert "--crm_destination=hubspot" in args
+    assert "--hubspot_id_property=external_id" in args
     assert not any("hubspot-crm/" in arg or "block" in arg for arg in args)
     assert (
         parsed(args)

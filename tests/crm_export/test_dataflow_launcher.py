@@ -4,7 +4,7 @@
   ordering, small pages through the client library's own pagers, FlexRS jobs queued for several polls,
   one *active* job per name while a finished job's name can be reused) drives ``launch_job``/``poll_job``.
 - ``job_metrics`` parses a ``JobMetrics`` response shaped as the API's; ``estimate_cost`` is checked
-  against the bill of a measured GroupByKey job (the README's cost comparison).
+  against the bill of a measured GroupByKey job (docs/benchmarks.md, "Dataflow cost").
 - The real export is built with ``DataflowRunner --dry_run=True`` and its ``Job`` request is completed
   by Beam's own ``create_job_description`` with staging captured in memory: no network, no credentials.
 - The workers' package (``--setup_file``) is built and installed as Beam and the workers do.
@@ -276,7 +276,8 @@ def test_project_id_falls_back_to_the_credentials_and_names_the_block(make_optio
     name = f"dataflow-{uuid.uuid4().hex[:8]}"
     no_project.save(name)
     loaded = DataflowOptions.load(name)
-    assert loaded.labels == no_project.labels and loaded.region == REGION
+    assert loaded.labels == no_project.labels
+    assert loaded.region == REGION
     with pytest.raises(ValueError, match=f"Dataflow Options block '{name}' has no GCP project"):
         loaded.project_id()
 
@@ -573,9 +574,11 @@ def assert_no_secret(options: PipelineOptions) -> None:
 
 def test_no_job_yet_submits(launcher: OfflineLauncher, service: FakeDataflow) -> None:
     result = launch_job(launcher, make_spec())
-    assert result.action == "submitted" and result.job_name == JOB_NAME
+    assert result.action == "submitted"
+    assert result.job_name == JOB_NAME
     job = service.jobs[result.job_id]
-    assert job.name == JOB_NAME and job.current_state == S.JOB_STATE_QUEUED
+    assert job.name == JOB_NAME
+    assert job.current_state == S.JOB_STATE_QUEUED
     assert dict(job.labels) == {"team": "data-platform", "flow-run-id": "7f3d2c1b", "shard-date": "20261116"}
     (options,) = launcher.submitted
     cloud = options.view_as(GoogleCloudOptions)
@@ -589,10 +592,12 @@ def test_the_job_gets_the_api_key_only_as_a_kms_ciphertext(launcher: OfflineLaun
 
     launch_job(launcher, make_spec())
     (worker_key,) = launcher.worker_keys
-    assert isinstance(worker_key, KmsEncryptedApiKey) and worker_key.kms_key_name == KMS_KEY
+    assert isinstance(worker_key, KmsEncryptedApiKey)
+    assert worker_key.kms_key_name == KMS_KEY
     assert launcher.kms.requests[0]["name"] == KMS_KEY
     pickled = pickle.dumps(worker_key)  # what Beam stages with PostBatchesFn
-    assert SECRET.encode() not in pickled and SECRET not in repr(worker_key)
+    assert SECRET.encode() not in pickled
+    assert SECRET not in repr(worker_key)
     on_worker = pickle.loads(pickled)
     on_worker._client = lambda: launcher.kms  # the worker's KMS client (its service account)
     assert on_worker.get_secret_value() == SECRET
@@ -608,7 +613,8 @@ def test_a_kms_refusal_names_the_key_and_the_role(launcher: OfflineLauncher) -> 
     launcher.kms.encrypt = refuse
     with pytest.raises(PermissionError, match="roles/cloudkms.cryptoKeyEncrypter") as failure:
         launch_job(launcher, make_spec())
-    assert KMS_KEY in str(failure.value) and launcher.submitted == []
+    assert KMS_KEY in str(failure.value)
+    assert launcher.submitted == []
 
 
 @pytest.mark.parametrize("state", [S.JOB_STATE_QUEUED, S.JOB_STATE_RUNNING, S.JOB_STATE_PENDING])
@@ -628,7 +634,8 @@ def test_done_job_is_skipped_unless_forced(launcher: OfflineLauncher, service: F
     assert launcher.submitted == []
 
     forced = launch_job(launcher, make_spec(), force=True)
-    assert forced.action == "submitted" and forced.job_id != done
+    assert forced.action == "submitted"
+    assert forced.job_id != done
     # Dataflow lets a finished job's name be reused: both jobs now carry it.
     assert sorted(job.id for job in launcher.list_jobs(JOB_NAME)) == sorted([done, forced.job_id])
     # ...and the forced one, being active, is what a retried launch adopts.
@@ -655,7 +662,8 @@ def test_only_failed_or_cancelled_jobs_submit_a_new_one(
 ) -> None:
     old = {service.add_job(JOB_NAME, S.JOB_STATE_FAILED), service.add_job(JOB_NAME, S.JOB_STATE_CANCELLED)}
     result = launch_job(launcher, make_spec())
-    assert result.action == "submitted" and result.job_id not in old
+    assert result.action == "submitted"
+    assert result.job_id not in old
     assert len(launcher.submitted) == 1
 
 
@@ -682,7 +690,8 @@ def test_the_match_on_page_three_is_found(launcher: OfflineLauncher, service: Fa
         service.add_job(JOB_NAME, S.JOB_STATE_FAILED if i % 2 else S.JOB_STATE_CANCELLED)
     jobs = launcher.list_jobs(JOB_NAME)
     assert service.pages_served == 3  # 8 jobs, 3 per page
-    assert len(jobs) == 8 and jobs[-1].id == done
+    assert len(jobs) == 8
+    assert jobs[-1].id == done
     result = launch_job(launcher, make_spec())
     assert (result.action, result.job_id) == ("skipped", done)
     assert launcher.submitted == []
@@ -706,11 +715,14 @@ def test_job_info_from_the_api(launcher: OfflineLauncher, service: FakeDataflow)
         JobState.QUEUED,
         {"shard-date": "20261116"},
     )
-    assert info.create_time is not None and info.create_time.utcoffset() == dt.timedelta(0)
-    assert info.state_time is not None and info.state_time > info.create_time
+    assert info.create_time is not None
+    assert info.create_time.utcoffset() == dt.timedelta(0)
+    assert info.state_time is not None
+    assert info.state_time > info.create_time
     # A paused job is not terminal: launch adopts it, poll keeps waiting.
     paused = service.add_job(JOB_NAME, S.JOB_STATE_PAUSED)
-    assert launcher.get_job(paused).state is JobState.PAUSED and not launcher.get_job(paused).terminal
+    assert launcher.get_job(paused).state is JobState.PAUSED
+    assert not launcher.get_job(paused).terminal
 
 
 def test_unknown_job_id_is_a_lookup_error(launcher: OfflineLauncher) -> None:
@@ -749,8 +761,10 @@ def test_flexrs_job_queued_for_hours_then_done(launcher: OfflineLauncher, servic
         clock=time.clock,
         on_poll=lambda j: polled.append(j.state),
     )
-    assert job.state is JobState.DONE and job.id == job_id
-    assert service.get_calls == 22 and time.sleeps == [600] * 21  # 3.5 h queued, then running
+    assert job.state is JobState.DONE
+    assert job.id == job_id
+    assert service.get_calls == 22
+    assert time.sleeps == [600] * 21  # 3.5 h queued, then running
     assert polled == [JobState.QUEUED] * 20 + [JobState.RUNNING, JobState.DONE]  # each poll, for progress
 
 
@@ -792,7 +806,8 @@ def test_other_terminal_states_fail(
     time = FakeClock()
     with pytest.raises(JobFailedError) as failure:
         poll_job(launcher, job_id, interval_seconds=60, sleep=time.sleep, clock=time.clock)
-    assert failure.value.job.state is expected and failure.value.errors == []
+    assert failure.value.job.state is expected
+    assert failure.value.errors == []
 
 
 def test_poll_timeout_leaves_the_job_running(launcher: OfflineLauncher, service: FakeDataflow) -> None:
@@ -931,7 +946,8 @@ def test_job_metrics_from_the_api_response(launcher: OfflineLauncher, service: F
     assert counters.records_read == counters.records_accepted + counters.records_dead_lettered
 
     cost = estimate_cost(result.resources, DataflowPrices())
-    assert cost is not None and cost.shuffle_gb == pytest.approx(6.165)  # billed on the billable volume
+    assert cost is not None
+    assert cost.shuffle_gb == pytest.approx(6.165)  # billed on the billable volume
 
 
 def test_job_metrics_of_a_job_that_reported_nothing(launcher: OfflineLauncher, service: FakeDataflow) -> None:
@@ -1056,7 +1072,8 @@ def test_dry_run_builds_the_real_job_offline(
     )
     assert "pickled_main_session" not in staged  # --no_save_main_session
     sdk_options = dict(environment.sdk_pipeline_options["options"])
-    assert sdk_options["project"] == PROJECT and sdk_options["setup_file"] == str(SETUP_FILE)
+    assert sdk_options["project"] == PROJECT
+    assert sdk_options["setup_file"] == str(SETUP_FILE)
     assert sdk_options["staging_location"].startswith(f"gs://analytics-dataflow/staging/{JOB_NAME}.")
 
     # The workers' package is the sdist of pipelines/setup.py.

@@ -51,7 +51,8 @@ def test_a_final_state_is_never_overwritten(tmp_path):
     wait_for(launcher, job_id, {JobState.FAILED})
     launcher.update(job_id, state=JobState.DONE.value, counters={"records_read": 1})
     record = launcher.read(job_id)
-    assert record["state"] == JobState.FAILED.value and record["counters"] == {"records_read": 1}
+    assert record["state"] == JobState.FAILED.value
+    assert record["counters"] == {"records_read": 1}
 
 
 def test_cancel_ends_the_job_cancelled_and_leaves_no_temporary_directory(tmp_path, job_tmpdir):

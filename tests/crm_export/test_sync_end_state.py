@@ -210,14 +210,16 @@ def _cancelled_midway(crm: CrmStandIn, export, tmp_path: Path, job_name: str) ->
     runner.start()
     deadline = time.monotonic() + 120
     while crm.stats()["records_accepted"] < accepted_before + 40:
-        assert time.monotonic() < deadline and runner.is_alive(), "the job accepted nothing"
+        assert time.monotonic() < deadline, "the job accepted nothing"
+        assert runner.is_alive(), "the export ended before its job accepted 40 records"
         time.sleep(0.1)
     launcher = LocalLauncher(tmp_path / "jobs")
     (job,) = [j for j in launcher.list_jobs(job_name) if not j.terminal]
     launcher.cancel(job.id)
     runner.join(120)
     crm.configure(slow_rate=0.0)
-    assert failed and isinstance(failed[0], JobFailedError), failed
+    assert failed, failed
+    assert isinstance(failed[0], JobFailedError), failed
     assert launcher.get_job(job.id).state is JobState.CANCELLED
 
 
@@ -247,7 +249,8 @@ def test_after_six_weeks_the_crm_holds_the_latest_shard(weekly, bigquery):
     crm, users = weeks.crm, weeks.users
     assert stale(crm, users) == {}
     last = weeks.summaries[-1]
-    assert last.adds_up and last.out_of_sync == len(users.invalid()) > 0
+    assert last.adds_up
+    assert last.out_of_sync == len(users.invalid()) > 0
     dead = {
         line.split('"key":"')[1].split('"')[0]
         for path in Path(last.dead_letter_prefix).parent.glob("dead-letter-*.jsonl")
@@ -256,10 +259,13 @@ def test_after_six_weeks_the_crm_holds_the_latest_shard(weekly, bigquery):
     assert dead == users.invalid()  # every invalid row dead-lettered, and nothing else
     assert all(n <= 1 for run in weeks.deliveries for n in run.values())  # never twice within a run
     week_2 = weeks.summaries[1]
-    assert week_2.sync == "full" and week_2.records_read == week_2.rows_in_shard  # the field map changed
+    assert week_2.sync == "full"  # the field map changed
+    assert week_2.records_read == week_2.rows_in_shard
     # Keys that left the source: counted (the state held all five), and kept in the CRM.
-    assert len(removed) == 5 and weeks.summaries[3].records_removed_from_source == 5
-    assert removed & accepted and all(crm.user(key) is not None for key in removed & accepted)
+    assert len(removed) == 5
+    assert weeks.summaries[3].records_removed_from_source == 5
+    assert removed & accepted
+    assert all(crm.user(key) is not None for key in removed & accepted)
 
 
 @pytest.mark.slow(seconds=40)

@@ -133,7 +133,8 @@ def test_every_statement_is_bigquery_sql():
             (parsed,) = sqlglot.parse(statement, read="bigquery")
             assert parsed is not None
     plan = sql.plan("p.crm.plan", expires, full=False)
-    assert "`properties`.`plan` AS f2" in plan and "LOWER(shard.`external_id`)" in plan
+    assert "`properties`.`plan` AS f2" in plan
+    assert "LOWER(shard.`external_id`)" in plan
     assert "REPLACE (CAST(cur.`external_id` AS STRING) AS `external_id`)" in plan
     assert "ORDER BY fingerprinted.`updated` DESC, _crm_sync_fingerprint DESC" in plan
 
@@ -158,7 +159,8 @@ def test_a_diff_sends_what_the_state_does_not_hold_and_counts_the_rest(shards, t
     )
     week2 = shards.sql("w2")
     plan, sent = shards.plan(week2, state)
-    assert plan.mode == "diff" and sorted(sent) == ["dead", "new", "plan"]
+    assert plan.mode == "diff"
+    assert sorted(sent) == ["dead", "new", "plan"]
     assert (plan.rows_in_shard, plan.unchanged, plan.rows_to_send, plan.duplicates) == (5, 2, 3, 0)
     assert plan.removed_from_source == 1  # "gone": reported, kept in the state and in the CRM
     assert all(
@@ -167,14 +169,8 @@ def test_a_diff_sends_what_the_state_does_not_hold_and_counts_the_rest(shards, t
     invalidate(shards.client, week2, plan)
     assert sorted(shards.state_keys()) == ["gone", "same", "seen"]  # the keys sent left the state
     recorded = shards.accept(week2, tmp_path, sent, ["dead", "new", "plan"])
-    assert recorded.out_of_sync == 0 and sorted(shards.state_keys()) == [
-        "dead",
-        "gone",
-        "new",
-        "plan",
-        "same",
-        "seen",
-    ]
+    assert recorded.out_of_sync == 0
+    assert sorted(shards.state_keys()) == ["dead", "gone", "new", "plan", "same", "seen"]
     again, sent = shards.plan(week2, state)
     assert (again.unchanged, again.rows_to_send) == (5, 0)
     full, sent = shards.plan(week2, state, full=True)
@@ -190,10 +186,8 @@ def test_other_settings_or_shaping_send_every_row_again(shards, tmp_path, monkey
     assert shards.plan(sql, state)[0].rows_to_send == 0
     mapped = SETTINGS.model_copy(update={"field_map": {**SETTINGS.field_map, "profile.seen": "seen"}})
     plan, _ = shards.plan(shards.sql("w1", mapped), state)
-    assert (plan.mode, plan.rows_to_send) == (
-        "full",
-        2,
-    ) and "settings that decide what is sent" in plan.reason
+    assert (plan.mode, plan.rows_to_send) == ("full", 2)
+    assert "settings that decide what is sent" in plan.reason
     monkeypatch.setattr("tasks.crm_export.sync_state.SHAPING_VERSION", 999)
     assert export_fingerprint(SETTINGS) != sql.settings
     assert shards.plan(shards.sql("w1"), state)[0].rows_to_send == 2
@@ -221,7 +215,8 @@ def test_duplicate_keys_send_one_row_by_the_documented_order_and_mark_the_others
     plan, _ = shards.plan(shards.sql("w2", order_by="updated", casefold=True))
     rows = {r["external_id"]: r for r in shards.client.query(f"SELECT * FROM `{plan.plan_table}`").result()}
     assert rows["X@example.com"]["_crm_sync_duplicate_of"] == "x@example.com"
-    assert rows["x@example.com"]["_crm_sync_key"] == "x@example.com" and plan.duplicates == 1
+    assert rows["x@example.com"]["_crm_sync_key"] == "x@example.com"
+    assert plan.duplicates == 1
 
 
 def test_a_duplicate_does_not_take_the_exported_rows_key_out_of_the_state(shards, tmp_path):
@@ -275,7 +270,8 @@ def test_a_state_of_the_version_before_the_sync_state_means_a_full_export(caplog
     )
     with caplog.at_level(logging.WARNING):
         assert read_state(pipeline, log) is None
-    assert "a version without a sync state" in caplog.text and "sends every row" in caplog.text
+    assert "a version without a sync state" in caplog.text
+    assert "sends every row" in caplog.text
 
 
 class Launcher(SimpleNamespace):
@@ -307,9 +303,9 @@ def test_an_export_waiting_to_be_recorded_is_recorded_forgotten_or_waited_for(sh
     job = JobInfo(id="j1", name="crm-20261116", state=JobState.DONE, labels={"sync-plan": "p1"})
     # DONE but not recorded (its flow run died): recorded now.
     settled = settle_pending(pending_state(shards, tmp_path), Launcher(jobs=[job]), shards.client, sql, log)
-    assert (
-        settled.pending is None and settled.last_export.job_id == "j1" and list(shards.state_keys()) == ["a"]
-    )
+    assert settled.pending is None
+    assert settled.last_export.job_id == "j1"
+    assert list(shards.state_keys()) == ["a"]
     # FAILED, or never submitted: forgotten (its keys are out of the state).
     failed = JobInfo(id="j2", name="crm-20261116", state=JobState.FAILED, labels={"sync-plan": "p1"})
     assert (
@@ -391,11 +387,16 @@ def weekly(tmp_path, hubspot, bigquery, bigquery_dataset):
 @pytest.mark.slow(seconds=35)
 def test_a_full_week_then_a_failed_week_then_a_diff_week(weekly, hubspot, bigquery):
     first = crm_export(**weekly)
-    assert first.sync == "full" and first.rows_in_shard == 2_000 and first.records_unchanged == 0
-    assert first.records_accepted == 1_995 and first.records_dead_lettered == 5  # invalid emails
-    assert first.records_recorded == 1_995 and first.out_of_sync == 5
+    assert first.sync == "full"
+    assert first.rows_in_shard == 2_000
+    assert first.records_unchanged == 0
+    assert first.records_accepted == 1_995
+    assert first.records_dead_lettered == 5  # invalid emails
+    assert first.records_recorded == 1_995
+    assert first.out_of_sync == 5
     state = read_state(weekly["pipeline_name"], log)
-    assert state.last_export.shard_date == dt.date(2026, 11, 9) and state.pending is None
+    assert state.last_export.shard_date == dt.date(2026, 11, 9)
+    assert state.pending is None
     week_2 = weekly["source"].table(dt.date(2026, 11, 16))
     load_shard(bigquery.client(), week_2, shard_rows(2_000, invalid_every=400, change_every=20, new_users=30))
     hubspot.reset()
@@ -404,16 +405,20 @@ def test_a_full_week_then_a_failed_week_then_a_diff_week(weekly, hubspot, bigque
     with pytest.raises(CrmCredentialsError, match=f"refused the key of CRM block '{wrong}'"):
         crm_export(**{**weekly, "crm": weekly["crm"].model_copy(update={"block": wrong})})
     refused = hubspot.stats()
-    assert refused["distinct_users"] == 0 and set(refused["status_counts"]) == {"401"}
+    assert refused["distinct_users"] == 0
+    assert set(refused["status_counts"]) == {"401"}
     assert read_state(weekly["pipeline_name"], log).pending is None
     second = crm_export(**weekly)
-    assert second.launch == "submitted" and second.sync == "diff"
+    assert second.launch == "submitted"
+    assert second.sync == "diff"
     assert second.rows_in_shard == 2_030
     # changed (100) + new (30) + last week's dead letters (5, every 400th user, all among the changed:
     # every 20th) — the failed run's plan had taken the changed keys out of the state, so they are sent
     assert second.records_read == 100 + 30
-    assert second.records_accepted == 125 and second.records_dead_lettered == 5
-    assert second.records_unchanged == 2_030 - 130 and second.out_of_sync == 5
+    assert second.records_accepted == 125
+    assert second.records_dead_lettered == 5
+    assert second.records_unchanged == 2_030 - 130
+    assert second.out_of_sync == 5
     assert second.requests == hubspot.stats()["requests"] - refused["requests"] == 2
     assert hubspot.stats()["distinct_users"] == 125
     assert read_state(weekly["pipeline_name"], log).last_export.shard_date == dt.date(2026, 11, 16)
@@ -427,4 +432,5 @@ def test_an_unknown_field_fails_before_anything_is_sent(weekly, hubspot):
         match=rf"the field_map of CRM block '{block}' names unknown fields \['properties.tier'\]",
     ):
         crm_export(**weekly)
-    assert hubspot.stats()["requests"] == 0 and not (weekly["runner"].registry_dir / "jobs").exists()
+    assert hubspot.stats()["requests"] == 0
+    assert not (weekly["runner"].registry_dir / "jobs").exists()

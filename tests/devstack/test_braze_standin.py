@@ -59,7 +59,8 @@ def track(braze: BrazeServer, attributes: list, key: str | None = API_KEY) -> re
 
 def test_a_success_has_the_documented_shape_and_upserts_by_external_id(braze):
     response = track(braze, [{"external_id": "u1", "email": "u1@example.com", "plan": "pro"}])
-    assert response.status_code == 201 and response.json() == fixture("users_track_success.json")
+    assert response.status_code == 201
+    assert response.json() == fixture("users_track_success.json")
     track(braze, [{"external_id": "u1", "plan": "team"}])
     assert braze.user("u1") == {
         "key": "u1",
@@ -70,8 +71,10 @@ def test_a_success_has_the_documented_shape_and_upserts_by_external_id(braze):
 
 def test_an_object_without_identifier_is_a_non_fatal_error_by_index_as_documented(braze):
     response = track(braze, [{"external_id": "u1"}, {"plan": "pro"}])
-    assert response.status_code == 201 and response.json() == fixture("users_track_non_fatal_errors.json")
-    assert braze.user("u1") and braze.stats()["distinct_users"] == 1
+    assert response.status_code == 201
+    assert response.json() == fixture("users_track_non_fatal_errors.json")
+    assert braze.user("u1")
+    assert braze.stats()["distinct_users"] == 1
 
 
 def test_an_invalid_email_is_a_non_fatal_error_with_brazes_wording_and_the_object_is_not_stored(braze):
@@ -79,7 +82,8 @@ def test_an_invalid_email_is_a_non_fatal_error_with_brazes_wording_and_the_objec
     assert shape(answer) == shape(fixture("users_track_non_fatal_errors.json"))
     assert answer["errors"] == [{"type": INVALID_EMAIL, "input_array": "attributes", "index": 0}]
     assert answer["attributes_processed"] == 1
-    assert braze.user("u2") is None and braze.user("u3")
+    assert braze.user("u2") is None
+    assert braze.user("u3")
 
 
 def test_attributes_processed_counts_the_valid_objects_and_errors_name_the_others_by_index(braze):
@@ -107,13 +111,16 @@ def test_attributes_processed_counts_the_valid_objects_and_errors_name_the_other
 
 def test_a_request_whose_every_object_is_invalid_is_a_400_with_the_errors_and_stores_nothing(braze):
     response = track(braze, [{"external_id": "u1", "email": "u1@"}, {"external_id": "u2", "email": "u2"}])
-    assert response.status_code == 400 and response.json() == fixture("users_track_no_valid_data.json")
-    assert braze.stats()["distinct_users"] == 0 and braze.stats()["status_counts"] == {"400": 1}
+    assert response.status_code == 400
+    assert response.json() == fixture("users_track_no_valid_data.json")
+    assert braze.stats()["distinct_users"] == 0
+    assert braze.stats()["status_counts"] == {"400": 1}
 
 
 def test_a_user_identified_by_braze_id_alone_is_upserted_under_it(braze):
     response = track(braze, [{"braze_id": "b-7", "plan": "pro"}])
-    assert response.status_code == 201 and response.json()["attributes_processed"] == 1
+    assert response.status_code == 201
+    assert response.json()["attributes_processed"] == 1
     assert braze.user("b-7")["properties"] == {"plan": "pro"}
 
 
@@ -132,7 +139,8 @@ def test_the_default_limits_are_the_documented_ones():
 
 def test_more_than_75_attributes_objects_is_the_documented_fatal_error(braze):
     response = track(braze, [{"external_id": f"u{i}"} for i in range(76)])
-    assert response.status_code == 400 and response.json() == fixture("fatal_error.json")
+    assert response.status_code == 400
+    assert response.json() == fixture("fatal_error.json")
     assert braze.stats()["distinct_users"] == 0
     assert track(braze, [{"external_id": f"u{i}"} for i in range(75)]).json()["attributes_processed"] == 75
 
@@ -141,30 +149,36 @@ def test_on_an_mau_contract_51_objects_are_max_input_length_exceeded_and_50_are_
     mau = fixture("users_track_limits.json")["objects_per_request_mau"]
     braze.configure(objects_per_request=mau)
     response = track(braze, [{"external_id": f"u{i}"} for i in range(mau + 1)])
-    assert response.status_code == 400 and response.json() == fixture("fatal_error.json")
+    assert response.status_code == 400
+    assert response.json() == fixture("fatal_error.json")
     assert braze.stats()["distinct_users"] == 0
     accepted = track(braze, [{"external_id": f"u{i}"} for i in range(mau)])
-    assert accepted.status_code == 201 and accepted.json()["attributes_processed"] == mau
+    assert accepted.status_code == 201
+    assert accepted.json()["attributes_processed"] == mau
 
 
 def test_a_missing_or_empty_key_is_401_unauthorized(braze):
     for key in (None, "", "   "):
         response = track(braze, [{"external_id": "u1"}], key=key)
-        assert response.status_code == 401 and response.json() == fixture("unauthorized.json")
+        assert response.status_code == 401
+        assert response.json() == fixture("unauthorized.json")
     assert braze.user("u1") is None
 
 
 def test_an_unknown_key_is_404_unknown_rest_api_key_without_echoing_a_key(braze):
     response = track(braze, [{"external_id": "u1"}], key="wrong-key")
-    assert response.status_code == 404 and response.json() == fixture("unknown_rest_api_key.json")
-    assert API_KEY not in response.text and "wrong-key" not in response.text
+    assert response.status_code == 404
+    assert response.json() == fixture("unknown_rest_api_key.json")
+    assert API_KEY not in response.text
+    assert "wrong-key" not in response.text
     assert braze.user("u1") is None
 
 
 def test_a_key_without_the_users_track_permission_is_403_access_denied(braze):
     braze.configure(permissions=["users.export.ids"])
     response = track(braze, [{"external_id": "u1"}])
-    assert response.status_code == 403 and response.json() == fixture("access_denied.json")
+    assert response.status_code == 403
+    assert response.json() == fixture("access_denied.json")
     assert braze.user("u1") is None
     braze.configure(permissions=["users.export.ids", "users.track"])
     assert track(braze, [{"external_id": "u1"}]).status_code == 201
@@ -174,14 +188,18 @@ def test_over_the_rate_limit_is_429_with_the_documented_headers(braze):
     braze.configure(requests_per_window=2, window_seconds=3600)
     for remaining in ("1", "0"):
         ok = track(braze, [{"external_id": "u1"}])
-        assert ok.status_code == 201 and ok.headers["X-RateLimit-Remaining"] == remaining
+        assert ok.status_code == 201
+        assert ok.headers["X-RateLimit-Remaining"] == remaining
     limited = track(braze, [{"external_id": "u2"}])
-    assert limited.status_code == 429 and shape(limited.json()) == shape(fixture("fatal_error.json"))
+    assert limited.status_code == 429
+    assert shape(limited.json()) == shape(fixture("fatal_error.json"))
     assert limited.json()["message"] == "Rate Limited"
     headers = {name: limited.headers[name] for name in fixture("rate_limit_headers.json")}
-    assert headers["X-RateLimit-Limit"] == "2" and headers["X-RateLimit-Remaining"] == "0"
+    assert headers["X-RateLimit-Limit"] == "2"
+    assert headers["X-RateLimit-Remaining"] == "0"
     reset = int(headers["X-RateLimit-Reset"])
-    assert reset % 3600 == 0 and time.time() < reset <= time.time() + 3600
+    assert reset % 3600 == 0
+    assert time.time() < reset <= time.time() + 3600
     assert braze.user("u2") is None
 
 
@@ -212,5 +230,6 @@ def test_a_setting_of_the_wrong_type_is_refused_and_changes_nothing(braze):
 def test_injected_server_errors_are_5xx_with_a_fatal_error_body(braze):
     braze.configure(error_rate=1.0, seed=2)
     response = track(braze, [{"external_id": "u1"}])
-    assert response.status_code in (500, 502, 503) and braze.user("u1") is None
+    assert response.status_code in (500, 502, 503)
+    assert braze.user("u1") is None
     assert shape(response.json()) == shape(fixture("fatal_error.json"))

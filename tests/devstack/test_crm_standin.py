@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import requests
+from conftest import wait_for
 
 from devstack.crm import CrmStandIn, FaultConfig
 
@@ -66,11 +67,13 @@ def test_missing_or_wrong_api_key_is_401_without_echoing_the_key(crm: CrmStandIn
         assert response.status_code == 401
         assert response.json() == {"error": "invalid_api_key"}
         assert response.headers["WWW-Authenticate"] == "Bearer"
-        assert "wrong-key" not in response.text and API_KEY not in response.text
+        assert "wrong-key" not in response.text
+        assert API_KEY not in response.text
 
     stats = crm.stats()
     assert stats["status_counts"] == {"401": 3}
-    assert stats["distinct_users"] == 0 and crm.user("u1") is None
+    assert stats["distinct_users"] == 0
+    assert crm.user("u1") is None
 
 
 def test_valid_records_are_stored_and_invalid_ones_rejected_by_index(crm: CrmStandIn) -> None:
@@ -113,7 +116,8 @@ def test_valid_records_are_stored_and_invalid_ones_rejected_by_index(crm: CrmSta
         "address": {"city": "Oslo", "geo": {"lat": 59.9, "n": None}},
     }
     assert crm.user("y" * 128) == {"external_id": "y" * 128, "attributes": {}, "deliveries": 1}
-    assert crm.user("bad-email") is None and crm.user("bad-array") is None
+    assert crm.user("bad-email") is None
+    assert crm.user("bad-array") is None
 
     stats = crm.stats()
     assert {k: stats[k] for k in ("records_received", "records_accepted", "records_rejected")} == {
@@ -121,7 +125,8 @@ def test_valid_records_are_stored_and_invalid_ones_rejected_by_index(crm: CrmSta
         "records_accepted": 3,
         "records_rejected": 8,
     }
-    assert stats["distinct_users"] == 3 and stats["batches_accepted"] == 1
+    assert stats["distinct_users"] == 3
+    assert stats["batches_accepted"] == 1
 
 
 def test_user_lookup_takes_any_external_id(crm: CrmStandIn) -> None:
@@ -148,18 +153,21 @@ def test_upsert_replaces_attributes_and_counts_deliveries(crm: CrmStandIn) -> No
 def test_idempotent_replay_returns_the_stored_response_and_stores_nothing(crm: CrmStandIn) -> None:
     batch = [*users("u1", "u2"), {"external_id": ""}]
     first = post(crm, batch, key="batch-0001")
-    assert first.status_code == 200 and "Idempotent-Replayed" not in first.headers
+    assert first.status_code == 200
+    assert "Idempotent-Replayed" not in first.headers
 
     again = post(crm, batch, key="batch-0001")
     assert again.status_code == 200
     assert again.headers["Idempotent-Replayed"] == "true"
     assert again.content == first.content
-    assert again.json()["accepted"] == 2 and again.json()["rejected"][0]["index"] == 2
+    assert again.json()["accepted"] == 2
+    assert again.json()["rejected"][0]["index"] == 2
 
     assert crm.user("u1")["deliveries"] == 1
     stats = crm.stats()
     assert (stats["replays"], stats["batches_accepted"], stats["records_accepted"]) == (1, 1, 2)
-    assert stats["duplicate_deliveries"] == 0 and stats["status_counts"] == {"200": 2}
+    assert stats["duplicate_deliveries"] == 0
+    assert stats["status_counts"] == {"200": 2}
 
 
 def test_idempotency_key_reused_with_another_body_is_422(crm: CrmStandIn) -> None:
@@ -168,7 +176,8 @@ def test_idempotency_key_reused_with_another_body_is_422(crm: CrmStandIn) -> Non
 
     assert response.status_code == 422
     assert response.json() == {"error": "idempotency_key_reused"}
-    assert crm.user("u2") is None and crm.user("u1")["deliveries"] == 1
+    assert crm.user("u2") is None
+    assert crm.user("u1")["deliveries"] == 1
 
 
 # -- batch limits and bodies -----------------------------------------------------------------------
@@ -198,7 +207,8 @@ def test_batch_over_max_batch_size_is_413_and_a_full_batch_is_accepted(crm: CrmS
 def test_malformed_body_is_400_and_stores_nothing(crm: CrmStandIn, body: bytes, detail: str) -> None:
     response = requests.post(crm.batch_url, data=body, headers=AUTH, timeout=10)
     assert response.status_code == 400
-    assert response.json()["error"] == "invalid_body" and detail in response.json()["detail"]
+    assert response.json()["error"] == "invalid_body"
+    assert detail in response.json()["detail"]
     assert crm.stats()["distinct_users"] == 0
 
 
@@ -215,7 +225,7 @@ def test_rate_limit_answers_429_with_retry_after_and_stores_nothing(crm: CrmStan
         assert refused.json() == {"error": "rate_limited", "retry_after": 3}
     assert [crm.user(f"u{i}") is not None for i in range(5)] == [True, True, False, False, False]
 
-    time.sleep(0.6)  # the bucket has a token again
+    time.sleep(0.6)  # the bucket has a token again (real time passing is the behaviour under test)
     assert post(crm, users("u9")).status_code == 200
     assert crm.stats()["status_counts"] == {"200": 3, "429": 3}
 
@@ -230,7 +240,8 @@ def test_error_rate_1_answers_5xx_from_the_seeded_generator_and_stores_nothing(c
         assert response.json() == {"error": "server_error"}
         assert response.headers.get("Retry-After") == ("1" if response.status_code == 503 else None)
     stats = crm.stats()
-    assert stats["distinct_users"] == 0 and stats["batches_accepted"] == 0
+    assert stats["distinct_users"] == 0
+    assert stats["batches_accepted"] == 0
 
     crm.reset()  # re-seeds: the same requests meet the same faults
     assert [post(crm, users(f"u{i}")).status_code for i in range(20)] == statuses
@@ -245,7 +256,8 @@ def test_slow_response_is_delayed_then_stored(crm: CrmStandIn) -> None:
     response = post(crm, users("u1"))
     elapsed = time.monotonic() - started
 
-    assert response.status_code == 200 and 0.5 <= elapsed < 1.5
+    assert response.status_code == 200
+    assert 0.5 <= elapsed < 1.5
     assert crm.user("u1")["deliveries"] == 1
     assert crm.stats()["slow_responses"] == 1
 
@@ -258,7 +270,8 @@ def test_client_timing_out_on_a_slow_response_and_retrying_with_its_key_gets_a_r
         post(crm, users("u1", "u2"), key="batch-1", timeout=0.2)
     retry = post(crm, users("u1", "u2"), key="batch-1")  # sleeps too; the first commits meanwhile
 
-    assert retry.status_code == 200 and retry.headers["Idempotent-Replayed"] == "true"
+    assert retry.status_code == 200
+    assert retry.headers["Idempotent-Replayed"] == "true"
     assert retry.json() == {"accepted": 2, "rejected": []}
     stats = crm.stats()
     assert (stats["replays"], stats["batches_accepted"], stats["duplicate_deliveries"]) == (1, 1, 0)
@@ -269,14 +282,17 @@ def test_empty_answer_rate_1_answers_200_empty_object_yet_stores_the_batch(crm: 
     crm.configure(empty_answer_rate=1.0)
     response = post(crm, [*users("u1", "u2"), {"external_id": ""}], key="batch-1")
 
-    assert response.status_code == 200 and response.json() == {}
-    assert crm.user("u1")["deliveries"] == 1 and crm.user("u2")["deliveries"] == 1
+    assert response.status_code == 200
+    assert response.json() == {}
+    assert crm.user("u1")["deliveries"] == 1
+    assert crm.user("u2")["deliveries"] == 1
     stats = crm.stats()
     assert (stats["batches_accepted"], stats["records_accepted"], stats["records_rejected"]) == (1, 2, 1)
 
     crm.configure(empty_answer_rate=0.0)  # a replay answers what was stored: the empty object
     replay = post(crm, [*users("u1", "u2"), {"external_id": ""}], key="batch-1")
-    assert replay.headers["Idempotent-Replayed"] == "true" and replay.json() == {}
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.json() == {}
     assert crm.user("u1")["deliveries"] == 1
 
 
@@ -286,7 +302,8 @@ def test_config_endpoint_validates_and_answers_the_configuration(crm: CrmStandIn
 
     for bad in ({"error_rate": 1.5}, {"eror_rate": 0.1}, {"rate_limit_rps": 0}, {"seed": "x"}):
         response = requests.post(f"{crm.url}/devstack/config", json=bad, timeout=10)
-        assert response.status_code == 400 and response.json()["error"] == "invalid_body"
+        assert response.status_code == 400
+        assert response.json()["error"] == "invalid_body"
     with pytest.raises(ValueError, match="unknown fault settings"):
         crm.configure(eror_rate=0.1)
 
@@ -314,13 +331,15 @@ def test_reset_forgets_users_keys_and_counters(crm: CrmStandIn) -> None:
     }
     assert crm.user("u1") is None
     second = post(crm, users("u2"), key="batch-1")  # the key is new again: neither 422 nor a replay
-    assert second.status_code == 200 and "Idempotent-Replayed" not in second.headers
+    assert second.status_code == 200
+    assert "Idempotent-Replayed" not in second.headers
 
 
 def test_stop_leaves_no_process_even_when_the_block_fails() -> None:
     with pytest.raises(RuntimeError, match="boom"), CrmStandIn("k") as standin:
         pid = standin.pid
-        assert pid is not None and process_exists(pid)
+        assert pid is not None
+        assert process_exists(pid)
         raise RuntimeError("boom")
     assert not process_exists(pid)
     with pytest.raises(RuntimeError, match="not running"):
@@ -349,10 +368,7 @@ def test_server_exits_when_its_launcher_is_killed(module: str, launcher_class: s
         assert process_exists(pid)
         process.send_signal(signal.SIGKILL)
         process.wait()
-        deadline = time.monotonic() + 5
-        while process_exists(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not process_exists(pid)
+        wait_for(lambda: not process_exists(pid), timeout=5, what=f"the stand-in (pid {pid}) to exit")
     finally:
         process.kill()
         process.wait()

@@ -97,24 +97,30 @@ def by_email(email: str, trace: str | None = None, **properties: str) -> dict:
 
 def test_an_upsert_creates_then_updates_by_id_property_and_the_client_parses_it(hubspot):
     first = upsert(hubspot, contact("u1", plan="pro"), contact("u2"))
-    assert isinstance(first, BatchResponseSimplePublicUpsertObject) and first.status == "COMPLETE"
+    assert isinstance(first, BatchResponseSimplePublicUpsertObject)
+    assert first.status == "COMPLETE"
     assert [r.new for r in first.results] == [True, True]
-    assert first.results[0].properties["external_id"] == "u1" and first.results[0].properties["plan"] == "pro"
+    assert first.results[0].properties["external_id"] == "u1"
+    assert first.results[0].properties["plan"] == "pro"
     assert first.started_at <= first.completed_at
     again = upsert(hubspot, contact("u1", plan="team"))
-    assert again.results[0].new is False and again.results[0].id == first.results[0].id
+    assert again.results[0].new is False
+    assert again.results[0].id == first.results[0].id
     stored = hubspot.user("u1")
-    assert stored["properties"]["plan"] == "team" and stored["deliveries"] == 2
+    assert stored["properties"]["plan"] == "team"
+    assert stored["deliveries"] == 2
 
 
 def test_an_email_upsert_is_stored_by_the_lowercased_email_and_a_case_variant_updates_it(hubspot):
     first = upsert(hubspot, by_email("Ada@Example.com", firstname="Ada"))
     assert first.results[0].properties["email"] == "Ada@Example.com"
     again = upsert(hubspot, by_email("ADA@example.COM", lastname="Lovelace"))
-    assert again.results[0].new is False and again.results[0].id == first.results[0].id
+    assert again.results[0].new is False
+    assert again.results[0].id == first.results[0].id
     stored = hubspot.user("ada@example.com")
     assert stored["deliveries"] == 2
-    assert stored["properties"]["firstname"] == "Ada" and stored["properties"]["lastname"] == "Lovelace"
+    assert stored["properties"]["firstname"] == "Ada"
+    assert stored["properties"]["lastname"] == "Lovelace"
     assert hubspot.user("Ada@Example.com") is None
 
 
@@ -129,19 +135,26 @@ def test_invalid_inputs_with_trace_ids_get_207_errors_by_trace_id_and_the_rest_i
         contact("bad-email", trace="t-email", email="bad-email.example.com"),
         contact("p", trace="t-prop", tier="x"),
     )
-    assert isinstance(answer, BatchResponseSimplePublicUpsertObjectWithErrors) and answer.status == "COMPLETE"
-    assert answer.num_errors == 2 and [r.properties["external_id"] for r in answer.results] == ["ok"]
+    assert isinstance(answer, BatchResponseSimplePublicUpsertObjectWithErrors)
+    assert answer.status == "COMPLETE"
+    assert answer.num_errors == 2
+    assert [r.properties["external_id"] for r in answer.results] == ["ok"]
     assert answer.results[0].object_write_trace_id is None  # results do not echo the trace id
     by_trace = {e.context["objectWriteTraceId"][0]: e for e in answer.errors}
     assert sorted(by_trace) == ["t-email", "t-prop"]
     assert all(e.context == {"objectWriteTraceId": [trace]} for trace, e in by_trace.items())
     email = by_trace["t-email"]
-    assert email.status == "error" and email.category == "VALIDATION_ERROR"
+    assert email.status == "error"
+    assert email.category == "VALIDATION_ERROR"
     assert email.message.startswith(INVALID_VALUES)
-    assert email.errors[0].code == "INVALID_EMAIL" and email.errors[0].context == {"propertyName": ["email"]}
+    assert email.errors[0].code == "INVALID_EMAIL"
+    assert email.errors[0].context == {"propertyName": ["email"]}
     prop = by_trace["t-prop"].errors[0]
-    assert prop.code == "PROPERTY_DOESNT_EXIST" and '"tier"' in prop.message
-    assert hubspot.user("ok") and hubspot.user("bad-email") is None and hubspot.user("p") is None
+    assert prop.code == "PROPERTY_DOESNT_EXIST"
+    assert '"tier"' in prop.message
+    assert hubspot.user("ok")
+    assert hubspot.user("bad-email") is None
+    assert hubspot.user("p") is None
     stats = hubspot.stats()
     assert stats["status_counts"] == {"207": 1}
     assert (stats["records_accepted"], stats["records_rejected"]) == (1, 2)
@@ -154,7 +167,9 @@ def test_an_invalid_input_without_a_trace_id_refuses_the_whole_batch_with_400_an
         contact("bad", trace="t-bad", email="x"),
         contact("untraced", email="y"),
     )
-    assert status == 400 and body["status"] == "error" and body["category"] == "VALIDATION_ERROR"
+    assert status == 400
+    assert body["status"] == "error"
+    assert body["category"] == "VALIDATION_ERROR"
     assert body["message"].startswith(INVALID_VALUES)
     assert [detail["code"] for detail in body["errors"]] == ["INVALID_EMAIL", "INVALID_EMAIL"]
     validations = orjson.loads(body["message"].removeprefix(INVALID_VALUES))  # HubSpot's wording of the list
@@ -163,18 +178,17 @@ def test_an_invalid_input_without_a_trace_id_refuses_the_whole_batch_with_400_an
     ] * 2
     assert [v["message"] for v in validations] == [d["message"] for d in body["errors"]]
     stats = hubspot.stats()
-    assert stats["distinct_users"] == 0 and hubspot.user("ok") is None
+    assert stats["distinct_users"] == 0
+    assert hubspot.user("ok") is None
     assert (stats["records_accepted"], stats["records_rejected"]) == (0, 3)
 
 
 def test_with_trace_ids_off_one_invalid_input_refuses_the_batch_even_when_every_input_has_one(hubspot):
     hubspot.configure(trace_ids=False)
     status, body = refused(hubspot, contact("ok", trace="t-ok"), contact("bad", trace="t-bad", email="x"))
-    assert (
-        status == 400
-        and body["category"] == "VALIDATION_ERROR"
-        and body["message"].startswith(INVALID_VALUES)
-    )
+    assert status == 400
+    assert body["category"] == "VALIDATION_ERROR"
+    assert body["message"].startswith(INVALID_VALUES)
     assert hubspot.stats()["distinct_users"] == 0
     assert len(upsert(hubspot, contact("ok", trace="t-ok")).results) == 1  # a valid batch is still upserted
 
@@ -183,16 +197,20 @@ def test_refusal_207_empty_answers_a_refused_batch_207_with_empty_results_and_st
     hubspot.configure(refusal="207-empty")
     answer = upsert(hubspot, contact("ok"), contact("bad", email="not-an-email"))
     assert isinstance(answer, BatchResponseSimplePublicUpsertObjectWithErrors)
-    assert answer.status == "COMPLETE" and answer.results == []
-    assert hubspot.stats()["distinct_users"] == 0 and hubspot.stats()["status_counts"] == {"207": 1}
+    assert answer.status == "COMPLETE"
+    assert answer.results == []
+    assert hubspot.stats()["distinct_users"] == 0
+    assert hubspot.stats()["status_counts"] == {"207": 1}
     valid = upsert(hubspot, contact("ok"))  # only a refused batch is answered so
-    assert isinstance(valid, BatchResponseSimplePublicUpsertObject) and len(valid.results) == 1
+    assert isinstance(valid, BatchResponseSimplePublicUpsertObject)
+    assert len(valid.results) == 1
 
 
 @pytest.mark.parametrize("id_property", ["phone", "hs_object_id", "firstname"])
 def test_an_id_property_without_unique_values_is_a_400_naming_it_and_the_portal(hubspot, id_property):
     status, body = refused(hubspot, contact("u1"), contact("12345", id_property=id_property))
-    assert status == 400 and body["category"] == "VALIDATION_ERROR"
+    assert status == 400
+    assert body["category"] == "VALIDATION_ERROR"
     assert body["message"] == (
         f"Unable to perform update/upsert by non-unique 0-1 property {id_property} in portal ID {PORTAL_ID}"
     )
@@ -202,12 +220,14 @@ def test_an_id_property_without_unique_values_is_a_400_naming_it_and_the_portal(
 def test_a_property_configured_as_unique_may_be_the_id_property(hubspot):
     hubspot.configure(unique_properties=["email", "external_id", "member_no"])
     answer = upsert(hubspot, contact("M-7", id_property="member_no"))
-    assert answer.results[0].properties["member_no"] == "M-7" and hubspot.user("M-7")
+    assert answer.results[0].properties["member_no"] == "M-7"
+    assert hubspot.user("M-7")
 
 
 def test_two_inputs_of_one_contact_are_a_400_duplicate_ids_with_their_ids_in_context(hubspot):
     status, body = refused(hubspot, contact("u1"), contact("u2"), contact("u1", plan="pro"))
-    assert status == 400 and body["category"] == "VALIDATION_ERROR"
+    assert status == 400
+    assert body["category"] == "VALIDATION_ERROR"
     assert body["message"] == "Duplicate IDs found in batch input: [u1]. IDs must be unique"
     assert body["context"] == {"ids": ["u1"]}
     assert hubspot.stats()["distinct_users"] == 0
@@ -215,16 +235,20 @@ def test_two_inputs_of_one_contact_are_a_400_duplicate_ids_with_their_ids_in_con
 
 def test_case_variants_of_one_email_are_duplicates_only_when_the_id_property_is_email(hubspot):
     status, body = refused(hubspot, by_email("Ada@example.com"), by_email("ada@EXAMPLE.com"))
-    assert status == 400 and body["message"].startswith("Duplicate IDs found in batch input: [")
+    assert status == 400
+    assert body["message"].startswith("Duplicate IDs found in batch input: [")
     assert body["context"] == {"ids": ["ada@EXAMPLE.com"]}
     assert hubspot.stats()["distinct_users"] == 0
     answer = upsert(hubspot, contact("U1"), contact("u1"))  # external_id values are case-sensitive
-    assert [r.new for r in answer.results] == [True, True] and hubspot.stats()["distinct_users"] == 2
+    assert [r.new for r in answer.results] == [True, True]
+    assert hubspot.stats()["distinct_users"] == 2
 
 
 def test_more_than_100_inputs_is_a_400_validation_error_and_100_are_accepted(hubspot):
     status, body = refused(hubspot, *(contact(f"u{i}") for i in range(101)))
-    assert status == 400 and body["category"] == "VALIDATION_ERROR" and "100" in body["message"]
+    assert status == 400
+    assert body["category"] == "VALIDATION_ERROR"
+    assert "100" in body["message"]
     assert hubspot.stats()["distinct_users"] == 0
     assert len(upsert(hubspot, *(contact(f"u{i}") for i in range(100))).results) == 100
 
@@ -289,7 +313,8 @@ def test_the_answer_to_each_fixture_request_has_its_status_keys_category_and_mes
             assert set(like[error_summary(error)]) <= set(error)
             assert same_message(error["message"], like[error_summary(error)]["message"])
     if status in (200, 207):  # the client parses it
-        assert parsed is not None and parsed.status == answer["status"]
+        assert parsed is not None
+        assert parsed.status == answer["status"]
     if not answer.get("results"):  # nothing of the compared request was stored
         assert hubspot.stats()["deliveries"] == sent_before
 
@@ -334,13 +359,16 @@ def test_over_the_ten_second_limit_is_429_ten_secondly_rolling_which_the_day_doe
     for _ in range(2):
         _, status, headers = api.upsert_with_http_info(body)
         remaining.append(headers["X-HubSpot-RateLimit-Remaining"])
-        assert status == 200 and headers["X-HubSpot-RateLimit-Interval-Milliseconds"] == "60000"
+        assert status == 200
+        assert headers["X-HubSpot-RateLimit-Interval-Milliseconds"] == "60000"
     assert remaining == ["1", "0"]
     with pytest.raises(ApiException) as limited:
         api.upsert(body)
     answer = orjson.loads(limited.value.body)
-    assert limited.value.status == 429 and answer["errorType"] == "RATE_LIMIT"
-    assert answer["status"] == "error" and answer["policyName"] == "TEN_SECONDLY_ROLLING"
+    assert limited.value.status == 429
+    assert answer["errorType"] == "RATE_LIMIT"
+    assert answer["status"] == "error"
+    assert answer["policyName"] == "TEN_SECONDLY_ROLLING"
     assert answer["message"] == "You have reached your ten_secondly_rolling limit."
     assert limited.value.headers["X-HubSpot-RateLimit-Max"] == "2"
     assert limited.value.headers["X-HubSpot-RateLimit-Remaining"] == "0"
@@ -354,8 +382,10 @@ def test_over_the_daily_limit_is_429_daily_and_a_new_configuration_starts_the_da
     with pytest.raises(ApiException) as daily:
         upsert(hubspot, contact("u2"))
     answer = orjson.loads(daily.value.body)
-    assert daily.value.status == 429 and answer["errorType"] == "RATE_LIMIT"
-    assert answer["policyName"] == "DAILY" and answer["message"] == "You have reached your daily limit."
+    assert daily.value.status == 429
+    assert answer["errorType"] == "RATE_LIMIT"
+    assert answer["policyName"] == "DAILY"
+    assert answer["message"] == "You have reached your daily limit."
     assert daily.value.headers["X-HubSpot-RateLimit-Daily-Remaining"] == "0"
     assert hubspot.user("u2") is None
     hubspot.configure(daily_limit=1)
@@ -377,20 +407,26 @@ def test_the_daily_limit_resets_at_midnight_in_the_account_time_zone_not_in_utc(
     assert [post().status_code for _ in range(3)] == [200, 200, 429]
     now[0] += 60  # past midnight UTC, still 20:00:30 in New York
     still = post()
-    assert still.status_code == 429 and still.json()["policyName"] == "DAILY"
+    assert still.status_code == 429
+    assert still.json()["policyName"] == "DAILY"
     now[0] = dt.datetime(2026, 3, 11, 0, 0, 0, tzinfo=zone).timestamp()
     fresh = post()
-    assert fresh.status_code == 200 and fresh.headers["X-HubSpot-RateLimit-Daily-Remaining"] == "1"
+    assert fresh.status_code == 200
+    assert fresh.headers["X-HubSpot-RateLimit-Daily-Remaining"] == "1"
 
 
 def test_the_rolling_window_frees_a_slot_once_the_oldest_request_is_older_than_the_interval():
     now = [0.0]
     window = RollingWindow(limit=2, seconds=10, clock=lambda: now[0])
-    assert window.take() and window.take() and not window.take()
+    assert window.take()
+    assert window.take()
+    assert not window.take()
     now[0] = 9.9
-    assert not window.take() and window.remaining() == 0
+    assert not window.take()
+    assert window.remaining() == 0
     now[0] = 10.0  # both requests of t=0 left the window
-    assert window.take() and window.remaining() == 1
+    assert window.take()
+    assert window.remaining() == 1
 
 
 # -- authentication and faults ---------------------------------------------------------------------
@@ -401,12 +437,14 @@ def test_a_wrong_or_missing_token_is_401_invalid_authentication_without_the_toke
         with pytest.raises(UnauthorizedException) as raised:
             upsert(hubspot, contact("u1"), token=token)
         body = orjson.loads(raised.value.body)
-        assert raised.value.status == 401 and body["category"] == "INVALID_AUTHENTICATION"
-        assert body["status"] == "error" and body["message"].startswith(
-            "Authentication credentials not found."
-        )
-        assert TOKEN not in raised.value.body and "pat-wrong" not in raised.value.body
-    assert hubspot.stats()["distinct_users"] == 0 and hubspot.stats()["daily_used"] == 0
+        assert raised.value.status == 401
+        assert body["category"] == "INVALID_AUTHENTICATION"
+        assert body["status"] == "error"
+        assert body["message"].startswith("Authentication credentials not found.")
+        assert TOKEN not in raised.value.body
+        assert "pat-wrong" not in raised.value.body
+    assert hubspot.stats()["distinct_users"] == 0
+    assert hubspot.stats()["daily_used"] == 0
 
 
 def test_injected_server_errors_are_5xx_the_client_reports(hubspot):
@@ -417,5 +455,6 @@ def test_injected_server_errors_are_5xx_the_client_reports(hubspot):
             upsert(hubspot, contact("u1"))
         statuses.add(failed.value.status)
         assert orjson.loads(failed.value.body)["status"] == "error"
-    assert statuses <= {500, 502, 503, 504} and len(statuses) > 1
+    assert statuses <= {500, 502, 503, 504}
+    assert len(statuses) > 1
     assert hubspot.user("u1") is None

@@ -22,7 +22,8 @@ def test_the_ui_is_told_the_api_of_this_server_not_the_default_port(prefect_api_
     assert settings["api_url"] == prefect_api_url
     assert os.environ["PREFECT_API_URL"] == prefect_api_url
     page = httpx.get(ui_url, timeout=10)
-    assert page.status_code == 200 and "<html" in page.text.lower()
+    assert page.status_code == 200
+    assert "<html" in page.text.lower()
 
 
 def test_a_server_starts_from_a_copy_of_the_cached_schema_which_it_never_writes(prefect_api_url: str) -> None:
@@ -31,7 +32,8 @@ def test_a_server_starts_from_a_copy_of_the_cached_schema_which_it_never_writes(
     cached = sqlite_schema()
     assert cached.name == f"prefect-{importlib.metadata.version('prefect')}.db"
     database = Path(os.environ["PREFECT_HOME"]).parent / "prefect.db"  # the server's, beside its client home
-    assert database.exists() and not database.samefile(cached)
+    assert database.exists()
+    assert not database.samefile(cached)
     name = f"schema-{uuid.uuid4().hex[:8]}"
     httpx.post(f"{prefect_api_url}/flows/", json={"name": name}, timeout=10).raise_for_status()
     for path, flows in ((database, 1), (cached, 0)):

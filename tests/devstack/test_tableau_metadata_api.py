@@ -100,9 +100,11 @@ def test_paginated_query_pages_by_cursor_in_a_stable_order(site):
     result = server.metadata.paginated_query(PAGE, {"first": 5})
     pages = [p["data"]["publishedDatasourcesConnection"] for p in result["pages"]]
     assert [len(p["nodes"]) for p in pages] == [5, 5, 3]
-    assert all(p["totalCount"] == 13 for p in pages) and not any("errors" in p for p in result["pages"])
+    assert all(p["totalCount"] == 13 for p in pages)
+    assert not any("errors" in p for p in result["pages"])
     names = [n["name"] for p in pages for n in p["nodes"]]
-    assert names == sorted(names) and len(set(names)) == 13
+    assert names == sorted(names)
+    assert len(set(names)) == 13
     orders = next(n for p in pages for n in p["nodes"] if n["name"] == "Orders")
     assert orders["luid"] == content_id("datasource", "Sales", "Orders")  # the REST API's id
 
@@ -214,15 +216,20 @@ def test_client_backs_off_on_time_and_rate_limits_then_reads_everything(standin_
     waits: list[float] = []
     client = MetadataApiClient(Session(server), page_size=100, backoff_seconds=2.0, sleep=waits.append)
     result = client.connection("workbooksConnection", "id name")
-    assert result.complete and [n["name"] for n in result.nodes] == ["Sales Overview"]
-    assert len(waits) == 3 and 1.0 <= waits[0] <= 2.0 and 2.0 <= waits[1] <= 4.0 and 4.0 <= waits[2] <= 8.0
+    assert result.complete
+    assert [n["name"] for n in result.nodes] == ["Sales Overview"]
+    assert len(waits) == 3
+    assert 1.0 <= waits[0] <= 2.0
+    assert 2.0 <= waits[1] <= 4.0
+    assert 4.0 <= waits[2] <= 8.0
 
 
 def test_client_gives_up_after_its_retries_and_says_so(standin_with):
     _, server = standin_with(faults=["RATE_EXCEEDED"] * 3)
     client = MetadataApiClient(Session(server), retries=2, sleep=lambda _: None)
     result = client.connection("workbooksConnection", "id")
-    assert result.nodes == [] and result.problems == ["workbooksConnection: RATE_EXCEEDED after 2 retries"]
+    assert result.nodes == []
+    assert result.problems == ["workbooksConnection: RATE_EXCEEDED after 2 retries"]
 
 
 def test_client_raises_how_to_enable_a_disabled_api(standin_with):

@@ -99,11 +99,14 @@ def assert_schema_valid(schema: etree.XMLSchema, response: requests.Response) ->
     found = schema_errors(schema, response.content)
     path, method = urlsplit(response.url).path, response.request.method
     if response.status_code == 200 and path.endswith("/serverInfo"):
-        assert found and all("restApiVersion" in e and "'3.29'" in e for e in found), found
+        assert found, found
+        assert all("restApiVersion" in e and "'3.29'" in e for e in found), found
     elif response.status_code == 200 and method == "GET" and path.endswith("/jobs"):
-        assert len(found) == 1 and "backgroundJobs': This element is not expected" in found[0], found
+        assert len(found) == 1, found
+        assert "backgroundJobs': This element is not expected" in found[0], found
     elif response.status_code == 200 and method == "GET" and path.endswith("/views"):
-        assert len(found) == 1 and "views': This element is not expected" in found[0], found
+        assert len(found) == 1, found
+        assert "views': This element is not expected" in found[0], found
     else:
         assert found == [], f"{method} {path}: {found}"
 
@@ -205,7 +208,8 @@ def test_server_info_negotiates_the_api_version(start, sign_in, http, schema) ->
     assert info.status_code == 200
     # The one schema deviation of serverInfo, asserted here too: only restApiVersion's pattern.
     errors = schema_errors(schema, info.content)
-    assert errors and all("restApiVersion" in e for e in errors)
+    assert errors
+    assert all("restApiVersion" in e for e in errors)
 
     server = sign_in(standin)
     assert server.version == "3.29"
@@ -241,7 +245,8 @@ def test_second_sign_in_with_the_same_pat_invalidates_the_first_token(start, sig
     assert raised.value.code == "401002"
 
     other_pat = sign_in(standin, "pat-2", "s3cret-2")  # another PAT leaves pat-1's session alone
-    assert second.datasources.get() and other_pat.datasources.get()
+    assert second.datasources.get()
+    assert other_pat.datasources.get()
     report = audit(http, standin)
     assert report["sign_ins"] == {PAT: 2, "pat-2": 1}
     assert report["invalidated_token_requests"] == 1
@@ -320,7 +325,8 @@ def jwt_sign_in(new_session: Callable[[], requests.Session]) -> Callable[..., TS
 def test_jwt_sign_ins_are_independent_sessions_of_the_user(start, jwt_sign_in, http) -> None:
     standin = start()
     first, second = jwt_sign_in(standin, make_jwt()), jwt_sign_in(standin, make_jwt())
-    assert first.user_id == user_id("admin") and first.site_id == site_id(SITE)
+    assert first.user_id == user_id("admin")
+    assert first.site_id == site_id(SITE)
     assert first.datasources.get()[1].total_available == 5  # a second sign-in ends no session
     assert second.datasources.get()[1].total_available == 5
     report = audit(http, standin)
@@ -377,7 +383,8 @@ def test_jwt_refusals_are_401001_with_the_connected_app_error_number(
     assert (raised.value.code, raised.value.summary) == ("401001", "Signin Error")
     assert raised.value.detail == f"Error signing in to Tableau Server ({number})"
     report = audit(http, standin)
-    assert report["refused_jwt_sign_ins"] == {str(number): 1} and report["jwt_sign_ins"] == {}
+    assert report["refused_jwt_sign_ins"] == {str(number): 1}
+    assert report["jwt_sign_ins"] == {}
 
 
 def test_a_reused_jti_is_refused(start, jwt_sign_in, new_session, http) -> None:
@@ -434,10 +441,11 @@ def test_requests_without_a_valid_token_or_for_another_site_are_refused(start, s
 def test_session_expires_after_the_idle_timeout_measured_from_last_use(start, sign_in, http) -> None:
     standin = start(session_ttl_seconds=1000)  # 1 s real at time_scale 1000
     server = sign_in(standin)
+    # Real time passing is the behaviour under test: these sleeps are the idle times.
     for _ in range(4):  # 1.2 s in all, but never idle for 1 s
         time.sleep(0.3)
         assert server.projects.get()
-    time.sleep(1.3)
+    time.sleep(1.3)  # idle past the timeout
     with pytest.raises(TSC.FailedSignInError) as raised:
         server.projects.get()
     assert raised.value.code == "401002"
@@ -572,7 +580,8 @@ def test_views_for_site_page_and_filter_as_tsc_expects(start, sign_in, served) -
         user_id("admin"),
         "Top",
     )
-    assert top.created_at is not None and top.updated_at is not None
+    assert top.created_at is not None
+    assert top.updated_at is not None
     assert [v.name for v in server.views.filter(workbook_name="Funnel", name__in=["Top", "Bottom"])] == [
         "Top",
         "Bottom",
@@ -613,7 +622,8 @@ def test_datasource_connections_carry_server_port_and_user_but_never_a_password(
         ],
     }
     bodies = [r.content for r in served if urlsplit(r.url).path.endswith("/connections")]
-    assert len(bodies) == 2 and not any(b"password=" in body for body in bodies)
+    assert len(bodies) == 2
+    assert not any(b"password=" in body for body in bodies)
 
     missing = TSC.DatasourceItem(project_id("Sales"))
     missing._id = "00000000-0000-0000-0000-000000000000"
@@ -759,7 +769,7 @@ def test_refresh_rate_limit_answers_429000_with_retry_after(start, sign_in, http
     assert report["rate_limited_requests"] == 2
     assert set(report["jobs_created"]) == {"datasource:Sales/Orders", "datasource:Sales/Leads"}
 
-    time.sleep(1.05)  # the sliding window (real seconds) has passed
+    time.sleep(1.05)  # the sliding window (real seconds) has passed: the behaviour under test
     assert server.datasources.refresh(ds_id("Broken")) is not None
 
 
@@ -846,7 +856,8 @@ def test_durations_are_drawn_per_job_from_the_seeded_generator(start, sign_in, h
 
     first = durations(start(time_scale=20000, seed=7))
     again = durations(start(time_scale=20000, seed=7))
-    assert all(300 <= d <= 900 for d in first) and first[0] != first[1]
+    assert all(300 <= d <= 900 for d in first)
+    assert first[0] != first[1]
     assert first == pytest.approx(again)
 
 
@@ -874,7 +885,8 @@ def test_cancel_ends_queued_and_running_jobs_with_finish_code_2(start, sign_in, 
     server.jobs.cancel(running)
     cancelled_running, cancelled_queued = server.jobs.get_by_id(running.id), server.jobs.get_by_id(queued.id)
     assert (cancelled_running.finish_code, cancelled_queued.finish_code) == (2, 2)
-    assert cancelled_running.started_at is not None and cancelled_queued.started_at is None
+    assert cancelled_running.started_at is not None
+    assert cancelled_queued.started_at is None
     assert server.jobs.get_by_id(waiting.id).started_at is not None  # the freed slot went to the next job
     assert {j.status for j in server.jobs.filter(status="Cancelled")} == {"Cancelled"}
 
@@ -1101,7 +1113,7 @@ def standin_bodies(schema: etree.XMLSchema) -> Iterator[dict[str, bytes]]:
 
         jobs = {name: refresh("datasources", ds_id(name)) for name in ("Orders", "Broken", "Bridged", "Slow")}
         failed_workbook = refresh("workbooks", wb_id("Broken Book"))
-        time.sleep(0.2)  # 200 simulated seconds: all but Slow have finished
+        time.sleep(0.2)  # 200 simulated seconds (the clock, not a thread): all but Slow have finished
         yield {
             "auth_sign_in": signin.content,
             "server_info_get": http.get(f"{api}/serverInfo").content,
@@ -1191,7 +1203,8 @@ def test_cli_serves_on_an_ephemeral_port_and_stops_on_sigterm(tmp_path) -> None:
         try:
             line = process.stdout.readline().strip()
             url = url_file.read_text().strip()
-            assert line == f"listening on {url}" and url.startswith("http://127.0.0.1:")
+            assert line == f"listening on {url}"
+            assert url.startswith("http://127.0.0.1:")
             assert requests.get(f"{url}/api/3.29/serverInfo", timeout=5).status_code == 200
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=10) == 0
@@ -1212,7 +1225,8 @@ def test_the_documented_seed_example_loads_and_serves_its_site(tmp_path: Path):
     assert [p.name for p in config.pats] == ["pat-1", "pat-2"]
     assert [c.name for c in config.datasources] == ["Orders", "Leads"]
     assert config.datasources[0].duration_seconds == (60.0, 180.0)
-    assert config.workbooks[0].finish_code == 3 and config.connected_apps[0].client_id == "app-1"
+    assert config.workbooks[0].finish_code == 3
+    assert config.connected_apps[0].client_id == "app-1"
     with TableauStandIn(config) as standin:
         server = TSC.Server(standin.url, use_server_version=True)
         auth = TSC.PersonalAccessTokenAuth("pat-1", "s3cret-1", site_id=config.site_content_url)

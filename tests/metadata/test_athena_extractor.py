@@ -271,7 +271,8 @@ def test_every_entity_from_the_seeded_catalog(moto, seeded, monkeypatch, caplog)
     tables = dicts(extracts["tables"])
     for database in ("tpcds_sf1", "tpcds_sf10"):
         in_db = {t["table_name"]: t for t in tables if t["database_name"] == database}
-        assert sorted(in_db) == sorted(TPCDS_TABLES) and len(in_db) == 24
+        assert sorted(in_db) == sorted(TPCDS_TABLES)
+        assert len(in_db) == 24
         for name, key in TPCDS_PARTITION_KEYS.items():
             assert in_db[name]["partition_keys"] == [key]
         assert in_db["store_sales"]["classification"] == "parquet"
@@ -313,9 +314,11 @@ def test_every_entity_from_the_seeded_catalog(moto, seeded, monkeypatch, caplog)
         "is_partition_key": True,
         "data_type": "int",
     }
-    assert store_sales[0]["column_name"] == "ss_sold_time_sk" and not store_sales[0]["is_partition_key"]
+    assert store_sales[0]["column_name"] == "ss_sold_time_sk"
+    assert not store_sales[0]["is_partition_key"]
     owner_email = next(c for c in glue_columns if c["column_name"] == "owner_email")
-    assert owner_email["comment"] == "PII" and owner_email["data_type"] == "string"
+    assert owner_email["comment"] == "PII"
+    assert owner_email["data_type"] == "string"
     crm_columns = [c for c in columns if c["catalog_name"] == "crm_postgres"]
     assert len(crm_columns) == len(CRM_ROWS)
     assert {c["column_name"]: c["comment"] for c in crm_columns if c["comment"]} == {
@@ -345,7 +348,8 @@ def test_every_entity_from_the_seeded_catalog(moto, seeded, monkeypatch, caplog)
     assert sorted(h["catalog_name"] for h in own) == ["AwsDataCatalog", "crm_postgres"]
     assert len(history) == sum(len(v) for v in seeded.query_execution_ids.values()) + 2
     sample = got[seeded.query_execution_ids["analysts"][0]]
-    assert sample["state"] == "SUCCEEDED" and sample["database_name"] == "tpcds_sf1"
+    assert sample["state"] == "SUCCEEDED"
+    assert sample["database_name"] == "tpcds_sf1"
     assert "i_manufact_id = 1 AND" in sample["query_text"]  # raw: masking is the writer's job
     assert sample["completion_time"].tzinfo is not None
 
@@ -395,7 +399,9 @@ def test_information_schema_query_is_awaited_with_backoff(moto, seeded):
         assert len(list(extracts["columns"].rows)) == len(CRM_ROWS)
         # polled until done: QUEUED, RUNNING for a few polls each (moto counts the start as one), then done
         assert states == sorted(states, key=["QUEUED", "RUNNING", "SUCCEEDED"].index), states
-        assert states.count("QUEUED") >= 2 and states.count("RUNNING") >= 2 and states[-1] == "SUCCEEDED"
+        assert states.count("QUEUED") >= 2
+        assert states.count("RUNNING") >= 2
+        assert states[-1] == "SUCCEEDED"
         assert len(list(extracts["tables"].rows)) == 3  # same query's results, paged again: no second query
     finally:
         httpx.post(
@@ -581,7 +587,8 @@ def test_history_aws_order_newest_first_stops_paging_early(moto, seeded):
     ]
     assert ids == expected
     assert "p2-40" in ids  # the straggler
-    assert len([i for i in ids if i.startswith("p1-")]) == 50 and not [i for i in ids if i.startswith("p3-")]
+    assert len([i for i in ids if i.startswith("p1-")]) == 50
+    assert not [i for i in ids if i.startswith("p3-")]
 
 
 def test_window_older_than_45_days_is_clamped_with_a_warning(moto, seeded, caplog):
@@ -591,10 +598,12 @@ def test_window_older_than_45_days_is_clamped_with_a_warning(moto, seeded, caplo
 
     window = extractor.history_window(end - timedelta(days=60), end)
 
-    assert window.start == end - timedelta(days=45) and window.end == end
+    assert window.start == end - timedelta(days=45)
+    assert window.end == end
     [record] = caplog.records
     assert record.levelno == logging.WARNING
-    assert "45 days" in record.getMessage() and "clamped to 2026-10-06T04:00:00+00:00" in record.getMessage()
+    assert "45 days" in record.getMessage()
+    assert "clamped to 2026-10-06T04:00:00+00:00" in record.getMessage()
 
     caplog.clear()
     assert extractor.history_window(end - timedelta(days=45), end).start == end - timedelta(days=45)

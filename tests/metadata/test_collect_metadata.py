@@ -119,7 +119,8 @@ def test_three_runs_give_contiguous_windows_and_no_query_twice(source):
     ids = landed_query_ids(s3, name)
     assert len(ids) == len(set(ids)) > 0
     rows = {f.entity: f.rows for f in summaries[0].files}
-    assert rows["databases"] == 1 and summaries[0].files[0].landed.startswith("s3://")
+    assert rows["databases"] == 1
+    assert summaries[0].files[0].landed.startswith("s3://")
 
 
 def test_the_artifact_lists_each_file_and_names_the_window_and_landing_directory(source):
@@ -135,8 +136,10 @@ def test_the_artifact_lists_each_file_and_names_the_window_and_landing_directory
     table = json.loads(artifact.data)  # a table artifact stores its rows as JSON text
     assert [row["file"] for row in table] == [f.file for f in summary.files]
     history = next(row for row in table if row["entity"] == "query_history")
-    assert history["rows"] == f"{summary.files[-1].rows:,}" and history["bytes"].replace(",", "").isdigit()
-    assert summary.landing in artifact.description and str(summary.window_end) in artifact.description
+    assert history["rows"] == f"{summary.files[-1].rows:,}"
+    assert history["bytes"].replace(",", "").isdigit()
+    assert summary.landing in artifact.description
+    assert str(summary.window_end) in artifact.description
 
 
 def test_the_progress_artifact_counts_the_files_landed_and_ends_at_the_hwm(source):
@@ -161,7 +164,8 @@ def test_sql_literals_are_masked_in_the_landed_file(source):
     collect_metadata(name, sources_file=file, now=T0)
     key = next(i["Key"] for i in s3.list_objects_v2(Bucket=name)["Contents"] if "_query_history_" in i["Key"])
     body = gzip.decompress(s3.get_object(Bucket=name, Key=key)["Body"].read()).decode()
-    assert "WHERE id = ?" in body and "WHERE id = 1" not in body
+    assert "WHERE id = ?" in body
+    assert "WHERE id = 1" not in body
 
 
 def test_an_unreachable_landing_is_retried_with_the_same_window_and_files(source, monkeypatch):
@@ -248,7 +252,8 @@ def test_a_stopped_landing_server_is_a_landing_error_and_the_hwm_stays(tmp_path,
 def test_a_dry_run_writes_files_and_uploads_nothing(source, tmp_path):
     name, file, s3 = source
     summary = collect_metadata(name, sources_file=file, dry_run=True, out_dir=str(tmp_path / "out"), now=T0)
-    assert summary.hwm is None and all(f.landed is None for f in summary.files)
+    assert summary.hwm is None
+    assert all(f.landed is None for f in summary.files)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f.file for f in summary.files)
     assert "Contents" not in s3.list_objects_v2(Bucket=name)
 
@@ -343,7 +348,8 @@ def test_a_run_that_fails_on_the_third_file_is_finished_by_the_rerun_in_the_same
     assert landed_keys(s3, name) == sorted(first_log[:2])  # 2 of 3 landed ...
     assert stored_hwm(s3, name) is None  # ... and the HWM stayed
     record = pending_record(s3, name)
-    assert [f["name"] for f in record["landed"]] == first_log[:2] and not record["published"]
+    assert [f["name"] for f in record["landed"]] == first_log[:2]
+    assert not record["published"]
 
     publishes: list[dt.datetime] = []
     real_publish = FileHwmStore.publish
@@ -357,7 +363,8 @@ def test_a_run_that_fails_on_the_third_file_is_finished_by_the_rerun_in_the_same
     assert landed_keys(s3, name) == sorted(first_log)  # no file of another window
     assert all(f.landed and f.landed.endswith(f.file) for f in rerun.files)
     assert rerun.landed_before == first_log[:2]
-    assert publishes == [T0] and stored_hwm(s3, name) == T0.strftime(HWM_FORMAT)  # the HWM moved once
+    assert publishes == [T0]  # the HWM moved once
+    assert stored_hwm(s3, name) == T0.strftime(HWM_FORMAT)
     assert pending_record(s3, name)["published"]
     with get_client(sync_client=True) as client:
         (artifact,) = client.read_artifacts(
@@ -367,7 +374,8 @@ def test_a_run_that_fails_on_the_third_file_is_finished_by_the_rerun_in_the_same
     assert f"HWM now {T0}" in artifact.description
 
     after = collect_metadata(name, sources_file=file, now=T0 + dt.timedelta(minutes=10))
-    assert after.window_start == T0 and not after.landed_before  # then on, windows as usual
+    assert after.window_start == T0
+    assert not after.landed_before  # then on, windows as usual
 
 
 def test_a_stale_pending_window_does_not_land_again(halfway):
@@ -383,7 +391,8 @@ def test_a_stale_pending_window_does_not_land_again(halfway):
     land(log)
     run = collect_metadata(name, sources_file=file, now=T0 + SECOND)
     assert (run.window_start, run.window_end) == (T0, T0 + SECOND)
-    assert log == [f.file for f in run.files] and not set(log) & set(first_log)
+    assert log == [f.file for f in run.files]
+    assert not set(log) & set(first_log)
     assert f"{T0:%Y%m%dT%H%M%S}_{T0 + SECOND:%Y%m%dT%H%M%S}" in log[0]
     assert first_log[2] not in landed_keys(s3, name)  # the stale window's third file never lands
 
@@ -411,7 +420,9 @@ def test_a_retry_of_a_run_whose_window_another_run_published_lands_nothing(halfw
     result = collection.land_files(
         RecordedLanding(landing, retry_log), files, window, FileHwmStore(landing, name), pending
     )
-    assert result.already_published and result.landed == [] and retry_log == []
+    assert result.already_published
+    assert result.landed == []
+    assert retry_log == []
     assert {i["Key"]: i["LastModified"] for i in s3.list_objects_v2(Bucket=name)["Contents"]} == before
 
 
@@ -441,12 +452,15 @@ def test_a_pending_window_an_active_run_is_landing_is_left_to_it(halfway):
     land(log)
     with pytest.raises(WindowInProgressError, match=f"Flow run {active.id} is landing window"):
         collect_metadata(name, sources_file=file, now=T0 + SECOND)
-    assert log == [] and stored_hwm(s3, name) is None
+    assert log == []
+    assert stored_hwm(s3, name) is None
 
     with get_client(sync_client=True) as client:
         client.set_flow_run_state(active.id, Crashed(), force=True)
     run = collect_metadata(name, sources_file=file, now=T0 + SECOND)  # takes the window over
-    assert log == first_log[2:] and run.window_end == T0 and stored_hwm(s3, name) == T0.strftime(HWM_FORMAT)
+    assert log == first_log[2:]
+    assert run.window_end == T0
+    assert stored_hwm(s3, name) == T0.strftime(HWM_FORMAT)
 
 
 def test_now_later_than_the_current_time_is_refused(source):
@@ -527,8 +541,10 @@ def test_three_athena_runs_land_every_query_once(athena_source):
         "openlineage",
     }
     first = {f.entity: f for f in runs[0].files}
-    assert lineage <= set(first) and all(first[e].landed for e in lineage)
-    assert first["openlineage"].file.endswith(".jsonl.gz") and first["openlineage"].rows > 0
+    assert lineage <= set(first)
+    assert all(first[e].landed for e in lineage)
+    assert first["openlineage"].file.endswith(".jsonl.gz")
+    assert first["openlineage"].rows > 0
     assert first["table_lineage"].rows >= 3  # the two views' tables, at least
 
 
@@ -547,12 +563,14 @@ def test_a_partial_result_lands_nothing_and_the_hwm_stays(source, monkeypatch):
     monkeypatch.setattr(collection, "build_extractor", lambda config: PartialExtractor(config.name))
     with pytest.raises(PartialExtractionError, match="NODE_LIMIT_EXCEEDED") as partial:
         collect_metadata(name, sources_file=file, now=T0)
-    assert partial.value.files and all(f.startswith(f"{name}_") for f in partial.value.files)
+    assert partial.value.files
+    assert all(f.startswith(f"{name}_") for f in partial.value.files)
     assert s3.list_objects_v2(Bucket=name).get("KeyCount", 0) == 0  # no file, no HWM file
     # The rerun, once the source answers whole, extracts the same window.
     monkeypatch.setattr(collection, "build_extractor", lambda config: HistoryExtractor(config.name))
     rerun = collect_metadata(name, sources_file=file, now=T0)
-    assert rerun.window_start == T0 - dt.timedelta(days=1) and rerun.hwm == T0
+    assert rerun.window_start == T0 - dt.timedelta(days=1)
+    assert rerun.hwm == T0
 
 
 def test_a_missing_workgroup_is_named_and_the_hwm_stays(athena_source):
@@ -582,7 +600,8 @@ def test_view_sql_is_masked_in_each_rows_own_dialect():
         sql_dialect_column="view_dialect",
     )
     rows = list(collection.masked(views).rows)
-    assert all("secret-note" not in sql for _, _, sql in rows) and all("?" in sql for _, _, sql in rows)
+    assert all("secret-note" not in sql for _, _, sql in rows)
+    assert all("?" in sql for _, _, sql in rows)
 
 
 def test_a_missing_landing_block_names_the_source_and_the_field(tmp_path):

@@ -281,7 +281,8 @@ def test_streams_a_generator_of_50k_rows_in_constant_memory(tmp_path: Path, comp
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert consumed == n and written.rows == n
+    assert consumed == n
+    assert written.rows == n
     # A list of the rows alone would take ~12 MB; streaming holds a few I/O buffers.
     assert peak < 4 * 1024 * 1024, f"peak {peak} bytes"
     last = None
@@ -394,7 +395,9 @@ def test_generator_failing_midway_leaves_no_partial_file(tmp_path: Path, compres
     with pytest.raises(Boom):
         write_extracts([Extract("query_history", ("id", "sql"), rows())], tmp_path, SOURCE, WINDOW, compress)
     [during] = seen_mid_write
-    assert len(during) == 1 and during[0].startswith(f".{final.name}.") and during[0].endswith(".tmp")
+    assert len(during) == 1
+    assert during[0].startswith(f".{final.name}.")
+    assert during[0].endswith(".tmp")
     assert entries(tmp_path) == []  # neither the final name nor the temporary file
 
 

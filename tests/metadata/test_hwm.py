@@ -267,7 +267,9 @@ def test_hwm_equal_to_end_gives_an_empty_window(caplog: pytest.LogCaptureFixture
     caplog.set_level(logging.INFO, logger="tasks.metadata.hwm")
     store = MemoryStore(T0 - LAG)
     window = plan_window(store, T0, LAG, LOOKBACK)
-    assert window.empty and window.start == T0 - LAG and window.duration == timedelta(0)
+    assert window.empty
+    assert window.start == T0 - LAG
+    assert window.duration == timedelta(0)
     assert "Empty window" in caplog.text
     publish_hwm(store, window)
     assert store.value == T0 - LAG
@@ -296,7 +298,8 @@ def test_publish_never_moves_the_hwm_backwards():
     store = MemoryStore(T0)
     with pytest.raises(HwmError, match="not moving it backwards"):
         publish_hwm(store, Window(T0 - timedelta(days=1), T0 - timedelta(hours=1), planned_from=T0))
-    assert store.value == T0 and store.publishes == 0
+    assert store.value == T0
+    assert store.publishes == 0
 
 
 def test_publish_refuses_when_the_hwm_moved_since_the_window_was_planned():
@@ -305,7 +308,8 @@ def test_publish_refuses_when_the_hwm_moved_since_the_window_was_planned():
     store.value = T0 - timedelta(hours=1)  # another run published meanwhile
     with pytest.raises(HwmError, match="moved since this run planned its window"):
         publish_hwm(store, window)
-    assert store.value == T0 - timedelta(hours=1) and store.publishes == 0
+    assert store.value == T0 - timedelta(hours=1)
+    assert store.publishes == 0
 
 
 def test_publish_checks_the_read_back():
@@ -541,10 +545,12 @@ def test_the_pending_window_sits_next_to_the_hwm_file_and_round_trips():
         "landed": [{"name": LANDED.name, "uri": LANDED.uri, "bytes": 10}],
     }
     read = pending.read()
-    assert read == record and read.window.planned_from == H
+    assert read == record
+    assert read.window.planned_from == H
     first_run = PendingWindow(Window(T0 - LOOKBACK, T0))  # no HWM yet: planned from nothing
     pending.write(first_run)
-    assert pending.read() == first_run and pending.read().window.planned_from is None
+    assert pending.read() == first_run
+    assert pending.read().window.planned_from is None
 
 
 @pytest.mark.parametrize(
@@ -565,7 +571,8 @@ def test_a_pending_window_at_the_hwm_is_resumed_whatever_now_is(caplog: pytest.L
     pending.write(PendingWindow(W, "run-1").with_landed(LANDED))
     later = T0 + timedelta(hours=5)
     window = plan_or_resume(MemoryStore(H), pending, later, LAG, LOOKBACK)
-    assert window == W and window.planned_from == H
+    assert window == W
+    assert window.planned_from == H
     assert plan_window(MemoryStore(H), later, LAG, LOOKBACK) != W  # what it would have planned
     assert "Resuming window 2026-11-22 00:00:00 → 2026-11-22 04:00:00" in caplog.text
     assert "1 files landed: athena_databases_w.csv" in caplog.text
@@ -596,10 +603,12 @@ def test_a_stale_pending_window_is_not_resumed(record: PendingWindow):
 def test_claim_pins_the_window_and_returns_what_landed_before():
     pending, store = pending_file(), MemoryStore(H)
     record = claim_window(store, pending, W, "run-1")
-    assert record == PendingWindow(W, "run-1") and pending.read() == record
+    assert record == PendingWindow(W, "run-1")
+    assert pending.read() == record
     pending.write(record.with_landed(LANDED))
     again = claim_window(store, pending, W, "run-1")  # a retry of the same run
-    assert again.landed == {LANDED.name: LANDED} and again.flow_run_id == "run-1"
+    assert again.landed == {LANDED.name: LANDED}
+    assert again.flow_run_id == "run-1"
 
 
 def test_claim_takes_over_from_a_run_that_is_no_longer_active():
@@ -608,7 +617,8 @@ def test_claim_takes_over_from_a_run_that_is_no_longer_active():
     asked: list[str] = []
     record = claim_window(store, pending, W, "run-2", is_active=lambda run: asked.append(run) or False)
     assert asked == ["run-1"]
-    assert record.flow_run_id == "run-2" and record.landed == {LANDED.name: LANDED}
+    assert record.flow_run_id == "run-2"
+    assert record.landed == {LANDED.name: LANDED}
     assert pending.read().flow_run_id == "run-2"
 
 
@@ -650,7 +660,8 @@ def test_publish_marks_the_pending_window_published():
     pending, store = pending_file(), MemoryStore(H)
     claim_window(store, pending, W, "run-1")
     publish_hwm(store, W, pending)
-    assert store.value == W.end and pending.read().published
+    assert store.value == W.end
+    assert pending.read().published
     publish_hwm(store, W, pending)  # a retry: already published, not published again
     assert store.publishes == 1
 
@@ -738,15 +749,18 @@ def race(
 def test_racing_publishes_leave_the_later_hwm_and_never_move_it_backwards(racing_store: StoreFactory):
     writes, final, (error_a, error_b) = race(racing_store, locked=True)
     assert error_a is None
-    assert isinstance(error_b, HwmError) and "moved since this run planned its window" in str(error_b)
-    assert writes == [E2] and final == E2  # the later HWM stays; the earlier one was never written
+    assert isinstance(error_b, HwmError)
+    assert "moved since this run planned its window" in str(error_b)
+    assert writes == [E2]  # the earlier one was never written
+    assert final == E2  # the later HWM stays
 
 
 def test_without_the_lock_the_same_race_moves_the_hwm_backwards(racing_store: StoreFactory):
     """What the lock prevents: both runs pass the check before either writes."""
     writes, final, errors = race(racing_store, locked=False)
     assert errors == [None, None]
-    assert writes == [E2, E1] and final == E1
+    assert writes == [E2, E1]
+    assert final == E1
 
 
 def test_the_lock_is_a_global_concurrency_limit_of_one(variable_source: str):

@@ -423,7 +423,8 @@ def test_a_size_mismatch_fails_the_upload(
     assert raised.value.reason == "verification"
     assert raised.value.file == "athena_tables.csv"
     stored = re.search(r"\(4096 bytes\) to .*, but the stored file has (\d+) bytes", str(raised.value))
-    assert stored and stored[1] in {"4095", "4097"}
+    assert stored
+    assert stored[1] in {"4095", "4097"}
     assert "Rerun the collector" in str(raised.value)
 
 
@@ -501,7 +502,8 @@ def test_s3_access_denied_names_the_permission_and_hides_the_keys(moto: MotoServ
     for error in (raised.value, raised_text.value):
         assert error.reason == "permission"
         assert "AccessDenied" in str(error)
-        assert "s3:PutObject" in str(error) and f"arn:aws:s3:::{bucket}/*" in str(error)
+        assert "s3:PutObject" in str(error)
+        assert f"arn:aws:s3:::{bucket}/*" in str(error)
         assert key["SecretAccessKey"] not in formatted(error)
 
 
@@ -577,10 +579,12 @@ def test_azure_sas_that_does_not_allow_writing(
     assert raised.value.reason == "permission"
     message = str(raised.value)
     assert problem in message
-    assert landing.sas_token_secret in message and "rcw" in message
+    assert landing.sas_token_secret in message
+    assert "rcw" in message
     assert f"{azurite.account_url}/{container}/{LANDING_DIR}/a.csv" in message
     assert_no_sas(raised.value, sas)
-    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+    assert raised.value.__cause__ is None
+    assert raised.value.__suppress_context__
 
 
 def test_azure_missing_container_and_missing_secret(azurite: Azurite, tmp_path: Path) -> None:

@@ -46,12 +46,14 @@ def test_query_executions_are_listed_newest_first_in_pages_of_at_most_50(moto):
     small = athena.list_query_executions(WorkGroup="paged", MaxResults=7)
 
     assert [len(p["QueryExecutionIds"]) for p in pages] == [50, 50, 20]
-    assert "NextToken" in pages[1] and "NextToken" not in pages[2]
+    assert "NextToken" in pages[1]
+    assert "NextToken" not in pages[2]
     assert [i for p in pages for i in p["QueryExecutionIds"]] == started[::-1]
     assert small["QueryExecutionIds"] == started[::-1][:7]
     later = start(athena, 1, "paged")  # started between two pages: the next page does not shift
     after = athena.list_query_executions(WorkGroup="paged", MaxResults=7, NextToken=small["NextToken"])
-    assert after["QueryExecutionIds"] == started[::-1][7:14] and later[0] not in after["QueryExecutionIds"]
+    assert after["QueryExecutionIds"] == started[::-1][7:14]
+    assert later[0] not in after["QueryExecutionIds"]
 
 
 def test_batch_get_query_execution_answers_known_ids_and_reports_the_others(moto):
@@ -80,7 +82,9 @@ def test_aws_data_catalog_is_listed_first(moto):
 
     names = [c["CatalogName"] for c in athena.list_data_catalogs()["DataCatalogsSummary"]]
 
-    assert names[0] == "AwsDataCatalog" and "federated" in names and names.count("AwsDataCatalog") == 1
+    assert names[0] == "AwsDataCatalog"
+    assert "federated" in names
+    assert names.count("AwsDataCatalog") == 1
 
 
 def test_an_unknown_workgroup_is_an_invalid_request(moto):
@@ -120,9 +124,8 @@ def test_refusals_of_json_apis_are_json_errors_with_aws_codes(moto):
 
     assert errors["athena"]["Code"] == "AccessDeniedException"
     assert errors["athena"]["Message"].endswith("is not authorized to perform: athena:ListWorkGroups")
-    assert (
-        errors["glue"]["Code"] == "AccessDeniedException" and "glue:GetDatabases" in errors["glue"]["Message"]
-    )
+    assert errors["glue"]["Code"] == "AccessDeniedException"
+    assert "glue:GetDatabases" in errors["glue"]["Message"]
     assert errors["unknown key"] == {
         "Code": "UnrecognizedClientException",
         "Message": "The security token included in the request is invalid.",

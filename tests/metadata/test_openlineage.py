@@ -162,7 +162,9 @@ def test_athena_ctas_run_event_carries_inputs_output_and_column_lineage(athena_f
 def test_sql_in_lineage_output_is_masked_failing_closed(athena_files):
     events = read_jsonl(athena_files["openlineage"])
     text = gzip.open(athena_files["openlineage"], "rt").read()
-    assert "EU-secret-42" not in text and "alice@example.com" not in text and "'DE'" not in text
+    assert "EU-secret-42" not in text
+    assert "alice@example.com" not in text
+    assert "'DE'" not in text
     queries = {
         e["run"]["runId"]: e["job"]["facets"]["sql"]["query"]
         for e in events
@@ -171,7 +173,8 @@ def test_sql_in_lineage_output_is_masked_failing_closed(athena_files):
     assert REDACTED in queries.values()  # q-3: unmaskable, redacted whole
     for name in ("lineage_statements", "table_lineage", "column_lineage", "table_usage", "column_usage"):
         content = gzip.open(athena_files[name], "rt").read()
-        assert "secret" not in content and "alice" not in content, name
+        assert "secret" not in content, name
+        assert "alice" not in content, name
     statements = {r["object_name"]: r for r in read_csv(athena_files["lineage_statements"])}
     assert statements["q-4"]["lineage_status"] == "unparsed"
     assert statements["q-3"]["lineage_status"] == "partial"
@@ -192,7 +195,8 @@ def test_athena_usage_counts_queries_and_users(athena_files):
     columns = {
         (r["table_name"], r["column_name"]): r["query_count"] for r in read_csv(athena_files["column_usage"])
     }
-    assert columns[("orders", "region")] == "2" and columns[("orders", "amount")] == "1"
+    assert columns[("orders", "region")] == "2"
+    assert columns[("orders", "amount")] == "1"
 
 
 # --- Tableau -----------------------------------------------------------------------------------------
@@ -279,7 +283,8 @@ def test_tableau_custom_sql_is_masked_and_its_tables_found(tableau_files):
     assert found.counts["custom_sql:unparsed"] == 1
     for path in files.values():
         text = gzip.open(path, "rt").read()
-        assert "bob@example.com" not in text and "carol@example.com" not in text
+        assert "bob@example.com" not in text
+        assert "carol@example.com" not in text
 
 
 def test_tableau_without_masking_keeps_the_query(tableau_files, tmp_path):

@@ -20,7 +20,8 @@ def test_the_projects_file_loads():
     sources = load_sources(ROOT / "metadata_sources.yaml")
     assert list(sources) == ["athena-prod", "tableau-prod"]
     athena = sources["athena-prod"]
-    assert athena.name == "athena-prod" and isinstance(athena.extractor, AthenaExtractorConfig)
+    assert athena.name == "athena-prod"
+    assert isinstance(athena.extractor, AthenaExtractorConfig)
     assert athena.extractor.workgroups == ["primary", "analysts"]
     assert (sources["tableau-prod"].hwm.store, sources["tableau-prod"].landing.kind) == ("file", "azure_blob")
     # The shipped sources are examples: their deployments are paused.
@@ -46,7 +47,8 @@ def test_every_error_is_a_source_config_error_and_a_value_error(tmp_path):
     file.write_text(f"sources:\n  prod: {ENTRY}\n  prod: {ENTRY}\n")
     with pytest.raises(SourceConfigError, match=r", line 3, sources\.prod: duplicate key 'prod'") as raised:
         load_source("prod", file)
-    assert isinstance(raised.value, ConfigFileError) and isinstance(raised.value, ValueError)
+    assert isinstance(raised.value, ConfigFileError)
+    assert isinstance(raised.value, ValueError)
 
 
 def test_the_docs_name_every_key_a_source_entry_takes():

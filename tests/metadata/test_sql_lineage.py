@@ -182,39 +182,60 @@ def test_hive_dialect_backquotes(analyzer):
 @pytest.mark.parametrize(
     ("sql", "status", "detail"),
     [
-        ("SELECT FROM WHERE 'secret'", Status.UNPARSED, "sqlglot could not parse it (line 1, column"),
-        ("SELECT a FROM t; SELECT b FROM u", Status.UNPARSED, "2 statements (Athena runs one)"),
-        (
+        pytest.param(
+            "SELECT FROM WHERE 'secret'",
+            Status.UNPARSED,
+            "sqlglot could not parse it (line 1, column",
+            id="unparseable",
+        ),
+        pytest.param(
+            "SELECT a FROM t; SELECT b FROM u",
+            Status.UNPARSED,
+            "2 statements (Athena runs one)",
+            id="two-statements",
+        ),
+        pytest.param(
             "UPDATE orders SET amount = 0 WHERE email = 'alice@example.com'",
             Status.UNPARSED,
             "Update statements are not analysed",
+            id="update",
         ),
-        (
+        pytest.param(
             "SELECT email FROM shop.leads WHERE email = 'alice@example.com'",
             Status.UNRESOLVED,
             "not in the catalog: awsdatacatalog.shop.leads",
+            id="table-not-in-catalog",
         ),
-        (
+        pytest.param(
             "SELECT nickname FROM customers WHERE name = 'Alice'",
             Status.PARTIAL,
             "1 column reference(s) not in the catalog",
+            id="column-not-in-catalog",
         ),
         # a double-quoted name where a value belongs may be data: counted, never named
-        (
+        pytest.param(
             'SELECT name FROM customers WHERE email = "alice@example.com"',
             Status.PARTIAL,
             "1 column reference(s)",
+            id="double-quoted-value",
         ),
-        ("MSCK REPAIR TABLE orders", Status.NOT_LINEAGE, "MSCK moves no data between tables"),
-        (
+        pytest.param(
+            "MSCK REPAIR TABLE orders",
+            Status.NOT_LINEAGE,
+            "MSCK moves no data between tables",
+            id="msck-repair",
+        ),
+        pytest.param(
             "ALTER TABLE orders ADD PARTITION (region = 'EU')",
             Status.NOT_LINEAGE,
             "Alter moves no data between tables",
+            id="alter-add-partition",
         ),
-        (
+        pytest.param(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'x'",
             Status.NOT_LINEAGE,
             "reads only information_schema",
+            id="information-schema",
         ),
     ],
 )
@@ -223,9 +244,12 @@ def test_what_is_not_resolved_is_said_never_guessed(analyzer, sql, status, detai
     assert result.status == status
     assert result.detail.startswith(detail)
     if status != Status.PARTIAL:
-        assert result.edges == () and result.columns_read == ()
+        assert result.edges == ()
+        assert result.columns_read == ()
     # The detail names tables and columns, never a piece of the text (literals).
-    assert "secret" not in result.detail and "alice" not in result.detail and "Alice" not in result.detail
+    assert "secret" not in result.detail
+    assert "alice" not in result.detail
+    assert "Alice" not in result.detail
 
 
 def test_partial_keeps_the_resolved_column_edges_only(analyzer):

@@ -187,7 +187,8 @@ def test_extracts_every_entity_with_one_sign_in(make_standin, tmp_path):
         ("leads", "Leads"),
         ("campaigns", "Campaigns"),
     } <= named_edges
-    assert ("Campaigns", "Top") in named_edges and ("Orders", "Overview") in named_edges
+    assert ("Campaigns", "Top") in named_edges
+    assert ("Orders", "Overview") in named_edges
     assert {
         u["table_name"]: (u["datasource_count"], u["workbook_count"], u["sheet_count"])
         for u in rows(extracts, "table_usage")
@@ -232,7 +233,8 @@ def test_extracts_every_entity_with_one_sign_in(make_standin, tmp_path):
             view_id("Marketing", "Funnel", "Top"),
         ),
     ]
-    assert workbooks[0]["content_url"] == "SalesOverview" and workbooks[0]["owner_id"] == admin
+    assert workbooks[0]["content_url"] == "SalesOverview"
+    assert workbooks[0]["owner_id"] == admin
 
     views = rows(extracts, "views")
     assert [(v["name"], v["workbook_name"], v["project_name"], v["content_url"]) for v in views] == [
@@ -274,10 +276,8 @@ def test_extracts_every_entity_with_one_sign_in(make_standin, tmp_path):
         ("Leads", "postgres", "postgres.example.internal", 5432, "tableau_reader", True),
         ("Campaigns", "postgres", "postgres.example.internal", 5432, "tableau_reader", True),
     ]
-    assert (
-        connections[1]["datasource_id"] == ds_id("Leads")
-        and len({c["connection_id"] for c in connections}) == 4
-    )
+    assert connections[1]["datasource_id"] == ds_id("Leads")
+    assert len({c["connection_id"] for c in connections}) == 4
     assert not any("password" in column and column != "embed_password" for column in CONNECTION_COLUMNS)
 
     users = {u["name"]: u for u in rows(extracts, "users")}
@@ -324,7 +324,8 @@ def test_extracts_every_entity_with_one_sign_in(make_standin, tmp_path):
         ["Monday"],
         "06:00:00",
     )
-    assert leads["schedule_next_run_at"].weekday() == 0 and leads["schedule_next_run_at"].hour == 6
+    assert leads["schedule_next_run_at"].weekday() == 0
+    assert leads["schedule_next_run_at"].hour == 6
 
     # Times are aware UTC datetimes.
     stamped = [workbooks[0]["created_at"], views[0]["updated_at"], datasources[0]["updated_at"]]
@@ -403,7 +404,8 @@ def test_an_expired_token_mid_run_signs_in_again_once_and_the_run_completes(
     extracts = TableauExtractor("tableau-test", workspace.pool_block, page_size=1).run(START, END)
 
     assert expired == [1]
-    assert len(rows(extracts, "datasource_connections")) == 4 and len(rows(extracts, "users")) == 5
+    assert len(rows(extracts, "datasource_connections")) == 4
+    assert len(rows(extracts, "users")) == 5
     audit = standin.audit()
     assert audit["sign_ins"] == {"pat-1": 2}  # the run's sign-in, and one more after the expiry
     assert (audit["expired_token_requests"], audit["invalidated_token_requests"]) == (1, 0)

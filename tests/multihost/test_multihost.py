@@ -465,10 +465,8 @@ def assert_no_session_overlap(audit: dict[str, Any]) -> None:
     for pat, held in sessions.items():
         held.sort(key=lambda s: s["signed_in_at"])
         for earlier, later in zip(held, held[1:], strict=False):
-            assert earlier["ended_at"] is not None and earlier["ended_at"] <= later["signed_in_at"] + 1e-6, (
-                pat,
-                held,
-            )
+            assert earlier["ended_at"] is not None, (pat, held)
+            assert earlier["ended_at"] <= later["signed_in_at"] + 1e-6, (pat, held)
 
 
 def test_more_domain_runs_than_pats_across_two_hosts_all_complete_without_sharing_a_pat(outcome):
@@ -477,13 +475,12 @@ def test_more_domain_runs_than_pats_across_two_hosts_all_complete_without_sharin
     assert contention["states"] == {"c0": "Completed", "c1": "Completed", "c2": "Completed"}
     assert set(contention["hosts"].values()) == {"host-a", "host-b"}
     assert audit["invalidated_token_requests"] == 0
-    assert sum(audit["sign_ins"].values()) == 3 and set(audit["sign_ins"]) <= {
-        "pat-1",
-        "pat-2",
-    }  # one per run
+    assert sum(audit["sign_ins"].values()) == 3  # one per run
+    assert set(audit["sign_ins"]) <= {"pat-1", "pat-2"}
     assert all(s["end_reason"] == "signed_out" for s in audit["sessions"])
     assert_no_session_overlap(audit)
-    assert len(audit["jobs_created"]) == 6 and set(audit["jobs_created"].values()) == {1}
+    assert len(audit["jobs_created"]) == 6
+    assert set(audit["jobs_created"].values()) == {1}
 
 
 def test_a_dead_hosts_pats_come_back_within_the_lease_and_the_survivor_completes(outcome):
@@ -507,7 +504,8 @@ def test_the_running_runs_of_a_dead_host_are_marked_crashed_by_the_heartbeat_aut
     dead = outcome.dead
     for name in ("k0", "k1", "crm"):
         crashed = [message for state, message, _ in dead["history"][name] if state == "Crashed"]
-        assert len(crashed) == 1 and "no heartbeat" in crashed[0], (name, dead["history"][name])
+        assert len(crashed) == 1, (name, dead["history"][name])
+        assert "no heartbeat" in crashed[0], (name, dead["history"][name])
         assert dead["crashed_after"][name] <= WITHIN_SECONDS + 15, dead["crashed_after"]
 
 
@@ -518,10 +516,12 @@ def test_the_crashed_runs_run_again_once_by_the_rerun_automation_and_adopt_their
     for name in ("k0", "k1"):
         history = names(dead["history"][name])
         assert history[-4:] == ["AwaitingRetry", "Pending", "Running", "Completed"], (name, history)
-        assert history.count("Crashed") == 1 and history.index("Crashed") < history.index("AwaitingRetry")
+        assert history.count("Crashed") == 1
+        assert history.index("Crashed") < history.index("AwaitingRetry")
         assert dead["run_counts"][name] == 2
         (row,) = dead["rows"][name]
-        assert row["status"] == "succeeded" and row["job"].endswith("(adopted)"), row
+        assert row["status"] == "succeeded", row
+        assert row["job"].endswith("(adopted)"), row
     assert dead["audit"]["jobs_created"] == {
         "datasource:Ops/blocker": 1,
         **{f"datasource:Ops/k{i}": 1 for i in range(5)},
@@ -538,12 +538,14 @@ def test_runs_claimed_by_a_dead_host_but_not_started_are_put_back_and_run_on_the
     dead = outcome.dead
     for name in HELD:
         history = names(dead["history"][name])
-        assert "Crashed" not in history and "Running" not in history[: history.index("Rescheduled")], history
+        assert "Crashed" not in history, history
+        assert "Running" not in history[: history.index("Rescheduled")], history
         assert history[-3:] == ["Pending", "Running", "Completed"], (name, history)
         assert dead["run_counts"][name] == 1
         assert dead["rescheduled_after"][name] <= PENDING_SECONDS + 15, dead["rescheduled_after"]
         (row,) = dead["rows"][name]
-        assert row["status"] == "succeeded" and not row["job"].endswith("(adopted)"), row
+        assert row["status"] == "succeeded", row
+        assert not row["job"].endswith("(adopted)"), row
 
 
 def test_every_run_of_the_dead_host_completes_within_the_bound_nobody_acting(outcome):
@@ -558,12 +560,14 @@ def test_every_run_of_the_dead_host_completes_within_the_bound_nobody_acting(out
 def test_a_crm_export_killed_on_one_host_runs_again_on_the_other_and_adopts_its_job(outcome):
     crm = outcome.crm
     history = names(outcome.dead["history"]["crm"])
-    assert history.count("Crashed") == 1 and history[-1] == "Completed", history
+    assert history.count("Crashed") == 1, history
+    assert history[-1] == "Completed", history
     assert outcome.dead["run_counts"]["crm"] == 2
     assert [job.id for job in crm["jobs"]] == [crm["job"].id]  # one job in total
     (job_line,) = [line for line in crm["artifact"][0]["markdown"].splitlines() if line.startswith("| Job |")]
     assert f"({crm['job'].id}), adopted, JOB_STATE_DONE" in job_line, job_line
-    assert crm["stats"]["distinct_users"] == 3_000 and crm["stats"]["duplicate_deliveries"] == 0
+    assert crm["stats"]["distinct_users"] == 3_000
+    assert crm["stats"]["duplicate_deliveries"] == 0
 
 
 def test_a_worker_restart_does_not_crash_the_runs_it_started(outcome):

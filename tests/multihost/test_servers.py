@@ -34,7 +34,8 @@ def test_postgres_serves_its_database_on_loopback_and_leaves_nothing_behind():
         assert database == "prefect_test"
         assert tuple(int(part) for part in version.split()[0].split(".")[:2]) >= MINIMUM_VERSION
         pid = server.pid
-    assert server.pid is None and not workdir.exists()
+    assert server.pid is None
+    assert not workdir.exists()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
 
@@ -42,7 +43,9 @@ def test_postgres_serves_its_database_on_loopback_and_leaves_nothing_behind():
 def test_redis_answers_and_keeps_nothing_on_disk():
     with RedisServer() as server:
         with server.client(db=1) as client:
-            assert client.ping() and client.set("k", "v") and client.get("k") == b"v"
+            assert client.ping()
+            assert client.set("k", "v")
+            assert client.get("k") == b"v"
             config = client.config_get("save") | client.config_get("appendonly")
         assert config == {"save": "", "appendonly": "no"}
         pid = server.pid

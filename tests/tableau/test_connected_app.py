@@ -92,10 +92,8 @@ def test_the_jwt_carries_what_tableau_requires_and_a_fresh_jti_each_time() -> No
         "exp": 1_800_000_240,
         "scp": ["tableau:content:read", "tableau:tasks:run", "tableau:jobs:read", "tableau:jobs:update"],
     }
-    assert (
-        uuid.UUID(claims["jti"])
-        and claims["jti"] != jwt.decode(second, options={"verify_signature": False})["jti"]
-    )
+    assert uuid.UUID(claims["jti"])
+    assert claims["jti"] != jwt.decode(second, options={"verify_signature": False})["jti"]
 
 
 def test_the_block_refuses_a_lifetime_over_ten_minutes_two_secrets_and_odd_scopes() -> None:
@@ -146,8 +144,10 @@ def test_a_connected_app_domain_refreshes_on_its_own_sessions_and_signs_in_again
     assert (summary.connected_app, summary.pat, summary.sign_ins) == (name, "", 2)
     assert all(r.status == "succeeded" for r in summary.refreshes)
     audit = standin.audit()
-    assert audit["jwt_sign_ins"] == {CLIENT_ID: 2} and audit["sign_ins"] == {}  # no PAT involved
-    assert audit["refused_jwt_sign_ins"] == {} and audit["out_of_scope_requests"] == {}
+    assert audit["jwt_sign_ins"] == {CLIENT_ID: 2}
+    assert audit["sign_ins"] == {}  # no PAT involved
+    assert audit["refused_jwt_sign_ins"] == {}
+    assert audit["out_of_scope_requests"] == {}
     assert [s["user"] for s in audit["sessions"]] == [USER, USER]
     assert active_slots(app.concurrency_limit_name) == 0
 
@@ -205,10 +205,8 @@ def test_refresh_capacity_limit_is_bootstrapped_and_required(make_standin, tmp_p
     assert main(["--connected-app-block", name]) == 0
     assert main(["--connected-app-block", name, "--check"]) == 0
     out = capsys.readouterr().out
-    assert (
-        f"created   {app.concurrency_limit_name} (limit 2)" in out
-        and f"ok        {app.concurrency_limit_name}" in out
-    )
+    assert f"created   {app.concurrency_limit_name} (limit 2)" in out
+    assert f"ok        {app.concurrency_limit_name}" in out
 
 
 @pytest.mark.slow(seconds=20)
@@ -243,7 +241,8 @@ def test_the_refresh_capacity_bounds_concurrent_domain_runs(make_standin, tmp_pa
     for thread in threads:
         thread.join(120)
     jobs = sorted(standin.audit()["jobs"], key=lambda j: j["created_at"])
-    assert len(jobs) == 2 and jobs[0]["completed_at"] <= jobs[1]["created_at"]  # one domain run at a time
+    assert len(jobs) == 2
+    assert jobs[0]["completed_at"] <= jobs[1]["created_at"]  # one domain run at a time
     assert summaries["d1"].lease_wait_seconds > 0.5  # it waited for the slot d0 held
 
 

@@ -68,6 +68,7 @@ def test_every_error_is_a_domain_config_error_and_a_value_error(tmp_path):
     file = write(tmp_path, "domains: {sales: {upstream: {flow: s}, datasources: [{name: O}]}}\n")
     with pytest.raises(DomainConfigError) as raised:
         load_domain("sales", file)
-    assert isinstance(raised.value, ConfigFileError) and isinstance(raised.value, ValueError)
+    assert isinstance(raised.value, ConfigFileError)
+    assert isinstance(raised.value, ValueError)
     with pytest.raises(DomainConfigError, match=r"Unknown domain 'hr': .* defines \[\]"):
         load_domain("hr", write(tmp_path, ""))  # an empty file defines no domain

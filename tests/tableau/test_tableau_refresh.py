@@ -150,7 +150,8 @@ def test_contention_more_domain_runs_than_pats(make_standin, tmp_path):
     assert sum(audit["sign_ins"].values()) == len(names)  # one sign-in per domain run
     assert set(audit["sign_ins"]) <= {"pat-1", "pat-2"}
     assert_no_pat_shared(audit)
-    assert all(count == 1 for count in audit["jobs_created"].values()) and len(audit["jobs_created"]) == 18
+    assert all(count == 1 for count in audit["jobs_created"].values())
+    assert len(audit["jobs_created"]) == 18
     assert audit["max_concurrent_jobs"] <= 4
 
 
@@ -175,7 +176,8 @@ def test_rerun_while_refreshes_are_in_flight_adopts_the_jobs(make_standin, tmp_p
     first, first_outcome = in_thread(refresh_domain, "sales", config, FAST)
     # A loaded machine once took over 30 s to start the first run; one that ended early says why.
     wait_until(lambda: len(standin.audit()["jobs"]) == 3 or not first.is_alive(), 120, "the first run's jobs")
-    assert "error" not in first_outcome and len(standin.audit()["jobs"]) == 3, first_outcome
+    assert "error" not in first_outcome, first_outcome
+    assert len(standin.audit()["jobs"]) == 3, first_outcome
     second = refresh_domain("sales", config, FAST)
     first.join(60)
 
