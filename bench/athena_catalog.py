@@ -91,7 +91,10 @@ def collect(
     if trace:
         tracemalloc.start()
     started = time.perf_counter()
-    files = write_extracts(extractor.run(window.start, window.end), out_dir, SOURCE, window, compress=True)
+    with extractor:
+        files = write_extracts(
+            extractor.run(window.start, window.end), out_dir, SOURCE, window, compress=True
+        )
     wall = time.perf_counter() - started
     peak = tracemalloc.get_traced_memory()[1] / MB if trace else None
     tracemalloc.stop()

@@ -31,8 +31,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from devstack.bigquery_emulator import BigQueryEmulator
-from devstack.crm import CrmStandIn
-from devstack.crms import BrazeServer, HubSpotServer
+from devstack.crms import BrazeServer, CrmStandIn, HubSpotServer
 from devstack.crms.braze import BrazeConfig
 from devstack.crms.hubspot import HubSpotConfig
 from devstack.user_rows import load_shard, shard_rows, write_user_rows

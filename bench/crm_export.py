@@ -25,7 +25,7 @@ from pathlib import Path
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from devstack.crm import CrmStandIn
+from devstack.crms import CrmStandIn
 from devstack.user_rows import write_user_rows
 from pipelines.crm_export.accounting import check_accounting
 from pipelines.crm_export.api_key import ApiKey

@@ -167,21 +167,21 @@ def history_rows(catalog: Catalog, queries: int, seed: int) -> Iterator[tuple[An
 
 def run(catalog: Catalog, queries: int, seed: int, out: Path) -> tuple[dict[str, Any], AthenaLineage]:
     """Feed the catalog and history through ``AthenaLineage`` and write its extracts; the timings."""
-    lineage = AthenaLineage(SOURCE, REGION, END)
-    began = time.perf_counter()
-    for _ in lineage.columns(catalog.column_rows()):
-        pass
-    for _ in lineage.views(catalog.view_rows()):
-        pass
-    schema_done = time.perf_counter()
-    rows = list(history_rows(catalog, queries, seed))  # generated before the clock, as Athena holds them
-    analysis_began = time.perf_counter()
-    for _ in lineage.query_history(rows):
-        pass
-    analysed = time.perf_counter()
-    window = Window(END - dt.timedelta(days=1), END)
-    files = write_extracts(lineage.extracts(), out, SOURCE, window, compress=True)
-    written = time.perf_counter()
+    with AthenaLineage(SOURCE, REGION, END) as lineage:
+        began = time.perf_counter()
+        for _ in lineage.columns(catalog.column_rows()):
+            pass
+        for _ in lineage.views(catalog.view_rows()):
+            pass
+        schema_done = time.perf_counter()
+        rows = list(history_rows(catalog, queries, seed))  # generated before the clock, as Athena holds them
+        analysis_began = time.perf_counter()
+        for _ in lineage.query_history(rows):
+            pass
+        analysed = time.perf_counter()
+        window = Window(END - dt.timedelta(days=1), END)
+        files = write_extracts(lineage.extracts(), out, SOURCE, window, compress=True)
+        written = time.perf_counter()
     return {
         "schema_seconds": schema_done - began,
         "analysis_seconds": analysed - analysis_began,

@@ -46,7 +46,8 @@ from blocks.tableau import TableauConnectedApp, TableauPatPool
 from blocks.tableau.site import saved_as_site_block
 from deployments.automations import DEFAULT_PENDING_SECONDS, bootstrap_automations, project_automations
 from tasks.tableau.connected_app import expected_capacity_limit
-from tasks.tableau.pat_pool import expected_limits, limit_drift
+from tasks.tableau.limits import limit_drift
+from tasks.tableau.pat_pool import expected_limits
 
 
 @dataclass

@@ -28,9 +28,9 @@ def create_connected_app(tableau_url: str, site: str) -> str:
     """Save the connected app's blocks and bootstrap its refresh-capacity limit; a line to print."""
     from prefect.blocks.system import Secret
 
+    from blocks.secrets import SecretSource
     from blocks.tableau import TableauConnectedApp, TableauSite
     from deployments.bootstrap import bootstrap_connected_app_limits
-    from tasks.common import SecretSource
 
     Secret(value=SECRET_VALUE).save(SECRET_BLOCK, overwrite=True)
     app = TableauConnectedApp(

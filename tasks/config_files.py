@@ -7,7 +7,7 @@ the fix::
 
 Not in ``tasks/common.py``: this needs only PyYAML and pydantic and imports nothing of the project,
 so both configuration modules (and ``deployments.domains`` through them) import it without a cycle,
-and without ``tasks/common.py``'s Prefect run-time concerns (it patches block loading on import).
+and without ``tasks/common.py``'s Prefect run-time concerns.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The helpers every job shares (``tasks.common``), against the session's real Prefect server (and moto's
-server for the AWS secret sources)."""
+"""The helpers every job shares (``blocks.loading``, ``blocks.secrets``, ``tasks.common``), against the
+session's real Prefect server (and moto's server for the AWS secret sources)."""
 
 from __future__ import annotations
 
@@ -11,19 +11,9 @@ from prefect import flow, task
 from prefect.blocks.system import Secret
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterId
 
-from tasks.common import (
-    ONCE_PER_FLOW_RUN,
-    BlockNotFoundError,
-    ProgressReport,
-    SecretKeyError,
-    SecretNotFoundError,
-    SecretSource,
-    load_block,
-    load_block_by_slug,
-    read_secret,
-    secret_string,
-    to_utc,
-)
+from blocks.loading import BlockNotFoundError, load_block, load_block_by_slug
+from blocks.secrets import SecretKeyError, SecretNotFoundError, SecretSource, read_secret, secret_string
+from tasks.common import ONCE_PER_FLOW_RUN, ProgressReport, to_utc
 
 
 def test_a_missing_block_is_named_with_who_needs_it_and_how_to_create_it() -> None:
@@ -230,7 +220,7 @@ import json, sys
 from importlib.metadata import entry_points
 
 import blocks
-from tasks.common import load_block_by_slug
+from blocks.loading import load_block_by_slug
 
 collections = sorted({ep.value.split(":")[0].split(".")[0] for ep in entry_points(group="prefect.collections")})
 types = {name: getattr(blocks, name) for name in blocks.BLOCK_TYPES}  # what the block modules import
@@ -331,7 +321,7 @@ def test_loading_every_block_type_imports_no_prefect_collection(prefect_api_url)
 
 def test_load_block_by_slug_finds_the_class_that_defines_an_imported_type() -> None:
     from blocks import TableauPatPool
-    from tasks.common import imported_block_type
+    from blocks.loading import imported_block_type
 
     assert imported_block_type("tableau-pat-pool") is TableauPatPool
     assert imported_block_type("secret") is Secret  # not a generic Secret[...] of the same type

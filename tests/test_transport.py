@@ -298,7 +298,7 @@ def test_vault_refuses_plaintext_and_verify_false_to_another_host() -> None:
 def test_vault_allowed_insecure_warns_each_time_it_makes_a_client(
     changes: dict[str, Any], reason: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("blocks.crm_export.vault.hvac.Client", FakeHvacClient)
+    monkeypatch.setattr("blocks.crm_export.vault_client.hvac.Client", FakeHvacClient)
     caplog.set_level(logging.WARNING)
     block_name = name()
     vault_block(**changes, allow_insecure_transport=True).save(block_name)
@@ -318,7 +318,7 @@ def test_vault_allowed_insecure_warns_each_time_it_makes_a_client(
 def test_vault_on_loopback_needs_no_flag(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("blocks.crm_export.vault.hvac.Client", FakeHvacClient)
+    monkeypatch.setattr("blocks.crm_export.vault_client.hvac.Client", FakeHvacClient)
     caplog.set_level(logging.WARNING)
     assert vault_block(url="http://127.0.0.1:8200", verify=False).get() == "the-key"
     assert warnings_of(caplog) == []
@@ -327,7 +327,7 @@ def test_vault_on_loopback_needs_no_flag(
 def test_vault_url_changed_after_validation_is_checked_when_the_client_is_made(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("blocks.crm_export.vault.hvac.Client", FakeHvacClient)
+    monkeypatch.setattr("blocks.crm_export.vault_client.hvac.Client", FakeHvacClient)
     secret = vault_block()
     secret.url = "http://vault.example.com:8200"
     FakeHvacClient.made.clear()

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import google.auth
 from google.auth.exceptions import DefaultCredentialsError
 from prefect.blocks.core import Block
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from blocks.loading import load_block
 from pipelines.crm_export.settings import validate_job_name, validate_labels
-from tasks.common import load_block
 
 if TYPE_CHECKING:
     from google.auth.credentials import Credentials
@@ -41,6 +41,31 @@ _SUBNETWORK = re.compile(
 )
 _NETWORK = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 _SERVICE_ACCOUNT = re.compile(r"[^@\s]+@[^@\s]+\.gserviceaccount\.com")
+
+#: The fields checked against a pattern: the pattern, and the message of a value that does not match it.
+_FORMATS: dict[str, tuple[re.Pattern[str], str]] = {
+    "api_key_kms_key": (
+        _KMS_KEY,
+        "{value!r} is not a Cloud KMS key name: projects/P/locations/L/keyRings/R/cryptoKeys/K",
+    ),
+    "project": (_PROJECT_ID, "{value!r} is not a GCP project ID (lowercase letters, digits and '-')"),
+    "region": (_REGION, "{value!r} is not a Dataflow region such as 'europe-west1' or 'us-central1'"),
+    "temp_location": (
+        _GCS_PATH,
+        "{value!r} is not a gs://BUCKET/PATH URL (Beam would otherwise fall back to a default bucket)",
+    ),
+    "service_account_email": (
+        _SERVICE_ACCOUNT,
+        "{value!r} is not a service account email (NAME@PROJECT.iam.gserviceaccount.com)",
+    ),
+    "network": (_NETWORK, "network {value!r}: give the VPC network's name, not a URL"),
+    "subnetwork": (
+        _SUBNETWORK,
+        "subnetwork {value!r}: use 'regions/REGION/subnetworks/NAME' or "
+        "'https://www.googleapis.com/compute/v1/projects/PROJECT/regions/REGION/subnetworks/NAME'",
+    ),
+}
+_FORMATS["staging_location"] = _FORMATS["temp_location"]
 
 #: The OAuth scope prefect-gcp's GcpCredentials gives a service account key's credentials; ADC get it too.
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
@@ -70,7 +95,7 @@ def resolve_gcp_credentials(
         finds (``GOOGLE_CLOUD_PROJECT``, the key file's, gcloud's, the metadata server's).
 
     Raises:
-        tasks.common.BlockNotFoundError: no GCP Credentials block ``block_name`` (a ``LookupError``).
+        blocks.loading.BlockNotFoundError: no GCP Credentials block ``block_name`` (a ``LookupError``).
         google.auth.exceptions.DefaultCredentialsError: ADC are needed (no block named, or the block holds
             no service account key) and this process has none; the message names the owner, the field and
             what to do.
@@ -250,62 +275,12 @@ class DataflowOptions(Block):
     def _check_gcp_credentials_block(cls, value: str | None) -> str | None:
         return check_credentials_block_name("gcp_credentials_block", value)
 
-    @field_validator("api_key_kms_key")
+    @field_validator(*_FORMATS)
     @classmethod
-    def _check_kms_key(cls, value: str) -> str:
-        if not _KMS_KEY.fullmatch(value):
-            raise ValueError(
-                f"{value!r} is not a Cloud KMS key name: projects/P/locations/L/keyRings/R/cryptoKeys/K"
-            )
-        return value
-
-    @field_validator("project")
-    @classmethod
-    def _check_project(cls, value: str | None) -> str | None:
-        if value is not None and not _PROJECT_ID.fullmatch(value):
-            raise ValueError(f"{value!r} is not a GCP project ID (lowercase letters, digits and '-')")
-        return value
-
-    @field_validator("region")
-    @classmethod
-    def _check_region(cls, value: str) -> str:
-        if not _REGION.fullmatch(value):
-            raise ValueError(f"{value!r} is not a Dataflow region such as 'europe-west1' or 'us-central1'")
-        return value
-
-    @field_validator("temp_location", "staging_location")
-    @classmethod
-    def _check_gcs_path(cls, value: str | None) -> str | None:
-        if value is not None and not _GCS_PATH.fullmatch(value):
-            raise ValueError(
-                f"{value!r} is not a gs://BUCKET/PATH URL (Beam would otherwise fall back to a default bucket)"
-            )
-        return value
-
-    @field_validator("service_account_email")
-    @classmethod
-    def _check_service_account(cls, value: str | None) -> str | None:
-        if value is not None and not _SERVICE_ACCOUNT.fullmatch(value):
-            raise ValueError(
-                f"{value!r} is not a service account email (NAME@PROJECT.iam.gserviceaccount.com)"
-            )
-        return value
-
-    @field_validator("network")
-    @classmethod
-    def _check_network(cls, value: str | None) -> str | None:
-        if value is not None and not _NETWORK.fullmatch(value):
-            raise ValueError(f"network {value!r}: give the VPC network's name, not a URL")
-        return value
-
-    @field_validator("subnetwork")
-    @classmethod
-    def _check_subnetwork(cls, value: str | None) -> str | None:
-        if value is not None and not _SUBNETWORK.fullmatch(value):
-            raise ValueError(
-                f"subnetwork {value!r}: use 'regions/REGION/subnetworks/NAME' or "
-                "'https://www.googleapis.com/compute/v1/projects/PROJECT/regions/REGION/subnetworks/NAME'"
-            )
+    def _check_format(cls, value: str | None, info: ValidationInfo) -> str | None:
+        pattern, message = _FORMATS[info.field_name]
+        if value is not None and not pattern.fullmatch(value):
+            raise ValueError(message.format(value=value))
         return value
 
     @field_validator("labels")
@@ -348,7 +323,7 @@ class DataflowOptions(Block):
             ``(google.auth.credentials.Credentials, project ID)``; the project as ``project_id()`` gives it.
 
         Raises:
-            tasks.common.BlockNotFoundError: no GCP Credentials block of that name.
+            blocks.loading.BlockNotFoundError: no GCP Credentials block of that name.
             google.auth.exceptions.DefaultCredentialsError: ADC are needed and this process has none (the
                 message names this block, the field and what to do).
             ValueError: no project can be found (the message names this block and what to set).

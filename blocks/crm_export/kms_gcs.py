@@ -3,8 +3,8 @@
 It stores *where* the ciphertext is, which key decrypts it and which GCP Credentials block (by name)
 reads it, never the secret itself, and exposes ``get() -> str``. It imports prefect-gcp (slow: it loads
 the Vertex AI client) only when ``get()`` loads a named GCP Credentials block; ``blocks`` loads this
-module only when asked. Errors: ``tasks.common.SecretSourceError`` and its subclasses, and
-``tasks.common.BlockNotFoundError`` for a missing GCP Credentials block.
+module only when asked. Errors: ``blocks.secrets.SecretSourceError`` and its subclasses, and
+``blocks.loading.BlockNotFoundError`` for a missing GCP Credentials block.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from blocks.crm_export.dataflow import (
     refuse_former_field,
     resolve_gcp_credentials,
 )
-from tasks.common import (
+from blocks.secrets import (
     SecretAccessDeniedError,
     SecretAuthError,
     SecretDecryptionError,
@@ -187,7 +187,7 @@ class KmsEncryptedGcsSecret(Block):
             The UTF-8 plaintext without one trailing newline (``\\n`` or ``\\r\\n``).
 
         Raises:
-            tasks.common.BlockNotFoundError: no GCP Credentials block named ``gcp_credentials_block``.
+            blocks.loading.BlockNotFoundError: no GCP Credentials block named ``gcp_credentials_block``.
             SecretAuthError: no credentials: Application Default Credentials are needed (no block named, or
                 the block holds no service account key) and this process has none (names this block, the
                 field and what to do).
@@ -220,7 +220,7 @@ class KmsEncryptedGcsSecret(Block):
         the GCP Credentials block ``gcp_credentials_block`` (loaded from the Prefect API), else the process's
         Application Default Credentials (``blocks.crm_export.dataflow.resolve_gcp_credentials``).
 
-        Raises ``tasks.common.BlockNotFoundError`` for a missing block, ``SecretAuthError`` when there are no
+        Raises ``blocks.loading.BlockNotFoundError`` for a missing block, ``SecretAuthError`` when there are no
         credentials (naming this block, the field and what to do).
         """
         try:

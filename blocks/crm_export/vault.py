@@ -1,50 +1,28 @@
 """Block ``VaultKvSecret``: one secret string (e.g. the CRM API key) from HashiCorp Vault KV v2.
 
 It stores *where* the secret is and how to authenticate (token, Kubernetes or AppRole), never the
-secret itself, and exposes ``get() -> str``. Errors: ``tasks.common.SecretSourceError`` and its subclasses.
+secret itself, and exposes ``get() -> str``; ``get_client()`` makes the client that talks to Vault
+(``blocks.crm_export.vault_client``: the three auth methods, the read, hvac's errors translated). Errors:
+``blocks.secrets.SecretSourceError`` and its subclasses.
 A plaintext ``http://`` Vault address, or ``verify`` false, is refused for a host that is not loopback
 unless ``allow_insecure_transport`` is true (``pipelines.transport``): the token and the secret cross it.
 """
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
 from typing import Any, Literal
 
-import hvac
-import hvac.exceptions
-import requests
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from blocks import run_logger
+from blocks.crm_export.vault_client import VaultKvClient
 from pipelines.transport import (
     ALLOW_INSECURE_TRANSPORT_DESCRIPTION,
     check_transport,
     url_without_credentials,
     warn_insecure_transport,
 )
-from tasks.common import (
-    SecretAccessDeniedError,
-    SecretAuthError,
-    SecretKeyError,
-    SecretNotFoundError,
-    SecretSourceError,
-    SecretTypeError,
-    SecretUnavailableError,
-)
-
-logger = logging.getLogger(__name__)
-
-VAULT_KV_V2_API_DOC = "https://developer.hashicorp.com/vault/api-docs/secret/kv/kv-v2#read-secret-version"
-
-
-def _redact(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
 
 
 class VaultKvSecret(Block):
@@ -207,7 +185,7 @@ class VaultKvSecret(Block):
     # -- public API --
 
     def get(self) -> str:
-        """Authenticate, read the secret and return the value of ``key``.
+        """Authenticate, read the secret and return the value of ``key`` (through ``get_client()``).
 
         Returns:
             The value of ``data.data[key]`` of the KV v2 secret (a string, returned as is).
@@ -225,224 +203,23 @@ class VaultKvSecret(Block):
             ValueError: ``url`` or ``verify`` was changed after the block was built to an insecure
                 transport that ``allow_insecure_transport`` does not accept.
         """
-        client = self._client()
-        try:
-            self._login(client)
-            response = self._read(client)
-        finally:
-            client.adapter.close()
-        return self._extract(response)
+        with self.get_client() as client:
+            return client.read()
 
-    # -- internals --
+    def get_client(self) -> VaultKvClient:
+        """A client of Vault for this secret (``blocks.crm_export.vault_client.VaultKvClient``: the login,
+        the read and the errors), to close after use.
 
-    @property
-    def _secret_path(self) -> str:
-        return f"{self.mount_point}/data/{self.path}"
-
-    @property
-    def _vault(self) -> str:
-        url = url_without_credentials(self.url)
-        return f"Vault {url}" + (f" (namespace {self.namespace!r})" if self.namespace else "")
-
-    def _block_label(self) -> str:
-        name = getattr(self, "_block_document_name", None)
-        return f"Vault KV Secret block {name!r}" if name else "Vault KV Secret block (unsaved)"
-
-    @property
-    def _what(self) -> str:
-        version = f" version {self.version}" if self.version is not None else ""
-        return f"key {self.key!r} of {self._secret_path}{version}"
-
-    @property
-    def _target(self) -> str:
-        return f"{self._what} on {self._vault}"
-
-    @property
-    def _auth_label(self) -> str:
-        if self.auth_method == "kubernetes":
-            return f"Kubernetes auth role {self.kubernetes_role!r} (mount {self.kubernetes_mount_point!r})"
-        if self.auth_method == "approle":
-            return f"AppRole role ID {self.approle_role_id!r} (mount {self.approle_mount_point!r})"
-        return "the configured token"
-
-    def _secrets(self, *extra: str) -> list[str]:
-        """Values that must never appear in a message (to redact Vault's error text, defensively)."""
-        values = [s.get_secret_value() for s in (self.token, self.approle_secret_id) if s is not None]
-        return [*values, *extra]
-
-    def _client(self) -> hvac.Client:
-        # Checked again here: the fields may have been changed since the block was validated.
+        The transport is checked again first: the fields may have been changed since the block was
+        validated (``ValueError``); an insecure one that ``allow_insecure_transport`` accepts is logged as
+        a warning naming the block and Vault's address, for each client made.
+        """
         if self._check_transport():
             warn_insecure_transport(
                 self.url, owner=self._block_label(), verify=self.verify, logger=run_logger(__name__)
             )
-        # An empty token (not None) keeps hvac from picking up VAULT_TOKEN / ~/.vault-token for the login.
-        token = self.token.get_secret_value() if self.auth_method == "token" and self.token else ""
-        return hvac.Client(
-            url=self.url,
-            token=token,
-            namespace=self.namespace,
-            verify=self.verify,
-            timeout=self.timeout_seconds,
-        )
+        return VaultKvClient(self)
 
-    def _read_jwt(self) -> str:
-        path = Path(self.kubernetes_jwt_path)
-        try:
-            jwt = path.read_text().strip()
-        except FileNotFoundError:
-            raise SecretAuthError(
-                f"Cannot log in to {self._vault} with {self._auth_label}: the service account token file "
-                f"{str(path)!r} does not exist: not running in a Kubernetes pod? (Or the pod does not mount "
-                "its service account token: check automountServiceAccountToken, or set kubernetes_jwt_path.)"
-            ) from None
-        except OSError as exc:
-            raise SecretAuthError(
-                f"Cannot log in to {self._vault} with {self._auth_label}: cannot read the service account "
-                f"token file {str(path)!r}: {exc.strerror}"
-            ) from None
-        if not jwt:
-            raise SecretAuthError(
-                f"Cannot log in to {self._vault} with {self._auth_label}: the service account token file "
-                f"{str(path)!r} is empty"
-            )
-        return jwt
-
-    def _login(self, client: hvac.Client) -> None:
-        if self.auth_method == "token":
-            return
-        jwt = ""
-        try:
-            if self.auth_method == "kubernetes":
-                mount = self.kubernetes_mount_point
-                hint = (
-                    f"check that role {self.kubernetes_role!r} exists on auth mount {mount!r} "
-                    f"(vault read auth/{mount}/role/{self.kubernetes_role}) and is bound to this pod's "
-                    "service account name and namespace"
-                )
-                jwt = self._read_jwt()
-                client.auth.kubernetes.login(self.kubernetes_role, jwt, mount_point=mount)
-            else:
-                mount = self.approle_mount_point
-                hint = (
-                    "check approle_role_id and approle_secret_id: a secret ID expires (secret_id_ttl) and may "
-                    "be used a limited number of times (secret_id_num_uses); issue a new one with "
-                    f"`vault write -f auth/{mount}/role/<role name>/secret-id`"
-                )
-                secret_id = self.approle_secret_id.get_secret_value() if self.approle_secret_id else None
-                client.auth.approle.login(self.approle_role_id, secret_id, mount_point=mount)
-        except (
-            hvac.exceptions.InvalidRequest,
-            hvac.exceptions.Forbidden,
-            hvac.exceptions.Unauthorized,
-        ) as exc:
-            raise SecretAuthError(
-                f"{self._vault} refused the {self.auth_method} login at auth/{mount}/login with "
-                f"{self._auth_label} ({self._vault_errors(exc, jwt)}): {hint}"
-            ) from None
-        except (hvac.exceptions.VaultError, requests.RequestException) as exc:
-            raise self._translate_other(exc, f"logging in with {self._auth_label}", jwt) from None
-        logger.debug("Logged in to %s with %s", self._vault, self._auth_label)
-
-    def _read(self, client: hvac.Client) -> Any:
-        try:
-            return client.secrets.kv.v2.read_secret_version(
-                path=self.path,
-                mount_point=self.mount_point,
-                version=self.version,
-                raise_on_deleted_version=True,
-            )
-        except (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized) as exc:
-            whose = "this role" if self.auth_method != "token" else "this token"
-            token_note = (
-                " Vault also answers 403 to an invalid, expired or revoked token."
-                if self.auth_method == "token"
-                else ""
-            )
-            raise SecretAccessDeniedError(
-                f"{self._vault} denied reading {self._what} with {self._auth_label} "
-                f"({self._vault_errors(exc)}): the policy of {whose} must allow read on "
-                f'{self._secret_path} (path "{self._secret_path}" {{ capabilities = ["read"] }}).{token_note}'
-            ) from None
-        except hvac.exceptions.InvalidPath as exc:
-            raise self._not_found(exc) from None
-        except (hvac.exceptions.VaultError, requests.RequestException) as exc:
-            raise self._translate_other(exc, f"reading {self._what}") from None
-
-    def _not_found(self, exc: hvac.exceptions.InvalidPath) -> SecretNotFoundError:
-        metadata = (
-            ((exc.json or {}).get("data") or {}).get("metadata") if isinstance(exc.json, dict) else None
-        )
-        if isinstance(metadata, dict) and (metadata.get("destroyed") or metadata.get("deletion_time")):
-            version = metadata.get("version", self.version)
-            if metadata.get("destroyed"):
-                what, fix = "was destroyed", "it cannot be recovered: set version to another version or empty"
-            else:
-                what = f"was deleted at {metadata['deletion_time']}"
-                fix = (
-                    f"undelete it (vault kv undelete -mount={self.mount_point} -versions={version} {self.path}) "
-                    "or set version to another version or empty for the latest"
-                )
-            return SecretNotFoundError(
-                f"Version {version} of secret {self._secret_path} on {self._vault} {what}: {fix}"
-            )
-        version = f" (version {self.version})" if self.version is not None else ""
-        return SecretNotFoundError(
-            f"{self._vault}: no secret at {self._secret_path}{version} (looking for key {self.key!r}). "
-            f"Check path (relative to the mount, without 'data/'), version, and that {self.mount_point!r} "
-            "is a KV version 2 mount (vault secrets list -detailed)."
-        )
-
-    def _translate_other(self, exc: Exception, doing: str, *secrets: str) -> SecretSourceError:
-        if isinstance(exc, hvac.exceptions.VaultDown | hvac.exceptions.VaultNotInitialized):
-            return SecretUnavailableError(
-                f"{self._vault} cannot answer ({self._vault_errors(exc, *secrets)}) while {doing}: it is sealed, "
-                "not initialised or in maintenance. Retry once an operator has unsealed it."
-            )
-        if isinstance(exc, hvac.exceptions.BadGateway | hvac.exceptions.InternalServerError):
-            return SecretUnavailableError(
-                f"{self._vault} failed ({type(exc).__name__}: {self._vault_errors(exc, *secrets)}) while {doing}; retry later."
-            )
-        if isinstance(exc, requests.RequestException):
-            hint = " Check verify (CA bundle)." if isinstance(exc, requests.exceptions.SSLError) else ""
-            return SecretUnavailableError(
-                f"Cannot reach {self._vault} while {doing}: {type(exc).__name__}: "
-                f"{_redact(str(exc), self._secrets(*secrets))}.{hint}"
-            )
-        return SecretSourceError(
-            f"{self._vault} answered {type(exc).__name__} ({self._vault_errors(exc, *secrets)}) while {doing}."
-        )
-
-    def _vault_errors(self, exc: Exception, *secrets: str) -> str:
-        errors = getattr(exc, "errors", None)
-        if isinstance(errors, list) and errors:
-            text = "; ".join(str(e) for e in errors)
-        elif isinstance(errors, str) and errors:
-            text = errors
-        else:
-            text = type(exc).__name__
-        return _redact(text, self._secrets(*secrets))
-
-    def _extract(self, response: Any) -> str:
-        data = response.get("data") if isinstance(response, dict) else None
-        secret = data.get("data") if isinstance(data, dict) else None
-        if not isinstance(secret, dict):
-            raise SecretSourceError(
-                f"{self._vault} answered the read of {self._secret_path} without a data.data object: "
-                f"is {self.mount_point!r} a KV version 2 mount? ({VAULT_KV_V2_API_DOC})"
-            )
-        if self.key not in secret:
-            raise SecretKeyError(
-                f"Secret {self._secret_path} on {self._vault} has no key {self.key!r}; "
-                f"its keys are {sorted(secret)}. Set key to one of them."
-            )
-        value = secret[self.key]
-        if not isinstance(value, str):
-            raise SecretTypeError(
-                f"Key {self.key!r} of secret {self._secret_path} on {self._vault} holds a JSON "
-                f"{type(value).__name__}, not a string; an API key is a string: store it as one "
-                f"(vault kv put -mount={self.mount_point} {self.path} {self.key}=...)."
-            )
-        version = (data.get("metadata") or {}).get("version") if isinstance(data, dict) else None
-        logger.info("Read %s (version %s)", self._target, version)
-        return value
+    def _block_label(self) -> str:
+        name = getattr(self, "_block_document_name", None)
+        return f"Vault KV Secret block {name!r}" if name else "Vault KV Secret block (unsaved)"

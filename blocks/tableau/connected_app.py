@@ -15,9 +15,9 @@ from typing import Any
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from blocks.secrets import SecretSource, read_secret
 from blocks.tableau.pat import MIN_LEASE_DURATION_SECONDS
 from blocks.tableau.site import TABLEAU_LOGO_URL, TableauSite, site_field_from_old_shape
-from tasks.common import SecretSource, read_secret
 
 #: Tableau refuses a JWT whose ``exp`` is more than 10 minutes ahead (Troubleshoot Connected Apps, 16).
 MAX_TOKEN_LIFETIME_SECONDS = 600
@@ -123,7 +123,7 @@ class TableauConnectedApp(Block):
         """The secret's value: the block's own, or read now from ``secret_value_source``.
 
         Raises:
-            BlockNotFoundError, SecretSourceError: the source cannot be read (``tasks.common.read_secret``).
+            BlockNotFoundError, SecretSourceError: the source cannot be read (``blocks.secrets.read_secret``).
         """
         if self.secret_value is not None:
             return self.secret_value.get_secret_value()

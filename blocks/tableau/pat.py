@@ -15,8 +15,8 @@ from typing import Any
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from blocks.secrets import SecretSource, read_secret
 from blocks.tableau.site import TABLEAU_LOGO_URL, TableauSite, site_field_from_old_shape
-from tasks.common import SecretSource, read_secret
 
 # Tableau caps PATs per user and device (Tableau Server default: 10 per device).
 MAX_PATS_PER_POOL = 10
@@ -64,7 +64,7 @@ class TableauPersonalAccessToken(Block):
         """The PAT's secret: the block's own, or read now from ``token_secret_source``.
 
         Raises:
-            BlockNotFoundError, SecretSourceError: the source cannot be read (``tasks.common.read_secret``).
+            BlockNotFoundError, SecretSourceError: the source cannot be read (``blocks.secrets.read_secret``).
         """
         if self.token_secret is not None:
             return self.token_secret.get_secret_value()

@@ -32,8 +32,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from devstack.crm.store import EMAIL
 from devstack.crms.common import (
+    EMAIL,
     CrmApp,
     Faults,
     FixedWindow,

@@ -1,23 +1,33 @@
-"""What the HubSpot and Braze stand-ins share: the contacts they hold (``UserStore``), request counters,
-a fixed or rolling request window, injected 5xx faults, and the ``/devstack/*`` endpoints
-(stats, reset, config, one user) mounted next to the CRM's own API.
+"""What the CRM stand-ins (generic, HubSpot, Braze) share: the contacts the HubSpot and Braze ones hold
+(``UserStore``), request counters, a fixed or rolling request window or a token bucket, injected 5xx
+faults from a seeded generator, and the ``/devstack/*`` endpoints (stats, reset, config, one user)
+mounted next to the CRM's own API (``CrmApp``); and what their command line and its launcher agree on.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
+import re
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ExceptionHandler
+
+LISTENING = "CRM stand-in listening on "  # the line `python -m devstack.crms` prints once it serves
+API_KEY_ENV = "CRM_STANDIN_API_KEY"  # how the launcher hands the key over (not in argv, which `ps` shows)
+
+#: What the stand-ins take for an email address (they reject anything else, as the CRMs do).
+EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 
 def json_response(status: int, body: Any, headers: Mapping[str, str] | None = None) -> Response:
@@ -66,21 +76,30 @@ class UserStore:
 
 
 class RequestCounters:
-    """``requests``, ``records_received``/``records_accepted``/``records_rejected`` and ``status_counts``."""
+    """``requests``, then the counters ``names`` (by default ``records_received``/``records_accepted``/
+    ``records_rejected``, which ``add`` always counts), and ``status_counts``."""
 
-    def __init__(self) -> None:
+    RECORDS = ("records_received", "records_accepted", "records_rejected")
+
+    def __init__(self, names: Sequence[str] = RECORDS) -> None:
+        self._names = ("requests", *names)
         self._lock = threading.Lock()
         self.reset()
 
     def reset(self) -> None:
         with self._lock:
-            self.values = Counter(requests=0, records_received=0, records_accepted=0, records_rejected=0)
+            self.values = Counter(dict.fromkeys(self._names, 0))
             self.statuses: Counter[str] = Counter()
 
-    def add(self, status: int, received: int = 0, accepted: int = 0, rejected: int = 0) -> None:
+    def add(self, status: int, received: int = 0, accepted: int = 0, rejected: int = 0, **extra: int) -> None:
+        """Count one answered request with ``status``, its records, and ``extra`` increments."""
         with self._lock:
             self.values.update(
-                requests=1, records_received=received, records_accepted=accepted, records_rejected=rejected
+                requests=1,
+                records_received=received,
+                records_accepted=accepted,
+                records_rejected=rejected,
+                **extra,
             )
             self.statuses[str(status)] += 1
 
@@ -134,9 +153,30 @@ class FixedWindow:
         return fits, self.limit - self._used, (window + 1) * self.seconds
 
 
+class TokenBucket:
+    """``rate`` requests per second, at most max(1, rate) saved up; starts full. ``take()`` counts a
+    request and says whether it fits; ``clock`` is injectable. Not thread-safe."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.clock = rate, clock
+        self.capacity = max(1.0, rate)
+        self.tokens = self.capacity
+        self.updated = clock()
+
+    def take(self) -> bool:
+        now = self.clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
 class Faults:
-    """Injected server errors: each request draws from ``random.Random(seed)``; with probability
-    ``error_rate`` it gets one of ``statuses``. Re-seeded by ``reset``."""
+    """Injected faults, drawn from ``random.Random(seed)``: ``draw()`` gives, with probability
+    ``error_rate``, one of ``statuses``; ``chance(rate)`` is another fault's draw from the same generator
+    (no draw when the rate is 0). Re-seeded by ``reset``."""
 
     def __init__(self, error_rate: float, seed: int, statuses: tuple[int, ...] = (500, 502, 503)):
         self.error_rate, self.seed, self.statuses = error_rate, seed, statuses
@@ -154,6 +194,12 @@ class Faults:
             if self._random.random() < self.error_rate:
                 return self._random.choice(self.statuses)
         return None
+
+    def chance(self, rate: float) -> bool:
+        if not rate:
+            return False
+        with self._lock:
+            return self._random.random() < rate
 
 
 def config_update(config: Any, changes: Any) -> Any:
@@ -180,12 +226,13 @@ def config_update(config: Any, changes: Any) -> Any:
 def devstack_routes(standin: Any) -> list[Route]:
     """``GET /devstack/stats``, ``POST /devstack/reset``, ``GET``/``POST /devstack/config``,
     ``GET /devstack/users/{key}`` over ``standin`` (``stats()``, ``reset()``, ``config``,
-    ``configure(changes)``, ``store``)."""
+    ``configure(changes)``, ``store.get(key)``). Those that only read or reset are sync endpoints:
+    Starlette runs them in the thread pool, off the event loop (a store may be SQLite)."""
 
-    async def stats(request: Request) -> Response:
+    def stats(request: Request) -> Response:
         return json_response(200, standin.stats())
 
-    async def reset(request: Request) -> Response:
+    def reset(request: Request) -> Response:
         standin.reset()
         return Response(status_code=204)
 
@@ -197,7 +244,7 @@ def devstack_routes(standin: Any) -> list[Route]:
                 return json_response(400, {"error": "invalid_body", "detail": str(exc)})
         return json_response(200, dataclasses.asdict(standin.config))
 
-    async def user(request: Request) -> Response:
+    def user(request: Request) -> Response:
         found = standin.store.get(request.path_params["key"])
         return json_response(404, {"error": "not_found"}) if found is None else json_response(200, found)
 
@@ -210,25 +257,44 @@ def devstack_routes(standin: Any) -> list[Route]:
 
 
 class CrmApp:
-    """What the HubSpot and Braze stand-ins share: a ``UserStore``, ``RequestCounters``, a lock, the
-    Starlette ``app`` of their ``routes`` plus the ``/devstack/*`` routes, and those routes'
+    """What the CRM stand-ins share: a ``store`` (a ``UserStore`` unless given), ``counters`` (a
+    ``RequestCounters`` unless given), a lock, the Starlette ``app`` of their ``routes`` plus the
+    ``/devstack/*`` routes (with ``middleware`` and ``exception_handlers``, if given), and those routes'
     ``configure``/``reset``/``stats``. A subclass defines ``_set(config)``: its limits and faults from
-    its settings, called with the lock held (or before serving)."""
+    its settings, called with the lock held (or before serving); ``_updated(changes)`` checks a change
+    of settings (by default ``config_update``)."""
 
-    def __init__(self, config: Any, clock: Callable[[], float], routes: list[Route]):
+    def __init__(
+        self,
+        config: Any,
+        clock: Callable[[], float],
+        routes: list[Route],
+        *,
+        store: Any = None,
+        counters: RequestCounters | None = None,
+        middleware: Sequence[Middleware] = (),
+        exception_handlers: Mapping[Any, ExceptionHandler] | None = None,
+    ):
         self.clock = clock
-        self.store = UserStore()
-        self.counters = RequestCounters()
+        self.store = UserStore() if store is None else store
+        self.counters = RequestCounters() if counters is None else counters
         self._lock = threading.Lock()
         self._set(config)
-        self.app = Starlette(routes=[*routes, *devstack_routes(self)])
+        self.app = Starlette(
+            routes=[*routes, *devstack_routes(self)],
+            middleware=middleware,
+            exception_handlers=exception_handlers,
+        )
 
     def _set(self, config: Any) -> None:
         raise NotImplementedError
 
-    def configure(self, changes: dict[str, Any]) -> None:
+    def _updated(self, changes: Any) -> Any:
+        return config_update(self.config, changes)
+
+    def configure(self, changes: Any) -> None:
         with self._lock:
-            self._set(config_update(self.config, changes))
+            self._set(self._updated(changes))
 
     def reset(self) -> None:
         with self._lock:
@@ -238,3 +304,6 @@ class CrmApp:
 
     def stats(self) -> dict[str, Any]:
         return {**self.counters.snapshot(), **self.store.counts()}
+
+    def close(self) -> None:
+        """Release what the stand-in holds once it no longer serves (nothing, unless a subclass says)."""

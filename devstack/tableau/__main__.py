@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import threading
 from pathlib import Path
 
+from devstack.asgi_server import serve_until_stopped
 from devstack.tableau.config import load_config
 from devstack.tableau.server import TableauStandIn
 
@@ -26,18 +25,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url-file", type=Path, help="write the base URL here once listening")
     args = parser.parse_args(argv)
 
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-
-    with TableauStandIn(load_config(args.config), host=args.host, port=args.port) as standin:
+    def announce(url: str) -> None:
         if args.url_file:
             partial = args.url_file.with_name(args.url_file.name + ".tmp")
-            partial.write_text(standin.url + "\n", encoding="utf-8")
+            partial.write_text(url + "\n", encoding="utf-8")
             os.replace(partial, args.url_file)
-        print(f"listening on {standin.url}", flush=True)
-        stop.wait()
-    return 0
+        print(f"listening on {url}", flush=True)
+
+    return serve_until_stopped(
+        TableauStandIn(load_config(args.config), host=args.host, port=args.port), announce
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The HTTP front of the Tableau stand-in: routes REST API requests to the simulated site.
+"""The HTTP front of the Tableau stand-in: routes REST API requests to the simulated site, served by
+Starlette and uvicorn (`asgi_app`, `TableauStandIn`).
 
 `/api/{version}/...` accepts any version (tableauserverclient starts at 2.4 and switches to the
 server's restApiVersion). `/devstack/...` are the stand-in's own JSON endpoints, without auth:
@@ -17,10 +18,17 @@ import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.requests import Request as StarletteRequest
+from starlette.responses import Response as StarletteResponse
+from starlette.routing import Route
+
+from devstack.asgi_server import HTTP_SERVER_METHODS, AsgiServer, HttpServerMethods, server_header
 from devstack.tableau import errors, query
 from devstack.tableau import xml as bodies
 from devstack.tableau.config import Config, ContentKind
@@ -307,76 +315,64 @@ class Api:
         return Response(204)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: every response carries its length
-    server_version = "TableauStandIn"
-    server: _HttpServer
+def asgi_app(api: Api) -> Starlette:
+    """The Starlette app of ``api``: every request, whatever its path, goes to ``Api.handle`` (which
+    routes it and words its errors as Tableau does), run in the thread pool (the site's lock and the
+    Metadata API's GraphQL block). The path and the query are read from the raw request target, as
+    ``http.server`` gave them."""
 
-    def _serve(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        url = urlsplit(self.path)
-        host = self.headers.get("Host") or "{}:{}".format(*self.server.server_address[:2])
-        request = Request(
-            self.command, url.path, dict(parse_qsl(url.query)), self.headers, body, f"http://{host}"
+    async def endpoint(request: StarletteRequest) -> StarletteResponse:
+        body = await request.body()
+        target = request.scope["raw_path"].decode("latin-1")
+        if query_string := request.scope["query_string"]:
+            target += "?" + query_string.decode("latin-1")
+        url = urlsplit(target)
+        host = request.headers.get("host") or "{}:{}".format(*request.scope["server"])
+        api_request = Request(
+            request.method, url.path, dict(parse_qsl(url.query)), request.headers, body, f"http://{host}"
         )
-        response = self.server.api.handle(request)
-        self.send_response(response.status)
-        for name, value in response.headers.items():
-            self.send_header(name, value)
-        if response.content_type:
-            self.send_header("Content-Type", response.content_type)
-        if response.status != 204:
-            self.send_header("Content-Length", str(len(response.body)))
-        self.end_headers()
-        self.wfile.write(response.body)
+        response = await run_in_threadpool(api.handle, api_request)
+        logger.debug('"%s %s" %s %d', request.method, target, response.status, len(response.body))
+        return StarletteResponse(
+            response.body, response.status, dict(response.headers), response.content_type
+        )
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
-
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("%s " + format, self.address_string(), *args)
-
-
-class _HttpServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], api: Api) -> None:
-        super().__init__(address, _Handler)
-        self.api = api
+    return Starlette(
+        routes=[Route("/{path:path}", endpoint, methods=sorted(HTTP_SERVER_METHODS))],
+        middleware=[Middleware(HttpServerMethods)],
+    )
 
 
 class TableauStandIn:
-    """The stand-in as a server: `start()` binds `host:port` (port 0 picks a free one), serves in
-    background threads and advances the backgrounder every `TICK_SECONDS`; `url` is its base URL;
-    `stop()` shuts it down. Also a context manager. `site` is the simulated site behind it."""
+    """The stand-in as a server: `start()` binds `host:port` (port 0 picks a free one), serves it with
+    uvicorn on a background thread (`devstack.asgi_server`) and advances the backgrounder every
+    `TICK_SECONDS`; `url` is its base URL; `stop()` shuts it down. Also a context manager. `site` is
+    the simulated site behind it."""
 
     def __init__(self, config: Config, host: str = "127.0.0.1", port: int = 0) -> None:
         self.config = config
         self.site = TableauSite(config)
         self._address = (host, port)
-        self._httpd: _HttpServer | None = None
-        self._threads: list[threading.Thread] = []
+        self._server: AsgiServer | None = None
+        self._ticker: threading.Thread | None = None
         self._stopping = threading.Event()
 
     @property
     def url(self) -> str:
-        if self._httpd is None:
+        if self._server is None:
             raise RuntimeError("the stand-in is not running")
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return self._server.url
 
     def start(self) -> TableauStandIn:
-        if self._httpd is not None:
+        if self._server is not None:
             raise RuntimeError("the stand-in is already running")
-        self._httpd = _HttpServer(self._address, Api(self.site))
+        app = asgi_app(Api(self.site))
+        self._server = AsgiServer(
+            app, *self._address, name="Tableau stand-in", server=server_header("TableauStandIn")
+        ).start()
         self._stopping.clear()
-        self._threads = [
-            threading.Thread(
-                target=self._httpd.serve_forever, args=(0.05,), name="tableau-standin-http", daemon=True
-            ),
-            threading.Thread(target=self._tick, name="tableau-standin-backgrounder", daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._ticker = threading.Thread(target=self._tick, name="tableau-standin-backgrounder", daemon=True)
+        self._ticker.start()
         return self
 
     def _tick(self) -> None:
@@ -384,14 +380,13 @@ class TableauStandIn:
             self.site.tick()
 
     def stop(self) -> None:
-        if self._httpd is None:
+        if self._server is None:
             return
         self._stopping.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        for thread in self._threads:
-            thread.join()
-        self._httpd = None
+        self._server.stop()
+        if self._ticker is not None:
+            self._ticker.join()
+        self._server = self._ticker = None
 
     def __enter__(self) -> TableauStandIn:
         return self.start()

@@ -35,9 +35,9 @@ from pipelines.crm_export.accounting import (
     check_accounting,
     check_dead_letter_ratio,
 )
-from pipelines.crm_export.settings import job_name
+from pipelines.crm_export.settings import PipelineSettings, job_name
 from tasks.crm_export.cost import CostEstimate, DataflowPrices, estimate_cost
-from tasks.crm_export.jobs import RUN_LABEL, JobFailedError, JobInfo, JobState
+from tasks.crm_export.jobs import RUN_LABEL, JobFailedError, JobInfo, JobState, LaunchResult
 from tasks.crm_export.sync_state import RecordResult, SyncStateError
 from tasks.crm_export.tasks import (
     BigQuerySource,
@@ -225,7 +225,6 @@ def crm_export(
     ``SyncStateError`` or ``DeadLetterRatioError``; a dry run raises those a real run raises before its job
     is submitted, ``SecretBlockNotFoundError`` aside (the key is not read).
     """
-    logger = get_run_logger()
     poll = poll or PollSettings()
     prices = prices or DataflowPrices()
     settings = crm.pipeline_settings(load_crm_destination(crm.block))
@@ -235,24 +234,7 @@ def crm_export(
     name = job_name(pipeline_name, shard)
     namespace = _namespace(name, str(flow_run.id) if force else None)
     work_prefix = _work_prefix(dead_letter_location, namespace)
-    pipeline_args = [
-        *settings.pipeline_args(),
-        f"--dead_letter_prefix={work_prefix}/dead-letter",
-        f"--accepted_prefix={work_prefix}/accepted",
-        f"--idempotency_namespace={namespace}",
-        f"--crm_parallelism={parallelism}",
-        *(
-            [f"--bigquery_storage_endpoint={source.storage_api_endpoint}"]
-            if source.storage_api_endpoint
-            else []
-        ),
-    ]
-    labels = {
-        "pipeline": pipeline_name,
-        "shard-date": f"{shard:%Y-%m-%d}",
-        RUN_LABEL: str(flow_run.id),
-        FORCED_LABEL: "true" if force else "false",
-    }
+    labels = _job_labels(pipeline_name, shard, force)
     plan = PlanRequest(
         source=source,
         shard=shard,
@@ -267,32 +249,13 @@ def crm_export(
         return _dry_run_report(
             preview, name, shard, shard_info.rows, settings.batch_limit(), plan, pipeline_name
         )
-    api_key = read_crm_api_key(crm.block)
-    launched = launch_export_job(runner, name, pipeline_args, labels, api_key, force, plan)
-    if launched.action == "skipped":
-        logger.info(
-            "Shard %s was already exported by job %s; pass force=True to export it again",
-            shard,
-            launched.job_id,
-        )
+    pipeline_args = _pipeline_args(settings, source, work_prefix, namespace, parallelism)
+    launched = _launch(runner, name, pipeline_args, labels, crm.block, force, plan)
     started = dt.datetime.now(dt.UTC)
-    try:
-        job = poll_export_job(
-            runner, launched.job_id, poll.interval_seconds, poll.timeout_seconds, f"{pipeline_name}-progress"
-        )
-    except JobFailedError as failed:
-        release_sync_state(pipeline_name, failed.job)
-        if any("CrmRejectedCredentialsError" in error for error in failed.errors):
-            raise CrmCredentialsError(
-                f"the CRM at {settings.url} refused the key of CRM block {crm.block!r} (crm.block): check the "
-                "key (the block's own, or the one in the secret block it names) and its permission to import "
-                f"users; job {failed.job.name} failed before any record was accepted with it"
-            ) from None
-        raise
+    job = _wait_for_job(runner, launched.job_id, poll, pipeline_name, settings, crm.block)
     metrics = export_metrics(runner, job.id)
     recorded = record_sync_state(source, shard, settings, shard_info.key_type, pipeline_name, job)
-    forced_by = job.labels.get(RUN_LABEL) if job.labels.get(FORCED_LABEL) == "true" else None
-    dead_letter_prefix = f"{_work_prefix(dead_letter_location, _namespace(job.name, forced_by))}/dead-letter"
+    dead_letter_prefix = _dead_letter_prefix(dead_letter_location, job)
     summary = _summary(
         shard,
         launched.action,
@@ -305,16 +268,120 @@ def crm_export(
         started,
     )
     create_markdown_artifact(key=pipeline_name, markdown=_markdown(summary), description=f"CRM export {name}")
-    check_accounting(metrics.counters)
-    if recorded is not None:
-        _check_in_sync(metrics.counters, recorded, summary.sync_state)
-    check_dead_letter_ratio(
-        metrics.counters,
-        max_dead_letter_ratio,
-        f"the dead letters are {dead_letter_prefix}-*.jsonl; the accepted records are in the sync state, the "
-        "dead-lettered ones go out again with the next export",
-    )
+    _check_export(metrics.counters, recorded, summary, max_dead_letter_ratio)
     return summary
+
+
+def _job_labels(pipeline_name: str, shard: dt.date, force: bool) -> dict[str, str]:
+    """The job's labels: the pipeline, the shard, the flow run that launched it, whether it was forced."""
+    return {
+        "pipeline": pipeline_name,
+        "shard-date": f"{shard:%Y-%m-%d}",
+        RUN_LABEL: str(flow_run.id),
+        FORCED_LABEL: "true" if force else "false",
+    }
+
+
+def _pipeline_args(
+    settings: PipelineSettings, source: BigQuerySource, work_prefix: str, namespace: str, parallelism: int
+) -> list[str]:
+    """The pipeline's options: the CRM's settings, where the dead letters and accepted records go, the
+    idempotency namespace, how many processes send, and the Storage Read API's endpoint if the source
+    names one."""
+    return [
+        *settings.pipeline_args(),
+        f"--dead_letter_prefix={work_prefix}/dead-letter",
+        f"--accepted_prefix={work_prefix}/accepted",
+        f"--idempotency_namespace={namespace}",
+        f"--crm_parallelism={parallelism}",
+        *(
+            [f"--bigquery_storage_endpoint={source.storage_api_endpoint}"]
+            if source.storage_api_endpoint
+            else []
+        ),
+    ]
+
+
+def _launch(
+    runner: RunnerSettings,
+    name: str,
+    pipeline_args: list[str],
+    labels: dict[str, str],
+    block: str,
+    force: bool,
+    plan: PlanRequest,
+) -> LaunchResult:
+    """Read the CRM's key from its block and launch the job (adopt, skip or plan and submit)."""
+    api_key = read_crm_api_key(block)
+    launched = launch_export_job(runner, name, pipeline_args, labels, api_key, force, plan)
+    if launched.action == "skipped":
+        get_run_logger().info(
+            "Shard %s was already exported by job %s; pass force=True to export it again",
+            plan.shard,
+            launched.job_id,
+        )
+    return launched
+
+
+def _wait_for_job(
+    runner: RunnerSettings,
+    job_id: str,
+    poll: PollSettings,
+    pipeline_name: str,
+    settings: PipelineSettings,
+    block: str,
+) -> JobInfo:
+    """Poll the job until it is DONE. A job that failed releases the sync state it was planned against;
+    one whose key the CRM refused (its counter ``crm_key_refused``) fails the run with
+    ``CrmCredentialsError``, any other with its ``JobFailedError``."""
+    try:
+        return poll_export_job(
+            runner, job_id, poll.interval_seconds, poll.timeout_seconds, f"{pipeline_name}-progress"
+        )
+    except JobFailedError as failed:
+        release_sync_state(pipeline_name, failed.job)
+        if _key_refused(runner, failed.job):
+            raise CrmCredentialsError(
+                f"the CRM at {settings.url} refused the key of CRM block {block!r} (crm.block): check the "
+                "key (the block's own, or the one in the secret block it names) and its permission to import "
+                f"users; job {failed.job.name} failed before any record was accepted with it"
+            ) from None
+        raise
+
+
+def _key_refused(runner: RunnerSettings, job: JobInfo) -> bool:
+    """Whether the failed ``job`` counted the CRM's refusal of its key (``crm_key_refused``, read from the
+    job's metrics). Metrics that cannot be read say no: the job's own failure is then reported."""
+    try:
+        return export_metrics(runner, job.id).counters.crm_key_refused > 0
+    except Exception as exc:  # noqa: BLE001 - reporting a failure: never replace it with this one
+        get_run_logger().warning(
+            "Could not read the metrics of the failed job %s (%s): %s", job.name, job.id, exc
+        )
+        return False
+
+
+def _dead_letter_prefix(dead_letter_location: str, job: JobInfo) -> str:
+    """The dead-letter files of ``job`` are ``<prefix>-*.jsonl``: in its own namespace's directory, which a
+    forced export names after the flow run that forced it (from the job's labels: the job may be adopted)."""
+    forced_by = job.labels.get(RUN_LABEL) if job.labels.get(FORCED_LABEL) == "true" else None
+    return f"{_work_prefix(dead_letter_location, _namespace(job.name, forced_by))}/dead-letter"
+
+
+def _check_export(
+    counters: Counters, recorded: RecordResult | None, summary: ExportSummary, max_dead_letter_ratio: float
+) -> None:
+    """The run's checks, after its summary was published: every row accounted for, the sync state holding
+    what the CRM accepted (when this run recorded it), the dead letters within the ratio."""
+    check_accounting(counters)
+    if recorded is not None:
+        _check_in_sync(counters, recorded, summary.sync_state)
+    check_dead_letter_ratio(
+        counters,
+        max_dead_letter_ratio,
+        f"the dead letters are {summary.dead_letter_prefix}-*.jsonl; the accepted records are in the sync "
+        "state, the dead-lettered ones go out again with the next export",
+    )
 
 
 def _dry_run_report(

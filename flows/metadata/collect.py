@@ -27,9 +27,11 @@ from tasks.metadata.collection import (
     plan_collection_window,
     publish_collection_hwm,
 )
+from tasks.metadata.extract_files import WrittenFile
 from tasks.metadata.extracts import PartialExtractionError
-from tasks.metadata.hwm import Window, check_now
-from tasks.metadata.sources import load_source
+from tasks.metadata.hwm import HwmStore, PendingWindowFile, Window, check_now
+from tasks.metadata.landing import LandingTarget
+from tasks.metadata.sources import SourceConfig, load_source
 
 
 @dataclass(frozen=True)
@@ -106,39 +108,84 @@ def collect_metadata(
     )
     progress.update(0, note=f"extracting window {window}")
     with tempfile.TemporaryDirectory(prefix=f"collect-{config.name}-") as tmp:
-        # A dry run keeps its files (to look at); a real run's files live only until they landed.
-        if out_dir:
-            directory = Path(out_dir)
-        elif dry_run:
-            directory = Path(tempfile.mkdtemp(prefix=f"dry-run-{config.name}-"))
-        else:
-            directory = Path(tmp)
-        try:
-            files = extract_to_files(config, window, directory)
-        except PartialExtractionError as partial:
-            _report_partial(config.name, window, partial)
-            raise
-        landing = None
+        directory = _files_directory(config.name, out_dir, dry_run, Path(tmp))
+        files = _extract(config, window, directory)
         if dry_run:
             progress.update(
                 0, total=len(files), note=f"dry run: {len(files)} files written, nothing uploaded"
             )
+            landing = None
         else:
-            progress.update(0, total=len(files), note=f"landing in {target.describe()}")
-            # One hold of the source's HWM lock from the claim of the window to the publish of its end
-            # (the tasks' own ``with store.lock()`` then acquire nothing): a second run waits, then
-            # sees the HWM this one published.
-            with store.lock():
-                landing = land_files(target, files, window, store, pending, progress)
-                if not landing.already_published:
-                    publish_collection_hwm(store, window, pending)
-    if landing is not None and landing.already_published:
+            landing = _land_and_publish(target, files, window, store, pending, progress)
+    summary = _summary(config.name, window, dry_run, store, target, directory, files, landing)
+    create_table_artifact(
+        key=artifact_key(config.name),
+        # One row per file, narrow enough to read: every file landed in the directory the description names.
+        table=[
+            {"entity": f.entity, "rows": f"{f.rows:,}", "bytes": f"{f.bytes:,}", "file": f.file}
+            for f in summary.files
+        ],
+        description=_describe_run(summary, window, target.describe()),
+    )
+    return summary
+
+
+def _files_directory(source: str, out_dir: str | None, dry_run: bool, tmp: Path) -> Path:
+    """Where the run writes its files: ``out_dir`` if given; a dry run keeps its files (to look at) in a
+    new temporary directory; a real run's files live in ``tmp`` only until they landed."""
+    if out_dir:
+        return Path(out_dir)
+    if dry_run:
+        return Path(tempfile.mkdtemp(prefix=f"dry-run-{source}-"))
+    return tmp
+
+
+def _extract(config: SourceConfig, window: Window, directory: Path) -> list[WrittenFile]:
+    """Extract the window into ``directory`` (``extract_to_files``); a partial result is reported in the
+    run's artifact before it fails the run."""
+    try:
+        return extract_to_files(config, window, directory)
+    except PartialExtractionError as partial:
+        _report_partial(config.name, window, partial)
+        raise
+
+
+def _land_and_publish(
+    target: LandingTarget,
+    files: list[WrittenFile],
+    window: Window,
+    store: HwmStore,
+    pending: PendingWindowFile,
+    progress: ProgressReport,
+) -> LandingResult:
+    """Land and verify the window's files, then publish its end as the HWM, under one hold of the
+    source's HWM lock from the claim of the window to the publish (the tasks' own ``with store.lock()``
+    then acquire nothing): a second run waits, then sees the HWM this one published."""
+    progress.update(0, total=len(files), note=f"landing in {target.describe()}")
+    with store.lock():
+        landing = land_files(target, files, window, store, pending, progress)
+        if not landing.already_published:
+            publish_collection_hwm(store, window, pending)
+    if landing.already_published:
         progress.update(0, note=f"window {window} was published already: nothing landed")
-    elif landing is not None:
+    else:
         progress.update(len(files), note=f"HWM now {window.end}")
+    return landing
+
+
+def _summary(
+    source: str,
+    window: Window,
+    dry_run: bool,
+    store: HwmStore,
+    target: LandingTarget,
+    directory: Path,
+    files: list[WrittenFile],
+    landing: LandingResult | None,
+) -> CollectionSummary:
     uris = {f.name: f.uri for f in landing.landed} if landing else {}
-    summary = CollectionSummary(
-        source=config.name,
+    return CollectionSummary(
+        source=source,
         window_start=window.start,
         window_end=window.end,
         dry_run=dry_run,
@@ -150,16 +197,6 @@ def collect_metadata(
         already_published=bool(landing and landing.already_published),
         landed_before=[] if landing is None else _landed_before(landing),
     )
-    create_table_artifact(
-        key=artifact_key(config.name),
-        # One row per file, narrow enough to read: every file landed in the directory the description names.
-        table=[
-            {"entity": f.entity, "rows": f"{f.rows:,}", "bytes": f"{f.bytes:,}", "file": f.file}
-            for f in summary.files
-        ],
-        description=_describe_run(summary, window, target.describe()),
-    )
-    return summary
 
 
 def _landed_before(landing: LandingResult) -> list[str]:

@@ -82,8 +82,8 @@ def refresh_domain(
             site older than REST API 3.25 (nothing started).
         BlockNotFoundError: the pool, one of its PAT blocks, the connected app or a secret's block is
             missing (nothing started).
-        PatPoolError: the pool's or the app's global concurrency limits are missing or disabled
-            (nothing started).
+        LimitNotReadyError: ``PatPoolError`` or ``RefreshCapacityError``, the pool's or the app's
+            global concurrency limits are missing or disabled (nothing started).
         ContentResolutionError: content missing or ambiguous on the site (nothing started).
         TableauAuthError: Tableau refused the PAT or the JWT (401001).
         DomainRefreshError: after every refresh ended, if any did not succeed.

@@ -19,6 +19,12 @@ DEAD_LETTER = "dead_letter"
 
 #: Prefix of the counters of dead letters by reason code (``dead_lettered_invalid_email``, ...).
 REASON_COUNTER_PREFIX = "dead_lettered_"
+#: The counter saying that the CRM refused the job's key (``PostBatchesFn`` counts it as the refusal fails
+#: its bundle, and with it the job): the flow's signal for ``CrmCredentialsError``.
+KEY_REFUSED = "crm_key_refused"
+#: Counters read from their attempted values: they are counted by bundles that fail, whose committed
+#: values never come.
+ATTEMPTED_COUNTERS = frozenset({KEY_REFUSED})
 
 
 def dead_letter(key: Any, reason: str, status: int | None, attempts: int, stage: str) -> dict[str, Any]:
@@ -53,6 +59,8 @@ class Counters:
     reported by the job: ``rows_in_shard`` (None when the job ran without a plan),
     ``records_unchanged`` (rows skipped because the CRM holds them as they are) and
     ``records_removed_from_source`` (keys the CRM holds that the shard no longer has; never deleted).
+    ``crm_key_refused``: times the CRM refused the key (``KEY_REFUSED``; a job that counts it failed, the
+    CRM having taken nothing with the key).
     """
 
     records_read: int = 0
@@ -70,6 +78,7 @@ class Counters:
     records_unchanged: int = 0
     records_removed_from_source: int = 0
     rows_in_shard: int | None = None
+    crm_key_refused: int = 0
     http_status: dict[int, int] = field(default_factory=dict)
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
 

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from pipelines.crm_export.accounting import dead_letter
-from pipelines.crm_export.settings import Answer, Connection, Destination, PipelineSettings
+from pipelines.crm_export.settings import BATCH_LIMITS, Answer, Connection, Destination, PipelineSettings
 from pipelines.retries import retry_after_seconds
 
 #: Statuses worth sending a batch again for.
@@ -102,10 +102,9 @@ class GenericDestination(Destination):
     """
 
     name = "generic"
-    max_batch_size = 5000
+    max_batch_size = BATCH_LIMITS["generic"].records
     idempotency_keys = True
     key_permission = "your endpoint's permission to import users"
-    batch_limit_note = " (the generic batch API's limit)"
 
     def __init__(self, settings: PipelineSettings):
         super().__init__(settings)
@@ -258,9 +257,6 @@ class _RequestsConnection(Connection):
 
 # -- HubSpot ------------------------------------------------------------------------------------
 
-#: HubSpot's limit of inputs per batch request (CRM API, batch endpoints: 100 records per request).
-HUBSPOT_MAX_INPUTS = 100
-
 
 def hubspot_value(value: Any) -> str:
     """A HubSpot property value: HubSpot stores every value as a string (``properties`` is
@@ -299,9 +295,8 @@ class HubSpotDestination(Destination):
     """
 
     name = "hubspot"
-    max_batch_size = HUBSPOT_MAX_INPUTS
+    max_batch_size = BATCH_LIMITS["hubspot"].records
     key_permission = "the private app's scope crm.objects.contacts.write"
-    batch_limit_note = " (HubSpot's batch endpoints take 100 inputs per request)"
 
     def __init__(self, settings: PipelineSettings):
         super().__init__(settings)
@@ -467,9 +462,6 @@ class _HubSpotConnection(Connection):
 
 # -- Braze ---------------------------------------------------------------------------------------
 
-#: Braze's limit of attributes objects per /users/track request (https://braze.com/docs/api/api_limits).
-BRAZE_MAX_ATTRIBUTES = 75
-
 
 class BrazeDestination(Destination):
     """Braze ``POST <REST endpoint>/users/track`` with ``{"attributes": [{"external_id": <key>, ...}]}``
@@ -490,9 +482,8 @@ class BrazeDestination(Destination):
     """
 
     name = "braze"
-    max_batch_size = BRAZE_MAX_ATTRIBUTES
+    max_batch_size = BATCH_LIMITS["braze"].records
     key_permission = "the REST API key's users.track permission and the instance's REST endpoint"
-    batch_limit_note = " (Braze: 75 objects per /users/track request, 50 on MAU-based contracts)"
 
     def __init__(self, settings: PipelineSettings):
         super().__init__(settings)

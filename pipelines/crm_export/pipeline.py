@@ -18,7 +18,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.crm_export.accounting import (
+    ATTEMPTED_COUNTERS,
     DEAD_LETTER,
+    KEY_REFUSED,
     NAMESPACE,
     REASON_COUNTER_PREFIX,
     Counters,
@@ -30,7 +32,7 @@ from pipelines.crm_export.accounting import (
 from pipelines.crm_export.api_key import ApiKey, KmsEncryptedApiKey
 from pipelines.crm_export.bigquery_read import ReadFromStorageApi
 from pipelines.crm_export.destinations import destination_for
-from pipelines.crm_export.post_batches import EncodedBatch, PostBatchesFn
+from pipelines.crm_export.post_batches import CrmRejectedCredentialsError, EncodedBatch, PostBatchesFn
 from pipelines.crm_export.settings import (
     DUPLICATE_OF_COLUMN,
     FINGERPRINT_COLUMN,
@@ -402,15 +404,17 @@ def build_pipeline(pipeline: beam.Pipeline, api_key: ApiKey | KmsEncryptedApiKey
 
 
 def pipeline_metrics(result: Any) -> ExportMetrics:
-    """The export's counters and ``batch_size`` distribution (committed values) from a finished
-    ``PipelineResult``; no resources (the runner reports those, if any)."""
+    """The export's counters and ``batch_size`` distribution (committed values; attempted ones for
+    ``ATTEMPTED_COUNTERS``) from a finished ``PipelineResult``; no resources (the runner reports those, if
+    any)."""
     from apache_beam.metrics.metric import MetricsFilter
 
     metrics = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
     counts: dict[str, int] = {}
     for counter in metrics["counters"]:
         name = counter.key.metric.name  # one entry per step: records_dead_lettered comes from three
-        counts[name] = counts.get(name, 0) + (counter.committed or 0)
+        value = counter.attempted if name in ATTEMPTED_COUNTERS else counter.committed
+        counts[name] = counts.get(name, 0) + (value or 0)
     batch_size = None
     for distribution in metrics["distributions"]:
         value = distribution.committed
@@ -418,3 +422,18 @@ def pipeline_metrics(result: Any) -> ExportMetrics:
             part = Distribution(value.count, value.sum, value.min, value.max)
             batch_size = part if batch_size is None else batch_size.merged(part)
     return ExportMetrics(Counters.from_names(counts), batch_size)
+
+
+def failure_counters(error: BaseException) -> dict[str, int]:
+    """The counters of ``ATTEMPTED_COUNTERS`` that a pipeline which failed with ``error`` counted, for a
+    runner that keeps no metrics of a failed pipeline (Beam's local runner: ``run()`` raises; Dataflow
+    reports them as attempted values): ``{"crm_key_refused": 1}`` when the CRM refused the key, else
+    none."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, CrmRejectedCredentialsError):
+            return {KEY_REFUSED: 1}
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return {}

@@ -22,7 +22,7 @@ import orjson
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
-from pipelines.crm_export.accounting import DEAD_LETTER, NAMESPACE, dead_letter
+from pipelines.crm_export.accounting import DEAD_LETTER, KEY_REFUSED, NAMESPACE, dead_letter
 from pipelines.crm_export.api_key import ApiKey, KmsEncryptedApiKey
 from pipelines.crm_export.destinations import destination_for
 from pipelines.crm_export.settings import Answer, PipelineSettings
@@ -33,7 +33,8 @@ MAX_RETRY_AFTER_SECONDS = 900.0
 
 
 class CrmRejectedCredentialsError(RuntimeError):
-    """The CRM refused the key (401/403, Braze's 404): it is wrong or lacks the import permission."""
+    """The CRM refused the key (401/403, Braze's 404): it is wrong or lacks the import permission.
+    ``PostBatchesFn`` counts it (``accounting.KEY_REFUSED``) as it fails the bundle."""
 
 
 class PostingStopped(RuntimeError):
@@ -155,7 +156,8 @@ class PostBatchesFn(beam.DoFn):
     ``MAX_RETRY_AFTER_SECONDS``, plus up to 10 % jitter). Up to
     ``settings.max_in_flight`` batches are sent at once per DoFn instance, so a worker keeps shaping the
     next batch while the CRM ingests the last; all are finished before the bundle commits. Raises
-    ``CrmRejectedCredentialsError`` when the CRM refuses the key. Batch pipelines only (global window).
+    ``CrmRejectedCredentialsError`` when the CRM refuses the key, counted first as ``crm_key_refused``
+    (``accounting.KEY_REFUSED``: the flow's signal). Batch pipelines only (global window).
     """
 
     def __init__(
@@ -188,6 +190,7 @@ class PostBatchesFn(beam.DoFn):
         self.records_dead_lettered = Metrics.counter(NAMESPACE, "records_dead_lettered")
         self.records_not_sent = Metrics.counter(NAMESPACE, "records_not_sent")
         self.retries = Metrics.counter(NAMESPACE, "retries")
+        self.key_refused = Metrics.counter(NAMESPACE, KEY_REFUSED)
         self.batch_size = Metrics.distribution(NAMESPACE, "batch_size")
 
     def setup(self) -> None:
@@ -223,15 +226,24 @@ class PostBatchesFn(beam.DoFn):
         self.records_sent.inc(len(keys))
         self._pending.append(self._executor.submit(self._post, batch))
         while len(self._pending) >= self.max_in_flight:
-            yield from self._account(*self._pending.popleft().result())
+            yield from self._account(*self._sent(self._pending.popleft()))
 
     def finish_bundle(self) -> Iterator[Any]:
         while self._pending:
-            for output in self._account(*self._pending.popleft().result()):
+            for output in self._account(*self._sent(self._pending.popleft())):
                 if isinstance(output, beam.pvalue.TaggedOutput):
                     yield beam.pvalue.TaggedOutput(output.tag, GlobalWindows.windowed_value(output.value))
                 else:
                     yield GlobalWindows.windowed_value(output)
+
+    def _sent(self, future: Future[tuple[BatchOutcome, bytes]]) -> tuple[BatchOutcome, bytes]:
+        """What became of a batch sent in the pool. A key the CRM refused is counted here, in the bundle's
+        thread (Beam's metrics are per thread), before it fails the bundle."""
+        try:
+            return future.result()
+        except CrmRejectedCredentialsError:
+            self.key_refused.inc()
+            raise
 
     def _post(self, batch: EncodedBatch) -> tuple[BatchOutcome, bytes]:
         outcome = self.post_body(batch.payload, batch.keys)

@@ -29,6 +29,24 @@ UNION_FIELDS = ("string_value", "int_value", "float_value", "double_value", "boo
 #: The CRMs the export speaks (``pipelines.crm_export.destinations``).
 DestinationName = Literal["generic", "hubspot", "braze"]
 
+
+@dataclass(frozen=True)
+class BatchLimit:
+    """Records per request a CRM takes (its ``Destination.max_batch_size``), and what the error of a too
+    large ``objects_per_request`` adds about it."""
+
+    records: int
+    note: str
+
+
+#: Each CRM's batch limit: the generic batch API's; HubSpot's batch endpoints (CRM API: 100 inputs per
+#: request); Braze's /users/track attributes objects (https://braze.com/docs/api/api_limits).
+BATCH_LIMITS: Mapping[DestinationName, BatchLimit] = {
+    "generic": BatchLimit(5000, " (the generic batch API's limit)"),
+    "hubspot": BatchLimit(100, " (HubSpot's batch endpoints take 100 inputs per request)"),
+    "braze": BatchLimit(75, " (Braze: 75 objects per /users/track request, 50 on MAU-based contracts)"),
+}
+
 #: The version of what the pipeline makes of a row: the shaping (``users.py``) and each destination's
 #: request body (``destinations.py``). It is part of every row's fingerprint in the sync state, so that
 #: a change of what would be sent sends every row again. Bump it with any change of that output:
@@ -115,13 +133,11 @@ class DestinationSettings(BaseModel):
                 "id_property is required for hubspot: the unique contact property the key is upserted by "
                 "(HubSpot's idProperty), e.g. email or a custom unique property"
             )
-        from pipelines.crm_export.destinations import DESTINATIONS
-
-        limit = DESTINATIONS[self.destination].max_batch_size
-        if self.objects_per_request > limit:
+        limit = BATCH_LIMITS[self.destination]
+        if self.objects_per_request > limit.records:
             raise ValueError(
-                f"objects_per_request {self.objects_per_request}: {self.destination} takes at most {limit} "
-                f"records per request{DESTINATIONS[self.destination].batch_limit_note}"
+                f"objects_per_request {self.objects_per_request}: {self.destination} takes at most "
+                f"{limit.records} records per request{limit.note}"
             )
         return self
 
@@ -208,9 +224,7 @@ class PipelineSettings(DestinationSettings, SendSettings):
     def batch_limit(self) -> int:
         """Records per request: ``batch_size``, capped at the destination's own limit (HubSpot 100, Braze 75)
         and at the contract's ``objects_per_request`` (Braze's MAU contracts: 50)."""
-        from pipelines.crm_export.destinations import DESTINATIONS
-
-        return min(self.batch_size, self.objects_per_request or DESTINATIONS[self.destination].max_batch_size)
+        return min(self.batch_size, self.objects_per_request or BATCH_LIMITS[self.destination].records)
 
     def requests_per_second(self, parallelism: int) -> float:
         """The pace of one of ``parallelism`` processes sending at once: 90 % of ``rate_limit_requests`` per
@@ -362,7 +376,6 @@ class Destination(abc.ABC):
     ``subset(payload, positions)``: the request of the records at ``positions`` only (to resend the
     unconfirmed ones, or to split a request refused whole into halves).
     ``key_permission``: what the key must be allowed, named in the error when the CRM refuses it.
-    ``batch_limit_note``: what the error of a too large ``objects_per_request`` adds.
     ``keys_case_insensitive``: the CRM takes two keys that differ in case only for one record (HubSpot's
     email): the sync state and the shard's duplicates compare them lowercased.
     """
@@ -371,7 +384,6 @@ class Destination(abc.ABC):
     max_batch_size: ClassVar[int]
     idempotency_keys: ClassVar[bool] = False
     key_permission: ClassVar[str]
-    batch_limit_note: ClassVar[str] = ""
 
     def __init__(self, settings: PipelineSettings):
         self.settings = settings

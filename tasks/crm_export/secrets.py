@@ -15,8 +15,9 @@ from prefect.blocks.system import Secret
 from pydantic import SecretStr
 
 from blocks.crm_export.crm import BrazeCrm, CrmBlock, GenericCrmEndpoint, HubSpotCrm
+from blocks.loading import BlockNotFoundError, load_block, load_block_by_slug
+from blocks.secrets import SecretSourceError, secret_string
 from pipelines.crm_export.api_key import ApiKey
-from tasks.common import BlockNotFoundError, SecretSourceError, load_block, load_block_by_slug, secret_string
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class SecretBlockNotFoundError(SecretSourceError, BlockNotFoundError):
 def load_crm_block(block: str) -> CrmBlock:
     """The CRM block ``block`` (``crm.block``): ``<block-type-slug>/<name>``, e.g. ``hubspot-crm/hubspot``.
 
-    Raises ``ValueError`` for a malformed slug, ``tasks.common.BlockNotFoundError`` (a ``LookupError``)
+    Raises ``ValueError`` for a malformed slug, ``blocks.loading.BlockNotFoundError`` (a ``LookupError``)
     naming a missing block and how to create it, ``TypeError`` for a block that is not a CRM block.
     """
     block_type, _, name = block.partition("/")
@@ -105,7 +106,7 @@ def read_secret_block(block: str, needed_by: str = "the CRM export") -> str:
 
     Returns:
         The secret, unchanged. For Prefect's ``Secret`` block that is the raw stored string
-        (``tasks.common.secret_string``), not ``Secret.get()``, which parses JSON and would turn a key
+        (``blocks.secrets.secret_string``), not ``Secret.get()``, which parses JSON and would turn a key
         "123" into the integer 123. For ``VaultKvSecret`` and ``KmsEncryptedGcsSecret`` it is what their
         ``get()`` returns.
 
@@ -114,7 +115,7 @@ def read_secret_block(block: str, needed_by: str = "the CRM export") -> str:
         SecretBlockNotFoundError: no such block document in the workspace (a ``LookupError``).
         TypeError: the block is not one of the supported secret types, or a ``Secret`` holds a
             non-string (JSON) value.
-        SecretSourceError: from the block's ``get()`` (its subclasses in ``tasks.common``).
+        SecretSourceError: from the block's ``get()`` (its subclasses in ``blocks.secrets``).
     """
     block_type, _, name = block.partition("/")
     if block_type in _SECRET_BLOCK_MODULES:

@@ -22,6 +22,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from blocks.loading import load_block
 from pipelines.crm_export.accounting import ExportMetrics
 from pipelines.crm_export.api_key import ApiKey
 from pipelines.crm_export.destinations import destination_for
@@ -34,7 +35,7 @@ from pipelines.crm_export.settings import (
 )
 from pipelines.crm_export.users import MalformedRowError, UserShaper
 from pipelines.transport import plaintext_to_another_host
-from tasks.common import ONCE_PER_FLOW_RUN, ProgressReport, load_block
+from tasks.common import ONCE_PER_FLOW_RUN, ProgressReport
 from tasks.crm_export.jobs import (
     JobInfo,
     JobLauncher,
@@ -162,7 +163,7 @@ class BigQuerySource(BaseModel):
         """A google-cloud-bigquery client of ``project``: the GCP Credentials block's credentials, else
         the environment's (ADC); anonymous on a plaintext (emulator) endpoint.
 
-        Raises ``tasks.common.BlockNotFoundError`` naming a missing credentials block."""
+        Raises ``blocks.loading.BlockNotFoundError`` naming a missing credentials block."""
         from google.cloud import bigquery
 
         credentials, options = None, None
@@ -245,7 +246,7 @@ RunnerSettings = Annotated[DataflowRunnerSettings | LocalRunnerSettings, Field(d
 def make_launcher(runner: DataflowRunnerSettings | LocalRunnerSettings) -> JobLauncher:
     """The ``JobLauncher`` for the runner settings.
 
-    Raises ``tasks.common.BlockNotFoundError`` (a ``LookupError``) naming a missing ``DataflowOptions`` block.
+    Raises ``blocks.loading.BlockNotFoundError`` (a ``LookupError``) naming a missing ``DataflowOptions`` block.
     """
     if isinstance(runner, LocalRunnerSettings):
         from tasks.crm_export.launchers.local import LocalLauncher

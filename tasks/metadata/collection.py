@@ -9,6 +9,7 @@ names before anything else. ``dry_run`` writes the files and stops there.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 from collections.abc import Iterator
@@ -21,7 +22,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from sqlglot.dialects.dialect import Dialect
 
-from tasks.common import ONCE_PER_FLOW_RUN, ProgressReport, load_block
+from blocks.loading import load_block
+from tasks.common import ONCE_PER_FLOW_RUN, ProgressReport
 from tasks.metadata.extract_files import WrittenFile, write_extracts
 from tasks.metadata.extracts import Extract, Extractor, PartialExtractionError
 from tasks.metadata.hwm import (
@@ -195,14 +197,18 @@ def extract_to_files(source: Any, window: Window, out_dir: Path) -> list[Written
     """Test the connection, extract, mask SQL (if configured), write one file per entity.
 
     Raises ``PartialExtractionError`` (after writing the files) when the extractor reports problems:
-    part of the source could not be read, so nothing may land.
+    part of the source could not be read, so nothing may land. An extractor that is a context manager
+    (Athena: its extracts hold a temporary file until written) is used in a ``with`` block around it all.
     """
     extractor = build_extractor(source)
-    extractor.test_connection()
-    extracts = extractor.run(window.start, window.end)
-    if source.mask:
-        extracts = [masked(e) for e in extracts]
-    files = write_extracts(extracts, out_dir, source.name, window, source.compress)
+    with contextlib.ExitStack() as resources:
+        if isinstance(extractor, contextlib.AbstractContextManager):
+            resources.enter_context(extractor)
+        extractor.test_connection()
+        extracts = extractor.run(window.start, window.end)
+        if source.mask:
+            extracts = [masked(e) for e in extracts]
+        files = write_extracts(extracts, out_dir, source.name, window, source.compress)
     problems = list(getattr(extractor, "problems", []))
     if problems:
         raise PartialExtractionError(source.name, problems, [f.path.name for f in files])

@@ -74,7 +74,9 @@ class Extractor(Protocol):
     """A metadata source. ``source``: its configured name (e.g. ``athena-prod``).
 
     ``problems``: filled while the extracts are produced, what the source could not answer; a run whose
-    extractor reports any lands nothing (``PartialExtractionError``)."""
+    extractor reports any lands nothing (``PartialExtractionError``). An extractor whose extracts hold
+    something until they are written (Athena: a temporary file) is also a context manager, and the
+    collection writes them within its ``with`` block."""
 
     source: str
     problems: list[str]

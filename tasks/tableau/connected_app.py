@@ -18,14 +18,14 @@ from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound
 
+from blocks.loading import load_block
 from blocks.tableau import TableauConnectedApp
-from tasks.common import load_block
-from tasks.tableau.pat_pool import PatPoolError, current_holder, limit_drift
+from tasks.tableau.limits import LimitNotReadyError, current_holder, limit_drift
 
 logger = logging.getLogger(__name__)
 
 
-class RefreshCapacityError(PatPoolError):
+class RefreshCapacityError(LimitNotReadyError):
     """The connected app's global concurrency limit is missing, disabled, mis-sized or decaying."""
 
 

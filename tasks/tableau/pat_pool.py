@@ -24,16 +24,15 @@ from uuid import UUID
 
 import httpx
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.client.schemas.responses import ConcurrencyLimitWithLeaseResponse, GlobalConcurrencyLimitResponse
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
-from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import ObjectNotFound
 
 from blocks import run_logger
+from blocks.loading import load_block
 from blocks.tableau import TableauPatPool, TableauPersonalAccessToken
 from pipelines.retries import Backoff, retrying
-from tasks.common import load_block
+from tasks.tableau.limits import LimitNotReadyError, current_holder, limit_drift
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ logger = logging.getLogger(__name__)
 _BACKOFF = Backoff(0.2, 5.0, jitter="half")
 
 
-class PatPoolError(RuntimeError):
+class PatPoolError(LimitNotReadyError):
     """The pool's global concurrency limits are missing, disabled or mis-sized."""
 
 
@@ -86,19 +85,6 @@ def expected_limits(pool: TableauPatPool) -> dict[str, int]:
         pool.pool_limit_name: len(pool.pat_block_names),
         **{name: 1 for name in pool.pat_limit_names().values()},
     }
-
-
-def limit_drift(found: GlobalConcurrencyLimitResponse, slots: int) -> list[str]:
-    """What makes an existing limit unfit to guard PATs: disabled (a disabled limit grants every
-    request), a limit other than ``slots``, or slot decay (a decaying slot frees itself while held)."""
-    problems = []
-    if not found.active:
-        problems.append("disabled")
-    if found.limit != slots:
-        problems.append(f"limit {found.limit}, expected {slots}")
-    if found.slot_decay_per_second:
-        problems.append(f"slot decay {found.slot_decay_per_second}/s, expected none")
-    return problems
 
 
 def _not_ready(pool_block_name: str, problems: list[str]) -> PatPoolError:
@@ -162,16 +148,6 @@ def _read_by_name(client: SyncPrefectClient, names: list[str]) -> dict[str, Glob
         except ObjectNotFound:
             pass
     return found
-
-
-def current_holder() -> ConcurrencyLeaseHolder | None:
-    """The lease holder shown in the Prefect UI: the current task run or flow run, if any."""
-    if task_ctx := TaskRunContext.get():
-        return ConcurrencyLeaseHolder(type="task_run", id=task_ctx.task_run.id)
-    if flow_ctx := FlowRunContext.get():
-        if flow_ctx.flow_run is not None:
-            return ConcurrencyLeaseHolder(type="flow_run", id=UUID(str(flow_ctx.flow_run.id)))
-    return None
 
 
 def _is_free(limit: GlobalConcurrencyLimitResponse) -> bool:

@@ -11,8 +11,8 @@ from prefect.client.orchestration import get_client
 from pydantic import ValidationError
 
 from blocks import BrazeCrm, GenericCrmEndpoint, HubSpotCrm
+from blocks.loading import BlockNotFoundError
 from pipelines.crm_export.settings import DestinationSettings, PipelineSettings
-from tasks.common import BlockNotFoundError
 from tasks.crm_export.secrets import SecretBlockNotFoundError, load_crm_block, read_api_key
 
 FIELDS = {"email": "email", "identity.country": "country", "properties.plan": "plan"}

@@ -436,7 +436,7 @@ def test_braze_5xx_are_retried_and_an_oversize_batch_is_dead_lettered(bz):
 
 
 def test_a_generic_answer_that_does_not_say_what_was_accepted_is_retried_then_dead_lettered(tmp_path):
-    from devstack.crm import CrmStandIn, FaultConfig
+    from devstack.crms import CrmStandIn, FaultConfig
 
     with CrmStandIn(
         api_key=TOKEN, db_path=tmp_path / "crm.sqlite3", faults=FaultConfig(empty_answer_rate=1.0)

@@ -21,10 +21,10 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from blocks import GenericCrmEndpoint
-from devstack.crm import CrmStandIn, FaultConfig
+from blocks.loading import BlockNotFoundError
+from devstack.crms import CrmStandIn, FaultConfig
 from devstack.user_rows import load_shard, shard_rows
 from flows.crm_export.export import crm_export
-from tasks.common import BlockNotFoundError
 from tasks.crm_export.jobs import JobState
 from tasks.crm_export.launchers.local import LocalLauncher
 from tasks.crm_export.secrets import SecretBlockNotFoundError
@@ -458,3 +458,52 @@ def test_a_bigquery_source_sends_no_credential_in_plaintext():
     with pytest.raises(ValidationError, match=r"gcp_credentials_block 'gcp' with the plaintext api_endpoint"):
         BigQuerySource(**fields, api_endpoint="http://127.0.0.1:9050", gcp_credentials_block="gcp")
     assert BigQuerySource(**fields, api_endpoint="https://bigquery-psc.p.googleapis.com").api_endpoint
+
+
+@pytest.mark.parametrize(
+    ("counters", "errors", "raised"),
+    [
+        # the signal: the job counted the CRM's refusal of its key, whatever its error messages say
+        ({"records_read": 40, "crm_key_refused": 1}, ["RuntimeError: the job failed"], "CrmCredentialsError"),
+        # no signal: words in the errors are not one
+        ({"records_read": 40}, ["CrmRejectedCredentialsError: the CRM answered 401"], "JobFailedError"),
+    ],
+    ids=["counted-refusal", "words-only"],
+)
+def test_a_refused_key_is_told_by_the_job_metrics_counter_not_by_its_error_text(
+    tmp_path, counters, errors, raised
+):
+    from types import SimpleNamespace
+
+    from flows.crm_export import export
+
+    launcher = LocalLauncher(tmp_path / "jobs")
+    job_id = "2026-11-16_00_00_00-failedjob"
+    launcher._write(
+        {
+            "id": job_id,
+            "name": "crm-test-20261116",
+            "state": JobState.FAILED.value,
+            "labels": {},
+            "create_time": "2026-11-16T00:00:00+00:00",
+            "end_time": "2026-11-16T00:01:00+00:00",
+            "pid": None,
+            "errors": errors,
+            "counters": counters,
+        }
+    )
+    with pytest.raises((export.CrmCredentialsError, export.JobFailedError)) as failure:
+        export._wait_for_job(
+            LocalRunnerSettings(registry_dir=tmp_path / "jobs"),
+            job_id,
+            export.PollSettings(interval_seconds=0.1, timeout_seconds=10),
+            f"crm-test-{uuid.uuid4().hex[:8]}",
+            SimpleNamespace(url="https://crm.example.com/v1/batch"),
+            "generic-crm-endpoint/crm-test",
+        )
+    assert type(failure.value).__name__ == raised
+    if raised == "CrmCredentialsError":
+        assert "refused the key of CRM block 'generic-crm-endpoint/crm-test' (crm.block)" in str(
+            failure.value
+        )
+        assert "job crm-test-20261116 failed before any record was accepted" in str(failure.value)

@@ -17,12 +17,18 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from devstack.crm import CrmStandIn, FaultConfig
+from devstack.crms import CrmStandIn, FaultConfig
 from devstack.user_rows import user_row, write_user_rows
 from pipelines.crm_export.accounting import DEAD_LETTER, AccountingError, Counters, check_accounting
 from pipelines.crm_export.api_key import ApiKey
 from pipelines.crm_export.destinations import GenericDestination, destination_for
-from pipelines.crm_export.pipeline import ParseRows, ShapeBatch, build_pipeline, pipeline_metrics
+from pipelines.crm_export.pipeline import (
+    ParseRows,
+    ShapeBatch,
+    build_pipeline,
+    failure_counters,
+    pipeline_metrics,
+)
 from pipelines.crm_export.post_batches import CrmRejectedCredentialsError, PostBatchesFn, PostingStopped
 from pipelines.crm_export.settings import PipelineSettings
 from pipelines.crm_export.users import MalformedRowError, UserShaper, drop_nulls, merge_unions, unflatten
@@ -384,6 +390,10 @@ def test_a_wrong_api_key_fails_the_job_and_names_the_secret_block(tmp_path, fres
     assert "secret block" in str(failure.value)
     assert "sk-wrong" not in str(failure.value)
     assert fresh_crm.stats()["distinct_users"] == 0
+    # What the local runner reports for it, its metrics lost with the failed pipeline (Dataflow: the
+    # attempted value of the counter PostBatchesFn counts): the flow's signal.
+    assert failure_counters(failure.value) == {"crm_key_refused": 1}
+    assert failure_counters(RuntimeError("CrmRejectedCredentialsError: in the text only")) == {}
 
 
 def test_accounting_names_the_unaccounted_records():

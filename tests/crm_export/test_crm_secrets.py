@@ -29,8 +29,8 @@ from prefect_gcp.credentials import GcpCredentials
 from pydantic import ValidationError
 
 from blocks import KmsEncryptedGcsSecret, TableauPersonalAccessToken, VaultKvSecret
-from tasks.common import (
-    BlockNotFoundError,
+from blocks.loading import BlockNotFoundError
+from blocks.secrets import (
     SecretAccessDeniedError,
     SecretAuthError,
     SecretDecryptionError,
@@ -340,6 +340,22 @@ def test_token_auth_reads_a_pinned_version(vault: FakeVault) -> None:
     assert token_block(vault, version=1).get() == OLD_API_KEY
     [read] = vault.requests
     assert read.query == {"version": ["1"]}
+
+
+def test_the_block_makes_a_client_that_logs_in_and_reads(vault: FakeVault, jwt_file: str) -> None:
+    block = VaultKvSecret(
+        url=vault.url,
+        path="analytics/crm",
+        key="api_key",
+        auth_method="kubernetes",
+        kubernetes_role="crm-export",
+        kubernetes_jwt_path=jwt_file,
+    )
+    with block.get_client() as client:
+        client.login()
+        assert [r.path for r in vault.requests] == ["/v1/auth/kubernetes/login"]
+        assert client.read() == API_KEY  # logs in again, then reads
+    assert [r.path for r in vault.requests][-1] == "/v1/secret/data/analytics/crm"
 
 
 def test_kubernetes_auth_logs_in_with_role_and_jwt_then_reads_with_the_issued_token(

@@ -956,6 +956,22 @@ def test_job_metrics_of_a_job_that_reported_nothing(launcher: OfflineLauncher, s
     assert estimate_cost({}, DataflowPrices()) is None
 
 
+def test_job_metrics_of_a_failed_job_read_the_refused_key_from_its_attempted_value(
+    launcher: OfflineLauncher, service: FakeDataflow
+) -> None:
+    # The bundles that met the refusal failed (four attempts of the work item): nothing of them was
+    # committed, so crm_key_refused comes as an attempted (tentative) value only.
+    job_id = service.add_job(JOB_NAME, S.JOB_STATE_FAILED)
+    metrics = [
+        user_metric("records_read", "ParseRows", scalar=0),
+        user_metric("records_read", "ParseRows", tentative=True, scalar=400),
+        user_metric("crm_key_refused", "PostToCrm", scalar=0),
+        user_metric("crm_key_refused", "PostToCrm", tentative=True, scalar=4),
+    ]
+    service.metrics[job_id] = dataflow.JobMetrics(metrics=metrics)
+    assert launcher.job_metrics(job_id).counters == Counters(crm_key_refused=4)
+
+
 def test_cost_of_the_measured_groupbykey_job() -> None:
     cost = estimate_cost(GROUPBYKEY_JOB_RESOURCES, DataflowPrices())
     assert cost is not None

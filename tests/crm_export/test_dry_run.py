@@ -15,7 +15,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from prefect.variables import Variable
 
 from blocks import GenericCrmEndpoint
-from devstack.crm import CrmStandIn
+from devstack.crms import CrmStandIn
 from devstack.user_rows import load_shard, shard_rows
 from flows.crm_export.export import ExportPlanPreview, ExportSummary, crm_export
 from tasks.crm_export.launchers.local import LocalLauncher

@@ -24,7 +24,8 @@ from prefect_gcp.credentials import GcpCredentials
 
 from blocks.crm_export.dataflow import DataflowOptions
 from blocks.crm_export.kms_gcs import KmsEncryptedGcsSecret
-from tasks.common import BlockNotFoundError, SecretAuthError
+from blocks.loading import BlockNotFoundError
+from blocks.secrets import SecretAuthError
 from tasks.crm_export.launchers.dataflow import DataflowLauncher
 
 PROJECT = "analytics-prod"

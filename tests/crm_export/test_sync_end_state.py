@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from blocks import GenericCrmEndpoint
-from devstack.crm import CrmStandIn
+from devstack.crms import CrmStandIn
 from devstack.user_rows import load_shard
 from flows.crm_export.export import crm_export
 from tasks.crm_export.jobs import JobFailedError, JobState

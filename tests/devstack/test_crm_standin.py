@@ -1,5 +1,6 @@
-"""The CRM stand-in (devstack/crm) against the API it documents: auth, per-record validation, upserts
-and delivery counts, idempotent replays, batch limits, injected faults, and the subprocess lifecycle.
+"""The generic CRM stand-in (devstack/crms/generic.py) against the API it documents: auth, per-record
+validation, upserts and delivery counts, idempotent replays, batch limits, injected faults, and the
+subprocess lifecycle.
 
 One stand-in serves the module; every test starts from a reset store and the default fault settings.
 """
@@ -20,7 +21,7 @@ import pytest
 import requests
 from conftest import wait_for
 
-from devstack.crm import CrmStandIn, FaultConfig
+from devstack.crms import CrmStandIn, FaultConfig
 
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "test-key-0123456789"
@@ -349,7 +350,7 @@ def test_stop_leaves_no_process_even_when_the_block_fails() -> None:
 
 @pytest.mark.parametrize(
     "module, launcher_class",
-    [("devstack.crm", "CrmStandIn"), ("devstack.crms", "HubSpotServer"), ("devstack.crms", "BrazeServer")],
+    [("devstack.crms", "CrmStandIn"), ("devstack.crms", "HubSpotServer"), ("devstack.crms", "BrazeServer")],
 )
 def test_server_exits_when_its_launcher_is_killed(module: str, launcher_class: str) -> None:
     """Each CRM stand-in stops when its standard input ends (``--exit-on-stdin-eof``)."""

@@ -21,9 +21,9 @@ import yaml
 from prefect.variables import Variable
 
 import tasks.metadata.collection as collection
+from blocks.loading import BlockNotFoundError
 from devstack.prefect_server import free_port
 from flows.metadata.collect import collect_metadata
-from tasks.common import BlockNotFoundError
 from tasks.metadata.extract_files import WrittenFile
 from tasks.metadata.extracts import Extract
 from tasks.metadata.hwm import HWM_FORMAT, FileHwmStore, PendingWindowFile, WindowInProgressError

@@ -101,13 +101,49 @@ def athena_rows() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tu
 @pytest.fixture(scope="module")
 def athena_files(tmp_path_factory) -> dict[str, Path]:
     columns, views, history = athena_rows()
-    lineage = AthenaLineage("athena-test", "eu-west-1", END)
-    for feed, rows in ((lineage.columns, columns), (lineage.views, views), (lineage.query_history, history)):
-        for _ in feed(rows):
-            pass
     out = tmp_path_factory.mktemp("athena")
-    files = write_extracts([masked(e) for e in lineage.extracts()], out, "athena-test", WINDOW, compress=True)
+    with AthenaLineage("athena-test", "eu-west-1", END) as lineage:
+        for feed, rows in (
+            (lineage.columns, columns),
+            (lineage.views, views),
+            (lineage.query_history, history),
+        ):
+            for _ in feed(rows):
+                pass
+        files = write_extracts(
+            [masked(e) for e in lineage.extracts()], out, "athena-test", WINDOW, compress=True
+        )
     return {f.entity: f.path for f in files}
+
+
+def test_athena_lineage_drops_its_spooled_events_when_its_with_block_ends():
+    columns, views, history = athena_rows()
+    with (
+        pytest.raises(RuntimeError, match="writing failed"),
+        AthenaLineage("athena-test", "eu-west-1", END) as lineage,
+    ):
+        for feed, rows in (
+            (lineage.columns, columns),
+            (lineage.views, views),
+            (lineage.query_history, history),
+        ):
+            for _ in feed(rows):
+                pass
+        spool = lineage._spool
+        assert spool is not None
+        assert spool.tell() > 0  # the CTAS's and the INSERT's RunEvents
+        raise RuntimeError("writing failed")  # a run that fails before its extracts are written
+    assert spool.closed
+
+
+def test_athena_lineage_outside_a_with_block_says_so():
+    columns, _, history = athena_rows()
+    lineage = AthenaLineage("athena-test", "eu-west-1", END)
+    for _ in lineage.columns(columns):
+        pass
+    with pytest.raises(RuntimeError, match="'athena-test' is used outside a `with` block"):
+        for _ in lineage.query_history(history):
+            pass
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from conftest import SITE, Workspace
 
+from blocks.loading import BlockNotFoundError
 from devstack.tableau.config import content_id, project_id, schedule_id, site_id, user_id, view_id
 from flows.tableau.refresh import refresh_domain
-from tasks.common import BlockNotFoundError
 from tasks.metadata.extract_files import write_extracts
 from tasks.metadata.extractors.tableau import (
     CONNECTION_COLUMNS,

@@ -189,7 +189,7 @@ def outcome(stack: MultiHostStack, tmp_path_factory: pytest.TempPathFactory) -> 
     from blocks import GenericCrmEndpoint
     from deployments.automations import bootstrap_automations, project_automations
     from devstack.bigquery_emulator import BigQueryEmulator
-    from devstack.crm import CrmStandIn
+    from devstack.crms import CrmStandIn
     from devstack.tableau.config import content_id
     from devstack.user_rows import load_shard, shard_rows
     from flows.crm_export.export import crm_export

@@ -14,8 +14,8 @@ from prefect.blocks.system import Secret
 from pydantic import ValidationError
 
 from blocks import TableauConnectedApp, TableauSite
+from blocks.secrets import SecretSource
 from deployments.bootstrap import bootstrap_connected_app_limits, main
-from tasks.common import SecretSource
 from tasks.tableau.connected_app import (
     RefreshCapacityError,
     RefreshCapacityTimeoutError,

@@ -14,8 +14,8 @@ from collections import defaultdict
 import pytest
 from conftest import MARKETING, SALES
 
+from blocks.loading import BlockNotFoundError
 from flows.tableau.refresh import refresh_domain, refresh_domains
-from tasks.common import BlockNotFoundError
 from tasks.tableau.domains import DomainConfigError
 from tasks.tableau.pat_pool import PatPoolError
 from tasks.tableau.refresh import ContentResolutionError, DomainRefreshError, PollPolicy

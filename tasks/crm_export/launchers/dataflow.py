@@ -18,7 +18,13 @@ from google.api_core import retry as retries
 from google.cloud import dataflow_v1beta3 as dataflow
 
 from blocks.crm_export.dataflow import DataflowOptions
-from pipelines.crm_export.accounting import NAMESPACE, Counters, Distribution, ExportMetrics
+from pipelines.crm_export.accounting import (
+    ATTEMPTED_COUNTERS,
+    NAMESPACE,
+    Counters,
+    Distribution,
+    ExportMetrics,
+)
 from pipelines.crm_export.api_key import ApiKey, KmsEncryptedApiKey
 from pipelines.crm_export.pipeline import build_pipeline
 from tasks.common import to_utc
@@ -263,8 +269,10 @@ def parse_job_metrics(metrics: Iterable[dataflow.MetricUpdate]) -> ExportMetrics
 
     User metrics have ``name.origin == "user"`` and ``name.context`` ``namespace`` and ``step``; each comes
     twice, committed and ``tentative == "true"`` (attempted): only committed values count, as in
-    ``pipelines.crm_export.pipeline.pipeline_metrics``. Counters are scalars; a distribution is a struct
-    with ``count``/``sum``/``min``/``max`` (and ``mean``). This follows Beam's own reader of this API,
+    ``pipelines.crm_export.pipeline.pipeline_metrics``, but for ``ATTEMPTED_COUNTERS``
+    (``crm_key_refused``: bundles that fail count it, and their committed values never come). Counters
+    are scalars; a distribution is a struct with ``count``/``sum``/``min``/``max`` (and ``mean``). This
+    follows Beam's own reader of this API,
     ``apache_beam.runners.dataflow.dataflow_metrics.DataflowMetrics``.
     """
     counts: dict[str, int] = {}
@@ -273,7 +281,8 @@ def parse_job_metrics(metrics: Iterable[dataflow.MetricUpdate]) -> ExportMetrics
     for metric in metrics:
         name = metric.name
         context = name.context
-        if context.get("tentative") == "true":
+        attempted = name.origin == USER_ORIGIN and name.name in ATTEMPTED_COUNTERS
+        if (context.get("tentative") == "true") != attempted:
             continue
         if name.origin == USER_ORIGIN:
             if context.get("namespace") != NAMESPACE or name.name.endswith(_DISTRIBUTION_PART_SUFFIXES):

@@ -273,7 +273,7 @@ def run_job(registry_dir: Path, job_id: str, pipeline_args: list[str], api_key: 
         from apache_beam.options.pipeline_options import PipelineOptions
 
         from pipelines.crm_export.api_key import ApiKey
-        from pipelines.crm_export.pipeline import build_pipeline, pipeline_metrics
+        from pipelines.crm_export.pipeline import build_pipeline, failure_counters, pipeline_metrics
     except KeyboardInterrupt:
         launcher.update(job_id, state=JobState.CANCELLED.value, end_time=_now(), errors=["cancelled"])
         return 1
@@ -309,11 +309,16 @@ def run_job(registry_dir: Path, job_id: str, pipeline_args: list[str], api_key: 
         state = JobState.CANCELLED if cancelled else JobState.FAILED
         message = "cancelled" if cancelled else f"{type(exc).__name__}: {exc}"
         traceback.print_exc()
+        record = launcher.read(job_id)
+        # The failed pipeline's metrics are lost with it: what the failure stands for (a refused key) is
+        # reported as the counter Dataflow would report as attempted.
+        counted = {} if cancelled else failure_counters(exc)
         launcher.update(
             job_id,
             state=state.value,
             end_time=_now(),
-            errors=[*launcher.read(job_id).get("errors", []), message],
+            errors=[*record.get("errors", []), message],
+            **({"counters": {**record.get("counters", {}), **counted}} if counted else {}),
         )
         return 1
     launcher.update(job_id, state=JobState.DONE.value, end_time=_now())

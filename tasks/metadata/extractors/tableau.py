@@ -16,7 +16,8 @@ import requests
 import tableauserverclient as TSC
 from tableauserverclient.server.endpoint.exceptions import TableauError
 
-from tasks.common import BlockNotFoundError, to_utc
+from blocks.loading import BlockNotFoundError
+from tasks.common import to_utc
 from tasks.metadata.extracts import Extract, ExtractorConnectionError
 from tasks.metadata.lineage import tableau as lineage
 from tasks.metadata.lineage.metadata_api import MetadataApiClient, MetadataApiError

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 from blocks import run_logger
+from blocks.loading import BlockNotFoundError, load_block
+from blocks.secrets import secret_string
 from pipelines.transport import check_transport, url_without_credentials, warn_insecure_transport
-from tasks.common import BlockNotFoundError, load_block, secret_string
 from tasks.metadata.landing.base import _TEXT_CONTENT_TYPE, LandingError, Reason, _Target
 
 if TYPE_CHECKING:

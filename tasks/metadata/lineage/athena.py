@@ -1,7 +1,8 @@
 """Lineage and usage of an Athena source: from its views' SQL and the query history of the window.
 
 ``AthenaLineage`` sees the extractor's ``columns``, ``views`` and ``query_history`` rows as they stream to
-their files, then yields the lineage, usage and OpenLineage extracts. The columns of each file:
+their files, then yields the lineage, usage and OpenLineage extracts; it is used in a ``with`` block, whose
+end drops the temporary file it spools the queries' OpenLineage events to. The columns of each file:
 docs/metadata-extracts.md ("Lineage and usage"); how statements are analysed: docs/metadata-lineage.md.
 """
 
@@ -15,7 +16,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 from tasks.metadata.extracts import Extract
 from tasks.metadata.lineage import openlineage as ol
@@ -138,10 +139,13 @@ class AthenaLineage:
         region: the AWS region (OpenLineage namespaces ``awsathena://athena.{region}.amazonaws.com``).
         event_time: the time of the DatasetEvents (the window's end).
 
-    Use ``columns(rows)``, ``views(rows)`` and ``query_history(rows)`` as pass-through generators of
-    the extractor's entities, then ``extracts()``, whose rows can be produced once columns and query
-    history have been read (they are written in that order, so queries are analysed as they stream).
-    ``counts`` (after the extracts were written): statements by status, edges, columns covered.
+    Use it in a ``with`` block (or the ``ExitStack`` of what owns it), which opens the temporary file
+    the queries' RunEvents are spooled to and, at its end, drops it — a run that failed midway
+    included. Within it, use ``columns(rows)``, ``views(rows)`` and ``query_history(rows)`` as
+    pass-through generators of the extractor's entities, then ``extracts()``, whose rows can be produced
+    once columns and query history have been read (they are written in that order, so queries are
+    analysed as they stream), before the block ends. ``counts`` (after the extracts were written):
+    statements by status, edges, columns covered.
     """
 
     def __init__(self, source: str, region: str, event_time: dt.datetime) -> None:
@@ -163,8 +167,15 @@ class AthenaLineage:
         self._table_use: dict[TableName, _Use] = {}
         self._column_use: dict[ColumnName, _Use] = {}
         self._view_events: list[dict[str, Any]] = []
-        self._spool = tempfile.TemporaryFile("w+", encoding="utf-8")  # the queries' RunEvents, one per line
+        self._spool: IO[str] | None = None  # the queries' RunEvents, one per line: opened by ``__enter__``
         self.status_counts: Counter[str] = Counter()
+
+    def __enter__(self) -> AthenaLineage:
+        self._spool = tempfile.TemporaryFile("w+", encoding="utf-8")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     # --- feeds ----------------------------------------------------------------------------------
 
@@ -335,8 +346,9 @@ class AthenaLineage:
             output=self._dataset(target) if target else None,
             columns=self._column_inputs(lineage.edges),
         )
+        spool = self._events_spool()
         for event in events:
-            self._spool.write(json.dumps(event, separators=(",", ":")) + "\n")
+            spool.write(json.dumps(event, separators=(",", ":")) + "\n")
 
     def _view_event(self, view: TableName, lineage: StatementLineage) -> dict[str, Any]:
         columns = self.schema.columns(view) or []
@@ -359,11 +371,20 @@ class AthenaLineage:
             if columns is not None:
                 schema = [(c, self._types.get((*table, c))) for c in columns]
                 yield (ol.dataset_event(self._dataset(table), self.event_time, schema=schema),)
-        self._spool.flush()
-        self._spool.seek(0)
-        for line in self._spool:
+        spool = self._events_spool()
+        spool.flush()
+        spool.seek(0)
+        for line in spool:
             yield (json.loads(line),)
-        self._spool.close()
+        spool.close()
+
+    def _events_spool(self) -> IO[str]:
+        if self._spool is None:
+            raise RuntimeError(
+                f"AthenaLineage of source {self.source!r} is used outside a `with` block: the block opens the "
+                "temporary file its events are spooled to"
+            )
+        return self._spool
 
     # --- extracts -------------------------------------------------------------------------------
 
@@ -447,12 +468,7 @@ class AthenaLineage:
         }
 
     def close(self) -> None:
-        """Drop the spooled events (when the run fails before the extracts are written)."""
-        if not self._spool.closed:
+        """Drop the spooled events: the end of the ``with`` block (once the extracts were written, or when
+        the run failed before)."""
+        if self._spool is not None and not self._spool.closed:
             self._spool.close()
-
-    def __del__(self) -> None:  # a run that failed midway: the temporary file goes with the object
-        try:
-            self.close()
-        except Exception:
-            pass

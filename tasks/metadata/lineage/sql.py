@@ -7,6 +7,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import sqlglot
 from sqlglot import exp
@@ -234,58 +235,66 @@ class SqlLineage:
         view: TableName | None,
     ) -> StatementLineage:
         kind = _kind(tree)
+        not_analysed = _not_analysed(tree, kind, view)
+        if not_analysed is not None:
+            return not_analysed
         if view is not None:
-            if kind != "SELECT":
-                return StatementLineage("VIEW", Status.UNPARSED, f"a view's query is a {type(tree).__name__}")
             kind = "VIEW"
-        if isinstance(tree, exp.Command):
-            word = str(tree.this).split()[0].upper() if tree.this else ""
-            if word in _NOT_LINEAGE_COMMANDS:
-                return StatementLineage(kind, Status.NOT_LINEAGE, f"{word} moves no data between tables")
-            return StatementLineage(
-                kind, Status.UNPARSED, f"sqlglot keeps {word or 'it'} as raw text (Command)"
-            )
-        if isinstance(tree, _NOT_LINEAGE_NODES) or (isinstance(tree, exp.Create) and kind == "OTHER"):
-            return StatementLineage(
-                kind, Status.NOT_LINEAGE, f"{type(tree).__name__} moves no data between tables"
-            )
-        if kind == "OTHER":
-            return StatementLineage(
-                kind, Status.UNPARSED, f"{type(tree).__name__} statements are not analysed"
-            )
-
-        target: TableName | None = None
-        target_columns: list[str] | None = None
-        if kind == "VIEW":
-            query, target, target_columns = tree, view, self.schema.columns(view)
-        elif kind == "SELECT":
-            query = tree
-        else:
-            query = tree.expression
-            name_node = tree.this
-            listed = None
-            if isinstance(name_node, exp.Schema):  # INSERT INTO t (a, b) / CREATE VIEW v (a, b)
-                listed = [c.name.lower() for c in name_node.expressions]
-                name_node = name_node.this
-            if not isinstance(name_node, exp.Table):
-                return StatementLineage(kind, Status.UNPARSED, "no target table")
-            target = self._table_name(name_node, catalog, database)
-            if target is None:
-                return StatementLineage(kind, Status.UNRESOLVED, "the target table has no database")
-            target_columns = listed
-            if kind == "INSERT" and target_columns is None:
-                target_columns = self.schema.columns(target)  # INSERT maps the query's columns by position
-                if target_columns is None:
-                    return StatementLineage(
-                        kind,
-                        Status.UNRESOLVED,
-                        f"target {_dotted(target)} not in the catalog",
-                        writes=(target,),
-                    )
-        writes = (target,) if target else ()
-        if not isinstance(query, exp.Query):  # INSERT ... VALUES
+        target = self._target(tree, kind, catalog, database, view)
+        if isinstance(target, StatementLineage):
+            return target
+        writes = (target.table,) if target.table else ()
+        if not isinstance(target.query, exp.Query):  # INSERT ... VALUES
             return StatementLineage(kind, Status.RESOLVED, writes=writes)
+        scopes = self._scopes(target.query, dialect, catalog, database)
+        walk = _Walk()
+        for scope in scopes:
+            self._collect(scope, walk)
+        unresolved = _unresolved_reads(kind, walk, writes)
+        if unresolved is not None:
+            return unresolved
+        edges = (
+            self._column_edges(scopes[-1], target.table, target.columns, walk)
+            if target.table is not None
+            else set()
+        )
+        return _lineage(kind, walk, writes, edges)
 
+    def _target(
+        self, tree: exp.Expr, kind: str, catalog: str, database: str | None, view: TableName | None
+    ) -> _Target | StatementLineage:
+        """The query of the statement and the table (and columns) it writes; a ``StatementLineage`` when
+        the target cannot be named (no table, no database, an INSERT into a table not in the catalog)."""
+        if kind == "VIEW":
+            return _Target(tree, view, self.schema.columns(view))
+        if kind == "SELECT":
+            return _Target(tree, None, None)
+        name_node = tree.this
+        listed = None
+        if isinstance(name_node, exp.Schema):  # INSERT INTO t (a, b) / CREATE VIEW v (a, b)
+            listed = [c.name.lower() for c in name_node.expressions]
+            name_node = name_node.this
+        if not isinstance(name_node, exp.Table):
+            return StatementLineage(kind, Status.UNPARSED, "no target table")
+        target = self._table_name(name_node, catalog, database)
+        if target is None:
+            return StatementLineage(kind, Status.UNRESOLVED, "the target table has no database")
+        target_columns = listed
+        if kind == "INSERT" and target_columns is None:
+            target_columns = self.schema.columns(target)  # INSERT maps the query's columns by position
+            if target_columns is None:
+                return StatementLineage(
+                    kind,
+                    Status.UNRESOLVED,
+                    f"target {_dotted(target)} not in the catalog",
+                    writes=(target,),
+                )
+        return _Target(tree.expression, target, target_columns)
+
+    def _scopes(
+        self, query: exp.Query, dialect: sqlglot.Dialect, catalog: str, database: str | None
+    ) -> list[Scope]:
+        """The scopes of ``query`` qualified against the catalog's schema, the outermost last."""
         qualified = qualify(
             query,
             schema=self.schema.mapping(),
@@ -296,49 +305,24 @@ class SqlLineage:
             quote_identifiers=False,
             identify=False,
         )
-        scopes = traverse_scope(qualified)
-        walk = _Walk()
-        for scope in scopes:
-            self._collect(scope, walk)
-        if walk.reads and all(table[1] in _SYSTEM_DATABASES for table in walk.reads) and not writes:
-            return StatementLineage(kind, Status.NOT_LINEAGE, "reads only information_schema")
-        if walk.missing_tables:
-            names = ", ".join(_dotted(t) for t in sorted(walk.missing_tables))
-            return StatementLineage(
-                kind,
-                Status.UNRESOLVED,
-                f"not in the catalog: {names}",
-                reads=tuple(sorted(walk.reads)),
-                writes=writes,
-            )
+        return traverse_scope(qualified)
 
+    def _column_edges(
+        self, root: Scope, table: TableName, columns: list[str] | None, walk: _Walk
+    ) -> set[ColumnEdge]:
+        """The edges into the target's columns from the catalog columns each output is computed from,
+        output and target column matched by position (a count that differs is an unresolved reference)."""
+        outputs = _output_names(root)
+        target_columns = outputs if columns is None else columns
+        if len(target_columns) != len(outputs):
+            walk.unresolved_columns.add(
+                f"{len(outputs)} query columns for {len(target_columns)} target columns"
+            )
         edges: set[ColumnEdge] = set()
-        if target is not None:
-            root = scopes[-1]
-            outputs = _output_names(root)
-            if target_columns is None:
-                target_columns = outputs
-            if len(target_columns) != len(outputs):
-                walk.unresolved_columns.add(
-                    f"{len(outputs)} query columns for {len(target_columns)} target columns"
-                )
-            for position, (output, target_column) in enumerate(zip(outputs, target_columns, strict=False)):
-                for source, how in self._trace(root, output, position, walk):
-                    edges.add(ColumnEdge(source, (*target, target_column), how))
-        status = Status.PARTIAL if walk.unresolved_columns else Status.RESOLVED
-        detail = ""
-        if walk.unresolved_columns:
-            # Counted, not named: a double-quoted "name" where a value belongs may be data (masking.py).
-            detail = f"{len(walk.unresolved_columns)} column reference(s) not in the catalog"
-        return StatementLineage(
-            kind,
-            status,
-            detail,
-            tuple(sorted(walk.reads)),
-            writes,
-            tuple(sorted(walk.columns_read)),
-            tuple(sorted(edges, key=lambda e: (e.target, e.source))),
-        )
+        for position, (output, target_column) in enumerate(zip(outputs, target_columns, strict=False)):
+            for source, how in self._trace(root, output, position, walk):
+                edges.add(ColumnEdge(source, (*table, target_column), how))
+        return edges
 
     def _table_name(self, table: exp.Table, catalog: str, database: str | None) -> TableName | None:
         db = (table.db or database or "").lower()
@@ -415,6 +399,71 @@ class SqlLineage:
                 )
                 for key, inner_how in self._trace(source, inner_name, inner_position, walk):
                     yield key, _combine(how, inner_how)
+
+
+class _Target(NamedTuple):
+    """What a statement writes: its ``query``, the ``table`` (None for a SELECT) and the table's
+    ``columns`` in the order the query fills them (None: the query's own names)."""
+
+    query: exp.Expr
+    table: TableName | None
+    columns: list[str] | None
+
+
+def _not_analysed(tree: exp.Expr, kind: str, view: TableName | None) -> StatementLineage | None:
+    """Why a statement is not analysed (a view's query that is no SELECT, a raw command, a statement
+    that moves no data, a kind not analysed), None when it is."""
+    if view is not None and kind != "SELECT":
+        return StatementLineage("VIEW", Status.UNPARSED, f"a view's query is a {type(tree).__name__}")
+    if isinstance(tree, exp.Command):
+        word = str(tree.this).split()[0].upper() if tree.this else ""
+        if word in _NOT_LINEAGE_COMMANDS:
+            return StatementLineage(kind, Status.NOT_LINEAGE, f"{word} moves no data between tables")
+        return StatementLineage(kind, Status.UNPARSED, f"sqlglot keeps {word or 'it'} as raw text (Command)")
+    if isinstance(tree, _NOT_LINEAGE_NODES) or (isinstance(tree, exp.Create) and kind == "OTHER"):
+        return StatementLineage(
+            kind, Status.NOT_LINEAGE, f"{type(tree).__name__} moves no data between tables"
+        )
+    if kind == "OTHER":
+        return StatementLineage(kind, Status.UNPARSED, f"{type(tree).__name__} statements are not analysed")
+    return None
+
+
+def _unresolved_reads(kind: str, walk: _Walk, writes: tuple[TableName, ...]) -> StatementLineage | None:
+    """The statement's result when what it reads leaves no lineage: only ``information_schema`` (and
+    nothing written), or a table not in the catalog; None otherwise."""
+    if walk.reads and all(table[1] in _SYSTEM_DATABASES for table in walk.reads) and not writes:
+        return StatementLineage(kind, Status.NOT_LINEAGE, "reads only information_schema")
+    if walk.missing_tables:
+        names = ", ".join(_dotted(t) for t in sorted(walk.missing_tables))
+        return StatementLineage(
+            kind,
+            Status.UNRESOLVED,
+            f"not in the catalog: {names}",
+            reads=tuple(sorted(walk.reads)),
+            writes=writes,
+        )
+    return None
+
+
+def _lineage(
+    kind: str, walk: _Walk, writes: tuple[TableName, ...], edges: set[ColumnEdge]
+) -> StatementLineage:
+    """The lineage of an analysed statement: ``partial`` when a column reference was not resolved."""
+    status = Status.PARTIAL if walk.unresolved_columns else Status.RESOLVED
+    detail = ""
+    if walk.unresolved_columns:
+        # Counted, not named: a double-quoted "name" where a value belongs may be data (masking.py).
+        detail = f"{len(walk.unresolved_columns)} column reference(s) not in the catalog"
+    return StatementLineage(
+        kind,
+        status,
+        detail,
+        tuple(sorted(walk.reads)),
+        writes,
+        tuple(sorted(walk.columns_read)),
+        tuple(sorted(edges, key=lambda e: (e.target, e.source))),
+    )
 
 
 def _kind(tree: exp.Expr) -> str:

@@ -176,167 +176,211 @@ def _build(
     site: str,
     event_time: dt.datetime,
 ) -> TableauLineage:
-    namespace = ol.tableau_namespace(server_url)
-    assets: dict[Node, tuple[Any, ...]] = {}
-    datasets: dict[Node, ol.DatasetId] = {}
-    table_edges: set[tuple[Node, Node]] = set()
-    column_edges: set[tuple[ColumnNode, ColumnNode, str]] = set()
-    owners: dict[Node, str] = {}
-    field_owner: dict[str, ColumnNode] = {}  # field id → (asset type, data source id, field name)
-    column_owner: dict[str, ColumnNode] = {}  # column id → (asset type, table id, column name)
-    table_types: dict[str, str] = {}
+    graph = _Graph(ol.tableau_namespace(server_url), site)
+    graph.add_database_tables(nodes["databaseTablesConnection"])
+    graph.add_custom_sql_tables(nodes["customSQLTablesConnection"])
+    graph.index_fields("published_datasource", nodes["publishedDatasourcesConnection"])
+    graph.index_fields("embedded_datasource", nodes["embeddedDatasourcesConnection"])
+    graph.add_published_datasources(nodes["publishedDatasourcesConnection"])
+    graph.add_embedded_datasources(nodes["embeddedDatasourcesConnection"])
+    graph.add_sheets(nodes["workbooksConnection"])
+    return TableauLineage(graph.extracts(event_time), problems, graph.counts())
 
-    def database(node: dict[str, Any]) -> dict[str, Any]:
-        return node.get("database") or {}
 
-    for table in nodes["databaseTablesConnection"]:
-        db = database(table)
-        dataset = ol.database_dataset(
-            db.get("connectionType") or table.get("connectionType"),
-            db.get("hostName"),
-            db.get("port"),
-            db.get("name"),
-            table.get("schema"),
-            table["name"],
-        )
-        key = ("database_table", table["id"])
-        table_types[table["id"]] = "database_table"
-        datasets[key] = dataset
-        assets[key] = (
-            "database_table", table["id"], table.get("luid"), table["name"], None, None,
-            db.get("connectionType") or table.get("connectionType"), db.get("hostName"), db.get("port"),
-            db.get("name"), table.get("schema"), *dataset,
-        )  # fmt: skip
-        for column in table.get("columns") or []:
-            column_owner[column["id"]] = ("database_table", table["id"], column["name"])
+def _database(node: dict[str, Any]) -> dict[str, Any]:
+    return node.get("database") or {}
 
-    custom_rows = []
-    sql_status: Counter[str] = Counter()
-    for custom in nodes["customSQLTablesConnection"]:
-        db = database(custom)
-        kind = db.get("connectionType") or custom.get("connectionType")
-        key = ("custom_sql_table", custom["id"])
-        table_types[custom["id"]] = "custom_sql_table"
-        assets[key] = (
-            "custom_sql_table", custom["id"], None, custom["name"], None, None, kind, db.get("hostName"),
-            db.get("port"), db.get("name"), None, None, None,
-        )  # fmt: skip
-        dialect = SQL_DIALECTS.get((kind or "").lower())
-        found, status, detail = _tables_in_sql(custom.get("query") or "", dialect)
-        sql_status[status] += 1
-        by_tableau = []
-        for upstream in custom.get("tables") or []:
-            table_edges.add((("database_table", upstream["id"]), key))
-            if ("database_table", upstream["id"]) in assets:
-                by_tableau.append(_dotted_table(assets[("database_table", upstream["id"])]))
-        custom_rows.append(
-            (
-                custom["id"], custom["name"], kind, dialect, custom.get("query"),
-                bool(custom.get("isUnsupportedCustomSql")), sorted(by_tableau), found, status, detail or None,
+
+@dataclass
+class _Graph:
+    """The site's lineage as ``_build`` assembles it, connection by connection: the assets (rows of
+    ``lineage_assets``) and their OpenLineage datasets, the table- and column-level edges, the owners,
+    and the lookups that link a field or column id to its owner."""
+
+    namespace: str
+    site: str
+    assets: dict[Node, tuple[Any, ...]] = field(default_factory=dict)
+    datasets: dict[Node, ol.DatasetId] = field(default_factory=dict)
+    table_edges: set[tuple[Node, Node]] = field(default_factory=set)
+    column_edges: set[tuple[ColumnNode, ColumnNode, str]] = field(default_factory=set)
+    owners: dict[Node, str] = field(default_factory=dict)
+    field_owner: dict[str, ColumnNode] = field(
+        default_factory=dict
+    )  # field id → (type, data source id, name)
+    column_owner: dict[str, ColumnNode] = field(default_factory=dict)  # column id → (type, table id, name)
+    table_types: dict[str, str] = field(default_factory=dict)
+    custom_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    sql_status: Counter[str] = field(default_factory=Counter)
+
+    def add_database_tables(self, tables: list[dict[str, Any]]) -> None:
+        for table in tables:
+            db = _database(table)
+            dataset = ol.database_dataset(
+                db.get("connectionType") or table.get("connectionType"),
+                db.get("hostName"),
+                db.get("port"),
+                db.get("name"),
+                table.get("schema"),
+                table["name"],
             )
-        )  # fmt: skip
-        for column in custom.get("columns") or []:
-            column_owner[column["id"]] = ("custom_sql_table", custom["id"], column["name"])
+            key = ("database_table", table["id"])
+            self.table_types[table["id"]] = "database_table"
+            self.datasets[key] = dataset
+            self.assets[key] = (
+                "database_table", table["id"], table.get("luid"), table["name"], None, None,
+                db.get("connectionType") or table.get("connectionType"), db.get("hostName"), db.get("port"),
+                db.get("name"), table.get("schema"), *dataset,
+            )  # fmt: skip
+            for column in table.get("columns") or []:
+                self.column_owner[column["id"]] = ("database_table", table["id"], column["name"])
 
-    def datasource_fields(ds_type: str, ds: dict[str, Any]) -> None:
-        for f in ds.get("fields") or []:
-            field_owner[f["id"]] = (ds_type, ds["id"], f["name"])
+    def add_custom_sql_tables(self, customs: list[dict[str, Any]]) -> None:
+        """Each custom SQL table, its row of ``custom_sql`` (the tables Tableau and sqlglot find in its
+        query) and its edges from the database tables Tableau names; after the database tables."""
+        for custom in customs:
+            db = _database(custom)
+            kind = db.get("connectionType") or custom.get("connectionType")
+            key = ("custom_sql_table", custom["id"])
+            self.table_types[custom["id"]] = "custom_sql_table"
+            self.assets[key] = (
+                "custom_sql_table", custom["id"], None, custom["name"], None, None, kind, db.get("hostName"),
+                db.get("port"), db.get("name"), None, None, None,
+            )  # fmt: skip
+            dialect = SQL_DIALECTS.get((kind or "").lower())
+            found, status, detail = _tables_in_sql(custom.get("query") or "", dialect)
+            self.sql_status[status] += 1
+            by_tableau = []
+            for upstream in custom.get("tables") or []:
+                self.table_edges.add((("database_table", upstream["id"]), key))
+                if ("database_table", upstream["id"]) in self.assets:
+                    by_tableau.append(_dotted_table(self.assets[("database_table", upstream["id"])]))
+            self.custom_rows.append(
+                (
+                    custom["id"], custom["name"], kind, dialect, custom.get("query"),
+                    bool(custom.get("isUnsupportedCustomSql")), sorted(by_tableau), found, status, detail or None,
+                )
+            )  # fmt: skip
+            for column in custom.get("columns") or []:
+                self.column_owner[column["id"]] = ("custom_sql_table", custom["id"], column["name"])
 
-    for ds in nodes["publishedDatasourcesConnection"]:
-        datasource_fields("published_datasource", ds)
-    for ds in nodes["embeddedDatasourcesConnection"]:
-        datasource_fields("embedded_datasource", ds)
+    def index_fields(self, ds_type: str, sources: list[dict[str, Any]]) -> None:
+        """Know each field of the data sources by its id: before any field is linked (an embedded data
+        source's field may stand for a published one's)."""
+        for ds in sources:
+            for f in ds.get("fields") or []:
+                self.field_owner[f["id"]] = (ds_type, ds["id"], f["name"])
 
-    def link_fields(ds_type: str, ds: dict[str, Any]) -> None:
+    def add_published_datasources(self, sources: list[dict[str, Any]]) -> None:
+        for ds in sources:
+            key = ("published_datasource", ds["id"])
+            self.owners[key] = (ds.get("owner") or {}).get("username")
+            self.datasets[key] = (
+                self.namespace,
+                f"{self.site}/datasources/{ds.get('projectName')}/{ds['name']}",
+            )
+            self.assets[key] = ("published_datasource", ds["id"], ds.get("luid"), ds["name"], ds.get("projectName"),
+                                None, None, None, None, None, None, *self.datasets[key])  # fmt: skip
+            for upstream in ds.get("upstreamTables") or []:
+                self.table_edges.add(
+                    ((self.table_types.get(upstream["id"], "database_table"), upstream["id"]), key)
+                )
+            self.link_fields("published_datasource", ds)
+
+    def add_embedded_datasources(self, sources: list[dict[str, Any]]) -> None:
+        """Each embedded data source, fed by the published data sources it names, else by its tables."""
+        for ds in sources:
+            key = ("embedded_datasource", ds["id"])
+            workbook = ds.get("workbook") or {}
+            self.owners[key] = (workbook.get("owner") or {}).get("username")
+            self.datasets[key] = (
+                self.namespace,
+                f"{self.site}/workbooks/{workbook.get('projectName')}/{workbook.get('name')}/datasources/{ds['name']}",
+            )
+            self.assets[key] = ("embedded_datasource", ds["id"], None, ds["name"], workbook.get("projectName"),
+                                workbook.get("name"), None, None, None, None, None, *self.datasets[key])  # fmt: skip
+            for upstream in ds.get("upstreamDatasources") or []:
+                self.table_edges.add((("published_datasource", upstream["id"]), key))
+            if not ds.get("upstreamDatasources"):
+                for upstream in ds.get("upstreamTables") or []:
+                    self.table_edges.add(
+                        ((self.table_types.get(upstream["id"], "database_table"), upstream["id"]), key)
+                    )
+            self.link_fields("embedded_datasource", ds)
+
+    def link_fields(self, ds_type: str, ds: dict[str, Any]) -> None:
+        """The column edges into a data source's fields: from the remote field it stands for, else from
+        the upstream columns it reads (IDENTITY for a plain column field, TRANSFORMATION for a calculation)."""
         for f in ds.get("fields") or []:
             target = (ds_type, ds["id"], f["name"])
             remote = (f.get("remoteField") or {}).get("id")
-            if remote and remote in field_owner:
-                column_edges.add((field_owner[remote], target, "IDENTITY"))
+            if remote and remote in self.field_owner:
+                self.column_edges.add((self.field_owner[remote], target, "IDENTITY"))
                 continue
             how = "IDENTITY" if f.get("__typename") == "ColumnField" else "TRANSFORMATION"
             for column in f.get("upstreamColumns") or []:
-                owner = column_owner.get(column["id"])
+                owner = self.column_owner.get(column["id"])
                 if owner is None:
                     table_id = (column.get("table") or {}).get("id")
-                    owner = (table_types.get(table_id, "database_table"), table_id, column["name"])
-                column_edges.add((owner, target, how))
+                    owner = (self.table_types.get(table_id, "database_table"), table_id, column["name"])
+                self.column_edges.add((owner, target, how))
 
-    for ds in nodes["publishedDatasourcesConnection"]:
-        key = ("published_datasource", ds["id"])
-        owners[key] = (ds.get("owner") or {}).get("username")
-        datasets[key] = (namespace, f"{site}/datasources/{ds.get('projectName')}/{ds['name']}")
-        assets[key] = ("published_datasource", ds["id"], ds.get("luid"), ds["name"], ds.get("projectName"), None,
-                       None, None, None, None, None, *datasets[key])  # fmt: skip
-        for upstream in ds.get("upstreamTables") or []:
-            table_edges.add(((table_types.get(upstream["id"], "database_table"), upstream["id"]), key))
-        link_fields("published_datasource", ds)
+    def add_sheets(self, workbooks: list[dict[str, Any]]) -> None:
+        """Each workbook's sheets and the data source fields each sheet uses."""
+        for wb in workbooks:
+            for sheet in wb.get("sheets") or []:
+                key = ("sheet", sheet["id"])
+                self.owners[key] = (wb.get("owner") or {}).get("username")
+                self.datasets[key] = (
+                    self.namespace,
+                    f"{self.site}/workbooks/{wb.get('projectName')}/{wb['name']}/sheets/{sheet['name']}",
+                )
+                self.assets[key] = ("sheet", sheet["id"], sheet.get("luid"), sheet["name"], wb.get("projectName"),
+                                    wb["name"], None, None, None, None, None, *self.datasets[key])  # fmt: skip
+                for f in sheet.get("sheetFieldInstances") or []:
+                    source = self.field_owner.get(f["id"])
+                    if source is None:
+                        ds_id = (f.get("datasource") or {}).get("id")
+                        source = ("embedded_datasource", ds_id, f["name"])
+                    self.table_edges.add((source[:2], key))
+                    self.column_edges.add((source, (*key, f["name"]), "IDENTITY"))
 
-    for ds in nodes["embeddedDatasourcesConnection"]:
-        key = ("embedded_datasource", ds["id"])
-        workbook = ds.get("workbook") or {}
-        owners[key] = (workbook.get("owner") or {}).get("username")
-        datasets[key] = (
-            namespace,
-            f"{site}/workbooks/{workbook.get('projectName')}/{workbook.get('name')}/datasources/{ds['name']}",
-        )
-        assets[key] = ("embedded_datasource", ds["id"], None, ds["name"], workbook.get("projectName"),
-                       workbook.get("name"), None, None, None, None, None, *datasets[key])  # fmt: skip
-        for upstream in ds.get("upstreamDatasources") or []:
-            table_edges.add((("published_datasource", upstream["id"]), key))
-        if not ds.get("upstreamDatasources"):
-            for upstream in ds.get("upstreamTables") or []:
-                table_edges.add(((table_types.get(upstream["id"], "database_table"), upstream["id"]), key))
-        link_fields("embedded_datasource", ds)
+    def counts(self) -> dict[str, int]:
+        covered = {c for edge in self.column_edges for c in edge[:2]}
+        return {
+            "table_edges": len(self.table_edges),
+            "column_edges": len(self.column_edges),
+            "columns_covered": len(covered),
+            "custom_sql:resolved": self.sql_status["resolved"],
+            "custom_sql:unparsed": self.sql_status["unparsed"],
+        }
 
-    for wb in nodes["workbooksConnection"]:
-        for sheet in wb.get("sheets") or []:
-            key = ("sheet", sheet["id"])
-            owners[key] = (wb.get("owner") or {}).get("username")
-            datasets[key] = (
-                namespace,
-                f"{site}/workbooks/{wb.get('projectName')}/{wb['name']}/sheets/{sheet['name']}",
-            )
-            assets[key] = ("sheet", sheet["id"], sheet.get("luid"), sheet["name"], wb.get("projectName"), wb["name"],
-                           None, None, None, None, None, *datasets[key])  # fmt: skip
-            for f in sheet.get("sheetFieldInstances") or []:
-                source = field_owner.get(f["id"])
-                if source is None:
-                    ds_id = (f.get("datasource") or {}).get("id")
-                    source = ("embedded_datasource", ds_id, f["name"])
-                table_edges.add((source[:2], key))
-                column_edges.add((source, (*key, f["name"]), "IDENTITY"))
-
-    usage_tables, usage_columns = _usage(assets, table_edges, column_edges, owners)
-    events = _events(assets, datasets, table_edges, column_edges, event_time)
-    covered = {c for edge in column_edges for c in edge[:2]}
-    counts = {
-        "table_edges": len(table_edges),
-        "column_edges": len(column_edges),
-        "columns_covered": len(covered),
-        "custom_sql:resolved": sql_status["resolved"],
-        "custom_sql:unparsed": sql_status["unparsed"],
-    }
-    extracts = [
-        Extract(
-            "lineage_assets", ASSET_COLUMNS, sorted(assets.values(), key=lambda r: (r[0], r[3] or "", r[1]))
-        ),
-        Extract("table_lineage", TABLE_LINEAGE_COLUMNS, sorted((*u, *d) for u, d in table_edges)),
-        Extract(
-            "column_lineage", COLUMN_LINEAGE_COLUMNS, sorted((*u, *d, how) for u, d, how in column_edges)
-        ),
-        Extract(
-            "custom_sql",
-            CUSTOM_SQL_COLUMNS,
-            sorted(custom_rows),
-            sql_columns=("query",),
-            sql_dialect_column="query_dialect",
-        ),
-        Extract("table_usage", TABLE_USAGE_COLUMNS, usage_tables),
-        Extract("column_usage", COLUMN_USAGE_COLUMNS, usage_columns),
-        Extract("openlineage", ol.OPENLINEAGE_COLUMNS, [(e,) for e in events], format="jsonl"),
-    ]
-    return TableauLineage(extracts, problems, counts)
+    def extracts(self, event_time: dt.datetime) -> list[Extract]:
+        """The lineage, usage and OpenLineage extracts of the graph."""
+        usage_tables, usage_columns = _usage(self.assets, self.table_edges, self.column_edges, self.owners)
+        events = _events(self.assets, self.datasets, self.table_edges, self.column_edges, event_time)
+        return [
+            Extract(
+                "lineage_assets",
+                ASSET_COLUMNS,
+                sorted(self.assets.values(), key=lambda r: (r[0], r[3] or "", r[1])),
+            ),
+            Extract("table_lineage", TABLE_LINEAGE_COLUMNS, sorted((*u, *d) for u, d in self.table_edges)),
+            Extract(
+                "column_lineage",
+                COLUMN_LINEAGE_COLUMNS,
+                sorted((*u, *d, how) for u, d, how in self.column_edges),
+            ),
+            Extract(
+                "custom_sql",
+                CUSTOM_SQL_COLUMNS,
+                sorted(self.custom_rows),
+                sql_columns=("query",),
+                sql_dialect_column="query_dialect",
+            ),
+            Extract("table_usage", TABLE_USAGE_COLUMNS, usage_tables),
+            Extract("column_usage", COLUMN_USAGE_COLUMNS, usage_columns),
+            Extract("openlineage", ol.OPENLINEAGE_COLUMNS, [(e,) for e in events], format="jsonl"),
+        ]
 
 
 def _dotted_table(asset: tuple[Any, ...]) -> str:

@@ -6,6 +6,7 @@ the columns of each entity: docs/metadata-extracts.md.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import Iterator
@@ -50,7 +51,7 @@ logger = logging.getLogger(__name__)
 _S3_URI = re.compile(r"s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(/.*)?")
 
 
-class AthenaExtractor:
+class AthenaExtractor(contextlib.AbstractContextManager):
     """Metadata of one Athena source (account + region); follows ``tasks.metadata.extracts.Extractor``.
 
     Args:
@@ -70,6 +71,9 @@ class AthenaExtractor:
 
     Raises:
         ValueError: on an ``output_location`` that is not ``s3://bucket/...``, empty lists, bad ``history_days``.
+
+    A context manager: the extracts of ``run`` hold a temporary file (the lineage's spooled OpenLineage
+    events) until they are written; the end of the ``with`` block (or ``close()``) drops it.
     """
 
     #: Waiting for an information_schema query: first poll interval, the cap it doubles to, the give-up time
@@ -120,9 +124,17 @@ class AthenaExtractor:
         self._identity: str | None = None
         self.problems: list[str] = []
         self.lineage: AthenaLineage | None = None
+        self._resources = contextlib.ExitStack()  # what the extracts of ``run`` hold until written
 
     def __repr__(self) -> str:
         return f"AthenaExtractor(source={self.source!r}, region={self.region!r})"
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Drop what the extracts of ``run`` hold (the lineage's temporary file), written or not."""
+        self._resources.close()
 
     # --- test_connection ---------------------------------------------------------------------------
 
@@ -204,7 +216,8 @@ class AthenaExtractor:
     def run(self, start_hwm: datetime, end_hwm: datetime) -> list[Extract]:
         """Every entity (docs/metadata-extracts.md); ``query_history`` within ``[start_hwm, end_hwm)``;
         then lineage and usage of the views and of that query history, and its OpenLineage events
-        (``tasks.metadata.lineage.athena``; ``self.lineage`` holds their figures once written).
+        (``tasks.metadata.lineage.athena``; ``self.lineage`` holds their figures once written). Write the
+        extracts before the extractor's ``with`` block ends (or ``close()``).
 
         Lists catalogs and workgroups now (errors surface here); the other entities are generators: the
         API calls happen while the writer consumes them, one page in memory at a time. Raises
@@ -235,7 +248,9 @@ class AthenaExtractor:
         def entity(name: str, rows: Iterator[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
             return guarded(self.source, name, rows)
 
-        lineage = self.lineage = AthenaLineage(self.source, self.region, window.end)
+        lineage = self.lineage = self._resources.enter_context(
+            AthenaLineage(self.source, self.region, window.end)
+        )
 
         return [
             Extract(

@@ -1,21 +1,18 @@
-"""The stand-in's state: record validation (`record_error`, `split_batch`), the SQLite `Store` of users
-and idempotency keys, and the in-memory request `Counters` behind `/devstack/stats`."""
+"""The generic CRM stand-in's state (``devstack.crms.generic``): record validation (`record_error`,
+`split_batch`) and the SQLite `Store` of users and idempotency keys."""
 
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 import threading
-from collections import Counter
 from typing import Any
 
 import orjson
 
-MAX_EXTERNAL_ID_LENGTH = 128
+from devstack.crms.common import EMAIL
 
-#: What the stand-ins take for an email address (they reject anything else, as the CRMs do).
-EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+MAX_EXTERNAL_ID_LENGTH = 128
 _SCALAR_TYPES = frozenset({str, int, float, bool})
 _FLAT_TYPES = _SCALAR_TYPES | {type(None)}  # an attribute value that needs no further check
 
@@ -179,7 +176,7 @@ class Store:
             self._db.execute("COMMIT")
             return response, False
 
-    def user(self, external_id: str) -> dict[str, Any] | None:
+    def get(self, external_id: str) -> dict[str, Any] | None:
         """`{"external_id", "attributes", "deliveries"}` of a stored user, or None."""
         with self._lock:
             row = self._db.execute(
@@ -190,7 +187,7 @@ class Store:
         return {"external_id": external_id, "attributes": orjson.loads(row[0]), "deliveries": row[1]}
 
     def users(self) -> list[dict[str, Any]]:
-        """Every stored user, as ``user`` gives one, by ``external_id``."""
+        """Every stored user, as ``get`` gives one, by ``external_id``."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT external_id, attributes, deliveries FROM users ORDER BY external_id"
@@ -216,41 +213,3 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-
-# -- counters --------------------------------------------------------------------------------------
-
-_COUNTERS = (
-    "requests",
-    "batches_accepted",
-    "records_received",
-    "records_accepted",
-    "records_rejected",
-    "replays",
-    "slow_responses",
-)
-
-
-class Counters:
-    """Request counters for `/devstack/stats`, in memory, updated once per answered batch request."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.reset()
-
-    def reset(self) -> None:
-        with self._lock:
-            self._values = dict.fromkeys(_COUNTERS, 0)
-            self._statuses: Counter[str] = Counter()
-
-    def add(self, status: int, **increments: int) -> None:
-        """Count one answered request with `status`, plus `increments` of the other counters."""
-        with self._lock:
-            self._values["requests"] += 1
-            self._statuses[str(status)] += 1
-            for name, value in increments.items():
-                self._values[name] += value
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            return {**self._values, "status_counts": dict(self._statuses)}
