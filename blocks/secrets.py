@@ -8,7 +8,7 @@ import json
 from typing import Literal
 
 from prefect.blocks.system import Secret
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from blocks.loading import load_block
 
@@ -182,3 +182,26 @@ def read_secret(source: SecretSource, *, needed_by: str) -> str:
     if not isinstance(found, str):
         raise SecretTypeError(f"{needed_by}: {source} holds a {type(found).__name__}, not a string.")
     return found
+
+
+def check_one_secret(
+    value: object | None, source: SecretSource | None, *, owner: str, fields: tuple[str, str]
+) -> None:
+    """For a block holding a secret either itself (``fields[0]``) or as a ``SecretSource`` (``fields[1]``).
+
+    Raises ``ValueError`` naming ``owner`` unless exactly one of the two is set.
+    """
+    if (value is None) == (source is None):
+        raise ValueError(f"{owner}: set exactly one of {fields[0]} and {fields[1]}")
+
+
+def held_or_read(value: SecretStr | None, source: SecretSource | None, *, needed_by: str) -> str:
+    """The secret ``value`` holds, else the one ``source`` names, read now (``read_secret``).
+
+    Raises ``BlockNotFoundError`` or ``SecretSourceError`` when the source cannot be read.
+    """
+    if value is not None:
+        return value.get_secret_value()
+    if source is None:
+        raise ValueError(f"{needed_by}: no secret and no source of one")
+    return read_secret(source, needed_by=needed_by)

@@ -15,7 +15,7 @@ from typing import Any
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from blocks.secrets import SecretSource, read_secret
+from blocks.secrets import SecretSource, check_one_secret, held_or_read
 from blocks.tableau.pat import MIN_LEASE_DURATION_SECONDS
 from blocks.tableau.site import TABLEAU_LOGO_URL, TableauSite, site_field_from_old_shape
 
@@ -113,10 +113,13 @@ class TableauConnectedApp(Block):
 
     @model_validator(mode="after")
     def _one_secret(self) -> TableauConnectedApp:
-        if (self.secret_value is None) == (self.secret_value_source is None):
-            raise ValueError(
-                f"connected app {self.client_id!r}: set exactly one of secret_value and secret_value_source"
-            )
+        fields = ("secret_value", "secret_value_source")
+        check_one_secret(
+            self.secret_value,
+            self.secret_value_source,
+            owner=f"connected app {self.client_id!r}",
+            fields=fields,
+        )
         return self
 
     def read_secret(self, block_name: str = "") -> str:
@@ -125,11 +128,11 @@ class TableauConnectedApp(Block):
         Raises:
             BlockNotFoundError, SecretSourceError: the source cannot be read (``blocks.secrets.read_secret``).
         """
-        if self.secret_value is not None:
-            return self.secret_value.get_secret_value()
         label = (
             f"Tableau Connected App block {block_name!r}"
             if block_name
             else f"connected app {self.client_id!r}"
         )
-        return read_secret(self.secret_value_source, needed_by=f"{label} (secret_value_source)")
+        return held_or_read(
+            self.secret_value, self.secret_value_source, needed_by=f"{label} (secret_value_source)"
+        )

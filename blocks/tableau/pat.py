@@ -15,7 +15,7 @@ from typing import Any
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from blocks.secrets import SecretSource, read_secret
+from blocks.secrets import SecretSource, check_one_secret, held_or_read
 from blocks.tableau.site import TABLEAU_LOGO_URL, TableauSite, site_field_from_old_shape
 
 # Tableau caps PATs per user and device (Tableau Server default: 10 per device).
@@ -54,10 +54,10 @@ class TableauPersonalAccessToken(Block):
 
     @model_validator(mode="after")
     def _one_secret(self) -> TableauPersonalAccessToken:
-        if (self.token_secret is None) == (self.token_secret_source is None):
-            raise ValueError(
-                f"PAT {self.token_name!r}: set exactly one of token_secret and token_secret_source"
-            )
+        fields = ("token_secret", "token_secret_source")
+        check_one_secret(
+            self.token_secret, self.token_secret_source, owner=f"PAT {self.token_name!r}", fields=fields
+        )
         return self
 
     def read_secret(self, block_name: str = "") -> str:
@@ -66,10 +66,10 @@ class TableauPersonalAccessToken(Block):
         Raises:
             BlockNotFoundError, SecretSourceError: the source cannot be read (``blocks.secrets.read_secret``).
         """
-        if self.token_secret is not None:
-            return self.token_secret.get_secret_value()
         label = f"PAT block {block_name!r}" if block_name else f"PAT {self.token_name!r}"
-        return read_secret(self.token_secret_source, needed_by=f"{label} (token_secret_source)")
+        return held_or_read(
+            self.token_secret, self.token_secret_source, needed_by=f"{label} (token_secret_source)"
+        )
 
 
 class TableauPatPool(Block):
