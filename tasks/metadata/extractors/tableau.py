@@ -294,22 +294,20 @@ def _project_row(p: TSC.ProjectItem) -> tuple[Any, ...]:
     return (p.id, p.name, p.description, p.parent_id, p.top_level_project, p.owner_id, p.content_permissions)
 
 
-def _workbook_row(w: TSC.WorkbookItem) -> tuple[Any, ...]:
+def _content_row(item: TSC.WorkbookItem | TSC.DatasourceItem, *fields: str) -> tuple[Any, ...]:
+    """A workbook's or a data source's row: id, name, description, content URL and web page URL, then
+    the attributes ``fields`` names, then its tags (sorted) and its created and updated times (UTC)."""
     return (
-        w.id,
-        w.name,
-        w.description,
-        w.content_url,
-        w.webpage_url,
-        w.project_id,
-        w.project_name,
-        w.owner_id,
-        w.default_view_id,
-        w.show_tabs,
-        sorted(w.tags),
-        to_utc(w.created_at),
-        to_utc(w.updated_at),
+        *(item.id, item.name, item.description, item.content_url, item.webpage_url),
+        *(getattr(item, field) for field in fields),
+        sorted(item.tags),
+        to_utc(item.created_at),
+        to_utc(item.updated_at),
     )
+
+
+def _workbook_row(w: TSC.WorkbookItem) -> tuple[Any, ...]:
+    return _content_row(w, "project_id", "project_name", "owner_id", "default_view_id", "show_tabs")
 
 
 def _view_row(
@@ -334,22 +332,15 @@ def _view_row(
 
 
 def _datasource_row(d: TSC.DatasourceItem) -> tuple[Any, ...]:
-    return (
-        d.id,
-        d.name,
-        d.description,
-        d.content_url,
-        d.webpage_url,
-        d.datasource_type,
-        d.project_id,
-        d.project_name,
-        d.owner_id,
-        d.has_extracts,
-        d.certified,
-        d.certification_note,
-        sorted(d.tags),
-        to_utc(d.created_at),
-        to_utc(d.updated_at),
+    return _content_row(
+        d,
+        "datasource_type",
+        "project_id",
+        "project_name",
+        "owner_id",
+        "has_extracts",
+        "certified",
+        "certification_note",
     )
 
 
