@@ -18,7 +18,6 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
-import boto3
 import yaml
 
 from devstack.athena_catalog import SeededAthena, information_schema_tables, queue_query_results, seed_athena
@@ -56,13 +55,7 @@ def run_athena_collector(workdir: Path, stack: ExitStack) -> bool:
 
     moto = stack.enter_context(MotoServer(region=REGION))
     seeded = seed_athena(moto.url, REGION)
-    boto3.client(
-        "s3",
-        endpoint_url=moto.url,
-        region_name=REGION,
-        aws_access_key_id=DUMMY_ACCESS_KEY_ID,
-        aws_secret_access_key=DUMMY_SECRET_ACCESS_KEY,
-    ).create_bucket(Bucket=LANDING_BUCKET)
+    moto.client("s3").create_bucket(Bucket=LANDING_BUCKET)
     credentials = AwsCredentials(
         aws_access_key_id=DUMMY_ACCESS_KEY_ID,
         aws_secret_access_key=DUMMY_SECRET_ACCESS_KEY,
@@ -88,13 +81,7 @@ def run_athena_collector(workdir: Path, stack: ExitStack) -> bool:
         print(f"{label}: window {run.window_start} → {run.window_end}, HWM now {run.hwm}")
         for f in run.files:
             print(f"   {f.file:<72} {f.rows:>7,} rows {f.bytes:>9,} bytes")
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto.url,
-        region_name=REGION,
-        aws_access_key_id=DUMMY_ACCESS_KEY_ID,
-        aws_secret_access_key=DUMMY_SECRET_ACCESS_KEY,
-    )
+    s3 = moto.client("s3")
     counts = lineage_counts(
         runs[0],
         lambda name: s3.get_object(Bucket=LANDING_BUCKET, Key=f"athena/landing/{name}")["Body"].read(),

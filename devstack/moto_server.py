@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -53,6 +54,18 @@ class MotoServer(ServerProcess):
         self.initial_no_auth_action_count = initial_no_auth_action_count
         super().__init__(startup_timeout_seconds)
         self.url = f"http://127.0.0.1:{self.port}"
+
+    def client(self, service: str) -> Any:
+        """A boto3 client of ``service`` on this server, in its region, with the dummy keys."""
+        import boto3
+
+        return boto3.client(
+            service,
+            endpoint_url=self.url,
+            region_name=self.region,
+            aws_access_key_id=DUMMY_ACCESS_KEY_ID,
+            aws_secret_access_key=DUMMY_SECRET_ACCESS_KEY,
+        )
 
     def client_env(self) -> dict[str, str]:
         """Environment variables that point boto3 (and prefect-aws) at this server, with dummy keys."""

@@ -25,8 +25,6 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-import boto3
-
 from devstack.athena_catalog import information_schema_tables, queue_query_results, seed_athena
 from devstack.bigquery_emulator import BigQueryEmulator
 from devstack.crms import HubSpotServer
@@ -56,13 +54,7 @@ def start(workdir: Path, stack: ExitStack) -> dict[str, str]:
 
     moto = stack.enter_context(MotoServer(region=AWS_REGION))
     seeded = seed_athena(moto.url, AWS_REGION)
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto.url,
-        region_name=AWS_REGION,
-        aws_access_key_id=DUMMY_ACCESS_KEY_ID,
-        aws_secret_access_key=DUMMY_SECRET_ACCESS_KEY,
-    )
+    s3 = moto.client("s3")
     for bucket in BUCKETS:
         if bucket != seeded.results_bucket:
             s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": AWS_REGION})

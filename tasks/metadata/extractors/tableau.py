@@ -273,9 +273,11 @@ class TableauExtractor:
                 "sites", SITE_COLUMNS, [(site.id, site.name, site.content_url, site.state, site.admin_mode)]
             ),
             Extract("projects", PROJECT_COLUMNS, [_project_row(p) for p in projects]),
-            Extract("workbooks", WORKBOOK_COLUMNS, [_workbook_row(w) for w in workbooks]),
+            Extract("workbooks", WORKBOOK_COLUMNS, [_content_row(w, WORKBOOK_COLUMNS) for w in workbooks]),
             Extract("views", VIEW_COLUMNS, [_view_row(v, workbooks_by_id, project_names) for v in views]),
-            Extract("datasources", DATASOURCE_COLUMNS, [_datasource_row(d) for d in datasources]),
+            Extract(
+                "datasources", DATASOURCE_COLUMNS, [_content_row(d, DATASOURCE_COLUMNS) for d in datasources]
+            ),
             Extract(
                 "datasource_connections", CONNECTION_COLUMNS, [_connection_row(d, c) for d, c in connections]
             ),
@@ -294,20 +296,20 @@ def _project_row(p: TSC.ProjectItem) -> tuple[Any, ...]:
     return (p.id, p.name, p.description, p.parent_id, p.top_level_project, p.owner_id, p.content_permissions)
 
 
-def _content_row(item: TSC.WorkbookItem | TSC.DatasourceItem, *fields: str) -> tuple[Any, ...]:
-    """A workbook's or a data source's row: id, name, description, content URL and web page URL, then
-    the attributes ``fields`` names, then its tags (sorted) and its created and updated times (UTC)."""
-    return (
-        *(item.id, item.name, item.description, item.content_url, item.webpage_url),
-        *(getattr(item, field) for field in fields),
-        sorted(item.tags),
-        to_utc(item.created_at),
-        to_utc(item.updated_at),
-    )
+def _content_row(item: TSC.WorkbookItem | TSC.DatasourceItem, columns: tuple[str, ...]) -> tuple[Any, ...]:
+    """A workbook's or a data source's row of the extract ``columns``: the first column is the item's
+    ``id``, ``tags`` its tags sorted, ``*_at`` its times in UTC, every other its attribute of that name."""
 
+    def value(column: str) -> Any:
+        if column == columns[0]:
+            return item.id
+        if column == "tags":
+            return sorted(item.tags)
+        if column.endswith("_at"):
+            return to_utc(getattr(item, column))
+        return getattr(item, column)
 
-def _workbook_row(w: TSC.WorkbookItem) -> tuple[Any, ...]:
-    return _content_row(w, "project_id", "project_name", "owner_id", "default_view_id", "show_tabs")
+    return tuple(value(column) for column in columns)
 
 
 def _view_row(
@@ -328,19 +330,6 @@ def _view_row(
         sorted(v.tags),
         to_utc(v.created_at),
         to_utc(v.updated_at),
-    )
-
-
-def _datasource_row(d: TSC.DatasourceItem) -> tuple[Any, ...]:
-    return _content_row(
-        d,
-        "datasource_type",
-        "project_id",
-        "project_name",
-        "owner_id",
-        "has_extracts",
-        "certified",
-        "certification_note",
     )
 
 
