@@ -47,15 +47,20 @@ FIELD_MAP = {
     "properties.lifetime_value": "lifetime_value",
     "properties.newsletter": "newsletter",
 }
-#: Week 1: the shard's rows; week 2: every 20th user changed, 1,000 new.
+#: The dead letters a week may have: HubSpot's refusal of an invalid email (a 400 for the whole batch,
+#: split until the input is alone), a row with two typed values in a union, a key's second row.
+EXPECTED_REASONS = {"http_400", "malformed_row", "duplicate_key"}
+#: Week 1: the shard's rows; week 2: every 20th user changed, 250 new.
 WEEK_1_ROWS = {"users": USERS, "invalid_every": 5_000, "malformed_every": 10_000, "duplicates": 3}
 WEEK_2_ROWS = {**WEEK_1_ROWS, "change_every": 20, "new_users": NEW_USERS}
 
 
 def run_crm_export(workdir: Path, stack: ExitStack) -> bool:
-    """Run both weeks and print their figures; True when every run's accounting adds up, the sync state
-    holds what HubSpot accepted, nothing was delivered twice in the first week, and the second run of
-    week 1 was skipped."""
+    """Run both weeks and print their figures; True when every run's accounting adds up, the dead letters
+    are the invalid rows only (HubSpot's refusals of invalid emails, isolated by splitting the batches it
+    refused whole; malformed rows; duplicate keys) and everything else was accepted, the sync state holds
+    what HubSpot accepted, nothing was delivered twice in the first week, and the second run of week 1
+    was skipped."""
     from blocks import HubSpotCrm
     from flows.crm_export.export import crm_export
     from tasks.crm_export.tasks import BigQuerySource, CrmSettings, LocalRunnerSettings
@@ -84,8 +89,8 @@ def run_crm_export(workdir: Path, stack: ExitStack) -> bool:
     print(
         f"\nBigQuery emulator {bigquery.url}: shard {source.table(WEEK_1)}, {rows:,} rows "
         f"({USERS // WEEK_1_ROWS['invalid_every']} emails HubSpot rejects, "
-        f"{USERS // WEEK_1_ROWS['malformed_every']} rows with two typed values, {WEEK_1_ROWS['duplicates']} keys "
-        f"twice); HubSpot stand-in {hubspot.url} ({LIMITS.ten_second_limit:,} requests per 10 s, paced; "
+        f"{USERS // WEEK_1_ROWS['malformed_every']} of their rows also with two typed values in a union: malformed, "
+        f"never sent; {WEEK_1_ROWS['duplicates']} keys twice); HubSpot stand-in {hubspot.url} ({LIMITS.ten_second_limit:,} requests per 10 s, paced; "
         f"{LIMITS.error_rate:.0%} 5xx; a batch holding an invalid input refused whole). Running the crm-export "
         "flow on the local launcher ..."
     )
@@ -124,6 +129,11 @@ def run_crm_export(workdir: Path, stack: ExitStack) -> bool:
         f"malformed {week_1.records_malformed:,}, duplicate keys {week_1.records_duplicate:,}) → "
         f"{week_1.dead_letter_prefix}-*.jsonl"
     )
+    print(
+        f"week 1 by reason:     {week_1.dead_letter_reasons} (http_400: an invalid email HubSpot refused); "
+        f"accepted {week_1.records_accepted:,} = read {week_1.records_read:,} − dead-lettered "
+        f"{week_1.records_dead_lettered:,}: everything else"
+    )
     print(f"week 1 retries:       {week_1.retries:,}  (HTTP {week_1.http_status})")
     print(
         f"week 1 isolation:     {week_1.requests_isolating:,} of the {week_1.requests:,} requests split batches "
@@ -140,9 +150,16 @@ def run_crm_export(workdir: Path, stack: ExitStack) -> bool:
         f"{week_2.out_of_sync:,} keys of week 2 not held as they are (the dead-lettered ones)"
     )
     adds_up = week_1.adds_up and week_2.adds_up
+    only_invalid = all(
+        set(week.dead_letter_reasons) <= EXPECTED_REASONS and week.records_not_sent == 0
+        for week in (week_1, week_2)
+    )
     print(f"accounting:           {'adds up' if adds_up else 'DOES NOT ADD UP'} for both weeks")
     return (
         adds_up
+        and only_invalid
+        and week_1.records_rejected > 0
+        and week_1.requests_isolating > 0
         and week_1_stats["duplicate_deliveries"] == 0
         and again.launch == "skipped"
         and week_2.sync == "diff"

@@ -9,7 +9,8 @@ against the sync state: docs/crm-export.md).
 A rerun launches again, which adopts the job of the same name, so a shard is never paid for twice.
 The flow does not retry (its tasks retry transient errors); it fails unless every row of the shard was
 skipped unchanged, accepted or dead-lettered, the sync state holds what the CRM accepted, and no more
-than ``max_dead_letter_ratio`` of the records read were dead-lettered.
+than ``max_dead_letter_ratio`` of the shard's rows were dead-lettered (after the sync state recorded what
+the CRM accepted).
 
 A dry run (``dry_run=True``) stops where the side effects begin: it loads the block, resolves and checks
 the shard, decides as the launch does and plans the export into a plan table of its own, then reports
@@ -67,6 +68,11 @@ DRY_RUN_LABEL = "dry-run"
 
 class CrmCredentialsError(PermissionError):
     """The CRM refused the key of its block (401/403): the job failed before it sent anything it could lose."""
+
+
+class CrmSettingsError(ValueError):
+    """The CRM refused a setting of the CRM block that every request carries (HubSpot: an ``id_property``
+    without unique values), so no request could succeed: the job failed at once, nothing dead-lettered."""
 
 
 class PollSettings(BaseModel):
@@ -210,8 +216,8 @@ def crm_export(
     key) and how records are sent. ``shard_date``: the shard to export (default: the latest existing).
     ``force``: export again even if a job of this shard is already DONE. ``full_resync``: send every row,
     not only those the sync state says the CRM does not hold as they are. ``max_dead_letter_ratio``: the
-    share of the records read that may be dead-lettered (0 to 1, default 1 %); above it the run fails,
-    after its accepted records are recorded. ``dead_letter_location``: a directory or gs:// prefix; each
+    share of the shard's rows that may be dead-lettered (0 to 1, default 1 %); above it the run fails,
+    after its accepted records are recorded, naming the top reasons (``DeadLetterRatioError``). ``dead_letter_location``: a directory or gs:// prefix; each
     job writes ``<location>/<job name>[-force-<flow run id>]/dead-letter-*.jsonl`` and
     ``…/accepted-*.jsonl``. ``pipeline_name``: the job name's prefix, and the name of the sync state
     (``<pipeline>_sync_state`` in ``source.diff_dataset``; its bookkeeping in the Variable
@@ -221,7 +227,7 @@ def crm_export(
     nothing else changes (no key read, no job, no change of the sync state or its Variable, nothing sent).
     Raises ``BlockNotFoundError`` (a missing CRM block), ``ShardNotFoundError``, ``ShardFieldError``,
     ``ShardKeyError``, ``ShardEmptyError``, ``SecretBlockNotFoundError``, ``ExportInProgressError``,
-    ``CrmCredentialsError``, ``JobFailedError``, ``JobPollTimeoutError``, ``AccountingError``,
+    ``CrmCredentialsError``, ``CrmSettingsError``, ``JobFailedError``, ``JobPollTimeoutError``, ``AccountingError``,
     ``SyncStateError`` or ``DeadLetterRatioError``; a dry run raises those a real run raises before its job
     is submitted, ``SecretBlockNotFoundError`` aside (the key is not read).
     """
@@ -268,6 +274,15 @@ def crm_export(
         started,
     )
     create_markdown_artifact(key=pipeline_name, markdown=_markdown(summary), description=f"CRM export {name}")
+    if summary.records_not_sent:
+        get_run_logger().warning(
+            "Not sent: %s records of shard %s: the CRM's daily limit%s was reached. They are not in the sync "
+            "state and go out with the next export (after the CRM's daily reset, a run of this shard with "
+            "force=True sends them)",
+            f"{summary.records_not_sent:,}",
+            f"{shard:%Y-%m-%d}",
+            f" of {settings.daily_request_limit:,} requests" if settings.daily_request_limit else "",
+        )
     _check_export(metrics.counters, recorded, summary, max_dead_letter_ratio)
     return summary
 
@@ -333,14 +348,18 @@ def _wait_for_job(
 ) -> JobInfo:
     """Poll the job until it is DONE. A job that failed releases the sync state it was planned against;
     one whose key the CRM refused (its counter ``crm_key_refused``) fails the run with
-    ``CrmCredentialsError``, any other with its ``JobFailedError``."""
+    ``CrmCredentialsError``, one that met a setting the CRM refuses (``crm_settings_refused``) with
+    ``CrmSettingsError``, any other with its ``JobFailedError``."""
     try:
         return poll_export_job(
             runner, job_id, poll.interval_seconds, poll.timeout_seconds, f"{pipeline_name}-progress"
         )
     except JobFailedError as failed:
         release_sync_state(pipeline_name, failed.job)
-        if _key_refused(runner, failed.job):
+        counters = _failure_counters(runner, failed.job)
+        if counters.crm_settings_refused:
+            raise CrmSettingsError(_settings_refused(settings, block, failed.job)) from None
+        if counters.crm_key_refused:
             raise CrmCredentialsError(
                 f"the CRM at {settings.url} refused the key of CRM block {block!r} (crm.block): check the "
                 "key (the block's own, or the one in the secret block it names) and its permission to import "
@@ -349,16 +368,30 @@ def _wait_for_job(
         raise
 
 
-def _key_refused(runner: RunnerSettings, job: JobInfo) -> bool:
-    """Whether the failed ``job`` counted the CRM's refusal of its key (``crm_key_refused``, read from the
-    job's metrics). Metrics that cannot be read say no: the job's own failure is then reported."""
+def _failure_counters(runner: RunnerSettings, job: JobInfo) -> Counters:
+    """The failed ``job``'s counters, read from its metrics: whether it counted the CRM's refusal of its key
+    (``crm_key_refused``) or of a setting (``crm_settings_refused``). Metrics that cannot be read say
+    neither: the job's own failure is then reported."""
     try:
-        return export_metrics(runner, job.id).counters.crm_key_refused > 0
+        return export_metrics(runner, job.id).counters
     except Exception as exc:  # noqa: BLE001 - reporting a failure: never replace it with this one
         get_run_logger().warning(
             "Could not read the metrics of the failed job %s (%s): %s", job.name, job.id, exc
         )
-        return False
+        return Counters()
+
+
+def _settings_refused(settings: PipelineSettings, block: str, job: JobInfo) -> str:
+    """The message of ``CrmSettingsError``: which setting of the CRM block, and what qualifies."""
+    if settings.destination == "hubspot":
+        what = (
+            f"HubSpot refused id_property {settings.id_property!r} of CRM block {block!r} (crm.block): it upserts "
+            "only by a property with unique values, email or a custom contact property created with unique "
+            "values required (hasUniqueValue), such as external_id; set id_property to one"
+        )
+    else:
+        what = f"the CRM at {settings.url} refused a setting of CRM block {block!r} (crm.block)"
+    return f"{what}. Job {job.name} failed at the CRM's first refusal; no record was dead-lettered"
 
 
 def _dead_letter_prefix(dead_letter_location: str, job: JobInfo) -> str:

@@ -22,9 +22,13 @@ REASON_COUNTER_PREFIX = "dead_lettered_"
 #: The counter saying that the CRM refused the job's key (``PostBatchesFn`` counts it as the refusal fails
 #: its bundle, and with it the job): the flow's signal for ``CrmCredentialsError``.
 KEY_REFUSED = "crm_key_refused"
+#: The counter saying that the CRM refused a setting every request carries, so that no request can succeed
+#: (HubSpot's 400 for an ``idProperty`` without unique values): ``PostBatchesFn`` counts it as the refusal
+#: fails the job, and the flow raises ``CrmSettingsError``.
+SETTINGS_REFUSED = "crm_settings_refused"
 #: Counters read from their attempted values: they are counted by bundles that fail, whose committed
 #: values never come.
-ATTEMPTED_COUNTERS = frozenset({KEY_REFUSED})
+ATTEMPTED_COUNTERS = frozenset({KEY_REFUSED, SETTINGS_REFUSED})
 
 
 def dead_letter(key: Any, reason: str, status: int | None, attempts: int, stage: str) -> dict[str, Any]:
@@ -60,7 +64,8 @@ class Counters:
     ``records_unchanged`` (rows skipped because the CRM holds them as they are) and
     ``records_removed_from_source`` (keys the CRM holds that the shard no longer has; never deleted).
     ``crm_key_refused``: times the CRM refused the key (``KEY_REFUSED``; a job that counts it failed, the
-    CRM having taken nothing with the key).
+    CRM having taken nothing with the key). ``crm_settings_refused``: times the CRM refused a setting no
+    request can succeed with (``SETTINGS_REFUSED``: HubSpot's non-unique ``idProperty``; the job failed).
     """
 
     records_read: int = 0
@@ -79,6 +84,7 @@ class Counters:
     records_removed_from_source: int = 0
     rows_in_shard: int | None = None
     crm_key_refused: int = 0
+    crm_settings_refused: int = 0
     http_status: dict[int, int] = field(default_factory=dict)
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
 

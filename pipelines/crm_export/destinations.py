@@ -291,7 +291,8 @@ class HubSpotDestination(Destination):
     one. 429 ``RATE_LIMIT``: ``policyName`` ``TEN_SECONDLY_ROLLING`` is retried, ``DAILY`` stops sending
     until the daily reset (https://developers.hubspot.com/docs/developer-tooling/platform/usage-guidelines).
     A 400 for an ``idProperty`` that is not unique ("Unable to perform update/upsert by non-unique …
-    property") dead-letters the batch without splitting: no half would fare better.
+    property"; HubSpot/hubspot-api-nodejs#548) is ``settings_rejected``: every request carries it, so none
+    can succeed, and the job fails at once instead of dead-lettering the shard batch by batch.
     """
 
     name = "hubspot"
@@ -386,7 +387,9 @@ class HubSpotDestination(Destination):
                 return Answer(
                     status, daily_limit=True, reason=f"not sent: HubSpot's daily limit reached ({text})"
                 )
-        if status == 400 and "non-unique" not in text:
+        if status == 400 and "non-unique" in text:
+            return Answer(status, settings_rejected=True, reason=f"HTTP 400: {text}")
+        if status == 400:
             return Answer(status, refused_whole=True, reason=f"HTTP 400: {text}")
         return _failed(status, headers, f"HTTP {status}: {text}")
 

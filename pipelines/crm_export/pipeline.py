@@ -23,6 +23,7 @@ from pipelines.crm_export.accounting import (
     KEY_REFUSED,
     NAMESPACE,
     REASON_COUNTER_PREFIX,
+    SETTINGS_REFUSED,
     Counters,
     Distribution,
     ExportMetrics,
@@ -32,7 +33,12 @@ from pipelines.crm_export.accounting import (
 from pipelines.crm_export.api_key import ApiKey, KmsEncryptedApiKey
 from pipelines.crm_export.bigquery_read import ReadFromStorageApi
 from pipelines.crm_export.destinations import destination_for
-from pipelines.crm_export.post_batches import CrmRejectedCredentialsError, EncodedBatch, PostBatchesFn
+from pipelines.crm_export.post_batches import (
+    CrmRejectedCredentialsError,
+    CrmRejectedSettingsError,
+    EncodedBatch,
+    PostBatchesFn,
+)
 from pipelines.crm_export.settings import (
     DUPLICATE_OF_COLUMN,
     FINGERPRINT_COLUMN,
@@ -427,13 +433,15 @@ def pipeline_metrics(result: Any) -> ExportMetrics:
 def failure_counters(error: BaseException) -> dict[str, int]:
     """The counters of ``ATTEMPTED_COUNTERS`` that a pipeline which failed with ``error`` counted, for a
     runner that keeps no metrics of a failed pipeline (Beam's local runner: ``run()`` raises; Dataflow
-    reports them as attempted values): ``{"crm_key_refused": 1}`` when the CRM refused the key, else
-    none."""
+    reports them as attempted values): ``{"crm_key_refused": 1}`` when the CRM refused the key,
+    ``{"crm_settings_refused": 1}`` when it refused a setting every request carries, else none."""
     seen: set[int] = set()
     cause: BaseException | None = error
     while cause is not None and id(cause) not in seen:
         if isinstance(cause, CrmRejectedCredentialsError):
             return {KEY_REFUSED: 1}
+        if isinstance(cause, CrmRejectedSettingsError):
+            return {SETTINGS_REFUSED: 1}
         seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
     return {}

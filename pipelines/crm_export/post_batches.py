@@ -22,7 +22,7 @@ import orjson
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
-from pipelines.crm_export.accounting import DEAD_LETTER, KEY_REFUSED, NAMESPACE, dead_letter
+from pipelines.crm_export.accounting import DEAD_LETTER, KEY_REFUSED, NAMESPACE, SETTINGS_REFUSED, dead_letter
 from pipelines.crm_export.api_key import ApiKey, KmsEncryptedApiKey
 from pipelines.crm_export.destinations import destination_for
 from pipelines.crm_export.settings import Answer, PipelineSettings
@@ -35,6 +35,12 @@ MAX_RETRY_AFTER_SECONDS = 900.0
 class CrmRejectedCredentialsError(RuntimeError):
     """The CRM refused the key (401/403, Braze's 404): it is wrong or lacks the import permission.
     ``PostBatchesFn`` counts it (``accounting.KEY_REFUSED``) as it fails the bundle."""
+
+
+class CrmRejectedSettingsError(ValueError):
+    """The CRM refused a setting every request carries (HubSpot: an ``idProperty`` without unique values), so
+    no request can succeed. ``PostBatchesFn`` counts it (``accounting.SETTINGS_REFUSED``) as it fails the
+    bundle, and with it the job: nothing is dead-lettered."""
 
 
 class PostingStopped(RuntimeError):
@@ -157,7 +163,9 @@ class PostBatchesFn(beam.DoFn):
     ``settings.max_in_flight`` batches are sent at once per DoFn instance, so a worker keeps shaping the
     next batch while the CRM ingests the last; all are finished before the bundle commits. Raises
     ``CrmRejectedCredentialsError`` when the CRM refuses the key, counted first as ``crm_key_refused``
-    (``accounting.KEY_REFUSED``: the flow's signal). Batch pipelines only (global window).
+    (``accounting.KEY_REFUSED``: the flow's signal), and ``CrmRejectedSettingsError`` when it refuses a
+    setting no request can succeed with, counted as ``crm_settings_refused``. Batch pipelines only (global
+    window).
     """
 
     def __init__(
@@ -191,6 +199,7 @@ class PostBatchesFn(beam.DoFn):
         self.records_not_sent = Metrics.counter(NAMESPACE, "records_not_sent")
         self.retries = Metrics.counter(NAMESPACE, "retries")
         self.key_refused = Metrics.counter(NAMESPACE, KEY_REFUSED)
+        self.settings_refused = Metrics.counter(NAMESPACE, SETTINGS_REFUSED)
         self.batch_size = Metrics.distribution(NAMESPACE, "batch_size")
 
     def setup(self) -> None:
@@ -244,6 +253,9 @@ class PostBatchesFn(beam.DoFn):
         except CrmRejectedCredentialsError:
             self.key_refused.inc()
             raise
+        except CrmRejectedSettingsError:
+            self.settings_refused.inc()
+            raise
 
     def _post(self, batch: EncodedBatch) -> tuple[BatchOutcome, bytes]:
         outcome = self.post_body(batch.payload, batch.keys)
@@ -274,7 +286,8 @@ class PostBatchesFn(beam.DoFn):
         refused inputs are alone (each half a request of its own, counted in ``isolation_requests``); the
         records an answer does not confirm are sent again (a protocol error); 429, 5xx and no answer are
         retried with backoff. Raises ``CrmRejectedCredentialsError`` when the CRM refuses the key,
-        ``PostingStopped`` if ``teardown`` begins while it waits to send again.
+        ``CrmRejectedSettingsError`` when it refuses a setting no request can succeed with (HubSpot's
+        non-unique ``idProperty``), ``PostingStopped`` if ``teardown`` begins while it waits to send again.
         """
         outcome = BatchOutcome(size=len(keys))
         parts = deque([_Part(payload, list(range(len(keys))))])
@@ -289,6 +302,11 @@ class PostBatchesFn(beam.DoFn):
                     f"the CRM at {self.url} answered {answer.status}: check the API key in the CRM block (or the "
                     f"secret block it names) and {self.destination.key_permission} "
                     f"({self._redacted(answer.reason)})"
+                )
+            if answer.settings_rejected:
+                raise CrmRejectedSettingsError(
+                    f"the CRM at {self.url} refused a setting every request carries, so no request can succeed: "
+                    f"{self._redacted(answer.reason)}"
                 )
             if answer.daily_limit:
                 with _process_lock:

@@ -327,7 +327,9 @@ class Answer:
     unconfirmed: the answer does not say (``reason`` says why), and it is sent again. ``retry``: worth
     sending again (429, 5xx, no response, an answer that does not say anything: a protocol error);
     ``retry_after_seconds``: the CRM's hint, if it gave one. ``credentials_rejected``: the key is wrong or
-    lacks the permission (the job fails). ``refused_whole``: an input error refused the whole request:
+    lacks the permission (the job fails). ``settings_rejected``: the CRM refused a setting every request
+    carries (HubSpot's ``idProperty`` without unique values): no request can succeed, the job fails.
+    ``refused_whole``: an input error refused the whole request:
     split it to isolate the bad inputs. ``daily_limit``: the CRM's daily limit is used up: stop sending.
     ``reason``: why a request did not succeed, or why positions are unconfirmed.
     """
@@ -338,6 +340,7 @@ class Answer:
     retry: bool = False
     retry_after_seconds: float | None = None
     credentials_rejected: bool = False
+    settings_rejected: bool = False
     refused_whole: bool = False
     daily_limit: bool = False
     reason: str = ""
@@ -347,7 +350,7 @@ class Answer:
         return (
             self.status is not None
             and 200 <= self.status < 300
-            and not (self.retry or self.refused_whole or self.daily_limit)
+            and not (self.retry or self.refused_whole or self.daily_limit or self.settings_rejected)
         )
 
 

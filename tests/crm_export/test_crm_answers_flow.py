@@ -48,8 +48,8 @@ def block(cls, **fields) -> str:
     return f"{cls.get_block_type_slug()}/{name}"
 
 
-@pytest.mark.slow(seconds=20)
-def test_a_daily_limit_reached_mid_run_leaves_the_rest_to_the_next_run(params):
+@pytest.mark.slow(seconds=30)
+def test_a_daily_limit_reached_mid_run_leaves_the_rest_to_the_next_run(params, caplog):
     config = HubSpotConfig(tier="starter", daily_limit=8, trace_ids=False)  # whole batches refused
     with HubSpotServer(TOKEN, config) as hubspot:
         crm = CrmSettings(
@@ -68,6 +68,12 @@ def test_a_daily_limit_reached_mid_run_leaves_the_rest_to_the_next_run(params):
         assert first.records_accepted + first.records_dead_lettered + first.records_not_sent == 2_000
         assert first.out_of_sync == first.records_dead_lettered + first.records_not_sent
         assert hubspot.stats()["distinct_users"] == first.records_accepted
+        said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Not sent:")]
+        assert said == [
+            f"Not sent: {first.records_not_sent:,} records of shard {SHARD:%Y-%m-%d}: the CRM's daily limit of "
+            "250,000 requests was reached. They are not in the sync state and go out with the next export "
+            "(after the CRM's daily reset, a run of this shard with force=True sends them)"
+        ]
         # The next day: the limit starts afresh; the export of the shard is run again.
         hubspot.configure(daily_limit=1_000)
         second = crm_export(**params, crm=crm, force=True)
@@ -82,6 +88,7 @@ def test_a_daily_limit_reached_mid_run_leaves_the_rest_to_the_next_run(params):
         assert first.requests_isolating + second.requests_isolating > 0
 
 
+@pytest.mark.slow(seconds=10)
 def test_a_braze_key_braze_does_not_know_fails_the_run_and_dead_letters_nothing(params):
     with BrazeServer(TOKEN) as braze:
         crm = CrmSettings(

@@ -24,7 +24,13 @@ from pipelines.crm_export.destinations import (
     HubSpotDestination,
     hubspot_value,
 )
-from pipelines.crm_export.post_batches import CrmRejectedCredentialsError, Pacer, PostBatchesFn
+from pipelines.crm_export.pipeline import failure_counters
+from pipelines.crm_export.post_batches import (
+    CrmRejectedCredentialsError,
+    CrmRejectedSettingsError,
+    Pacer,
+    PostBatchesFn,
+)
 from pipelines.crm_export.settings import PipelineSettings
 
 TOKEN = "pat-na1-destinations-test"
@@ -167,18 +173,30 @@ def test_two_inputs_hubspot_takes_for_one_contact_never_share_a_batch(hs):
     )
     outcome = sink(settings).post_body(payload, keys)
     assert outcome.accepted == 2
-    assert hs.stats()["distinct_users"] == 2
-
-
-def test_an_id_property_without_unique_values_dead_letters_the_batch_without_splitting_it(hs):
-    outcome = send(sink(hubspot_settings(hs.url, id_property="phone")), records("n1", "n2", "n3"))
     assert outcome.requests == 1
-    assert outcome.accepted == 0
-    assert len(outcome.dead_letters) == 3
-    assert outcome.dead_letters[0]["reason"] == (
-        "HTTP 400: VALIDATION_ERROR: Unable to perform update/upsert by non-unique 0-1 property phone in portal "
-        "ID 21939747"
+    assert hs.stats()["distinct_users"] == 2
+    assert hs.stats()["status_counts"] == {"200": 1}  # never a 400 "Duplicate IDs found in batch input"
+    assert hs.user("ann@example.com")["properties"]["plan"] == "pro"  # the first row, sent once
+
+
+def test_an_id_property_without_unique_values_fails_at_the_first_request_and_dead_letters_nothing(hs):
+    fn = sink(hubspot_settings(hs.url, id_property="phone"))
+    try:
+        with pytest.raises(CrmRejectedSettingsError) as refused:
+            fn.post_body(*fn.destination.encode(records("n1", "n2", "n3"))[:2])
+    finally:
+        fn.teardown()
+    assert str(refused.value).endswith(
+        "no request can succeed: HTTP 400: VALIDATION_ERROR: Unable to perform update/upsert by non-unique 0-1 "
+        "property phone in portal ID 21939747"
     )
+    assert hs.stats()["requests"] == 1  # not split, not retried
+    assert hs.stats()["distinct_users"] == 0
+    # What the local runner reports for the failed job (Dataflow: the counter's attempted value).
+    assert failure_counters(RuntimeError("CrmRejectedSettingsError: in the text only")) == {}
+    wrapped = RuntimeError("bundle failed")
+    wrapped.__cause__ = refused.value
+    assert failure_counters(wrapped) == {"crm_settings_refused": 1}
 
 
 def test_an_answer_that_does_not_list_an_input_sends_it_again_then_dead_letters_it():
@@ -375,8 +393,10 @@ def test_an_mau_contract_sends_50_objects_a_request(bz):
     ):
         braze_settings(bz.url, objects_per_request=80)
     assert send(sink(settings), records(*(f"m{i}" for i in range(50)))).accepted == 50
-    oversize = send(sink(settings), records(*(f"m{i}" for i in range(51))))
+    assert bz.stats()["distinct_users"] == 50
+    oversize = send(sink(settings), records(*(f"n{i}" for i in range(51))))
     assert oversize.dead_letters[0]["reason"] == "HTTP 400: Max Input Length Exceeded"
+    assert bz.stats()["distinct_users"] == 50  # the refused request stored nothing
 
 
 def test_a_batch_braze_refuses_whole_is_dead_lettered_with_brazes_words(bz):

@@ -467,8 +467,14 @@ def test_a_bigquery_source_sends_no_credential_in_plaintext():
         ({"records_read": 40, "crm_key_refused": 1}, ["RuntimeError: the job failed"], "CrmCredentialsError"),
         # no signal: words in the errors are not one
         ({"records_read": 40}, ["CrmRejectedCredentialsError: the CRM answered 401"], "JobFailedError"),
+        # the CRM refused a setting every request carries (HubSpot's non-unique idProperty)
+        (
+            {"records_read": 40, "crm_settings_refused": 1},
+            ["RuntimeError: the job failed"],
+            "CrmSettingsError",
+        ),
     ],
-    ids=["counted-refusal", "words-only"],
+    ids=["counted-refusal", "words-only", "settings-refused"],
 )
 def test_a_refused_key_is_told_by_the_job_metrics_counter_not_by_its_error_text(
     tmp_path, counters, errors, raised
@@ -492,18 +498,26 @@ def test_a_refused_key_is_told_by_the_job_metrics_counter_not_by_its_error_text(
             "counters": counters,
         }
     )
-    with pytest.raises((export.CrmCredentialsError, export.JobFailedError)) as failure:
+    with pytest.raises(
+        (export.CrmCredentialsError, export.CrmSettingsError, export.JobFailedError)
+    ) as failure:
         export._wait_for_job(
             LocalRunnerSettings(registry_dir=tmp_path / "jobs"),
             job_id,
             export.PollSettings(interval_seconds=0.1, timeout_seconds=10),
             f"crm-test-{uuid.uuid4().hex[:8]}",
-            SimpleNamespace(url="https://crm.example.com/v1/batch"),
-            "generic-crm-endpoint/crm-test",
+            SimpleNamespace(url="https://api.hubapi.com", destination="hubspot", id_property="phone"),
+            "hubspot-crm/crm-test",
         )
     assert type(failure.value).__name__ == raised
     if raised == "CrmCredentialsError":
-        assert "refused the key of CRM block 'generic-crm-endpoint/crm-test' (crm.block)" in str(
-            failure.value
-        )
+        assert "refused the key of CRM block 'hubspot-crm/crm-test' (crm.block)" in str(failure.value)
         assert "job crm-test-20261116 failed before any record was accepted" in str(failure.value)
+    if raised == "CrmSettingsError":
+        assert str(failure.value).startswith(
+            "HubSpot refused id_property 'phone' of CRM block 'hubspot-crm/crm-test' (crm.block): it upserts "
+            "only by a property with unique values, email or a custom contact property"
+        )
+        assert str(failure.value).endswith(
+            "Job crm-test-20261116 failed at the CRM's first refusal; no record was dead-lettered"
+        )
