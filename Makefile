@@ -15,7 +15,7 @@ PACKAGES := flows tasks blocks pipelines deployments devstack bench tests
 # DuckDB extensions it loads, installed from their PyPI wheels (it cannot download them at start-up).
 BQEMULATOR := devstack/bqemulator
 
-.PHONY: demo test test-end-to-end sync services lint clean
+.PHONY: demo test test-end-to-end test-image docker-engine sync services lint clean
 
 demo: sync
 	$(UV) run --locked python -m devstack.demo
@@ -32,6 +32,22 @@ test: sync services
 # server and stack (minutes each, mostly waiting on runs), side by side. CI runs them after `make test`.
 test-end-to-end: sync
 	$(UV) run --locked python -m pytest -m end_to_end -n 2 --durations=5
+
+# The image tests (tests/image): the Dockerfile built by `prefect deploy --prefect-file prefect.docker.yaml`,
+# a Docker worker running the shipped deployments in containers on the local stack (docs/deploy.md).
+# Minutes: the Dockerfile's base image made with debootstrap when the engine lacks it, then the build (on
+# overlay2 where the kernel allows it, else on vfs, which copies every layer whole).
+# The engine started here keeps its images under /tmp/analytics-flows-docker (ANALYTICS_FLOWS_DOCKER_STATE)
+# between runs. The time of each part is printed at the end. CI runs it after `make test`.
+test-image: sync docker-engine
+	$(UV) run --locked python -m pytest tests/image --durations=5
+
+# A Docker engine and debootstrap for the image tests: Debian's docker.io and debootstrap, installed when
+# missing (apt-get needs root, as on CI). The tests start dockerd themselves when no engine answers.
+docker-engine:
+	@if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io debootstrap; \
+	fi
 
 # PostgreSQL and Redis for the multi-host tests (a Prefect server as teams run it): Debian's packages,
 # installed when missing (apt-get needs root, as on CI). Elsewhere install a PostgreSQL >= 14.9 and a

@@ -5,6 +5,9 @@ marker comments, shared by ``deployments.domains`` (``tableau_domains.yaml``) an
 A section is one ``- <<: *<anchor>`` entry per configured item, in the configuration's order; the rest
 of ``prefect.yaml`` (its comments included) is left as it is. Each command rewrites its section, or
 with ``--check`` changes nothing and exits 1 while the section is out of date (the tests run it).
+The same sections, with the same entries, are in ``prefect.docker.yaml`` beside it (the Docker work
+pool's deployments, ``deployments.docker``), whose ``definitions`` give the anchors their entrypoint
+and work pool: each command writes and checks both files.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from deployments.docker import docker_prefect_file
 
 PREFECT_YAML = Path(__file__).resolve().parents[1] / "prefect.yaml"
 T = TypeVar("T")
@@ -95,13 +100,15 @@ class GeneratedSection:
             spec: an item's deployment keys (see ``render``).
 
         Returns:
-            0 when the section is up to date or was rewritten; 1 when ``--check`` finds it out of date
-            (the message, on stderr, names the command to run).
+            0 when the section is up to date or was rewritten, in each of ``prefect_files()``; 1 when
+            ``--check`` finds it out of date in one of them (the message, on stderr, names the file and
+            the command to run).
 
         Raises:
             ValueError: prefect.yaml has no section (``updated``); the configuration's own error (a
                 ``ValueError``) when it is not valid.
-            OSError: prefect.yaml cannot be read or written.
+            OSError: prefect.yaml (or prefect.docker.yaml) cannot be read or written, or the project's
+                prefect.docker.yaml is missing (``prefect_files``).
         """
         parser = argparse.ArgumentParser(prog=self.command, description=description)
         parser.add_argument(
@@ -114,21 +121,40 @@ class GeneratedSection:
         args = parser.parse_args(argv)
 
         items = load(args.config)
-        text = args.prefect_yaml.read_text()
-        new = self.updated(text, [spec(item) for item in items.values()])
-        if new == text:
-            print(f"{args.prefect_yaml.name}: the deployments of {len(items)} {self.noun}(s) are up to date")
-            return 0
-        if args.check:
-            print(
-                f"{args.prefect_yaml.name} is out of date with {config_file(args.config)}: "
-                f"run `{self.command}`",
-                file=sys.stderr,
+        specs = [spec(item) for item in items.values()]
+        stale = 0
+        for path in self.prefect_files(args.prefect_yaml):
+            text = path.read_text()
+            new = self.updated(text, specs)
+            if new == text:
+                print(f"{path.name}: the deployments of {len(items)} {self.noun}(s) are up to date")
+            elif args.check:
+                print(
+                    f"{path.name} is out of date with {config_file(args.config)}: run `{self.command}`",
+                    file=sys.stderr,
+                )
+                stale = 1
+            else:
+                path.write_text(new)
+                print(
+                    f"{path.name}: wrote the deployments of {len(items)} {self.noun}(s): {', '.join(items)}"
+                )
+        return stale
+
+    @staticmethod
+    def prefect_files(prefect_yaml: Path) -> list[Path]:
+        """The files holding the section: ``prefect_yaml``, and ``prefect.docker.yaml`` beside it if it
+        exists (the project's own must: a missing one is an error, not a file left unchecked).
+
+        Raises:
+            FileNotFoundError: the project's ``prefect.docker.yaml`` is missing.
+        """
+        docker = docker_prefect_file(prefect_yaml)
+        if docker.exists():
+            return [prefect_yaml, docker]
+        if prefect_yaml.resolve() == PREFECT_YAML:
+            raise FileNotFoundError(
+                f"{docker} is missing: restore it (git checkout -- {docker.name}); it holds the Docker "
+                "work pool's deployments (docs/deploy.md)"
             )
-            return 1
-        args.prefect_yaml.write_text(new)
-        print(
-            f"{args.prefect_yaml.name}: wrote the deployments of {len(items)} {self.noun}(s): "
-            f"{', '.join(items)}"
-        )
-        return 0
+        return [prefect_yaml]
