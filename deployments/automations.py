@@ -19,6 +19,7 @@ workspace, which may beat at Prefect's default of 180 s, are left alone.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -36,11 +37,16 @@ RERUN_AUTOMATION_NAME = "rerun-crashed-flow-runs"
 HEARTBEAT_SECONDS = 30
 #: Three missed heartbeats, as in Prefect's recipe.
 DEFAULT_WITHIN_SECONDS = 3 * HEARTBEAT_SECONDS
-#: How long a claimed run may stay Pending before it is put back: a process worker's flow run reaches
-#: Running 3–15 s after its claim here (measured by tests/multihost: the engine's start and the flow's
-#: import); 120 s leaves a loaded host eight times that. Pools whose workers pull an image or wait for
-#: a node first (Docker, Kubernetes) need the time of that too: ``bootstrap --pending-seconds``.
+#: How long a claimed run may stay Pending before it is put back. It must exceed the longest time from a
+#: worker's claim to Running, or a run still starting is put back and may execute twice. Measured here for
+#: a process worker (the flow-run process's start, the engine's and the flow's imports): 3–15 s alone
+#: (docs/benchmarks.md: 4 s alone, ~20 s for six at once on 2 cores), up to 35 s beside ``make test``'s
+#: workers (tests/multihost). 120 s is over three times the slowest start measured. Pools whose workers
+#: pull an image or wait for a node first (Docker, Kubernetes) need that time too:
+#: ``bootstrap --pending-seconds``.
 DEFAULT_PENDING_SECONDS = 120
+#: The shortest pending bound accepted: a live process worker takes seconds to start a run.
+MIN_PENDING_SECONDS = 10
 #: The message prefix of the zombie automation's Crashed state: what the rerun automation matches.
 ZOMBIE_CRASH_MESSAGE = "Marked Crashed: no heartbeat"
 #: The tags of this project's deployments (prefect.yaml): Tableau refresh, CRM export, metadata collection.
@@ -100,7 +106,7 @@ def zombie_flow_runs_automation(
     Raises:
         ValueError: ``within_seconds`` is not longer than one heartbeat period, or no tag is given.
     """
-    if within_seconds <= HEARTBEAT_SECONDS:
+    if not math.isfinite(within_seconds) or within_seconds <= HEARTBEAT_SECONDS:
         raise ValueError(
             f"within_seconds={within_seconds} must exceed the heartbeat period ({HEARTBEAT_SECONDS} s), "
             "or every live run is marked Crashed between two heartbeats."
@@ -131,6 +137,18 @@ def zombie_flow_runs_automation(
     )
 
 
+def check_pending_seconds(pending_seconds: float) -> float:
+    """``pending_seconds`` (a bound on claim → Running, in seconds) if it is a finite number of at least
+    ``MIN_PENDING_SECONDS``; else ``ValueError`` saying why and what to give (``DEFAULT_PENDING_SECONDS``)."""
+    if not math.isfinite(pending_seconds) or pending_seconds < MIN_PENDING_SECONDS:
+        raise ValueError(
+            f"pending_seconds={pending_seconds} must be a number of seconds of at least {MIN_PENDING_SECONDS}, "
+            "longer than a worker takes from its claim to Running (3-15 s for a process worker, up to 35 s on "
+            f"a loaded host), or runs starting normally would be put back; the default is {DEFAULT_PENDING_SECONDS}"
+        )
+    return pending_seconds
+
+
 def stuck_pending_flow_runs_automation(
     pending_seconds: float = DEFAULT_PENDING_SECONDS, tags: tuple[str, ...] = MONITORED_TAGS
 ) -> AutomationCore:
@@ -138,13 +156,9 @@ def stuck_pending_flow_runs_automation(
     claimed it (the worker died before the run's process started: no heartbeat ever comes).
 
     The state change is forced (Prefect refuses Pending → Scheduled otherwise) and releases the run's
-    deployment concurrency slot. Raises ``ValueError`` for ``pending_seconds`` under 10 s (a live worker
-    takes seconds to start a run) or no tag."""
-    if pending_seconds < 10:
-        raise ValueError(
-            f"pending_seconds={pending_seconds} is shorter than a worker takes to start a run (3-15 s): "
-            "runs starting normally would be put back"
-        )
+    deployment concurrency slot. Raises ``ValueError`` for ``pending_seconds`` that ``check_pending_seconds``
+    refuses, or no tag."""
+    check_pending_seconds(pending_seconds)
     return AutomationCore(
         name=PENDING_AUTOMATION_NAME,
         description=(

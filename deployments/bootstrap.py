@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
+from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import (
     GlobalConcurrencyLimitCreate,
@@ -41,10 +43,17 @@ from prefect.client.schemas.actions import (
     WorkPoolCreate,
 )
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.workers.base import BaseWorker
 
 from blocks.tableau import TableauConnectedApp, TableauPatPool
 from blocks.tableau.site import saved_as_site_block
-from deployments.automations import DEFAULT_PENDING_SECONDS, bootstrap_automations, project_automations
+from deployments.automations import (
+    DEFAULT_PENDING_SECONDS,
+    bootstrap_automations,
+    check_pending_seconds,
+    project_automations,
+)
+from tasks.config_files import ConfigFileError, describe, key_path, load_yaml_mapping
 from tasks.tableau.connected_app import expected_capacity_limit
 from tasks.tableau.limits import limit_drift
 from tasks.tableau.pat_pool import expected_limits
@@ -192,39 +201,100 @@ def blocks_sharing_limit_names(block: TableauPatPool | TableauConnectedApp, name
     )
 
 
-def deployment_work_pools(prefect_file: Path = PREFECT_FILE) -> list[str]:
-    """The names of the work pools the deployments of ``prefect_file`` name, sorted."""
-    document = yaml.safe_load(prefect_file.read_text()) or {}
-    return sorted(
-        {
-            d["work_pool"]["name"]
-            for d in document.get("deployments") or []
-            if (d.get("work_pool") or {}).get("name")
-        }
-    )
+def deployment_work_pools(prefect_file: Path = PREFECT_FILE) -> dict[str, str]:
+    """The work pools the deployments of ``prefect_file`` name, sorted by name, each with the worker type
+    it needs: ``docker`` when its job variables name an ``image`` (``prefect.docker.yaml``), else
+    ``process`` (``prefect.yaml``; a prefect file does not state a pool's type).
+
+    Raises:
+        ConfigFileError: the file is missing or not YAML, holds a key twice, or its ``deployments`` is
+            not a list of mappings whose ``work_pool`` is a mapping with a ``name`` (the message names
+            the file, the line and the key path).
+    """
+    what = "Prefect project file"
+    document = load_yaml_mapping(prefect_file, what=what, missing_hint="pass --prefect-file")
+    deployments = document.get("deployments") or []
+
+    def refuse(path: tuple[str | int, ...], expected: str, value: object) -> ConfigFileError:
+        return ConfigFileError(
+            f"{what} {prefect_file}, line {document.line_of(path)}, {key_path(path)}: expected {expected}, "
+            f"got {describe(value)}. See Prefect's prefect.yaml reference (deployments[].work_pool.name)."
+        )
+
+    if not isinstance(deployments, list):
+        raise refuse(("deployments",), "a list of deployments", deployments)
+    pools: dict[str, str] = {}
+    for i, deployment in enumerate(deployments):
+        if not isinstance(deployment, dict):
+            raise refuse(("deployments", i), "a deployment (a mapping)", deployment)
+        pool = deployment.get("work_pool")
+        if pool is None:
+            continue
+        if not isinstance(pool, dict):
+            raise refuse(("deployments", i, "work_pool"), "a mapping with the work pool's name", pool)
+        name = pool.get("name")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise refuse(("deployments", i, "work_pool", "name"), "the work pool's name (text)", name)
+        if name:
+            variables = pool.get("job_variables")
+            kind = "docker" if isinstance(variables, dict) and variables.get("image") else "process"
+            pools[name] = "docker" if pools.get(name) == "docker" else kind
+    return dict(sorted(pools.items()))
 
 
-def bootstrap_work_pools(pools: list[str], *, check_only: bool = False) -> BootstrapReport:
-    """Create the work pools of ``pools`` that are missing, as process pools (``prefect work-pool create
-    <name> --type process``); a pool that exists is left as it is, whatever its type."""
+def bootstrap_work_pools(pools: Mapping[str, str], *, check_only: bool = False) -> BootstrapReport:
+    """Create the work pools of ``pools`` (name → type, ``deployment_work_pools``) that are missing, as
+    ``prefect work-pool create <name> --type <type>`` does; a pool that exists with another type is
+    drift (its workers could not run the deployments), reported and left as it is."""
     report = BootstrapReport()
     with get_client(sync_client=True) as client:
-        for name in pools:
+        for name, kind in pools.items():
             try:
                 found = client.read_work_pool(name)
             except ObjectNotFound:
                 if check_only:
-                    report.missing.append(f"work pool {name} (process)")
+                    report.missing.append(f"work pool {name} ({kind})")
                     continue
                 try:
-                    client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+                    client.create_work_pool(
+                        WorkPoolCreate(name=name, type=kind, base_job_template=_base_job_template(kind))
+                    )
                 except ObjectAlreadyExists:  # created meanwhile
                     report.unchanged.append(f"work pool {name}")
                 else:
-                    report.created.append(f"work pool {name} (process)")
+                    report.created.append(f"work pool {name} ({kind})")
                 continue
-            report.unchanged.append(f"work pool {name} ({found.type})")
+            if found.type != kind:
+                report.drift.append(
+                    f"work pool {name} is of type {found.type!r}; the deployments need {kind!r}: delete it "
+                    f"(prefect work-pool delete {name}) and run this again, or rename the pool in the prefect file"
+                )
+            else:
+                report.unchanged.append(f"work pool {name} ({found.type})")
     return report
+
+
+def _base_job_template(kind: str) -> dict[str, Any]:
+    """The default base job template of the worker type ``kind``, as ``prefect work-pool create --type``
+    gives a pool (``process`` is Prefect's; ``docker`` prefect-docker's, a dependency of the project)."""
+    import prefect_docker  # noqa: F401  (registers the docker worker type)
+
+    worker = BaseWorker.get_worker_class_from_type(kind)
+    if worker is None:
+        raise ValueError(f"no worker of type {kind!r} is installed: it cannot make the work pool's template")
+    return deepcopy(worker.get_default_base_job_template())
+
+
+def _pending_seconds(text: str) -> float:
+    """``--pending-seconds``: a number ``check_pending_seconds`` accepts, else argparse's usage error."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    try:
+        return check_pending_seconds(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,11 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--pending-seconds",
-        type=float,
+        type=_pending_seconds,
         default=DEFAULT_PENDING_SECONDS,
         help="how long a claimed run may stay Pending before it is put back to Scheduled (default "
-        f"{DEFAULT_PENDING_SECONDS}: process workers start a run in 3-15 s; add an image pull's time "
-        "for Docker or Kubernetes pools)",
+        f"{DEFAULT_PENDING_SECONDS}: process workers start a run in 3-15 s, up to 35 s on a loaded host; add "
+        "an image pull's time for Docker or Kubernetes pools)",
     )
     parser.add_argument(
         "--prefect-file",
@@ -297,7 +367,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Connected app {name!r}: refresh capacity {block.refresh_capacity}")
         print("\n".join(f"  {line}" for line in [*shape.lines(), *report.lines()]))
         ok = ok and shape.ok and report.ok
-    pools = bootstrap_work_pools(deployment_work_pools(args.prefect_file), check_only=args.check)
+    try:
+        pool_types = deployment_work_pools(args.prefect_file)
+    except ConfigFileError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    pools = bootstrap_work_pools(pool_types, check_only=args.check)
     print("Work pools of the deployments:\n" + "\n".join(f"  {line}" for line in pools.lines()))
     ok = ok and pools.ok
     automations = bootstrap_automations(

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from deployments.generated import PREFECT_YAML, GeneratedSection
-from deployments.triggers import upstream_trigger_spec
+from deployments.triggers import trigger_specs
 from tasks.tableau.domains import Domain, domains_file, load_domains
 
 SECTION = GeneratedSection(
@@ -28,18 +28,26 @@ __all__ = ["BEGIN", "END", "PREFECT_YAML", "SECTION", "deployment_spec", "main",
 
 def deployment_spec(domain: Domain) -> dict[str, Any]:
     """The ``prefect.yaml`` entry of ``domain``'s deployment, less the shared ``*refresh`` keys
-    (entrypoint, work pool, ``concurrency_limit: 1``): upstream trigger, cron fallback (UTC), tags."""
+    (entrypoint, work pool, ``concurrency_limit: 1``): its triggers (upstream completion, and its
+    tables' debounced materializations for a domain with ``upstream_tables``:
+    ``deployments.triggers.trigger_specs``), cron fallback (UTC), tags."""
+    starts = []
+    if domain.upstream is not None:
+        starts.append(f"after {domain.upstream.flow} completes")
+    if domain.upstream_tables:
+        starts.append(
+            f"{domain.debounce_seconds:g} s after the last materialization of its "
+            f"{len(domain.upstream_tables)} upstream table(s)"
+        )
     spec: dict[str, Any] = {
         "name": domain.name,
-        "description": (
-            f"Refresh the Tableau content of the {domain.name} domain after {domain.upstream.flow} completes."
-        ),
+        "description": f"Refresh the Tableau content of the {domain.name} domain {' and '.join(starts)}.",
         "tags": ["tableau", f"domain-{domain.name}"],
         "parameters": {"domain": domain.name},
     }
     if domain.cron:
         spec["schedules"] = [{"cron": domain.cron, "timezone": "UTC"}]
-    spec["triggers"] = [upstream_trigger_spec(domain)]
+    spec["triggers"] = trigger_specs(domain)
     return spec
 
 

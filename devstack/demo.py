@@ -3,8 +3,10 @@
 Starts ``prefect server start`` (SQLite, filesystem lease storage) and the Tableau REST stand-in
 seeded from ``tableau_domains.yaml``; creates the blocks and global concurrency limits of a
 3-PAT pool; serves the domain refresh deployments (``devstack.serve_domains``); runs each
-domain's stand-in upstream pipeline, whose completion triggers that domain's deployment; waits
-for every refresh run; prints a summary; then runs the CRM export on the local launcher into the
+domain's stand-in upstream pipeline, which materializes its tables (``@materialize``) and whose
+completion triggers that domain's deployment — but the lineage domain's (``marketing``: content from
+the stand-in's Metadata API lineage), which its tables' materializations start, debounced; waits
+for every refresh run; prints a summary, and what the lineage domain refreshed and why; then runs the CRM export on the local launcher into the
 CRM stand-in (``devstack.demo_crm``) and prints its summary; then collects Athena metadata from
 moto's server into its S3 landing directory, twice (``devstack.demo_metadata``); stops everything
 it started. The Tableau collector runs during the refreshes, on a PAT from the same pool, and
@@ -33,7 +35,15 @@ import httpx
 
 from devstack.demo_crm import run_crm_export
 from devstack.demo_metadata import print_tableau_collection, run_athena_collector, start_tableau_collector
-from devstack.demo_tableau import connected_app_seed, create_connected_app, print_progress
+from devstack.demo_tableau import (
+    LINEAGE_DOMAIN,
+    connected_app_seed,
+    create_connected_app,
+    lineage_seed,
+    pipelines,
+    print_lineage_domain,
+    print_progress,
+)
 from devstack.prefect_server import PrefectServer
 
 PATS = ["tableau-pat-1", "tableau-pat-2", "tableau-pat-3"]
@@ -46,8 +56,13 @@ RUN_TIMEOUT_SECONDS = 600
 
 
 def stand_in_seed(domains: dict) -> dict:
-    """The stand-in's seed: every configured content, plus look-alikes in other projects."""
+    """The stand-in's seed: every configured content, plus look-alikes in other projects; the lineage
+    domain's content and its lineage to the domain's tables (``devstack.demo_tableau.lineage_seed``)."""
     datasources, workbooks = [], []
+    lineage_domain = domains.get(LINEAGE_DOMAIN)
+    lineage = lineage_seed(lineage_domain) if lineage_domain and lineage_domain.upstream_tables else {}
+    datasources += lineage.get("datasources", [])
+    workbooks += lineage.get("workbooks", [])
     for domain in domains.values():
         for content in domain.datasources:
             entry = {"project": content.project, "name": content.name, "duration_seconds": [300, 900]}
@@ -71,6 +86,7 @@ def stand_in_seed(domains: dict) -> dict:
         "projects": projects,
         "datasources": datasources,
         "workbooks": workbooks,
+        **({"metadata_api": lineage["metadata_api"]} if lineage else {}),
     }
 
 
@@ -134,11 +150,13 @@ def wait_for_deployments(names: list[str], timeout: float = 120) -> None:
 
 
 def run_upstreams(domains: dict) -> None:
+    """Run the stand-in upstream pipelines at once: each materializes its tables (``@materialize``) and
+    completes; the completions start the listed domains, the materializations the lineage domain."""
     from devstack.upstream import stand_in_pipeline
 
-    pipelines = [stand_in_pipeline(d.upstream.flow, seconds=2) for d in domains.values()]
-    with ThreadPoolExecutor(len(pipelines)) as pool:
-        list(pool.map(lambda p: p(), pipelines))
+    flows = [stand_in_pipeline(name, seconds=2, tables=tables) for name, tables in pipelines(domains)]
+    with ThreadPoolExecutor(len(flows)) as pool:
+        list(pool.map(lambda p: p(), flows))
 
 
 def wait_for_refresh_runs(domains: list[str], timeout: float) -> dict:
@@ -237,12 +255,21 @@ def main() -> int:
         collector = start_tableau_collector(workdir, stack, POOL_BLOCK)
         run_upstreams(domains)
         print(
-            "Upstreams completed; their events trigger the refresh deployments. Waiting for the refreshes ..."
+            "Upstreams completed; their events trigger the refresh deployments (the lineage domain's once its "
+            "tables' materializations are quiet). Waiting for the refreshes ..."
         )
         runs = wait_for_refresh_runs(list(domains), RUN_TIMEOUT_SECONDS)
         print(f"All domain runs ended {time.monotonic() - started:.0f} s after the upstreams started.")
         audit = httpx.get(f"{tableau_url}/devstack/audit").json()
         clean = summarize(runs, audit)
+        one_run = print_lineage_domain(
+            domains[LINEAGE_DOMAIN],
+            runs[LINEAGE_DOMAIN],
+            _run_summary(runs[LINEAGE_DOMAIN]),
+            tableau_url,
+            SITE,
+        )
+        clean = clean and one_run
         print_progress(runs)
         collected_tableau = print_tableau_collection(collector, RUN_TIMEOUT_SECONDS)
         audit = httpx.get(f"{tableau_url}/devstack/audit").json()
@@ -253,7 +280,10 @@ def main() -> int:
         print(
             f"\nThe failed refresh of {FAILING[0]}/{FAILING[1]} is deliberate: its domain run fails and names it.\n"
             "To look around in the Prefect UI, run `DEMO_HOLD=1 make demo` and open the URL it prints:\n"
-            "  - Runs: each refresh-<domain> run was started by its upstream's Completed event (see Automations);\n"
+            "  - Runs: each refresh-<domain> run was started by its upstream's Completed event, and\n"
+            f"    refresh-{LINEAGE_DOMAIN} by its tables' materializations, debounced (see Automations);\n"
+            "  - Events: the prefect.asset.materialization.* events of the warehouse tables (athena://...)\n"
+            "    and of the Tableau content (tableau://...), each with its upstream tables as related assets;\n"
             "  - Artifacts: tableau-refresh-<domain> tables (job id, status, queued/started/finished, notes);\n"
             "  - Concurrency: the tableau-pat-* global concurrency limits (one per PAT, and the pool);\n"
             "  - the crm-export runs and their crm-export artifact (records, batches, retries, dead letters);\n"

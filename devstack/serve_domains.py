@@ -1,7 +1,7 @@
 """Serve the domain refresh deployments from this machine, for the demo.
 
 ``python -m devstack.serve_domains [--poll-policy JSON]`` creates one deployment per domain of the
-domain configuration, with the same event trigger and cron fallback as ``prefect.yaml``, and
+domain configuration, with the same event triggers and cron fallback as ``prefect.yaml``, and
 serves them (a Prefect runner starts each triggered run as a subprocess) until terminated.
 """
 
@@ -12,7 +12,7 @@ import json
 
 from prefect import serve
 
-from deployments.triggers import upstream_trigger
+from deployments.triggers import domain_triggers
 from flows.tableau.refresh import refresh_domain
 from tasks.tableau.domains import load_domains
 
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
         refresh_domain.to_deployment(
             name=domain.name,
             parameters={"domain": domain.name, **extra},
-            triggers=[upstream_trigger(domain, **extra)],
+            triggers=domain_triggers(domain, **extra),
             cron=domain.cron,
             tags=["tableau", f"domain-{domain.name}"],
             concurrency_limit=1,

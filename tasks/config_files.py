@@ -51,10 +51,12 @@ def name_key(pattern: str, what: str, rule: str) -> Any:
 
 class StrictModel(BaseModel):
     """Base of the models of a configuration file: unknown keys are refused (``extra="forbid"``), values
-    are frozen. ``refused_keys`` maps a key the model does not take to the reason and the fix, said
-    instead of the generic "unknown key" (e.g. ``name`` in an entry keyed by its name)."""
+    are frozen, and a ``ValidationError`` printed as it is never quotes the input (a URL's password; the
+    file's own errors are built from ``errors()``). ``refused_keys`` maps a key the model does not take to
+    the reason and the fix, said instead of the generic "unknown key" (e.g. ``name`` in an entry keyed by
+    its name)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
     refused_keys: ClassVar[Mapping[str, str]] = {}
 
 

@@ -27,13 +27,15 @@ from pydantic import ValidationError
 from blocks.crm_export.crm import BrazeCrm, GenericCrmEndpoint, HubSpotCrm
 from blocks.crm_export.vault import VaultKvSecret
 from blocks.tableau import TableauConnectedApp, TableauPatPool, TableauPersonalAccessToken, TableauSite
+from deployments.automations import stuck_pending_flow_runs_automation, zombie_flow_runs_automation
+from deployments.bootstrap import deployment_work_pools
 from flows.crm_export.export import crm_export
 from flows.metadata.collect import collect_metadata
 from flows.tableau.refresh import refresh_domain, refresh_domains
 from tasks.config_files import ConfigFileError
 from tasks.crm_export.tasks import BigQuerySource
 from tasks.metadata.sources import SourceConfigError, load_sources
-from tasks.tableau.domains import DomainConfigError, load_domains
+from tasks.tableau.domains import DomainConfigError, DomainDefaults, DomainEntry, load_domains
 
 # --- the inputs --------------------------------------------------------------------------------------
 
@@ -132,11 +134,17 @@ VALID_DOMAINS = POOL + f"domains:\n  sales: {SALES}\n  marketing: {SALES}\n"
 TABLEAU = "{kind: tableau, pat_pool_block: tableau-pat-pool}"
 S3 = "{kind: s3, s3_bucket_block: catalog-landing, landing_dir: landing}"
 ATHENA = "kind: athena, aws_credentials_block: aws, region: eu-west-1, output_location"
-DEFAULTS_KEYS = "pat_pool_block, connected_app_block, cron, timeout_seconds, incremental"
-DOMAIN_KEYS = DEFAULTS_KEYS + ", upstream, datasources, workbooks"
+#: The keys the messages list, in the models' order: ``defaults`` and a domain's entry.
+DEFAULTS_KEYS = ", ".join(DomainDefaults.model_fields)
+DOMAIN_KEYS = ", ".join(DomainEntry.model_fields)
 YAML_FIX = "Fix the syntax there (indentation, a missing ':' or quotes around a value holding ': ' or '#')."
+PREFECT_REF = "See Prefect's prefect.yaml reference (deployments[].work_pool.name)."
 DUPLICATE = "YAML would silently keep only the last one. Remove one of them or merge them."
 UNKNOWN = "Remove it or correct its spelling."
+NO_CONTENT = (
+    "lists no datasources, no workbooks and no upstream_tables: add at least one, e.g. datasources: "
+    "[{project: Sales, name: Orders}] or upstream_tables: [athena://awsdatacatalog/sales/orders]."
+)
 NO_QUERY = "without query string or fragment, e.g. https://host/path"
 SHOWN = "(shown without user:password@, query string and fragment)"
 SLUG = "'<block-type-slug>/<name>' of a Secret, Vault KV Secret or KMS Encrypted GCS Secret block holding it"
@@ -170,14 +178,14 @@ ROWS: list[tuple[str, Callable[[Path], Any], type[BaseException], str | re.Patte
     ("domains: name inside an entry", domains(POOL + "domains:\n  sales: {name: marketing, upstream: {flow: a}, datasources: [{name: Orders}]}\n"), DomainConfigError, F + ", line 3, domains.sales.name: a domain's name is its key under 'domains:'; remove 'name:' (to rename the domain, rename its key)."),
     ("domains: no upstream", domains(POOL + "domains:\n  sales: {datasources: [{name: Orders}]}\n"), DomainConfigError, F + ", line 3, domains.sales: required key 'upstream' (the flow whose completion starts the refresh, e.g. {flow: sales-pipeline}) is missing: add it."),
     ("domains: an upstream without flow", domains(POOL + "domains:\n  sales: {upstream: {deployment: nightly}, datasources: [{name: Orders}]}\n"), DomainConfigError, F + ", line 3, domains.sales.upstream: required key 'flow' (Name of the upstream flow) is missing: add it."),
-    ("domains: no content", domains(POOL + "domains:\n  sales: {upstream: {flow: a}}\n"), DomainConfigError, F + ", line 3, domains.sales: lists no datasources and no workbooks: add at least one, e.g. datasources: [{project: Sales, name: Orders}]."),
+    ("domains: no content", domains(POOL + "domains:\n  sales: {upstream: {flow: a}}\n"), DomainConfigError, F + ", line 3, domains.sales: " + NO_CONTENT),
     ("domains: no sign-in", domains(f"domains:\n  sales: {SALES}\n"), DomainConfigError, F + ", line 2, domains.sales: domain 'sales' names no sign-in: set pat_pool_block (a Tableau PAT Pool block) or connected_app_block (a Tableau Connected App block), in its entry or under defaults."),
     ("domains: both sign-ins", domains(POOL + "domains:\n  sales: {pat_pool_block: p, connected_app_block: a, upstream: {flow: a}, datasources: [{name: O}]}\n"), DomainConfigError, F + ", line 3, domains.sales: sets both pat_pool_block and connected_app_block: keep one (a domain signs in through a PAT pool or through a connected app)."),
     ("domains: timeout of 0", domains("defaults: {pat_pool_block: p, timeout_seconds: 0}\n"), DomainConfigError, F + ", line 1, defaults.timeout_seconds: expected a number greater than 0, got 0."),
     ("domains: timeout in words", domains(POOL + "domains:\n  sales: {timeout_seconds: 30m, upstream: {flow: a}, datasources: [{name: O}]}\n"), DomainConfigError, F + ", line 3, domains.sales.timeout_seconds: expected a number, got '30m'."),
     ("domains: incremental not a boolean", domains(POOL + "domains:\n  sales: {incremental: sometimes, upstream: {flow: a}, datasources: [{name: O}]}\n"), DomainConfigError, F + ", line 3, domains.sales.incremental: expected true or false, got 'sometimes'."),
     ("domains: a cron in words", domains("defaults: {pat_pool_block: p, cron: every day}\n"), DomainConfigError, F + ", line 1, defaults.cron: cron 'every day' is not a cron expression Prefect takes: give five fields, minute hour day-of-month month day-of-week, e.g. '0 7 * * *' (07:00 UTC daily)."),
-    ("domains: three problems at once", domains("defaults: {pat_pool: p}\ndomains:\n  sales: {upstream: {}, datasources: [{name: O}]}\n  hr: {upstream: {flow: a}}\n"), DomainConfigError, F + " has 3 problems:\n- line 1, defaults.pat_pool: unknown key 'pat_pool'; expected one of: " + DEFAULTS_KEYS + ". " + UNKNOWN + "\n- line 3, domains.sales.upstream: required key 'flow' (Name of the upstream flow) is missing: add it.\n- line 4, domains.hr: lists no datasources and no workbooks: add at least one, e.g. datasources: [{project: Sales, name: Orders}]."),
+    ("domains: three problems at once", domains("defaults: {pat_pool: p}\ndomains:\n  sales: {upstream: {}, datasources: [{name: O}]}\n  hr: {upstream: {flow: a}}\n"), DomainConfigError, F + " has 3 problems:\n- line 1, defaults.pat_pool: unknown key 'pat_pool'; expected one of: " + DEFAULTS_KEYS + ". " + UNKNOWN + "\n- line 3, domains.sales.upstream: required key 'flow' (Name of the upstream flow) is missing: add it.\n- line 4, domains.hr: " + NO_CONTENT),
     ("domains: an endless timeout", domains("defaults: {pat_pool_block: p, timeout_seconds: .inf}\n"), DomainConfigError, F + ", line 1, defaults.timeout_seconds: expected a finite number, got inf."),
     ("domains: a number for a name", domains(POOL + f"domains:\n  1: {SALES}\n"), DomainConfigError, F + ", line 3, domains[1]: the key 1 is not a name: write it as a string, e.g. '1'."),
     ("domains: the file is a directory", lambda tmp: load_domains(tmp), DomainConfigError, "Domain configuration file {tmp} cannot be read (Is a directory): it must be a UTF-8 text file."),
@@ -204,8 +212,14 @@ ROWS: list[tuple[str, Callable[[Path], Any], type[BaseException], str | re.Patte
     ("sources: an empty bucket block name", sources(f"sources:\n  prod:\n    extractor: {TABLEAU}\n    landing: {{kind: s3, s3_bucket_block: '', landing_dir: l}}\n"), SourceConfigError, S + ", line 4, sources.prod.landing.s3_bucket_block: expected a non-empty string, got ''."),
     ("sources: not YAML", sources("sources:\n  prod:\n    extractor: {kind: tableau\n"), SourceConfigError, S + f", line 4, column 1: not valid YAML: expected ',' or '}}', but got '<stream end>' (while parsing a flow mapping at line 3). {YAML_FIX}"),
     ("sources: the file is missing", lambda tmp: load_sources(tmp / "nowhere.yaml"), SourceConfigError, "Metadata sources file {tmp}/nowhere.yaml does not exist: create it, or point METADATA_SOURCES_FILE or the flow's sources_file at it."),
+    ("sources: an Athena endpoint over http:// to another host", sources(f"sources:\n  prod:\n    extractor: {{{ATHENA}: s3://r/, endpoint_url: 'http://10.0.0.8:5000'}}\n    landing: {S3}\n"), SourceConfigError, S + ", line 3, sources.prod.extractor.endpoint_url: endpoint_url 'http://10.0.0.8:5000' is plaintext http:// to 10.0.0.8, which is not a loopback host: the AWS requests, their signature and session token included, would cross the network unencrypted. Use https:// (AWS and its VPC endpoints take it); http:// is for an emulator on this machine (localhost, 127.0.0.1) only."),
+    ("sources: an Athena endpoint with credentials", sources(f"sources:\n  prod:\n    extractor: {{{ATHENA}: s3://r/, endpoint_url: 'https://AKIA:SECRET@athena.eu-west-1.amazonaws.com'}}\n    landing: {S3}\n"), SourceConfigError, S + ", line 3, sources.prod.extractor.endpoint_url: endpoint_url 'https://athena.eu-west-1.amazonaws.com' (shown without user:password@, query string and fragment) must be an endpoint's URL alone, https://host[:port], e.g. https://athena.eu-west-1.amazonaws.com or a VPC endpoint's; the credentials go in the AwsCredentials block."),
+    ("sources: an Athena endpoint that is no URL", sources(f"sources:\n  prod:\n    extractor: {{{ATHENA}: s3://r/, endpoint_url: athena.eu-west-1.amazonaws.com}}\n    landing: {S3}\n"), SourceConfigError, S + ", line 3, sources.prod.extractor.endpoint_url: endpoint_url 'athena.eu-west-1.amazonaws.com' (shown without user:password@, query string and fragment) must be an endpoint's URL alone, https://host[:port], e.g. https://athena.eu-west-1.amazonaws.com or a VPC endpoint's; the credentials go in the AwsCredentials block."),
+    ("sources: a landing_dir leaving the target", sources(f"sources:\n  prod:\n    extractor: {TABLEAU}\n    landing: {{kind: s3, s3_bucket_block: b, landing_dir: catalog/../../other}}\n"), SourceConfigError, S + ", line 4, sources.prod.landing.landing_dir: landing_dir 'catalog/../../other' must not contain '..': the files and the HWM stay inside the landing target; give a path under it, e.g. catalog/athena/landing."),
+    ("sources: a landing_dir with backslashes", sources(f"sources:\n  prod:\n    extractor: {TABLEAU}\n    landing: {{kind: gcs, gcs_bucket_block: b, landing_dir: 'catalog\\landing'}}\n"), SourceConfigError, S + ", line 4, sources.prod.landing.landing_dir: landing_dir 'catalog\\\\landing': separate path segments with '/', not '\\'."),
     # --- blocks
     ("TableauSite: a URL without scheme", lambda _: TableauSite(server_url="tableau.example.com"), ValidationError, "server_url must start with http:// or https://, got 'tableau.example.com'"),
+    ("TableauSite: a password in the URL", lambda _: TableauSite(server_url="https://admin:pa55@tableau.example.com"), ValidationError, "server_url 'https://tableau.example.com' must not carry user:password@ (left out here): runs sign in with a PAT or a connected app's JWT, and the URL is shown wherever the site is (the block, logs, messages). Remove them"),
     ("TableauSite: a timeout of 0", lambda _: TableauSite(server_url="https://t.example.com", request_timeout_seconds=0), ValidationError, "Input should be greater than 0"),
     ("TableauPatPool: a site with a misspelt field", lambda _: TableauPatPool(site={"server_url": "https://t.example.com", "site_url": "mysite"}, pat_block_names=["pat-1"]), ValidationError, "Extra inputs are not permitted"),
     ("TableauPatPool: a site given as its URL", lambda _: TableauPatPool(site="https://t.example.com", pat_block_names=["pat-1"]), ValidationError, "Input should be a valid dictionary or instance of TableauSite"),
@@ -262,7 +276,16 @@ ROWS: list[tuple[str, Callable[[Path], Any], type[BaseException], str | re.Patte
     ("refresh_domains: no domain configured", domains(POOL + "domains: {}\n", lambda file: refresh_domains(None, file)), DomainConfigError, "{tmp}/tableau_domains.yaml defines no domains: nothing to refresh."),
     ("collect_metadata: an unknown source", lambda tmp: collect_metadata("athena-dev", sources_file=local_source(tmp)), SourceConfigError, "unknown metadata source 'athena-dev' in {tmp}/metadata_sources.yaml; configured sources: local. Add an entry under 'sources:' or fix the flow's 'source' parameter."),
     ("collect_metadata: a source carrying name:", sources(f"sources:\n  prod: {{name: other, extractor: {TABLEAU}, landing: {S3}}}\n", lambda file: collect_metadata("other", sources_file=file)), SourceConfigError, S + ", line 2, sources.prod.name: a source's name is its key under 'sources:' (the HWM and the files are named after it); remove 'name:' (to rename the source, rename its key)."),
-    ("collect_metadata: now an hour ahead", lambda tmp: collect_metadata("local", sources_file=local_source(tmp), now=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)), ValueError, re.compile(r"\Anow .*is later than the current time", re.DOTALL)),
+    ("collect_metadata: now in the future", lambda tmp: collect_metadata("local", sources_file=local_source(tmp), now=dt.datetime(2999, 1, 1, tzinfo=dt.UTC)), ValueError, re.compile(r"\Anow 2999-01-01T00:00:00\+00:00 is later than the current time \(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00\): a high-water mark in the future would skip the data until then for good; leave now unset, or give an instant in the past\Z")),
+    ("collect_metadata: a naive now", lambda tmp: collect_metadata("local", sources_file=local_source(tmp), now=dt.datetime(2026, 1, 1)), ValueError, "now must be timezone-aware (UTC), got naive 2026-01-01T00:00:00"),
+    # --- prefect.yaml, as the bootstrap reads its work pools (python -m deployments.bootstrap)
+    ("prefect.yaml: deployments is a mapping", lambda tmp: deployment_work_pools(Path(_write(tmp / "prefect.yaml", "deployments: {work_pool: x}\n"))), ConfigFileError, "Prefect project file {tmp}/prefect.yaml, line 1, deployments: expected a list of deployments, got a mapping. " + PREFECT_REF),
+    ("prefect.yaml: a work pool given by its name alone", lambda tmp: deployment_work_pools(Path(_write(tmp / "prefect.yaml", "deployments:\n  - work_pool: tableau\n"))), ConfigFileError, "Prefect project file {tmp}/prefect.yaml, line 2, deployments[0].work_pool: expected a mapping with the work pool's name, got 'tableau'. " + PREFECT_REF),
+    ("prefect.yaml: a work pool name that is a number", lambda tmp: deployment_work_pools(Path(_write(tmp / "prefect.yaml", "deployments:\n  - name: a\n    work_pool: {name: 3}\n"))), ConfigFileError, "Prefect project file {tmp}/prefect.yaml, line 3, deployments[0].work_pool.name: expected the work pool's name (text), got 3. " + PREFECT_REF),
+    # --- the automations' bounds (python -m deployments.bootstrap --pending-seconds)
+    ("automations: a pending bound of 5 s", lambda _: stuck_pending_flow_runs_automation(pending_seconds=5), ValueError, "pending_seconds=5 must be a number of seconds of at least 10, longer than a worker takes from its claim to Running (3-15 s for a process worker, up to 35 s on a loaded host), or runs starting normally would be put back; the default is 120"),
+    ("automations: an endless pending bound", lambda _: stuck_pending_flow_runs_automation(pending_seconds=float("inf")), ValueError, "pending_seconds=inf must be a number of seconds of at least 10, longer than a worker takes from its claim to Running (3-15 s for a process worker, up to 35 s on a loaded host), or runs starting normally would be put back; the default is 120"),
+    ("automations: a crash window of one heartbeat", lambda _: zombie_flow_runs_automation(within_seconds=30), ValueError, "within_seconds=30 must exceed the heartbeat period (30 s), or every live run is marked Crashed between two heartbeats."),
     ("crm_export: a dead-letter ratio of 2", lambda tmp: export(tmp, max_dead_letter_ratio=2), ParameterTypeError, "Flow run received invalid parameters:\n - max_dead_letter_ratio: Input should be less than or equal to 1"),
     ("crm_export: BigQuery over http:// to another host", lambda tmp: export(tmp, source={**BQ, "api_endpoint": "http://bigquery.example.com"}), ParameterTypeError, "Flow run received invalid parameters:\n - source.api_endpoint: Value error, api_endpoint 'http://bigquery.example.com': http:// is for an emulator on this machine (a loopback host) only; BigQuery and its endpoints take https://"),
     ("BigQuerySource: Storage API over http:// to another host", lambda _: BigQuerySource(**BQ, storage_api_endpoint="http://10.0.0.8:9060"), ValidationError, "storage_api_endpoint 'http://10.0.0.8:9060': http:// is for an emulator on this machine (a loopback host) only; BigQuery and its endpoints take https://"),
@@ -287,6 +310,14 @@ def test_bad_input_gets_a_clear_error(
             pattern = rf"\A{re.escape(message)}\Z"
     with pytest.raises(error, match=pattern):
         call(tmp_path)
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/operations.md"])
+def test_the_docs_state_how_many_bad_inputs_the_table_holds(page: str) -> None:
+    """README.md and docs/operations.md ("Reliability") give the table's size; it stays the table's."""
+    text = (Path(__file__).resolve().parents[1] / page).read_text()
+    assert re.findall(r"\*\*(\d+) bad inputs\*\*", text) == [str(len(ROWS))]
+    assert len(ROWS) >= 40  # issue 23: at least 40 bad inputs, each with its exact message
 
 
 # --- beyond the table ------------------------------------------------------------------------------

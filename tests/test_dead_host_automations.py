@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from conftest import BOOTSTRAP_COMMAND
@@ -27,6 +28,8 @@ from deployments.automations import (
     zombie_flow_runs_automation,
 )
 from deployments.bootstrap import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def named(within_seconds: float = 90):
@@ -67,6 +70,26 @@ def test_a_window_within_one_heartbeat_or_no_tag_is_refused():
         zombie_flow_runs_automation(within_seconds=30)
     with pytest.raises(ValueError, match="must name at least one tag"):
         zombie_flow_runs_automation(tags=())
+
+
+@pytest.mark.parametrize("bad", [5, 9.9, float("nan"), float("inf")])
+def test_a_pending_bound_shorter_than_a_start_or_not_finite_is_refused(bad: float):
+    with pytest.raises(ValueError, match=r"must be a number of seconds of at least 10, longer than a worker"):
+        stuck_pending_flow_runs_automation(pending_seconds=bad)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("5", "pending_seconds=5.0 must be a number of seconds of at least 10"),
+        ("2m", "'2m' is not a number of seconds"),
+    ],
+)
+def test_the_bootstrap_command_refuses_a_bad_pending_bound_before_touching_anything(value, message, capsys):
+    with pytest.raises(SystemExit) as exited:  # argparse's usage error: nothing was read or created
+        main(["--pending-seconds", value])
+    assert exited.value.code == 2
+    assert f"error: argument --pending-seconds: {message}" in capsys.readouterr().err
 
 
 def test_created_once_then_reported_unchanged():
@@ -169,3 +192,27 @@ def test_a_claimed_run_is_put_back_when_pending_too_long_and_a_crashed_run_is_re
         time.sleep(5)  # a reactive trigger acts within a second or two of the event
         assert state(crashed).is_crashed()
         assert client.read_flow_run(crashed.id).run_count == 2
+
+
+PREFECT_FILES = sorted(path.name for path in ROOT.glob("prefect*.yaml"))
+
+
+@pytest.mark.parametrize("prefect_file", PREFECT_FILES)
+def test_every_deployment_of_the_project_is_covered_and_beats_as_the_automations_expect(prefect_file: str):
+    """A deployment of a prefect file (process or Docker pools) without a monitored tag, or whose runs
+    beat at another period (or not at all), would escape the automations or be crashed between two
+    heartbeats."""
+    import yaml
+
+    from deployments.automations import DEFAULT_WITHIN_SECONDS, MONITORED_TAGS
+
+    document = yaml.safe_load((ROOT / prefect_file).read_text())
+    deployments = document["deployments"]
+    assert deployments
+    for deployment in deployments:
+        name = deployment["name"]
+        assert set(deployment.get("tags") or []) & set(MONITORED_TAGS), (name, deployment.get("tags"))
+        job_variables = deployment["work_pool"]["job_variables"]
+        assert job_variables["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == str(HEARTBEAT_SECONDS), name
+        assert job_variables["stream_output"] is False, name
+    assert DEFAULT_WITHIN_SECONDS >= 2 * HEARTBEAT_SECONDS

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deployments.triggers import upstream_trigger_spec
+from deployments.triggers import MATERIALIZATION_PARAMETER, trigger_specs
 from tasks.tableau.domains import load_domains
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +27,7 @@ def test_every_domain_has_a_deployment_with_its_upstream_trigger_and_cron():
         deployment = deployments[name]
         assert deployment["entrypoint"] == "flows/tableau/refresh.py:refresh_domain"
         assert deployment["parameters"] == {"domain": name}
-        assert deployment["triggers"] == [upstream_trigger_spec(domain)], name
+        assert deployment["triggers"] == trigger_specs(domain), name
         assert deployment["schedules"] == [{"cron": domain.cron, "timezone": "UTC"}], name
         assert deployment["work_pool"]["name"] == "tableau-refresh"
 
@@ -79,6 +79,41 @@ def test_a_new_domain_is_one_configuration_entry_and_one_command(tmp_path, capsy
         "match_related"
     ]
     assert {"sales", "marketing", "finance", "all-domains", "crm-export-weekly"} <= set(deployments)
+
+
+def test_a_lineage_domain_triggers_on_its_tables_materializations_debounced(tmp_path):
+    from deployments.domains import main
+
+    config = yaml.safe_load((ROOT / "tableau_domains.yaml").read_text())
+    tables = ["athena://awsdatacatalog/hr/people", "snowflake://acme-prod/HR/PUBLIC/ABSENCES"]
+    config["domains"]["hr"] = {"upstream_tables": tables, "debounce_seconds": 120}
+    config["domains"]["finance"]["upstream_tables"] = ["athena://awsdatacatalog/finance/ledger"]
+    domains_yaml, deploy_yaml = tmp_path / "domains.yaml", tmp_path / "prefect.yaml"
+    domains_yaml.write_text(yaml.safe_dump(config))
+    deploy_yaml.write_text((ROOT / "prefect.yaml").read_text())
+    assert main(["--config", str(domains_yaml), "--prefect-yaml", str(deploy_yaml)]) == 0
+
+    deployments = {d["name"]: d for d in yaml.safe_load(deploy_yaml.read_text())["deployments"]}
+    (hr_trigger,) = deployments["hr"]["triggers"]  # no upstream flow: its tables only
+    assert hr_trigger == {
+        "type": "event",
+        "enabled": True,
+        "match": {"prefect.resource.id": tables},
+        "after": ["prefect.asset.materialization.succeeded"],
+        "expect": ["prefect.asset.materialization.succeeded"],
+        "for_each": ["prefect.resource.role"],
+        "posture": "Proactive",
+        "threshold": 1,
+        "within": 120,
+        "parameters": {"domain": "hr", "materialization": MATERIALIZATION_PARAMETER},
+    }
+    assert deployments["hr"]["description"] == (
+        "Refresh the Tableau content of the hr domain 120 s after the last materialization of its 2 upstream table(s)."
+    )
+    completed, materialized = deployments["finance"]["triggers"]  # both: its upstream flow and its table
+    assert completed["expect"] == ["prefect.flow-run.Completed"]
+    assert materialized["match"] == {"prefect.resource.id": ["athena://awsdatacatalog/finance/ledger"]}
+    assert materialized["within"] == 300  # the default debounce
 
 
 def test_prefect_yaml_without_the_generated_section_is_refused(tmp_path):

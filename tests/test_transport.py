@@ -126,12 +126,32 @@ def test_warning_names_owner_and_url_without_credentials(caplog: pytest.LogCaptu
 
 def test_tableau_site_refuses_plaintext_and_unverified_tls_to_another_host() -> None:
     with pytest.raises(ValidationError) as raised:
-        TableauSite(server_url=f"http://admin:{PASSWORD}@tableau.example.com/")
+        TableauSite(server_url="http://tableau.example.com/")
     assert_refused(raised, "Tableau Site: server_url 'http://tableau.example.com' is plaintext http://")
 
     with pytest.raises(ValidationError) as raised:
         TableauSite(server_url="https://tableau.example.com", verify_ssl=False)
     assert_refused(raised, "verify_ssl is false for server_url 'https://tableau.example.com'")
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+@pytest.mark.parametrize("block", ["site", "pool", "connected app"])
+def test_tableau_site_refuses_credentials_in_its_url_and_never_quotes_them(scheme: str, block: str) -> None:
+    """Also through the blocks that hold the site: pydantic would otherwise print the input it refused."""
+    site = {"server_url": f"{scheme}://admin:{PASSWORD}@tableau.example.com"}
+    make = {
+        "site": lambda: TableauSite(**site),
+        "pool": lambda: TableauPatPool(site=site, pat_block_names=["pat-1"]),
+        "connected app": lambda: TableauConnectedApp(
+            site=site, client_id="c", secret_id="s", secret_value=TOKEN, username="u@example.com"
+        ),
+    }[block]
+    with pytest.raises(ValidationError) as raised:
+        make()
+    message = str(raised.value)
+    assert f"server_url '{scheme}://tableau.example.com' must not carry user:password@" in message, message
+    assert PASSWORD not in message
+    assert TOKEN not in message
 
 
 def test_tableau_site_on_loopback_needs_no_flag(caplog: pytest.LogCaptureFixture) -> None:
@@ -409,3 +429,42 @@ def test_crm_block_refuses_credentials_in_its_url(
     assert f"{field} 'https://crm.example.com' carries credentials (user:password@)" in message
     assert "Remove them and give the CRM's key in" in message
     assert PASSWORD not in message
+
+
+# --- Athena extractor (metadata_sources.yaml) ------------------------------------------------------
+
+ATHENA = {
+    "kind": "athena",
+    "aws_credentials_block": "aws",
+    "region": "eu-west-1",
+    "output_location": "s3://r/",
+}
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:5000", "http://localhost:5000", "https://athena.eu-west-1.amazonaws.com"]
+)
+def test_athena_endpoint_takes_https_or_plaintext_to_loopback(url: str) -> None:
+    from tasks.metadata.sources import AthenaExtractorConfig
+
+    assert AthenaExtractorConfig(**ATHENA, endpoint_url=url).endpoint_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://moto.example.com:5000", "endpoint_url 'http://moto.example.com:5000' is plaintext http://"),
+        (f"http://svc:{PASSWORD}@127.0.0.1:5000", "endpoint_url 'http://127.0.0.1:5000' (shown without"),
+        (f"https://athena.example.com/?X-Amz-Security-Token={TOKEN}", "must be an endpoint's URL alone"),
+    ],
+)
+def test_athena_endpoint_refuses_plaintext_to_another_host_and_credentials(url: str, expected: str) -> None:
+    """No flag here: AWS and its VPC endpoints take https://; only an emulator on this machine takes http://."""
+    from tasks.metadata.sources import AthenaExtractorConfig
+
+    with pytest.raises(ValidationError) as raised:
+        AthenaExtractorConfig(**ATHENA, endpoint_url=url)
+    message = str(raised.value)
+    assert expected in message, message
+    assert PASSWORD not in message
+    assert TOKEN not in message

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from blocks.secrets import SecretSource, check_one_secret, held_or_read
 from blocks.tableau.pat import MIN_LEASE_DURATION_SECONDS
@@ -43,6 +43,7 @@ class TableauConnectedApp(Block):
         "A Tableau connected app with direct trust: each run signs in with its own short-lived JWT, so "
         "runs share no session. A global concurrency limit bounds how many refresh at once."
     )
+    model_config = ConfigDict(hide_input_in_errors=True)  # a pasted secret stays out of errors
     _logo_url = TABLEAU_LOGO_URL
     _documentation_url = "https://help.tableau.com/current/server/en-us/connected_apps_direct.htm"
 

@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from blocks.secrets import SecretSource, check_one_secret, held_or_read
 from blocks.tableau.site import TABLEAU_LOGO_URL, TableauSite, site_field_from_old_shape
@@ -36,6 +36,7 @@ class TableauPersonalAccessToken(Block):
         "A Tableau personal access token. Signing in with it ends the session of any earlier sign-in "
         "with the same PAT (error 401002), so lease it through a Tableau PAT Pool."
     )
+    model_config = ConfigDict(hide_input_in_errors=True)  # a pasted secret stays out of errors
     _logo_url = TABLEAU_LOGO_URL
     _documentation_url = PAT_DOCUMENTATION_URL
 
@@ -80,6 +81,7 @@ class TableauPatPool(Block):
         "PATs for one Tableau site, each guarded by a global concurrency limit of 1, "
         "plus a pool limit equal to their number."
     )
+    model_config = ConfigDict(hide_input_in_errors=True)  # a pasted secret stays out of errors
     _logo_url = TABLEAU_LOGO_URL
     _documentation_url = PAT_DOCUMENTATION_URL
 

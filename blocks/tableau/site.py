@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -44,12 +45,13 @@ class TableauSite(BaseModel):
     for the site — logs a warning naming who uses the site and the server URL each time it is called.
 
     Raises:
-        ValueError (a ``pydantic.ValidationError``): ``server_url`` is not an http(s) URL, the transport
-            to a host that is not loopback is insecure and ``allow_insecure_transport`` is false, or an
-            unknown field is given.
+        ValueError (a ``pydantic.ValidationError``, which never quotes the input): ``server_url`` is not
+            an http(s) URL or carries ``user:password@``, the transport to a host that is not loopback is
+            insecure and ``allow_insecure_transport`` is false, or an unknown field is given.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    #: Errors never quote the input: a password pasted into server_url stays out of them.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     server_url: str = Field(
         description="Base URL of Tableau Server or the Tableau Cloud pod, e.g. https://10ax.online.tableau.com. "
@@ -79,6 +81,12 @@ class TableauSite(BaseModel):
         if not value.startswith(("http://", "https://")):
             raise ValueError(
                 f"server_url must start with http:// or https://, got {url_without_credentials(value)!r}"
+            )
+        if "@" in urlsplit(value).netloc:
+            raise ValueError(
+                f"server_url {url_without_credentials(value)!r} must not carry user:password@ (left out here): "
+                "runs sign in with a PAT or a connected app's JWT, and the URL is shown wherever the site is "
+                "(the block, logs, messages). Remove them"
             )
         return value.rstrip("/")
 

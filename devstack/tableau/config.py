@@ -162,9 +162,11 @@ class ContentSpec:
     seeded generator each time a job starts. A job ends with `finish_code` if set (3 emulates a job
     completed by Tableau Bridge), else 1 with `fail_notes` as its notes if those are set, else 0.
 
-    Data sources only: `connections` (default: one Postgres connection) and `refresh_schedule`, the
-    frequency of its extract-refresh task (None: no task). Workbooks only: `views`, the names of its
-    views (default `DEFAULT_VIEWS`).
+    Data sources only: `connections` (default: one Postgres connection), `refresh_schedule`, the
+    frequency of its extract-refresh task (None: no task), and `has_extracts` (default true; false: a
+    live connection, REST `hasExtracts="false"` and the Metadata API's `hasExtracts: false`). Workbooks
+    only: `views`, the names of its views (default `DEFAULT_VIEWS`); which of a workbook's embedded
+    data sources have extracts is the Metadata API's seed (`metadata_api.workbooks`).
     """
 
     kind: ContentKind
@@ -178,8 +180,16 @@ class ContentSpec:
     connections: tuple[Connection, ...] | None = None
     refresh_schedule: RefreshFrequency | None = "Daily"
     views: tuple[str, ...] | None = None
+    has_extracts: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.kind == "workbook" and self.has_extracts is not None:
+            raise ValueError(
+                f"workbook {self.name!r}: has_extracts is a data source's; a workbook's extracts are its "
+                "embedded data sources' (metadata_api.workbooks.<project/name>.embedded)"
+            )
+        if self.kind == "datasource" and self.has_extracts is None:
+            object.__setattr__(self, "has_extracts", True)
         if self.kind == "workbook" and self.connections is not None:
             raise ValueError(f"workbook {self.name!r}: only data sources declare connections")
         if self.kind == "datasource" and self.views is not None:

@@ -24,6 +24,7 @@ docs/metadata-lineage.md ("The Tableau stand-in's Metadata API").
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import threading
 import uuid
@@ -33,7 +34,7 @@ from typing import Any
 
 from graphql import GraphQLError, build_schema, graphql_sync
 
-from devstack.tableau.config import Config, ContentSpec
+from devstack.tableau.config import Config, Connection, ContentSpec
 from devstack.tableau.state import TableauSite
 
 #: Tableau Server's default ``metadata.query.limits.count``.
@@ -61,14 +62,30 @@ _SEVERITY = {"FEATURE_DISABLED": "ERROR", "RATE_EXCEEDED": "ERROR", "INVALID_ARG
 
 SDL = """
 type Query {
-  publishedDatasourcesConnection(first: Int, after: String, offset: Int, orderBy: SortOrder): PublishedDatasourcesConnection!
-  embeddedDatasourcesConnection(first: Int, after: String, offset: Int, orderBy: SortOrder): EmbeddedDatasourcesConnection!
-  customSQLTablesConnection(first: Int, after: String, offset: Int, orderBy: SortOrder): CustomSQLTablesConnection!
-  databaseTablesConnection(first: Int, after: String, offset: Int, orderBy: SortOrder): DatabaseTablesConnection!
-  workbooksConnection(first: Int, after: String, offset: Int, orderBy: SortOrder): WorkbooksConnection!
-  publishedDatasources: [PublishedDatasource!]!
-  workbooks: [Workbook!]!
-  databaseTables: [DatabaseTable!]!
+  publishedDatasourcesConnection(filter: PublishedDatasource_Filter, first: Int, after: String, offset: Int, orderBy: SortOrder): PublishedDatasourcesConnection!
+  embeddedDatasourcesConnection(filter: EmbeddedDatasource_Filter, first: Int, after: String, offset: Int, orderBy: SortOrder): EmbeddedDatasourcesConnection!
+  customSQLTablesConnection(filter: CustomSQLTable_Filter, first: Int, after: String, offset: Int, orderBy: SortOrder): CustomSQLTablesConnection!
+  databaseTablesConnection(filter: DatabaseTable_Filter, first: Int, after: String, offset: Int, orderBy: SortOrder): DatabaseTablesConnection!
+  workbooksConnection(filter: Workbook_Filter, first: Int, after: String, offset: Int, orderBy: SortOrder): WorkbooksConnection!
+  publishedDatasources(filter: PublishedDatasource_Filter): [PublishedDatasource!]!
+  workbooks(filter: Workbook_Filter): [Workbook!]!
+  databaseTables(filter: DatabaseTable_Filter): [DatabaseTable!]!
+}
+scalar DateTime
+input DatabaseTable_Filter {
+  id: ID, idWithin: [ID], luid: String, luidWithin: [String], name: String, nameWithin: [String],
+  schema: String, schemaWithin: [String], fullName: String, fullNameWithin: [String],
+  connectionType: String, connectionTypeWithin: [String], isEmbedded: Boolean, isEmbeddedWithin: [Boolean]
+}
+input PublishedDatasource_Filter {
+  id: ID, idWithin: [ID], luid: String, luidWithin: [String], name: String, nameWithin: [String],
+  projectName: String, projectNameWithin: [String], vizportalUrlId: String, vizportalUrlIdWithin: [String]
+}
+input EmbeddedDatasource_Filter { id: ID, idWithin: [ID], name: String, nameWithin: [String] }
+input CustomSQLTable_Filter { id: ID, idWithin: [ID], name: String, nameWithin: [String] }
+input Workbook_Filter {
+  id: ID, idWithin: [ID], luid: String, luidWithin: [String], name: String, nameWithin: [String],
+  projectName: String, projectNameWithin: [String], vizportalUrlId: String, vizportalUrlIdWithin: [String]
 }
 enum SortOrderField { ID NAME }
 enum SortOrderDirection { ASC DESC }
@@ -82,15 +99,22 @@ type WorkbooksConnection { nodes: [Workbook!]!, pageInfo: PageInfo!, totalCount:
 
 type TableauUser { id: ID!, luid: String!, name: String, username: String }
 
-interface Datasource { id: ID!, name: String, fields: [Field!]!, upstreamTables: [Table!]!, upstreamDatabases: [Database!]! }
+interface Datasource {
+  id: ID!, name: String, hasExtracts: Boolean, extractLastRefreshTime: DateTime,
+  extractLastIncrementalUpdateTime: DateTime, extractLastUpdateTime: DateTime, fields: [Field!]!,
+  upstreamTables: [Table!]!, upstreamDatabases: [Database!]!
+}
 type PublishedDatasource implements Datasource {
   id: ID!, luid: String!, name: String, projectName: String, vizportalUrlId: String, hasExtracts: Boolean,
+  extractLastRefreshTime: DateTime, extractLastIncrementalUpdateTime: DateTime, extractLastUpdateTime: DateTime,
   owner: TableauUser!, fields: [Field!]!, upstreamTables: [Table!]!, upstreamDatabases: [Database!]!,
   downstreamWorkbooks: [Workbook!]!
 }
 type EmbeddedDatasource implements Datasource {
-  id: ID!, name: String, workbook: Workbook, fields: [Field!]!, upstreamTables: [Table!]!,
-  upstreamDatabases: [Database!]!, upstreamDatasources: [PublishedDatasource!]!
+  id: ID!, name: String, hasExtracts: Boolean, extractLastRefreshTime: DateTime,
+  extractLastIncrementalUpdateTime: DateTime, extractLastUpdateTime: DateTime, workbook: Workbook,
+  fields: [Field!]!, upstreamTables: [Table!]!, upstreamDatabases: [Database!]!,
+  upstreamDatasources: [PublishedDatasource!]!
 }
 
 interface Database { id: ID!, name: String, connectionType: String }
@@ -147,16 +171,19 @@ def _id(*parts: str) -> str:
 
 @dataclass
 class MetadataApiConfig:
-    """The ``metadata_api`` section of the stand-in's config.
+    """The ``metadata_api`` section of the stand-in's config (docs/tableau-standin.md, "Lineage").
 
     ``enabled``: false answers every query with FEATURE_DISABLED (a Tableau Server without metadata
     services). ``node_limit``: nodes per query (``metadata.query.limits.count``). ``faults``: codes the
     next queries answer with, in order (``TIME_LIMIT_EXCEEDED``, ``RATE_EXCEEDED``). ``datasources``:
-    ``"<project>/<name>"`` of a published data source → ``{"tables": [{"database", "schema", "name",
-    "columns"}], "custom_sql": [{"name", "query", "tables": ["schema.table"], "columns"}],
-    "calculated_fields": {"<name>": ["<field>", ...]}}``; ``workbooks``: ``"<project>/<name>"`` →
-    ``{"datasources": ["<project>/<name>"], "sheets": {"<view name>": ["<field>", ...]}}``. Content
-    without an entry gets the defaults of ``MetadataApi``.
+    ``"<project>/<name>"`` of a published data source → ``{"tables": [TABLE, ...], "custom_sql":
+    [{"name", "query", "tables": ["schema.table"], "columns"}], "calculated_fields": {"<name>":
+    ["<field>", ...]}, "extract_last_refresh_time": ISO 8601 instant}``; ``workbooks``:
+    ``"<project>/<name>"`` → ``{"datasources": ["<project>/<name>"], "embedded": {"<name>": {"tables":
+    [TABLE, ...], "has_extracts": bool, "extract_last_refresh_time": ...}}, "sheets": {"<view name>":
+    ["<field>", ...]}}``. A TABLE is ``{"connection_type", "database", "schema", "name", "columns"}``
+    (an embedded data source's also ``host``, ``port``). Content without an entry gets the defaults of
+    ``MetadataApi``. Unknown keys are errors.
     """
 
     enabled: bool = True
@@ -169,30 +196,91 @@ class MetadataApiConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> MetadataApiConfig:
         data = dict(data or {})
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown metadata_api keys {sorted(unknown)}; known: {sorted(known)}")
+        _check_keys("metadata_api", data, set(cls.__dataclass_fields__))
         config = cls(**data)
         bad = [f for f in config.faults if f not in ("TIME_LIMIT_EXCEEDED", "RATE_EXCEEDED")]
         if bad or config.node_limit < 1:
             raise ValueError(
                 f"metadata_api: faults must be TIME_LIMIT_EXCEEDED or RATE_EXCEEDED, got {bad}; node_limit >= 1"
             )
+        for key, entry in config.datasources.items():
+            where = f"metadata_api.datasources.{key}"
+            _check_keys(where, entry, _DATASOURCE_KEYS)
+            for i, table in enumerate(entry.get("tables") or []):
+                _check_keys(f"{where}.tables[{i}]", table, _TABLE_KEYS)
+            _instant(where, entry.get("extract_last_refresh_time"))
+        for key, entry in config.workbooks.items():
+            where = f"metadata_api.workbooks.{key}"
+            _check_keys(where, entry, _WORKBOOK_KEYS)
+            for name, embedded in (entry.get("embedded") or {}).items():
+                _check_keys(f"{where}.embedded.{name}", embedded, _EMBEDDED_KEYS)
+                for i, table in enumerate(embedded.get("tables") or []):
+                    _check_keys(f"{where}.embedded.{name}.tables[{i}]", table, _TABLE_KEYS | {"host", "port"})
+                _instant(f"{where}.embedded.{name}", embedded.get("extract_last_refresh_time"))
         return config
 
 
+_DATASOURCE_KEYS = {"tables", "custom_sql", "calculated_fields", "extract_last_refresh_time"}
+_WORKBOOK_KEYS = {"datasources", "embedded", "sheets"}
+_EMBEDDED_KEYS = {"tables", "has_extracts", "extract_last_refresh_time"}
+_TABLE_KEYS = {"connection_type", "database", "schema", "name", "columns"}
+
+
+def _check_keys(where: str, data: Any, known: set[str]) -> None:
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where}: expected a mapping, got {data!r}")
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown {where} keys {sorted(unknown)}; known: {sorted(known)}")
+
+
+def _instant(where: str, value: Any) -> float | None:
+    """An ``extract_last_refresh_time`` seed value as unix seconds (None stays None)."""
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):  # YAML reads an unquoted timestamp as one
+        instant: dt.datetime | None = value
+    else:
+        try:
+            instant = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            instant = None
+    if instant is None or instant.tzinfo is None:
+        raise ValueError(
+            f"{where}.extract_last_refresh_time {value!r}: give an ISO 8601 instant with its offset, "
+            "e.g. 2026-12-01T06:00:00Z"
+        )
+    return instant.timestamp()
+
+
+def date_time(seconds: float | None) -> str | None:
+    """A Metadata API ``DateTime`` (ISO 8601 in UTC, ``2026-12-07T06:00:00Z``) of unix seconds."""
+    if seconds is None:
+        return None
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 class _Graph:
-    """The site's Metadata API objects as dicts (graphql-core's default resolver reads their keys)."""
+    """The site's Metadata API objects as dicts (graphql-core's default resolver reads their keys).
+
+    Data sources carry ``_refresh_key`` (the REST id of the content whose extract refresh jobs refresh
+    them: the data source, or an embedded one's workbook) and ``_seed_refresh`` (the seed's
+    ``extract_last_refresh_time``, unix seconds), which ``MetadataApi`` turns into the extract times.
+    """
 
     def __init__(self, config: Config, metadata: MetadataApiConfig, owner_id: str) -> None:
         self.owner = {"id": _id("user", owner_id), "luid": owner_id, "name": "admin", "username": "admin"}
-        self.databases: dict[tuple[str, str, int], dict[str, Any]] = {}
+        self.databases: dict[tuple[str, str, int, str], dict[str, Any]] = {}
         self.tables: dict[tuple[str, ...], dict[str, Any]] = {}
         self.published: list[dict[str, Any]] = []
         self.embedded: list[dict[str, Any]] = []
         self.custom_sql: list[dict[str, Any]] = []
         self.workbooks: list[dict[str, Any]] = []
+        # The first data source connection of each type: where an embedded data source's tables are.
+        self.hosts: dict[str, tuple[str, int]] = {}
+        for spec in config.datasources:
+            for connection in spec.connections or ():
+                self.hosts.setdefault(connection.type, (connection.server_address, connection.server_port))
         by_key: dict[str, dict[str, Any]] = {}
         for spec in config.datasources:
             ds = self._published(spec, metadata.datasources.get(f"{spec.project}/{spec.name}", {}))
@@ -200,16 +288,16 @@ class _Graph:
         unknown = set(metadata.datasources) - set(by_key)
         if unknown:
             raise ValueError(f"metadata_api.datasources names data sources the site lacks: {sorted(unknown)}")
+        workbooks = {f"{spec.project}/{spec.name}" for spec in config.workbooks}
+        unknown = set(metadata.workbooks) - workbooks
+        if unknown:
+            raise ValueError(f"metadata_api.workbooks names workbooks the site lacks: {sorted(unknown)}")
         for spec in config.workbooks:
             self._workbook(spec, metadata.workbooks.get(f"{spec.project}/{spec.name}"), by_key)
 
     # -- databases and tables --------------------------------------------------------------------
 
-    def _database(self, spec: ContentSpec, name: str) -> dict[str, Any]:
-        connection = spec.connections[0] if spec.connections else None
-        kind = connection.type if connection else "postgres"
-        host = connection.server_address if connection else "localhost"
-        port = connection.server_port if connection else 0
+    def _database(self, kind: str, host: str, port: int, name: str) -> dict[str, Any]:
         key = (kind, host, port, name)
         if key not in self.databases:
             self.databases[key] = {
@@ -222,6 +310,35 @@ class _Graph:
                 "service": None,
             }
         return self.databases[key]
+
+    def _datasource_database(self, spec: ContentSpec, table: Mapping[str, Any]) -> dict[str, Any]:
+        """The database of a published data source's table: on its connection of the table's
+        ``connection_type`` (default: its first connection)."""
+        kind = table.get("connection_type")
+        connections = [c for c in spec.connections or () if kind is None or c.type == kind]
+        if not connections and kind is not None:
+            raise ValueError(
+                f"data source {spec.project}/{spec.name}: table {table.get('name')!r} is on a {kind} "
+                f"connection, but the data source's connections are {[c.type for c in spec.connections or ()]}; "
+                "add a connection of that type to the data source"
+            )
+        connection = connections[0] if connections else None
+        return self._database(
+            connection.type if connection else "postgres",
+            connection.server_address if connection else "localhost",
+            connection.server_port if connection else 0,
+            table.get("database", "analytics"),
+        )
+
+    def _embedded_database(self, table: Mapping[str, Any]) -> dict[str, Any]:
+        """The database of an embedded data source's table: ``host``/``port`` as given, else those of
+        the site's first data source connection of its type (else the stand-in's default server)."""
+        kind = table.get("connection_type", "postgres")
+        default = Connection()
+        host, port = self.hosts.get(kind, (default.server_address, default.server_port))
+        return self._database(
+            kind, table.get("host", host), int(table.get("port", port)), table.get("database", "analytics")
+        )
 
     def _table(self, database: dict[str, Any], schema: str, name: str, columns: list[str]) -> dict[str, Any]:
         key = (database["id"], schema, name)
@@ -261,6 +378,7 @@ class _Graph:
     # -- data sources ------------------------------------------------------------------------------
 
     def _published(self, spec: ContentSpec, lineage: Mapping[str, Any]) -> dict[str, Any]:
+        where = f"metadata_api.datasources.{spec.project}/{spec.name}"
         ds: dict[str, Any] = {
             "__typename": "PublishedDatasource",
             "id": _id("published", spec.id),
@@ -268,12 +386,16 @@ class _Graph:
             "name": spec.name,
             "projectName": spec.project,
             "vizportalUrlId": spec.content_url,
-            "hasExtracts": True,
+            "hasExtracts": bool(spec.has_extracts),
             "owner": self.owner,
             "fields": [],
             "upstreamTables": [],
             "upstreamDatabases": [],
             "downstreamWorkbooks": [],
+            "_refresh_key": spec.id,
+            "_seed_refresh": _instant(where, lineage.get("extract_last_refresh_time")),
+            # Every database table it reads, directly or through custom SQL (the downstream lineage).
+            "_lineage_tables": [],
         }
         self.published.append(ds)
         table_specs = lineage.get("tables")
@@ -288,13 +410,13 @@ class _Graph:
                 }
             ]
         for t in table_specs or []:
-            database = self._database(spec, t.get("database", "analytics"))
+            database = self._datasource_database(spec, t)
             table = self._table(database, t.get("schema", "public"), t["name"], list(t.get("columns", [])))
             self._link_table(ds, table)
             for column in (c for c in table["columns"] if c["name"] in t.get("columns", [])):
                 self._column_field(ds, column)
         for c in lineage.get("custom_sql", []):
-            database = self._database(spec, c.get("database", "analytics"))
+            database = self._datasource_database(spec, {"database": c.get("database", "analytics")})
             custom = {
                 "__typename": "CustomSQLTable",
                 "id": _id("custom-sql", spec.id, c["name"]),
@@ -314,6 +436,9 @@ class _Graph:
             custom["columns"] = [self._column(custom, n) for n in c.get("columns", [])]
             self.custom_sql.append(custom)
             self._link_table(ds, custom)
+            for table in custom["tables"]:
+                # Downstream lineage runs through custom SQL: the tables it reads feed the data source.
+                self._link_downstream(ds, table)
             for column in custom["columns"]:
                 self._column_field(ds, column)
         for name, inputs in (lineage.get("calculated_fields") or {}).items():
@@ -343,7 +468,14 @@ class _Graph:
         ds["upstreamTables"].append(table)
         if table["database"] not in ds["upstreamDatabases"]:
             ds["upstreamDatabases"].append(table["database"])
-        table["downstreamDatasources"].append(ds)
+        self._link_downstream(ds, table)
+
+    @staticmethod
+    def _link_downstream(ds: dict[str, Any], table: dict[str, Any]) -> None:
+        if ds["__typename"] == "PublishedDatasource" and ds not in table["downstreamDatasources"]:
+            table["downstreamDatasources"].append(ds)
+        if table not in ds["_lineage_tables"]:
+            ds["_lineage_tables"].append(table)
 
     def _column_field(self, ds: dict[str, Any], column: dict[str, Any]) -> None:
         name = column["name"]
@@ -368,6 +500,7 @@ class _Graph:
     def _workbook(
         self, spec: ContentSpec, lineage: Mapping[str, Any] | None, published: dict[str, dict[str, Any]]
     ) -> None:
+        where = f"metadata_api.workbooks.{spec.project}/{spec.name}"
         wb: dict[str, Any] = {
             "id": _id("workbook", spec.id),
             "luid": spec.id,
@@ -382,11 +515,13 @@ class _Graph:
             "upstreamTables": [],
         }
         self.workbooks.append(wb)
+        own: dict[str, Any] = {}
         if lineage is None:  # default: the published data sources of its project, two fields per view
             keys = [k for k, ds in published.items() if ds["projectName"] == spec.project]
             sheets = {view: None for view in spec.views or ()}
         else:
             keys = list(lineage.get("datasources", []))
+            own = dict(lineage.get("embedded") or {})
             sheets = dict(lineage.get("sheets") or {})
             missing = [k for k in keys if k not in published]
             unknown_views = set(sheets) - set(spec.views or ())
@@ -394,18 +529,29 @@ class _Graph:
                 raise ValueError(
                     f"workbook {spec.project}/{spec.name}: unknown data sources {missing} or views {sorted(unknown_views)}"
                 )
+
+        def link(table: dict[str, Any]) -> None:
+            if table not in wb["upstreamTables"]:
+                wb["upstreamTables"].append(table)
+            if wb not in table["downstreamWorkbooks"]:
+                table["downstreamWorkbooks"].append(wb)
+
         fields_by_name: dict[str, dict[str, Any]] = {}
         for key in keys:
             source = published[key]
+            # A connection to a published data source: the extract (if any) is the published one's.
             embedded: dict[str, Any] = {
                 "__typename": "EmbeddedDatasource",
                 "id": _id("embedded", spec.id, key),
                 "name": source["name"],
+                "hasExtracts": False,
                 "workbook": wb,
                 "fields": [],
                 "upstreamTables": list(source["upstreamTables"]),
                 "upstreamDatabases": list(source["upstreamDatabases"]),
                 "upstreamDatasources": [source],
+                "_refresh_key": spec.id,
+                "_seed_refresh": None,
             }
             for remote in source["fields"]:
                 local = {
@@ -427,7 +573,40 @@ class _Graph:
             for table in source["upstreamTables"]:
                 if table not in wb["upstreamTables"]:
                     wb["upstreamTables"].append(table)
+            for table in source["upstreamTables"] + source["_lineage_tables"]:
+                if wb not in table["downstreamWorkbooks"]:
                     table["downstreamWorkbooks"].append(wb)
+        for name, entry in own.items():
+            # An embedded data source with its own connections (its extract is the workbook's).
+            embedded = {
+                "__typename": "EmbeddedDatasource",
+                "id": _id("embedded-own", spec.id, name),
+                "name": name,
+                "hasExtracts": bool(entry.get("has_extracts", True)),
+                "workbook": wb,
+                "fields": [],
+                "upstreamTables": [],
+                "upstreamDatabases": [],
+                "upstreamDatasources": [],
+                "_refresh_key": spec.id,
+                "_seed_refresh": _instant(f"{where}.embedded.{name}", entry.get("extract_last_refresh_time")),
+                "_lineage_tables": [],
+            }
+            for t in entry.get("tables") or []:
+                table = self._table(
+                    self._embedded_database(t),
+                    t.get("schema", "public"),
+                    t["name"],
+                    list(t.get("columns", [])),
+                )
+                self._link_table(embedded, table)
+                link(table)
+                for column in (c for c in table["columns"] if c["name"] in t.get("columns", [])):
+                    self._column_field(embedded, column)
+            for f in embedded["fields"]:
+                fields_by_name.setdefault(f["name"], f)
+            self.embedded.append(embedded)
+            wb["embeddedDatasources"].append(embedded)
         for view in spec.views or ():
             if view not in sheets:
                 continue
@@ -450,11 +629,12 @@ class _Graph:
                 "sheetFieldInstances": used,
                 "upstreamFields": used,
                 "upstreamColumns": [c for f in used for c in f["upstreamColumns"]],
-                "upstreamDatasources": [f["remoteField"]["datasource"] for f in used],
+                "upstreamDatasources": [f["remoteField"]["datasource"] for f in used if "remoteField" in f],
             }
             for f in used:
                 f["sheets"].append(sheet)
-                f["remoteField"]["sheets"].append(sheet)
+                if "remoteField" in f:
+                    f["remoteField"]["sheets"].append(sheet)
             wb["sheets"].append(sheet)
 
 
@@ -475,27 +655,43 @@ class MetadataApi:
         query_type = self.schema.query_type
         for name, collection in _CONNECTIONS.items():
             query_type.fields[name].resolve = self._connection(collection)
-        query_type.fields["publishedDatasources"].resolve = lambda *_: self.graph.published
-        query_type.fields["workbooks"].resolve = lambda *_: self.graph.workbooks
-        query_type.fields["databaseTables"].resolve = lambda *_: list(self.graph.tables.values())
+        query_type.fields["publishedDatasources"].resolve = self._list("published")
+        query_type.fields["workbooks"].resolve = self._list("workbooks")
+        query_type.fields["databaseTables"].resolve = self._list("tables")
+        for type_name in ("PublishedDatasource", "EmbeddedDatasource"):
+            fields = self.schema.type_map[type_name].fields  # type: ignore[attr-defined]
+            for name, which in _EXTRACT_TIMES.items():
+                fields[name].resolve = _extract_time(which)
         self._lock = threading.Lock()
         self._faults = list(self.config.faults)
         self.queries = 0
+
+    def _items(self, collection: str, filter: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+        items = (
+            list(self.graph.tables.values()) if collection == "tables" else getattr(self.graph, collection)
+        )
+        if not filter:
+            return list(items)
+        wanted = {k: set(v) if k.endswith("Within") and v is not None else v for k, v in filter.items()}
+        return [item for item in items if _matches(item, wanted)]
+
+    def _list(self, collection: str) -> Callable[..., list[dict[str, Any]]]:
+        def resolve(_: Any, info: Any, filter: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+            return self._items(collection, filter)
+
+        return resolve
 
     def _connection(self, collection: str) -> Callable[..., dict[str, Any]]:
         def resolve(
             _: Any,
             info: Any,
+            filter: Mapping[str, Any] | None = None,
             first: int | None = None,
             after: str | None = None,
             offset: int | None = None,
             orderBy: dict[str, Any] | None = None,
         ) -> dict[str, Any]:
-            items = (
-                list(self.graph.tables.values())
-                if collection == "tables"
-                else getattr(self.graph, collection)
-            )
+            items = self._items(collection, filter)
             order = orderBy or {"field": "ID", "direction": "ASC"}
             key = "name" if order["field"] == "NAME" else "id"
             items = sorted(
@@ -542,7 +738,9 @@ class MetadataApi:
             return 200, _error_result("FEATURE_DISABLED")
         if fault == "RATE_EXCEEDED":
             return 200, _error_result(fault)
-        result = graphql_sync(self.schema, query, variable_values=variables)
+        # The extract times as of this query (jobs that succeeded so far), read once for the query.
+        context = {"refreshes": self.site.extract_refreshes()}
+        result = graphql_sync(self.schema, query, variable_values=variables, context_value=context)
         document: dict[str, Any] = {"data": result.data}
         errors = [_error_json(e) for e in result.errors or []]
         if result.data is not None:
@@ -556,6 +754,47 @@ class MetadataApi:
         if errors:
             document["errors"] = errors
         return 200, document
+
+
+#: Field → what it reports of a data source's extract (Datasource, Metadata API reference): the last
+#: full refresh, the last incremental update, the last of either.
+_EXTRACT_TIMES = {
+    "extractLastRefreshTime": "full",
+    "extractLastIncrementalUpdateTime": "incremental",
+    "extractLastUpdateTime": "any",
+}
+
+
+def _extract_time(which: str) -> Callable[..., str | None]:
+    """The resolver of one extract time of a data source: null without extracts; else the latest of
+    the seed's ``extract_last_refresh_time`` (a full refresh) and the succeeded extract refresh jobs of
+    the content that refreshes it (the data source, or an embedded one's workbook)."""
+
+    def resolve(ds: Mapping[str, Any], info: Any) -> str | None:
+        if not ds.get("hasExtracts"):
+            return None
+        full, incremental = info.context["refreshes"].get(ds["_refresh_key"], (None, None))
+        times = {"full": [full, ds["_seed_refresh"]], "incremental": [incremental]}
+        times["any"] = times["full"] + times["incremental"]
+        known = [t for t in times[which] if t is not None]
+        return date_time(max(known)) if known else None
+
+    return resolve
+
+
+def _matches(item: Mapping[str, Any], filter: Mapping[str, Any]) -> bool:
+    """Whether ``item`` passes a ``..._Filter``: every field given (not null) must hold — ``x`` equal,
+    ``xWithin`` one of the list — exactly and case-sensitively (the stricter reading: the reference
+    says only "Filter by GraphQL field and given value")."""
+    for key, wanted in filter.items():
+        if wanted is None:
+            continue
+        if key.endswith("Within"):
+            if item.get(key.removesuffix("Within")) not in wanted:
+                return False
+        elif item.get(key) != wanted:
+            return False
+    return True
 
 
 def _cursor(position: int) -> str:

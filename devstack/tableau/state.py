@@ -246,6 +246,8 @@ class TableauSite:
         self._last_login: dict[str, float] = {}  # user name -> simulated time of the last sign-in
         self._used_jtis: set[str] = set()
         self._capacity_used: dict[int, float] = collections.defaultdict(float)  # UTC day -> job seconds
+        # content id -> simulated time of its last successful full / incremental extract refresh
+        self._refreshed: dict[str, dict[str, float]] = collections.defaultdict(dict)
 
     # -- time -----------------------------------------------------------------------------------
 
@@ -543,6 +545,18 @@ class TableauSite:
         job.finish_code = finish_code
         job.notes = notes
         job.ends_at = None
+        if finish_code in (FINISH_SUCCESS, FINISH_BRIDGE):
+            self._refreshed[job.content.id]["incremental" if job.incremental else "full"] = at
+
+    def extract_refreshes(self) -> dict[str, tuple[float | None, float | None]]:
+        """Content id → simulated unix seconds of its last successful (finish code 0 or 3) full and
+        incremental extract refresh job, None for a kind it never had; content never refreshed is
+        absent. The Metadata API's ``extractLastRefreshTime`` / ``extractLastIncrementalUpdateTime``."""
+        with self._lock:
+            self._advance()
+            return {
+                key: (times.get("full"), times.get("incremental")) for key, times in self._refreshed.items()
+            }
 
     def job(self, job_id: str) -> Job:
         """One job by id (Query Job); unknown ids raise 404000."""

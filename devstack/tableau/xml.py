@@ -163,10 +163,12 @@ def _content(spec: ContentSpec, site: SiteView) -> ET.Element:
         "createdAt": timestamp(site.published_at),
         "updatedAt": timestamp(site.published_at),
         "encryptExtracts": "false",
-        "hasExtracts": "true",
+        "hasExtracts": "false" if spec.has_extracts is False else "true",
     }
     if spec.kind == "datasource":
-        attrs |= {"type": "hyper", "isCertified": "false", "useRemoteQueryAgent": "false"}
+        # An extract's type is "hyper"; a live data source's is its connection's.
+        kind = "hyper" if spec.has_extracts or not spec.connections else spec.connections[0].type
+        attrs |= {"type": kind, "isCertified": "false", "useRemoteQueryAgent": "false"}
     else:
         attrs |= {"showTabs": "false", "defaultViewId": spec.view_id(spec.views[0]) if spec.views else None}
     return _el(

@@ -1,6 +1,7 @@
 """The Tableau refresh flows: ``refresh_domain`` (one domain, through one leased PAT or a connected app;
 each domain's deployment runs it) and ``refresh_domains`` (several at once, for back-fills). The
-protocol is in docs/architecture.md, "Tableau refresh"."""
+protocol is in docs/architecture.md, "Tableau refresh"; content from lineage, asset triggers, Tableau
+assets and stale-only skips in docs/tableau-refresh.md."""
 
 from __future__ import annotations
 
@@ -9,23 +10,39 @@ import datetime as dt
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.states import State
+from pydantic import BaseModel, field_validator
 
+from blocks.tableau import TableauSite
 from tasks.common import ProgressReport
+from tasks.tableau.assets import (
+    ContentAsset,
+    last_materializations,
+    materialization_burst,
+    materialize_content,
+)
 from tasks.tableau.connected_app import hold_refresh_capacity, load_connected_app
 from tasks.tableau.domains import Domain, DomainConfigError, domains_file, load_domain, load_domains
 from tasks.tableau.pat_pool import lease_pat, load_pool
 from tasks.tableau.refresh import (
     QUOTA_EXHAUSTED,
+    UP_TO_DATE,
+    ContentRef,
     DomainRefreshError,
     DomainRefreshSummary,
     PollPolicy,
     RefreshJob,
     RefreshRow,
+    ResolvedContent,
+    merge_content,
     resolve_tableau_content,
+    resolve_tableau_lineage,
+    resolve_tableau_lineage_content,
+    stale_only,
     trigger_tableau_refreshes,
     wait_for_tableau_jobs,
 )
@@ -36,12 +53,38 @@ def _clock(value: dt.datetime | None) -> str:
     return f"{value:%H:%M:%S}" if value else ""
 
 
+class Materialization(BaseModel):
+    """The materialization that started an asset-triggered run: the last of the burst the domain's
+    debounced trigger collapsed (``deployments.triggers.MATERIALIZATION_PARAMETER`` fills it from the
+    event: its resource id, ``occurred`` and id)."""
+
+    asset_key: str = ""
+    occurred: dt.datetime | None = None
+    event_id: str = ""
+
+    @field_validator("occurred", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+
+@dataclass
+class _Outcome:
+    refreshes: list[RefreshJob]
+    resolved: dict[ContentRef, ResolvedContent]
+    changed_tables: list[str] | None = None
+    tables_without_extracts: list[str] = field(default_factory=list)
+    lineage_requests: int = 0
+
+
 def artifact_rows(summary: DomainRefreshSummary) -> list[dict[str, object]]:
-    """The rows of the domain's table artifact, one per content: what and how it ended first, then
-    times of day (UTC; the date is in the description), notes, finish code and Tableau job id."""
+    """The rows of the domain's table artifact, one per content: what, what brought it in (``list``:
+    the configuration; else the asset keys of its upstream tables) and how it ended first, then times of
+    day (UTC; the date is in the description), notes, finish code and Tableau job id."""
     return [
         {
             "content": f"{row.kind} {row.project}/{row.content}",
+            "brought in by": row.brought_in_by,
             "status": row.status,
             "queued": _clock(row.queued_at),
             "started": _clock(row.started_at),
@@ -60,17 +103,33 @@ def refresh_domain(
     domain: str,
     config_path: str | None = None,
     poll_policy: PollPolicy | None = None,
+    materialization: Materialization | None = None,
+    changed_tables: list[str] | None = None,
 ) -> DomainRefreshSummary:
-    """Refresh every data source and workbook of ``domain``, through one leased PAT or, if the domain
+    """Refresh the data sources and workbooks of ``domain``, through one leased PAT or, if the domain
     names a connected app, with the app's own JWT session while holding a slot of its refresh capacity.
 
+    The content is what the domain lists, and what Tableau's lineage (Metadata API) finds downstream
+    of its ``upstream_tables``, once per content. A run started by the domain's tables' materializations
+    (``materialization``), or told ``changed_tables``, refreshes only the content downstream of the
+    tables that changed; any other run (upstream completion, cron, by hand) the whole domain. With
+    ``refresh: stale_only`` a content none of whose upstream tables was materialized since its last
+    extract refresh is skipped as 'up to date'. Each content refreshed is materialized as a Prefect
+    asset (``tableau://<host>/<site>/<kind>/<luid>``, its tables as dependencies; a failed refresh emits
+    the failed materialization).
+
     A progress artifact ``tableau-refresh-<domain>-progress`` shows the refreshes finished of the total
-    while the run waits; the table artifact ``tableau-refresh-<domain>`` lists them at the end.
+    while the run waits; the table artifact ``tableau-refresh-<domain>`` lists them at the end, with
+    what brought each in.
 
     Args:
         domain: name of the domain in the domain configuration file.
         config_path: that file; default ``$TABLEAU_DOMAINS_FILE`` or ``tableau_domains.yaml``.
         poll_policy: polling intervals (seconds); default ``PollPolicy()``.
+        materialization: set by the domain's materialization trigger: the last materialization of the
+            burst; the run reads the burst's other materializations from Prefect's events API.
+        changed_tables: asset keys of the domain's ``upstream_tables`` that changed (by hand; added to
+            what ``materialization`` yields).
 
     Returns:
         The run's summary: PAT block name (or connected app block name), wait for the PAT or the
@@ -78,8 +137,12 @@ def refresh_domain(
         failure carried by the ``DomainRefreshError``).
 
     Raises:
-        DomainConfigError: unknown domain, invalid configuration, or incremental refreshes on a
-            site older than REST API 3.25 (nothing started).
+        DomainConfigError: unknown domain, invalid configuration, ``changed_tables`` not among the
+            domain's ``upstream_tables``, or incremental refreshes on a site older than REST API 3.25
+            (nothing started).
+        MetadataApiError: the domain has ``upstream_tables`` and the Metadata API is off (its message
+            names ``tsm maintenance metadata-services enable``) or refuses the user (nothing started).
+        LineageResolutionError: the Metadata API answered only part of the lineage (nothing started).
         BlockNotFoundError: the pool, one of its PAT blocks, the connected app or a secret's block is
             missing (nothing started).
         LimitNotReadyError: ``PatPoolError`` or ``RefreshCapacityError``, the pool's or the app's
@@ -91,6 +154,7 @@ def refresh_domain(
     logger = get_run_logger()
     config = load_domain(domain, config_path)
     policy = poll_policy or PollPolicy()
+    changed = _changed_tables(config, materialization, changed_tables)
 
     if config.connected_app_block:
         name = config.connected_app_block
@@ -100,8 +164,9 @@ def refresh_domain(
                 "Domain %r holds a slot of %r (waited %.1f s)", domain, app.concurrency_limit_name, wait
             )
             with TableauSession(app.site, ConnectedAppCredentials(app, name)) as session:
-                refreshes = _refresh(session, config, policy)
+                outcome = _refresh(session, config, policy, changed)
                 sign_ins = session.sign_ins
+        site = app.site
         held = {"connected_app": name, "lease_wait_seconds": wait}
     else:
         pool, pats = load_pool(config.pat_pool_block, needed_by=f"domain {domain!r}")
@@ -110,26 +175,102 @@ def refresh_domain(
                 "Domain %r holds PAT %r (waited %.1f s)", domain, lease.pat_block_name, lease.wait_seconds
             )
             with TableauSession(pool.site, pats[lease.pat_block_name], lease.pat_block_name) as session:
-                refreshes = _refresh(session, config, policy)
+                outcome = _refresh(session, config, policy, changed)
                 sign_ins = session.sign_ins
+        site = pool.site
         held = {"pat": lease.pat_block_name, "lease_wait_seconds": lease.wait_seconds}
 
     summary = DomainRefreshSummary(
-        domain=domain, sign_ins=sign_ins, refreshes=[RefreshRow.of(r) for r in refreshes], **held
+        domain=domain,
+        sign_ins=sign_ins,
+        refreshes=[RefreshRow.of(r, outcome.resolved.get(r.content)) for r in outcome.refreshes],
+        changed_tables=outcome.changed_tables,
+        tables_without_extracts=outcome.tables_without_extracts,
+        lineage_requests=outcome.lineage_requests,
+        **held,
     )
+    _materialize_assets(site, summary)
     _report(summary)
     return summary
 
 
-def _refresh(session: TableauSession, config: Domain, policy: PollPolicy) -> list[RefreshJob]:
-    """Resolve, trigger and wait, with the progress artifact of the domain's run."""
+def _changed_tables(
+    config: Domain, materialization: Materialization | None, changed_tables: list[str] | None
+) -> list[str] | None:
+    """The domain's tables that changed (an asset-triggered or told run), or None (the whole domain)."""
+    if materialization is None and changed_tables is None:
+        return None
+    unknown = sorted(set(changed_tables or ()) - set(config.upstream_tables))
+    if unknown:
+        raise DomainConfigError(
+            f"changed_tables {unknown} are not upstream_tables of domain {config.name!r} "
+            f"({list(config.upstream_tables)}): name tables of the domain, or add them to its upstream_tables"
+        )
+    changed = set(changed_tables or ())
+    logger = get_run_logger()
+    if materialization is not None:
+        if not materialization.asset_key or materialization.occurred is None:
+            logger.warning(
+                "Domain %r: started by its materialization trigger without an event (%s): nothing changed. "
+                "Is the trigger's for_each set as `python -m deployments.domains` writes it?",
+                config.name,
+                materialization,
+            )
+        else:
+            burst = materialization_burst(
+                config.upstream_tables, materialization.occurred, config.debounce_seconds
+            )
+            burst.setdefault(materialization.asset_key, materialization.occurred)
+            changed |= set(burst) & set(config.upstream_tables)
+            logger.info(
+                "Domain %r: %d of its tables materialized in the burst ending %s (debounce %.0f s): %s",
+                config.name,
+                len(burst),
+                materialization.occurred.isoformat(),
+                config.debounce_seconds,
+                ", ".join(sorted(burst)),
+            )
+    return [key for key in config.upstream_tables if key in changed]
+
+
+def _refresh(
+    session: TableauSession, config: Domain, policy: PollPolicy, changed: list[str] | None
+) -> _Outcome:
+    """Resolve (the lists and the lineage), skip what is up to date, trigger and wait, with the progress
+    artifact of the domain's run."""
+    logger = get_run_logger()
     if config.incremental and not session.server.check_at_least_version("3.25"):
         raise DomainConfigError(
             f"Domain {config.name!r} asks for incremental refreshes, which need REST API 3.25 or later; "
             f"the site uses {session.server.version}. Set incremental: false or raise the API version."
         )
     deadline = time.monotonic() + config.timeout_seconds
-    resolved = resolve_tableau_content(session, config.content())
+    # An asset-triggered run refreshes what is downstream of the tables that changed, not the lists.
+    listed = resolve_tableau_content(session, config.content()) if changed is None else {}
+    outcome = _Outcome([], {}, changed_tables=changed)
+    lineage: dict[ContentRef, ResolvedContent] = {}
+    if config.upstream_tables and changed != []:
+        # Every table of the domain (one query all the same): a content's tables are its asset's
+        # dependencies and what stale_only compares; an asset-triggered run keeps what a change is under.
+        resolution = resolve_tableau_lineage(session, config.tables())
+        outcome.tables_without_extracts = [
+            key for key in resolution.tables_without_extracts if changed is None or key in changed
+        ]
+        outcome.lineage_requests = resolution.requests
+        for key in outcome.tables_without_extracts:
+            logger.warning(
+                "Domain %r: no extract downstream of %s in Tableau's lineage (no published data source or "
+                "workbook extract is built on it): nothing to refresh for it",
+                config.name,
+                key,
+            )
+        lineage = resolve_tableau_lineage_content(session, list(resolution.content), changed)
+    resolved = merge_content(listed, lineage)
+    outcome.resolved = resolved
+    skipped: list[RefreshJob] = []
+    if config.refresh == "stale_only":
+        known = last_materializations({t for content in resolved.values() for t in content.tables})
+        resolved, skipped = stale_only(resolved, known)
     progress = ProgressReport(
         f"tableau-refresh-{config.name}-progress",
         total=len(resolved),
@@ -148,7 +289,42 @@ def _refresh(session: TableauSession, config: Domain, policy: PollPolicy) -> lis
         on_progress=lambda current: report_progress(progress, current),
     )
     report_progress(progress, refreshes)
-    return refreshes
+    outcome.refreshes = refreshes + skipped
+    return outcome
+
+
+def _materialize_assets(site: TableauSite, summary: DomainRefreshSummary) -> None:
+    """Materialize every content the run refreshed (or failed to) as a Prefect asset; a content skipped
+    as up to date is not materialized again."""
+    for row in summary.refreshes:
+        if row.status == UP_TO_DATE or not row.content_id:
+            continue
+        metadata = {
+            "status": row.status,
+            "job_id": row.job_id,
+            "finish_code": row.finish_code,
+            "finished_at": row.finished_at.isoformat() if row.finished_at else None,
+            "duration_seconds": row.duration_seconds,
+            "project": row.project,
+            "brought_in_by": row.brought_in_by,
+            "domain": summary.domain,
+        }
+        if row.notes:
+            metadata["notes"] = row.notes
+        materialize_content(
+            site.server_url,
+            site.site_content_url,
+            ContentAsset(
+                kind=row.kind,
+                luid=row.content_id,
+                name=row.content,
+                url=row.url,
+                owner=row.owner,
+                tables=tuple(row.tables),
+                status=row.status,
+                metadata=metadata,
+            ),
+        )
 
 
 def report_progress(progress: ProgressReport, refreshes: list[RefreshJob]) -> None:
@@ -164,9 +340,26 @@ def _day(summary: DomainRefreshSummary) -> str:
     return f" on {min(queued):%Y-%m-%d}" if queued else ""
 
 
+def _scope(summary: DomainRefreshSummary) -> str:
+    """What the run covered, when it was not simply the domain's lists: the skipped, the changed tables,
+    the tables with no extract downstream."""
+    parts = []
+    if summary.up_to_date:
+        parts.append(f", {len(summary.up_to_date)} up to date (skipped: refresh stale_only)")
+    if summary.changed_tables is not None:
+        parts.append(
+            f"; asset-triggered: content downstream of {len(summary.changed_tables)} changed table(s) "
+            f"({', '.join(summary.changed_tables) or 'none'})"
+        )
+    if summary.tables_without_extracts:
+        parts.append(f"; WARNING no extract downstream of {', '.join(summary.tables_without_extracts)}")
+    return "".join(parts)
+
+
 def _report(summary: DomainRefreshSummary) -> None:
     """Publish the table artifact; raise ``DomainRefreshError`` naming every refresh that did not succeed."""
-    failed, total = summary.failed, len(summary.refreshes)
+    failed, up_to_date = summary.failed, summary.up_to_date
+    total = len(summary.refreshes) - len(up_to_date)
     if summary.connected_app:
         held = (
             f"connected app `{summary.connected_app}`, capacity slot after {summary.lease_wait_seconds:.1f} s"
@@ -177,8 +370,8 @@ def _report(summary: DomainRefreshSummary) -> None:
         key=f"tableau-refresh-{summary.domain}",
         table=artifact_rows(summary),
         description=(
-            f"Tableau refresh of domain **{summary.domain}**: {total - len(failed)}/{total} succeeded; "
-            f"{held}; {summary.sign_ins} sign-in(s). Times UTC{_day(summary)}."
+            f"Tableau refresh of domain **{summary.domain}**: {total - len(failed)}/{total} succeeded"
+            f"{_scope(summary)}; {held}; {summary.sign_ins} sign-in(s). Times UTC{_day(summary)}."
         ),
     )
     if failed:

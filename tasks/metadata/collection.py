@@ -61,10 +61,16 @@ def build_extractor(source: Any) -> Extractor:
             role_arn=config.role_arn,
             endpoint_url=config.endpoint_url,
             history_days=config.history_days,
+            job_namespace=config.openlineage_job_namespace,
         )
     from tasks.metadata.extractors.tableau import TableauExtractor
 
-    return TableauExtractor(source=source.name, pool_block=config.pat_pool_block, lineage=config.lineage)
+    return TableauExtractor(
+        source=source.name,
+        pool_block=config.pat_pool_block,
+        lineage=config.lineage,
+        job_namespace=config.openlineage_job_namespace,
+    )
 
 
 def build_landing(source: Any) -> LandingTarget:

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
-from pipelines.transport import check_transport, url_without_credentials
+from pipelines.transport import check_transport, plaintext_to_another_host, url_without_credentials
 from tasks.config_files import ConfigFileError, StrictModel, load_yaml_mapping, name_key
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -39,6 +39,23 @@ SourceName = name_key(
 )
 
 
+def _check_landing_dir(landing_dir: str) -> str:
+    """A path under the landing target: '/'-separated, no '..' (the landing target refuses both when a
+    run builds it; here the file's error names the line)."""
+    if "\\" in landing_dir:
+        raise ValueError(f"landing_dir {landing_dir!r}: separate path segments with '/', not '\\'")
+    if ".." in landing_dir.split("/"):
+        raise ValueError(
+            f"landing_dir {landing_dir!r} must not contain '..': the files and the HWM stay inside the landing "
+            "target; give a path under it, e.g. catalog/athena/landing"
+        )
+    return landing_dir
+
+
+#: The landing directory of every landing kind, under the target's root (bucket, container, directory).
+LandingDir = Annotated[str, AfterValidator(_check_landing_dir)]
+
+
 class AthenaExtractorConfig(StrictModel):
     """Amazon Athena and the Glue Data Catalog (``tasks.metadata.extractors.athena``)."""
 
@@ -51,9 +68,45 @@ class AthenaExtractorConfig(StrictModel):
     workgroups: list[str] | None = Field(default=None, description="workgroups to read; empty: all")
     role_arn: str | None = Field(default=None, description="role to assume for the extraction")
     endpoint_url: str | None = Field(
-        default=None, description="AWS endpoint override (a VPC endpoint, a local emulator)"
+        default=None,
+        description="AWS endpoint override (a VPC endpoint, https://; a local emulator, http:// on loopback only)",
     )
     history_days: int = Field(default=45, ge=1, le=45, description="Athena keeps 45 days of query history")
+    openlineage_job_namespace: str | None = Field(
+        default=None,
+        min_length=1,
+        description="OpenLineage job namespace of the queries' runs: the scheduler's name; default: the source's name",
+    )
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _check_endpoint_url(cls, url: str | None) -> str | None:
+        """An ``http(s)://host`` URL without credentials, query or fragment; plaintext to loopback only
+        (the requests carry the AWS signature and, with temporary credentials, the session token)."""
+        if url is None:
+            return url
+        parts = urlsplit(url)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or "@" in parts.netloc
+            or parts.query
+            or parts.fragment
+        ):
+            raise ValueError(
+                f"endpoint_url {url_without_credentials(url)!r} (shown without user:password@, query string and "
+                "fragment) must be an endpoint's URL alone, https://host[:port], e.g. "
+                "https://athena.eu-west-1.amazonaws.com or a VPC endpoint's; the credentials go in the "
+                "AwsCredentials block"
+            )
+        if plaintext_to_another_host(url):
+            raise ValueError(
+                f"endpoint_url {url!r} is plaintext http:// to {parts.hostname}, which is not a loopback host: "
+                "the AWS requests, their signature and session token included, would cross the network "
+                "unencrypted. Use https:// (AWS and its VPC endpoints take it); http:// is for an emulator "
+                "on this machine (localhost, 127.0.0.1) only"
+            )
+        return url
 
 
 class TableauExtractorConfig(StrictModel):
@@ -65,12 +118,17 @@ class TableauExtractorConfig(StrictModel):
         default=True,
         description="also read lineage through the Metadata API (on Tableau Server it must be enabled)",
     )
+    openlineage_job_namespace: str | None = Field(
+        default=None,
+        min_length=1,
+        description="OpenLineage job namespace of the data sources' and workbooks' runs: the scheduler's name; default: the source's name",
+    )
 
 
 class S3LandingConfig(StrictModel):
     kind: Literal["s3"]
     s3_bucket_block: str = Field(min_length=1, description="name of a prefect-aws S3Bucket block")
-    landing_dir: str
+    landing_dir: LandingDir
 
 
 class AzureBlobLandingConfig(StrictModel):
@@ -78,7 +136,7 @@ class AzureBlobLandingConfig(StrictModel):
     account_url: str = Field(description="https://<account>.blob.core.windows.net (no SAS here)")
     container: str = Field(min_length=1, description="the blob container")
     sas_token_secret: str = Field(min_length=1, description="name of the Secret block holding the SAS token")
-    landing_dir: str
+    landing_dir: LandingDir
     allow_insecure_transport: bool = Field(
         default=False,
         description="accept a plaintext http:// account_url on a host that is not loopback (warned on every use)",
@@ -110,13 +168,13 @@ class AzureBlobLandingConfig(StrictModel):
 class GcsLandingConfig(StrictModel):
     kind: Literal["gcs"]
     gcs_bucket_block: str = Field(min_length=1, description="name of a prefect-gcp GcsBucket block")
-    landing_dir: str
+    landing_dir: LandingDir
 
 
 class LocalLandingConfig(StrictModel):
     kind: Literal["local"]
     root: Path = Field(description="an existing directory (e.g. a mounted share)")
-    landing_dir: str
+    landing_dir: LandingDir
 
 
 class HwmConfig(StrictModel):

@@ -10,20 +10,26 @@ parameter point elsewhere) holds ``defaults`` and one entry per domain under ``d
         datasources: [{project: Sales, name: Orders}]
         workbooks: [{project: Sales, name: Sales Overview}]
 
-A domain signs in through a PAT pool (``pat_pool_block``) or a connected app
-(``connected_app_block``); what a domain's entry sets wins over ``defaults``. Adding a domain adds an
-entry there; ``python -m deployments.domains`` writes its deployment into ``prefect.yaml``. No code.
-The file is read strictly (``tasks.config_files``): duplicate and unknown keys are errors that name
-the line and the key path.
+A domain's content is listed by hand (``datasources``, ``workbooks``), taken from lineage
+(``upstream_tables``: the Prefect asset keys of warehouse tables, ``tasks.tableau.assets``; the run
+refreshes the extracts downstream of them), or both. A domain with ``upstream_tables`` also runs when
+those tables are materialized (debounced by ``debounce_seconds``); ``refresh: stale_only`` skips the
+content none of whose upstream tables changed since its last extract refresh. A domain signs in
+through a PAT pool (``pat_pool_block``) or a connected app (``connected_app_block``); what a domain's
+entry sets wins over ``defaults``. Adding a domain adds an entry there; ``python -m
+deployments.domains`` writes its deployment into ``prefect.yaml``. No code. The file is read strictly
+(``tasks.config_files``): duplicate and unknown keys are errors that name the line and the key path.
+The keys: docs/tableau-refresh.md, "Domains".
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
+    AfterValidator,
     Field,
     ValidationError,
     field_validator,
@@ -31,6 +37,7 @@ from pydantic import (
 )
 
 from tasks.config_files import ConfigFileError, StrictModel, load_yaml_mapping, name_key
+from tasks.tableau.assets import TableKey, parse_table_key
 from tasks.tableau.refresh import ContentRef
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +45,8 @@ DEFAULT_FILE = PROJECT_ROOT / "tableau_domains.yaml"
 FILE_ENV_VAR = "TABLEAU_DOMAINS_FILE"
 _AUTH_FIELDS = {"pat_pool_block", "connected_app_block"}
 _NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
+#: Default of ``debounce_seconds``: quiet time after a domain's last table materialization before its run.
+DEFAULT_DEBOUNCE_SECONDS = 300.0
 
 
 class DomainConfigError(ConfigFileError):
@@ -88,6 +97,19 @@ class DomainDefaults(StrictModel):
         default=3600, gt=0, allow_inf_nan=False, description="Bound on triggering and waiting, in seconds."
     )
     incremental: bool = Field(default=False, description="Request incremental refreshes (REST API 3.25+).")
+    refresh: Literal["all", "stale_only"] = Field(
+        default="all",
+        description="'all' refreshes every content; 'stale_only' skips content whose upstream tables were "
+        "not materialized since its last extract refresh.",
+    )
+    debounce_seconds: float = Field(
+        default=DEFAULT_DEBOUNCE_SECONDS,
+        ge=10,  # Prefect refuses a proactive trigger's `within` under 10 s
+        le=86400,
+        allow_inf_nan=False,
+        description="Quiet time after the last materialization of the domain's upstream tables before an "
+        "asset-triggered run starts, in seconds.",
+    )
 
     @field_validator("cron")
     @classmethod
@@ -115,6 +137,14 @@ class DomainDefaults(StrictModel):
         return self
 
 
+def _table_key(key: str) -> str:
+    parse_table_key(key)  # ValueError naming the key and the accepted forms
+    return key
+
+
+TableKeyString = Annotated[str, AfterValidator(_table_key)]
+
+
 class DomainEntry(DomainDefaults):
     """One entry under ``domains:``, keyed by the domain's name: its content and upstream, and any of
     the ``defaults`` settings it overrides."""
@@ -124,31 +154,45 @@ class DomainEntry(DomainDefaults):
         "rename its key)."
     }
 
-    upstream: Upstream = Field(
+    upstream: Upstream | None = Field(
         description="the flow whose completion starts the refresh, e.g. {flow: sales-pipeline}"
+    )
+    upstream_tables: tuple[TableKeyString, ...] = Field(
+        default=(),
+        description="asset keys of the warehouse tables whose downstream extracts the domain refreshes, "
+        "e.g. athena://awsdatacatalog/sales/orders",
     )
     datasources: tuple[ContentName, ...] = ()
     workbooks: tuple[ContentName, ...] = ()
 
-    @field_validator("datasources", "workbooks")
+    @model_validator(mode="before")
     @classmethod
-    def _no_repeats(cls, content: tuple[ContentName, ...], info: Any) -> tuple[ContentName, ...]:
-        seen: dict[ContentName, int] = {}
+    def _upstream_optional_with_tables(cls, data: Any) -> Any:
+        # A domain driven by its tables' materializations needs no upstream flow; otherwise it is required.
+        if isinstance(data, dict) and data.get("upstream_tables") and "upstream" not in data:
+            return {**data, "upstream": None}
+        return data
+
+    @field_validator("datasources", "workbooks", "upstream_tables")
+    @classmethod
+    def _no_repeats(cls, content: tuple[Any, ...], info: Any) -> tuple[Any, ...]:
+        seen: dict[Any, int] = {}
         for i, item in enumerate(content):
             if item in seen:
+                what = f"{item.project or '*'}/{item.name}" if isinstance(item, ContentName) else item
                 raise ValueError(
-                    f"{info.field_name}[{i}] repeats {info.field_name}[{seen[item]}] "
-                    f"({item.project or '*'}/{item.name}): remove one"
+                    f"{info.field_name}[{i}] repeats {info.field_name}[{seen[item]}] ({what}): remove one"
                 )
             seen[item] = i
         return content
 
     @model_validator(mode="after")
     def _has_content(self) -> DomainEntry:
-        if not self.datasources and not self.workbooks:
+        if not self.datasources and not self.workbooks and not self.upstream_tables:
             raise ValueError(
-                "lists no datasources and no workbooks: add at least one, e.g. "
-                "datasources: [{project: Sales, name: Orders}]"
+                "lists no datasources, no workbooks and no upstream_tables: add at least one, e.g. "
+                "datasources: [{project: Sales, name: Orders}] or upstream_tables: "
+                "[athena://awsdatacatalog/sales/orders]"
             )
         return self
 
@@ -168,10 +212,14 @@ class Domain(DomainEntry):
         return self
 
     def content(self) -> list[ContentRef]:
-        """Every content of the domain as ``ContentRef``s (data sources first)."""
+        """The content the domain lists by hand as ``ContentRef``s (data sources first)."""
         return [ContentRef("datasource", c.project, c.name) for c in self.datasources] + [
             ContentRef("workbook", c.project, c.name) for c in self.workbooks
         ]
+
+    def tables(self) -> list[TableKey]:
+        """The domain's ``upstream_tables``, parsed (``tasks.tableau.assets.parse_table_key``)."""
+        return [parse_table_key(key) for key in self.upstream_tables]
 
 
 class DomainsFile(StrictModel):

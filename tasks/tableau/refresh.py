@@ -18,6 +18,7 @@ Tableau facts (REST API reference, "Update Data Source Now" / "Update Workbook N
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import re
@@ -38,6 +39,8 @@ from tableauserverclient.server.endpoint.exceptions import ServerResponseError, 
 
 from blocks import run_logger
 from pipelines.retries import retry_after_seconds
+from tasks.tableau.assets import TableKey
+from tasks.tableau.lineage import DownstreamContent, LineageResolution, resolve_downstream
 from tasks.tableau.session import TableauAuthError, TableauSession, error_code
 
 
@@ -61,6 +64,8 @@ _UNFILTERABLE = re.compile(r"[,&:\[\]]")
 _QUOTA_NOTES = re.compile(r"no more non-interactive quota", re.IGNORECASE)
 QUOTA_EXHAUSTED = "quota exhausted"
 THROTTLED = "throttled"
+#: A content ``refresh: stale_only`` skipped: no upstream table materialized since its last extract refresh.
+UP_TO_DATE = "up to date"
 
 
 class DomainRefreshError(RuntimeError):
@@ -88,11 +93,23 @@ class ThrottledError(RuntimeError):
 
 @dataclass(frozen=True)
 class ResolvedContent:
-    """A content's Tableau id, and whether its name is unique among the site's content of its kind."""
+    """A content's Tableau id, and whether its name is unique among the site's content of its kind;
+    its web page (REST ``webpageUrl``) and owner's id; and how the domain came to it: ``listed`` in the
+    configuration, and/or downstream of ``tables`` (asset keys of the domain's tables it is built on) in
+    Tableau's lineage, with its extract's ``extract_last_refresh`` (Metadata API
+    ``extractLastRefreshTime``, UTC) and ``owner`` (user name). ``changed``: in an asset-triggered run,
+    those of its tables that changed (what brought it in); None in a whole-domain run."""
 
     id: str
     project: str
     name_is_unique: bool
+    webpage_url: str = ""
+    owner_id: str = ""
+    listed: bool = True
+    tables: tuple[str, ...] = ()
+    extract_last_refresh: datetime | None = None
+    owner: str = ""
+    changed: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +174,12 @@ class RefreshRow(BaseModel):
     content: str
     kind: ContentKind
     project: str
+    content_id: str = ""
+    url: str = ""
+    owner: str = ""
+    listed: bool = True
+    tables: list[str] = Field(default_factory=list)
+    changed_tables: list[str] | None = None
     job_id: str = ""
     adopted: bool = False
     status: str
@@ -167,12 +190,25 @@ class RefreshRow(BaseModel):
     duration_seconds: float | None = None
     notes: str = ""
 
+    @property
+    def brought_in_by(self) -> str:
+        """What put the content in the run: ``list`` (the configuration) and/or its upstream tables (in an
+        asset-triggered run, those that changed)."""
+        tables = self.tables if self.changed_tables is None else self.changed_tables
+        return ", ".join((["list"] if self.listed else []) + tables)
+
     @classmethod
-    def of(cls, refresh: RefreshJob) -> RefreshRow:
+    def of(cls, refresh: RefreshJob, resolved: ResolvedContent | None = None) -> RefreshRow:
         return cls(
             content=refresh.content.name,
             kind=refresh.content.kind,
             project=refresh.project,
+            content_id=refresh.content_id,
+            url=resolved.webpage_url if resolved else "",
+            owner=resolved.owner if resolved else "",
+            listed=resolved.listed if resolved else True,
+            tables=list(resolved.tables) if resolved else [],
+            changed_tables=list(resolved.changed) if resolved and resolved.changed is not None else None,
             job_id=refresh.job_id or "",
             adopted=refresh.adopted,
             status=refresh.status,
@@ -188,7 +224,10 @@ class RefreshRow(BaseModel):
 class DomainRefreshSummary(BaseModel):
     """What a domain run did: the PAT it held (or the connected app it signed in with), how long it
     waited for the PAT or the refresh-capacity slot (seconds), its sign-ins, and one row per content.
-    ``refresh_domain`` returns it; a ``DomainRefreshError`` carries it."""
+    For a domain with ``upstream_tables``: the tables the run resolved lineage for (``changed_tables``:
+    those an asset-triggered run was told changed, None for a whole-domain run), those with no extract
+    downstream, and the Metadata API requests it took. ``refresh_domain`` returns it; a
+    ``DomainRefreshError`` carries it."""
 
     domain: str
     pat: str = ""
@@ -196,11 +235,19 @@ class DomainRefreshSummary(BaseModel):
     lease_wait_seconds: float
     sign_ins: int
     refreshes: list[RefreshRow]
+    changed_tables: list[str] | None = None
+    tables_without_extracts: list[str] = Field(default_factory=list)
+    lineage_requests: int = 0
 
     @property
     def failed(self) -> list[RefreshRow]:
-        """The rows whose refresh did not succeed."""
-        return [row for row in self.refreshes if row.status != "succeeded"]
+        """The rows whose refresh did not succeed (a content skipped as up to date did not fail)."""
+        return [row for row in self.refreshes if row.status not in ("succeeded", UP_TO_DATE)]
+
+    @property
+    def up_to_date(self) -> list[RefreshRow]:
+        """The rows ``refresh: stale_only`` skipped."""
+        return [row for row in self.refreshes if row.status == UP_TO_DATE]
 
 
 class PollPolicy(BaseModel):
@@ -247,7 +294,11 @@ def resolve_content(session: TableauSession, refs: Iterable[ContentRef]) -> dict
         matches = [item for item in same_name if ref.project in (None, item.project_name)]
         if len(matches) == 1:
             resolved[ref] = ResolvedContent(
-                id=matches[0].id, project=matches[0].project_name, name_is_unique=len(same_name) == 1
+                id=matches[0].id,
+                project=matches[0].project_name,
+                name_is_unique=len(same_name) == 1,
+                webpage_url=getattr(matches[0], "webpage_url", None) or "",
+                owner_id=matches[0].owner_id or "",
             )
         elif not matches:
             elsewhere = sorted(f"{item.project_name}/{item.name}" for item in same_name)
@@ -262,6 +313,101 @@ def resolve_content(session: TableauSession, refs: Iterable[ContentRef]) -> dict
     if problems:
         raise ContentResolutionError("; ".join(problems))
     return resolved
+
+
+def resolve_lineage_content(
+    session: TableauSession, downstream: Iterable[DownstreamContent], changed: Iterable[str] | None = None
+) -> dict[ContentRef, ResolvedContent]:
+    """The REST API view of content Tableau's lineage found (``tasks.tableau.lineage``): its page, its
+    owner, and whether its name is unique on the site (for adopting a refresh in flight, 409093), by
+    listing the content of its kind and name and taking the one with its LUID. With ``changed`` (asset
+    keys; an asset-triggered run), only the content downstream of one of them.
+
+    A content the REST API does not have (the Metadata API indexes the site asynchronously, so it may
+    still list content just deleted) is left out with a warning.
+    """
+    resolved: dict[ContentRef, ResolvedContent] = {}
+    changed = None if changed is None else set(changed)
+    for item in downstream:
+        if changed is not None and not changed & set(item.tables):
+            continue
+        ref = ContentRef(item.kind, item.project, item.name)  # type: ignore[arg-type]
+        same_name = session.call(_list_named, _endpoint(session.server, ref.kind), item.name)
+        match = next((c for c in same_name if c.id == item.luid), None)
+        if match is None:
+            _log().warning(
+                "Lineage names %s (id %s), which the REST API does not have (deleted since the Metadata "
+                "API indexed it?): left out",
+                ref,
+                item.luid,
+            )
+            continue
+        resolved[ContentRef(item.kind, match.project_name, item.name)] = ResolvedContent(  # type: ignore[arg-type]
+            id=item.luid,
+            project=match.project_name,
+            name_is_unique=len(same_name) == 1,
+            webpage_url=getattr(match, "webpage_url", None) or "",
+            owner_id=match.owner_id or "",
+            listed=False,
+            tables=tuple(item.tables),
+            extract_last_refresh=item.extract_last_refresh,
+            owner=item.owner or "",
+            changed=None if changed is None else tuple(t for t in item.tables if t in changed),
+        )
+    return resolved
+
+
+def merge_content(
+    listed: dict[ContentRef, ResolvedContent], lineage: dict[ContentRef, ResolvedContent]
+) -> dict[ContentRef, ResolvedContent]:
+    """The listed content, then the lineage's, one entry per Tableau id (LUID): a listed content that
+    lineage also found keeps its configured name and takes the lineage's tables, refresh time and owner."""
+    by_id = {content.id: (ref, content) for ref, content in lineage.items()}
+    merged: dict[ContentRef, ResolvedContent] = {}
+    for ref, content in listed.items():
+        found = by_id.pop(content.id, None)
+        if found is not None:
+            content = dataclasses.replace(
+                found[1], listed=True, webpage_url=content.webpage_url or found[1].webpage_url
+            )
+        merged[ref] = content
+    merged.update(by_id.values())
+    return merged
+
+
+def stale_only(
+    resolved: dict[ContentRef, ResolvedContent], last_materialized: dict[str, datetime]
+) -> tuple[dict[ContentRef, ResolvedContent], list[RefreshJob]]:
+    """Split content into what to refresh and what is up to date (``refresh: stale_only``).
+
+    A content is up to date when it has a last extract refresh time (Metadata API
+    ``extractLastRefreshTime``) and every one of its upstream tables has a known last materialization
+    (``last_materialized``: asset key → the ``occurred`` time of its latest
+    ``prefect.asset.materialization.succeeded`` event), all of them before that refresh. Anything
+    unknown (no tables, a table never seen materialized, no refresh time) is refreshed: the safe side.
+
+    Returns:
+        (content to refresh, one ``RefreshJob`` with status 'up to date' per content skipped).
+    """
+    refresh: dict[ContentRef, ResolvedContent] = {}
+    skipped: list[RefreshJob] = []
+    for ref, content in resolved.items():
+        times = [last_materialized.get(table) for table in content.tables]
+        refreshed = content.extract_last_refresh
+        if not times or refreshed is None or any(t is None for t in times):
+            refresh[ref] = content
+            continue
+        latest = max(t for t in times if t is not None)
+        if latest >= refreshed:
+            refresh[ref] = content
+            continue
+        note = (
+            f"extract refreshed {refreshed:%Y-%m-%d %H:%M:%S} UTC, after its tables' last "
+            f"materialization ({latest:%Y-%m-%d %H:%M:%S} UTC)"
+        )
+        _log().info("Skipped %s: up to date (%s)", ref, note)
+        skipped.append(RefreshJob(ref, content.id, project=content.project, status=UP_TO_DATE, notes=note))
+    return refresh, skipped
 
 
 def _list_named(endpoint, name: str) -> list:
@@ -534,6 +680,22 @@ def resolve_tableau_content(
 ) -> dict[ContentRef, ResolvedContent]:
     """Task form of :func:`resolve_content`."""
     return resolve_content(session, refs)
+
+
+@task(name="resolve-tableau-lineage", cache_policy=NO_CACHE)
+def resolve_tableau_lineage(session: TableauSession, tables: list[TableKey]) -> LineageResolution:
+    """Task form of :func:`tasks.tableau.lineage.resolve_downstream` (the Metadata API, with the run's
+    session): the content downstream of ``tables``. Raises ``MetadataApiError`` when the Metadata API is
+    off (its message names ``tsm maintenance metadata-services enable``)."""
+    return resolve_downstream(session, tables)
+
+
+@task(name="resolve-tableau-lineage-content", cache_policy=NO_CACHE)
+def resolve_tableau_lineage_content(
+    session: TableauSession, downstream: list[DownstreamContent], changed: list[str] | None = None
+) -> dict[ContentRef, ResolvedContent]:
+    """Task form of :func:`resolve_lineage_content`."""
+    return resolve_lineage_content(session, downstream, changed)
 
 
 @task(name="trigger-tableau-refreshes", cache_policy=NO_CACHE)

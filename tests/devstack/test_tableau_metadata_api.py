@@ -11,10 +11,13 @@ from typing import Any
 import pytest
 import requests
 import tableauserverclient as TSC
+from conftest import wait_for
 from tableauserverclient.server.endpoint.exceptions import FailedSignInError
 
 from devstack.tableau import TableauStandIn, load_config
 from devstack.tableau.config import content_id, view_id
+from devstack.tableau.metadata_api import MetadataApi
+from devstack.tableau.state import TableauSite
 from tasks.metadata.lineage.metadata_api import MetadataApiClient, MetadataApiError
 
 SITE = "analytics"
@@ -236,3 +239,172 @@ def test_client_raises_how_to_enable_a_disabled_api(standin_with):
     _, server = standin_with(enabled=False)
     with pytest.raises(MetadataApiError, match="tsm maintenance metadata-services enable"):
         MetadataApiClient(Session(server)).connection("workbooksConnection", "id")
+
+
+# --- lineage downstream of tables (tasks/tableau/lineage.py asks these) ---------------------------------
+
+ATHENA = {"type": "athena", "server_address": "athena.eu-west-1.amazonaws.com", "server_port": 443}
+
+
+def lineage_config(**metadata: Any) -> dict[str, Any]:
+    """Athena tables sales.orders and sales.ORDERS_ARCHIVE under data sources with and without extracts,
+    one through custom SQL; a workbook with an embedded extract of its own and a connection to Orders."""
+    table = {"connection_type": "athena", "database": "AwsDataCatalog", "schema": "sales"}
+    return {
+        "site_content_url": SITE,
+        "clock_start": "2026-12-07T12:00:00+00:00",
+        "time_scale": 100,
+        "pats": [{"name": PAT, "secret": SECRET}],
+        "datasources": [
+            {"project": "Sales", "name": "Orders", "connections": [ATHENA]},
+            {"project": "Sales", "name": "Orders Live", "connections": [ATHENA], "has_extracts": False},
+            {"project": "Sales", "name": "Big Orders", "connections": [ATHENA]},
+        ],
+        "workbooks": [{"project": "Sales", "name": "Desk", "views": ["Desk"]}],
+        "metadata_api": {
+            "datasources": {
+                "Sales/Orders": {
+                    "tables": [{**table, "name": "orders", "columns": ["id"]}, {**table, "name": "ORDERS_ARCHIVE"}],
+                    "extract_last_refresh_time": "2026-12-01T06:00:00Z",
+                },
+                "Sales/Orders Live": {"tables": [{**table, "name": "orders"}]},
+                "Sales/Big Orders": {
+                    "custom_sql": [{"name": "big", "query": "SELECT * FROM sales.orders", "database": "AwsDataCatalog",
+                                    "tables": ["sales.orders"], "columns": ["id"]}]
+                },
+            },
+            "workbooks": {
+                "Sales/Desk": {
+                    "datasources": ["Sales/Orders Live"],
+                    "embedded": {"Desk extract": {"tables": [{**table, "name": "orders", "columns": ["id"]}]}},
+                }
+            },
+            **metadata,
+        },
+    }  # fmt: skip
+
+
+@pytest.fixture
+def lineage_site() -> Iterator[tuple[TableauStandIn, TSC.Server]]:
+    with TableauStandIn(load_config(lineage_config())) as standin:
+        server = TSC.Server(standin.url, use_server_version=True)
+        server.auth.sign_in(TSC.PersonalAccessTokenAuth(PAT, SECRET, site_id=SITE))
+        yield standin, server
+
+
+TABLES = """query tables($filter: DatabaseTable_Filter) {
+  databaseTablesConnection(filter: $filter, first: 100) {
+    totalCount
+    nodes { name schema connectionType database { name }
+      downstreamDatasources { name hasExtracts extractLastRefreshTime }
+      downstreamWorkbooks { name embeddedDatasources { name hasExtracts upstreamTables { name } upstreamDatasources { name } } } }
+  }
+}"""
+
+
+def tables(server: TSC.Server, **filter: Any) -> list[dict[str, Any]]:
+    answer = server.metadata.query(TABLES, {"filter": filter})
+    assert "errors" not in answer
+    return answer["data"]["databaseTablesConnection"]["nodes"]
+
+
+def test_table_filters_match_exactly_and_together(lineage_site):
+    _, server = lineage_site
+    assert sorted(t["name"] for t in tables(server, nameWithin=["orders", "ORDERS_ARCHIVE"])) == [
+        "ORDERS_ARCHIVE",
+        "orders",
+    ]
+    assert tables(server, nameWithin=["ORDERS", "orders_archive"]) == []  # case-sensitive
+    assert [t["name"] for t in tables(server, name="orders", connectionTypeWithin=["athena"])] == ["orders"]
+    assert tables(server, name="orders", connectionTypeWithin=["snowflake"]) == []  # fields are ANDed
+    assert tables(server, nameWithin=[]) == []
+    answer = server.metadata.query(TABLES, {"filter": {"nameWithin": ["orders"]}})
+    assert answer["data"]["databaseTablesConnection"]["totalCount"] == 1
+
+
+def test_an_unknown_filter_field_is_refused(lineage_site):
+    _, server = lineage_site
+    answer = server.metadata.query("{ databaseTablesConnection(filter: {hasExtracts: true}) { totalCount } }")
+    assert answer["errors"][0]["extensions"]["code"] == "INVALID_ARGUMENT"
+
+
+def test_downstream_of_a_table_runs_through_custom_sql_and_embedded_data_sources(lineage_site):
+    _, server = lineage_site
+    (orders,) = tables(server, name="orders")
+    assert (orders["schema"], orders["connectionType"], orders["database"]["name"]) == (
+        "sales",
+        "athena",
+        "AwsDataCatalog",
+    )
+    assert {(d["name"], d["hasExtracts"]) for d in orders["downstreamDatasources"]} == {
+        ("Orders", True),
+        ("Orders Live", False),
+        ("Big Orders", True),  # reads it through custom SQL
+    }
+    (desk,) = orders["downstreamWorkbooks"]
+    embedded = {e["name"]: e for e in desk["embeddedDatasources"]}
+    assert embedded["Desk extract"]["hasExtracts"] is True
+    assert embedded["Desk extract"]["upstreamTables"] == [{"name": "orders"}]
+    assert embedded["Desk extract"]["upstreamDatasources"] == []
+    # the connection to a published data source: no extract of its own, the published one upstream
+    assert embedded["Orders Live"]["hasExtracts"] is False
+    assert embedded["Orders Live"]["upstreamDatasources"] == [{"name": "Orders Live"}]
+
+
+def test_has_extracts_is_the_same_in_rest_and_the_metadata_api(lineage_site):
+    _, server = lineage_site
+    rest = {d.name: d.has_extracts for d in TSC.Pager(server.datasources)}
+    assert rest == {"Orders": True, "Orders Live": False, "Big Orders": True}
+
+
+EXTRACT_TIMES = """{ publishedDatasources(filter: {nameWithin: ["Orders", "Orders Live"]}) {
+  name extractLastRefreshTime extractLastIncrementalUpdateTime extractLastUpdateTime } }"""
+
+
+def test_extract_times_follow_the_refresh_jobs_that_succeed(lineage_site):
+    standin, server = lineage_site
+
+    def times() -> dict[str, tuple[str | None, str | None, str | None]]:
+        answer = server.metadata.query(EXTRACT_TIMES)
+        return {
+            d["name"]: (
+                d["extractLastRefreshTime"],
+                d["extractLastIncrementalUpdateTime"],
+                d["extractLastUpdateTime"],
+            )
+            for d in answer["data"]["publishedDatasources"]
+        }
+
+    seeded = "2026-12-01T06:00:00Z"
+    assert times() == {"Orders": (seeded, None, seeded), "Orders Live": (None, None, None)}
+    orders = content_id("datasource", "Sales", "Orders")
+    job = server.datasources.refresh(orders, incremental=True)
+    wait_for(lambda: server.jobs.get_by_id(job.id).finish_code == 0, timeout=30)
+    full, incremental, latest = times()["Orders"]
+    assert full == seeded  # an incremental update is not a full refresh
+    assert incremental is not None and incremental > seeded
+    assert latest == incremental
+    job = server.datasources.refresh(orders)
+    wait_for(lambda: server.jobs.get_by_id(job.id).finish_code == 0, timeout=30)
+    full, _, latest = times()["Orders"]
+    assert full > incremental and latest == full
+    assert times()["Orders Live"] == (None, None, None)  # no extract, no extract times
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c["metadata_api"]["datasources"]["Sales/Orders"].update(extract="yes"), "unknown metadata_api.datasources.Sales/Orders keys"),
+        (lambda c: c["metadata_api"]["datasources"]["Sales/Orders"]["tables"][0].update(connection_type="snowflake"), "add a connection of that type"),
+        (lambda c: c["metadata_api"]["datasources"]["Sales/Orders"].update(extract_last_refresh_time="2026-12-01 06:00"), "ISO 8601 instant with its offset"),
+        (lambda c: c["metadata_api"]["workbooks"]["Sales/Desk"]["embedded"]["Desk extract"].update(extracts=True), "unknown metadata_api.workbooks.Sales/Desk.embedded.Desk extract keys"),
+        (lambda c: c["metadata_api"]["workbooks"].update({"Sales/Nope": {}}), "names workbooks the site lacks"),
+        (lambda c: c["workbooks"][0].update(has_extracts=True), "has_extracts is a data source's"),
+    ],
+    ids=["unknown-key", "connection-type", "instant", "embedded-key", "unknown-workbook", "workbook-has-extracts"],
+)  # fmt: skip
+def test_lineage_seed_mistakes_are_named(change, message):
+    config = lineage_config()
+    change(config)
+    with pytest.raises(ValueError, match=message):
+        MetadataApi(TableauSite(load_config(config)))

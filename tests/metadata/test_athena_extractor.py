@@ -355,6 +355,21 @@ def test_every_entity_from_the_seeded_catalog(moto, seeded, monkeypatch, caplog)
 
     assert not caplog.records  # the information_schema cross-check agreed with Glue
 
+    # OpenLineage: a table of the Glue Data Catalog names its Glue identity, in the caller's account
+    # (sts:GetCallerIdentity); a Lambda catalog's does not; the queries' jobs are in the source's namespace
+    account = extractor.aws.client("sts").get_caller_identity()["Account"]
+    events = [row[0] for row in extracts["openlineage"].rows]
+    facets = {e["dataset"]["name"]: e["dataset"]["facets"] for e in events if "dataset" in e}
+    assert facets["AwsDataCatalog.marketing.monthly_store_revenue"]["symlinks"]["identifiers"] == [
+        {
+            "namespace": f"arn:aws:glue:{extractor.region}:{account}",
+            "name": "table/marketing/monthly_store_revenue",
+            "type": "TABLE",
+        }
+    ]
+    assert not [name for name, f in facets.items() if name.startswith("crm_postgres.") and "symlinks" in f]
+    assert {e["job"]["namespace"] for e in events if "job" in e} == {extractor.source}
+
 
 def test_information_schema_cross_check_warns_about_differences(moto, seeded, caplog):
     extractor = make_extractor(moto, seeded, catalogs=["AwsDataCatalog"])

@@ -1,6 +1,7 @@
 """OpenLineage events and lineage files of both collectors: every event validates against the OpenLineage
 JSON schema and the schema of each facet it holds (tests/fixtures/openlineage/, sources in its README);
-namespaces follow OpenLineage's naming conventions; SQL in lineage output is masked, failing closed."""
+namespaces follow OpenLineage's naming conventions (datasets: the data source's; jobs: the scheduler's);
+column lineage names its INDIRECT inputs; SQL in lineage output is masked, failing closed."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from devstack.tableau import TableauStandIn, load_config
 from tasks.metadata.collection import masked
 from tasks.metadata.extract_files import write_extracts
 from tasks.metadata.hwm import Window
+from tasks.metadata.lineage import openlineage as ol
 from tasks.metadata.lineage import tableau
 from tasks.metadata.lineage.athena import AthenaLineage
 from tasks.metadata.lineage.metadata_api import MetadataApiClient
@@ -30,6 +32,9 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "openlineage"
 END = dt.datetime(2026, 11, 22, tzinfo=dt.UTC)
 WINDOW = Window(END - dt.timedelta(days=1), END)
 NAMESPACE = "awsathena://athena.eu-west-1.amazonaws.com"
+JOB_NAMESPACE = "prefect-prod"  # a configured job namespace: the scheduler's
+ACCOUNT = "123456789012"
+GLUE = f"arn:aws:glue:eu-west-1:{ACCOUNT}"
 
 
 @pytest.fixture(scope="module")
@@ -98,11 +103,37 @@ def athena_rows() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tu
     return columns, views, history
 
 
+def athena_lineage(
+    job_namespace: str | None = None, glue_catalog_ids: dict[str, str] | None = None
+) -> AthenaLineage:
+    """An ``AthenaLineage`` of source ``athena-test`` with the OpenLineage settings the extractor gives it:
+    the configured job namespace, the account of each Glue catalog (lower-case catalog name → id)."""
+    return AthenaLineage(
+        "athena-test", "eu-west-1", END, job_namespace=job_namespace, glue_catalog_ids=glue_catalog_ids
+    )
+
+
+def athena_events(lineage: AthenaLineage, queries: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """The OpenLineage events of ``queries`` (id, SQL) run against ``athena_rows``' catalog, unmasked."""
+    columns, views, history = athena_rows()
+    history = [(qid, *history[0][1:8], sql, *history[0][9:]) for qid, sql in queries]
+    with lineage:
+        for feed, rows in (
+            (lineage.columns, columns),
+            (lineage.views, views),
+            (lineage.query_history, history),
+        ):
+            for _ in feed(rows):
+                pass
+        (extract,) = [e for e in lineage.extracts() if e.entity == "openlineage"]
+        return [row[0] for row in extract.rows]
+
+
 @pytest.fixture(scope="module")
 def athena_files(tmp_path_factory) -> dict[str, Path]:
     columns, views, history = athena_rows()
     out = tmp_path_factory.mktemp("athena")
-    with AthenaLineage("athena-test", "eu-west-1", END) as lineage:
+    with athena_lineage(JOB_NAMESPACE, {"awsdatacatalog": ACCOUNT}) as lineage:
         for feed, rows in (
             (lineage.columns, columns),
             (lineage.views, views),
@@ -170,15 +201,20 @@ def test_athena_events_validate_against_the_openlineage_schema(athena_files, reg
     # eu_orders is in no catalog of this test (a CTAS creates it in Glue): no schema to send
     assert datasets == {f"AwsDataCatalog.shop.{t}" for t in ("eu_view", "orders", "customers")}
     assert {e["dataset"]["namespace"] for e in events if "dataset" in e} == {NAMESPACE}
+    # jobs are in the scheduler's namespace, never in a dataset's
+    assert {e["job"]["namespace"] for e in events if "job" in e} == {JOB_NAMESPACE}
 
 
 def test_athena_ctas_run_event_carries_inputs_output_and_column_lineage(athena_files):
     events = read_jsonl(athena_files["openlineage"])
     (complete,) = [
-        e for e in events if e.get("eventType") == "COMPLETE" and e["job"]["name"].startswith("primary.ctas")
+        e
+        for e in events
+        if e.get("eventType") == "COMPLETE"
+        and e["job"]["name"].endswith(".ctas.AwsDataCatalog.shop.eu_orders")
     ]
     assert complete["job"] == {
-        "namespace": NAMESPACE,
+        "namespace": JOB_NAMESPACE,
         "name": "primary.ctas.AwsDataCatalog.shop.eu_orders",
         "facets": complete["job"]["facets"],
     }
@@ -186,13 +222,138 @@ def test_athena_ctas_run_event_carries_inputs_output_and_column_lineage(athena_f
         (NAMESPACE, "AwsDataCatalog.shop.customers"),
         (NAMESPACE, "AwsDataCatalog.shop.orders"),
     ]
+    # each Athena table of the Glue Data Catalog names its Glue identity (naming spec, "AWS Glue")
+    assert [d["facets"]["symlinks"]["identifiers"] for d in complete["inputs"]] == [
+        [{"namespace": GLUE, "name": "table/shop/customers", "type": "TABLE"}],
+        [{"namespace": GLUE, "name": "table/shop/orders", "type": "TABLE"}],
+    ]
     (output,) = complete["outputs"]
+    assert output["facets"]["symlinks"]["identifiers"] == [
+        {"namespace": GLUE, "name": "table/shop/eu_orders", "type": "TABLE"}
+    ]
     fields = output["facets"]["columnLineage"]["fields"]
     assert {k: [(f["name"], f["field"]) for f in v["inputFields"]] for k, v in fields.items()} == {
         "name": [("AwsDataCatalog.shop.customers", "name")],
         "order_id": [("AwsDataCatalog.shop.orders", "order_id")],
     }
+    # the dataset-level inputs: the columns the join and the filter read, with their subtype
+    assert [
+        (d["name"], d["field"], d["transformations"]) for d in output["facets"]["columnLineage"]["dataset"]
+    ] == [
+        ("AwsDataCatalog.shop.customers", "customer_id", [{"type": "INDIRECT", "subtype": "JOIN"}]),
+        ("AwsDataCatalog.shop.orders", "customer_id", [{"type": "INDIRECT", "subtype": "JOIN"}]),
+        ("AwsDataCatalog.shop.orders", "region", [{"type": "INDIRECT", "subtype": "FILTER"}]),
+    ]
     assert complete["job"]["facets"]["sql"]["query"].count("?") == 1  # masked like query_history
+
+
+def column_lineage(events: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """The columnLineage facet of dataset ``name``: an output of a COMPLETE RunEvent, or a DatasetEvent's."""
+    for event in events:
+        for dataset in event.get("outputs", []) + ([event["dataset"]] if "dataset" in event else []):
+            if dataset["name"] == name and "columnLineage" in dataset.get("facets", {}):
+                return dataset["facets"]["columnLineage"]
+    raise AssertionError(f"no column lineage of {name}")
+
+
+BIG_ORDERS = (
+    "CREATE TABLE shop.big_orders AS SELECT order_id, CASE WHEN amount > 100 THEN amount ELSE 0 END AS big_amount "
+    "FROM orders ORDER BY order_id"
+)
+
+
+def test_athena_indirect_inputs_of_one_field_and_of_the_whole_dataset(registry):
+    events = athena_events(athena_lineage(JOB_NAMESPACE), [("q-big", BIG_ORDERS)])
+    for event in events:
+        validate(event, registry)
+    facet = column_lineage(events, "AwsDataCatalog.shop.big_orders")
+    # amount flows into big_amount (DIRECT) and decides it (INDIRECT CONDITIONAL): one input, both
+    assert facet["fields"]["big_amount"]["inputFields"] == [
+        {
+            "namespace": NAMESPACE,
+            "name": "AwsDataCatalog.shop.orders",
+            "field": "amount",
+            "transformations": [
+                {"type": "DIRECT", "subtype": "TRANSFORMATION"},
+                {"type": "INDIRECT", "subtype": "CONDITIONAL"},
+            ],
+        }
+    ]
+    assert [(d["field"], d["transformations"]) for d in facet["dataset"]] == [
+        ("order_id", [{"type": "INDIRECT", "subtype": "SORT"}])
+    ]
+
+
+def test_athena_view_event_names_its_filter_and_its_glue_table(athena_files):
+    (view,) = [
+        e
+        for e in read_jsonl(athena_files["openlineage"])
+        if e.get("dataset", {}).get("name", "").endswith("eu_view")
+    ]
+    facets = view["dataset"]["facets"]
+    assert [(d["name"], d["field"], d["transformations"]) for d in facets["columnLineage"]["dataset"]] == [
+        ("AwsDataCatalog.shop.orders", "region", [{"type": "INDIRECT", "subtype": "FILTER"}])
+    ]
+    assert facets["symlinks"]["identifiers"] == [
+        {"namespace": GLUE, "name": "table/shop/eu_view", "type": "TABLE"}
+    ]
+
+
+def test_no_input_field_is_empty_and_every_indirect_input_has_a_subtype(athena_files, tableau_files):
+    events = read_jsonl(athena_files["openlineage"]) + read_jsonl(tableau_files[0]["openlineage"])
+    inputs = [
+        field
+        for event in events
+        for dataset in event.get("outputs", []) + ([event["dataset"]] if "dataset" in event else [])
+        for facet in [dataset.get("facets", {}).get("columnLineage")]
+        if facet
+        for field in [*facet["dataset"], *(f for v in facet["fields"].values() for f in v["inputFields"])]
+    ]
+    assert inputs
+    assert all(field["field"] for field in inputs)
+    assert all(t.get("subtype") for field in inputs for t in field["transformations"])
+
+
+def test_athena_job_namespace_defaults_to_the_source_and_no_symlink_without_the_account(registry):
+    events = athena_events(athena_lineage(), [QUERIES[0]])
+    for event in events:
+        validate(event, registry)
+    runs = [e for e in events if "run" in e]
+    assert {e["job"]["namespace"] for e in runs} == {"athena-test"}  # the source's name
+    assert not [
+        d
+        for e in events
+        for d in e.get("inputs", []) + e.get("outputs", []) + [e.get("dataset", {})]
+        if "symlinks" in d.get("facets", {})
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kind", "host", "port", "expected"),
+    [
+        # Redshift: redshift://{cluster_identifier}.{region_name}:{port}, from the cluster's endpoint
+        ("redshift", "examplecluster.abc123xyz789.us-west-2.redshift.amazonaws.com", 5439,
+         "redshift://examplecluster.us-west-2:5439"),
+        ("redshift", "ExampleCluster.abc123xyz789.us-west-2.redshift.amazonaws.com", None,
+         "redshift://examplecluster.us-west-2:5439"),  # the spec's default port
+        ("redshift", "analytics.123456789012.eu-central-1.redshift-serverless.amazonaws.com", 5440,
+         "redshift://analytics.eu-central-1:5440"),  # a Serverless workgroup
+        ("redshift", "warehouse.internal.example.com", 5439,
+         "redshift://warehouse.internal.example.com:5439"),  # no endpoint to read: the host whole
+        # Snowflake: snowflake://{organization name}-{account name}
+        ("snowflake", "myorg-myaccount.snowflakecomputing.com", 443, "snowflake://myorg-myaccount"),
+        ("snowflake", "MyOrg-My-Account.privatelink.snowflakecomputing.com", 443, "snowflake://myorg-my-account"),
+        # ... or the legacy account locator, kept as the spec writes it
+        ("snowflake", "xy12345.us-east-2.aws.snowflakecomputing.com", 443, "snowflake://xy12345.us-east-2.aws"),
+        ("postgres", "db.example.com", 5432, "postgres://db.example.com:5432"),
+        ("postgres", "db.example.com", None, "postgres://db.example.com"),  # no port known
+    ],
+)  # fmt: skip
+def test_database_tables_are_named_as_the_openlineage_spec_names_them(kind, host, port, expected):
+    assert ol.database_dataset(kind, host, port, "analytics", "public", "orders") == (
+        expected,
+        "analytics.public.orders",
+    )
 
 
 def test_sql_in_lineage_output_is_masked_failing_closed(athena_files):
@@ -239,6 +400,8 @@ def test_athena_usage_counts_queries_and_users(athena_files):
 
 CUSTOM_SQL = "SELECT id, amount FROM public.orders WHERE customer_email = 'bob@example.com'"
 BROKEN_SQL = "SELECT id FROM public.orders WHERE note = 'carol@example.com' AND ((("
+REDSHIFT_HOST = "examplecluster.abc123xyz789.us-west-2.redshift.amazonaws.com"
+TABLEAU_JOBS = "tableau-test"  # the Tableau source's job namespace
 
 
 class Session:
@@ -261,6 +424,8 @@ def tableau_files(tmp_path_factory) -> tuple[dict[str, Path], Any]:
                 "name": "Campaigns",
                 "connections": [{"type": "athena", "server_address": "athena.eu-west-1.amazonaws.com", "server_port": 443}],
             },
+            {"project": "Sales", "name": "Pipeline", "connections": [{"type": "redshift", "server_address": REDSHIFT_HOST, "server_port": 5439}]},
+            {"project": "Sales", "name": "Leads", "connections": [{"type": "snowflake", "server_address": "acme-sales.snowflakecomputing.com", "server_port": 443}]},
         ],
         "workbooks": [{"project": "Sales", "name": "Overview", "views": ["Revenue"]}],
         "metadata_api": {
@@ -274,13 +439,17 @@ def tableau_files(tmp_path_factory) -> tuple[dict[str, Path], Any]:
                 "Sales/Campaigns": {
                     "tables": [{"database": "AwsDataCatalog", "schema": "marketing", "name": "campaigns", "columns": ["campaign_id", "budget"]}]
                 },
+                "Sales/Pipeline": {"tables": [{"database": "dev", "schema": "crm", "name": "deals", "columns": ["deal_id"]}]},
+                "Sales/Leads": {"tables": [{"database": "CRM", "schema": "PUBLIC", "name": "LEADS", "columns": ["LEAD_ID"]}]},
             }
         },
     }  # fmt: skip
     with TableauStandIn(load_config(seed)) as standin:
         server = TSC.Server(standin.url, use_server_version=True)
         server.auth.sign_in(TSC.PersonalAccessTokenAuth("pat-1", "s", site_id="analytics"))
-        found = tableau.collect(MetadataApiClient(Session(server)), standin.url, "analytics", END)
+        found = tableau.collect(
+            MetadataApiClient(Session(server)), standin.url, "analytics", END, job_namespace=TABLEAU_JOBS
+        )
     out = tmp_path_factory.mktemp("tableau")
     files = write_extracts([masked(e) for e in found.extracts], out, "tableau-test", WINDOW, compress=True)
     return {f.entity: f.path for f in files}, found
@@ -292,6 +461,7 @@ def test_tableau_events_validate_and_join_the_athena_names(tableau_files, regist
     events = read_jsonl(files["openlineage"])
     for event in events:
         validate(event, registry)
+    events = [e for e in events if "dataset" in e]  # the DatasetEvents (the runs: below)
     names = {e["dataset"]["name"] for e in events}
     assert {
         "analytics/datasources/Sales/Campaigns",
@@ -304,6 +474,59 @@ def test_tableau_events_validate_and_join_the_athena_names(tableau_files, regist
     assert [(i["namespace"], i["name"], i["field"]) for i in inputs] == [
         (NAMESPACE, "AwsDataCatalog.marketing.campaigns", "budget")
     ]
+
+
+def test_tableau_lineage_is_also_a_run_per_published_data_source_and_per_workbook(tableau_files):
+    files, _ = tableau_files
+    events = read_jsonl(files["openlineage"])
+    runs = [e for e in events if e.get("eventType") == "COMPLETE"]
+    assert sorted(e.get("eventType") for e in events if "run" in e).count("START") == len(runs)
+    jobs = {e["job"]["name"]: e for e in runs}
+    assert set(jobs) == {
+        *(f"analytics/datasources/Sales/{n}" for n in ("Orders", "Campaigns", "Pipeline", "Leads")),
+        "analytics/workbooks/Sales/Overview",
+    }
+    assert {e["job"]["namespace"] for e in runs} == {TABLEAU_JOBS}
+    assert {
+        n: e["job"]["facets"]["jobType"]["jobType"]
+        for n, e in jobs.items()
+        if "Campaigns" in n or "Overview" in n
+    } == {
+        "analytics/datasources/Sales/Campaigns": "DATASOURCE",
+        "analytics/workbooks/Sales/Overview": "WORKBOOK",
+    }
+
+    def ids(datasets: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        return [(d["namespace"], d["name"]) for d in datasets]
+
+    # a published data source: its tables in (named as each database names them), itself out
+    campaigns = jobs["analytics/datasources/Sales/Campaigns"]
+    assert ids(campaigns["inputs"]) == [(NAMESPACE, "AwsDataCatalog.marketing.campaigns")]
+    ((_, name),) = ids(campaigns["outputs"])
+    assert name == "analytics/datasources/Sales/Campaigns"
+    assert (
+        campaigns["outputs"][0]["facets"]["columnLineage"]["fields"]["budget"]["inputFields"][0]["field"]
+        == "budget"
+    )
+    assert ids(jobs["analytics/datasources/Sales/Pipeline"]["inputs"]) == [
+        ("redshift://examplecluster.us-west-2:5439", "dev.crm.deals")
+    ]
+    assert ids(jobs["analytics/datasources/Sales/Leads"]["inputs"]) == [
+        ("snowflake://acme-sales", "CRM.PUBLIC.LEADS")
+    ]
+    # custom SQL is no dataset: the tables it reads are the data source's inputs
+    assert [n for _, n in ids(jobs["analytics/datasources/Sales/Orders"]["inputs"])] == [
+        "analytics.public.orders"
+    ]
+    # a workbook: the published data sources its embedded ones read, its embedded data sources out
+    overview = jobs["analytics/workbooks/Sales/Overview"]
+    assert {n for _, n in ids(overview["inputs"])} == {
+        f"analytics/datasources/Sales/{n}" for n in ("Orders", "Campaigns", "Pipeline", "Leads")
+    }
+    assert all(
+        n.startswith("analytics/workbooks/Sales/Overview/datasources/") for _, n in ids(overview["outputs"])
+    )
+    assert len(overview["outputs"]) == 4
 
 
 def test_tableau_custom_sql_is_masked_and_its_tables_found(tableau_files):

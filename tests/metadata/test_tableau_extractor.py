@@ -176,6 +176,20 @@ def test_extracts_every_entity_with_one_sign_in(make_standin, tmp_path):
         "snowflake",
         "snowflake://acme",
     )
+    # ... and as OpenLineage runs: a job per published data source and per workbook, the tables in
+    events = [r["event"] for r in rows(extracts, "openlineage")]
+    runs = {e["job"]["name"]: e for e in events if e.get("eventType") == "COMPLETE"}
+    site = SITE
+    assert set(runs) == {
+        *(f"{site}/datasources/{p}/{n}" for p, n in (("Sales", "Orders"), ("Sales", "Leads"), ("Marketing", "Campaigns"))),
+        *(f"{site}/workbooks/{p}/{n}" for p, n in (("Sales", "Sales Overview"), ("Marketing", "Funnel"))),
+    }  # fmt: skip
+    assert {e["job"]["namespace"] for e in runs.values()} == {"tableau-test"}  # the source's name
+    leads = runs[f"{site}/datasources/Sales/Leads"]
+    assert [(i["namespace"], i["name"].rsplit(".", 1)[-1]) for i in leads["inputs"]] == [
+        ("snowflake://acme", "leads")
+    ]
+    assert [o["name"] for o in leads["outputs"]] == [f"{site}/datasources/Sales/Leads"]
     ids = {(a["asset_type"], a["asset_id"]): a["name"] for a in rows(extracts, "lineage_assets")}
     named_edges = {
         (ids[(e["upstream_type"], e["upstream_id"])], ids[(e["downstream_type"], e["downstream_id"])])
@@ -357,7 +371,7 @@ def test_extracts_every_entity_with_one_sign_in(make_standin, tmp_path):
         "custom_sql": 0,
         "table_usage": 3,
         "column_usage": 12,
-        "openlineage": 3 + 3 + 5,
+        "openlineage": 3 + 3 + 5 + 2 * (3 + 2),  # DatasetEvents; START, COMPLETE per data source, workbook
     }
     with open(next(f.path for f in written if f.entity == "datasources"), encoding="utf-8") as file:
         first = next(csv.DictReader(file))

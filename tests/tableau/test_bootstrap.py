@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from conftest import BOOTSTRAP_COMMAND
 from prefect.client.orchestration import get_client
@@ -78,7 +80,7 @@ def test_creates_the_work_pools_the_deployments_name(tmp_path, capsys):
         "deployments:\n  - {name: a, work_pool: *pool}\n  - {name: b, work_pool: {name: bootstrap-test-other}}\n"
     )
     pools = deployment_work_pools(prefect_file)
-    assert pools == ["bootstrap-test-other", "bootstrap-test-pool"]
+    assert pools == {"bootstrap-test-other": "process", "bootstrap-test-pool": "process"}
     checked = bootstrap_work_pools(pools, check_only=True)
     assert checked.missing == [
         "work pool bootstrap-test-other (process)",
@@ -94,6 +96,24 @@ def test_creates_the_work_pools_the_deployments_name(tmp_path, capsys):
     ]
     with get_client(sync_client=True) as client:
         assert client.read_work_pool("bootstrap-test-pool").type == "process"
+
+
+def test_the_docker_deployments_pool_is_created_as_a_docker_pool_and_a_process_one_is_drift(tmp_path):
+    from deployments.bootstrap import bootstrap_work_pools, deployment_work_pools
+
+    pools = deployment_work_pools(Path(__file__).resolve().parents[2] / "prefect.docker.yaml")
+    assert pools == {"analytics-flows-docker": "docker"}
+    renamed = {"bootstrap-test-docker": "docker"}
+    assert bootstrap_work_pools(renamed).created == ["work pool bootstrap-test-docker (docker)"]
+    with get_client(sync_client=True) as client:
+        assert client.read_work_pool("bootstrap-test-docker").type == "docker"
+    wrong = bootstrap_work_pools({"bootstrap-test-docker": "process"}, check_only=True)
+    assert not wrong.ok
+    assert wrong.drift == [
+        "work pool bootstrap-test-docker is of type 'docker'; the deployments need 'process': delete it "
+        "(prefect work-pool delete bootstrap-test-docker) and run this again, or rename the pool in the "
+        "prefect file"
+    ]
 
 
 def test_a_second_pool_with_the_first_ones_limit_prefix_is_refused_naming_the_setting(workspace, capsys):

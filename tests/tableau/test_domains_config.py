@@ -72,3 +72,43 @@ def test_every_error_is_a_domain_config_error_and_a_value_error(tmp_path):
     assert isinstance(raised.value, ValueError)
     with pytest.raises(DomainConfigError, match=r"Unknown domain 'hr': .* defines \[\]"):
         load_domain("hr", write(tmp_path, ""))  # an empty file defines no domain
+
+
+def test_a_domain_takes_content_from_lineage_alone_or_with_its_lists(tmp_path):
+    file = write(
+        tmp_path,
+        "defaults: {pat_pool_block: pool, refresh: stale_only, debounce_seconds: 60}\n"
+        "domains:\n"
+        "  web: {upstream_tables: ['bigquery://acme-web/tracking/events']}\n"
+        "  sales:\n"
+        "    upstream: {flow: sales-pipeline}\n"
+        "    refresh: all\n"
+        "    upstream_tables: [athena://awsdatacatalog/sales/orders, 'redshift://dw.eu-west-1:5439/dev/public/returns']\n"
+        "    datasources: [{project: Sales, name: Targets}]\n",
+    )
+    web, sales = load_domains(file).values()
+    # Lineage only: no lists, and no upstream flow (it runs on its tables' materializations).
+    assert (web.upstream, web.content(), web.refresh, web.debounce_seconds) == (None, [], "stale_only", 60)
+    assert [(t.warehouse, t.database, t.schema, t.name) for t in web.tables()] == [
+        ("bigquery", "acme-web", "tracking", "events")
+    ]
+    assert sales.refresh == "all"
+    assert [t.connection_type for t in sales.tables()] == ["athena", "redshift"]
+    assert sales.content() == [ContentRef("datasource", "Sales", "Targets")]
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("{upstream_tables: ['athena://sales/orders']}", r"upstream_tables\[0\]: table key 'athena://sales/orders' does not have the athena form"),
+        ("{upstream_tables: ['mysql://db/sales/orders']}", r"unknown warehouse 'mysql'; use one of: athena://"),
+        ("{upstream_tables: [athena://c/s/t, athena://c/s/t]}", r"upstream_tables\[1\] repeats upstream_tables\[0\] \(athena://c/s/t\)"),
+        ("{upstream_tables: [athena://c/s/t], debounce_seconds: 5}", r"debounce_seconds: expected a number greater than or equal to 10"),
+        ("{upstream_tables: [athena://c/s/t], refresh: stale}", r"refresh: expected 'all' or 'stale_only', got 'stale'"),
+        ("{datasources: [{name: O}]}", r"required key 'upstream' .* is missing"),  # lists need an upstream flow
+        ("{upstream: {flow: a}}", r"lists no datasources, no workbooks and no upstream_tables"),
+    ],
+)  # fmt: skip
+def test_lineage_settings_are_checked(tmp_path, entry, message):
+    with pytest.raises(DomainConfigError, match=message):
+        load_domains(write(tmp_path, f"defaults: {{pat_pool_block: pool}}\ndomains:\n  web: {entry}\n"))

@@ -147,6 +147,7 @@ class TableauExtractor:
         page_size: int = 100,
         lineage: bool = True,
         metadata_page_size: int = 100,
+        job_namespace: str | None = None,
     ) -> None:
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be 1 to {MAX_PAGE_SIZE} (Tableau's limit), got {page_size}")
@@ -155,6 +156,7 @@ class TableauExtractor:
         self.page_size = page_size
         self.lineage = lineage
         self.metadata_page_size = metadata_page_size
+        self.job_namespace = job_namespace or source  # OpenLineage: the scheduler's; default the source
         self.problems: list[str] = []
         self.lineage_counts: dict[str, int] = {}
 
@@ -219,7 +221,11 @@ class TableauExtractor:
             extracts = self._extract(session)
             if self.lineage:
                 found = lineage.collect(
-                    self._metadata_client(session), pool.site.server_url, pool.site.site_content_url, end_hwm
+                    self._metadata_client(session),
+                    pool.site.server_url,
+                    pool.site.site_content_url,
+                    end_hwm,
+                    job_namespace=self.job_namespace,
                 )
                 extracts += found.extracts
                 self.problems = found.problems

@@ -89,15 +89,24 @@ class MetadataApiClient:
         server = self.session.server
         return self.session.call(server.metadata.query, query, variables)
 
-    def connection(self, name: str, selection: str) -> PagedResult:
+    def connection(
+        self, name: str, selection: str, filter: tuple[str, dict[str, Any]] | None = None
+    ) -> PagedResult:
         """Every node of the connection field ``name`` (e.g. ``publishedDatasourcesConnection``), with
         ``selection`` the fields of each node (``"id name upstreamTables { id }"``).
 
+        ``filter``: the field's ``filter`` argument as ``(input type, value)``, e.g.
+        ``("DatabaseTable_Filter", {"nameWithin": ["orders"]})``, sent as a variable with every page.
+
         Raises ``MetadataApiError`` for FEATURE_DISABLED (saying how to enable it) and ACCESS_DENIED.
         """
+        declared, argument, variables = "", "", {}
+        if filter is not None:
+            declared, argument = f", $filter: {filter[0]}", "filter: $filter, "
+            variables = {"filter": filter[1]}
         query = (
-            f"query page($first: Int, $after: String) {{ {name}(first: $first, after: $after, "
-            f"orderBy: {{field: ID, direction: ASC}}) {{ nodes {{ {selection} }} "
+            f"query page($first: Int, $after: String{declared}) {{ {name}({argument}first: $first, "
+            f"after: $after, orderBy: {{field: ID, direction: ASC}}) {{ nodes {{ {selection} }} "
             f"pageInfo {{ hasNextPage endCursor }} }} }}"
         )
         result = PagedResult()
@@ -108,7 +117,7 @@ class MetadataApiClient:
             until the size is 1."""
             nonlocal size
             while True:
-                answer = self.query(query, {"first": size, "after": after})
+                answer = self.query(query, {**variables, "first": size, "after": after})
                 errors = answer.get("errors") or []
                 codes = [((e.get("extensions") or {}).get("code") or "UNKNOWN") for e in errors]
                 self._raise_if_refused(codes, errors)

@@ -1,5 +1,6 @@
 """Lineage and usage of a Tableau site from its Metadata API: database tables and custom SQL → published
-and embedded data sources → sheets, at table and column (field) level, and their OpenLineage events.
+and embedded data sources → sheets, at table and column (field) level, and their OpenLineage events
+(DatasetEvents, and a run per published data source and per workbook).
 
 The files: docs/metadata-extracts.md ("Lineage and usage"); the queries and how they page:
 docs/metadata-lineage.md ("Tableau: the Metadata API").
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlglot
+from openlineage.client.constants import DEFAULT_NAMESPACE_NAME
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
@@ -157,16 +159,25 @@ def _tables_in_sql(query: str, dialect: str | None) -> tuple[list[str], str, str
     return sorted(names), "resolved", ""
 
 
-def collect(client: MetadataApiClient, server_url: str, site: str, event_time: dt.datetime) -> TableauLineage:
+def collect(
+    client: MetadataApiClient,
+    server_url: str,
+    site: str,
+    event_time: dt.datetime,
+    job_namespace: str | None = None,
+) -> TableauLineage:
     """Read the site's lineage through ``client`` and build the lineage, usage and OpenLineage extracts.
 
+    ``job_namespace``: the OpenLineage namespace of the runs' jobs, the scheduler's (the collector passes
+    its source's ``openlineage_job_namespace``, else the source's name; docs/metadata-lineage.md,
+    "OpenLineage"); None: OpenLineage's ``default``, as its integrations name an unconfigured namespace.
     Raises ``MetadataApiError`` when the API refuses (disabled, access denied). A connection that could
     not be read whole is named in ``problems`` (the run then lands nothing).
     """
     results = {name: client.connection(name, selection) for name, selection in QUERIES.items()}
     problems = [p for r in results.values() for p in r.problems]
     nodes = {name: r.nodes for name, r in results.items()}
-    return _build(nodes, problems, server_url, site, event_time)
+    return _build(nodes, problems, server_url, site, event_time, job_namespace or DEFAULT_NAMESPACE_NAME)
 
 
 def _build(
@@ -175,8 +186,9 @@ def _build(
     server_url: str,
     site: str,
     event_time: dt.datetime,
+    job_namespace: str = DEFAULT_NAMESPACE_NAME,
 ) -> TableauLineage:
-    graph = _Graph(ol.tableau_namespace(server_url), site)
+    graph = _Graph(ol.tableau_namespace(server_url), site, job_namespace)
     graph.add_database_tables(nodes["databaseTablesConnection"])
     graph.add_custom_sql_tables(nodes["customSQLTablesConnection"])
     graph.index_fields("published_datasource", nodes["publishedDatasourcesConnection"])
@@ -199,6 +211,7 @@ class _Graph:
 
     namespace: str
     site: str
+    job_namespace: str = DEFAULT_NAMESPACE_NAME
     assets: dict[Node, tuple[Any, ...]] = field(default_factory=dict)
     datasets: dict[Node, ol.DatasetId] = field(default_factory=dict)
     table_edges: set[tuple[Node, Node]] = field(default_factory=set)
@@ -211,6 +224,8 @@ class _Graph:
     table_types: dict[str, str] = field(default_factory=dict)
     custom_rows: list[tuple[Any, ...]] = field(default_factory=list)
     sql_status: Counter[str] = field(default_factory=Counter)
+    # OpenLineage job name → (job type, the data sources it derives): a published data source, a workbook
+    jobs: dict[str, tuple[str, list[Node]]] = field(default_factory=dict)
 
     def add_database_tables(self, tables: list[dict[str, Any]]) -> None:
         for table in tables:
@@ -280,6 +295,7 @@ class _Graph:
             )
             self.assets[key] = ("published_datasource", ds["id"], ds.get("luid"), ds["name"], ds.get("projectName"),
                                 None, None, None, None, None, None, *self.datasets[key])  # fmt: skip
+            self.jobs[self.datasets[key][1]] = ("DATASOURCE", [key])
             for upstream in ds.get("upstreamTables") or []:
                 self.table_edges.add(
                     ((self.table_types.get(upstream["id"], "database_table"), upstream["id"]), key)
@@ -298,6 +314,8 @@ class _Graph:
             )
             self.assets[key] = ("embedded_datasource", ds["id"], None, ds["name"], workbook.get("projectName"),
                                 workbook.get("name"), None, None, None, None, None, *self.datasets[key])  # fmt: skip
+            job = f"{self.site}/workbooks/{workbook.get('projectName')}/{workbook.get('name')}"
+            self.jobs.setdefault(job, ("WORKBOOK", []))[1].append(key)
             for upstream in ds.get("upstreamDatasources") or []:
                 self.table_edges.add((("published_datasource", upstream["id"]), key))
             if not ds.get("upstreamDatasources"):
@@ -357,7 +375,7 @@ class _Graph:
     def extracts(self, event_time: dt.datetime) -> list[Extract]:
         """The lineage, usage and OpenLineage extracts of the graph."""
         usage_tables, usage_columns = _usage(self.assets, self.table_edges, self.column_edges, self.owners)
-        events = _events(self.assets, self.datasets, self.table_edges, self.column_edges, event_time)
+        events = _events(self, event_time)
         return [
             Extract(
                 "lineage_assets",
@@ -456,43 +474,48 @@ def _usage(
     return tables, columns
 
 
-def _events(
-    assets: dict[Node, tuple[Any, ...]],
-    datasets: dict[Node, ol.DatasetId],
-    table_edges: set[tuple[Node, Node]],
-    column_edges: set[tuple[ColumnNode, ColumnNode, str]],
-    at: dt.datetime,
-) -> list[dict[str, Any]]:
-    """A DatasetEvent per data source and sheet: its fields (schema) and what each derives from."""
+def _events(graph: _Graph, at: dt.datetime) -> list[dict[str, Any]]:
+    """A DatasetEvent per data source and sheet: its fields (schema) and what each derives from (column
+    lineage); then a run (START, COMPLETE at ``at``) per published data source and per workbook: its
+    inputs (the tables, custom SQL's tables or published data sources it reads) and its data sources."""
+    datasets = graph.datasets
     inputs: dict[Node, dict[str, list[tuple[ol.DatasetId, str, str]]]] = {}
-    for up, dn, how in column_edges:
+    for up, dn, how in graph.column_edges:
         upstream = datasets.get(up[:2])
         if upstream is not None:
             inputs.setdefault(dn[:2], {}).setdefault(dn[2], []).append((upstream, up[2], how))
     # a custom SQL table is no dataset of its own: what it reads stands in for it
-    through_custom = {}
-    for up, dn in table_edges:
+    through_custom: dict[Node, set[ol.DatasetId]] = {}
+    for up, dn in graph.table_edges:
         if dn[0] == "custom_sql_table" and up in datasets:
             through_custom.setdefault(dn, set()).add(datasets[up])
     dataset_inputs: dict[Node, set[ol.DatasetId]] = {}
-    for up, dn in table_edges:
+    for up, dn in graph.table_edges:
         if up in datasets:
             dataset_inputs.setdefault(dn, set()).add(datasets[up])
         dataset_inputs.setdefault(dn, set()).update(through_custom.get(up, ()))
     fields_of: dict[Node, set[str]] = {}
-    for _, dn, _ in column_edges:
+    for _, dn, _ in graph.column_edges:
         fields_of.setdefault(dn[:2], set()).add(dn[2])
-    events = []
-    for key in sorted(k for k in datasets if k[0] != "database_table"):
-        columns = inputs.get(key, {})
-        fields = sorted(fields_of.get(key, ()))
-        events.append(
-            ol.dataset_event(
-                datasets[key],
-                at,
-                schema=[(f, None) for f in fields],
-                columns={k: sorted(v) for k, v in columns.items()},
-                dataset_inputs=dataset_inputs.get(key, ()),
-            )
+
+    def columns(key: Node) -> dict[str, list[tuple[ol.DatasetId, str, str]]]:
+        return {k: sorted(v) for k, v in inputs.get(key, {}).items()}
+
+    def schema(key: Node) -> list[tuple[str, str | None]]:
+        return [(f, None) for f in sorted(fields_of.get(key, ()))]
+
+    events = [
+        ol.dataset_event(datasets[key], at, schema=schema(key), columns=columns(key))
+        for key in sorted(k for k in datasets if k[0] != "database_table")
+    ]
+    for job, (job_type, derived) in sorted(graph.jobs.items()):
+        events += ol.tableau_run_events(
+            job_namespace=graph.job_namespace,
+            job_name=job,
+            job_type=job_type,
+            run_key=f"tableau:{graph.namespace}:{job}:{at.isoformat()}",
+            at=at,
+            inputs=[d for key in derived for d in dataset_inputs.get(key, ())],
+            outputs=[ol.Output(datasets[key], columns(key), schema=schema(key)) for key in sorted(derived)],
         )
     return events

@@ -65,6 +65,7 @@ class AthenaExtractor(contextlib.AbstractContextManager):
         catalogs: data catalogs to extract (case-insensitive); None = all that ``ListDataCatalogs`` lists.
         endpoint_url: one endpoint for every AWS service; overrides the block's.
         history_days: how far back query history may reach from the window end (days, 1-45; Athena keeps 45).
+        job_namespace: the OpenLineage job namespace of the queries' runs (None: the source's name).
 
     Attributes:
         aws: the source's boto3 clients (``AwsClients``): ``aws.client("athena")``, ``"glue"``, ``"s3"``, ``"sts"``.
@@ -96,6 +97,7 @@ class AthenaExtractor(contextlib.AbstractContextManager):
         catalogs: list[str] | None = None,
         endpoint_url: str | None = None,
         history_days: int = ATHENA_HISTORY_DAYS,
+        job_namespace: str | None = None,
     ) -> None:
         match = _S3_URI.fullmatch(output_location or "")
         if match is None:
@@ -119,6 +121,7 @@ class AthenaExtractor(contextlib.AbstractContextManager):
         self.role_arn = role_arn
         self.catalogs = list(catalogs) if catalogs is not None else None
         self.history_days = history_days
+        self.job_namespace = job_namespace
         self.query_workgroup = self.workgroups[0] if self.workgroups else "primary"
         self.aws = AwsClients(source, credentials, region, role_arn, endpoint_url)
         self._identity: str | None = None
@@ -229,6 +232,10 @@ class AthenaExtractor(contextlib.AbstractContextManager):
             athena = self.aws.client("athena")
             catalogs = glue_catalog.list_catalogs(athena, self.source, self.region, self.catalogs)
             workgroups = query_history.list_workgroups(athena, self.source, self.region, self.workgroups)
+            # the Glue Data Catalog's account: a catalog's catalog-id, else the caller's (sts:GetCallerIdentity
+            # needs no permission), for the OpenLineage symlinks of its tables
+            account = self.aws.client("sts").get_caller_identity()["Account"]
+        glue_catalog_ids = {c.name.lower(): c.glue_catalog_id or account for c in catalogs if c.is_glue}
         schema = InformationSchema(
             athena,
             self.source,
@@ -249,7 +256,13 @@ class AthenaExtractor(contextlib.AbstractContextManager):
             return guarded(self.source, name, rows)
 
         lineage = self.lineage = self._resources.enter_context(
-            AthenaLineage(self.source, self.region, window.end)
+            AthenaLineage(
+                self.source,
+                self.region,
+                window.end,
+                job_namespace=self.job_namespace,
+                glue_catalog_ids=glue_catalog_ids,
+            )
         )
 
         return [
