@@ -16,10 +16,10 @@ from typing import Any
 
 from prefect.events import DeploymentEventTrigger
 
+from tasks.tableau.assets import MATERIALIZED_EVENT
 from tasks.tableau.domains import Domain
 
 COMPLETED_EVENT = "prefect.flow-run.Completed"
-MATERIALIZED_EVENT = "prefect.asset.materialization.succeeded"
 #: A label no materialization's resource carries: every event of the domain's tables gets the same
 #: (empty) bucketing key, so they share one bucket. A proactive trigger needs some ``for_each``: without
 #: one, Prefect 3.9's proactive evaluation opens an empty bucket by itself every window and fires it

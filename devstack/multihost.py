@@ -38,7 +38,8 @@ def _exists(pid: int) -> bool:
 
 class WorkerHost:
     """One worker host: ``prefect worker start --pool POOL --type process --name NAME`` (optionally
-    polling only ``work_queues``), its output in ``<home>/worker.log``.
+    polling only ``work_queues``; ``worker_type`` another type, e.g. ``docker``:
+    ``devstack.docker.DockerWorker``), its output in ``<home>/worker.log``.
 
     Attributes:
         name: the worker's name (its host name in the Prefect UI).
@@ -49,9 +50,17 @@ class WorkerHost:
     """
 
     def __init__(
-        self, name: str, pool: str, home: Path, env: Mapping[str, str], *, work_queues: Sequence[str] = ()
+        self,
+        name: str,
+        pool: str,
+        home: Path,
+        env: Mapping[str, str],
+        *,
+        work_queues: Sequence[str] = (),
+        worker_type: str = "process",
     ):
         self.name, self.pool, self.home, self.work_queues = name, pool, home, list(work_queues)
+        self.worker_type = worker_type
         self._env = dict(env)
         self._process: subprocess.Popen[bytes] | None = None
         self._orphans: list[int] = []
@@ -64,7 +73,17 @@ class WorkerHost:
         """Start the worker and wait until it polls its pool (``RuntimeError`` with its log if it exits,
         ``TimeoutError`` if it does not poll within ``timeout_seconds``)."""
         self.home.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "prefect", "worker", "start", "--pool", self.pool, "--type", "process"]
+        argv = [
+            sys.executable,
+            "-m",
+            "prefect",
+            "worker",
+            "start",
+            "--pool",
+            self.pool,
+            "--type",
+            self.worker_type,
+        ]
         argv += ["--name", self.name] + [arg for queue in self.work_queues for arg in ("--work-queue", queue)]
         log = open(self.home / "worker.log", "ab")
         offset = log.tell()  # a restarted worker appends: look for its own "started!"

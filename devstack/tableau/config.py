@@ -238,6 +238,19 @@ class ContentSpec:
         return f"{self.kind}:{self.project}/{self.name}"
 
 
+def instant_seconds(value: Any) -> float | None:
+    """An ISO 8601 instant with its offset (or an aware ``datetime``, as YAML reads an unquoted
+    timestamp) as unix seconds; None for anything else (no offset, not a date)."""
+    if isinstance(value, dt.datetime):
+        instant = value
+    else:
+        try:
+            instant = dt.datetime.fromisoformat(str(value))
+        except ValueError:
+            return None
+    return instant.timestamp() if instant.tzinfo is not None else None
+
+
 @dataclass(frozen=True)
 class Config:
     """The stand-in's site; `projects` lists Tableau's "default" project first, then the declared
@@ -271,16 +284,13 @@ class Config:
         """`clock_start` as unix seconds (None: the real time at start); `ValueError` names the field."""
         if self.clock_start is None:
             return None
-        try:
-            start = dt.datetime.fromisoformat(self.clock_start)
-        except ValueError:
-            start = None
-        if start is None or start.tzinfo is None:
+        start = instant_seconds(self.clock_start)
+        if start is None:
             raise ValueError(
                 f"clock_start {self.clock_start!r}: give an ISO 8601 instant with its offset, e.g. "
                 "2026-06-01T12:00:00+00:00"
             )
-        return start.timestamp()
+        return start
 
     def __post_init__(self) -> None:
         if self.time_scale <= 0 or self.session_ttl_seconds <= 0 or self.backgrounder_slots < 1:

@@ -34,7 +34,7 @@ from typing import Any
 
 from graphql import GraphQLError, build_schema, graphql_sync
 
-from devstack.tableau.config import Config, Connection, ContentSpec
+from devstack.tableau.config import Config, Connection, ContentSpec, instant_seconds
 from devstack.tableau.state import TableauSite
 
 #: Tableau Server's default ``metadata.query.limits.count``.
@@ -238,19 +238,13 @@ def _instant(where: str, value: Any) -> float | None:
     """An ``extract_last_refresh_time`` seed value as unix seconds (None stays None)."""
     if value is None:
         return None
-    if isinstance(value, dt.datetime):  # YAML reads an unquoted timestamp as one
-        instant: dt.datetime | None = value
-    else:
-        try:
-            instant = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-        except ValueError:
-            instant = None
-    if instant is None or instant.tzinfo is None:
+    instant = instant_seconds(value)
+    if instant is None:
         raise ValueError(
             f"{where}.extract_last_refresh_time {value!r}: give an ISO 8601 instant with its offset, "
             "e.g. 2026-12-01T06:00:00Z"
         )
-    return instant.timestamp()
+    return instant
 
 
 def date_time(seconds: float | None) -> str | None:

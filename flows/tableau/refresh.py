@@ -10,7 +10,7 @@ import datetime as dt
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
@@ -70,11 +70,13 @@ class Materialization(BaseModel):
 
 @dataclass
 class _Outcome:
+    """What ``_refresh`` did: the refreshes (and skips), the content they were of, and the lineage's
+    tables without an extract downstream and its Metadata API requests."""
+
     refreshes: list[RefreshJob]
     resolved: dict[ContentRef, ResolvedContent]
-    changed_tables: list[str] | None = None
-    tables_without_extracts: list[str] = field(default_factory=list)
-    lineage_requests: int = 0
+    tables_without_extracts: list[str]
+    lineage_requests: int
 
 
 def artifact_rows(summary: DomainRefreshSummary) -> list[dict[str, object]]:
@@ -184,7 +186,7 @@ def refresh_domain(
         domain=domain,
         sign_ins=sign_ins,
         refreshes=[RefreshRow.of(r, outcome.resolved.get(r.content)) for r in outcome.refreshes],
-        changed_tables=outcome.changed_tables,
+        changed_tables=changed,
         tables_without_extracts=outcome.tables_without_extracts,
         lineage_requests=outcome.lineage_requests,
         **held,
@@ -221,7 +223,7 @@ def _changed_tables(
                 config.upstream_tables, materialization.occurred, config.debounce_seconds
             )
             burst.setdefault(materialization.asset_key, materialization.occurred)
-            changed |= set(burst) & set(config.upstream_tables)
+            changed |= set(burst)
             logger.info(
                 "Domain %r: %d of its tables materialized in the burst ending %s (debounce %.0f s): %s",
                 config.name,
@@ -247,17 +249,18 @@ def _refresh(
     deadline = time.monotonic() + config.timeout_seconds
     # An asset-triggered run refreshes what is downstream of the tables that changed, not the lists.
     listed = resolve_tableau_content(session, config.content()) if changed is None else {}
-    outcome = _Outcome([], {}, changed_tables=changed)
     lineage: dict[ContentRef, ResolvedContent] = {}
+    without_extracts: list[str] = []
+    requests = 0
     if config.upstream_tables and changed != []:
         # Every table of the domain (one query all the same): a content's tables are its asset's
         # dependencies and what stale_only compares; an asset-triggered run keeps what a change is under.
         resolution = resolve_tableau_lineage(session, config.tables())
-        outcome.tables_without_extracts = [
+        without_extracts = [
             key for key in resolution.tables_without_extracts if changed is None or key in changed
         ]
-        outcome.lineage_requests = resolution.requests
-        for key in outcome.tables_without_extracts:
+        requests = resolution.requests
+        for key in without_extracts:
             logger.warning(
                 "Domain %r: no extract downstream of %s in Tableau's lineage (no published data source or "
                 "workbook extract is built on it): nothing to refresh for it",
@@ -265,12 +268,11 @@ def _refresh(
                 key,
             )
         lineage = resolve_tableau_lineage_content(session, list(resolution.content), changed)
-    resolved = merge_content(listed, lineage)
-    outcome.resolved = resolved
+    merged = resolved = merge_content(listed, lineage)
     skipped: list[RefreshJob] = []
     if config.refresh == "stale_only":
-        known = last_materializations({t for content in resolved.values() for t in content.tables})
-        resolved, skipped = stale_only(resolved, known)
+        known = last_materializations({t for content in merged.values() for t in content.tables})
+        resolved, skipped = stale_only(merged, known)
     progress = ProgressReport(
         f"tableau-refresh-{config.name}-progress",
         total=len(resolved),
@@ -289,8 +291,7 @@ def _refresh(
         on_progress=lambda current: report_progress(progress, current),
     )
     report_progress(progress, refreshes)
-    outcome.refreshes = refreshes + skipped
-    return outcome
+    return _Outcome(refreshes + skipped, merged, without_extracts, requests)
 
 
 def _materialize_assets(site: TableauSite, summary: DomainRefreshSummary) -> None:

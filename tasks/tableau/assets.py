@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -182,6 +183,7 @@ def last_materializations(
     if not keys:
         return {}
     until = until or dt.datetime.now(dt.UTC)
+    # Not the filter's default since (180 days back): a server may keep events longer than that.
     since = until - dt.timedelta(days=3650)
     with _client(client) as events:
         found = _pages(events, _materialization_filter(keys, since, until, distinct=True))
@@ -220,24 +222,13 @@ def materialization_burst(
     return burst
 
 
-class _client:
+def _client(client: Any) -> AbstractContextManager[Any]:
     """A given client as is, else a new sync Prefect client for the ``with`` block."""
+    if client is not None:
+        return nullcontext(client)
+    from prefect.client.orchestration import get_client
 
-    def __init__(self, client: Any) -> None:
-        self.given = client
-        self.owned: Any = None
-
-    def __enter__(self) -> Any:
-        if self.given is not None:
-            return self.given
-        from prefect.client.orchestration import get_client
-
-        self.owned = get_client(sync_client=True)
-        return self.owned.__enter__()
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.owned is not None:
-            self.owned.__exit__(*exc_info)
+    return get_client(sync_client=True)
 
 
 # --- Tableau content as assets -----------------------------------------------------------------------

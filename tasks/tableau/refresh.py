@@ -94,7 +94,7 @@ class ThrottledError(RuntimeError):
 @dataclass(frozen=True)
 class ResolvedContent:
     """A content's Tableau id, and whether its name is unique among the site's content of its kind;
-    its web page (REST ``webpageUrl``) and owner's id; and how the domain came to it: ``listed`` in the
+    its web page (REST ``webpageUrl``); and how the domain came to it: ``listed`` in the
     configuration, and/or downstream of ``tables`` (asset keys of the domain's tables it is built on) in
     Tableau's lineage, with its extract's ``extract_last_refresh`` (Metadata API
     ``extractLastRefreshTime``, UTC) and ``owner`` (user name). ``changed``: in an asset-triggered run,
@@ -104,7 +104,6 @@ class ResolvedContent:
     project: str
     name_is_unique: bool
     webpage_url: str = ""
-    owner_id: str = ""
     listed: bool = True
     tables: tuple[str, ...] = ()
     extract_last_refresh: datetime | None = None
@@ -298,7 +297,6 @@ def resolve_content(session: TableauSession, refs: Iterable[ContentRef]) -> dict
                 project=matches[0].project_name,
                 name_is_unique=len(same_name) == 1,
                 webpage_url=getattr(matches[0], "webpage_url", None) or "",
-                owner_id=matches[0].owner_id or "",
             )
         elif not matches:
             elsewhere = sorted(f"{item.project_name}/{item.name}" for item in same_name)
@@ -347,7 +345,6 @@ def resolve_lineage_content(
             project=match.project_name,
             name_is_unique=len(same_name) == 1,
             webpage_url=getattr(match, "webpage_url", None) or "",
-            owner_id=match.owner_id or "",
             listed=False,
             tables=tuple(item.tables),
             extract_last_refresh=item.extract_last_refresh,

@@ -257,6 +257,21 @@ def token_block(vault: FakeVault, **fields: Any) -> VaultKvSecret:
     )
 
 
+def kubernetes_block(vault: FakeVault, jwt_path: str, **fields: Any) -> VaultKvSecret:
+    """A block logging in with the Kubernetes auth method as role crm-export, with the JWT at ``jwt_path``."""
+    return VaultKvSecret(
+        **{
+            "url": vault.url,
+            "path": "analytics/crm",
+            "key": "api_key",
+            "auth_method": "kubernetes",
+            "kubernetes_role": "crm-export",
+            "kubernetes_jwt_path": jwt_path,
+            **fields,
+        }
+    )
+
+
 def assert_no_secrets(*texts: str) -> None:
     for text in texts:
         for secret in SECRET_VALUES:
@@ -343,15 +358,7 @@ def test_token_auth_reads_a_pinned_version(vault: FakeVault) -> None:
 
 
 def test_the_block_makes_a_client_that_logs_in_and_reads(vault: FakeVault, jwt_file: str) -> None:
-    block = VaultKvSecret(
-        url=vault.url,
-        path="analytics/crm",
-        key="api_key",
-        auth_method="kubernetes",
-        kubernetes_role="crm-export",
-        kubernetes_jwt_path=jwt_file,
-    )
-    with block.get_client() as client:
+    with kubernetes_block(vault, jwt_file).get_client() as client:
         client.login()
         assert [r.path for r in vault.requests] == ["/v1/auth/kubernetes/login"]
         assert client.read() == API_KEY  # logs in again, then reads
@@ -412,14 +419,7 @@ def test_approle_auth_logs_in_with_role_id_and_secret_id(vault: FakeVault) -> No
 
 
 def test_missing_jwt_file_says_not_in_a_pod(vault: FakeVault, tmp_path) -> None:
-    block = VaultKvSecret(
-        url=vault.url,
-        path="analytics/crm",
-        key="api_key",
-        auth_method="kubernetes",
-        kubernetes_role="crm-export",
-        kubernetes_jwt_path=str(tmp_path / "absent"),
-    )
+    block = kubernetes_block(vault, str(tmp_path / "absent"))
     with pytest.raises(SecretAuthError, match="not running in a Kubernetes pod") as caught:
         block.get()
     assert str(tmp_path / "absent") in str(caught.value)
@@ -430,14 +430,7 @@ def test_kubernetes_login_with_unknown_role_names_method_and_role(
     vault: FakeVault, jwt_file: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    block = VaultKvSecret(
-        url=vault.url,
-        path="analytics/crm",
-        key="api_key",
-        auth_method="kubernetes",
-        kubernetes_role="crm-exporter",
-        kubernetes_jwt_path=jwt_file,
-    )
+    block = kubernetes_block(vault, jwt_file, kubernetes_role="crm-exporter")
     with pytest.raises(SecretAuthError) as caught:
         block.get()
     message = str(caught.value)
@@ -454,14 +447,7 @@ def test_kubernetes_login_with_unknown_role_names_method_and_role(
 def test_kubernetes_login_with_a_rejected_jwt(vault: FakeVault, tmp_path) -> None:
     other_jwt = tmp_path / "other"
     other_jwt.write_text("eyJ.other-service-account.sig\n")
-    block = VaultKvSecret(
-        url=vault.url,
-        path="analytics/crm",
-        key="api_key",
-        auth_method="kubernetes",
-        kubernetes_role="crm-export",
-        kubernetes_jwt_path=str(other_jwt),
-    )
+    block = kubernetes_block(vault, str(other_jwt))
     with pytest.raises(SecretAuthError, match="permission denied") as caught:
         block.get()
     assert "eyJ.other-service-account.sig" not in str(caught.value)
@@ -504,14 +490,7 @@ def test_forbidden_read_names_the_policy_path(vault: FakeVault, caplog: pytest.L
 
 
 def test_forbidden_read_after_kubernetes_login_names_the_role(vault: FakeVault, jwt_file: str) -> None:
-    block = VaultKvSecret(
-        url=vault.url,
-        path="analytics/history",  # the role's policy does not cover it
-        key="api_key",
-        auth_method="kubernetes",
-        kubernetes_role="crm-export",
-        kubernetes_jwt_path=jwt_file,
-    )
+    block = kubernetes_block(vault, jwt_file, path="analytics/history")  # the role's policy does not cover it
     with pytest.raises(
         PermissionError, match="the policy of this role must allow read on secret/data/analytics/history"
     ):
@@ -565,14 +544,7 @@ def test_sealed_vault(vault: FakeVault, jwt_file: str) -> None:
     assert isinstance(caught.value, ConnectionError)
     assert vault.url in str(caught.value)
     with pytest.raises(SecretUnavailableError, match="sealed"):
-        VaultKvSecret(
-            url=vault.url,
-            path="analytics/crm",
-            key="api_key",
-            auth_method="kubernetes",
-            kubernetes_role="crm-export",
-            kubernetes_jwt_path=jwt_file,
-        ).get()
+        kubernetes_block(vault, jwt_file).get()
 
 
 def test_unreachable_vault() -> None:
@@ -595,15 +567,14 @@ def test_no_secret_in_any_error_or_log(
     vault: FakeVault, jwt_file: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    k8s = {"auth_method": "kubernetes", "kubernetes_role": "crm-export", "kubernetes_jwt_path": jwt_file}
     cases = [
         token_block(vault),
         token_block(vault, key="nope"),
         token_block(vault, key="batch_size"),
         token_block(vault, path="missing"),
         token_block(vault, token="hvs.NoPolicyToken"),
-        token_block(vault, token=None, **k8s),
-        token_block(vault, token=None, path="analytics/history", **k8s),
+        kubernetes_block(vault, jwt_file),
+        kubernetes_block(vault, jwt_file, path="analytics/history"),
         token_block(
             vault, token=None, auth_method="approle", approle_role_id=ROLE_ID, approle_secret_id=SECRET_ID
         ),

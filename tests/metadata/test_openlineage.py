@@ -113,18 +113,23 @@ def athena_lineage(
     )
 
 
+def feed(lineage: AthenaLineage, columns: list[Any], views: list[Any], history: list[Any]) -> None:
+    """Stream the rows through ``lineage``'s feeds in the extractor's order: columns, views, history."""
+    for rows_of, rows in (
+        (lineage.columns, columns),
+        (lineage.views, views),
+        (lineage.query_history, history),
+    ):
+        for _ in rows_of(rows):
+            pass
+
+
 def athena_events(lineage: AthenaLineage, queries: list[tuple[str, str]]) -> list[dict[str, Any]]:
     """The OpenLineage events of ``queries`` (id, SQL) run against ``athena_rows``' catalog, unmasked."""
     columns, views, history = athena_rows()
     history = [(qid, *history[0][1:8], sql, *history[0][9:]) for qid, sql in queries]
     with lineage:
-        for feed, rows in (
-            (lineage.columns, columns),
-            (lineage.views, views),
-            (lineage.query_history, history),
-        ):
-            for _ in feed(rows):
-                pass
+        feed(lineage, columns, views, history)
         (extract,) = [e for e in lineage.extracts() if e.entity == "openlineage"]
         return [row[0] for row in extract.rows]
 
@@ -134,13 +139,7 @@ def athena_files(tmp_path_factory) -> dict[str, Path]:
     columns, views, history = athena_rows()
     out = tmp_path_factory.mktemp("athena")
     with athena_lineage(JOB_NAMESPACE, {"awsdatacatalog": ACCOUNT}) as lineage:
-        for feed, rows in (
-            (lineage.columns, columns),
-            (lineage.views, views),
-            (lineage.query_history, history),
-        ):
-            for _ in feed(rows):
-                pass
+        feed(lineage, columns, views, history)
         files = write_extracts(
             [masked(e) for e in lineage.extracts()], out, "athena-test", WINDOW, compress=True
         )
@@ -153,13 +152,7 @@ def test_athena_lineage_drops_its_spooled_events_when_its_with_block_ends():
         pytest.raises(RuntimeError, match="writing failed"),
         AthenaLineage("athena-test", "eu-west-1", END) as lineage,
     ):
-        for feed, rows in (
-            (lineage.columns, columns),
-            (lineage.views, views),
-            (lineage.query_history, history),
-        ):
-            for _ in feed(rows):
-                pass
+        feed(lineage, columns, views, history)
         spool = lineage._spool
         assert spool is not None
         assert spool.tell() > 0  # the CTAS's and the INSERT's RunEvents

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import Workspace, wait_for
+from test_tableau_refresh import run_artifact
 
 from devstack.tableau.config import content_id
 from flows.tableau.refresh import Materialization, refresh_domain
@@ -125,19 +126,6 @@ def emit_materialization(key: str, occurred: dt.datetime) -> None:
     emit_event(event=MATERIALIZED_EVENT, resource={"prefect.resource.id": key}, occurred=occurred)
 
 
-def artifact(flow_run_id, key: str):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
-
-    with get_client(sync_client=True) as client:
-        (found,) = client.read_artifacts(
-            artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
-            )
-        )
-    return found
-
-
 @pytest.mark.slow(seconds=8)
 def test_lineage_content_is_merged_with_the_lists_refreshed_and_recorded_as_assets(make_standin, tmp_path):
     site = Lineage(make_standin, tmp_path)
@@ -171,7 +159,7 @@ def test_lineage_content_is_merged_with_the_lists_refreshed_and_recorded_as_asse
         "workbook:Sales/Order Desk": 1,
     }
 
-    table = artifact(state.state_details.flow_run_id, "tableau-refresh-sales")
+    table = run_artifact(state.state_details.flow_run_id, "tableau-refresh-sales")
     brought = {row["content"]: row["brought in by"] for row in json.loads(table.data)}
     assert brought["datasource Ops/Inventory"] == "list"
     assert (
@@ -251,7 +239,7 @@ def test_stale_only_skips_content_whose_tables_did_not_change_since_its_extract_
         "Order Desk": "succeeded",  # its extract has no refresh time: refreshed, the safe side
     }
     assert "Orders" not in {k.split(":")[1].split("/")[1] for k in site.standin.audit()["jobs_created"]}
-    description = artifact(state.state_details.flow_run_id, "tableau-refresh-sales").description
+    description = run_artifact(state.state_details.flow_run_id, "tableau-refresh-sales").description
     assert "2/2 succeeded, 1 up to date (skipped: refresh stale_only)" in description
     assets = assets_of(site.standin.url, expected=2)
     assert (

@@ -21,7 +21,7 @@ import tempfile
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from tasks.metadata.extracts import Extract
 from tasks.metadata.lineage import openlineage as ol
@@ -104,6 +104,7 @@ _SUBMITTED, _COMPLETED = 9, 10
 _EVENT_BATCH = 64  # queries per batch of RunEvents built by a pool process
 _EVENT_BATCHES_IN_FLIGHT = 16  # then the oldest is waited for
 _SPOOL_CHUNK = 1_000  # statement rows per pickle in their temporary file
+_File = TypeVar("_File", IO[str], IO[bytes])
 
 
 class _Bits:
@@ -223,11 +224,9 @@ class AthenaLineage:
     the queries' statement rows and RunEvents are spooled to and, at its end, drops them and shuts the
     analysis' processes down — a run that failed midway included. Within it, use ``columns(rows)``,
     ``views(rows)`` and ``query_history(rows)`` as pass-through generators of the extractor's
-    entities, then ``extracts()``, whose rows can be produced
-
-    once columns and query history have been read (they are written in that order, so queries are
-    analysed as they stream), before the block ends. ``counts`` (after the extracts were written):
-    statements by status, edges, columns covered.
+    entities, then ``extracts()``, whose rows can be produced once columns and query history have been
+    read (they are written in that order, so queries are analysed as they stream), before the block
+    ends. ``counts`` (after the extracts were written): statements by status, edges, columns covered.
     """
 
     def __init__(
@@ -292,15 +291,12 @@ class AthenaLineage:
 
     def columns(self, rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
         """``COLUMN_COLUMNS`` rows, unchanged; each column is added to the schema."""
-        last_table: TableName = ("", "", "")
         for row in rows:
             catalog = row[_COLUMN["catalog"]]
             self._catalog_names.setdefault(catalog.lower(), catalog)
             self.schema.add(catalog, row[1], row[2], row[3], row[_COLUMN["type"]])
             table = (catalog.lower(), row[1].lower(), row[2].lower())
-            if table != last_table:  # the rows come table by table: one key per table
-                last_table = table
-            self._types.add(last_table, row[3].lower(), row[_COLUMN["type"]])
+            self._types.add(table, row[3].lower(), row[_COLUMN["type"]])
             yield row
         self._schema_complete = True
         self.analysis.context = self._pool_context()
@@ -595,12 +591,7 @@ class AthenaLineage:
         spool.close()
 
     def _events_spool(self) -> IO[str]:
-        if self._spool is None:
-            raise RuntimeError(
-                f"AthenaLineage of source {self.source!r} is used outside a `with` block: the block opens the "
-                "temporary file its events are spooled to"
-            )
-        return self._spool
+        return self._spooled(self._spool)
 
     # --- extracts -------------------------------------------------------------------------------
 
@@ -711,11 +702,11 @@ class AthenaLineage:
         context._table_edges, context._column_edges, context._table_use, context._column_use = {}, {}, {}, {}
         context._views, context._view_events, context._event_rows = [], [], []
         context._names, context._types = _Names(), _ColumnTypes()  # the types are for DatasetEvents
-
         context._event_batches = deque()
         return context
 
-    def _spooled(self, spooled: IO[bytes] | None) -> IO[bytes]:
+    def _spooled(self, spooled: _File | None) -> _File:
+        """``spooled``, one of the temporary files ``__enter__`` opens; ``RuntimeError`` outside the block."""
         if spooled is None:
             raise RuntimeError(
                 f"AthenaLineage of source {self.source!r} is used outside a `with` block: the block opens the "

@@ -137,9 +137,9 @@ def shareable(lineage: StatementLineage) -> bool:
 
 def release_parsed_trees(analyzer: SqlLineage) -> None:
     """Let go of the statements ``analyzer`` analysed. sqlglot's ``MappingSchema`` caches the ``Table``
-    nodes it normalizes and looks up (``_normalized_table_cache``, ``_find_cache``; sqlglot#7068), keyed
-    by the node itself, whose parent links pin its statement's whole tree (~20 kB) for the life of the
-    schema: 1.3 GB over 100,000 statements. Emptied here (a no-op where sqlglot has no such caches)."""
+    nodes it normalizes and looks up (``_normalized_table_cache``, ``_find_cache``: sqlglot PR #7068),
+    keyed by the node itself, whose parent links pin its statement's whole tree (~20 kB) for the life of
+    the schema: 1.3 GB over 100,000 statements. Emptied here (a no-op where sqlglot has no such caches)."""
     mapping = analyzer.schema.mapping()
     for name in ("_normalized_table_cache", "_find_cache"):
         cache = getattr(mapping, name, None)
